@@ -1,0 +1,102 @@
+"""Shared in-memory image-dataset container and the dataset registry.
+
+Every dataset loader (synthetic or real) returns an :class:`ImageDataset`: uint8 images at a fixed
+native resolution, multi-label targets, patient ids and a patient-disjoint train/val/test split.
+Training code never decodes image files: it reads these arrays (memory-mapped from the on-disk cache).
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+
+SPLITS = ("train", "val", "test")
+
+
+class DatasetError(RuntimeError):
+    """A dataset cannot be loaded as asked; the message says what to do."""
+
+
+@dataclasses.dataclass
+class ImageDataset:
+    name: str
+    images: np.ndarray  # uint8, N x C x H x W
+    labels: np.ndarray  # uint8, N x K multi-label targets
+    class_names: List[str]
+    patient_ids: np.ndarray  # int64, N
+    split: np.ndarray  # str, N, one of SPLITS
+    masks: Optional[np.ndarray] = None  # uint8, N x H x W segmentation masks (0/1), if the dataset has them
+    mask_name: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        n = len(self.images)
+        if self.images.ndim != 4 or self.images.dtype != np.uint8:
+            raise DatasetError(f"{self.name}: images must be uint8 N x C x H x W, got {self.images.dtype} {self.images.shape}")
+        for field, arr in (("labels", self.labels), ("patient_ids", self.patient_ids), ("split", self.split)):
+            if len(arr) != n:
+                raise DatasetError(f"{self.name}: {field} has {len(arr)} rows but there are {n} images")
+        if self.labels.shape[1] != len(self.class_names):
+            raise DatasetError(f"{self.name}: {self.labels.shape[1]} label columns but {len(self.class_names)} class names")
+        unknown = set(np.unique(self.split)) - set(SPLITS)
+        if unknown:
+            raise DatasetError(f"{self.name}: unknown split names {sorted(unknown)}; expected {SPLITS}")
+        for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+            shared = np.intersect1d(self.patient_ids[self.split == a], self.patient_ids[self.split == b])
+            if len(shared):
+                raise DatasetError(f"{self.name}: {len(shared)} patients appear in both {a} and {b} (e.g. {shared[:3].tolist()})")
+
+    @property
+    def channels(self) -> int:
+        return int(self.images.shape[1])
+
+    @property
+    def native_size(self) -> int:
+        return int(self.images.shape[-1])
+
+    def indices(self, split: str) -> np.ndarray:
+        if split not in SPLITS:
+            raise DatasetError(f"unknown split {split!r}; expected one of {SPLITS}")
+        return np.flatnonzero(self.split == split)
+
+    def summary(self) -> Dict[str, object]:
+        return {
+            "name": self.name,
+            "images": int(len(self.images)),
+            "patients": int(len(np.unique(self.patient_ids))),
+            "size": list(self.images.shape[1:]),
+            "classes": list(self.class_names),
+            "positives": {c: int(v) for c, v in zip(self.class_names, self.labels.sum(0))},
+            "splits": {s: int((self.split == s).sum()) for s in SPLITS},
+        }
+
+
+DatasetLoader = Callable[..., ImageDataset]
+_REGISTRY: Dict[str, DatasetLoader] = {}
+_DESCRIPTIONS: Dict[str, str] = {}
+
+
+def register_dataset(name: str, description: str) -> Callable[[DatasetLoader], DatasetLoader]:
+    def wrap(fn: DatasetLoader) -> DatasetLoader:
+        if name in _REGISTRY:
+            raise ValueError(f"dataset {name!r} registered twice")
+        _REGISTRY[name] = fn
+        _DESCRIPTIONS[name] = description
+        return fn
+
+    return wrap
+
+
+def dataset_names() -> List[str]:
+    return sorted(_REGISTRY)
+
+
+def describe_datasets() -> Dict[str, str]:
+    return dict(sorted(_DESCRIPTIONS.items()))
+
+
+def load_dataset(name: str, data_root: Path, **params) -> ImageDataset:
+    if name not in _REGISTRY:
+        raise DatasetError(f"unknown dataset {name!r}; known datasets: {', '.join(dataset_names())}")
+    return _REGISTRY[name](Path(data_root), **params)

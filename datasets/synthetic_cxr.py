@@ -1,0 +1,240 @@
+"""Synthetic chest X-ray phantoms: the embedded default data of the suite.
+
+Each image is drawn from a parametric frontal (PA) chest radiograph model, deterministically from
+``(seed, image index)``: body outline, two lung fields with vascular markings that thin towards the
+periphery, posterior ribs crossing the lungs, heart, spine, clavicles and a domed diaphragm. Patient-level
+anatomy (thorax size, heart size, lung shape) is shared by all images of a patient; each image varies in
+position, scale, rotation, exposure, contrast and noise, as follow-up films do.
+
+Findings (multi-label targets, any combination, each detectable by eye at 64 px and above):
+
+* ``Nodule``        -- one to three small round opacities inside a lung.
+* ``Mass``          -- one larger round opacity inside a lung.
+* ``Effusion``      -- fluid filling a lung base with a meniscus rising laterally (blunted costophrenic angle).
+* ``Cardiomegaly``  -- heart 1.4-1.6x wider than the patient's normal heart; a patient-level trait.
+* ``Pneumothorax``  -- a dark rim without lung markings along the apex/lateral wall, bounded by a thin bright
+  pleural line; its pixel mask is stored (``masks``), as SIIM-ACR provides.
+* ``Consolidation`` -- a patchy, ill-defined opacity inside a lung.
+
+Splits are patient-disjoint (70 / 10 / 20 % of patients), fixed by the dataset seed.
+The generated arrays are cached under ``<data_root>/synthetic_cxr/<parameter hash>/`` on first use.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Dict, Tuple
+
+import numpy as np
+from scipy import ndimage
+
+from datasets.base import DatasetError, ImageDataset, register_dataset
+
+CLASS_NAMES = ["Nodule", "Mass", "Effusion", "Cardiomegaly", "Pneumothorax", "Consolidation"]
+GENERATOR_VERSION = 1  # bump when the image model changes: it is part of the cache key
+
+# Per-image prevalence of each acquired finding; cardiomegaly is drawn per patient.
+_PREVALENCE = {"Nodule": 0.16, "Mass": 0.10, "Effusion": 0.16, "Pneumothorax": 0.14, "Consolidation": 0.16}
+_CARDIOMEGALY_PATIENT_RATE = 0.2
+
+
+def _smooth_noise(rng: np.random.Generator, size: int, sigma: float) -> np.ndarray:
+    field = ndimage.gaussian_filter(rng.standard_normal((size, size)), sigma * size, mode="reflect")
+    return field / (field.std() + 1e-8)
+
+
+def _ellipse(x: np.ndarray, y: np.ndarray, cx: float, cy: float, rx: float, ry: float) -> np.ndarray:
+    return ((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2
+
+
+def _patient_anatomy(seed: int, patient: int) -> Dict[str, float]:
+    rng = np.random.default_rng([seed, 1, patient])
+    return {
+        "thorax": rng.uniform(0.86, 1.0),
+        "lung_height": rng.uniform(0.52, 0.62),
+        "heart_half_width": rng.uniform(0.19, 0.25),
+        "cardiomegaly": float(rng.random() < _CARDIOMEGALY_PATIENT_RATE),
+        "enlargement": rng.uniform(1.4, 1.6),
+        "dome": rng.uniform(0.14, 0.22),
+        "risk": rng.uniform(0.5, 1.5),  # multiplies the prevalence of acquired findings for this patient
+    }
+
+
+def render_phantom(seed: int, index: int, patient: int, size: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return (image float32 in [0,1], labels uint8 [K], pneumothorax mask uint8) for one image."""
+    anatomy = _patient_anatomy(seed, patient)
+    rng = np.random.default_rng([seed, 2, index])
+    labels = {name: float(rng.random() < min(0.9, p * anatomy["risk"])) for name, p in _PREVALENCE.items()}
+    labels["Cardiomegaly"] = anatomy["cardiomegaly"]
+
+    # Image-level pose: the grid is rotated, scaled and shifted instead of the anatomy.
+    angle = np.deg2rad(rng.uniform(-5, 5))
+    scale = anatomy["thorax"] * rng.uniform(0.94, 1.06)
+    shift = rng.uniform(-0.05, 0.05, size=2)
+    lin = np.linspace(-1, 1, size, dtype=np.float32)
+    gx, gy = np.meshgrid(lin, lin)
+    x = (np.cos(angle) * gx + np.sin(angle) * gy - shift[0]) / scale
+    y = (-np.sin(angle) * gx + np.cos(angle) * gy - shift[1]) / scale
+
+    body = _ellipse(x, y, 0, 0.1, 0.92, 1.15) < 1
+    image = np.where(body, 0.42, 0.04).astype(np.float32)
+
+    lung_w, lung_h = 0.3, anatomy["lung_height"]
+    lung_cy = -0.05
+    # Each hemidiaphragm is a dome peaking under the middle of its lung; lateral ends form the costophrenic angles.
+    diaphragm = lung_cy + 0.95 * lung_h - anatomy["dome"] * np.clip(1 - ((np.abs(x) - 0.36) / 0.34) ** 2, 0, 1)
+    lungs = []
+    for side in (-1, 1):
+        cx = side * 0.38
+        shape = (_ellipse(x, y, cx, lung_cy, lung_w, lung_h) < 1) & (y < diaphragm)
+        lungs.append(shape)
+    lung_any = lungs[0] | lungs[1]
+
+    # Vascular markings: band-limited noise whose contrast fades from the hilum outwards.
+    hilum_dist = np.sqrt((np.abs(x) - 0.18) ** 2 + (y - 0.0) ** 2)
+    markings = np.clip(_smooth_noise(rng, size, 0.015), 0, None) * np.clip(1.0 - hilum_dist / 0.55, 0, 1)
+    lung_density = 0.16 + 0.07 * markings
+
+    # Pneumothorax: the lung edge retracts from the apex and lateral wall; the gap holds only air.
+    ptx_mask = np.zeros_like(lung_any)
+    pleural_line = np.zeros_like(image)
+    if labels["Pneumothorax"]:
+        side = rng.choice([-1, 1])
+        lung = lungs[0] if side < 0 else lungs[1]
+        cx = side * 0.38
+        depth = rng.uniform(0.28, 0.45)
+        inner = _ellipse(x, y, cx - side * 0.08 * depth, lung_cy + 0.15 * depth, lung_w * (1 - depth), lung_h * (1 - 0.6 * depth))
+        ptx_mask = lung & (inner >= 1)
+        pleural_line = 0.2 * np.exp(-((np.sqrt(inner) - 1) / 0.05) ** 2) * lung
+    lung_image = np.where(ptx_mask, 0.09, lung_density) + pleural_line * (~ptx_mask)
+    image = np.where(lung_any, lung_image, image)
+
+    # Posterior ribs: bright arcs that cross both lungs, sloping down laterally.
+    ribs = np.zeros_like(image)
+    spacing = rng.uniform(0.115, 0.135)
+    for k in range(10):
+        y0 = -0.62 + k * spacing
+        arc = y0 - 0.35 * (np.abs(x) - 0.35) ** 2 + 0.25 * np.abs(x)
+        ribs += np.exp(-(((y - arc) / 0.022) ** 2))
+    image += 0.1 * np.clip(ribs, 0, 1) * lung_any
+
+    # Clavicles and spine.
+    for side in (-1, 1):
+        clav = np.abs(y - (-0.68 + 0.12 * (side * x - 0.1) ** 2)) < 0.025
+        image = np.where(clav & (np.abs(x) < 0.62) & (side * x > 0.03), image + 0.15, image)
+    vertebrae = 0.5 + 0.5 * np.cos(y * np.pi / spacing * 2)
+    image = np.where(np.abs(x) < 0.07, 0.6 + 0.05 * vertebrae, image)
+
+    # Heart: a soft-tissue ellipse overlapping the medial left lung (the image's right side).
+    heart_half_width = anatomy["heart_half_width"] * (anatomy["enlargement"] if labels["Cardiomegaly"] else 1.0)
+    heart = _ellipse(x, y, 0.06 + 0.3 * heart_half_width, 0.17, heart_half_width, 0.22) < 1
+    image = np.where(heart, np.maximum(image, 0.56), image)
+
+    # Below the diaphragm everything is soft tissue.
+    image = np.where(body & (y > diaphragm) & ~heart & (np.abs(x) > 0.07), np.maximum(image, 0.46), image)
+
+    def point_in(lung_mask: np.ndarray, margin: float) -> Tuple[float, float]:
+        eroded = ndimage.binary_erosion(lung_mask & ~ptx_mask, iterations=max(1, int(margin * size / 2)))
+        candidates = np.argwhere(eroded if eroded.any() else lung_mask)
+        if len(candidates) == 0:
+            return 0.0, 0.0
+        r, c = candidates[rng.integers(len(candidates))]
+        return float(gx[r, c]), float(gy[r, c])
+
+    def blob(cx: float, cy: float, radius: float, strength: float) -> np.ndarray:
+        return strength * np.exp(-(((gx - cx) ** 2 + (gy - cy) ** 2) / radius**2) ** 2)
+
+    if labels["Nodule"]:
+        for _ in range(rng.integers(1, 4)):
+            image += blob(*point_in(lungs[rng.integers(2)], 0.08), rng.uniform(0.04, 0.06), rng.uniform(0.22, 0.3))
+    if labels["Mass"]:
+        image += blob(*point_in(lungs[rng.integers(2)], 0.15), rng.uniform(0.1, 0.14), rng.uniform(0.25, 0.32))
+    if labels["Consolidation"]:
+        lung = lungs[rng.integers(2)]
+        cx, cy = point_in(lung, 0.1)
+        region = ((gx - cx) ** 2 + (gy - cy) ** 2) < rng.uniform(0.16, 0.26) ** 2
+        patches = np.clip(_smooth_noise(rng, size, 0.03) + 0.6, 0, None)
+        image += 0.2 * np.clip(patches, 0, 1.5) * region * lung * (~ptx_mask)
+    if labels["Effusion"]:
+        side = rng.integers(2)
+        lung = lungs[side]
+        cx = (-1 if side == 0 else 1) * 0.38
+        level = rng.uniform(0.15, 0.3) * lung_h
+        meniscus = diaphragm - level - 0.5 * (np.abs(x - cx) / lung_w) ** 2 * level
+        fluid = lung & (y > meniscus)
+        image = np.where(fluid, np.maximum(image, 0.46 + 0.04 * np.clip(y - meniscus, 0, 0.3) / 0.3), image)
+
+    # Acquisition: exposure, contrast (gamma), blur and quantum noise.
+    image = ndimage.gaussian_filter(image, rng.uniform(0.3, 0.8) * size / 128)
+    image = np.clip(image * rng.uniform(0.9, 1.1) + rng.uniform(-0.04, 0.04), 0, 1) ** rng.uniform(0.85, 1.2)
+    image = image + rng.normal(0, rng.uniform(0.01, 0.03), image.shape)
+    label_vector = np.array([labels[c] for c in CLASS_NAMES], dtype=np.uint8)
+    return np.clip(image, 0, 1).astype(np.float32), label_vector, ptx_mask.astype(np.uint8)
+
+
+def _assign_patients(n_images: int, images_per_patient: float, seed: int) -> np.ndarray:
+    """Patient id per image: each patient has 1..(2*mean-1) consecutive follow-up images."""
+    rng = np.random.default_rng([seed, 0])
+    ids, patient = [], 0
+    while len(ids) < n_images:
+        count = int(rng.integers(1, max(2, int(round(2 * images_per_patient)))))
+        ids.extend([patient] * count)
+        patient += 1
+    return np.asarray(ids[:n_images], dtype=np.int64)
+
+
+def _patient_split(patient_ids: np.ndarray, seed: int, fractions=(0.7, 0.1, 0.2)) -> np.ndarray:
+    patients = np.unique(patient_ids)
+    order = np.random.default_rng([seed, 3]).permutation(patients)
+    n_train = int(round(fractions[0] * len(order)))
+    n_val = int(round(fractions[1] * len(order)))
+    split_of = {p: "train" for p in order[:n_train]}
+    split_of.update({p: "val" for p in order[n_train : n_train + n_val]})
+    split_of.update({p: "test" for p in order[n_train + n_val :]})
+    return np.array([split_of[p] for p in patient_ids])
+
+
+def generate(n_images: int, size: int, seed: int, images_per_patient: float = 2.0):
+    patient_ids = _assign_patients(n_images, images_per_patient, seed)
+    images = np.empty((n_images, 1, size, size), dtype=np.uint8)
+    labels = np.empty((n_images, len(CLASS_NAMES)), dtype=np.uint8)
+    masks = np.empty((n_images, size, size), dtype=np.uint8)
+    for i in range(n_images):
+        img, lab, mask = render_phantom(seed, i, int(patient_ids[i]), size)
+        images[i, 0] = np.round(img * 255).astype(np.uint8)
+        labels[i], masks[i] = lab, mask
+    return images, labels, masks, patient_ids, _patient_split(patient_ids, seed)
+
+
+@register_dataset("synthetic_cxr", "synthetic chest X-ray phantoms (6 findings + pneumothorax masks); generated on first use")
+def load_synthetic_cxr(data_root: Path, n_images: int = 2000, size: int = 128, seed: int = 0, images_per_patient: float = 2.0) -> ImageDataset:
+    if n_images < 20:
+        raise DatasetError(f"synthetic_cxr needs at least 20 images for patient-disjoint splits, got n_images={n_images}")
+    params = {"n_images": n_images, "size": size, "seed": seed, "images_per_patient": images_per_patient, "version": GENERATOR_VERSION}
+    key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
+    cache = Path(data_root) / "synthetic_cxr" / key
+    arrays = ("images", "labels", "masks", "patient_ids", "split")
+    if not (cache / "manifest.json").exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        generated = generate(n_images, size, seed, images_per_patient)
+        for name, arr in zip(arrays, generated):
+            tmp = cache / f"{name}.tmp.npy"
+            np.save(tmp, arr)
+            os.replace(tmp, cache / f"{name}.npy")
+        manifest = {"params": params, "classes": CLASS_NAMES}
+        tmp = cache / "manifest.tmp.json"
+        tmp.write_text(json.dumps(manifest, indent=1))
+        os.replace(tmp, cache / "manifest.json")  # written last: its presence marks a complete cache
+    loaded = {name: np.load(cache / f"{name}.npy", mmap_mode="r" if name in ("images", "masks") else None) for name in arrays}
+    return ImageDataset(
+        name="synthetic_cxr",
+        images=loaded["images"],
+        labels=loaded["labels"],
+        class_names=list(CLASS_NAMES),
+        patient_ids=loaded["patient_ids"],
+        split=loaded["split"],
+        masks=loaded["masks"],
+        mask_name="Pneumothorax",
+    )

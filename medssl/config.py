@@ -1,0 +1,120 @@
+"""Suite definitions (YAML in ``benchmarks/suites/``) and their canonical hashes.
+
+A suite fixes the shared protocol (backbone, image size, epochs, batch, optimiser, schedule, augmentations,
+pretraining data), the method roster, the downstream tasks with their label fractions and protocols, and the
+seeds. Every pretraining run and every evaluation is identified by a hash of exactly the settings that
+determine its result, so a changed setting never reuses a stale checkpoint or record.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SUITES_DIR = REPO_ROOT / "benchmarks" / "suites"
+# Bump when a code change alters what a pretraining or evaluation with the same settings produces.
+PROTOCOL_VERSION = 1
+PROTOCOLS = ("linear", "finetune")
+
+
+class ConfigError(ValueError):
+    """The suite or the command line asks for something impossible; the message says what to change."""
+
+
+def stable_hash(obj: Any, length: int = 12) -> str:
+    """Hash of a JSON-serialisable object, independent of dict order."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def suite_names() -> List[str]:
+    return sorted(p.stem for p in SUITES_DIR.glob("*.yaml"))
+
+
+def load_suite(name_or_path: str) -> Dict[str, Any]:
+    path = Path(name_or_path)
+    if path.suffix not in (".yaml", ".yml"):
+        path = SUITES_DIR / f"{name_or_path}.yaml"
+    if not path.exists():
+        raise ConfigError(f"unknown suite {name_or_path!r}; known suites: {', '.join(suite_names())} (or pass a path to a .yaml file)")
+    with open(path) as fh:
+        suite = yaml.safe_load(fh)
+    suite.setdefault("name", path.stem)
+    _validate(suite, path)
+    return suite
+
+
+_REQUIRED = {
+    "pretrain": ("datasets", "backbone", "image_size", "epochs", "batch_size", "optimizer", "schedule", "augment", "seeds"),
+    "evaluation": ("seeds", "linear", "finetune"),
+}
+
+
+def _validate(suite: Dict[str, Any], path: Path) -> None:
+    for section, keys in _REQUIRED.items():
+        if section not in suite:
+            raise ConfigError(f"{path}: missing section {section!r}")
+        missing = [k for k in keys if k not in suite[section]]
+        if missing:
+            raise ConfigError(f"{path}: section {section!r} lacks {missing}")
+    if not suite.get("methods"):
+        raise ConfigError(f"{path}: 'methods' must list at least one method")
+    if not suite.get("tasks"):
+        raise ConfigError(f"{path}: 'tasks' must list at least one downstream task")
+    for task in suite["tasks"]:
+        for key in ("name", "dataset", "protocols", "fractions"):
+            if key not in task:
+                raise ConfigError(f"{path}: task {task.get('name', '?')!r} lacks {key!r}")
+        bad = [p for p in task["protocols"] if p not in PROTOCOLS]
+        if bad:
+            raise ConfigError(f"{path}: task {task['name']!r} has unknown protocols {bad}; use {PROTOCOLS}")
+        validate_fractions(task["fractions"])
+
+
+def validate_fractions(fractions: Sequence[float]) -> List[float]:
+    """Label fractions are percentages of the training split, 0 < f <= 100."""
+    out = []
+    for f in fractions:
+        try:
+            value = float(f)
+        except (TypeError, ValueError):
+            raise ConfigError(f"label fraction {f!r} is not a number; give percentages such as 1,10,100") from None
+        if not 0 < value <= 100:
+            raise ConfigError(f"label fraction {value:g}% is impossible; fractions are percentages in (0, 100]")
+        out.append(value)
+    return out
+
+
+def parse_list(text: Optional[str], kind=str) -> Optional[List[Any]]:
+    if text is None:
+        return None
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    try:
+        return [kind(t) for t in items]
+    except ValueError:
+        raise ConfigError(f"cannot read {text!r} as a comma-separated list of {kind.__name__}") from None
+
+
+def apply_overrides(suite: Dict[str, Any], methods=None, seeds=None, fractions=None) -> Dict[str, Any]:
+    """Narrow a suite from the command line; the result hashes the same as a suite written that way."""
+    suite = copy.deepcopy(suite)
+    if methods is not None:
+        suite["methods"] = list(methods)
+    if seeds is not None:
+        suite["evaluation"]["seeds"] = [int(s) for s in seeds]
+        for protocol in PROTOCOLS:
+            suite["evaluation"][protocol].pop("seeds", None)
+    if fractions is not None:
+        fractions = validate_fractions(fractions)
+        for task in suite["tasks"]:
+            task["fractions"] = fractions
+    return suite
+
+
+def fraction_label(fraction: float) -> str:
+    return "100%" if float(fraction) == 100 else f"{float(fraction):g}%"

@@ -1,0 +1,147 @@
+"""Downstream evaluation of a pretrained encoder: linear probing and fine-tuning for multi-label classification.
+
+Both protocols train on a nested label fraction of the task's training split (medssl.splits), select the epoch
+with the best **validation** macro AUC and report the test split at that epoch; the test split is never used for
+any choice (spec, "Decisions").
+
+* Linear probing: the encoder is frozen **in eval mode** (BatchNorm uses its running statistics; the official
+  CoBooM/MLVICX notebooks probe in train mode, which lets BN statistics drift). Features of all images are
+  extracted once per (encoder, task) and cached; a linear layer is trained on standardised features with BCE.
+* Fine-tuning: encoder + linear layer trained end to end with AdamW, light crop/flip/intensity augmentation,
+  cosine schedule, pytorch-lightning loop.
+
+Both protocols train for ``epochs`` epochs but at least ``min_steps`` optimiser steps, so the smallest label
+fractions are not under-trained for lack of batches.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from typing import Any, Dict, Optional
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from medssl import quiet_lightning
+from medssl.augment import AugmentConfig, Normalize, augment_view, resize
+from medssl.backbone import ResNetTrunk
+from medssl.metrics import multilabel_auc
+from medssl.pretrain import precision_for
+
+
+def epochs_for(n_train: int, batch_size: int, settings: Dict[str, Any]) -> int:
+    steps_per_epoch = max(1, math.ceil(n_train / batch_size))
+    return max(int(settings["epochs"]), math.ceil(int(settings.get("min_steps", 0)) / steps_per_epoch))
+
+
+@torch.no_grad()
+def extract_features(encoder: ResNetTrunk, images: np.ndarray, image_size: int, mean, std, device: str = "cpu", batch_size: int = 256) -> np.ndarray:
+    encoder = encoder.to(device).eval()
+    normalize = Normalize(mean, std).to(device)
+    chunks = []
+    for start in range(0, len(images), batch_size):
+        batch = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size])).to(device)
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")):
+            chunks.append(encoder(normalize(resize(batch, image_size))).float().cpu())
+    return torch.cat(chunks).numpy()
+
+
+def _predict(model: nn.Module, inputs: torch.Tensor, batch_size: int = 512) -> np.ndarray:
+    model.eval()
+    with torch.no_grad():
+        return torch.cat([torch.sigmoid(model(inputs[i : i + batch_size]).float()) for i in range(0, len(inputs), batch_size)]).cpu().numpy()
+
+
+def linear_probe(features: np.ndarray, labels: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray, test_idx: np.ndarray, class_names, settings: Dict[str, Any], seed: int) -> Dict[str, Any]:
+    """Train a linear layer on frozen features; pick the epoch by validation macro AUC; score the test split."""
+    torch.manual_seed(seed)
+    x_train = torch.from_numpy(features[train_idx]).float()
+    mu, sd = x_train.mean(0), x_train.std(0).clamp(min=1e-6)
+    standardize = lambda idx: (torch.from_numpy(features[idx]).float() - mu) / sd  # noqa: E731
+    x_train, x_val, x_test = standardize(train_idx), standardize(val_idx), standardize(test_idx)
+    y_train = torch.from_numpy(labels[train_idx]).float()
+    head = nn.Linear(features.shape[1], labels.shape[1])
+    batch_size = int(settings.get("batch_size", 256))
+    epochs = epochs_for(len(train_idx), batch_size, settings)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=float(settings["lr"]), weight_decay=float(settings.get("weight_decay", 0.0)))
+    generator = torch.Generator().manual_seed(seed)
+    best = (-math.inf, -1, None)
+    eval_every = max(1, int(settings.get("eval_every", 1)))
+    for epoch in range(epochs):
+        head.train()
+        for batch in torch.randperm(len(x_train), generator=generator).split(batch_size):
+            loss = F.binary_cross_entropy_with_logits(head(x_train[batch]), y_train[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        if (epoch + 1) % eval_every == 0 or epoch == epochs - 1:
+            val_auc = multilabel_auc(labels[val_idx], _predict(head, x_val), class_names)["macro_auc"]
+            if val_auc > best[0]:
+                best = (val_auc, epoch, copy.deepcopy(head.state_dict()))
+    head.load_state_dict(best[2])
+    return {"val_value": best[0], "best_epoch": best[1], "epochs": epochs, "test_scores": _predict(head, x_test)}
+
+
+class FineTuner(pl.LightningModule):
+    """Encoder + linear head trained end to end; keeps the weights of the best validation epoch."""
+
+    def __init__(self, encoder: ResNetTrunk, n_classes: int, meta: Dict[str, Any], settings: Dict[str, Any], val_images: torch.Tensor, val_labels: np.ndarray, class_names, total_steps: int):
+        super().__init__()
+        self.encoder = encoder
+        self.head = nn.Linear(encoder.feature_dim, n_classes)
+        self.normalize = Normalize(meta["mean"], meta["std"])
+        self.image_size = int(meta["image_size"])
+        self.settings = settings
+        self.augment = AugmentConfig.from_dict(settings.get("augment", {"crop_scale": (0.7, 1.0), "blur_p": 0.0, "intensity_p": 0.5, "brightness": 0.2, "contrast": 0.2}))
+        self.val_images, self.val_labels, self.class_names = val_images, val_labels, class_names
+        self.total_steps = total_steps
+        self.best_val, self.best_epoch, self.best_state = -math.inf, -1, None
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(self.normalize(resize(images, self.image_size))))
+
+    def training_step(self, batch, batch_idx):
+        images, labels = batch
+        x = self.normalize(augment_view(images, self.image_size, self.augment))
+        loss = F.binary_cross_entropy_with_logits(self.head(self.encoder(x)).float(), labels.float())
+        self.log("loss", loss.detach(), prog_bar=True, batch_size=len(images))
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        scores = _predict(self, self.val_images.to(self.device))
+        val_auc = multilabel_auc(self.val_labels, scores, self.class_names)["macro_auc"]
+        self.log("val_auc", val_auc, prog_bar=True)
+        if val_auc > self.best_val:
+            self.best_val, self.best_epoch = val_auc, self.current_epoch
+            self.best_state = {k: v.detach().cpu().clone() for k, v in self.state_dict().items()}
+        self.train()
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.AdamW(self.parameters(), lr=float(self.settings["lr"]), weight_decay=float(self.settings.get("weight_decay", 1e-4)))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, self.total_steps) / self.total_steps)))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def fine_tune(encoder: ResNetTrunk, meta: Dict[str, Any], images: np.ndarray, labels: np.ndarray, train_idx, val_idx, test_idx, class_names, settings: Dict[str, Any], seed: int, device: str = "cpu", progress: bool = False) -> Dict[str, Any]:
+    quiet_lightning()
+    pl.seed_everything(seed, workers=True, verbose=False)
+    batch_size = int(settings.get("batch_size", 64))
+    epochs = epochs_for(len(train_idx), batch_size, settings)
+    steps = epochs * max(1, math.ceil(len(train_idx) / batch_size))
+    train_set = TensorDataset(torch.from_numpy(np.ascontiguousarray(images[train_idx])), torch.from_numpy(labels[train_idx]))
+    loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, drop_last=False, generator=torch.Generator().manual_seed(seed))
+    val_images = torch.from_numpy(np.ascontiguousarray(images[val_idx]))
+    module = FineTuner(encoder, labels.shape[1], meta, settings, val_images, labels[val_idx], class_names, steps)
+    if device.startswith("cuda"):
+        module = module.to(memory_format=torch.channels_last)
+    trainer = pl.Trainer(max_epochs=epochs, accelerator="gpu" if device.startswith("cuda") else "cpu", devices=1, precision=precision_for(device), logger=False, enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0)
+    trainer.fit(module, loader)
+    module.load_state_dict(module.best_state)
+    module = module.to(device)
+    test_scores = _predict(module, torch.from_numpy(np.ascontiguousarray(images[test_idx])).to(device))
+    return {"val_value": module.best_val, "best_epoch": module.best_epoch, "epochs": epochs, "test_scores": test_scores}

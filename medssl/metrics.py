@@ -1,0 +1,27 @@
+"""Evaluation metrics with explicit conventions (shared/specs/stats.md, sections 3-4)."""
+from __future__ import annotations
+
+from typing import Dict, List
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+
+def multilabel_auc(labels: np.ndarray, scores: np.ndarray, class_names: List[str]) -> Dict[str, object]:
+    """Macro AUC over the classes that have both a positive and a negative in ``labels``.
+
+    Classes with a single label value have no AUC; they are excluded from the macro mean (not counted as 0 or
+    0.5) and reported in ``excluded_classes``. Ties count 1/2 (Mann-Whitney), as sklearn.
+    """
+    labels = np.asarray(labels)
+    scores = np.asarray(scores, dtype=np.float64)
+    per_class: Dict[str, float] = {}
+    excluded: List[str] = []
+    for k, name in enumerate(class_names):
+        column = labels[:, k]
+        if column.min() == column.max():
+            excluded.append(name)
+            continue
+        per_class[name] = float(roc_auc_score(column, scores[:, k]))
+    macro = float(np.mean(list(per_class.values()))) if per_class else float("nan")
+    return {"macro_auc": macro, "per_class_auc": per_class, "excluded_classes": excluded}

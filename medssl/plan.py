@@ -1,0 +1,105 @@
+"""Turn a suite into the list of jobs: one pretraining per (method, corpus, pretraining seed) and one evaluation
+per (pretraining, task, protocol, label fraction, seed). Each job's key is a hash of exactly what determines its
+result, so finished work is recognised and never redone, and a changed setting never reuses stale work."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Dict, List
+
+from medssl.config import PROTOCOL_VERSION, ConfigError, fraction_label, stable_hash
+from methods import UnknownMethodError, method_class, method_names, resolve_config
+
+PRETRAIN_PROTOCOL_KEYS = ("backbone", "image_size", "epochs", "batch_size", "optimizer", "schedule", "augment")
+
+
+@dataclasses.dataclass
+class PretrainJob:
+    method: str
+    corpus: str
+    seed: int
+    config: Dict[str, Any]
+    hash: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.method}-{self.corpus}-{self.hash}"
+
+    @property
+    def trains(self) -> bool:
+        return method_class(self.method).needs_pretraining
+
+
+@dataclasses.dataclass
+class EvalJob:
+    pretrain: PretrainJob
+    task: Dict[str, Any]
+    protocol: str
+    fraction: float
+    seed: int
+    config: Dict[str, Any]
+    key: str
+
+    def describe(self) -> str:
+        return f"{self.pretrain.method} {self.task['name']} {self.protocol} {fraction_label(self.fraction)} seed={self.seed}"
+
+
+@dataclasses.dataclass
+class Plan:
+    suite: Dict[str, Any]
+    pretrain_jobs: List[PretrainJob]
+    eval_jobs: List[EvalJob]
+
+
+def corpora(suite: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
+    """Named pretraining corpora (e.g. chest X-rays and fundus images); each task names the one it uses."""
+    return suite["pretrain"]["datasets"]
+
+
+def evaluation_seeds(suite: Dict[str, Any], protocol: str) -> List[int]:
+    """Seeds of one protocol: its own ``seeds`` entry if it has one (e.g. fewer for costly fine-tuning)."""
+    evaluation = suite["evaluation"]
+    return [int(s) for s in evaluation[protocol].get("seeds", evaluation["seeds"])]
+
+
+def build_plan(suite: Dict[str, Any]) -> Plan:
+    pretrain = suite["pretrain"]
+    protocol = {k: pretrain[k] for k in PRETRAIN_PROTOCOL_KEYS}
+    method_params = suite.get("method_params", {}) or {}
+    unknown_params = sorted(set(method_params) - set(method_names()))
+    if unknown_params:
+        raise ConfigError(f"method_params given for unknown methods {unknown_params}; known methods: {', '.join(method_names())}")
+    jobs: Dict[tuple, PretrainJob] = {}
+    for method in suite["methods"]:
+        try:
+            cls = method_class(method)
+            params = dataclasses.asdict(resolve_config(method, method_params.get(method)))
+        except UnknownMethodError as err:
+            raise ConfigError(str(err)) from None
+        except (TypeError, ValueError) as err:
+            raise ConfigError(str(err)) from None
+        for corpus_name, corpus in corpora(suite).items():
+            for seed in pretrain["seeds"]:
+                if cls.needs_pretraining:
+                    config = {"method": method, "params": params, "corpus": corpus, "protocol": protocol, "seed": int(seed), "version": PROTOCOL_VERSION}
+                else:  # nothing is trained: only what shapes the random initialisation matters
+                    config = {"method": method, "corpus": corpus, "backbone": pretrain["backbone"], "seed": int(seed), "version": PROTOCOL_VERSION}
+                jobs[(method, corpus_name, int(seed))] = PretrainJob(method, corpus_name, int(seed), config, stable_hash(config))
+    eval_jobs: List[EvalJob] = []
+    evaluation = suite["evaluation"]
+    for method in suite["methods"]:
+        for task in suite["tasks"]:
+            corpus_name = task.get("pretrain", next(iter(corpora(suite))))
+            if corpus_name not in corpora(suite):
+                raise ConfigError(f"task {task['name']!r} pretrains on unknown corpus {corpus_name!r}; corpora: {sorted(corpora(suite))}")
+            # the fraction and protocol lists only say which jobs exist; they are not part of any job's identity
+            task_identity = {k: v for k, v in task.items() if k not in ("fractions", "protocols")}
+            for protocol_name in task["protocols"]:
+                # which seeds run is not part of a job's identity: adding a seed must not invalidate the others
+                settings = {k: v for k, v in evaluation[protocol_name].items() if k != "seeds"}
+                for fraction in task["fractions"]:
+                    for pretrain_seed in pretrain["seeds"]:
+                        job = jobs[(method, corpus_name, int(pretrain_seed))]
+                        for seed in evaluation_seeds(suite, protocol_name):
+                            config = {"pretrain": job.hash, "task": task_identity, "protocol": protocol_name, "settings": settings, "image_size": pretrain["image_size"], "fraction": float(fraction), "seed": int(seed), "version": PROTOCOL_VERSION}
+                            eval_jobs.append(EvalJob(job, task, protocol_name, float(fraction), int(seed), config, stable_hash(config, 16)))
+    return Plan(suite, list(jobs.values()), eval_jobs)

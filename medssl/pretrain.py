@@ -1,0 +1,155 @@
+"""Run (or reuse) one pretraining job with pytorch-lightning and export its encoder.
+
+``<out>/checkpoints/<method>-<corpus>-<hash>/`` holds Lightning's ``last.ckpt`` (resume point, rewritten each
+epoch), ``history.jsonl`` (one line per finished epoch: mean loss terms and method diagnostics such as CoBooM's
+codebook usage) and, once training has finished, ``encoder.pt``. An existing ``encoder.pt`` is reused by every
+evaluation; an interrupted run resumes from ``last.ckpt``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from datasets import ImageDataset
+from medssl import quiet_lightning
+from medssl.backbone import ResNetTrunk
+from medssl.plan import PretrainJob
+from methods import build_method
+from methods.base import PretrainProtocol
+
+ENCODER_FILE = "encoder.pt"
+
+
+def channel_statistics(images: np.ndarray, max_images: int = 1000, seed: int = 0) -> Dict[str, list]:
+    """Per-channel mean/std in [0,1] units of a seeded sample of the pretraining images."""
+    rng = np.random.default_rng(seed)
+    pick = np.sort(rng.choice(len(images), size=min(max_images, len(images)), replace=False))
+    sample = np.asarray(images[pick], dtype=np.float64) / 255.0
+    mean = sample.mean(axis=(0, 2, 3))
+    std = sample.std(axis=(0, 2, 3)).clip(min=1e-3)
+    return {"mean": [round(float(v), 6) for v in mean], "std": [round(float(v), 6) for v in std]}
+
+
+def precision_for(device: str) -> str:
+    if device.startswith("cuda"):
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "32-true"
+
+
+class EpochHistory(pl.Callback):
+    """Appends one JSON line per finished epoch to ``history.jsonl`` (survives resumption)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, module) -> None:
+        if trainer.global_rank != 0:
+            return
+        row: Dict[str, Any] = {"epoch": trainer.current_epoch, "step": trainer.global_step}
+        for name, value in trainer.callback_metrics.items():
+            if name.startswith("train/") and name.endswith("_epoch"):
+                row[name[len("train/") : -len("_epoch")]] = round(float(value), 6)
+        row.update({k: round(float(v), 6) for k, v in module.epoch_statistics().items()})
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+
+
+def read_history(run_dir: Path) -> list:
+    path = Path(run_dir) / "history.jsonl"
+    if not path.exists():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    latest = {row["epoch"]: row for row in rows}  # a resumed epoch may appear twice; the last one counts
+    return [latest[e] for e in sorted(latest)]
+
+
+def load_encoder(path: Path) -> tuple:
+    """(ResNetTrunk with weights, checkpoint metadata)."""
+    payload = torch.load(path, map_location="cpu", weights_only=False)
+    meta = payload["meta"]
+    encoder = ResNetTrunk(meta["backbone"], meta["in_channels"])
+    encoder.load_state_dict(payload["state_dict"])
+    return encoder, meta
+
+
+def run_pretraining(job: PretrainJob, dataset: ImageDataset, checkpoints_dir: Path, device: str = "cpu", progress: bool = True, max_time_s: Optional[float] = None) -> Path:
+    run_dir = Path(checkpoints_dir) / job.key
+    encoder_path = run_dir / ENCODER_FILE
+    if encoder_path.exists():
+        return encoder_path
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(job.config, indent=1, sort_keys=True))
+    corpus = job.config["corpus"]
+    splits = corpus.get("splits", ["train", "val"])
+    indices = np.sort(np.concatenate([dataset.indices(s) for s in splits]))
+    images = torch.from_numpy(np.ascontiguousarray(dataset.images[indices]))
+    stats = channel_statistics(dataset.images[indices], seed=job.seed)
+    pretrain = job.config.get("protocol", {})
+    batch_size = int(pretrain.get("batch_size", 1))
+    if job.trains and len(images) < batch_size:
+        raise ValueError(f"{job.key}: {len(images)} pretraining images are fewer than one batch of {batch_size}; lower batch_size or use more data")
+    steps_per_epoch = len(images) // batch_size if job.trains else 0
+    protocol = PretrainProtocol(
+        backbone=job.config.get("protocol", job.config).get("backbone", "resnet18"),
+        in_channels=dataset.channels,
+        image_size=int(pretrain.get("image_size", dataset.native_size)),
+        epochs=int(pretrain.get("epochs", 0)),
+        steps_per_epoch=steps_per_epoch,
+        optimizer=pretrain.get("optimizer", {"name": "lars", "lr": 0.0}),
+        schedule=pretrain.get("schedule", {}),
+        augment=pretrain.get("augment", {}),
+        mean=stats["mean"],
+        std=stats["std"],
+        channels_last=device.startswith("cuda"),
+    )
+    quiet_lightning()
+    pl.seed_everything(job.seed, workers=True, verbose=False)
+    model = build_method(job.method, protocol, job.config.get("params"))
+    start = time.time()
+    if job.trains:
+        generator = torch.Generator().manual_seed(job.seed)
+        loader = DataLoader(TensorDataset(images), batch_size=batch_size, shuffle=True, drop_last=True, generator=generator, num_workers=0, pin_memory=device.startswith("cuda"))
+        callbacks = [pl.callbacks.ModelCheckpoint(dirpath=run_dir, filename="last", save_top_k=1, every_n_epochs=1, enable_version_counter=False), EpochHistory(run_dir / "history.jsonl")]
+        if progress:
+            callbacks.append(pl.callbacks.RichProgressBar(leave=False))
+        trainer = pl.Trainer(
+            max_epochs=protocol.epochs,
+            accelerator="gpu" if device.startswith("cuda") else "cpu",
+            devices=1,
+            precision=precision_for(device),
+            callbacks=callbacks,
+            logger=pl.loggers.CSVLogger(run_dir, name="logs", version=""),
+            enable_progress_bar=progress,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            log_every_n_steps=max(1, min(50, steps_per_epoch)),
+            max_time={"seconds": max_time_s} if max_time_s else None,
+        )
+        resume = run_dir / "last.ckpt"
+        trainer.fit(model, loader, ckpt_path=str(resume) if resume.exists() else None)
+        if trainer.current_epoch < protocol.epochs:
+            raise RuntimeError(f"{job.key}: pretraining stopped at epoch {trainer.current_epoch} of {protocol.epochs}; run again to resume")
+    meta = {
+        "method": job.method,
+        "hash": job.hash,
+        "backbone": protocol.backbone,
+        "in_channels": protocol.in_channels,
+        "image_size": protocol.image_size,
+        "mean": stats["mean"],
+        "std": stats["std"],
+        "pretrain_images": int(len(images)),
+        "wall_time_s": round(time.time() - start, 2),
+        "history": read_history(run_dir),
+    }
+    tmp = run_dir / (ENCODER_FILE + ".tmp")
+    torch.save({"state_dict": model.encoder_state_dict(), "meta": meta}, tmp)
+    os.replace(tmp, encoder_path)
+    return encoder_path

@@ -1,0 +1,116 @@
+"""Table 1 (linear probing) and Table 2 (fine-tuning) in the CoBooM paper's layout, from stored records alone.
+
+Rows are methods in suite order, columns are task x label fraction; a cell is mean +- sd (sample sd, ddof=1)
+over seeds of the metric in percent, with the number of seeds when it differs from the suite's. The best mean
+of each column (at the displayed precision, so ties are all bold) is bold. Output is deterministic: the same
+records give byte-identical files.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional
+
+import numpy as np
+
+from medssl.config import fraction_label
+from medssl.plan import Plan, evaluation_seeds
+from methods import REGISTRY
+
+TABLES = {"linear": ("table1", "Table 1. Linear probing"), "finetune": ("table2", "Table 2. Fine-tuning")}
+
+
+def method_label(name: str) -> str:
+    entry = REGISTRY.get(name)
+    return entry.label if entry is not None else name
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def aggregate(plan: Plan, records: Iterable[Dict]) -> Dict[tuple, List[float]]:
+    """(method, task, protocol, fraction) -> metric values of the plan's finished jobs (one per seed)."""
+    by_key = {r["key"]: r for r in records}
+    cells: Dict[tuple, List[float]] = {}
+    for job in plan.eval_jobs:
+        record = by_key.get(job.key)
+        if record is not None:
+            cells.setdefault((job.pretrain.method, job.task["name"], job.protocol, job.fraction), []).append(float(record["value"]))
+    return cells
+
+
+def _columns(plan: Plan, protocol: str) -> List[tuple]:
+    return [(t["name"], float(f)) for t in plan.suite["tasks"] if protocol in t["protocols"] for f in t["fractions"]]
+
+
+def table_rows(plan: Plan, cells: Dict[tuple, List[float]], protocol: str) -> List[Dict]:
+    rows = []
+    for method in plan.suite["methods"]:
+        for task, fraction in _columns(plan, protocol):
+            values = cells.get((method, task, protocol, fraction), [])
+            mean = float(np.mean(values)) * 100 if values else math.nan
+            sd = float(np.std(values, ddof=1)) * 100 if len(values) > 1 else math.nan
+            rows.append({"method": method, "label": method_label(method), "task": task, "fraction": fraction, "n": len(values), "mean": mean, "sd": sd})
+    best: Dict[tuple, float] = {}
+    for row in rows:
+        if row["n"]:
+            col = (row["task"], row["fraction"])
+            best[col] = max(best.get(col, -math.inf), round(row["mean"], 1))
+    for row in rows:
+        row["best"] = bool(row["n"]) and round(row["mean"], 1) == best.get((row["task"], row["fraction"]))
+    return rows
+
+
+def render_markdown(plan: Plan, rows: List[Dict], protocol: str) -> str:
+    columns = _columns(plan, protocol)
+    n_seeds = len(evaluation_seeds(plan.suite, protocol)) * len(plan.suite["pretrain"]["seeds"])
+    lookup = {(r["method"], r["task"], r["fraction"]): r for r in rows}
+    title = TABLES[protocol][1]
+    lines = [f"{title} — suite `{plan.suite['name']}`: test macro AUC (%) , mean ± sd over {n_seeds} seeds; best per column in bold.", ""]
+    lines.append("| Method | " + " | ".join(f"{task} {fraction_label(f)}" for task, f in columns) + " |")
+    lines.append("|---|" + "---:|" * len(columns))
+    for method in plan.suite["methods"]:
+        cells = []
+        for task, fraction in columns:
+            r = lookup[(method, task, fraction)]
+            if not r["n"]:
+                cells.append("–")
+                continue
+            text = f"{r['mean']:.1f}" + (f" ± {r['sd']:.1f}" if r["n"] > 1 else "") + (f" (n={r['n']})" if r["n"] != n_seeds else "")
+            cells.append(f"**{text}**" if r["best"] else text)
+        lines.append(f"| {method_label(method)} | " + " | ".join(cells) + " |")
+    missing = sum(1 for r in rows if not r["n"])
+    if missing:
+        lines += ["", f"– : {missing} cells have no finished result yet."]
+    return "\n".join(lines) + "\n"
+
+
+def render_csv(rows: List[Dict]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["method", "label", "task", "fraction", "n", "mean", "sd", "best"])
+    for r in rows:
+        writer.writerow([r["method"], r["label"], r["task"], f"{r['fraction']:g}", r["n"], "" if math.isnan(r["mean"]) else f"{r['mean']:.4f}", "" if math.isnan(r["sd"]) else f"{r['sd']:.4f}", int(r["best"])])
+    return out.getvalue()
+
+
+def write_reports(plan: Plan, records: Iterable[Dict], reports_dir: Path) -> List[Path]:
+    records = list(records)
+    cells = aggregate(plan, records)
+    written = []
+    for protocol, (stem, _) in TABLES.items():
+        if not _columns(plan, protocol):
+            continue
+        rows = table_rows(plan, cells, protocol)
+        for suffix, text in ((".md", render_markdown(plan, rows, protocol)), (".csv", render_csv(rows))):
+            path = Path(reports_dir) / f"{stem}{suffix}"
+            _atomic_write(path, text)
+            written.append(path)
+    return written

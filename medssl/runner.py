@@ -1,0 +1,124 @@
+"""Execute a plan: pretrain what pending evaluations need, evaluate, append one record per finished job.
+
+Finished work is never redone: evaluations whose key is in the result store are skipped, pretrainings whose
+``encoder.pt`` exists are reused, and an interrupted pretraining resumes from its last epoch.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+import numpy as np
+
+from datasets import ImageDataset, load_dataset
+from medssl import provenance
+from medssl.config import stable_hash
+from medssl.evaluate import extract_features, fine_tune, linear_probe
+from medssl.metrics import multilabel_auc
+from medssl.plan import EvalJob, Plan, PretrainJob
+from medssl.pretrain import load_encoder, run_pretraining
+from medssl.records import ResultStore
+from medssl.splits import label_fraction_indices
+
+
+class DatasetCache:
+    """Loads each dataset spec once per run."""
+
+    def __init__(self, data_root: Path):
+        self.data_root = Path(data_root)
+        self._cache: Dict[str, ImageDataset] = {}
+
+    def get(self, spec: Dict[str, Any]) -> ImageDataset:
+        key = stable_hash(spec)
+        if key not in self._cache:
+            self._cache[key] = load_dataset(spec["name"], self.data_root, **(spec.get("params") or {}))
+        return self._cache[key]
+
+
+def make_record(job: EvalJob, suite_name: str, dataset: ImageDataset, result: Dict[str, Any], metrics: Dict[str, Any], n_split: Dict[str, int], device: str, wall_time: float) -> Dict[str, Any]:
+    return {
+        "key": job.key,
+        "suite": suite_name,
+        "method": job.pretrain.method,
+        "pretrain_hash": job.pretrain.hash,
+        "pretrain_seed": job.pretrain.seed,
+        "task": job.task["name"],
+        "dataset": dataset.name,
+        "protocol": job.protocol,
+        "fraction": job.fraction,
+        "seed": job.seed,
+        "metric": "macro_auc",
+        "value": metrics["macro_auc"],
+        "per_class": metrics["per_class_auc"],
+        "excluded_classes": metrics["excluded_classes"],
+        "n_train": n_split["train"],
+        "n_val": n_split["val"],
+        "n_test": n_split["test"],
+        "best_epoch": result["best_epoch"],
+        "epochs": result["epochs"],
+        "val_value": result["val_value"],
+        "config_hash": job.key,
+        "config": job.config,
+        "pretrain_config": job.pretrain.config,
+        "git_commit": provenance.git_commit(),
+        "packages": provenance.package_versions(),
+        "hardware": provenance.hardware(device),
+        "wall_time_s": round(wall_time, 2),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def run_plan(plan: Plan, data_root: Path, out_dir: Path, device: str = "cpu", progress: bool = True, log: Callable[[str], None] = print, store: Optional[ResultStore] = None) -> Dict[str, int]:
+    suite = plan.suite
+    store = store or ResultStore(Path(out_dir) / suite["name"])
+    done = store.keys()
+    pending = [job for job in plan.eval_jobs if job.key not in done]
+    log(f"{len(plan.eval_jobs)} evaluations in the plan, {len(plan.eval_jobs) - len(pending)} already done, {len(pending)} to run")
+    if not pending:
+        return {"ran": 0, "skipped": len(plan.eval_jobs)}
+    datasets = DatasetCache(data_root)
+    checkpoints = Path(out_dir) / "checkpoints"
+    needed: Dict[str, PretrainJob] = {job.pretrain.key: job.pretrain for job in pending}
+    encoders: Dict[str, Path] = {}
+    for key, pjob in needed.items():
+        corpus = pjob.config["corpus"]
+        log(f"pretraining {key}" + ("" if pjob.trains else " (random initialisation)"))
+        encoders[key] = run_pretraining(pjob, datasets.get(corpus), checkpoints, device=device, progress=progress)
+
+    groups: Dict[tuple, List[EvalJob]] = {}
+    for job in pending:
+        groups.setdefault((job.pretrain.key, job.task["name"]), []).append(job)
+    ran = 0
+    for (pretrain_key, task_name), jobs in groups.items():
+        encoder, meta = load_encoder(encoders[pretrain_key])
+        task = jobs[0].task
+        dataset = datasets.get(task["dataset"])
+        if dataset.channels != meta["in_channels"]:
+            raise ValueError(f"task {task_name!r} has {dataset.channels}-channel images but {pretrain_key} was pretrained on {meta['in_channels']}-channel images")
+        labels = np.asarray(dataset.labels)
+        split = {s: dataset.indices(s) for s in ("train", "val", "test")}
+        features = None
+        subsets: Dict[int, Dict[float, np.ndarray]] = {}
+        for job in jobs:
+            start = time.time()
+            if job.seed not in subsets:
+                fractions = sorted({float(f) for f in task["fractions"]})
+                subsets[job.seed] = label_fraction_indices(split["train"], labels, dataset.patient_ids, fractions, job.seed)
+            train_idx = subsets[job.seed][job.fraction]
+            settings = job.config["settings"]
+            if job.protocol == "linear":
+                if features is None:
+                    features = extract_features(encoder, dataset.images, meta["image_size"], meta["mean"], meta["std"], device=device)
+                result = linear_probe(features, labels, train_idx, split["val"], split["test"], dataset.class_names, settings, job.seed)
+            else:
+                fresh, _ = load_encoder(encoders[pretrain_key])
+                result = fine_tune(fresh, meta, dataset.images, labels, train_idx, split["val"], split["test"], dataset.class_names, settings, job.seed, device=device, progress=progress)
+            metrics = multilabel_auc(labels[split["test"]], result["test_scores"], dataset.class_names)
+            n_split = {"train": int(len(train_idx)), "val": int(len(split["val"])), "test": int(len(split["test"]))}
+            record = make_record(job, suite["name"], dataset, result, metrics, n_split, device, time.time() - start)
+            store.append(record, predictions={"test_indices": split["test"].astype(np.int32), "scores": result["test_scores"].astype(np.float32)})
+            ran += 1
+            log(f"  {job.describe()}: test macro AUC {metrics['macro_auc']:.4f} (val {result['val_value']:.4f}, epoch {result['best_epoch']})")
+    return {"ran": ran, "skipped": len(plan.eval_jobs) - len(pending)}

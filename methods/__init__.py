@@ -1,0 +1,73 @@
+"""Method registry: one entry per name a suite can list.
+
+Adding a method = one file in ``methods/`` with an :class:`~methods.base.SSLMethod` subclass, plus one line in
+``REGISTRY`` below (or a call to :func:`register_method` from your own code). Variants of one method (ablations)
+are entries that point at the same class with different config values.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from typing import Any, Dict, List, NamedTuple, Optional, Type
+
+from methods.base import MethodConfig, PretrainProtocol, SSLMethod
+
+
+class MethodEntry(NamedTuple):
+    target: Any  # "module:Class" or the class itself
+    overrides: Dict[str, Any]
+    description: str
+    label: str  # row name in the report tables (the CoBooM paper's where it has one)
+
+
+REGISTRY: Dict[str, MethodEntry] = {
+    "supervised": MethodEntry("methods.supervised:Supervised", {}, "random initialisation, no pretraining", "Sup."),
+    "simclr": MethodEntry("methods.simclr:SimCLR", {}, "SimCLR, NT-Xent contrastive (Chen et al. 2020)", "SimCLR"),
+    "byol": MethodEntry("methods.byol:BYOL", {}, "BYOL, EMA self-distillation (Grill et al. 2020)", "BYOL"),
+    "coboom": MethodEntry("methods.coboom:CoBooM", {}, "CoBooM with DiversiFuse and decoder (Singh & Mishra 2024)", "CoBooM w/ Dec."),
+    "coboom-nodec": MethodEntry("methods.coboom:CoBooM", {"use_decoder": False}, "CoBooM without decoder", "CoBooM w/o Dec."),
+    "coboom-nodf": MethodEntry("methods.coboom:CoBooM", {"use_decoder": False, "use_diversifuse": False}, "CoBooM without DiversiFuse and decoder", "CoBooM w/o DF"),
+}
+
+
+class UnknownMethodError(KeyError):
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def register_method(name: str, cls: Type[SSLMethod], overrides: Optional[Dict[str, Any]] = None, description: str = "", label: str = "", replace: bool = False) -> None:
+    if name in REGISTRY and not replace:
+        raise ValueError(f"method {name!r} is already registered; pass replace=True to override it")
+    REGISTRY[name] = MethodEntry(cls, dict(overrides or {}), description or (cls.__doc__ or "").strip().split("\n")[0], label or name)
+
+
+def method_names() -> List[str]:
+    return list(REGISTRY)
+
+
+def method_class(name: str) -> Type[SSLMethod]:
+    if name not in REGISTRY:
+        raise UnknownMethodError(f"unknown method {name!r}; known methods: {', '.join(REGISTRY)}")
+    target = REGISTRY[name].target
+    if isinstance(target, str):
+        module, cls_name = target.split(":")
+        target = getattr(importlib.import_module(module), cls_name)
+    return target
+
+
+def resolve_config(name: str, params: Optional[Dict[str, Any]] = None) -> MethodConfig:
+    """The method's full config: class defaults <- registry overrides <- suite ``method_params``."""
+    cls = method_class(name)
+    values = {**REGISTRY[name].overrides, **(params or {})}
+    known = {f.name for f in dataclasses.fields(cls.Config)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"method {name!r} has no settings {unknown}; its settings are {sorted(known)}")
+    return cls.Config(**values)
+
+
+def build_method(name: str, protocol: PretrainProtocol, params: Optional[Dict[str, Any]] = None) -> SSLMethod:
+    cls = method_class(name)
+    model = cls(resolve_config(name, params), protocol)
+    model.name = name
+    return model

@@ -1,0 +1,179 @@
+"""The shared base class of every pretraining method (one Lightning module per method).
+
+A method subclasses :class:`SSLMethod`, declares its hyperparameters as a dataclass ``Config`` (defaults are the
+paper's), builds its heads in ``build()`` and computes its loss from the augmented views in ``compute_loss``.
+Everything else is shared and therefore identical across methods: the ResNet trunk, the batched view
+augmentation, the optimiser (LARS or SGD/AdamW) with per-step warm-up + cosine schedule, the parameter groups that
+exclude biases and normalisation layers from weight decay, the EMA hook, logging and the exported encoder.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Dict, List, Optional, Sequence
+
+import pytorch_lightning as pl
+import torch
+from lightly.models.utils import get_weight_decay_parameters, update_momentum
+from lightly.utils.lars import LARS
+from torch import nn
+
+from medssl.augment import Normalize, augment_view, resize, to_unit_float, view_configs
+from medssl.backbone import ResNetTrunk
+
+
+@dataclasses.dataclass
+class PretrainProtocol:
+    """The part of a suite that every method shares."""
+
+    backbone: str = "resnet18"
+    in_channels: int = 1
+    image_size: int = 64
+    epochs: int = 1
+    steps_per_epoch: int = 1
+    optimizer: Dict[str, Any] = dataclasses.field(default_factory=lambda: {"name": "lars", "lr": 0.02})
+    schedule: Dict[str, Any] = dataclasses.field(default_factory=lambda: {"name": "warmup_cosine", "warmup_epochs": 0})
+    augment: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    mean: Sequence[float] = (0.5,)
+    std: Sequence[float] = (0.25,)
+    channels_last: bool = False
+
+    @property
+    def total_steps(self) -> int:
+        return max(1, self.epochs * self.steps_per_epoch)
+
+
+@dataclasses.dataclass
+class MethodConfig:
+    """Hyperparameters of a method; subclasses add fields with the paper's defaults."""
+
+
+class SSLMethod(pl.LightningModule):
+    #: registry name, set by the registry
+    name: str = "base"
+    Config = MethodConfig
+    #: number of augmented views per image fed to ``compute_loss``
+    n_views: int = 2
+    #: False for methods that produce an encoder without training (supervised-from-scratch)
+    needs_pretraining: bool = True
+    #: augmentation settings that override the suite's for this method (e.g. BYOL's asymmetric blur)
+    view_overrides: Dict[str, Any] = {}
+
+    def __init__(self, config: MethodConfig, protocol: PretrainProtocol):
+        super().__init__()
+        self.config = config
+        self.protocol = protocol
+        self.backbone = ResNetTrunk(protocol.backbone, protocol.in_channels)
+        self.normalize = Normalize(protocol.mean, protocol.std)
+        augment = {**protocol.augment, **self.view_overrides}
+        self.view_augment = view_configs(augment, self.n_views)
+        self.build()
+        if protocol.channels_last:
+            self.to(memory_format=torch.channels_last)
+
+    # ----- to implement -------------------------------------------------------------------------------------
+    def build(self) -> None:
+        """Create heads and auxiliary modules (the backbone exists already)."""
+
+    def compute_loss(self, views: List[torch.Tensor], images: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Return a dict with at least ``loss``; ``views`` are normalised, ``images`` the uint8 batch."""
+        raise NotImplementedError
+
+    def momentum_pairs(self) -> List[tuple]:
+        """(online module, EMA module) pairs updated after every optimiser step."""
+        return []
+
+    # ----- shared machinery ---------------------------------------------------------------------------------
+    def make_views(self, images: torch.Tensor) -> List[torch.Tensor]:
+        views = [self.normalize(augment_view(images, self.protocol.image_size, cfg)) for cfg in self.view_augment]
+        if self.protocol.channels_last:
+            views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+        return views
+
+    def unaugmented(self, images: torch.Tensor) -> torch.Tensor:
+        """The whole image resized to the training resolution and normalised (reconstruction targets)."""
+        return self.normalize(resize(images, self.protocol.image_size))
+
+    def training_step(self, batch, batch_idx):
+        images = batch[0] if isinstance(batch, (list, tuple)) else batch
+        losses = self.compute_loss(self.make_views(images), images)
+        self.log_dict({f"train/{k}": v.detach().float() for k, v in losses.items()}, prog_bar=False, on_step=True, on_epoch=True, batch_size=len(images))
+        self.log("loss", losses["loss"].detach().float(), prog_bar=True, on_step=True, on_epoch=False, batch_size=len(images))
+        return losses["loss"]
+
+    def ema_momentum(self, base: float, step: Optional[int] = None) -> float:
+        """BYOL's cosine increase of the EMA coefficient from ``base`` to 1 over training."""
+        step = self.global_step if step is None else step
+        progress = min(step, self.protocol.total_steps) / self.protocol.total_steps
+        return 1.0 - (1.0 - base) * (math.cos(math.pi * progress) + 1) / 2
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        pairs = self.momentum_pairs()
+        if pairs:
+            m = self.ema_momentum(getattr(self.config, "ema_base", 0.996))
+            for online, target in pairs:
+                update_momentum(online, target, m)
+
+    def configure_optimizers(self):
+        trainable = [m for name, m in self.named_children() if name not in self.frozen_children()]
+        decay, no_decay = get_weight_decay_parameters(trainable)
+        decay = [p for p in decay if p.requires_grad]
+        no_decay = [p for p in no_decay if p.requires_grad]
+        opt = dict(self.protocol.optimizer)
+        name, lr = opt.pop("name", "lars"), float(opt.pop("lr"))
+        wd = float(opt.pop("weight_decay", 0.0))
+        groups = [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
+        if name == "lars":
+            # lightly's LARS skips the trust ratio for groups with weight_decay 0: biases and norms get plain SGD.
+            optimizer = LARS(groups, lr=lr, momentum=float(opt.pop("momentum", 0.9)), trust_coefficient=float(opt.pop("trust_coefficient", 0.001)))
+        elif name == "sgd":
+            optimizer = torch.optim.SGD(groups, lr=lr, momentum=float(opt.pop("momentum", 0.9)))
+        elif name == "adamw":
+            optimizer = torch.optim.AdamW(groups, lr=lr)
+        elif name == "adam":
+            optimizer = torch.optim.Adam(groups, lr=lr)
+        else:
+            raise ValueError(f"unknown optimizer {name!r}; choose lars, sgd, adam or adamw")
+        schedule = dict(self.protocol.schedule)
+        warmup = int(round(float(schedule.get("warmup_epochs", 0)) * self.protocol.steps_per_epoch))
+        total = self.protocol.total_steps
+        final = float(schedule.get("final_lr_ratio", 0.0))
+        kind = schedule.get("name", "warmup_cosine")
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            if kind == "constant":
+                return 1.0
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return final + (1 - final) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        if kind not in ("warmup_cosine", "constant"):
+            raise ValueError(f"unknown schedule {kind!r}; choose warmup_cosine or constant")
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def frozen_children(self) -> Sequence[str]:
+        """Names of child modules the optimiser must not see (EMA targets)."""
+        return [name for name, m in self.named_children() if name.endswith("_target") or name.startswith("target_")]
+
+    def encoder_state_dict(self) -> Dict[str, torch.Tensor]:
+        """The encoder evaluated downstream (the online/context backbone)."""
+        return {k: v.detach().cpu().clone() for k, v in self.backbone.state_dict().items()}
+
+    def epoch_statistics(self) -> Dict[str, float]:
+        """Extra per-epoch diagnostics stored with the checkpoint (e.g. codebook usage)."""
+        return {}
+
+
+def byol_similarity_loss(p: torch.Tensor, z: torch.Tensor, stop_gradient: bool = True) -> torch.Tensor:
+    """BYOL's regression loss 2 - 2 cos(p, z) averaged over the batch (Grill et al. 2020, eq. 2).
+
+    With ``stop_gradient`` the target ``z`` is a constant, as for an EMA target; without it both sides learn.
+    """
+    target = z.detach() if stop_gradient else z
+    return 2 - 2 * nn.functional.cosine_similarity(p, target, dim=-1).mean()
+
+
+def pooled(feature_map: torch.Tensor) -> torch.Tensor:
+    return torch.flatten(nn.functional.adaptive_avg_pool2d(feature_map, 1), 1)

@@ -1,0 +1,46 @@
+"""BYOL (Grill et al., NeurIPS 2020, section 3), built from lightly's BYOL heads and ``update_momentum``.
+
+Online network = encoder + projector + predictor; target network = EMA copy of encoder + projector with
+tau increasing from 0.996 to 1 by a cosine schedule over all steps (section 3.2); loss = symmetrised
+2 - 2 cos(q_online(view a), z_target(view b)) (eq. 2). Heads 512 -> 4096 -> 256 (projector) and
+256 -> 4096 -> 256 (predictor) as in lightly's defaults and the paper. Augmentations are the suite's, with BYOL's
+asymmetric blur (p = 1.0 / 0.1) and solarisation (p = 0 / 0.2); no colour jitter on grayscale images.
+"""
+import copy
+import dataclasses
+
+import torch
+from lightly.models.modules.heads import BYOLPredictionHead, BYOLProjectionHead
+from lightly.models.utils import deactivate_requires_grad
+
+from methods.base import MethodConfig, SSLMethod, byol_similarity_loss
+
+
+@dataclasses.dataclass
+class BYOLConfig(MethodConfig):
+    hidden_dim: int = 4096
+    output_dim: int = 256
+    ema_base: float = 0.996
+
+
+class BYOL(SSLMethod):
+    Config = BYOLConfig
+    view_overrides = {"blur_p": [1.0, 0.1], "solarize_p": [0.0, 0.2]}
+
+    def build(self) -> None:
+        c = self.config
+        self.projection_head = BYOLProjectionHead(self.backbone.feature_dim, c.hidden_dim, c.output_dim)
+        self.prediction_head = BYOLPredictionHead(c.output_dim, c.hidden_dim, c.output_dim)
+        self.backbone_target = copy.deepcopy(self.backbone)
+        self.projection_head_target = copy.deepcopy(self.projection_head)
+        deactivate_requires_grad(self.backbone_target)
+        deactivate_requires_grad(self.projection_head_target)
+
+    def momentum_pairs(self):
+        return [(self.backbone, self.backbone_target), (self.projection_head, self.projection_head_target)]
+
+    def compute_loss(self, views, images):
+        p1, p2 = (self.prediction_head(self.projection_head(self.backbone(v))) for v in views)
+        with torch.no_grad():
+            z1, z2 = (self.projection_head_target(self.backbone_target(v)) for v in views)
+        return {"loss": 0.5 * (byol_similarity_loss(p1, z2) + byol_similarity_loss(p2, z1))}

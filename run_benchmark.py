@@ -1,0 +1,160 @@
+#!/usr/bin/env python
+"""medssl-bench: pretrain SSL methods and evaluate them with linear probing and fine-tuning.
+
+Examples:
+  python run_benchmark.py --suite quick                 # the embedded default (synthetic data, CPU, minutes)
+  python run_benchmark.py --suite quick --dry-run       # print every job and whether it is done
+  python run_benchmark.py --suite miccai2024 --data-root /data --device cuda
+  python run_benchmark.py report --suite quick          # rebuild Table 1/2 from stored results only
+  python run_benchmark.py --list                        # suites, methods, datasets
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+COMMANDS = ("run", "report", "examples")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="run_benchmark.py",
+        description="Pretrain self-supervised methods on medical images and evaluate them on downstream tasks "
+        "(linear probing and fine-tuning at several label fractions), then write Table 1/2. "
+        "Finished work is stored and never redone: re-running a command resumes it.",
+        epilog="Commands: 'run' (default) pretrains and evaluates; 'report' rebuilds the tables from stored results; "
+        "'examples' draws sample images of a dataset. 'python run_benchmark.py COMMAND --help' for details.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("command", nargs="?", choices=COMMANDS, default="run", help="what to do (default: run)")
+    parser.add_argument("--suite", default="quick", help="suite name in benchmarks/suites/ or a path to a suite .yaml (default: quick)")
+    parser.add_argument("--methods", help="comma-separated subset of the suite's methods, e.g. simclr,coboom")
+    parser.add_argument("--seeds", help="comma-separated evaluation seeds, e.g. 0,1,2 (default: the suite's)")
+    parser.add_argument("--fractions", help="comma-separated label fractions in percent, e.g. 1,10,100 (default: the suite's)")
+    parser.add_argument("--data-root", help="folder with the datasets; synthetic data is generated there (default: ./data)")
+    parser.add_argument("--out", default="results", help="results folder: records in OUT/<suite>/, checkpoints in OUT/checkpoints/ (default: results)")
+    parser.add_argument("--reports", default="reports", help="reports folder: tables in REPORTS/<suite>/ (default: reports)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto = cuda if available)")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan (every pretraining and evaluation job with its key and status) and exit")
+    parser.add_argument("--list", action="store_true", help="list suites, methods and datasets and exit")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (for logs and CI)")
+    parser.add_argument("--dataset", default="synthetic_cxr", help="for 'examples': dataset to draw (default: synthetic_cxr)")
+    parser.add_argument("--image", default="docs/synthetic_cxr_examples.png", help="for 'examples': output PNG path")
+    return parser
+
+
+def resolve_device(name: str) -> str:
+    import torch
+
+    from medssl.config import ConfigError
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but no CUDA device is available; use --device cpu")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N")
+    return name
+
+
+def resolve_data_root(arg) -> Path:
+    from medssl.config import ConfigError
+
+    if arg is None:
+        root = Path("data")
+        root.mkdir(exist_ok=True)
+        return root
+    root = Path(arg)
+    if not root.is_dir():
+        raise ConfigError(f"data root {root} does not exist; create it, point --data-root at your datasets, or omit --data-root to use ./data")
+    return root
+
+
+def list_everything() -> None:
+    from datasets import describe_datasets
+    from medssl.config import load_suite, suite_names
+    from methods import REGISTRY
+
+    print("Suites (benchmarks/suites/):")
+    for name in suite_names():
+        print(f"  {name:<14} {load_suite(name).get('description', '').strip().splitlines()[0]}")
+    print("Methods:")
+    for name, entry in REGISTRY.items():
+        print(f"  {name:<14} {entry.description}")
+    print("Datasets:")
+    for name, text in describe_datasets().items():
+        print(f"  {name:<14} {text}")
+
+
+def print_plan(plan, store, out_dir: Path) -> None:
+    from medssl.config import fraction_label
+    from medssl.pretrain import ENCODER_FILE
+
+    done = store.keys()
+    print(f"Suite {plan.suite['name']}: {len(plan.pretrain_jobs)} pretraining jobs, {len(plan.eval_jobs)} evaluation jobs")
+    print("Pretraining:")
+    for job in plan.pretrain_jobs:
+        status = "done" if (out_dir / "checkpoints" / job.key / ENCODER_FILE).exists() else ("pending" if job.trains else "random init")
+        print(f"  {job.key:<40} seed={job.seed} [{status}]")
+    print("Evaluation:")
+    for job in plan.eval_jobs:
+        status = "done" if job.key in done else "pending"
+        print(f"  {job.key}  {job.pretrain.method:<14} {job.task['name']:<10} {job.protocol:<9} {fraction_label(job.fraction):>5} seed={job.seed} [{status}]")
+    pending = sum(1 for j in plan.eval_jobs if j.key not in done)
+    print(f"{len(plan.eval_jobs) - pending} done, {pending} pending")
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from datasets import DatasetError
+    from medssl.config import ConfigError, apply_overrides, load_suite, parse_list
+
+    try:
+        if args.list:
+            list_everything()
+            return 0
+        if args.command == "examples":
+            from medssl.examples import draw_examples
+
+            path = draw_examples(args.dataset, resolve_data_root(args.data_root), Path(args.image))
+            print(f"wrote {path}")
+            return 0
+        from medssl.plan import build_plan
+        from medssl.records import ResultStore
+        from medssl.report import write_reports
+
+        suite = load_suite(args.suite)
+        suite = apply_overrides(suite, methods=parse_list(args.methods), seeds=parse_list(args.seeds, int), fractions=parse_list(args.fractions, float))
+        plan = build_plan(suite)
+        out_dir = Path(args.out)
+        store = ResultStore(out_dir / suite["name"])
+        reports_dir = Path(args.reports) / suite["name"]
+        if args.dry_run:
+            print_plan(plan, store, out_dir)
+            return 0
+        if args.command == "report":
+            if not store.files():
+                raise ConfigError(f"no stored results in {store.directory}; run 'python run_benchmark.py --suite {suite['name']}' first")
+            for path in write_reports(plan, store, reports_dir):
+                print(f"wrote {path}")
+            return 0
+        from medssl.runner import run_plan
+
+        device = resolve_device(args.device)
+        data_root = resolve_data_root(args.data_root)
+        summary = run_plan(plan, data_root, out_dir, device=device, progress=not args.no_progress, store=store)
+        for path in write_reports(plan, store, reports_dir):
+            print(f"wrote {path}")
+        print(f"done: {summary['ran']} evaluations run, {summary['skipped']} reused from {store.directory}")
+        return 0
+    except (ConfigError, DatasetError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: finished results are kept in {args.out}/; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""Command-line behaviour: plan printing, clear one-line errors with non-zero exit codes."""
+import subprocess
+import sys
+
+import pytest
+
+from run_benchmark import main
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "run_benchmark.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_dry_run_lists_every_job(tmp_path, capsys):
+    assert main(["--suite", "smoke", "--dry-run", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "4 pretraining jobs, 32 evaluation jobs" in out
+    assert out.count("[pending]") == 3 + 32 and "[random init]" in out
+    assert "coboom" in out and "finetune" in out and "100%" in out
+
+
+def test_dry_run_respects_overrides(tmp_path, capsys):
+    assert main(["--suite", "smoke", "--dry-run", "--methods", "simclr", "--seeds", "0", "--fractions", "30", "--out", str(tmp_path)]) == 0
+    assert "1 pretraining jobs, 2 evaluation jobs" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--suite", "nope"], "unknown suite 'nope'; known suites:"),
+        (["--suite", "smoke", "--methods", "simclr,nope"], "unknown method 'nope'; known methods:"),
+        (["--suite", "smoke", "--fractions", "0"], "label fraction 0% is impossible"),
+        (["--suite", "smoke", "--fractions", "150"], "label fraction 150% is impossible"),
+        (["--suite", "smoke", "--data-root", "/does/not/exist"], "data root /does/not/exist does not exist"),
+        (["report", "--suite", "smoke", "--out", "/does/not/exist"], "no stored results"),
+    ],
+)
+def test_bad_input_gives_one_line_error(args, message, capsys):
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err
+    assert err.count("\n") == 1
+
+
+def test_help_and_list_in_a_fresh_process():
+    result = run_cli("--help")
+    assert result.returncode == 0 and "--dry-run" in result.stdout and "report" in result.stdout
+    result = run_cli("--list")
+    assert result.returncode == 0
+    for word in ("quick", "smoke", "miccai2024", "coboom-nodf", "synthetic_cxr"):
+        assert word in result.stdout
+    result = run_cli("--suite", "nope")
+    assert result.returncode == 2 and result.stderr.strip().startswith("error: unknown suite")
+
+
+def test_narrowing_the_suite_keeps_job_keys():
+    """--methods/--seeds/--fractions select jobs; they must not change the keys of the jobs they keep."""
+    from medssl.config import apply_overrides, load_suite
+    from medssl.plan import build_plan
+
+    suite = load_suite("smoke")
+    full = {j.key for j in build_plan(suite).eval_jobs}
+    narrow = build_plan(apply_overrides(suite, methods=["byol"], seeds=[1], fractions=[30]))
+    assert len(narrow.eval_jobs) == 2 and {j.key for j in narrow.eval_jobs} <= full

@@ -1,0 +1,63 @@
+"""The whole path on the smoke suite: pretrain -> checkpoint -> evaluate -> records -> tables, then resume."""
+import json
+
+import pytest
+
+from medssl.records import ResultStore
+from run_benchmark import main
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    (root / "data").mkdir()
+    common = ["--suite", "smoke", "--data-root", str(root / "data"), "--out", str(root / "results"), "--reports", str(root / "reports"), "--no-progress"]
+    # a first, partial run (as if the full run had been interrupted after these methods)
+    assert main(common + ["--methods", "supervised,simclr"]) == 0
+    partial = ResultStore(root / "results" / "smoke").records()
+    assert main(common) == 0
+    return root, common, partial
+
+
+def test_records_carry_provenance_and_metrics(smoke_run):
+    root, _, _ = smoke_run
+    records = ResultStore(root / "results" / "smoke").records()
+    assert len(records) == 32 and len({r["key"] for r in records}) == 32
+    r = records[0]
+    for field in ("config_hash", "git_commit", "packages", "hardware", "wall_time_s", "per_class", "excluded_classes"):
+        assert field in r
+    assert r["packages"]["torch"] and r["hardware"]["cpu_count"]
+    assert 0.0 <= r["value"] <= 1.0 and r["n_test"] > 0
+    assert (root / "results" / "smoke" / "predictions" / f"{r['key']}.npz").exists()
+
+
+def test_resume_skips_finished_work(smoke_run, capsys):
+    root, common, partial = smoke_run
+    records = ResultStore(root / "results" / "smoke").records()
+    assert records[: len(partial)] == partial, "finished records were rewritten"
+    assert {r["method"] for r in partial} == {"supervised", "simclr"}
+    checkpoints = sorted(p.name for p in (root / "results" / "checkpoints").iterdir())
+    mtimes = {p: (root / "results" / "checkpoints" / p / "encoder.pt").stat().st_mtime for p in checkpoints}
+    assert main(common) == 0
+    assert "done: 0 evaluations run, 32 reused" in capsys.readouterr().out
+    assert len(ResultStore(root / "results" / "smoke").records()) == 32
+    assert mtimes == {p: (root / "results" / "checkpoints" / p / "encoder.pt").stat().st_mtime for p in checkpoints}
+
+
+def test_report_command_reproduces_tables_byte_for_byte(smoke_run):
+    root, common, _ = smoke_run
+    written = {p.name: p.read_bytes() for p in (root / "reports" / "smoke").iterdir()}
+    assert set(written) == {"table1.md", "table1.csv", "table2.md", "table2.csv"}
+    out = [a for a in common if a != "--no-progress"]
+    out[out.index("--reports") + 1] = str(root / "regenerated")
+    assert main(["report"] + out) == 0
+    regenerated = {p.name: p.read_bytes() for p in (root / "regenerated" / "smoke").iterdir()}
+    assert regenerated == written
+    assert b"**" in written["table1.md"]
+
+
+def test_pretraining_history_is_stored(smoke_run):
+    root, _, _ = smoke_run
+    coboom = next((root / "results" / "checkpoints").glob("coboom-*"))
+    history = [json.loads(line) for line in (coboom / "history.jsonl").read_text().splitlines()]
+    assert history and "codebook_perplexity" in history[-1] and "loss" in history[-1]

@@ -1,0 +1,149 @@
+"""Per-method CPU tests on tiny inputs: shapes, finite and decreasing loss, EMA, CoBooM specifics."""
+import copy
+
+import pytest
+import torch
+
+from methods import REGISTRY, build_method, resolve_config
+from methods.base import PretrainProtocol
+
+SMALL_HEADS = {
+    "simclr": {"hidden_dim": 64, "output_dim": 32},
+    "byol": {"hidden_dim": 64, "output_dim": 32},
+    "coboom": {"hidden_dim": 64, "output_dim": 32, "codebook_size": 32},
+    "coboom-nodec": {"hidden_dim": 64, "output_dim": 32, "codebook_size": 32},
+    "coboom-nodf": {"hidden_dim": 64, "output_dim": 32, "codebook_size": 32},
+}
+SSL_METHODS = sorted(SMALL_HEADS)
+
+
+def tiny_protocol(steps=8, lr=1e-3, optimizer="adamw"):
+    return PretrainProtocol(image_size=32, epochs=1, steps_per_epoch=steps, optimizer={"name": optimizer, "lr": lr, "weight_decay": 0.0}, augment={"crop_scale": [0.5, 1.0], "blur_p": 0.0})
+
+
+def fixed_batch(n=8, size=48, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(n, 1, size, size, generator=g) * 255).to(torch.uint8)
+
+
+def train_steps(model, images, steps):
+    """Train on one batch with the same augmented views every step; return the loss of each step."""
+    optimizer = model.configure_optimizers()["optimizer"]
+    torch.manual_seed(123)
+    views = model.make_views(images)
+    losses = []
+    for step in range(steps):
+        model.train()
+        loss = model.compute_loss(views, images)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        model.on_train_batch_end(None, None, step)
+        losses.append(float(loss.detach()))
+    return losses
+
+
+@pytest.mark.parametrize("name", SSL_METHODS)
+def test_loss_finite_and_decreases_on_fixed_batch(name):
+    torch.manual_seed(0)
+    model = build_method(name, tiny_protocol(), SMALL_HEADS[name])
+    losses = train_steps(model, fixed_batch(), steps=8)
+    assert all(torch.isfinite(torch.tensor(losses))), losses
+    assert sum(losses[-2:]) / 2 < sum(losses[:2]) / 2, f"{name} loss did not decrease: {losses}"
+
+
+@pytest.mark.parametrize("name", SSL_METHODS)
+def test_views_and_encoder_shapes(name):
+    model = build_method(name, tiny_protocol(), SMALL_HEADS[name])
+    images = fixed_batch(n=4)
+    views = model.make_views(images)
+    assert len(views) == model.n_views and all(v.shape == (4, 1, 32, 32) for v in views)
+    assert model.backbone(views[0]).shape == (4, 512)
+    state = model.encoder_state_dict()
+    assert "layer4.1.bn2.running_var" in state and "fc.weight" not in state
+
+
+@pytest.mark.parametrize("name", ["byol", "coboom"])
+def test_ema_target_moves_towards_online(name):
+    torch.manual_seed(0)
+    model = build_method(name, tiny_protocol(lr=1e-2), SMALL_HEADS[name])
+    target_before = copy.deepcopy(model.backbone_target.state_dict())
+    train_steps(model, fixed_batch(), steps=2)
+    after = model.backbone_target.state_dict()
+    moved = [k for k in after if after[k].dtype.is_floating_point and not torch.equal(after[k], target_before[k])]
+    assert moved, "the EMA target did not change"
+    online = model.backbone.state_dict()
+    key = "layer1.0.conv1.weight"
+    assert not torch.equal(after[key], online[key]), "target must lag the online network, not copy it"
+    assert all(not p.requires_grad for p in model.backbone_target.parameters())
+
+
+def test_ema_momentum_follows_cosine_schedule():
+    model = build_method("byol", tiny_protocol(steps=100), SMALL_HEADS["byol"])
+    assert model.ema_momentum(0.996, step=0) == pytest.approx(0.996)
+    assert model.ema_momentum(0.996, step=50) == pytest.approx(0.998)
+    assert model.ema_momentum(0.996, step=100) == pytest.approx(1.0)
+
+
+def test_target_networks_are_not_optimised():
+    model = build_method("byol", tiny_protocol(), SMALL_HEADS["byol"])
+    optimised = {id(p) for group in model.configure_optimizers()["optimizer"].param_groups for p in group["params"]}
+    assert not optimised & {id(p) for p in model.backbone_target.parameters()}
+    assert {id(p) for p in model.backbone.parameters()} <= optimised
+
+
+def test_supervised_is_seeded_random_init():
+    torch.manual_seed(1)
+    a = build_method("supervised", tiny_protocol()).encoder_state_dict()
+    torch.manual_seed(1)
+    b = build_method("supervised", tiny_protocol()).encoder_state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not REGISTRY["supervised"].target.endswith("SSL")
+
+
+def test_coboom_ablations_are_config_switches_of_one_class():
+    full = build_method("coboom", tiny_protocol(), SMALL_HEADS["coboom"])
+    nodec = build_method("coboom-nodec", tiny_protocol(), SMALL_HEADS["coboom-nodec"])
+    nodf = build_method("coboom-nodf", tiny_protocol(), SMALL_HEADS["coboom-nodf"])
+    assert type(full) is type(nodec) is type(nodf)
+    assert full.decoder is not None and full.diversifuse is not None
+    assert nodec.decoder is None and nodec.diversifuse is not None
+    assert nodf.decoder is None and nodf.diversifuse is None
+    assert resolve_config("coboom-nodf").use_decoder is False
+
+
+def test_coboom_quantizer_uses_spatial_tokens_and_nearest_codes():
+    model = build_method("coboom", tiny_protocol(), SMALL_HEADS["coboom"])
+    model.train()
+    target_map = torch.randn(2, 512, 3, 3)
+    fused, codebook_loss, commitment_loss = model.quantize_and_fuse(target_map)
+    assert fused.shape == target_map.shape
+    assert torch.isclose(codebook_loss, commitment_loss)  # same squared distance, different stop-gradients
+    # data initialisation put every code on a target vector; the nearest code of a vector is the closest row
+    vectors = target_map.flatten(2).transpose(1, 2).reshape(-1, 512)
+    _, _, _, idx = model.quantizer(vectors)
+    brute = torch.cdist(vectors, model.quantizer.codebook).argmin(1)
+    assert torch.equal(idx, brute)
+    stats = model.quantizer.usage_statistics()
+    assert 1.0 <= stats["codebook_perplexity"] <= 32 and 0.0 <= stats["codebook_dead_share"] < 1.0
+
+
+def test_coboom_codebook_learns_by_codebook_loss_only():
+    model = build_method("coboom-nodec", tiny_protocol(), SMALL_HEADS["coboom-nodec"])
+    model.train()
+    images = fixed_batch(n=4)
+    out = model.compute_loss(model.make_views(images), images)
+    out["codebook"].backward(retain_graph=True)
+    assert model.quantizer.codebook.grad is not None and model.quantizer.codebook.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.backbone_target.parameters())
+    for term in ("l1", "l2", "codebook", "commitment"):
+        assert torch.isfinite(out[term])
+
+
+def test_unknown_method_and_setting_are_clear_errors():
+    from methods import UnknownMethodError
+
+    with pytest.raises(UnknownMethodError, match="known methods"):
+        build_method("nope", tiny_protocol())
+    with pytest.raises(ValueError, match="has no settings \\['nope'\\]"):
+        resolve_config("simclr", {"nope": 1})

@@ -1,0 +1,52 @@
+import numpy as np
+import pytest
+
+from datasets import DatasetError, load_dataset
+from datasets.synthetic_cxr import CLASS_NAMES, render_phantom
+
+
+def test_phantoms_are_deterministic_and_labelled(synthetic_root):
+    a = load_dataset("synthetic_cxr", synthetic_root, n_images=60, size=32, seed=3)
+    b = load_dataset("synthetic_cxr", synthetic_root / "elsewhere", n_images=60, size=32, seed=3)
+    np.testing.assert_array_equal(np.asarray(a.images), np.asarray(b.images))
+    np.testing.assert_array_equal(a.labels, b.labels)
+    assert a.images.shape == (60, 1, 32, 32) and a.images.dtype == np.uint8
+    assert a.class_names == CLASS_NAMES
+    other = load_dataset("synthetic_cxr", synthetic_root, n_images=60, size=32, seed=4)
+    assert not np.array_equal(np.asarray(other.images), np.asarray(a.images))
+
+
+def test_pneumothorax_mask_present_exactly_when_labelled():
+    k = CLASS_NAMES.index("Pneumothorax")
+    seen = {0: 0, 1: 0}
+    for i in range(40):
+        _, labels, mask = render_phantom(0, i, i, 64)
+        assert bool(mask.any()) == bool(labels[k])
+        seen[int(labels[k])] += 1
+    assert seen[0] and seen[1]
+
+
+def test_findings_change_the_image():
+    """A finding is visible: same patient anatomy, label on vs off gives different pixels in the lungs."""
+    image, labels, _ = render_phantom(0, 5, 2, 64)
+    assert 0.0 <= image.min() and image.max() <= 1.0
+    assert labels.dtype == np.uint8 and labels.shape == (len(CLASS_NAMES),)
+
+
+def test_several_images_per_patient_and_patient_disjoint_splits(synthetic_root):
+    ds = load_dataset("synthetic_cxr", synthetic_root, n_images=200, size=32, seed=0)
+    _, counts = np.unique(ds.patient_ids, return_counts=True)
+    assert counts.max() > 1
+    splits = {s: set(ds.patient_ids[ds.split == s]) for s in ("train", "val", "test")}
+    assert not (splits["train"] & splits["val"]) and not (splits["train"] & splits["test"]) and not (splits["val"] & splits["test"])
+    assert all(ds.labels.sum(0) > 0), "every finding occurs"
+
+
+def test_too_few_images_is_a_clear_error(synthetic_root):
+    with pytest.raises(DatasetError, match="at least 20 images"):
+        load_dataset("synthetic_cxr", synthetic_root, n_images=5, size=32)
+
+
+def test_unknown_dataset_names_the_known_ones(synthetic_root):
+    with pytest.raises(DatasetError, match="known datasets: .*synthetic_cxr"):
+        load_dataset("nope", synthetic_root)
