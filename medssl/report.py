@@ -35,14 +35,14 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def aggregate(plan: Plan, records: Iterable[Dict]) -> Dict[tuple, List[float]]:
-    """(method, task, protocol, fraction) -> metric values of the plan's finished jobs (one per seed)."""
+def aggregate(plan: Plan, records: Iterable[Dict]) -> Dict[tuple, Dict[tuple, float]]:
+    """(method, task, protocol, fraction) -> {(pretrain seed, seed): metric} of the plan's finished jobs."""
     by_key = {r["key"]: r for r in records}
-    cells: Dict[tuple, List[float]] = {}
+    cells: Dict[tuple, Dict[tuple, float]] = {}
     for job in plan.eval_jobs:
         record = by_key.get(job.key)
         if record is not None:
-            cells.setdefault((job.pretrain.method, job.task["name"], job.protocol, job.fraction), []).append(float(record["value"]))
+            cells.setdefault((job.pretrain.method, job.task["name"], job.protocol, job.fraction), {})[(job.pretrain.seed, job.seed)] = float(record["value"])
     return cells
 
 
@@ -50,11 +50,11 @@ def _columns(plan: Plan, protocol: str) -> List[tuple]:
     return [(t["name"], float(f)) for t in plan.suite["tasks"] if protocol in t["protocols"] for f in t["fractions"]]
 
 
-def table_rows(plan: Plan, cells: Dict[tuple, List[float]], protocol: str) -> List[Dict]:
+def table_rows(plan: Plan, cells: Dict[tuple, Dict[tuple, float]], protocol: str) -> List[Dict]:
     rows = []
     for method in plan.suite["methods"]:
         for task, fraction in _columns(plan, protocol):
-            values = cells.get((method, task, protocol, fraction), [])
+            values = list(cells.get((method, task, protocol, fraction), {}).values())
             mean = float(np.mean(values)) * 100 if values else math.nan
             sd = float(np.std(values, ddof=1)) * 100 if len(values) > 1 else math.nan
             rows.append({"method": method, "label": method_label(method), "task": task, "fraction": fraction, "n": len(values), "mean": mean, "sd": sd})
@@ -101,10 +101,42 @@ def render_csv(rows: List[Dict]) -> str:
     return out.getvalue()
 
 
+def render_random_init_margins(plan: Plan, cells: Dict[tuple, Dict[tuple, float]], reference: str = "supervised") -> str:
+    """Linear-probe gain of each pretrained encoder over the randomly initialised frozen encoder, per column.
+
+    Values are paired by seed (same label subset, same head initialisation); the sd is over those differences.
+    """
+    if reference not in plan.suite["methods"] or not _columns(plan, "linear"):
+        return ""
+    columns = _columns(plan, "linear")
+    lines = [f"Linear probing: gain over the randomly initialised frozen encoder ({method_label(reference)}), macro AUC points, mean ± sd of per-seed differences.", ""]
+    lines.append("| Method | " + " | ".join(f"{task} {fraction_label(f)}" for task, f in columns) + " |")
+    lines.append("|---|" + "---:|" * len(columns))
+    for method in plan.suite["methods"]:
+        if method == reference:
+            continue
+        out = []
+        for task, fraction in columns:
+            ours, base = cells.get((method, task, "linear", fraction), {}), cells.get((reference, task, "linear", fraction), {})
+            paired = sorted(set(ours) & set(base))
+            n = len(paired)
+            if n == 0:
+                out.append("–")
+                continue
+            diff = np.array([ours[k] - base[k] for k in paired]) * 100
+            out.append(f"{diff.mean():+.1f}" + (f" ± {diff.std(ddof=1):.1f}" if n > 1 else ""))
+        lines.append(f"| {method_label(method)} | " + " | ".join(out) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def write_reports(plan: Plan, records: Iterable[Dict], reports_dir: Path) -> List[Path]:
     records = list(records)
     cells = aggregate(plan, records)
     written = []
+    margins = render_random_init_margins(plan, cells)
+    if margins:
+        _atomic_write(Path(reports_dir) / "random_init_margins.md", margins)
+        written.append(Path(reports_dir) / "random_init_margins.md")
     for protocol, (stem, _) in TABLES.items():
         if not _columns(plan, protocol):
             continue
