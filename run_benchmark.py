@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 COMMANDS = ("run", "report", "examples")
@@ -105,6 +106,19 @@ def print_plan(plan, store, out_dir: Path) -> None:
     print(f"{len(plan.eval_jobs) - pending} done, {pending} pending")
 
 
+def log_run(directory: Path, argv, summary, device: str, wall_time_s: float) -> None:
+    """Append one line per invocation to OUT/<suite>/runs.jsonl: what ran, how long it took, where."""
+    import datetime
+    import json
+
+    from medssl import provenance
+
+    entry = {"finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "argv": list(argv), "ran": summary["ran"], "skipped": summary["skipped"], "wall_time_s": round(wall_time_s, 1), "git_commit": provenance.git_commit(), "hardware": provenance.hardware(device)}
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / "runs.jsonl", "a") as fh:
+        fh.write(json.dumps(entry) + "\n")
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from datasets import DatasetError
@@ -143,10 +157,12 @@ def main(argv=None) -> int:
 
         device = resolve_device(args.device)
         data_root = resolve_data_root(args.data_root)
+        started = time.time()
         summary = run_plan(plan, data_root, out_dir, device=device, progress=not args.no_progress, store=store)
         for path in write_reports(plan, store, reports_dir):
             print(f"wrote {path}")
-        print(f"done: {summary['ran']} evaluations run, {summary['skipped']} reused from {store.directory}")
+        log_run(store.directory, argv if argv is not None else sys.argv[1:], summary, device, time.time() - started)
+        print(f"done: {summary['ran']} evaluations run, {summary['skipped']} reused from {store.directory} ({(time.time() - started) / 60:.1f} min)")
         return 0
     except (ConfigError, DatasetError) as err:
         print(f"error: {err}", file=sys.stderr)

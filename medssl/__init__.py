@@ -11,3 +11,4 @@ def quiet_lightning() -> None:
     _warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     _warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
     _warnings.filterwarnings("ignore", message=".*litlogger.*")
+    _warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")

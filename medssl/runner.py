@@ -72,6 +72,7 @@ def make_record(job: EvalJob, suite_name: str, dataset: ImageDataset, result: Di
 
 def run_plan(plan: Plan, data_root: Path, out_dir: Path, device: str = "cpu", progress: bool = True, log: Callable[[str], None] = print, store: Optional[ResultStore] = None) -> Dict[str, int]:
     suite = plan.suite
+    provenance.git_commit()  # cached now: records name the code that was checked out when the run started
     store = store or ResultStore(Path(out_dir) / suite["name"])
     done = store.keys()
     pending = [job for job in plan.eval_jobs if job.key not in done]
