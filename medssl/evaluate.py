@@ -90,12 +90,12 @@ def linear_probe(features: np.ndarray, labels: np.ndarray, train_idx: np.ndarray
 class FineTuner(pl.LightningModule):
     """Encoder + linear head trained end to end; keeps the weights of the best validation epoch."""
 
-    def __init__(self, encoder: ResNetTrunk, n_classes: int, meta: Dict[str, Any], settings: Dict[str, Any], val_images: torch.Tensor, val_labels: np.ndarray, class_names, total_steps: int):
+    def __init__(self, encoder: ResNetTrunk, n_classes: int, meta: Dict[str, Any], image_size: int, settings: Dict[str, Any], val_images: torch.Tensor, val_labels: np.ndarray, class_names, total_steps: int):
         super().__init__()
         self.encoder = encoder
         self.head = nn.Linear(encoder.feature_dim, n_classes)
         self.normalize = Normalize(meta["mean"], meta["std"])
-        self.image_size = int(meta["image_size"])
+        self.image_size = int(image_size)
         self.settings = settings
         self.augment = AugmentConfig.from_dict(settings.get("augment", {"crop_scale": (0.7, 1.0), "blur_p": 0.0, "intensity_p": 0.5, "brightness": 0.2, "contrast": 0.2}))
         self.val_images, self.val_labels, self.class_names = val_images, val_labels, class_names
@@ -127,7 +127,7 @@ class FineTuner(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
-def fine_tune(encoder: ResNetTrunk, meta: Dict[str, Any], images: np.ndarray, labels: np.ndarray, train_idx, val_idx, test_idx, class_names, settings: Dict[str, Any], seed: int, device: str = "cpu", progress: bool = False) -> Dict[str, Any]:
+def fine_tune(encoder: ResNetTrunk, meta: Dict[str, Any], image_size: int, images: np.ndarray, labels: np.ndarray, train_idx, val_idx, test_idx, class_names, settings: Dict[str, Any], seed: int, device: str = "cpu", progress: bool = False) -> Dict[str, Any]:
     quiet_lightning()
     pl.seed_everything(seed, workers=True, verbose=False)
     batch_size = int(settings.get("batch_size", 64))
@@ -136,7 +136,7 @@ def fine_tune(encoder: ResNetTrunk, meta: Dict[str, Any], images: np.ndarray, la
     train_set = TensorDataset(torch.from_numpy(np.ascontiguousarray(images[train_idx])), torch.from_numpy(labels[train_idx]))
     loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, drop_last=False, generator=torch.Generator().manual_seed(seed))
     val_images = torch.from_numpy(np.ascontiguousarray(images[val_idx]))
-    module = FineTuner(encoder, labels.shape[1], meta, settings, val_images, labels[val_idx], class_names, steps)
+    module = FineTuner(encoder, labels.shape[1], meta, image_size, settings, val_images, labels[val_idx], class_names, steps)
     if device.startswith("cuda"):
         module = module.to(memory_format=torch.channels_last)
     trainer = pl.Trainer(max_epochs=epochs, accelerator="gpu" if device.startswith("cuda") else "cpu", devices=1, precision=precision_for(device), logger=False, enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0)

@@ -100,6 +100,8 @@ def run_plan(plan: Plan, data_root: Path, out_dir: Path, device: str = "cpu", pr
             raise ValueError(f"task {task_name!r} has {dataset.channels}-channel images but {pretrain_key} was pretrained on {meta['in_channels']}-channel images")
         labels = np.asarray(dataset.labels)
         split = {s: dataset.indices(s) for s in ("train", "val", "test")}
+        # every encoder is evaluated at the suite's resolution (the random-init encoder has no training resolution)
+        image_size = int(jobs[0].config["image_size"])
         features = None
         subsets: Dict[int, Dict[float, np.ndarray]] = {}
         for job in jobs:
@@ -111,11 +113,11 @@ def run_plan(plan: Plan, data_root: Path, out_dir: Path, device: str = "cpu", pr
             settings = job.config["settings"]
             if job.protocol == "linear":
                 if features is None:
-                    features = extract_features(encoder, dataset.images, meta["image_size"], meta["mean"], meta["std"], device=device)
+                    features = extract_features(encoder, dataset.images, image_size, meta["mean"], meta["std"], device=device)
                 result = linear_probe(features, labels, train_idx, split["val"], split["test"], dataset.class_names, settings, job.seed)
             else:
                 fresh, _ = load_encoder(encoders[pretrain_key])
-                result = fine_tune(fresh, meta, dataset.images, labels, train_idx, split["val"], split["test"], dataset.class_names, settings, job.seed, device=device, progress=progress)
+                result = fine_tune(fresh, meta, image_size, dataset.images, labels, train_idx, split["val"], split["test"], dataset.class_names, settings, job.seed, device=device, progress=progress)
             metrics = multilabel_auc(labels[split["test"]], result["test_scores"], dataset.class_names)
             n_split = {"train": int(len(train_idx)), "val": int(len(split["val"])), "test": int(len(split["test"]))}
             record = make_record(job, suite["name"], dataset, result, metrics, n_split, device, time.time() - start)
