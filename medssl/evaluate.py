@@ -45,7 +45,7 @@ def extract_features(encoder: ResNetTrunk, images: np.ndarray, image_size: int, 
     normalize = Normalize(mean, std).to(device)
     chunks = []
     for start in range(0, len(images), batch_size):
-        batch = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size])).to(device)
+        batch = torch.from_numpy(np.array(images[start : start + batch_size])).to(device)
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")):
             chunks.append(encoder(normalize(resize(batch, image_size))).float().cpu())
     return torch.cat(chunks).numpy()

@@ -100,7 +100,7 @@ def run_pretraining(job: PretrainJob, dataset: ImageDataset, checkpoints_dir: Pa
     protocol = PretrainProtocol(
         backbone=job.config.get("protocol", job.config).get("backbone", "resnet18"),
         in_channels=dataset.channels,
-        image_size=int(pretrain.get("image_size", dataset.native_size)),  # None for random init: evaluation sets it
+        image_size=int(pretrain.get("image_size", dataset.native_size)),  # random init: unused, evaluation sets it
         epochs=int(pretrain.get("epochs", 0)),
         steps_per_epoch=steps_per_epoch,
         optimizer=pretrain.get("optimizer", {"name": "lars", "lr": 0.0}),
@@ -126,7 +126,7 @@ def run_pretraining(job: PretrainJob, dataset: ImageDataset, checkpoints_dir: Pa
             devices=1,
             precision=precision_for(device),
             callbacks=callbacks,
-            logger=pl.loggers.CSVLogger(run_dir, name="logs", version=""),
+            logger=pl.loggers.CSVLogger(run_dir, name="logs"),  # version_N per (re)start: a resume keeps earlier logs
             enable_progress_bar=progress,
             enable_model_summary=False,
             num_sanity_val_steps=0,

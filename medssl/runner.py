@@ -70,7 +70,11 @@ def make_record(job: EvalJob, suite_name: str, dataset: ImageDataset, result: Di
     }
 
 
-def run_plan(plan: Plan, data_root: Path, out_dir: Path, device: str = "cpu", progress: bool = True, log: Callable[[str], None] = print, store: Optional[ResultStore] = None) -> Dict[str, int]:
+def _log(message: str) -> None:
+    print(message, flush=True)  # flushed: progress stays visible when the output goes to a file
+
+
+def run_plan(plan: Plan, data_root: Path, out_dir: Path, device: str = "cpu", progress: bool = True, log: Callable[[str], None] = _log, store: Optional[ResultStore] = None) -> Dict[str, int]:
     suite = plan.suite
     provenance.git_commit()  # cached now: records name the code that was checked out when the run started
     store = store or ResultStore(Path(out_dir) / suite["name"])

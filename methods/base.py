@@ -8,13 +8,14 @@ exclude biases and normalisation layers from weight decay, the EMA hook, logging
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from typing import Any, Dict, List, Optional, Sequence
 
 import pytorch_lightning as pl
 import torch
-from lightly.models.utils import get_weight_decay_parameters, update_momentum
+from lightly.models.utils import deactivate_requires_grad, get_weight_decay_parameters, update_momentum
 from lightly.utils.lars import LARS
 from torch import nn
 
@@ -81,7 +82,15 @@ class SSLMethod(pl.LightningModule):
 
     def momentum_pairs(self) -> List[tuple]:
         """(online module, EMA module) pairs updated after every optimiser step."""
-        return []
+        return [(getattr(self, name), getattr(self, name + "_target")) for name in getattr(self, "_ema_names", ())]
+
+    def make_ema_targets(self, *names: str) -> None:
+        """Create frozen copies ``<name>_target`` of the named online modules, tracked by ``momentum_pairs``."""
+        for name in names:
+            target = copy.deepcopy(getattr(self, name))
+            deactivate_requires_grad(target)
+            setattr(self, name + "_target", target)
+        self._ema_names = tuple(names)
 
     # ----- shared machinery ---------------------------------------------------------------------------------
     def make_views(self, images: torch.Tensor) -> List[torch.Tensor]:

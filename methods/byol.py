@@ -6,12 +6,10 @@ tau increasing from 0.996 to 1 by a cosine schedule over all steps (section 3.2)
 256 -> 4096 -> 256 (predictor) as in lightly's defaults and the paper. Augmentations are the suite's, with BYOL's
 asymmetric blur (p = 1.0 / 0.1) and solarisation (p = 0 / 0.2); no colour jitter on grayscale images.
 """
-import copy
 import dataclasses
 
 import torch
 from lightly.models.modules.heads import BYOLPredictionHead, BYOLProjectionHead
-from lightly.models.utils import deactivate_requires_grad
 
 from methods.base import MethodConfig, SSLMethod, byol_similarity_loss
 
@@ -31,13 +29,7 @@ class BYOL(SSLMethod):
         c = self.config
         self.projection_head = BYOLProjectionHead(self.backbone.feature_dim, c.hidden_dim, c.output_dim)
         self.prediction_head = BYOLPredictionHead(c.output_dim, c.hidden_dim, c.output_dim)
-        self.backbone_target = copy.deepcopy(self.backbone)
-        self.projection_head_target = copy.deepcopy(self.projection_head)
-        deactivate_requires_grad(self.backbone_target)
-        deactivate_requires_grad(self.projection_head_target)
-
-    def momentum_pairs(self):
-        return [(self.backbone, self.backbone_target), (self.projection_head, self.projection_head_target)]
+        self.make_ema_targets("backbone", "projection_head")
 
     def compute_loss(self, views, images):
         p1, p2 = (self.prediction_head(self.projection_head(self.backbone(v))) for v in views)

@@ -41,14 +41,12 @@ z'_theta = p_theta(GAP(y_d)) from the quantized map directly.
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 from typing import Dict
 
 import torch
 import torch.nn.functional as F
 from lightly.models.modules.heads import ProjectionHead
-from lightly.models.utils import deactivate_requires_grad
 from torch import nn
 
 from methods.base import MethodConfig, SSLMethod, byol_similarity_loss, pooled
@@ -159,13 +157,7 @@ class CoBooM(SSLMethod):
         self.quantizer = VectorQuantizer(c.codebook_size, dim, c.codebook_init)
         self.diversifuse = nn.MultiheadAttention(dim, c.attention_heads, batch_first=True) if c.use_diversifuse else None
         self.decoder = Decoder(dim, self.protocol.in_channels) if c.use_decoder else None
-        self.backbone_target = copy.deepcopy(self.backbone)
-        self.projection_head_target = copy.deepcopy(self.projection_head)
-        deactivate_requires_grad(self.backbone_target)
-        deactivate_requires_grad(self.projection_head_target)
-
-    def momentum_pairs(self):
-        return [(self.backbone, self.backbone_target), (self.projection_head, self.projection_head_target)]
+        self.make_ema_targets("backbone", "projection_head")
 
     def quantize_and_fuse(self, target_map: torch.Tensor):
         """y_phi (B x D x h x w) -> (y'_dc as B x D x h x w, codebook loss, commitment loss)."""
