@@ -150,7 +150,7 @@ def main(argv=None) -> int:
         if args.command == "report":
             if not store.files():
                 raise ConfigError(f"no stored results in {store.directory}; run 'python run_benchmark.py --suite {suite['name']}' first")
-            for path in write_reports(plan, store, reports_dir):
+            for path in write_reports(plan, store, reports_dir, store.pretraining_records()):
                 print(f"wrote {path}")
             return 0
         from medssl.runner import run_plan
@@ -159,7 +159,7 @@ def main(argv=None) -> int:
         data_root = resolve_data_root(args.data_root)
         started = time.time()
         summary = run_plan(plan, data_root, out_dir, device=device, progress=not args.no_progress, store=store)
-        for path in write_reports(plan, store, reports_dir):
+        for path in write_reports(plan, store, reports_dir, store.pretraining_records()):
             print(f"wrote {path}")
         log_run(store.directory, argv if argv is not None else sys.argv[1:], summary, device, time.time() - started)
         print(f"done: {summary['ran']} evaluations run, {summary['skipped']} reused from {store.directory} ({(time.time() - started) / 60:.1f} min)")

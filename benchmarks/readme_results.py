@@ -28,7 +28,7 @@ def block(suite: str) -> str:
     if run:
         hw = run["hardware"]
         parts.append(f"Last complete run: `python run_benchmark.py {' '.join(run['argv'])}` — {run['ran']} evaluations plus pretraining in **{run['wall_time_s'] / 60:.1f} min** on {hw['cpu_count']} CPU cores ({hw['platform']}, torch threads {hw['torch_threads']}, device {hw['device']}), commit `{run['git_commit'][:12]}`.")
-    for name in ("table1.md", "table2.md", "random_init_margins.md", "codebook.md"):
+    for name in ("table1.md", "table2.md", "random_init_margins.md", "pretraining.md"):
         if (reports / name).exists():
             parts.append((reports / name).read_text().strip())
     return "\n\n".join(parts)

@@ -75,17 +75,28 @@ class ImageDataset:
 DatasetLoader = Callable[..., ImageDataset]
 _REGISTRY: Dict[str, DatasetLoader] = {}
 _DESCRIPTIONS: Dict[str, str] = {}
+_VERSIONS: Dict[str, int] = {}
 
 
-def register_dataset(name: str, description: str) -> Callable[[DatasetLoader], DatasetLoader]:
+def register_dataset(name: str, description: str, version: int = 1) -> Callable[[DatasetLoader], DatasetLoader]:
+    """``version`` changes whenever the loader would return different arrays for the same files/parameters;
+    it is part of every job hash that uses the dataset, so cached checkpoints and records are never stale."""
+
     def wrap(fn: DatasetLoader) -> DatasetLoader:
         if name in _REGISTRY:
             raise ValueError(f"dataset {name!r} registered twice")
         _REGISTRY[name] = fn
         _DESCRIPTIONS[name] = description
+        _VERSIONS[name] = version
         return fn
 
     return wrap
+
+
+def dataset_version(name: str) -> int:
+    if name not in _REGISTRY:
+        raise DatasetError(f"unknown dataset {name!r}; known datasets: {', '.join(dataset_names())}")
+    return _VERSIONS[name]
 
 
 def dataset_names() -> List[str]:

@@ -3,8 +3,11 @@
 Each image is drawn from a parametric frontal (PA) chest radiograph model, deterministically from
 ``(seed, image index)``: body outline, two lung fields with vascular markings that thin towards the
 periphery, posterior ribs crossing the lungs, heart, spine, clavicles and a domed diaphragm. Patient-level
-anatomy (thorax size, heart size, lung shape) is shared by all images of a patient; each image varies in
-position, scale, rotation, exposure, contrast and noise, as follow-up films do.
+habitus and anatomy (body and thorax size, soft-tissue density and texture, breast shadows, lung size and
+asymmetry, rib width/slope/contrast, scoliosis, heart size and position) are shared by all images of a patient,
+so patients are individually recognisable as in real radiographs; each image varies in position, scale,
+rotation, exposure, contrast and noise, as follow-up films do, and carries its own acquisition details: ECG
+electrodes (rings, unlike nodules) with leads, a side marker, collimation borders and an exposure gradient.
 
 Findings (multi-label targets, any combination, each detectable by eye at 64 px and above):
 
@@ -33,7 +36,7 @@ from scipy import ndimage
 from datasets.base import DatasetError, ImageDataset, register_dataset
 
 CLASS_NAMES = ["Nodule", "Mass", "Effusion", "Cardiomegaly", "Pneumothorax", "Consolidation"]
-GENERATOR_VERSION = 1  # bump when the image model changes: it is part of the cache key
+GENERATOR_VERSION = 2  # bump when the image model changes: it is part of the cache key
 
 # Per-image prevalence of each acquired finding; cardiomegaly is drawn per patient.
 _PREVALENCE = {"Nodule": 0.16, "Mass": 0.10, "Effusion": 0.16, "Pneumothorax": 0.14, "Consolidation": 0.16}
@@ -59,6 +62,22 @@ def _patient_anatomy(seed: int, patient: int) -> Dict[str, float]:
         "enlargement": rng.uniform(1.4, 1.6),
         "dome": rng.uniform(0.14, 0.22),
         "risk": rng.uniform(0.5, 1.5),  # multiplies the prevalence of acquired findings for this patient
+        # habitus and anatomy that make patients individually recognisable, as real radiographs are
+        "body_w": rng.uniform(0.8, 1.0),
+        "body_h": rng.uniform(1.05, 1.25),
+        "tissue": rng.uniform(0.36, 0.48),
+        "lung_air": rng.uniform(0.12, 0.2),
+        "lung_w": rng.uniform(0.26, 0.33),
+        "lung_gap": rng.uniform(0.34, 0.42),
+        "lung_asymmetry": rng.uniform(-0.05, 0.05),
+        "rib_width": rng.uniform(0.016, 0.03),
+        "rib_curve": rng.uniform(0.25, 0.5),
+        "rib_contrast": rng.uniform(0.06, 0.14),
+        "scoliosis": rng.uniform(-0.06, 0.06),
+        "heart_height": rng.uniform(0.19, 0.25),
+        "heart_y": rng.uniform(0.13, 0.2),
+        "breasts": float(rng.random() < 0.4),
+        "texture": rng.uniform(0.01, 0.04),
     }
 
 
@@ -78,24 +97,29 @@ def render_phantom(seed: int, index: int, patient: int, size: int) -> Tuple[np.n
     x = (np.cos(angle) * gx + np.sin(angle) * gy - shift[0]) / scale
     y = (-np.sin(angle) * gx + np.cos(angle) * gy - shift[1]) / scale
 
-    body = _ellipse(x, y, 0, 0.1, 0.92, 1.15) < 1
-    image = np.where(body, 0.42, 0.04).astype(np.float32)
+    body = _ellipse(x, y, 0, 0.1, anatomy["body_w"], anatomy["body_h"]) < 1
+    texture = anatomy["texture"] * _smooth_noise(np.random.default_rng([seed, 4, patient]), size, 0.04)
+    image = np.where(body, anatomy["tissue"] + texture, 0.04).astype(np.float32)
+    if anatomy["breasts"]:
+        for side in (-1, 1):
+            image += 0.06 * (_ellipse(x, y, side * 0.42, 0.45, 0.3, 0.22) < 1) * body
 
-    lung_w, lung_h = 0.3, anatomy["lung_height"]
+    lung_w, lung_h = anatomy["lung_w"], anatomy["lung_height"]
     lung_cy = -0.05
     # Each hemidiaphragm is a dome peaking under the middle of its lung; lateral ends form the costophrenic angles.
     diaphragm = lung_cy + 0.95 * lung_h - anatomy["dome"] * np.clip(1 - ((np.abs(x) - 0.36) / 0.34) ** 2, 0, 1)
     lungs = []
     for side in (-1, 1):
-        cx = side * 0.38
-        shape = (_ellipse(x, y, cx, lung_cy, lung_w, lung_h) < 1) & (y < diaphragm)
+        cx = side * anatomy["lung_gap"]
+        height = lung_h * (1 + side * anatomy["lung_asymmetry"])
+        shape = (_ellipse(x, y, cx, lung_cy, lung_w, height) < 1) & (y < diaphragm)
         lungs.append(shape)
     lung_any = lungs[0] | lungs[1]
 
     # Vascular markings: band-limited noise whose contrast fades from the hilum outwards.
     hilum_dist = np.sqrt((np.abs(x) - 0.18) ** 2 + (y - 0.0) ** 2)
     markings = np.clip(_smooth_noise(rng, size, 0.015), 0, None) * np.clip(1.0 - hilum_dist / 0.55, 0, 1)
-    lung_density = 0.16 + 0.07 * markings
+    lung_density = anatomy["lung_air"] + 0.07 * markings
 
     # Pneumothorax: the lung edge retracts from the apex and lateral wall; the gap holds only air.
     ptx_mask = np.zeros_like(lung_any)
@@ -103,7 +127,7 @@ def render_phantom(seed: int, index: int, patient: int, size: int) -> Tuple[np.n
     if labels["Pneumothorax"]:
         side = rng.choice([-1, 1])
         lung = lungs[0] if side < 0 else lungs[1]
-        cx = side * 0.38
+        cx = side * anatomy["lung_gap"]
         depth = rng.uniform(0.28, 0.45)
         inner = _ellipse(x, y, cx - side * 0.08 * depth, lung_cy + 0.15 * depth, lung_w * (1 - depth), lung_h * (1 - 0.6 * depth))
         ptx_mask = lung & (inner >= 1)
@@ -116,24 +140,26 @@ def render_phantom(seed: int, index: int, patient: int, size: int) -> Tuple[np.n
     spacing = rng.uniform(0.115, 0.135)
     for k in range(10):
         y0 = -0.62 + k * spacing
-        arc = y0 - 0.35 * (np.abs(x) - 0.35) ** 2 + 0.25 * np.abs(x)
-        ribs += np.exp(-(((y - arc) / 0.022) ** 2))
-    image += 0.1 * np.clip(ribs, 0, 1) * lung_any
+        arc = y0 - 0.35 * (np.abs(x) - 0.35) ** 2 + anatomy["rib_curve"] * np.abs(x)
+        ribs += np.exp(-(((y - arc) / anatomy["rib_width"]) ** 2))
+    image += anatomy["rib_contrast"] * np.clip(ribs, 0, 1) * lung_any
 
     # Clavicles and spine.
     for side in (-1, 1):
         clav = np.abs(y - (-0.68 + 0.12 * (side * x - 0.1) ** 2)) < 0.025
         image = np.where(clav & (np.abs(x) < 0.62) & (side * x > 0.03), image + 0.15, image)
     vertebrae = 0.5 + 0.5 * np.cos(y * np.pi / spacing * 2)
-    image = np.where(np.abs(x) < 0.07, 0.6 + 0.05 * vertebrae, image)
+    spine_x = anatomy["scoliosis"] * np.sin(np.pi * (y + 0.8) / 1.6)
+    spine = np.abs(x - spine_x) < 0.07
+    image = np.where(spine, 0.6 + 0.05 * vertebrae, image)
 
     # Heart: a soft-tissue ellipse overlapping the medial left lung (the image's right side).
     heart_half_width = anatomy["heart_half_width"] * (anatomy["enlargement"] if labels["Cardiomegaly"] else 1.0)
-    heart = _ellipse(x, y, 0.06 + 0.3 * heart_half_width, 0.17, heart_half_width, 0.22) < 1
+    heart = _ellipse(x, y, 0.06 + 0.3 * heart_half_width, anatomy["heart_y"], heart_half_width, anatomy["heart_height"]) < 1
     image = np.where(heart, np.maximum(image, 0.56), image)
 
     # Below the diaphragm everything is soft tissue.
-    image = np.where(body & (y > diaphragm) & ~heart & (np.abs(x) > 0.07), np.maximum(image, 0.46), image)
+    image = np.where(body & (y > diaphragm) & ~heart & ~spine, np.maximum(image, anatomy["tissue"] + 0.04), image)
 
     def point_in(lung_mask: np.ndarray, margin: float) -> Tuple[float, float]:
         eroded = ndimage.binary_erosion(lung_mask & ~ptx_mask, iterations=max(1, int(margin * size / 2)))
@@ -160,11 +186,38 @@ def render_phantom(seed: int, index: int, patient: int, size: int) -> Tuple[np.n
     if labels["Effusion"]:
         side = rng.integers(2)
         lung = lungs[side]
-        cx = (-1 if side == 0 else 1) * 0.38
+        cx = (-1 if side == 0 else 1) * anatomy["lung_gap"]
         level = rng.uniform(0.15, 0.3) * lung_h
         meniscus = diaphragm - level - 0.5 * (np.abs(x - cx) / lung_w) ** 2 * level
         fluid = lung & (y > meniscus)
         image = np.where(fluid, np.maximum(image, 0.46 + 0.04 * np.clip(y - meniscus, 0, 0.3) / 0.3), image)
+
+    # Devices and acquisition artefacts, in image (not patient) coordinates: ECG electrodes with leads,
+    # a side marker in a corner, collimation borders and an exposure gradient.
+    for _ in range(rng.poisson(1.5)):
+        ex, ey = rng.uniform(-0.7, 0.7), rng.uniform(-0.8, 0.6)
+        radius = np.sqrt((gx - ex) ** 2 + (gy - ey) ** 2)
+        image = np.where(np.abs(radius - 0.035) < 0.01, 0.9, image)  # a ring with a snap, unlike a nodule
+        image = np.where(radius < 0.008, 0.9, image)
+        if rng.random() < 0.5:
+            t = np.linspace(0, 1, 4 * size)
+            bend = rng.uniform(-0.3, 0.3)
+            lx = ex + t * (rng.choice([-1.2, 1.2]) - ex)
+            ly = ey + t * rng.uniform(-0.5, 0.5) + bend * np.sin(np.pi * t)
+            cols = np.clip(((lx + 1) / 2 * (size - 1)).round().astype(int), 0, size - 1)
+            rows = np.clip(((ly + 1) / 2 * (size - 1)).round().astype(int), 0, size - 1)
+            image[rows, cols] = np.maximum(image[rows, cols], 0.75)
+    if rng.random() < 0.8:
+        mx, my = rng.choice([-0.85, 0.72]), rng.choice([-0.88, 0.72])
+        glyph = rng.uniform(0.08, 0.13)
+        stem = (gx > mx) & (gx < mx + glyph * 0.3) & (gy > my) & (gy < my + glyph)
+        foot = (gx > mx) & (gx < mx + glyph * 0.8) & (gy > my + glyph * 0.7) & (gy < my + glyph)
+        image = np.where(stem | foot, 0.95, image)
+    if rng.random() < 0.5:
+        left, right, top, bottom = rng.uniform(0, 0.1, size=4)
+        inside = (gx > -1 + left) & (gx < 1 - right) & (gy > -1 + top) & (gy < 1 - bottom)
+        image = np.where(inside, image, 0.02)
+    image = image + rng.uniform(-0.05, 0.05) * gx + rng.uniform(-0.05, 0.05) * gy
 
     # Acquisition: exposure, contrast (gamma), blur and quantum noise.
     image = ndimage.gaussian_filter(image, rng.uniform(0.3, 0.8) * size / 128)
@@ -208,7 +261,7 @@ def generate(n_images: int, size: int, seed: int, images_per_patient: float = 2.
     return images, labels, masks, patient_ids, _patient_split(patient_ids, seed)
 
 
-@register_dataset("synthetic_cxr", "synthetic chest X-ray phantoms (6 findings + pneumothorax masks); generated on first use")
+@register_dataset("synthetic_cxr", "synthetic chest X-ray phantoms (6 findings + pneumothorax masks); generated on first use", version=GENERATOR_VERSION)
 def load_synthetic_cxr(data_root: Path, n_images: int = 2000, size: int = 128, seed: int = 0, images_per_patient: float = 2.0) -> ImageDataset:
     if n_images < 20:
         raise DatasetError(f"synthetic_cxr needs at least 20 images for patient-disjoint splits, got n_images={n_images}")

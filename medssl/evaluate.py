@@ -11,7 +11,7 @@ any choice (spec, "Decisions").
   cosine schedule, pytorch-lightning loop.
 
 Both protocols train for ``epochs`` epochs but at least ``min_steps`` optimiser steps, so the smallest label
-fractions are not under-trained for lack of batches.
+fractions are not under-trained for lack of batches, and validate ``validations`` times per run (default 10).
 """
 from __future__ import annotations
 
@@ -37,6 +37,12 @@ from medssl.pretrain import precision_for
 def epochs_for(n_train: int, batch_size: int, settings: Dict[str, Any]) -> int:
     steps_per_epoch = max(1, math.ceil(n_train / batch_size))
     return max(int(settings["epochs"]), math.ceil(int(settings.get("min_steps", 0)) / steps_per_epoch))
+
+
+def is_validation_epoch(epoch: int, epochs: int, settings: Dict[str, Any]) -> bool:
+    """Validate ``validations`` times per run (default 10), evenly spaced, and always after the last epoch."""
+    every = max(1, epochs // max(1, int(settings.get("validations", 10))))
+    return (epoch + 1) % every == 0 or epoch == epochs - 1
 
 
 @torch.no_grad()
@@ -71,7 +77,6 @@ def linear_probe(features: np.ndarray, labels: np.ndarray, train_idx: np.ndarray
     optimizer = torch.optim.AdamW(head.parameters(), lr=float(settings["lr"]), weight_decay=float(settings.get("weight_decay", 0.0)))
     generator = torch.Generator().manual_seed(seed)
     best = (-math.inf, -1, None)
-    eval_every = max(1, int(settings.get("eval_every", 1)))
     for epoch in range(epochs):
         head.train()
         for batch in torch.randperm(len(x_train), generator=generator).split(batch_size):
@@ -79,7 +84,7 @@ def linear_probe(features: np.ndarray, labels: np.ndarray, train_idx: np.ndarray
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-        if (epoch + 1) % eval_every == 0 or epoch == epochs - 1:
+        if is_validation_epoch(epoch, epochs, settings):
             val_auc = multilabel_auc(labels[val_idx], _predict(head, x_val), class_names)["macro_auc"]
             if val_auc > best[0]:
                 best = (val_auc, epoch, copy.deepcopy(head.state_dict()))
@@ -113,6 +118,8 @@ class FineTuner(pl.LightningModule):
         return loss
 
     def on_train_epoch_end(self) -> None:
+        if not is_validation_epoch(self.current_epoch, self.trainer.max_epochs, self.settings):
+            return
         scores = _predict(self, self.val_images.to(self.device))
         val_auc = multilabel_auc(self.val_labels, scores, self.class_names)["macro_auc"]
         self.log("val_auc", val_auc, prog_bar=True)

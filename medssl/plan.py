@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Dict, List
 
+from datasets import DatasetError, dataset_version
 from medssl.config import PROTOCOL_VERSION, ConfigError, fraction_label, stable_hash
 from methods import UnknownMethodError, method_class, method_names, resolve_config
 
@@ -61,6 +62,14 @@ def evaluation_seeds(suite: Dict[str, Any], protocol: str) -> List[int]:
     return [int(s) for s in evaluation[protocol].get("seeds", evaluation["seeds"])]
 
 
+def with_version(spec: Dict[str, Any]) -> Dict[str, Any]:
+    """A dataset spec plus its loader's version, for hashing (unknown datasets fail later, at load time)."""
+    try:
+        return {**spec, "loader_version": dataset_version(spec["name"])}
+    except DatasetError:
+        return dict(spec)
+
+
 def build_plan(suite: Dict[str, Any]) -> Plan:
     pretrain = suite["pretrain"]
     protocol = {k: pretrain[k] for k in PRETRAIN_PROTOCOL_KEYS}
@@ -80,9 +89,9 @@ def build_plan(suite: Dict[str, Any]) -> Plan:
         for corpus_name, corpus in corpora(suite).items():
             for seed in pretrain["seeds"]:
                 if cls.needs_pretraining:
-                    config = {"method": method, "params": params, "corpus": corpus, "protocol": protocol, "seed": int(seed), "version": PROTOCOL_VERSION}
+                    config = {"method": method, "params": params, "corpus": with_version(corpus), "protocol": protocol, "seed": int(seed), "version": PROTOCOL_VERSION}
                 else:  # nothing is trained: only what shapes the random initialisation matters
-                    config = {"method": method, "corpus": corpus, "backbone": pretrain["backbone"], "seed": int(seed), "version": PROTOCOL_VERSION}
+                    config = {"method": method, "corpus": with_version(corpus), "backbone": pretrain["backbone"], "seed": int(seed), "version": PROTOCOL_VERSION}
                 jobs[(method, corpus_name, int(seed))] = PretrainJob(method, corpus_name, int(seed), config, stable_hash(config))
     eval_jobs: List[EvalJob] = []
     evaluation = suite["evaluation"]
@@ -93,6 +102,7 @@ def build_plan(suite: Dict[str, Any]) -> Plan:
                 raise ConfigError(f"task {task['name']!r} pretrains on unknown corpus {corpus_name!r}; corpora: {sorted(corpora(suite))}")
             # the fraction and protocol lists only say which jobs exist; they are not part of any job's identity
             task_identity = {k: v for k, v in task.items() if k not in ("fractions", "protocols")}
+            task_identity["dataset"] = with_version(task["dataset"])
             for protocol_name in task["protocols"]:
                 # which seeds run is not part of a job's identity: adding a seed must not invalidate the others
                 settings = {k: v for k, v in evaluation[protocol_name].items() if k != "seeds"}

@@ -24,6 +24,19 @@ RECORD_FIELDS = (
 )
 
 
+def _append_line(path: Path, record: Dict) -> None:
+    """One JSON line, written with a single write under an exclusive lock and fsync'ed."""
+    line = (json.dumps(record, sort_keys=True, allow_nan=True) + "\n").encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
 class ResultStore:
     def __init__(self, directory: Path, shard: Optional[str] = None):
         self.directory = Path(directory)
@@ -32,6 +45,23 @@ class ResultStore:
 
     def files(self) -> List[Path]:
         return sorted(self.directory.glob("records*.jsonl"))
+
+    @property
+    def pretraining_path(self) -> Path:
+        return self.directory / "pretraining.jsonl"
+
+    def pretraining_records(self) -> Dict[str, Dict]:
+        """Pretraining summaries (one line per finished pretraining: wall time, per-epoch history) by job key."""
+        if not self.pretraining_path.exists():
+            return {}
+        rows = [json.loads(line) for line in self.pretraining_path.read_text().splitlines() if line.strip()]
+        return {row["key"]: row for row in rows}
+
+    def append_pretraining(self, record: Dict) -> None:
+        if record["key"] in self.pretraining_records():
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        _append_line(self.pretraining_path, record)
 
     def __iter__(self) -> Iterator[Dict]:
         for path in self.files():
@@ -60,15 +90,7 @@ class ResultStore:
             tmp = self.predictions_dir / f"{record['key']}.tmp.npz"
             np.savez_compressed(tmp, **predictions)
             os.replace(tmp, self.predictions_dir / f"{record['key']}.npz")
-        line = (json.dumps(record, sort_keys=True, allow_nan=True) + "\n").encode("utf-8")
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            os.write(fd, line)
-            os.fsync(fd)
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
+        _append_line(self.path, record)
 
     def load_predictions(self, key: str) -> Dict[str, np.ndarray]:
         with np.load(self.predictions_dir / f"{key}.npz") as data:

@@ -129,14 +129,31 @@ def render_random_init_margins(plan: Plan, cells: Dict[tuple, Dict[tuple, float]
     return "\n".join(lines) + "\n"
 
 
-def write_reports(plan: Plan, records: Iterable[Dict], reports_dir: Path) -> List[Path]:
+def render_pretraining(plan: Plan, pretraining: Dict[str, Dict]) -> str:
+    """Per pretraining: epochs, final loss, wall time and, for codebook methods, codebook usage in the last epoch."""
+    rows = [(job, pretraining[job.key]) for job in plan.pretrain_jobs if job.key in pretraining and job.trains]
+    if not rows:
+        return ""
+    lines = ["Pretraining: final-epoch loss and diagnostics (codebook perplexity = exp(entropy of code usage); dead = share of codes unused in the epoch).", ""]
+    lines.append("| Method | epochs | steps | final loss | wall time (min) | codebook perplexity | dead codes |")
+    lines.append("|---|---:|---:|---:|---:|---:|---:|")
+    for job, row in rows:
+        last = row["history"][-1] if row["history"] else {}
+        size = job.config["params"].get("codebook_size")
+        perplexity = f"{last['codebook_perplexity']:.1f} / {size}" if "codebook_perplexity" in last else "–"
+        dead = f"{100 * last['codebook_dead_share']:.0f}%" if "codebook_dead_share" in last else "–"
+        lines.append(f"| {method_label(job.method)} | {len(row['history'])} | {last.get('step', 0)} | {last.get('loss', math.nan):.4f} | {row['wall_time_s'] / 60:.1f} | {perplexity} | {dead} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_reports(plan: Plan, records: Iterable[Dict], reports_dir: Path, pretraining: Optional[Dict[str, Dict]] = None) -> List[Path]:
     records = list(records)
     cells = aggregate(plan, records)
     written = []
-    margins = render_random_init_margins(plan, cells)
-    if margins:
-        _atomic_write(Path(reports_dir) / "random_init_margins.md", margins)
-        written.append(Path(reports_dir) / "random_init_margins.md")
+    for name, text in (("random_init_margins.md", render_random_init_margins(plan, cells)), ("pretraining.md", render_pretraining(plan, pretraining or {}))):
+        if text:
+            _atomic_write(Path(reports_dir) / name, text)
+            written.append(Path(reports_dir) / name)
     for protocol, (stem, _) in TABLES.items():
         if not _columns(plan, protocol):
             continue

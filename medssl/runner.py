@@ -91,6 +91,8 @@ def run_plan(plan: Plan, data_root: Path, out_dir: Path, device: str = "cpu", pr
         corpus = pjob.config["corpus"]
         log(f"pretraining {key}" + ("" if pjob.trains else " (random initialisation)"))
         encoders[key] = run_pretraining(pjob, datasets.get(corpus), checkpoints, device=device, progress=progress)
+        _, meta = load_encoder(encoders[key])
+        store.append_pretraining({"key": key, "method": pjob.method, "hash": pjob.hash, "seed": pjob.seed, "config": pjob.config, "wall_time_s": meta["wall_time_s"], "pretrain_images": meta["pretrain_images"], "history": meta["history"], "git_commit": provenance.git_commit(), "hardware": provenance.hardware(device)})
 
     groups: Dict[tuple, List[EvalJob]] = {}
     for job in pending:

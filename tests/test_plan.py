@@ -1,0 +1,49 @@
+"""Job identity: a key changes exactly when something that determines the job's result changes."""
+import copy
+
+import datasets.base as dataset_base
+from medssl.config import load_suite
+from medssl.plan import build_plan
+
+
+def keys_by_method(suite):
+    plan = build_plan(suite)
+    return {job.method: job.hash for job in plan.pretrain_jobs}, {job.key for job in plan.eval_jobs}
+
+
+def test_method_setting_changes_only_that_method():
+    suite = load_suite("smoke")
+    before, _ = keys_by_method(suite)
+    changed = copy.deepcopy(suite)
+    changed["method_params"]["simclr"]["temperature"] = 0.1
+    after, _ = keys_by_method(changed)
+    assert after["simclr"] != before["simclr"]
+    assert all(after[m] == before[m] for m in before if m != "simclr")
+
+
+def test_random_init_does_not_depend_on_training_protocol():
+    suite = load_suite("smoke")
+    before, _ = keys_by_method(suite)
+    changed = copy.deepcopy(suite)
+    changed["pretrain"]["epochs"] = 7
+    changed["pretrain"]["optimizer"]["lr"] = 0.5
+    after, _ = keys_by_method(changed)
+    assert after["supervised"] == before["supervised"]
+    assert after["byol"] != before["byol"]
+
+
+def test_dataset_loader_version_is_part_of_every_key(monkeypatch):
+    suite = load_suite("smoke")
+    pretrain_before, evals_before = keys_by_method(suite)
+    monkeypatch.setitem(dataset_base._VERSIONS, "synthetic_cxr", 999)
+    pretrain_after, evals_after = keys_by_method(suite)
+    assert all(pretrain_after[m] != pretrain_before[m] for m in pretrain_before)
+    assert not evals_after & evals_before
+
+
+def test_pretraining_is_shared_by_all_evaluations_of_a_method():
+    plan = build_plan(load_suite("smoke"))
+    by_method = {}
+    for job in plan.eval_jobs:
+        by_method.setdefault(job.pretrain.method, set()).add(job.pretrain.key)
+    assert all(len(keys) == 1 for keys in by_method.values())
