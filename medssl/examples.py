@@ -18,7 +18,7 @@ def draw_examples(dataset_name: str, data_root: Path, path: Path, n: int = 12, s
     pick = np.sort(np.random.default_rng(seed).choice(len(dataset.images), size=min(n, len(dataset.images)), replace=False))
     cols = min(6, len(pick))
     rows = int(np.ceil(len(pick) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols, 2.7 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols, 3.0 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, i in zip(axes.flat, pick):

@@ -73,7 +73,7 @@ def render_markdown(plan: Plan, rows: List[Dict], protocol: str) -> str:
     n_seeds = len(evaluation_seeds(plan.suite, protocol)) * len(plan.suite["pretrain"]["seeds"])
     lookup = {(r["method"], r["task"], r["fraction"]): r for r in rows}
     title = TABLES[protocol][1]
-    lines = [f"{title} — suite `{plan.suite['name']}`: test macro AUC (%) , mean ± sd over {n_seeds} seeds; best per column in bold.", ""]
+    lines = [f"{title} — suite `{plan.suite['name']}`: test macro AUC (%), mean ± sd over {n_seeds} seeds; best per column in bold.", ""]
     lines.append("| Method | " + " | ".join(f"{task} {fraction_label(f)}" for task, f in columns) + " |")
     lines.append("|---|" + "---:|" * len(columns))
     for method in plan.suite["methods"]:
