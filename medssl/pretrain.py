@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from datasets import ImageDataset
 from medssl import quiet_lightning
 from medssl.backbone import ResNetTrunk
+from medssl.config import ConfigError
 from medssl.plan import PretrainJob
 from methods import build_method
 from methods.base import PretrainProtocol
@@ -95,7 +96,7 @@ def run_pretraining(job: PretrainJob, dataset: ImageDataset, checkpoints_dir: Pa
     pretrain = job.config.get("protocol", {})
     batch_size = int(pretrain.get("batch_size", 1))
     if job.trains and len(images) < batch_size:
-        raise ValueError(f"{job.key}: {len(images)} pretraining images are fewer than one batch of {batch_size}; lower batch_size or use more data")
+        raise ConfigError(f"{job.key}: {len(images)} pretraining images are fewer than one batch of {batch_size}; lower batch_size or use more data")
     steps_per_epoch = len(images) // batch_size if job.trains else 0
     protocol = PretrainProtocol(
         backbone=job.config.get("protocol", job.config).get("backbone", "resnet18"),

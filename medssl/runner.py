@@ -14,7 +14,7 @@ import numpy as np
 
 from datasets import ImageDataset, load_dataset
 from medssl import provenance
-from medssl.config import stable_hash
+from medssl.config import ConfigError, stable_hash
 from medssl.evaluate import extract_features, fine_tune, linear_probe
 from medssl.metrics import multilabel_auc
 from medssl.plan import EvalJob, Plan, PretrainJob
@@ -103,7 +103,7 @@ def run_plan(plan: Plan, data_root: Path, out_dir: Path, device: str = "cpu", pr
         task = jobs[0].task
         dataset = datasets.get(task["dataset"])
         if dataset.channels != meta["in_channels"]:
-            raise ValueError(f"task {task_name!r} has {dataset.channels}-channel images but {pretrain_key} was pretrained on {meta['in_channels']}-channel images")
+            raise ConfigError(f"task {task_name!r} has {dataset.channels}-channel images but {pretrain_key} was pretrained on {meta['in_channels']}-channel images")
         labels = np.asarray(dataset.labels)
         split = {s: dataset.indices(s) for s in ("train", "val", "test")}
         # every encoder is evaluated at the suite's resolution (the random-init encoder has no training resolution)

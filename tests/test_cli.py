@@ -64,3 +64,16 @@ def test_narrowing_the_suite_keeps_job_keys():
     full = {j.key for j in build_plan(suite).eval_jobs}
     narrow = build_plan(apply_overrides(suite, methods=["byol"], seeds=[1], fractions=[30]))
     assert len(narrow.eval_jobs) == 2 and {j.key for j in narrow.eval_jobs} <= full
+
+
+def test_batch_larger_than_pretraining_data_is_a_clear_error(tmp_path, capsys):
+    import yaml
+
+    suite = yaml.safe_load((ROOT / "benchmarks" / "suites" / "smoke.yaml").read_text())
+    suite["pretrain"]["batch_size"] = 4096
+    path = tmp_path / "big_batch.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    (tmp_path / "data").mkdir()
+    args = ["--suite", str(path), "--methods", "simclr", "--data-root", str(tmp_path / "data"), "--out", str(tmp_path / "out"), "--no-progress"]
+    assert main(args) == 2
+    assert "fewer than one batch of 4096" in capsys.readouterr().err
