@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import copy
 import math
-import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
 import numpy as np
 import pytorch_lightning as pl

@@ -19,7 +19,7 @@ from lightly.models.utils import deactivate_requires_grad, get_weight_decay_para
 from lightly.utils.lars import LARS
 from torch import nn
 
-from medssl.augment import Normalize, augment_view, resize, to_unit_float, view_configs
+from medssl.augment import Normalize, augment_view, resize, view_configs
 from medssl.backbone import ResNetTrunk
 
 
