@@ -143,6 +143,7 @@ def fine_tune(encoder: ResNetTrunk, meta: Dict[str, Any], image_size: int, image
     loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, drop_last=False, generator=torch.Generator().manual_seed(seed))
     val_images = torch.from_numpy(np.ascontiguousarray(images[val_idx]))
     module = FineTuner(encoder, labels.shape[1], meta, image_size, settings, val_images, labels[val_idx], class_names, steps)
+    module.train()  # Lightning keeps the modes it is given; the encoder may arrive in eval mode from feature extraction
     if device.startswith("cuda"):
         module = module.to(memory_format=torch.channels_last)
     trainer = pl.Trainer(max_epochs=epochs, accelerator="gpu" if device.startswith("cuda") else "cpu", devices=1, precision=precision_for(device), logger=False, enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0)

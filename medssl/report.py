@@ -50,6 +50,11 @@ def _columns(plan: Plan, protocol: str) -> List[tuple]:
     return [(t["name"], float(f)) for t in plan.suite["tasks"] if protocol in t["protocols"] for f in t["fractions"]]
 
 
+def _header(columns: List[tuple]) -> List[str]:
+    """Markdown header and alignment rows of a method x (task, fraction) table."""
+    return ["| Method | " + " | ".join(f"{task} {fraction_label(f)}" for task, f in columns) + " |", "|---|" + "---:|" * len(columns)]
+
+
 def table_rows(plan: Plan, cells: Dict[tuple, Dict[tuple, float]], protocol: str) -> List[Dict]:
     rows = []
     for method in plan.suite["methods"]:
@@ -74,8 +79,7 @@ def render_markdown(plan: Plan, rows: List[Dict], protocol: str) -> str:
     lookup = {(r["method"], r["task"], r["fraction"]): r for r in rows}
     title = TABLES[protocol][1]
     lines = [f"{title} — suite `{plan.suite['name']}`: test macro AUC (%), mean ± sd over {n_seeds} seeds; best per column in bold.", ""]
-    lines.append("| Method | " + " | ".join(f"{task} {fraction_label(f)}" for task, f in columns) + " |")
-    lines.append("|---|" + "---:|" * len(columns))
+    lines += _header(columns)
     for method in plan.suite["methods"]:
         cells = []
         for task, fraction in columns:
@@ -110,8 +114,7 @@ def render_random_init_margins(plan: Plan, cells: Dict[tuple, Dict[tuple, float]
         return ""
     columns = _columns(plan, "linear")
     lines = [f"Linear probing: gain over the randomly initialised frozen encoder ({method_label(reference)}), macro AUC points, mean ± sd of per-seed differences.", ""]
-    lines.append("| Method | " + " | ".join(f"{task} {fraction_label(f)}" for task, f in columns) + " |")
-    lines.append("|---|" + "---:|" * len(columns))
+    lines += _header(columns)
     for method in plan.suite["methods"]:
         if method == reference:
             continue

@@ -5,6 +5,7 @@ Finished work is never redone: evaluations whose key is in the result store are 
 """
 from __future__ import annotations
 
+import copy
 import datetime as _dt
 import time
 from pathlib import Path
@@ -122,8 +123,7 @@ def run_plan(plan: Plan, data_root: Path, out_dir: Path, device: str = "cpu", pr
                     features = extract_features(encoder, dataset.images, image_size, meta["mean"], meta["std"], device=device)
                 result = linear_probe(features, labels, train_idx, split["val"], split["test"], dataset.class_names, settings, job.seed)
             else:
-                fresh, _ = load_encoder(encoders[pretrain_key])
-                result = fine_tune(fresh, meta, image_size, dataset.images, labels, train_idx, split["val"], split["test"], dataset.class_names, settings, job.seed, device=device, progress=progress)
+                result = fine_tune(copy.deepcopy(encoder), meta, image_size, dataset.images, labels, train_idx, split["val"], split["test"], dataset.class_names, settings, job.seed, device=device, progress=progress)
             metrics = multilabel_auc(labels[split["test"]], result["test_scores"], dataset.class_names)
             n_split = {"train": int(len(train_idx)), "val": int(len(split["val"])), "test": int(len(split["test"]))}
             record = make_record(job, suite["name"], dataset, result, metrics, n_split, device, time.time() - start)
