@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default="results", help="results folder: records in OUT/<suite>/, checkpoints in OUT/checkpoints/ (default: results)")
     parser.add_argument("--reports", default="reports", help="reports folder: tables in REPORTS/<suite>/ (default: reports)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto = cuda if available)")
+    parser.add_argument("--precision", default="auto", choices=("auto", "32", "bf16"), help="training precision: auto = bf16 autocast where the hardware runs it natively (recent GPUs, CPUs with AVX512-BF16), fp16 on older GPUs, else fp32; 32 forces fp32 (default: auto)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan (every pretraining and evaluation job with its key and status) and exit")
     parser.add_argument("--list", action="store_true", help="list suites, methods and datasets and exit")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (for logs and CI)")
@@ -158,7 +159,7 @@ def main(argv=None) -> int:
         device = resolve_device(args.device)
         data_root = resolve_data_root(args.data_root)
         started = time.time()
-        summary = run_plan(plan, data_root, out_dir, device=device, progress=not args.no_progress, store=store)
+        summary = run_plan(plan, data_root, out_dir, device=device, progress=not args.no_progress, store=store, precision=args.precision)
         for path in write_reports(plan, store, reports_dir, store.pretraining_records()):
             print(f"wrote {path}")
         log_run(store.directory, argv if argv is not None else sys.argv[1:], summary, device, time.time() - started)

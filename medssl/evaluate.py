@@ -133,7 +133,7 @@ class FineTuner(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
-def fine_tune(encoder: ResNetTrunk, meta: Dict[str, Any], image_size: int, images: np.ndarray, labels: np.ndarray, train_idx, val_idx, test_idx, class_names, settings: Dict[str, Any], seed: int, device: str = "cpu", progress: bool = False) -> Dict[str, Any]:
+def fine_tune(encoder: ResNetTrunk, meta: Dict[str, Any], image_size: int, images: np.ndarray, labels: np.ndarray, train_idx, val_idx, test_idx, class_names, settings: Dict[str, Any], seed: int, device: str = "cpu", progress: bool = False, precision: str = "auto") -> Dict[str, Any]:
     quiet_lightning()
     pl.seed_everything(seed, workers=True, verbose=False)
     batch_size = int(settings.get("batch_size", 64))
@@ -146,7 +146,7 @@ def fine_tune(encoder: ResNetTrunk, meta: Dict[str, Any], image_size: int, image
     module.train()  # Lightning keeps the modes it is given; the encoder may arrive in eval mode from feature extraction
     if device.startswith("cuda"):
         module = module.to(memory_format=torch.channels_last)
-    trainer = pl.Trainer(max_epochs=epochs, accelerator="gpu" if device.startswith("cuda") else "cpu", devices=1, precision=precision_for(device), logger=False, enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0)
+    trainer = pl.Trainer(max_epochs=epochs, accelerator="gpu" if device.startswith("cuda") else "cpu", devices=1, precision=precision_for(device, precision), logger=False, enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0)
     trainer.fit(module, loader)
     module.load_state_dict(module.best_state)
     module = module.to(device)

@@ -19,7 +19,7 @@ from medssl.config import ConfigError, stable_hash
 from medssl.evaluate import extract_features, fine_tune, linear_probe
 from medssl.metrics import multilabel_auc
 from medssl.plan import EvalJob, Plan, PretrainJob
-from medssl.pretrain import load_encoder, run_pretraining
+from medssl.pretrain import load_encoder, precision_for, run_pretraining
 from medssl.records import ResultStore
 from medssl.splits import label_fraction_indices
 
@@ -38,7 +38,7 @@ class DatasetCache:
         return self._cache[key]
 
 
-def make_record(job: EvalJob, suite_name: str, dataset: ImageDataset, result: Dict[str, Any], metrics: Dict[str, Any], n_split: Dict[str, int], device: str, wall_time: float) -> Dict[str, Any]:
+def make_record(job: EvalJob, suite_name: str, dataset: ImageDataset, result: Dict[str, Any], metrics: Dict[str, Any], n_split: Dict[str, int], device: str, wall_time: float, precision: str) -> Dict[str, Any]:
     return {
         "key": job.key,
         "suite": suite_name,
@@ -66,6 +66,7 @@ def make_record(job: EvalJob, suite_name: str, dataset: ImageDataset, result: Di
         "git_commit": provenance.git_commit(),
         "packages": provenance.package_versions(),
         "hardware": provenance.hardware(device),
+        "precision": precision,
         "wall_time_s": round(wall_time, 2),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
@@ -75,7 +76,7 @@ def _log(message: str) -> None:
     print(message, flush=True)  # flushed: progress stays visible when the output goes to a file
 
 
-def run_plan(plan: Plan, data_root: Path, out_dir: Path, device: str = "cpu", progress: bool = True, log: Callable[[str], None] = _log, store: Optional[ResultStore] = None) -> Dict[str, int]:
+def run_plan(plan: Plan, data_root: Path, out_dir: Path, device: str = "cpu", progress: bool = True, log: Callable[[str], None] = _log, store: Optional[ResultStore] = None, precision: str = "auto") -> Dict[str, int]:
     suite = plan.suite
     provenance.git_commit()  # cached now: records name the code that was checked out when the run started
     store = store or ResultStore(Path(out_dir) / suite["name"])
@@ -91,9 +92,9 @@ def run_plan(plan: Plan, data_root: Path, out_dir: Path, device: str = "cpu", pr
     for key, pjob in needed.items():
         corpus = pjob.config["corpus"]
         log(f"pretraining {key}" + ("" if pjob.trains else " (random initialisation)"))
-        encoders[key] = run_pretraining(pjob, datasets.get(corpus), checkpoints, device=device, progress=progress)
+        encoders[key] = run_pretraining(pjob, datasets.get(corpus), checkpoints, device=device, progress=progress, precision=precision)
         _, meta = load_encoder(encoders[key])
-        store.append_pretraining({"key": key, "method": pjob.method, "hash": pjob.hash, "seed": pjob.seed, "config": pjob.config, "wall_time_s": meta["wall_time_s"], "pretrain_images": meta["pretrain_images"], "history": meta["history"], "git_commit": provenance.git_commit(), "hardware": provenance.hardware(device)})
+        store.append_pretraining({"key": key, "method": pjob.method, "hash": pjob.hash, "seed": pjob.seed, "config": pjob.config, "wall_time_s": meta["wall_time_s"], "pretrain_images": meta["pretrain_images"], "history": meta["history"], "precision": meta.get("precision"), "git_commit": provenance.git_commit(), "hardware": provenance.hardware(device)})
 
     groups: Dict[tuple, List[EvalJob]] = {}
     for job in pending:
@@ -123,10 +124,12 @@ def run_plan(plan: Plan, data_root: Path, out_dir: Path, device: str = "cpu", pr
                     features = extract_features(encoder, dataset.images, image_size, meta["mean"], meta["std"], device=device)
                 result = linear_probe(features, labels, train_idx, split["val"], split["test"], dataset.class_names, settings, job.seed)
             else:
-                result = fine_tune(copy.deepcopy(encoder), meta, image_size, dataset.images, labels, train_idx, split["val"], split["test"], dataset.class_names, settings, job.seed, device=device, progress=progress)
+                result = fine_tune(copy.deepcopy(encoder), meta, image_size, dataset.images, labels, train_idx, split["val"], split["test"], dataset.class_names, settings, job.seed, device=device, progress=progress, precision=precision)
             metrics = multilabel_auc(labels[split["test"]], result["test_scores"], dataset.class_names)
             n_split = {"train": int(len(train_idx)), "val": int(len(split["val"])), "test": int(len(split["test"]))}
-            record = make_record(job, suite["name"], dataset, result, metrics, n_split, device, time.time() - start)
+            # linear probes train in fp32 on cached features whatever the fine-tuning precision
+            used = precision_for(device, precision) if job.protocol == "finetune" else "32-true"
+            record = make_record(job, suite["name"], dataset, result, metrics, n_split, device, time.time() - start, used)
             store.append(record, predictions={"test_indices": split["test"].astype(np.int32), "scores": result["test_scores"].astype(np.float32)})
             ran += 1
             log(f"  {job.describe()}: test macro AUC {metrics['macro_auc']:.4f} (val {result['val_value']:.4f}, epoch {result['best_epoch']})")

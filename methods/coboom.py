@@ -91,7 +91,10 @@ class VectorQuantizer(nn.Module):
 
     def forward(self, vectors: torch.Tensor):
         """vectors: N x D. Returns (straight-through quantized N x D, codebook loss, commitment loss, indices)."""
-        vectors = vectors.float()
+        with torch.autocast(device_type=vectors.device.type, enabled=False):  # nearest-code search in fp32 under AMP
+            return self._quantize(vectors.float())
+
+    def _quantize(self, vectors: torch.Tensor):
         if self.training and not bool(self.initialized):
             with torch.no_grad():
                 pick = torch.randint(len(vectors), (len(self.codebook),), device=vectors.device)

@@ -124,6 +124,14 @@ def test_coboom_quantizer_uses_spatial_tokens_and_nearest_codes():
     _, _, _, idx = model.quantizer(vectors)
     brute = torch.cdist(vectors, model.quantizer.codebook).argmin(1)
     assert torch.equal(idx, brute)
+    # mixed precision must not change which code is nearest, even among codes much closer to each other than to 0
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        model.quantizer.codebook.copy_(torch.randn(1, 512, generator=g) + 0.05 * torch.randn(32, 512, generator=g))
+    near = model.quantizer.codebook.detach()[torch.arange(18) % 32] + 0.02 * torch.randn(18, 512, generator=g)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, _, _, idx_amp = model.quantizer(near)
+    assert torch.equal(idx_amp, torch.cdist(near, model.quantizer.codebook.detach()).argmin(1))
     stats = model.quantizer.usage_statistics()
     assert 1.0 <= stats["codebook_perplexity"] <= 32 and 0.0 <= stats["codebook_dead_share"] < 1.0
 

@@ -36,3 +36,14 @@ def test_interrupted_pretraining_resumes(tmp_path, synthetic_root):
     encoder, meta = load_encoder(path)
     assert meta["method"] == "simclr" and [h["epoch"] for h in meta["history"]] == [0, 1]
     assert run_pretraining(job, dataset, tmp_path, progress=False) == path  # finished: reused, not retrained
+
+
+def test_precision_choice():
+    from medssl.config import ConfigError
+    from medssl.pretrain import cpu_supports_bf16, precision_for
+
+    assert precision_for("cpu", "32") == "32-true"
+    assert precision_for("cpu", "bf16") == "bf16-mixed"
+    assert precision_for("cpu", "auto") == ("bf16-mixed" if cpu_supports_bf16() else "32-true")
+    with pytest.raises(ConfigError, match="unknown precision 'fp8'"):
+        precision_for("cpu", "fp8")

@@ -51,3 +51,27 @@ def test_too_few_images_is_a_clear_error(synthetic_root):
 def test_unknown_dataset_names_the_known_ones(synthetic_root):
     with pytest.raises(DatasetError, match="known datasets: .*synthetic_cxr"):
         load_dataset("nope", synthetic_root)
+
+
+def test_every_finding_is_visible_in_the_pixels():
+    """Rendering the same film without its findings changes the pixels, and only where the finding is plausible:
+    each labelled finding alters a visible area (not just noise), and an image without findings is unchanged."""
+    size = 64
+    changed_area = {name: [] for name in CLASS_NAMES}
+    unchanged = 0
+    for i in range(80):
+        image, labels, mask = render_phantom(0, i, i, size)
+        clean, clean_labels, _ = render_phantom(0, i, i, size, with_findings=False)
+        np.testing.assert_array_equal(labels, clean_labels)
+        visible = np.abs(image - clean) > 0.05
+        if not labels.any():
+            assert not visible.any(), "a film without findings must render identically"
+            unchanged += 1
+        for k in np.flatnonzero(labels):
+            changed_area[CLASS_NAMES[k]].append(visible.mean())
+        if labels[CLASS_NAMES.index("Pneumothorax")]:
+            assert visible[mask.astype(bool)].mean() > 0.5, "the pneumothorax mask covers pixels that changed"
+    assert unchanged > 0
+    for name, areas in changed_area.items():
+        assert len(areas) >= 3, f"{name} too rare in 80 films to check"
+        assert min(areas) > 0.002, f"{name}: some labelled films look like their finding-free version"
