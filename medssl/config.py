@@ -18,7 +18,7 @@ import yaml
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SUITES_DIR = REPO_ROOT / "benchmarks" / "suites"
 # Bump when a code change alters what a pretraining or evaluation with the same settings produces.
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 PROTOCOLS = ("linear", "finetune")
 
 

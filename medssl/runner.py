@@ -60,6 +60,7 @@ def make_record(job: EvalJob, suite_name: str, dataset: ImageDataset, result: Di
         "best_epoch": result["best_epoch"],
         "epochs": result["epochs"],
         "val_value": result["val_value"],
+        "selected_l2": result.get("selected_l2"),
         "config_hash": job.key,
         "config": job.config,
         "pretrain_config": job.pretrain.config,
@@ -132,5 +133,6 @@ def run_plan(plan: Plan, data_root: Path, out_dir: Path, device: str = "cpu", pr
             record = make_record(job, suite["name"], dataset, result, metrics, n_split, device, time.time() - start, used)
             store.append(record, predictions={"test_indices": split["test"].astype(np.int32), "scores": result["test_scores"].astype(np.float32)})
             ran += 1
-            log(f"  {job.describe()}: test macro AUC {metrics['macro_auc']:.4f} (val {result['val_value']:.4f}, epoch {result['best_epoch']})")
+            chosen = f"l2 {result['selected_l2']:g}" if result.get("selected_l2") is not None else f"epoch {result['best_epoch']}"
+            log(f"  {job.describe()}: test macro AUC {metrics['macro_auc']:.4f} (val {result['val_value']:.4f}, {chosen})")
     return {"ran": ran, "skipped": len(plan.eval_jobs) - len(pending)}
