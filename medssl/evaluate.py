@@ -30,7 +30,7 @@ from medssl import quiet_lightning
 from medssl.augment import AugmentConfig, Normalize, augment_view, resize
 from medssl.backbone import ResNetTrunk
 from medssl.metrics import multilabel_auc
-from medssl.pretrain import precision_for
+from medssl.precision import precision_for
 
 
 def epochs_for(n_train: int, batch_size: int, settings: Dict[str, Any]) -> int:

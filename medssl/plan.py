@@ -4,7 +4,7 @@ result, so finished work is recognised and never redone, and a changed setting n
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from datasets import DatasetError, dataset_version
 from medssl.config import PROTOCOL_VERSION, ConfigError, fraction_label, stable_hash
@@ -20,6 +20,7 @@ class PretrainJob:
     seed: int
     config: Dict[str, Any]
     hash: str
+    monitor: Optional[Dict[str, Any]] = None  # learning-signal probe settings; not hashed (medssl/monitor.py)
 
     @property
     def key(self) -> str:
@@ -92,7 +93,7 @@ def build_plan(suite: Dict[str, Any]) -> Plan:
                     config = {"method": method, "params": params, "corpus": with_version(corpus), "protocol": protocol, "seed": int(seed), "version": PROTOCOL_VERSION}
                 else:  # nothing is trained: only what shapes the random initialisation matters
                     config = {"method": method, "corpus": with_version(corpus), "backbone": pretrain["backbone"], "seed": int(seed), "version": PROTOCOL_VERSION}
-                jobs[(method, corpus_name, int(seed))] = PretrainJob(method, corpus_name, int(seed), config, stable_hash(config))
+                jobs[(method, corpus_name, int(seed))] = PretrainJob(method, corpus_name, int(seed), config, stable_hash(config), pretrain.get("monitor"))
     eval_jobs: List[EvalJob] = []
     evaluation = suite["evaluation"]
     for method in suite["methods"]:

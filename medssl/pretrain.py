@@ -22,6 +22,8 @@ from datasets import ImageDataset
 from medssl import quiet_lightning
 from medssl.backbone import ResNetTrunk
 from medssl.config import ConfigError
+from medssl.monitor import ProbeMonitor
+from medssl.precision import precision_for
 from medssl.plan import PretrainJob
 from methods import build_method
 from methods.base import PretrainProtocol
@@ -39,34 +41,21 @@ def channel_statistics(images: np.ndarray, max_images: int = 1000, seed: int = 0
     return {"mean": [round(float(v), 6) for v in mean], "std": [round(float(v), 6) for v in std]}
 
 
-PRECISIONS = ("auto", "32", "bf16")
-
-
-def cpu_supports_bf16() -> bool:
-    """True where oneDNN has native bfloat16 kernels (AVX512-BF16 / AMX), which roughly halve CPU training time."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def precision_for(device: str, requested: str = "auto") -> str:
-    """Lightning precision for ``device``. ``auto``: bf16 autocast where the hardware runs it natively (CUDA with
-    bf16, CPUs with AVX512-BF16), fp16 autocast on older GPUs, else fp32. Losses are computed in fp32 either way."""
-    if requested not in PRECISIONS:
-        raise ConfigError(f"unknown precision {requested!r}; use one of {', '.join(PRECISIONS)}")
-    if requested == "32":
-        return "32-true"
-    if device.startswith("cuda"):
-        return "bf16-mixed" if requested == "bf16" or torch.cuda.is_bf16_supported() else "16-mixed"
-    return "bf16-mixed" if requested == "bf16" or cpu_supports_bf16() else "32-true"
-
-
 class EpochHistory(pl.Callback):
-    """Appends one JSON line per finished epoch to ``history.jsonl`` (survives resumption)."""
+    """Appends one JSON line per finished epoch to ``history.jsonl`` (survives resumption). With a
+    :class:`~medssl.monitor.ProbeMonitor`, rows of monitored epochs carry ``probe_auc`` and an ``epoch: -1`` row
+    holds the probe of the random initialisation."""
 
-    def __init__(self, path: Path):
-        self.path = path
+    def __init__(self, path: Path, monitor=None):
+        self.path, self.monitor = path, monitor
+
+    def _write(self, row: Dict[str, Any]) -> None:
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+
+    def on_train_start(self, trainer: pl.Trainer, module) -> None:
+        if self.monitor is not None and trainer.global_rank == 0 and trainer.current_epoch == 0 and not self.path.exists():
+            self._write({"epoch": -1, "step": 0, "probe_auc": self.monitor.probe(module.backbone, str(module.device))})
 
     def on_train_epoch_end(self, trainer: pl.Trainer, module) -> None:
         if trainer.global_rank != 0:
@@ -76,8 +65,9 @@ class EpochHistory(pl.Callback):
             if name.startswith("train/") and name.endswith("_epoch"):
                 row[name[len("train/") : -len("_epoch")]] = round(float(value), 6)
         row.update({k: round(float(v), 6) for k, v in module.epoch_statistics().items()})
-        with open(self.path, "a") as fh:
-            fh.write(json.dumps(row) + "\n")
+        if self.monitor is not None and self.monitor.due(trainer.current_epoch, trainer.max_epochs - 1):
+            row["probe_auc"] = self.monitor.probe(module.backbone, str(module.device))
+        self._write(row)
 
 
 def read_history(run_dir: Path) -> list:
@@ -133,9 +123,12 @@ def run_pretraining(job: PretrainJob, dataset: ImageDataset, checkpoints_dir: Pa
     model = build_method(job.method, protocol, job.config.get("params"))
     start = time.time()
     if job.trains:
+        monitor = None
+        if job.monitor and dataset.labels is not None and len(dataset.indices("val")):
+            monitor = ProbeMonitor(dataset, protocol.image_size, stats["mean"], stats["std"], job.monitor)
         generator = torch.Generator().manual_seed(job.seed)
         loader = DataLoader(TensorDataset(images), batch_size=batch_size, shuffle=True, drop_last=True, generator=generator, num_workers=0, pin_memory=device.startswith("cuda"))
-        callbacks = list(callbacks) + [pl.callbacks.ModelCheckpoint(dirpath=run_dir, filename="last", save_top_k=1, every_n_epochs=1, enable_version_counter=False), EpochHistory(run_dir / "history.jsonl")]
+        callbacks = list(callbacks) + [pl.callbacks.ModelCheckpoint(dirpath=run_dir, filename="last", save_top_k=1, every_n_epochs=1, enable_version_counter=False), EpochHistory(run_dir / "history.jsonl", monitor)]
         if progress:
             callbacks.append(pl.callbacks.RichProgressBar(leave=False))
         trainer = pl.Trainer(

@@ -133,19 +133,27 @@ def render_random_init_margins(plan: Plan, cells: Dict[tuple, Dict[tuple, float]
 
 
 def render_pretraining(plan: Plan, pretraining: Dict[str, Dict]) -> str:
-    """Per pretraining: epochs, final loss, wall time and, for codebook methods, codebook usage in the last epoch."""
+    """Per pretraining: epochs, final loss, wall time, the learning-signal probe over training (if monitored) and,
+    for codebook methods, codebook usage in the last epoch."""
     rows = [(job, pretraining[job.key]) for job in plan.pretrain_jobs if job.key in pretraining and job.trains]
     if not rows:
         return ""
-    lines = ["Pretraining: final-epoch loss and diagnostics (codebook perplexity = exp(entropy of code usage); dead = share of codes unused in the epoch).", ""]
-    lines.append("| Method | epochs | steps | final loss | wall time (min) | codebook perplexity | dead codes |")
-    lines.append("|---|---:|---:|---:|---:|---:|---:|")
+    lines = [
+        "Pretraining: final-epoch loss and diagnostics. Probe = validation macro AUC (%) of the learning-signal monitor "
+        "(medssl/monitor.py) at initialisation and after each monitored epoch; codebook perplexity = exp(entropy of code "
+        "usage); dead = share of codes unused in the epoch.",
+        "",
+        "| Method | epochs | steps | final loss | wall time (min) | probe: init → monitored epochs | codebook perplexity | dead codes |",
+        "|---|---:|---:|---:|---:|---|---:|---:|",
+    ]
     for job, row in rows:
-        last = row["history"][-1] if row["history"] else {}
+        epochs = [r for r in row["history"] if r["epoch"] >= 0]
+        last = epochs[-1] if epochs else {}
+        probes = [f"{100 * r['probe_auc']:.1f}" for r in row["history"] if "probe_auc" in r]
         size = job.config["params"].get("codebook_size")
         perplexity = f"{last['codebook_perplexity']:.1f} / {size}" if "codebook_perplexity" in last else "–"
         dead = f"{100 * last['codebook_dead_share']:.0f}%" if "codebook_dead_share" in last else "–"
-        lines.append(f"| {method_label(job.method)} | {len(row['history'])} | {last.get('step', 0)} | {last.get('loss', math.nan):.4f} | {row['wall_time_s'] / 60:.1f} | {perplexity} | {dead} |")
+        lines.append(f"| {method_label(job.method)} | {len(epochs)} | {last.get('step', 0)} | {last.get('loss', math.nan):.4f} | {row['wall_time_s'] / 60:.1f} | {' → '.join(probes) or '–'} | {perplexity} | {dead} |")
     return "\n".join(lines) + "\n"
 
 

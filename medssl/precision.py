@@ -1,0 +1,28 @@
+"""Training precision: which autocast mode each device runs natively."""
+from __future__ import annotations
+
+import torch
+
+from medssl.config import ConfigError
+
+PRECISIONS = ("auto", "32", "bf16")
+
+
+def cpu_supports_bf16() -> bool:
+    """True where oneDNN has native bfloat16 kernels (AVX512-BF16 / AMX), which roughly halve CPU training time."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def precision_for(device: str, requested: str = "auto") -> str:
+    """Lightning precision for ``device``. ``auto``: bf16 autocast where the hardware runs it natively (CUDA with
+    bf16, CPUs with AVX512-BF16), fp16 autocast on older GPUs, else fp32. Losses are computed in fp32 either way."""
+    if requested not in PRECISIONS:
+        raise ConfigError(f"unknown precision {requested!r}; use one of {', '.join(PRECISIONS)}")
+    if requested == "32":
+        return "32-true"
+    if device.startswith("cuda"):
+        return "bf16-mixed" if requested == "bf16" or torch.cuda.is_bf16_supported() else "16-mixed"
+    return "bf16-mixed" if requested == "bf16" or cpu_supports_bf16() else "32-true"
