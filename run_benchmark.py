@@ -107,14 +107,15 @@ def print_plan(plan, store, out_dir: Path) -> None:
     print(f"{len(plan.eval_jobs) - pending} done, {pending} pending")
 
 
-def log_run(directory: Path, argv, summary, device: str, wall_time_s: float) -> None:
+def log_run(directory: Path, argv, summary, device: str, wall_time_s: float, precision: str = "auto") -> None:
     """Append one line per invocation to OUT/<suite>/runs.jsonl: what ran, how long it took, where."""
     import datetime
     import json
 
     from medssl import provenance
+    from medssl.precision import precision_for
 
-    entry = {"finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "argv": list(argv), "ran": summary["ran"], "skipped": summary["skipped"], "wall_time_s": round(wall_time_s, 1), "git_commit": provenance.git_commit(), "hardware": provenance.hardware(device)}
+    entry = {"finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "argv": list(argv), "ran": summary["ran"], "skipped": summary["skipped"], "wall_time_s": round(wall_time_s, 1), "git_commit": provenance.git_commit(), "hardware": provenance.hardware(device), "precision": precision_for(device, precision)}
     directory.mkdir(parents=True, exist_ok=True)
     with open(directory / "runs.jsonl", "a") as fh:
         fh.write(json.dumps(entry) + "\n")
@@ -162,7 +163,7 @@ def main(argv=None) -> int:
         summary = run_plan(plan, data_root, out_dir, device=device, progress=not args.no_progress, store=store, precision=args.precision)
         for path in write_reports(plan, store, reports_dir, store.pretraining_records()):
             print(f"wrote {path}")
-        log_run(store.directory, argv if argv is not None else sys.argv[1:], summary, device, time.time() - started)
+        log_run(store.directory, argv if argv is not None else sys.argv[1:], summary, device, time.time() - started, args.precision)
         print(f"done: {summary['ran']} evaluations run, {summary['skipped']} reused from {store.directory} ({(time.time() - started) / 60:.1f} min)")
         return 0
     except (ConfigError, DatasetError) as err:

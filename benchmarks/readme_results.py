@@ -27,7 +27,11 @@ def block(suite: str) -> str:
     run = last_complete_run(results)
     if run:
         hw = run["hardware"]
-        parts.append(f"Last complete run: `python run_benchmark.py {' '.join(run['argv'])}` — {run['ran']} evaluations plus pretraining in **{run['wall_time_s'] / 60:.1f} min** on {hw['cpu_count']} CPU cores ({hw['platform']}, torch threads {hw['torch_threads']}, device {hw['device']}), commit `{run['git_commit'][:12]}`.")
+        pretrainings = results / "pretraining.jsonl"
+        rows = [json.loads(line) for line in pretrainings.read_text().splitlines() if line.strip()] if pretrainings.exists() else []
+        precisions = sorted({r["precision"] for r in rows if r.get("precision")})
+        trained_in = f", pretraining precision {', '.join(precisions)}" if precisions else ""
+        parts.append(f"Last complete run: `python run_benchmark.py {' '.join(run['argv'])}` — {run['ran']} evaluations plus pretraining in **{run['wall_time_s'] / 60:.1f} min** on {hw['cpu_count']} CPU cores ({hw['platform']}, torch threads {hw['torch_threads']}, device {hw['device']}{trained_in}), commit `{run['git_commit'][:12]}`.")
     for name in ("table1.md", "table2.md", "random_init_margins.md", "pretraining.md"):
         if (reports / name).exists():
             parts.append((reports / name).read_text().strip())
