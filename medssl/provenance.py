@@ -18,7 +18,9 @@ def git_commit() -> str:
     """HEAD commit, with ``-dirty`` when tracked files differ from it; ``unknown`` outside a git checkout."""
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout.strip()
+        # results and reports are outputs, not code: writing or clearing them does not make the code "dirty"
+        outputs = [":(exclude)results", ":(exclude)reports", ":(exclude)docs/*.png"]
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *outputs], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout.strip()
         return commit + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
