@@ -49,7 +49,8 @@ def load_suite(name_or_path: str) -> Dict[str, Any]:
     return suite
 
 
-MONITOR_KEYS = ("every_epochs", "fraction", "seed", "l2")  # medssl/monitor.py
+# Defaults of the learning-signal monitor (medssl/monitor.py), the settings a suite may give under pretrain.monitor.
+MONITOR_DEFAULTS = {"every_epochs": 1, "fraction": 10, "seed": 0, "l2": [1e-3, 1e-2, 1e-1, 1.0]}
 
 _REQUIRED = {
     "pretrain": ("datasets", "backbone", "image_size", "epochs", "batch_size", "optimizer", "schedule", "augment", "seeds"),
@@ -64,9 +65,9 @@ def _validate(suite: Dict[str, Any], path: Path) -> None:
         missing = [k for k in keys if k not in suite[section]]
         if missing:
             raise ConfigError(f"{path}: section {section!r} lacks {missing}")
-    unknown_monitor = set(suite["pretrain"].get("monitor") or {}) - set(MONITOR_KEYS)
+    unknown_monitor = set(suite["pretrain"].get("monitor") or {}) - set(MONITOR_DEFAULTS)
     if unknown_monitor:
-        raise ConfigError(f"{path}: pretrain.monitor has unknown settings {sorted(unknown_monitor)}; known: {list(MONITOR_KEYS)}")
+        raise ConfigError(f"{path}: pretrain.monitor has unknown settings {sorted(unknown_monitor)}; known: {list(MONITOR_DEFAULTS)}")
     if not suite.get("methods"):
         raise ConfigError(f"{path}: 'methods' must list at least one method")
     if not suite.get("tasks"):

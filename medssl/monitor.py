@@ -18,18 +18,17 @@ import numpy as np
 import torch
 
 from datasets import ImageDataset
+from medssl.config import MONITOR_DEFAULTS
 from medssl.evaluate import extract_features, linear_probe
 from medssl.metrics import multilabel_auc
 from medssl.splits import label_fraction_indices
-
-DEFAULT_SETTINGS = {"every_epochs": 1, "fraction": 10, "seed": 0, "l2": [1e-3, 1e-2, 1e-1, 1.0]}
 
 
 class ProbeMonitor:
     """Called by ``medssl.pretrain.EpochHistory``, which writes its results into the epoch rows."""
 
     def __init__(self, dataset: ImageDataset, image_size: int, mean, std, settings: Optional[Dict[str, Any]] = None):
-        self.settings = {**DEFAULT_SETTINGS, **(settings or {})}
+        self.settings = {**MONITOR_DEFAULTS, **(settings or {})}
         self.dataset, self.image_size, self.mean, self.std = dataset, int(image_size), mean, std
         labels = np.asarray(dataset.labels)
         train = dataset.indices("train")

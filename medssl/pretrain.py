@@ -23,8 +23,8 @@ from medssl import quiet_lightning
 from medssl.backbone import ResNetTrunk
 from medssl.config import ConfigError
 from medssl.monitor import ProbeMonitor
-from medssl.precision import precision_for
 from medssl.plan import PretrainJob
+from medssl.precision import precision_for
 from methods import build_method
 from methods.base import PretrainProtocol
 
@@ -121,6 +121,7 @@ def run_pretraining(job: PretrainJob, dataset: ImageDataset, checkpoints_dir: Pa
     quiet_lightning()
     pl.seed_everything(job.seed, workers=True, verbose=False)
     model = build_method(job.method, protocol, job.config.get("params"))
+    amp = precision_for(device, precision)
     start = time.time()
     if job.trains:
         monitor = None
@@ -135,7 +136,7 @@ def run_pretraining(job: PretrainJob, dataset: ImageDataset, checkpoints_dir: Pa
             max_epochs=protocol.epochs,
             accelerator="gpu" if device.startswith("cuda") else "cpu",
             devices=1,
-            precision=precision_for(device, precision),
+            precision=amp,
             callbacks=callbacks,
             logger=pl.loggers.CSVLogger(run_dir, name="logs"),  # version_N per (re)start: a resume keeps earlier logs
             enable_progress_bar=progress,
@@ -158,7 +159,7 @@ def run_pretraining(job: PretrainJob, dataset: ImageDataset, checkpoints_dir: Pa
         "std": stats["std"],
         "pretrain_images": int(len(images)),
         "wall_time_s": round(time.time() - start, 2),
-        "precision": precision_for(device, precision),
+        "precision": amp,
         "history": read_history(run_dir),
     }
     tmp = run_dir / (ENCODER_FILE + ".tmp")

@@ -19,8 +19,8 @@ from medssl.config import ConfigError, stable_hash
 from medssl.evaluate import extract_features, fine_tune, linear_probe
 from medssl.metrics import multilabel_auc
 from medssl.plan import EvalJob, Plan, PretrainJob
-from medssl.pretrain import load_encoder, run_pretraining
 from medssl.precision import precision_for
+from medssl.pretrain import load_encoder, run_pretraining
 from medssl.records import ResultStore
 from medssl.splits import label_fraction_indices
 
