@@ -93,6 +93,9 @@ def render_markdown(plan: Plan, rows: List[Dict], protocol: str) -> str:
     missing = sum(1 for r in rows if not r["n"])
     if missing:
         lines += ["", f"– : {missing} cells have no finished result yet."]
+    exact_probe = protocol == "linear" and plan.suite["evaluation"]["linear"].get("solver", "lbfgs") == "lbfgs"
+    if exact_probe and any(fraction == 100 for _, fraction in columns) and len(plan.suite["pretrain"]["seeds"]) == 1:
+        lines += ["", "At 100 % labels every seed trains on the same images and the probe is fitted exactly, so the sd is 0 there."]
     return "\n".join(lines) + "\n"
 
 

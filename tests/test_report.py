@@ -35,6 +35,8 @@ def test_report_layout_bold_and_byte_identical(tmp_path):
     assert "| CXR 30% | CXR 100% |" in table1
     table2 = first["table2.md"].decode()
     assert "| BYOL | – |" in table2 and "1 cells have no finished result" in table2
+    deterministic = "At 100 % labels every seed trains on the same images"
+    assert deterministic in table1 and deterministic not in table2  # only the exact linear probe is deterministic
     csv_text = first["table1.csv"].decode().splitlines()
     assert csv_text[0] == "method,label,task,fraction,n,mean,sd,best"
     assert "simclr,SimCLR,CXR,100,2,80.5000,0.7071,1" in csv_text
