@@ -25,3 +25,20 @@ def multilabel_auc(labels: np.ndarray, scores: np.ndarray, class_names: List[str
         per_class[name] = float(roc_auc_score(column, scores[:, k]))
     macro = float(np.mean(list(per_class.values()))) if per_class else float("nan")
     return {"macro_auc": macro, "per_class_auc": per_class, "excluded_classes": excluded}
+
+
+def effective_rank(features: np.ndarray, epsilon: float = 1e-7) -> float:
+    """RankMe (Garrido et al., ICML 2023, eq. 1-2): exp of the entropy of the normalised singular values.
+
+    Deviation: the features are centred first. Uncentred ReLU features are dominated by their mean direction, which
+    a linear probe's bias absorbs anyway. On 400 quick-suite phantoms a random ResNet-18 and a BYOL encoder whose
+    probe had fallen below it (150 steps) score 51 vs 48 uncentred but 172 vs 66 centred. The value is at most
+    min(number of images, feature dimension), so compare encoders on the same images only.
+    """
+    centred = np.asarray(features, dtype=np.float64)
+    centred = centred - centred.mean(axis=0, keepdims=True)
+    singular = np.linalg.svd(centred, compute_uv=False)
+    if singular.sum() <= 0:
+        return 0.0  # every image has the same features: total collapse
+    p = singular / singular.sum() + epsilon
+    return float(np.exp(-(p * np.log(p)).sum()))

@@ -5,6 +5,9 @@ the last one) the online encoder is frozen in eval mode, features of the corpus'
 an L2 logistic regression (``medssl.evaluate.linear_probe``) is fitted on a fixed ``fraction`` % of the corpus's
 training split and scored on its validation split. The macro AUC goes to ``history.jsonl`` as ``probe_auc``, next
 to the loss, so a run shows when its representation starts to beat (or falls below) the random encoder of epoch 0.
+With it goes ``feature_rank``, the effective rank (centred RankMe, ``medssl.metrics.effective_rank``) of the same
+validation features: it shows dimensional collapse, the usual reason a short non-contrastive run (BYOL, CoBooM)
+probes below its own initialisation.
 
 It is a diagnostic: nothing is selected on it, the random number generators are forked around it and the
 encoder's train/eval mode is restored, so a run with and without the monitor trains the same weights (tested).
@@ -20,7 +23,7 @@ import torch
 from datasets import ImageDataset
 from medssl.config import MONITOR_DEFAULTS
 from medssl.evaluate import extract_features, linear_probe
-from medssl.metrics import multilabel_auc
+from medssl.metrics import effective_rank, multilabel_auc
 from medssl.splits import label_fraction_indices
 
 
@@ -36,8 +39,9 @@ class ProbeMonitor:
         self.train_idx = label_fraction_indices(train, labels, dataset.patient_ids, [fraction], int(self.settings["seed"]))[fraction]
         self.val_idx = dataset.indices("val")
 
-    def probe(self, encoder: torch.nn.Module, device: str) -> float:
-        """Validation macro AUC of the probe on ``encoder``; leaves RNG state and the encoder's mode as they were."""
+    def probe(self, encoder: torch.nn.Module, device: str) -> Dict[str, float]:
+        """``probe_auc`` (validation macro AUC of the probe) and ``feature_rank`` (effective rank of the validation
+        features) of ``encoder``; leaves RNG state and the encoder's mode as they were."""
         was_training = encoder.training
         rows = np.union1d(self.train_idx, self.val_idx)
         labels = np.asarray(self.dataset.labels)[rows]
@@ -46,7 +50,8 @@ class ProbeMonitor:
             features = extract_features(encoder, self.dataset.images[rows], self.image_size, self.mean, self.std, device=device)
             result = linear_probe(features, labels, train, val, val, self.dataset.class_names, {"solver": "lbfgs", "l2": self.settings["l2"]}, seed=int(self.settings["seed"]))
         encoder.train(was_training)
-        return round(multilabel_auc(labels[val], result["test_scores"], self.dataset.class_names)["macro_auc"], 6)
+        auc = multilabel_auc(labels[val], result["test_scores"], self.dataset.class_names)["macro_auc"]
+        return {"probe_auc": round(auc, 6), "feature_rank": round(effective_rank(features[val]), 3)}
 
     def due(self, epoch: int, last_epoch: int) -> bool:
         return (epoch + 1) % int(self.settings["every_epochs"]) == 0 or epoch == last_epoch

@@ -43,8 +43,8 @@ def channel_statistics(images: np.ndarray, max_images: int = 1000, seed: int = 0
 
 class EpochHistory(pl.Callback):
     """Appends one JSON line per finished epoch to ``history.jsonl`` (survives resumption). With a
-    :class:`~medssl.monitor.ProbeMonitor`, rows of monitored epochs carry ``probe_auc`` and an ``epoch: -1`` row
-    holds the probe of the random initialisation."""
+    :class:`~medssl.monitor.ProbeMonitor`, rows of monitored epochs carry ``probe_auc`` and ``feature_rank`` and an
+    ``epoch: -1`` row holds those of the random initialisation."""
 
     def __init__(self, path: Path, monitor=None):
         self.path, self.monitor = path, monitor
@@ -55,7 +55,7 @@ class EpochHistory(pl.Callback):
 
     def on_train_start(self, trainer: pl.Trainer, module) -> None:
         if self.monitor is not None and trainer.global_rank == 0 and trainer.current_epoch == 0 and not self.path.exists():
-            self._write({"epoch": -1, "step": 0, "probe_auc": self.monitor.probe(module.backbone, str(module.device))})
+            self._write({"epoch": -1, "step": 0, **self.monitor.probe(module.backbone, str(module.device))})
 
     def on_train_epoch_end(self, trainer: pl.Trainer, module) -> None:
         if trainer.global_rank != 0:
@@ -66,7 +66,7 @@ class EpochHistory(pl.Callback):
                 row[name[len("train/") : -len("_epoch")]] = round(float(value), 6)
         row.update({k: round(float(v), 6) for k, v in module.epoch_statistics().items()})
         if self.monitor is not None and self.monitor.due(trainer.current_epoch, trainer.max_epochs - 1):
-            row["probe_auc"] = self.monitor.probe(module.backbone, str(module.device))
+            row.update(self.monitor.probe(module.backbone, str(module.device)))
         self._write(row)
 
 

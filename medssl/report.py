@@ -143,20 +143,22 @@ def render_pretraining(plan: Plan, pretraining: Dict[str, Dict]) -> str:
         return ""
     lines = [
         "Pretraining: final-epoch loss and diagnostics. Probe = validation macro AUC (%) of the learning-signal monitor "
-        "(medssl/monitor.py) at initialisation and after each monitored epoch; codebook perplexity = exp(entropy of code "
-        "usage); dead = share of codes unused in the epoch.",
+        "(medssl/monitor.py) at initialisation and after each monitored epoch; rank = effective rank (centred RankMe) of "
+        "the same validation features, low when the representation has collapsed onto few directions; codebook "
+        "perplexity = exp(entropy of code usage); dead = share of codes unused in the epoch.",
         "",
-        "| Method | epochs | steps | final loss | wall time (min) | probe: init → monitored epochs | codebook perplexity | dead codes |",
-        "|---|---:|---:|---:|---:|---|---:|---:|",
+        "| Method | epochs | steps | final loss | wall time (min) | probe: init → monitored epochs | rank: init → monitored epochs | codebook perplexity | dead codes |",
+        "|---|---:|---:|---:|---:|---|---|---:|---:|",
     ]
     for job, row in rows:
         epochs = [r for r in row["history"] if r["epoch"] >= 0]
         last = epochs[-1] if epochs else {}
-        probes = [f"{100 * r['probe_auc']:.1f}" for r in row["history"] if "probe_auc" in r]
+        probes = " → ".join(f"{100 * r['probe_auc']:.1f}" for r in row["history"] if "probe_auc" in r) or "–"
+        ranks = " → ".join(f"{r['feature_rank']:.0f}" for r in row["history"] if "feature_rank" in r) or "–"
         size = job.config["params"].get("codebook_size")
         perplexity = f"{last['codebook_perplexity']:.1f} / {size}" if "codebook_perplexity" in last else "–"
         dead = f"{100 * last['codebook_dead_share']:.0f}%" if "codebook_dead_share" in last else "–"
-        lines.append(f"| {method_label(job.method)} | {len(epochs)} | {last.get('step', 0)} | {last.get('loss', math.nan):.4f} | {row['wall_time_s'] / 60:.1f} | {' → '.join(probes) or '–'} | {perplexity} | {dead} |")
+        lines.append(f"| {method_label(job.method)} | {len(epochs)} | {last.get('step', 0)} | {last.get('loss', math.nan):.4f} | {row['wall_time_s'] / 60:.1f} | {probes} | {ranks} | {perplexity} | {dead} |")
     return "\n".join(lines) + "\n"
 
 

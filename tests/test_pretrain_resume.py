@@ -64,6 +64,7 @@ def test_probe_monitor_records_learning_signal_without_changing_training(tmp_pat
         history = [json.loads(line) for line in (out / job.key / "history.jsonl").read_text().splitlines()]
     assert [row["epoch"] for row in history] == [-1, 0, 1]
     assert "probe_auc" in history[0] and "probe_auc" not in history[1] and 0.0 <= history[2]["probe_auc"] <= 1.0
+    assert "feature_rank" not in history[1] and all(1.0 <= history[i]["feature_rank"] <= 512 for i in (0, 2))
     for name in weights[0]:
         assert torch.equal(weights[0][name], weights[1][name]), name
 
