@@ -35,10 +35,12 @@ def effective_rank(features: np.ndarray, epsilon: float = 1e-7) -> float:
     probe had fallen below it (150 steps) score 51 vs 48 uncentred but 172 vs 66 centred. The value is at most
     min(number of images, feature dimension), so compare encoders on the same images only.
     """
-    centred = np.asarray(features, dtype=np.float64)
-    centred = centred - centred.mean(axis=0, keepdims=True)
-    singular = np.linalg.svd(centred, compute_uv=False)
-    if singular.sum() <= 0:
+    features = np.asarray(features, dtype=np.float64)
+    singular = np.linalg.svd(features - features.mean(axis=0, keepdims=True), compute_uv=False)
+    # Centring identical rows leaves rounding residue, not directions: drop singular values below numpy's
+    # matrix_rank tolerance, taken relative to the uncentred features' scale.
+    singular = singular[singular > np.abs(features).max(initial=0.0) * max(features.shape) * np.finfo(np.float64).eps]
+    if not len(singular):
         return 0.0  # every image has the same features: total collapse
     p = singular / singular.sum() + epsilon
     return float(np.exp(-(p * np.log(p)).sum()))

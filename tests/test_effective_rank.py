@@ -21,3 +21,5 @@ def test_rank_counts_directions_not_their_offset_and_sees_k_equal_directions():
     # a large constant offset (the mean of ReLU features) would dominate uncentred singular values
     assert effective_rank(three + 50.0) == pytest.approx(3.0, abs=0.1)
     assert effective_rank(np.ones((20, 8))) == 0.0
+    # identical rows whose mean is not exact in floating point (0.1 * 37 images) are still a total collapse
+    assert effective_rank(np.full((37, 8), 0.1)) == 0.0
