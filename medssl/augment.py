@@ -23,6 +23,7 @@ class AugmentConfig:
     crop_scale: Tuple[float, float] = (0.08, 1.0)
     crop_ratio: Tuple[float, float] = (3 / 4, 4 / 3)
     hflip_p: float = 0.5
+    rotate_degrees: float = 0.0  # uniform in [-d, d] about the crop centre (PCRLv2's RandomRotation(10)); 0 disables
     intensity_p: float = 0.8  # probability of applying brightness/contrast/gamma jitter
     brightness: float = 0.4
     contrast: float = 0.4
@@ -66,9 +67,25 @@ def _bernoulli(n: int, p: float, generator, device) -> torch.Tensor:
     return torch.rand(n, generator=generator, device=device) < p
 
 
-def random_resized_crop(x: torch.Tensor, size: int, cfg: AugmentConfig, generator=None) -> torch.Tensor:
-    """Per-sample RandomResizedCrop (area fraction and aspect ratio as torchvision) with horizontal flip."""
-    n, device = x.shape[0], x.device
+@dataclasses.dataclass
+class CropBoxes:
+    """Per-sample crop boxes in normalised image coordinates ([-1, 1], ``grid_sample``'s convention).
+
+    Box i covers ``centre_x[i] +- half_width[i]`` and ``centre_y[i] +- half_height[i]``; ``flip`` is -1 where the
+    crop is mirrored; ``angle`` is a rotation in radians about the box centre. A point ``u`` of the output view
+    (normalised, before flip) shows the image point ``centre + half_extent * u`` when the angle is 0.
+    """
+
+    centre_x: torch.Tensor
+    centre_y: torch.Tensor
+    half_width: torch.Tensor
+    half_height: torch.Tensor
+    flip: torch.Tensor
+    angle: torch.Tensor
+
+
+def draw_crop_boxes(n: int, cfg: AugmentConfig, generator=None, device="cpu") -> CropBoxes:
+    """RandomResizedCrop boxes (area fraction and aspect ratio as torchvision), flips and rotations."""
     area = _uniform(n, cfg.crop_scale[0], cfg.crop_scale[1], generator, device)
     log_ratio = _uniform(n, math.log(cfg.crop_ratio[0]), math.log(cfg.crop_ratio[1]), generator, device)
     ratio = torch.exp(log_ratio)
@@ -77,13 +94,31 @@ def random_resized_crop(x: torch.Tensor, size: int, cfg: AugmentConfig, generato
     cx = (torch.rand(n, generator=generator, device=device) * 2 - 1) * (1 - width)
     cy = (torch.rand(n, generator=generator, device=device) * 2 - 1) * (1 - height)
     flip = torch.where(_bernoulli(n, cfg.hflip_p, generator, device), -1.0, 1.0)
-    theta = torch.zeros(n, 2, 3, device=device)
-    theta[:, 0, 0] = width * flip
-    theta[:, 0, 2] = cx
-    theta[:, 1, 1] = height
-    theta[:, 1, 2] = cy
+    if cfg.rotate_degrees > 0:  # drawn only when enabled, so runs without rotation keep their random stream
+        angle = _uniform(n, -cfg.rotate_degrees, cfg.rotate_degrees, generator, device) * (math.pi / 180)
+    else:
+        angle = torch.zeros(n, device=device)
+    return CropBoxes(cx, cy, width, height, flip, angle)
+
+
+def apply_crop_boxes(x: torch.Tensor, size: int, boxes: CropBoxes) -> torch.Tensor:
+    """Resample every image of ``x`` inside its box to ``size`` x ``size`` (one batched ``grid_sample``)."""
+    n = x.shape[0]
+    cos, sin = torch.cos(boxes.angle), torch.sin(boxes.angle)
+    theta = torch.zeros(n, 2, 3, device=x.device)
+    theta[:, 0, 0] = boxes.half_width * boxes.flip * cos
+    theta[:, 0, 1] = -boxes.half_height * sin
+    theta[:, 1, 0] = boxes.half_width * boxes.flip * sin
+    theta[:, 1, 1] = boxes.half_height * cos
+    theta[:, 0, 2] = boxes.centre_x
+    theta[:, 1, 2] = boxes.centre_y
     grid = F.affine_grid(theta, [n, x.shape[1], size, size], align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    return F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def random_resized_crop(x: torch.Tensor, size: int, cfg: AugmentConfig, generator=None) -> torch.Tensor:
+    """Per-sample RandomResizedCrop with horizontal flip (and rotation if configured)."""
+    return apply_crop_boxes(x, size, draw_crop_boxes(x.shape[0], cfg, generator, x.device))
 
 
 def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -117,13 +152,12 @@ def intensity_jitter(x: torch.Tensor, cfg: AugmentConfig, generator=None) -> tor
     return torch.where(apply, out, x)
 
 
-def augment_view(images: torch.Tensor, size: int, cfg: AugmentConfig, generator=None) -> torch.Tensor:
-    """One augmented view in [0,1] of a uint8 or float batch: crop+flip, intensity, blur, solarise, noise."""
-    x = random_resized_crop(to_unit_float(images), size, cfg, generator)
+def photometric(x: torch.Tensor, cfg: AugmentConfig, generator=None) -> torch.Tensor:
+    """The non-spatial part of a view: intensity jitter, blur, solarisation, noise; [0,1] in and out."""
     x = intensity_jitter(x, cfg, generator)
     if cfg.blur_p > 0:
         n = x.shape[0]
-        sigma = _uniform(n, cfg.blur_sigma[0], cfg.blur_sigma[1], generator, x.device) * (size / 224)
+        sigma = _uniform(n, cfg.blur_sigma[0], cfg.blur_sigma[1], generator, x.device) * (x.shape[-1] / 224)
         sigma = torch.where(_bernoulli(n, cfg.blur_p, generator, x.device), sigma, torch.zeros_like(sigma))
         x = gaussian_blur(x, sigma)
     if cfg.solarize_p > 0:
@@ -132,6 +166,25 @@ def augment_view(images: torch.Tensor, size: int, cfg: AugmentConfig, generator=
     if cfg.noise_std > 0:
         x = x + cfg.noise_std * torch.randn(x.shape, generator=generator, device=x.device)
     return x.clamp(0, 1)
+
+
+def augment_view(images: torch.Tensor, size: int, cfg: AugmentConfig, generator=None) -> torch.Tensor:
+    """One augmented view in [0,1] of a uint8 or float batch: crop+flip, intensity, blur, solarise, noise."""
+    return photometric(random_resized_crop(to_unit_float(images), size, cfg, generator), cfg, generator)
+
+
+def cutout(x: torch.Tensor, holes: int, hole_fraction: float, generator=None, fill: float = 0.0) -> torch.Tensor:
+    """Set ``holes`` square patches of side ``hole_fraction`` x image width per sample to ``fill`` (DeVries &
+    Taylor 2017; PCRLv2 uses 3 holes of 32 px on 224-px views). Patches may overlap and be clipped at the border."""
+    n, _, h, w = x.shape
+    side = max(1, int(round(hole_fraction * w)))
+    ys = torch.randint(0, h, (n, holes), generator=generator, device=x.device)
+    xs = torch.randint(0, w, (n, holes), generator=generator, device=x.device)
+    rows = torch.arange(h, device=x.device)[None, None, :, None]
+    cols = torch.arange(w, device=x.device)[None, None, None, :]
+    top, left = (ys - side // 2)[:, :, None, None], (xs - side // 2)[:, :, None, None]
+    inside = ((rows >= top) & (rows < top + side) & (cols >= left) & (cols < left + side)).any(1, keepdim=True)
+    return torch.where(inside, torch.full_like(x, fill), x)
 
 
 def view_configs(augment: dict, n_views: int) -> Sequence[AugmentConfig]:

@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import pytorch_lightning as pl
 import torch
+import torch.distributed as dist
 from lightly.models.utils import deactivate_requires_grad, get_weight_decay_parameters, update_momentum
 from lightly.utils.lars import LARS
 from torch import nn
@@ -94,10 +95,15 @@ class SSLMethod(pl.LightningModule):
 
     # ----- shared machinery ---------------------------------------------------------------------------------
     def make_views(self, images: torch.Tensor) -> List[torch.Tensor]:
-        views = [self.normalize(augment_view(images, self.protocol.image_size, cfg)) for cfg in self.view_augment]
-        if self.protocol.channels_last:
-            views = [v.contiguous(memory_format=torch.channels_last) for v in views]
-        return views
+        """The inputs of ``compute_loss``: the ``n_views`` augmented, normalised views first; methods may append
+        more (local views, restoration targets, pixel coordinates) and document their layout."""
+        return self.in_memory_format([self.normalize(augment_view(images, self.protocol.image_size, cfg)) for cfg in self.view_augment])
+
+    def in_memory_format(self, tensors: List[torch.Tensor]) -> List[torch.Tensor]:
+        """4-D image tensors in channels-last layout when the protocol asks for it (faster convolutions on GPU)."""
+        if not self.protocol.channels_last:
+            return tensors
+        return [t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t for t in tensors]
 
     def unaugmented(self, images: torch.Tensor) -> torch.Tensor:
         """The whole image resized to the training resolution and normalised (reconstruction targets)."""
@@ -182,6 +188,13 @@ def byol_similarity_loss(p: torch.Tensor, z: torch.Tensor, stop_gradient: bool =
     """
     target = z.detach() if stop_gradient else z
     return 2 - 2 * nn.functional.cosine_similarity(p, target, dim=-1).mean()
+
+
+def gather_across_processes() -> bool:
+    """The ``gather_distributed`` flag for lightly's batch-level losses (NT-Xent, VICReg, Sinkhorn): lightly checks
+    the world size at every call, so the flag can be set when the module is built, before DDP starts its
+    processes; a single process gathers nothing."""
+    return dist.is_available()
 
 
 def pooled(feature_map: torch.Tensor) -> torch.Tensor:

@@ -7,11 +7,10 @@ both are config fields. With more than one process the loss gathers all views so
 """
 import dataclasses
 
-import torch.distributed as dist
 from lightly.loss import NTXentLoss
 from lightly.models.modules.heads import SimCLRProjectionHead
 
-from methods.base import MethodConfig, SSLMethod
+from methods.base import MethodConfig, SSLMethod, gather_across_processes
 
 
 @dataclasses.dataclass
@@ -27,8 +26,7 @@ class SimCLR(SSLMethod):
     def build(self) -> None:
         c = self.config
         self.projection_head = SimCLRProjectionHead(self.backbone.feature_dim, c.hidden_dim, c.output_dim)
-        gather = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-        self.criterion = NTXentLoss(temperature=c.temperature, gather_distributed=gather)
+        self.criterion = NTXentLoss(temperature=c.temperature, gather_distributed=gather_across_processes())
 
     def compute_loss(self, views, images):
         z1, z2 = (self.projection_head(self.backbone(v)) for v in views)

@@ -1,0 +1,130 @@
+"""PCRLv2: preservation of pixel, scale and semantic information (Zhou et al., TPAMI 2023, section 3), 2D variant.
+
+Follows the official ``train_2d.py`` (spec section 5) on the suite's ResNet-18 encoder:
+
+* Decoder: five blocks **without skip connections** (nearest x2, two conv3x3-BN-ReLU; widths 256-16, the
+  ``medssl.unet`` decoder with ``skips=False``). Every block i has a deep-supervision head (conv3x3-BN-ReLU,
+  conv1x1 to the image channels, bilinear upsampling to the input size), a projection ``pro_i = BN1d(GAP(x_i))``
+  and a predictor ``pre_i = MLP(C -> 2C, BN, ReLU, -> C)(pro_i)``; a final conv3x3 16 -> channels restores the image.
+* Multi-scale alignment (section 3.2): for a pair of views, one **random decoder level** i is drawn and
+  ``L = -(cos(pre_i(a), SG pro_i(b)) + cos(pre_i(b), SG pro_i(a))) / 2``. Global term: the two global views. Local
+  term: each of ``n_local_views`` = 6 local views (96/224 of the resolution, area 0.05-0.3) with each global view,
+  each pair with its own random level, summed and divided by 12 (2 x 6).
+* Pixel restoration (section 3.1): ``MSE(final(view 1), gt) + beta * MSE(mid_i(view 1), gt)`` with the level i of
+  the global term, gt = view 1 after the spatial transforms only (crop, flip, rotation), normalised, and
+  ``beta = (1 + cos(pi * progress)) / 2`` (official: over 240 epochs; here over the suite's training).
+* ``level_sampling: all`` replaces each random level by the mean over all five (an open question of the spec:
+  the paper's text can be read either way); the default is the official random level.
+* Total: the unweighted sum of the global, local and restoration terms (official).
+* Augmentations: the suite's crop scale for the global views (official 0.3-1), rotation +-10 degrees, flip, the
+  suite's intensity augmentations (no colour jitter or grayscale on 1-channel images) and cutout of 3 holes of
+  32/224 of the side on the global views only.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import List, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medssl.augment import apply_crop_boxes, cutout, draw_crop_boxes, photometric, to_unit_float
+from medssl.unet import UNetDecoder, conv_bn_relu
+from methods.base import MethodConfig, SSLMethod
+
+
+@dataclasses.dataclass
+class PCRLv2Config(MethodConfig):
+    n_local_views: int = 6
+    local_crop_scale: Tuple[float, float] = (0.05, 0.3)
+    local_size_ratio: float = 96 / 224
+    rotate_degrees: float = 10.0
+    cutout_holes: int = 3
+    cutout_fraction: float = 32 / 224
+    level_sampling: str = "random"  # "random": one random decoder level per term (official); "all": mean over levels
+
+
+class LevelHeads(nn.Module):
+    """Per decoder level: the deep-supervision restoration head, ``pro`` and ``pre``."""
+
+    def __init__(self, channels: int, out_channels: int):
+        super().__init__()
+        self.restore = nn.Sequential(*conv_bn_relu(channels, channels), nn.Conv2d(channels, out_channels, 1))
+        self.project = nn.BatchNorm1d(channels)
+        self.predict = nn.Sequential(nn.Linear(channels, 2 * channels), nn.BatchNorm1d(2 * channels), nn.ReLU(inplace=True), nn.Linear(2 * channels, channels))
+
+
+class PCRLv2(SSLMethod):
+    Config = PCRLv2Config
+
+    def build(self) -> None:
+        c = self.config
+        if c.level_sampling not in ("random", "all"):
+            raise ValueError(f"level_sampling must be 'random' or 'all', got {c.level_sampling!r}")
+        self.decoder = UNetDecoder(skips=False)
+        self.level_heads = nn.ModuleList(LevelHeads(ch, self.protocol.in_channels) for ch in self.decoder.channels)
+        self.final_head = nn.Conv2d(self.decoder.channels[-1], self.protocol.in_channels, 3, padding=1)
+        spatial = {"rotate_degrees": c.rotate_degrees}
+        self.global_augment = [dataclasses.replace(cfg, **spatial) for cfg in self.view_augment]
+        self.local_augment = [dataclasses.replace(self.view_augment[i % self.n_views], crop_scale=tuple(c.local_crop_scale), **spatial) for i in range(c.n_local_views)]
+        self.local_size = max(8, int(round(self.protocol.image_size * c.local_size_ratio)))
+
+    def make_views(self, images):
+        """[global view 1, global view 2, restoration target of view 1, local views...]."""
+        x = to_unit_float(images)
+        size, c = self.protocol.image_size, self.config
+        crops = [apply_crop_boxes(x, size, draw_crop_boxes(len(x), cfg, device=x.device)) for cfg in self.global_augment]
+        global_views = [self.normalize(cutout(photometric(crop, cfg), c.cutout_holes, c.cutout_fraction)) for crop, cfg in zip(crops, self.global_augment)]
+        local_views = [self.normalize(photometric(apply_crop_boxes(x, self.local_size, draw_crop_boxes(len(x), cfg, device=x.device)), cfg)) for cfg in self.local_augment]
+        return self.in_memory_format(global_views + [self.normalize(crops[0])] + local_views)
+
+    def levels(self, view: torch.Tensor):
+        return self.decoder(self.backbone.stages(view))
+
+    def embeddings(self, levels, i: int):
+        """(pro_i, pre_i) of decoder level i."""
+        heads = self.level_heads[i]
+        pro = heads.project(torch.flatten(F.adaptive_avg_pool2d(levels[i], 1), 1))
+        return pro, heads.predict(pro)
+
+    def alignment(self, levels_a, levels_b, i: int) -> torch.Tensor:
+        pro_a, pre_a = self.embeddings(levels_a, i)
+        pro_b, pre_b = self.embeddings(levels_b, i)
+        cos = lambda p, z: F.cosine_similarity(p.float(), z.detach().float(), dim=-1).mean()  # noqa: E731
+        return -0.5 * (cos(pre_a, pro_b) + cos(pre_b, pro_a))
+
+    def sampled_levels(self) -> List[int]:
+        """The decoder levels a term averages over: one random level, or all of them."""
+        if self.config.level_sampling == "all":
+            return list(range(len(self.decoder.channels)))
+        return [int(torch.randint(len(self.decoder.channels), ()))]
+
+    def restoration_weight(self) -> float:
+        progress = min(self.global_step, self.protocol.total_steps) / self.protocol.total_steps
+        return 0.5 * (1 + math.cos(math.pi * progress))
+
+    def compute_loss(self, views, images):
+        first, second, target = views[:3]
+        local_views = views[3:]
+        levels = [self.levels(first), self.levels(second)]
+        chosen = self.sampled_levels()
+        global_term = sum(self.alignment(levels[0], levels[1], i) for i in chosen) / len(chosen)
+        local_term = torch.zeros((), device=first.device)
+        for view in local_views:
+            local_levels = self.levels(view)
+            for global_levels in levels:
+                pair_levels = self.sampled_levels()
+                local_term = local_term + sum(self.alignment(local_levels, global_levels, i) for i in pair_levels) / len(pair_levels)
+        local_term = local_term / max(1, 2 * len(local_views))
+        size, target = first.shape[-1], target.float()
+        final = self.final_head(levels[0][-1]).float()
+        middle = sum(F.mse_loss(self.deep_supervision(levels[0], i, size), target) for i in chosen) / len(chosen)
+        restoration = F.mse_loss(final, target) + self.restoration_weight() * middle
+        loss = global_term + local_term + restoration
+        return {"loss": loss, "global": global_term, "local": local_term, "restoration": restoration}
+
+    def deep_supervision(self, levels, i: int, size: int) -> torch.Tensor:
+        """Level i's restoration, bilinearly upsampled to the input size."""
+        return F.interpolate(self.level_heads[i].restore(levels[i]), size=(size, size), mode="bilinear", align_corners=False).float()

@@ -1,0 +1,89 @@
+"""SwAV (Caron et al., NeurIPS 2020, sections 3.1-3.2), built from lightly's ``SwaVProjectionHead``,
+``SwaVPrototypes`` and ``SwaVLoss``.
+
+Swapped prediction: the code (soft cluster assignment, Sinkhorn-Knopp with 3 iterations and epsilon 0.05) of each
+high-resolution view is predicted from every other view's softmax over the prototypes (temperature 0.1).
+Multi-crop (section 3.2): two global views at the suite's resolution and crop scale plus ``n_local_views`` = 6
+local views of 96/224 of that resolution with area fraction 0.05-0.14 (the paper's 224/96 px pair; for the shared
+protocol the global views keep the suite's crop scale instead of the paper's 0.14-1). Heads: projector
+512 -> 2048 -> 128, 3000 prototypes (solo-learn's ResNet-18 recipe, spec section 7).
+
+As in the official code: prototypes are L2-normalised before every step and kept frozen for the first epoch
+(``freeze_prototypes_epochs``); small batches use a queue of past global-view embeddings that joins the Sinkhorn
+step (not the loss) once it is full, filled from ``queue_start_epoch`` (paper appendix A.1: 3840 from epoch 15
+for batch 256). A queue longer than the corpus would hold the same images twice; the suites set it to fit.
+"""
+import dataclasses
+from typing import Tuple
+
+import torch
+from lightly.loss import SwaVLoss
+from lightly.models.modules.heads import SwaVProjectionHead, SwaVPrototypes
+from torch import nn
+
+from medssl.augment import augment_view, view_configs
+from methods.base import MethodConfig, SSLMethod, gather_across_processes
+
+
+@dataclasses.dataclass
+class SwAVConfig(MethodConfig):
+    hidden_dim: int = 2048
+    output_dim: int = 128
+    n_prototypes: int = 3000
+    temperature: float = 0.1
+    sinkhorn_iterations: int = 3
+    sinkhorn_epsilon: float = 0.05
+    n_local_views: int = 6
+    local_crop_scale: Tuple[float, float] = (0.05, 0.14)
+    local_size_ratio: float = 96 / 224
+    freeze_prototypes_epochs: int = 1
+    queue_length: int = 3840
+    queue_start_epoch: int = 15
+
+
+class SwAV(SSLMethod):
+    Config = SwAVConfig
+
+    def build(self) -> None:
+        c = self.config
+        self.projection_head = SwaVProjectionHead(self.backbone.feature_dim, c.hidden_dim, c.output_dim)
+        frozen_steps = c.freeze_prototypes_epochs * self.protocol.steps_per_epoch
+        self.prototypes = SwaVPrototypes(c.output_dim, c.n_prototypes, n_steps_frozen_prototypes=frozen_steps)
+        self.criterion = SwaVLoss(temperature=c.temperature, sinkhorn_iterations=c.sinkhorn_iterations, sinkhorn_epsilon=c.sinkhorn_epsilon, sinkhorn_gather_distributed=gather_across_processes())
+        local = {**self.protocol.augment, **self.view_overrides, "crop_scale": list(c.local_crop_scale)}
+        self.local_augment = view_configs(local, c.n_local_views)
+        self.local_size = max(8, int(round(self.protocol.image_size * c.local_size_ratio)))
+        self.register_buffer("queue", torch.zeros(self.n_views, c.queue_length, c.output_dim))
+        self.register_buffer("queue_filled", torch.zeros((), dtype=torch.long))
+
+    def make_views(self, images):
+        """Two global views (the suite's), then the local views."""
+        local = [self.normalize(augment_view(images, self.local_size, cfg)) for cfg in self.local_augment]
+        return super().make_views(images) + self.in_memory_format(local)
+
+    def embed(self, view: torch.Tensor) -> torch.Tensor:
+        return nn.functional.normalize(self.projection_head(self.backbone(view)).float(), dim=1)
+
+    def compute_loss(self, views, images):
+        self.prototypes.normalize()
+        embeddings = [self.embed(v) for v in views]
+        scores = [self.prototypes(z, step=self.global_step) for z in embeddings]
+        high, low = scores[: self.n_views], scores[self.n_views :]
+        queue_scores = None
+        if self.queue_in_use():
+            with torch.no_grad():
+                queue_scores = [self.prototypes(self.queue[i], step=self.global_step) for i in range(self.n_views)]
+        loss = self.criterion(high, low, queue_outputs=queue_scores)
+        if self.training and self.config.queue_length > 0 and self.current_epoch >= self.config.queue_start_epoch:
+            self.enqueue(torch.stack(embeddings[: self.n_views]).detach())
+        return {"loss": loss.squeeze()}
+
+    def queue_in_use(self) -> bool:
+        return self.config.queue_length > 0 and int(self.queue_filled) >= self.config.queue_length
+
+    @torch.no_grad()
+    def enqueue(self, embeddings: torch.Tensor) -> None:
+        """Newest embeddings first; the oldest fall off the end."""
+        n = min(embeddings.shape[1], self.config.queue_length)
+        self.queue.copy_(torch.cat([embeddings[:, :n].to(self.queue.dtype), self.queue[:, : self.config.queue_length - n]], dim=1))
+        self.queue_filled.add_(n)
