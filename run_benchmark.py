@@ -7,6 +7,7 @@ Examples:
   python run_benchmark.py --suite miccai2024 --data-root /data --device cuda
   python run_benchmark.py report --suite quick          # rebuild Table 1/2 from stored results only
   python run_benchmark.py --list                        # suites, methods, datasets
+  python run_benchmark.py prepare --dataset nih_chestxray14 --data-root /data   # check the layout, build the cache
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-COMMANDS = ("run", "report", "examples")
+COMMANDS = ("run", "report", "examples", "prepare")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(linear probing and fine-tuning at several label fractions), then write Table 1/2. "
         "Finished work is stored and never redone: re-running a command resumes it.",
         epilog="Commands: 'run' (default) pretrains and evaluates; 'report' rebuilds the tables from stored results; "
-        "'examples' draws sample images of a dataset. 'python run_benchmark.py COMMAND --help' for details.",
+        "'examples' draws sample images of a dataset; 'prepare' checks a real dataset's layout and builds its image cache. 'python run_benchmark.py COMMAND --help' for details.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("command", nargs="?", choices=COMMANDS, default="run", help="what to do (default: run)")
@@ -41,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dry-run", action="store_true", help="print the plan (every pretraining and evaluation job with its key and status) and exit")
     parser.add_argument("--list", action="store_true", help="list suites, methods and datasets and exit")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (for logs and CI)")
-    parser.add_argument("--dataset", default="synthetic_cxr", help="for 'examples': dataset to draw (default: synthetic_cxr)")
+    parser.add_argument("--dataset", default="synthetic_cxr", help="for 'examples' and 'prepare': the dataset (default: synthetic_cxr)")
+    parser.add_argument("--size", type=int, default=256, help="for 'prepare': side of the cached square images in pixels (default: 256, what the miccai2024 suite reads)")
     parser.add_argument("--image", default="docs/synthetic_cxr_examples.png", help="for 'examples': output PNG path")
     return parser
 
@@ -135,6 +137,14 @@ def main(argv=None) -> int:
 
             path = draw_examples(args.dataset, resolve_data_root(args.data_root), Path(args.image))
             print(f"wrote {path}")
+            return 0
+        if args.command == "prepare":
+            from datasets import load_dataset
+
+            dataset = load_dataset(args.dataset, resolve_data_root(args.data_root), size=args.size, progress=not args.no_progress)
+            summary = dataset.summary()
+            print(f"{summary['name']}: {summary['images']} images of {summary['patients']} patients at {summary['size'][-1]} px; splits {summary['splits']}")
+            print("positives: " + ", ".join(f"{k} {v}" for k, v in summary["positives"].items()))
             return 0
         from medssl.plan import build_plan
         from medssl.records import ResultStore

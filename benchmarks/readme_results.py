@@ -2,7 +2,7 @@
 
     python benchmarks/readme_results.py --suite quick
 
-Reads reports/<suite>/*.md (written by run_benchmark.py) and the last complete run in results/<suite>/runs.jsonl.
+Reads reports/<suite>/*.md (written by run_benchmark.py) and the runs logged in results/<suite>/runs.jsonl.
 """
 from __future__ import annotations
 
@@ -15,23 +15,36 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def last_complete_run(results: Path):
-    runs = [json.loads(line) for line in (results / "runs.jsonl").read_text().splitlines() if line.strip()] if (results / "runs.jsonl").exists() else []
-    complete = [r for r in runs if r["skipped"] == 0 and r["ran"] > 0]
-    return complete[-1] if complete else None
+def runs_behind(results: Path):
+    """The runs that produced the stored records: every logged run that ran something. A suite that grew (new
+    methods, seeds) is finished by a later run that reuses the earlier records, so there can be several."""
+    lines = (results / "runs.jsonl").read_text().splitlines() if (results / "runs.jsonl").exists() else []
+    return [run for run in (json.loads(line) for line in lines if line.strip()) if run["ran"] > 0]
+
+
+def describe_run(run, precisions) -> str:
+    hw = run["hardware"]
+    trained_in = f", pretraining precision {', '.join(precisions)}" if precisions else ""
+    reused = f", reusing {run['skipped']} stored" if run["skipped"] else ""
+    return (f"`python run_benchmark.py {' '.join(run['argv'])}` at commit `{run['git_commit'][:12]}`: {run['ran']} evaluations{reused}, "
+            f"with their pretraining, in **{run['wall_time_s'] / 60:.1f} min** on {hw['cpu_count']} CPU cores ({hw['platform']}, "
+            f"torch threads {hw['torch_threads']}, device {hw['device']}{trained_in})")
 
 
 def block(suite: str) -> str:
     reports, results = ROOT / "reports" / suite, ROOT / "results" / suite
     parts = []
-    run = last_complete_run(results)
-    if run:
-        hw = run["hardware"]
+    runs = runs_behind(results)
+    if runs:
         pretrainings = results / "pretraining.jsonl"
         rows = [json.loads(line) for line in pretrainings.read_text().splitlines() if line.strip()] if pretrainings.exists() else []
         precisions = sorted({r["precision"] for r in rows if r.get("precision")})
-        trained_in = f", pretraining precision {', '.join(precisions)}" if precisions else ""
-        parts.append(f"Last complete run: `python run_benchmark.py {' '.join(run['argv'])}` — {run['ran']} evaluations plus pretraining in **{run['wall_time_s'] / 60:.1f} min** on {hw['cpu_count']} CPU cores ({hw['platform']}, torch threads {hw['torch_threads']}, device {hw['device']}{trained_in}), commit `{run['git_commit'][:12]}`.")
+        if len(runs) == 1:
+            parts.append(f"Produced by {describe_run(runs[0], precisions)}.")
+        else:
+            total = sum(run["wall_time_s"] for run in runs) / 60
+            lines = "\n".join(f"{i}. {describe_run(run, precisions)}" for i, run in enumerate(runs, 1))
+            parts.append(f"Produced by {len(runs)} runs, {total:.1f} min in all:\n\n{lines}")
     for name in ("table1.md", "table2.md", "random_init_margins.md", "pretraining.md"):
         if (reports / name).exists():
             parts.append((reports / name).read_text().strip())

@@ -1,3 +1,4 @@
 """Dataset loaders, one file each; importing this package registers them all."""
 from datasets.base import DatasetError, ImageDataset, dataset_names, dataset_version, describe_datasets, load_dataset  # noqa: F401
 from datasets import synthetic_cxr  # noqa: F401  (registers synthetic_cxr)
+from datasets import nih_chestxray14  # noqa: F401,E402  (registers nih_chestxray14)

@@ -72,6 +72,19 @@ class ImageDataset:
         }
 
 
+def progress_bar(total: int, description: str, enabled: bool):
+    """A started rich progress bar with one task (advance it with ``bar.advance(0)``, end with ``bar.stop()``),
+    or None when disabled."""
+    if not enabled:
+        return None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    bar = Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    bar.start()
+    bar.add_task(description, total=total)
+    return bar
+
+
 DatasetLoader = Callable[..., ImageDataset]
 _REGISTRY: Dict[str, DatasetLoader] = {}
 _DESCRIPTIONS: Dict[str, str] = {}

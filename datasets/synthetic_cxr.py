@@ -40,7 +40,7 @@ from typing import Dict, Tuple
 import numpy as np
 from scipy import ndimage
 
-from datasets.base import DatasetError, ImageDataset, register_dataset
+from datasets.base import DatasetError, ImageDataset, progress_bar, register_dataset
 
 CLASS_NAMES = ["Nodule", "Mass", "Effusion", "Cardiomegaly", "Pneumothorax", "Consolidation"]
 GENERATOR_VERSION = 3  # bump when the image model changes: it is part of the cache key
@@ -234,20 +234,25 @@ def _patient_split(patient_ids: np.ndarray, seed: int, fractions=(0.7, 0.1, 0.2)
     return np.array([split_of[p] for p in patient_ids])
 
 
-def generate(n_images: int, size: int, seed: int, images_per_patient: float = 2.0):
+def generate(n_images: int, size: int, seed: int, images_per_patient: float = 2.0, progress: bool = False):
     patient_ids = _assign_patients(n_images, images_per_patient, seed)
     images = np.empty((n_images, 1, size, size), dtype=np.uint8)
     labels = np.empty((n_images, len(CLASS_NAMES)), dtype=np.uint8)
     masks = np.empty((n_images, size, size), dtype=np.uint8)
+    bar = progress_bar(n_images, f"generating {n_images} phantoms at {size} px", progress)
     for i in range(n_images):
         img, lab, mask = render_phantom(seed, i, int(patient_ids[i]), size)
         images[i, 0] = np.round(img * 255).astype(np.uint8)
         labels[i], masks[i] = lab, mask
+        if bar is not None:
+            bar.advance(0)
+    if bar is not None:
+        bar.stop()
     return images, labels, masks, patient_ids, _patient_split(patient_ids, seed)
 
 
 @register_dataset("synthetic_cxr", "synthetic chest X-ray phantoms (6 findings + pneumothorax masks); generated on first use", version=GENERATOR_VERSION)
-def load_synthetic_cxr(data_root: Path, n_images: int = 2000, size: int = 128, seed: int = 0, images_per_patient: float = 2.0) -> ImageDataset:
+def load_synthetic_cxr(data_root: Path, n_images: int = 2000, size: int = 128, seed: int = 0, images_per_patient: float = 2.0, progress: bool = False) -> ImageDataset:
     if n_images < 20:
         raise DatasetError(f"synthetic_cxr needs at least 20 images for patient-disjoint splits, got n_images={n_images}")
     params = {"n_images": n_images, "size": size, "seed": seed, "images_per_patient": images_per_patient, "version": GENERATOR_VERSION}
@@ -256,7 +261,7 @@ def load_synthetic_cxr(data_root: Path, n_images: int = 2000, size: int = 128, s
     arrays = ("images", "labels", "masks", "patient_ids", "split")
     if not (cache / "manifest.json").exists():
         cache.mkdir(parents=True, exist_ok=True)
-        generated = generate(n_images, size, seed, images_per_patient)
+        generated = generate(n_images, size, seed, images_per_patient, progress)
         for name, arr in zip(arrays, generated):
             tmp = cache / f"{name}.tmp.npy"
             np.save(tmp, arr)

@@ -91,6 +91,8 @@ def build_plan(suite: Dict[str, Any]) -> Plan:
             for seed in pretrain["seeds"]:
                 if cls.needs_pretraining:
                     config = {"method": method, "params": params, "corpus": with_version(corpus), "protocol": protocol, "seed": int(seed), "version": PROTOCOL_VERSION}
+                    if cls.version > 1:  # version 1 is left out so that hashes made before methods had versions stay valid
+                        config["method_version"] = cls.version
                 else:  # nothing is trained: only what shapes the random initialisation matters
                     config = {"method": method, "corpus": with_version(corpus), "backbone": pretrain["backbone"], "seed": int(seed), "version": PROTOCOL_VERSION}
                 jobs[(method, corpus_name, int(seed))] = PretrainJob(method, corpus_name, int(seed), config, stable_hash(config), pretrain.get("monitor"))

@@ -60,6 +60,9 @@ class SSLMethod(pl.LightningModule):
     needs_pretraining: bool = True
     #: augmentation settings that override the suite's for this method (e.g. BYOL's asymmetric blur)
     view_overrides: Dict[str, Any] = {}
+    #: bump when a code change alters what the method trains: it is part of the pretraining hash, so cached
+    #: encoders and results of the old code are not reused
+    version: int = 1
 
     def __init__(self, config: MethodConfig, protocol: PretrainProtocol):
         super().__init__()
@@ -115,6 +118,12 @@ class SSLMethod(pl.LightningModule):
         self.log_dict({f"train/{k}": v.detach().float() for k, v in losses.items()}, prog_bar=False, on_step=True, on_epoch=True, batch_size=len(images))
         self.log("loss", losses["loss"].detach().float(), prog_bar=True, on_step=True, on_epoch=False, batch_size=len(images))
         return losses["loss"]
+
+    def full_precision(self):
+        """A context with autocast off, for loss terms that lose accuracy in bf16/fp16: softmax over similarity
+        logits (NT-Xent, InfoNCE), Sinkhorn's exponentials, batch variances and covariances (VICReg). Callers pass
+        fp32 tensors in."""
+        return torch.autocast(device_type=self.device.type, enabled=False)
 
     def ema_momentum(self, base: float, step: Optional[int] = None) -> float:
         """BYOL's cosine increase of the EMA coefficient from ``base`` to 1 over training."""

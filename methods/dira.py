@@ -161,7 +161,8 @@ class DiRA(SSLMethod):
         query = self.projection_head(features).float()
         with torch.no_grad():
             key = self.projection_head_target(self.backbone_target(key_input)).float()
-        discriminative = self.criterion(query, key)
+        with self.full_precision():
+            discriminative = self.criterion(query, key)
         restoration = F.mse_loss(restored, target.float())
         loss = discriminative + c.restoration_weight * restoration
         out = {"discriminative": discriminative, "restoration": restoration}

@@ -102,6 +102,7 @@ class MLVICX(SSLMethod):
 
     def compute_loss(self, views, images):
         (global_a, dense_a), (global_b, dense_b) = (self.embed(v) for v in views)
-        global_term = self.criterion(global_a, global_b)
-        dense_term = self.criterion(dense_a, dense_b)
+        with self.full_precision():
+            global_term = self.criterion(global_a, global_b)
+            dense_term = self.criterion(dense_a, dense_b)
         return {"loss": global_term + self.config.dense_weight * dense_term, "global": global_term, "dense": dense_term}

@@ -3,7 +3,7 @@
 Two views, a 2-layer MLP projection head on the pooled encoder output and the NT-Xent loss over the 2N views of
 the batch. Defaults follow the lightly column of the project spec (section 7): temperature 0.5, head
 512 -> 2048 -> 128 for ResNet-18. solo-learn's ImageNet-100 recipe uses temperature 0.2 and a 4096 -> 512 head;
-both are config fields. With more than one process the loss gathers all views so negatives span the global batch.
+both are config fields. The loss runs in fp32 under mixed precision. With more than one process the loss gathers all views so negatives span the global batch.
 """
 import dataclasses
 
@@ -22,6 +22,7 @@ class SimCLRConfig(MethodConfig):
 
 class SimCLR(SSLMethod):
     Config = SimCLRConfig
+    version = 2  # 2: NT-Xent in fp32 under mixed precision
 
     def build(self) -> None:
         c = self.config
@@ -29,5 +30,6 @@ class SimCLR(SSLMethod):
         self.criterion = NTXentLoss(temperature=c.temperature, gather_distributed=gather_across_processes())
 
     def compute_loss(self, views, images):
-        z1, z2 = (self.projection_head(self.backbone(v)) for v in views)
-        return {"loss": self.criterion(z1, z2)}
+        z1, z2 = (self.projection_head(self.backbone(v)).float() for v in views)
+        with self.full_precision():
+            return {"loss": self.criterion(z1, z2)}

@@ -67,13 +67,14 @@ class SwAV(SSLMethod):
     def compute_loss(self, views, images):
         self.prototypes.normalize()
         embeddings = [self.embed(v) for v in views]
-        scores = [self.prototypes(z, step=self.global_step) for z in embeddings]
-        high, low = scores[: self.n_views], scores[self.n_views :]
-        queue_scores = None
-        if self.queue_in_use():
-            with torch.no_grad():
-                queue_scores = [self.prototypes(self.queue[i], step=self.global_step) for i in range(self.n_views)]
-        loss = self.criterion(high, low, queue_outputs=queue_scores)
+        with self.full_precision():  # Sinkhorn's exp(score / 0.05) and the softmax need fp32
+            scores = [self.prototypes(z, step=self.global_step) for z in embeddings]
+            high, low = scores[: self.n_views], scores[self.n_views :]
+            queue_scores = None
+            if self.queue_in_use():
+                with torch.no_grad():
+                    queue_scores = [self.prototypes(self.queue[i], step=self.global_step) for i in range(self.n_views)]
+            loss = self.criterion(high, low, queue_outputs=queue_scores)
         if self.training and self.config.queue_length > 0 and self.current_epoch >= self.config.queue_start_epoch:
             self.enqueue(torch.stack(embeddings[: self.n_views]).detach())
         return {"loss": loss.squeeze()}

@@ -38,4 +38,5 @@ class VICReg(SSLMethod):
 
     def compute_loss(self, views, images):
         z1, z2 = (self.projection_head(self.backbone(v)).float() for v in views)
-        return {"loss": self.criterion(z1, z2)}
+        with self.full_precision():
+            return {"loss": self.criterion(z1, z2)}

@@ -125,4 +125,6 @@ class Vox2Vec2d(SSLMethod):
 
     def compute_loss(self, views, images):
         first, second, coords_first, coords_second = views
-        return {"loss": self.criterion(self.pixel_embeddings(first, coords_first), self.pixel_embeddings(second, coords_second))}
+        embeddings = self.pixel_embeddings(first, coords_first), self.pixel_embeddings(second, coords_second)
+        with self.full_precision():
+            return {"loss": self.criterion(*embeddings)}

@@ -1,0 +1,168 @@
+"""The preprocessing cache of the real datasets: decoded, resized uint8 images in one memory-mapped array.
+
+Training never decodes PNG/JPEG/DICOM files. ``build_cache`` decodes every source file once, resizes it to
+``size`` x ``size`` and writes, under ``<cache dir>``:
+
+* ``images.npy`` (N x 1 x size x size uint8, read memory-mapped), ``labels.npy``, ``patient_ids.npy``, ``split.npy``
+  and optionally ``masks.npy``;
+* ``manifest.json``, written **last**: image and patient counts, split sizes, positives per class, the loader
+  parameters, the **input fingerprint** (names and byte sizes of every source file plus the parameters) and the
+  **content hash** (SHA-256 of the cached arrays). A cache without a manifest is incomplete and never read.
+
+Building is resumable: images go into ``images.partial.npy`` with a ``done.npy`` bitmap saved every few hundred
+images, so an interrupted ``prepare`` continues where it stopped. A cache (complete or partial) made from a
+different fingerprint is never overwritten: the error says to delete it or use another data root. Unreadable files
+are collected and reported together (the first ones by name), and then nothing is finalised.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from datasets.base import DatasetError, ImageDataset, progress_bar
+
+CACHE_DIRNAME = ".medssl-cache"
+_CHECKPOINT_EVERY = 256
+
+
+def fingerprint(files: Sequence[Path], root: Path, params: Dict) -> str:
+    """Names (relative to ``root``) and byte sizes of the source files, plus the parameters that shape the cache."""
+    digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode())
+    for path in sorted(files, key=lambda p: str(p)):
+        digest.update(f"{Path(path).relative_to(root)}\t{os.path.getsize(path)}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def resize_square(image: np.ndarray, size: int) -> np.ndarray:
+    """2-D image -> size x size uint8: area averaging (PIL ``BOX``) when shrinking, bilinear when enlarging.
+    Non-uint8 input is min-max scaled to 0-255 first. Non-square images are stretched, as the official loaders'
+    ``Resize((size, size))`` does."""
+    from PIL import Image
+
+    array = np.asarray(image)
+    if array.dtype != np.uint8:
+        lo, hi = float(array.min()), float(array.max())
+        array = np.zeros(array.shape, np.uint8) if hi <= lo else np.round((array - lo) / (hi - lo) * 255).astype(np.uint8)
+    pil = Image.fromarray(array)
+    method = Image.Resampling.BOX if min(pil.size) >= size else Image.Resampling.BILINEAR
+    return np.asarray(pil.resize((size, size), method), dtype=np.uint8)
+
+
+def _save(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_suffix(".tmp.npy")
+    np.save(tmp, array)
+    os.replace(tmp, path)
+
+
+def build_cache(
+    cache_dir: Path,
+    sources: Sequence[Path],
+    decode: Callable[[Path], np.ndarray],
+    size: int,
+    input_fingerprint: str,
+    arrays: Dict[str, np.ndarray],
+    class_names: List[str],
+    params: Dict,
+    progress: bool = False,
+    masks: Optional[Callable[[int], np.ndarray]] = None,
+) -> Path:
+    """Decode ``sources`` (one per image, in order) into ``cache_dir`` unless a matching complete cache exists.
+
+    ``decode(path)`` returns a 2-D image; ``arrays`` holds ``labels``, ``patient_ids`` and ``split`` in the same
+    order; ``masks(i)`` (optional) returns image i's size x size 0/1 mask.
+    """
+    cache_dir = Path(cache_dir)
+    manifest_path = cache_dir / "manifest.json"
+    if manifest_path.exists():
+        manifest = json.loads(manifest_path.read_text())
+        if manifest.get("input_fingerprint") != input_fingerprint:
+            raise DatasetError(f"the cache {cache_dir} was built from different input files (fingerprint {manifest.get('input_fingerprint')}, now {input_fingerprint}); delete that folder to rebuild it, or point --data-root at the copy it was made from")
+        return cache_dir
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    owner = cache_dir / "fingerprint.txt"
+    if owner.exists() and owner.read_text().strip() != input_fingerprint:
+        raise DatasetError(f"{cache_dir} holds a partial cache of different input files; delete that folder to start over")
+    owner.write_text(input_fingerprint)
+    n = len(sources)
+    partial = cache_dir / "images.partial.npy"
+    done_path = cache_dir / "done.npy"
+    if partial.exists() and done_path.exists():
+        images = np.load(partial, mmap_mode="r+")
+        done = np.load(done_path)
+    else:
+        images = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=(n, 1, size, size))
+        done = np.zeros(n, dtype=bool)
+    failures: List[str] = []
+    bar = progress_bar(int((~done).sum()), f"caching {n} images at {size} px", progress)
+    try:
+        for count, i in enumerate(np.flatnonzero(~done)):
+            try:
+                images[i, 0] = resize_square(decode(Path(sources[i])), size)
+                done[i] = True
+            except Exception as err:  # noqa: BLE001 - every unreadable file is reported together below
+                failures.append(f"{sources[i]}: {type(err).__name__}: {err}")
+            if (count + 1) % _CHECKPOINT_EVERY == 0:
+                images.flush()
+                _save(done_path, done)
+            if bar is not None:
+                bar.advance(0)
+    finally:
+        images.flush()
+        _save(done_path, done)
+        if bar is not None:
+            bar.stop()
+    if failures:
+        shown = "\n  ".join(failures[:10])
+        raise DatasetError(f"{len(failures)} of {n} images could not be read (the others are cached in {cache_dir} and kept for the next attempt); fix or remove these files and run again:\n  {shown}")
+    digest = hashlib.sha256()
+    for start in range(0, n, 1024):
+        digest.update(np.ascontiguousarray(images[start : start + 1024]).tobytes())
+    del images
+    for name in ("labels", "patient_ids", "split"):
+        _save(cache_dir / f"{name}.npy", np.asarray(arrays[name]))
+        digest.update(np.ascontiguousarray(arrays[name]).tobytes())
+    if masks is not None:
+        mask_array = np.stack([np.asarray(masks(i), dtype=np.uint8) for i in range(n)]) if n else np.zeros((0, size, size), np.uint8)
+        _save(cache_dir / "masks.npy", mask_array)
+        digest.update(mask_array.tobytes())
+    os.replace(partial, cache_dir / "images.npy")
+    split = np.asarray(arrays["split"])
+    labels = np.asarray(arrays["labels"])
+    manifest = {
+        "images": n,
+        "patients": int(len(np.unique(arrays["patient_ids"]))),
+        "size": size,
+        "splits": {s: int((split == s).sum()) for s in ("train", "val", "test")},
+        "classes": list(class_names),
+        "positives": {c: int(v) for c, v in zip(class_names, labels.sum(0))},
+        "params": params,
+        "input_fingerprint": input_fingerprint,
+        "content_hash": digest.hexdigest()[:16],
+    }
+    tmp = cache_dir / "manifest.tmp.json"
+    tmp.write_text(json.dumps(manifest, indent=1))
+    os.replace(tmp, manifest_path)  # written last: its presence marks a complete cache
+    done_path.unlink(missing_ok=True)
+    return cache_dir
+
+
+def read_cache(cache_dir: Path, name: str, mask_name: Optional[str] = None) -> ImageDataset:
+    """The cached dataset, images (and masks) memory-mapped."""
+    cache_dir = Path(cache_dir)
+    manifest = json.loads((cache_dir / "manifest.json").read_text())
+    has_masks = (cache_dir / "masks.npy").exists()
+    return ImageDataset(
+        name=name,
+        images=np.load(cache_dir / "images.npy", mmap_mode="r"),
+        labels=np.load(cache_dir / "labels.npy"),
+        class_names=list(manifest["classes"]),
+        patient_ids=np.load(cache_dir / "patient_ids.npy"),
+        split=np.load(cache_dir / "split.npy"),
+        masks=np.load(cache_dir / "masks.npy", mmap_mode="r") if has_masks else None,
+        mask_name=mask_name if has_masks else None,
+    )
