@@ -72,6 +72,19 @@ class ImageDataset:
         }
 
 
+def split_by_patient(patient_ids: np.ndarray, seed: int, fractions=(0.7, 0.1, 0.2), salt: int = 3) -> np.ndarray:
+    """Train / val / test per image from a seeded permutation of the unique patients (``salt`` keeps datasets
+    with the same seed from sharing one permutation)."""
+    patients = np.unique(patient_ids)
+    order = np.random.default_rng([seed, salt]).permutation(patients)
+    n_train = int(round(fractions[0] * len(order)))
+    n_val = int(round(fractions[1] * len(order)))
+    split_of = {p: "train" for p in order[:n_train]}
+    split_of.update({p: "val" for p in order[n_train : n_train + n_val]})
+    split_of.update({p: "test" for p in order[n_train + n_val :]})
+    return np.array([split_of[p] for p in patient_ids])
+
+
 def progress_bar(total: int, description: str, enabled: bool):
     """A started rich progress bar with one task (advance it with ``bar.advance(0)``, end with ``bar.stop()``),
     or None when disabled."""

@@ -3,7 +3,7 @@
 Training never decodes PNG/JPEG/DICOM files. ``build_cache`` decodes every source file once, resizes it to
 ``size`` x ``size`` and writes, under ``<cache dir>``:
 
-* ``images.npy`` (N x 1 x size x size uint8, read memory-mapped), ``labels.npy``, ``patient_ids.npy``, ``split.npy``
+* ``images.npy`` (N x channels x size x size uint8, read memory-mapped), ``labels.npy``, ``patient_ids.npy``, ``split.npy``
   and optionally ``masks.npy``;
 * ``manifest.json``, written **last**: image and patient counts, split sizes, positives per class, the loader
   parameters, the **input fingerprint** (names and byte sizes of every source file plus the parameters) and the
@@ -39,9 +39,9 @@ def fingerprint(files: Sequence[Path], root: Path, params: Dict) -> str:
 
 
 def resize_square(image: np.ndarray, size: int) -> np.ndarray:
-    """2-D image -> size x size uint8: area averaging (PIL ``BOX``) when shrinking, bilinear when enlarging.
-    Non-uint8 input is min-max scaled to 0-255 first. Non-square images are stretched, as the official loaders'
-    ``Resize((size, size))`` does."""
+    """2-D (H x W) or colour (H x W x 3) image -> size x size uint8 (same channels): area averaging (PIL ``BOX``)
+    when shrinking, bilinear when enlarging. Non-uint8 input is min-max scaled to 0-255 first. Non-square images
+    are stretched, as the official loaders' ``Resize((size, size))`` does."""
     from PIL import Image
 
     array = np.asarray(image)
@@ -51,6 +51,24 @@ def resize_square(image: np.ndarray, size: int) -> np.ndarray:
     pil = Image.fromarray(array)
     method = Image.Resampling.BOX if min(pil.size) >= size else Image.Resampling.BILINEAR
     return np.asarray(pil.resize((size, size), method), dtype=np.uint8)
+
+
+def channels_first(image: np.ndarray) -> np.ndarray:
+    return image[None] if image.ndim == 2 else np.moveaxis(image, -1, 0)
+
+
+def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
+    """0/1 mask -> size x size 0/1 uint8 by nearest neighbour (no interpolated labels)."""
+    from PIL import Image
+
+    pil = Image.fromarray((np.asarray(mask) > 0).astype(np.uint8))
+    return np.asarray(pil.resize((size, size), Image.Resampling.NEAREST), dtype=np.uint8)
+
+
+def _flush(*arrays) -> None:
+    for array in arrays:
+        if array is not None:
+            array.flush()
 
 
 def _save(path: Path, array: np.ndarray) -> None:
@@ -70,11 +88,12 @@ def build_cache(
     params: Dict,
     progress: bool = False,
     masks: Optional[Callable[[int], np.ndarray]] = None,
+    channels: int = 1,
 ) -> Path:
     """Decode ``sources`` (one per image, in order) into ``cache_dir`` unless a matching complete cache exists.
 
-    ``decode(path)`` returns a 2-D image; ``arrays`` holds ``labels``, ``patient_ids`` and ``split`` in the same
-    order; ``masks(i)`` (optional) returns image i's size x size 0/1 mask.
+    ``decode(path)`` returns a 2-D image (``channels`` 1) or an H x W x 3 one (``channels`` 3); ``arrays`` holds ``labels``, ``patient_ids`` and ``split`` in the same
+    order; ``masks(i)`` (optional) returns image i's 0/1 mask at any resolution (resized here by nearest neighbour).
     """
     cache_dir = Path(cache_dir)
     manifest_path = cache_dir / "manifest.json"
@@ -90,29 +109,34 @@ def build_cache(
     owner.write_text(input_fingerprint)
     n = len(sources)
     partial = cache_dir / "images.partial.npy"
+    mask_partial = cache_dir / "masks.partial.npy"
     done_path = cache_dir / "done.npy"
-    if partial.exists() and done_path.exists():
+    if partial.exists() and done_path.exists() and (masks is None or mask_partial.exists()):
         images = np.load(partial, mmap_mode="r+")
+        mask_array = np.load(mask_partial, mmap_mode="r+") if masks is not None else None
         done = np.load(done_path)
     else:
-        images = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=(n, 1, size, size))
+        images = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=(n, channels, size, size))
+        mask_array = np.lib.format.open_memmap(mask_partial, mode="w+", dtype=np.uint8, shape=(n, size, size)) if masks is not None else None
         done = np.zeros(n, dtype=bool)
     failures: List[str] = []
     bar = progress_bar(int((~done).sum()), f"caching {n} images at {size} px", progress)
     try:
         for count, i in enumerate(np.flatnonzero(~done)):
             try:
-                images[i, 0] = resize_square(decode(Path(sources[i])), size)
+                images[i] = channels_first(resize_square(decode(Path(sources[i])), size))
+                if mask_array is not None:
+                    mask_array[i] = resize_mask(masks(i), size)
                 done[i] = True
             except Exception as err:  # noqa: BLE001 - every unreadable file is reported together below
                 failures.append(f"{sources[i]}: {type(err).__name__}: {err}")
             if (count + 1) % _CHECKPOINT_EVERY == 0:
-                images.flush()
+                _flush(images, mask_array)
                 _save(done_path, done)
             if bar is not None:
                 bar.advance(0)
     finally:
-        images.flush()
+        _flush(images, mask_array)
         _save(done_path, done)
         if bar is not None:
             bar.stop()
@@ -122,14 +146,15 @@ def build_cache(
     digest = hashlib.sha256()
     for start in range(0, n, 1024):
         digest.update(np.ascontiguousarray(images[start : start + 1024]).tobytes())
-    del images
+    if mask_array is not None:
+        for start in range(0, n, 1024):
+            digest.update(np.ascontiguousarray(mask_array[start : start + 1024]).tobytes())
+    del images, mask_array
     for name in ("labels", "patient_ids", "split"):
         _save(cache_dir / f"{name}.npy", np.asarray(arrays[name]))
         digest.update(np.ascontiguousarray(arrays[name]).tobytes())
     if masks is not None:
-        mask_array = np.stack([np.asarray(masks(i), dtype=np.uint8) for i in range(n)]) if n else np.zeros((0, size, size), np.uint8)
-        _save(cache_dir / "masks.npy", mask_array)
-        digest.update(mask_array.tobytes())
+        os.replace(mask_partial, cache_dir / "masks.npy")
     os.replace(partial, cache_dir / "images.npy")
     split = np.asarray(arrays["split"])
     labels = np.asarray(arrays["labels"])

@@ -27,6 +27,7 @@ import numpy as np
 
 from datasets.base import DatasetError, ImageDataset, register_dataset
 from datasets.cache import CACHE_DIRNAME, build_cache, fingerprint, read_cache
+from datasets.imageio import decode_image
 
 CLASS_NAMES = ["Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia", "Pneumothorax", "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia"]
 NO_FINDING = "No Finding"
@@ -77,16 +78,6 @@ def image_files(root: Path) -> Dict[str, Path]:
         for path in root.glob(pattern):
             files.setdefault(path.name, path)
     return files
-
-
-def decode_png(path: Path) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(path) as image:
-        image.load()
-        if image.mode in ("L", "I;16", "I", "F"):
-            return np.asarray(image)
-        return np.asarray(image)[..., 0]  # RGB/RGBA/LA copies: the first channel, as torchxrayvision
 
 
 def check_layout(root: Path) -> Tuple[List[str], Dict]:
@@ -146,5 +137,5 @@ def load_nih_chestxray14(data_root: Path, size: int = 256, val_fraction: float =
     sources = [found["files"][name] for name in names]
     inputs = fingerprint(sources + [found["entry_file"], root / "train_val_list.txt", root / "test_list.txt"], root, params)
     key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
-    cache = build_cache(root / CACHE_DIRNAME / "nih_chestxray14" / key, sources, decode_png, size, inputs, {"labels": labels, "patient_ids": patients, "split": split}, CLASS_NAMES, params, progress=progress)
+    cache = build_cache(root / CACHE_DIRNAME / "nih_chestxray14" / key, sources, decode_image, size, inputs, {"labels": labels, "patient_ids": patients, "split": split}, CLASS_NAMES, params, progress=progress)
     return read_cache(cache, "nih_chestxray14")

@@ -40,7 +40,7 @@ from typing import Dict, Tuple
 import numpy as np
 from scipy import ndimage
 
-from datasets.base import DatasetError, ImageDataset, progress_bar, register_dataset
+from datasets.base import DatasetError, ImageDataset, progress_bar, register_dataset, split_by_patient
 
 CLASS_NAMES = ["Nodule", "Mass", "Effusion", "Cardiomegaly", "Pneumothorax", "Consolidation"]
 GENERATOR_VERSION = 3  # bump when the image model changes: it is part of the cache key
@@ -223,17 +223,6 @@ def _assign_patients(n_images: int, images_per_patient: float, seed: int) -> np.
     return np.asarray(ids[:n_images], dtype=np.int64)
 
 
-def _patient_split(patient_ids: np.ndarray, seed: int, fractions=(0.7, 0.1, 0.2)) -> np.ndarray:
-    patients = np.unique(patient_ids)
-    order = np.random.default_rng([seed, 3]).permutation(patients)
-    n_train = int(round(fractions[0] * len(order)))
-    n_val = int(round(fractions[1] * len(order)))
-    split_of = {p: "train" for p in order[:n_train]}
-    split_of.update({p: "val" for p in order[n_train : n_train + n_val]})
-    split_of.update({p: "test" for p in order[n_train + n_val :]})
-    return np.array([split_of[p] for p in patient_ids])
-
-
 def generate(n_images: int, size: int, seed: int, images_per_patient: float = 2.0, progress: bool = False):
     patient_ids = _assign_patients(n_images, images_per_patient, seed)
     images = np.empty((n_images, 1, size, size), dtype=np.uint8)
@@ -248,7 +237,7 @@ def generate(n_images: int, size: int, seed: int, images_per_patient: float = 2.
             bar.advance(0)
     if bar is not None:
         bar.stop()
-    return images, labels, masks, patient_ids, _patient_split(patient_ids, seed)
+    return images, labels, masks, patient_ids, split_by_patient(patient_ids, seed, salt=3)
 
 
 @register_dataset("synthetic_cxr", "synthetic chest X-ray phantoms (6 findings + pneumothorax masks); generated on first use", version=GENERATOR_VERSION)

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import datasets.imageio as imageio
 import datasets.nih_chestxray14 as nih
 from datasets import DatasetError, load_dataset
 from run_benchmark import main
@@ -69,7 +70,7 @@ def test_cache_is_reused_and_never_overwritten_by_other_inputs(tmp_path, monkeyp
     first = load_dataset("nih_chestxray14", tmp_path, size=16)
     manifest = json.loads(next((root / ".medssl-cache").rglob("manifest.json")).read_text())
     assert manifest["images"] == 12 and manifest["patients"] == 6 and manifest["splits"]["test"] == 4
-    monkeypatch.setattr(nih, "decode_png", lambda path: (_ for _ in ()).throw(AssertionError("decoded again")))
+    monkeypatch.setattr(nih, "decode_image", lambda path: (_ for _ in ()).throw(AssertionError("decoded again")))
     again = load_dataset("nih_chestxray14", tmp_path, size=16)
     assert np.array_equal(np.asarray(first.images), np.asarray(again.images))
     Image.fromarray(np.zeros((50, 50), np.uint8)).save(root / "images_001/images/00000001_000.png")  # different bytes
@@ -81,7 +82,7 @@ def test_interrupted_cache_build_resumes_to_the_same_content(tmp_path, monkeypat
     make_fake_nih(tmp_path / "a" / "nih_chestxray14")
     make_fake_nih(tmp_path / "b" / "nih_chestxray14")
     load_dataset("nih_chestxray14", tmp_path / "a", size=16)
-    real_decode, calls = nih.decode_png, []
+    real_decode, calls = imageio.decode_image, []
 
     def interrupted(path):
         calls.append(path)
@@ -89,12 +90,12 @@ def test_interrupted_cache_build_resumes_to_the_same_content(tmp_path, monkeypat
             raise KeyboardInterrupt
         return real_decode(path)
 
-    monkeypatch.setattr(nih, "decode_png", interrupted)
+    monkeypatch.setattr(nih, "decode_image", interrupted)
     with pytest.raises(KeyboardInterrupt):
         load_dataset("nih_chestxray14", tmp_path / "b", size=16)
     cache_b = next((tmp_path / "b" / "nih_chestxray14" / ".medssl-cache").rglob("images.partial.npy")).parent
     assert not (cache_b / "manifest.json").exists(), "an interrupted cache must not look complete"
-    monkeypatch.setattr(nih, "decode_png", lambda path: calls.append(path) or real_decode(path))
+    monkeypatch.setattr(nih, "decode_image", lambda path: calls.append(path) or real_decode(path))
     load_dataset("nih_chestxray14", tmp_path / "b", size=16)
     assert len(calls) == 5 + 8, "the resumed build decodes only the images not cached before the interruption"
     hashes = [json.loads((c / "manifest.json").read_text())["content_hash"] for c in (next((tmp_path / r).rglob("manifest.json")).parent for r in ("a", "b"))]

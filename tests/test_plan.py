@@ -47,3 +47,15 @@ def test_pretraining_is_shared_by_all_evaluations_of_a_method():
     for job in plan.eval_jobs:
         by_method.setdefault(job.pretrain.method, set()).add(job.pretrain.key)
     assert all(len(keys) == 1 for keys in by_method.values())
+
+
+def test_method_code_version_changes_only_that_method(monkeypatch):
+    from methods.byol import BYOL
+
+    suite = load_suite("smoke")
+    before, evals_before = keys_by_method(suite)
+    monkeypatch.setattr(BYOL, "version", 2)
+    after, evals_after = keys_by_method(suite)
+    assert after["byol"] != before["byol"]
+    assert all(after[m] == before[m] for m in before if m != "byol")
+    assert {k for k in evals_before if k not in evals_after}, "the method's evaluations must get new keys too"

@@ -1,0 +1,92 @@
+"""EyePACS, MuReD and ODIR-5K loaders on tiny fake copies in their real layouts (spec sections 3-5)."""
+import numpy as np
+import pytest
+from PIL import Image
+
+from datasets import DatasetError, load_dataset
+from datasets.imageio import decode_fundus
+from datasets.mured import CLASS_NAMES as MURED_CLASSES
+
+
+def fundus(path, width, height, colour=(180, 90, 40), border=10):
+    """A coloured disc-like field of view inside a black frame of ``border`` pixels."""
+    pixels = np.zeros((height, width, 3), np.uint8)
+    pixels[border : height - border, border : width - border] = colour
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+
+
+def test_fundus_decoding_crops_the_black_frame_and_pads_to_a_square(tmp_path):
+    fundus(tmp_path / "a.png", 60, 40, border=5)
+    out = decode_fundus(tmp_path / "a.png")
+    assert out.shape == (50, 50, 3)  # 50 x 30 field of view, padded vertically
+    assert out[25, 25].tolist() == [180, 90, 40] and out[0, 25].max() == 0
+    fundus(tmp_path / "b.jpeg", 60, 40, border=5)  # JPEG ringing at the frame must not widen the crop much
+    assert decode_fundus(tmp_path / "b.jpeg").shape[0] <= 56  # ringing stays within a JPEG block of the frame (full frame: 60)
+
+
+def test_eyepacs_grades_and_patient_split(tmp_path):
+    root = tmp_path / "eyepacs"
+    rows = ["image,level"] + [f"{p}_{eye},{(p + (eye == 'right')) % 5}" for p in range(10, 20) for eye in ("left", "right")]
+    (root / "train").mkdir(parents=True)
+    (root / "trainLabels.csv").write_text("\n".join(rows) + "\n")
+    for row in rows[1:]:
+        fundus(root / "train" / f"{row.split(',')[0]}.jpeg", 50 + 3 * len(row), 40)
+    ds = load_dataset("eyepacs", tmp_path, size=24)
+    assert ds.images.shape == (20, 3, 24, 24) and ds.labels.sum(1).tolist() == [1] * 20
+    assert [int(np.argmax(row)) for row in ds.labels[:4]] == [0, 1, 1, 2]  # 10_left, 10_right, 11_left, 11_right
+    for patient in np.unique(ds.patient_ids):
+        assert len(set(ds.split[ds.patient_ids == patient])) == 1, "both eyes of a patient share a split"
+    (root / "train" / "15_left.jpeg").unlink()
+    with pytest.raises(DatasetError, match="15_left.jpeg"):
+        load_dataset("eyepacs", tmp_path, size=24)
+
+
+def test_mured_labels_by_name_mixed_extensions_and_official_test_split(tmp_path):
+    root = tmp_path / "mured"
+    columns = ["ID"] + MURED_CLASSES[::-1]  # column order must not matter
+    images = root / "images" / "images"
+
+    def table(ids):
+        lines = [",".join(columns)]
+        for i in ids:
+            values = {c: int(c == MURED_CLASSES[i % 20] or (c == "OTHER" and i % 3 == 0)) for c in MURED_CLASSES}
+            lines.append(",".join([str(i)] + [str(values[c]) for c in columns[1:]]))
+        return "\n".join(lines) + "\n"
+
+    root.mkdir()
+    (root / "train_data.csv").write_text(table(range(1, 11)))
+    (root / "val_data.csv").write_text(table(range(11, 15)))
+    for i in range(1, 15):
+        fundus(images / f"{i}{'.tif' if i % 2 else '.png'}", 40, 40)
+    ds = load_dataset("mured", tmp_path, size=16, val_fraction=0.2)
+    assert ds.class_names == MURED_CLASSES and ds.images.shape == (14, 3, 16, 16)
+    assert ds.summary()["splits"] == {"train": 8, "val": 2, "test": 4}
+    assert ds.labels[2, MURED_CLASSES.index("ODC")] == 1 and ds.labels[2, MURED_CLASSES.index("OTHER")] == 1  # ID 3
+    assert ds.labels[0].sum() == 1 and ds.labels[0, MURED_CLASSES.index("NORMAL")] == 1  # ID 1
+    (root / "val_data.csv").write_text("ID,DR\n1,1\n")
+    with pytest.raises(DatasetError, match="missing columns"):
+        load_dataset("mured", tmp_path, size=16)
+
+
+def test_odir_uses_per_eye_targets_not_patient_columns(tmp_path):
+    root = tmp_path / "odir"
+    header = "ID,Patient Age,Patient Sex,Left-Fundus,Right-Fundus,Left-Diagnostic Keywords,Right-Diagnostic Keywords,N,D,G,C,A,H,M,O,filepath,labels,target,filename"
+    lines = [header]
+    for pid in range(8):
+        left_target = [0, 0, 0, 1, 0, 0, 0, 0] if pid % 2 == 0 else [0, 1, 0, 0, 0, 0, 0, 0]
+        right_target = [1, 0, 0, 0, 0, 0, 0, 0]
+        patient = [1 if a or b else 0 for a, b in zip(left_target, right_target)]
+        keywords = '"laser spot，moderate non proliferative retinopathy"' if pid == 1 else "cataract"
+        for eye, target in (("left", left_target), ("right", right_target)):
+            label = "['N']" if eye == "right" else "['C']"
+            lines.append(f"{pid},69,Female,{pid}_left.jpg,{pid}_right.jpg,{keywords},normal fundus,{','.join(map(str, patient))},../input/x/{pid}_{eye}.jpg,\"{label}\",\"{target}\",{pid}_{eye}.jpg")
+            fundus(root / "preprocessed_images" / f"{pid}_{eye}.jpg", 32, 32)
+    (root / "full_df.csv").write_text("\n".join(lines) + "\n")
+    ds = load_dataset("odir", tmp_path, size=16)
+    assert ds.images.shape == (16, 3, 16, 16)
+    rights = ds.labels[1::2]
+    assert (rights == [1, 0, 0, 0, 0, 0, 0, 0]).all(), "a right eye gets its own target, not the patient's C=1"
+    assert ds.labels[0].tolist() == [0, 0, 0, 1, 0, 0, 0, 0]
+    for patient in np.unique(ds.patient_ids):
+        assert len(set(ds.split[ds.patient_ids == patient])) == 1
