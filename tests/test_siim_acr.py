@@ -1,37 +1,13 @@
 """SIIM-ACR loader on tiny fake copies: JPEG-compressed DICOMs, the leading-space header, multi-row relative RLE."""
-import io
-
 import numpy as np
 import pytest
-import pydicom
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.encaps import encapsulate
-from pydicom.uid import JPEGBaseline8Bit, SecondaryCaptureImageStorage
 
 from datasets import DatasetError, load_dataset
 from datasets.siim_acr import is_relative_encoding, rle_to_mask
+from fake_dicom import write_dicom
 
 SIDE = 40
-
-
-def write_jpeg_dicom(path, pixels, uid, patient):
-    buffer = io.BytesIO()
-    Image.fromarray(pixels, "L").save(buffer, format="JPEG", quality=95)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = uid
-    meta.TransferSyntaxUID = JPEGBaseline8Bit
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID, ds.PatientID, ds.Modality = SecondaryCaptureImageStorage, uid, patient, "CR"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-    ds.PixelData = encapsulate([buffer.getvalue()])
-    ds["PixelData"].VR = "OB"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pydicom.dcmwrite(path, ds, enforce_file_format=True)
 
 
 def expected_mask(*runs):
@@ -63,7 +39,7 @@ def make_fake_siim(root):
     root.mkdir(parents=True)
     (root / "train-rle.csv").write_text("\n".join(lines) + "\n")
     for i, (uid, (patient, _)) in enumerate(list(IMAGES.items()) + [("1.2.3.4.99", ("P9", None))]):  # 99: no CSV row
-        write_jpeg_dicom(root / "dicom-images-train" / f"study{i}" / f"series{i}" / f"{uid}.dcm", np.full((SIDE, SIDE), 30 * i, np.uint8), uid, patient)
+        write_dicom(root / "dicom-images-train" / f"study{i}" / f"series{i}" / f"{uid}.dcm", np.full((SIDE, SIDE), 30 * i, np.uint8), uid, patient, jpeg=True)
     return root
 
 
