@@ -9,9 +9,11 @@ protocol the global views keep the suite's crop scale instead of the paper's 0.1
 512 -> 2048 -> 128, 3000 prototypes (solo-learn's ResNet-18 recipe, spec section 7).
 
 As in the official code: prototypes are L2-normalised before every step and kept frozen for the first epoch
-(``freeze_prototypes_epochs``); small batches use a queue of past global-view embeddings that joins the Sinkhorn
-step (not the loss) once it is full, filled from ``queue_start_epoch`` (paper appendix A.1: 3840 from epoch 15
-for batch 256). A queue longer than the corpus would hold the same images twice; the suites set it to fit.
+(``freeze_prototypes_epochs``, the official ``freeze_prototypes_niters``); small batches use a queue of past
+global-view embeddings that joins the Sinkhorn step (not the loss) once it is full, filled from
+``queue_start_epoch`` (the paper's small-batch setting and the official options ``queue_length`` 3840 and
+``epoch_queue_starts`` 15 at batch 256). A queue longer than the corpus would hold the same images twice; the
+suites set it to fit. The prototype scores, Sinkhorn and the loss run in fp32 under mixed precision.
 """
 import dataclasses
 from typing import Tuple

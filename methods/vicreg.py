@@ -6,8 +6,8 @@ is the MSE between the two embeddings, variance the hinge ``mean(relu(1 - sqrt(v
 branches, covariance the squared off-diagonal covariance (over N - 1) summed and divided by the dimension, summed
 over the branches (the official formulas, which lightly reproduces; spec section 7). The paper's expander is
 8192-8192-8192 for ResNet-50; for ResNet-18 we use solo-learn's 2048-2048-2048 (spec section 7), a config field.
-Augmentations: the suite's, with the paper's asymmetric blur (p = 1.0 / 0.1) and solarisation (p = 0 / 0.2), which
-VICReg takes from BYOL (appendix C.1); no colour jitter on grayscale images.
+Augmentations: the suite's, with the asymmetric blur (p = 1.0 / 0.1) and solarisation (p = 0 / 0.2) that VICReg
+takes from BYOL; no colour jitter on grayscale images. The loss runs in fp32 under mixed precision.
 """
 import dataclasses
 
