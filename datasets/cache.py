@@ -83,7 +83,7 @@ def build_cache(
     decode: Callable[[Path], np.ndarray],
     size: int,
     input_fingerprint: str,
-    arrays: Dict[str, np.ndarray],
+    make_arrays: Callable[[], Dict[str, np.ndarray]],
     class_names: List[str],
     params: Dict,
     progress: bool = False,
@@ -92,8 +92,10 @@ def build_cache(
 ) -> Path:
     """Decode ``sources`` (one per image, in order) into ``cache_dir`` unless a matching complete cache exists.
 
-    ``decode(path)`` returns a 2-D image (``channels`` 1) or an H x W x 3 one (``channels`` 3); ``arrays`` holds ``labels``, ``patient_ids`` and ``split`` in the same
-    order; ``masks(i)`` (optional) returns image i's 0/1 mask at any resolution (resized here by nearest neighbour).
+    ``decode(path)`` returns a 2-D image (``channels`` 1) or an H x W x 3 one (``channels`` 3); ``make_arrays()``
+    returns ``labels``, ``patient_ids`` and ``split`` in the same order and is called only when the cache has to be
+    built (reading metadata such as DICOM patient ids is skipped for a complete cache); ``masks(i)`` (optional)
+    returns image i's 0/1 mask at any resolution (resized here by nearest neighbour).
     """
     cache_dir = Path(cache_dir)
     manifest_path = cache_dir / "manifest.json"
@@ -102,6 +104,7 @@ def build_cache(
         if manifest.get("input_fingerprint") != input_fingerprint:
             raise DatasetError(f"the cache {cache_dir} was built from different input files (fingerprint {manifest.get('input_fingerprint')}, now {input_fingerprint}); delete that folder to rebuild it, or point --data-root at the copy it was made from")
         return cache_dir
+    arrays = make_arrays()
     cache_dir.mkdir(parents=True, exist_ok=True)
     owner = cache_dir / "fingerprint.txt"
     if owner.exists() and owner.read_text().strip() != input_fingerprint:
@@ -174,6 +177,29 @@ def build_cache(
     os.replace(tmp, manifest_path)  # written last: its presence marks a complete cache
     done_path.unlink(missing_ok=True)
     return cache_dir
+
+
+def cached_dataset(
+    name: str,
+    root: Path,
+    sources: Sequence[Path],
+    label_files: Sequence[Path],
+    decode: Callable[[Path], np.ndarray],
+    params: Dict,
+    make_arrays: Callable[[], Dict[str, np.ndarray]],
+    class_names: List[str],
+    progress: bool = False,
+    masks: Optional[Callable[[int], np.ndarray]] = None,
+    channels: int = 1,
+    mask_name: Optional[str] = None,
+) -> ImageDataset:
+    """A real dataset's cache, built if needed, then read: the common tail of every loader. The cache lives in
+    ``<root>/.medssl-cache/<name>/<hash of params>/``; its fingerprint covers the images, the label files and
+    ``params`` (which must hold ``size``)."""
+    inputs = fingerprint(list(sources) + list(label_files), root, params)
+    key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
+    cache = build_cache(root / CACHE_DIRNAME / name / key, sources, decode, int(params["size"]), inputs, make_arrays, class_names, params, progress=progress, masks=masks, channels=channels)
+    return read_cache(cache, name, mask_name=mask_name)
 
 
 def read_cache(cache_dir: Path, name: str, mask_name: Optional[str] = None) -> ImageDataset:

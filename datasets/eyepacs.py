@@ -11,14 +11,12 @@ over grades; the corpus is used for pretraining, where labels are not read.
 from __future__ import annotations
 
 import csv
-import hashlib
-import json
 from pathlib import Path
 
 import numpy as np
 
 from datasets.base import DatasetError, ImageDataset, register_dataset, split_by_patient
-from datasets.cache import CACHE_DIRNAME, build_cache, fingerprint, read_cache
+from datasets.cache import cached_dataset
 from datasets.imageio import decode_fundus
 
 CLASS_NAMES = ["No DR", "Mild", "Moderate", "Severe", "Proliferative"]
@@ -51,7 +49,5 @@ def load_eyepacs(data_root: Path, size: int = 256, seed: int = 0, progress: bool
     patients = np.unique([name.split("_")[0] for name in names], return_inverse=True)[1].astype(np.int64)
     split = split_by_patient(patients, seed, salt=17)
     params = {"size": size, "seed": seed, "loader_version": LOADER_VERSION}
-    inputs = fingerprint(sources + [root / "trainLabels.csv"], root, params)
-    key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
-    cache = build_cache(root / CACHE_DIRNAME / "eyepacs" / key, sources, decode_fundus, size, inputs, {"labels": labels, "patient_ids": patients, "split": split}, CLASS_NAMES, params, progress=progress, channels=3)
-    return read_cache(cache, "eyepacs")
+    arrays = {"labels": labels, "patient_ids": patients, "split": split}
+    return cached_dataset("eyepacs", root, sources, [root / "trainLabels.csv"], decode_fundus, params, lambda: arrays, CLASS_NAMES, progress=progress, channels=3)

@@ -11,15 +11,13 @@ split (model selection) is a seeded 10 % of ``train_data.csv``.
 from __future__ import annotations
 
 import csv
-import hashlib
-import json
 from pathlib import Path
 from typing import List, Tuple
 
 import numpy as np
 
 from datasets.base import DatasetError, ImageDataset, register_dataset
-from datasets.cache import CACHE_DIRNAME, build_cache, fingerprint, read_cache
+from datasets.cache import cached_dataset
 from datasets.imageio import decode_fundus
 
 CLASS_NAMES = ["DR", "NORMAL", "MH", "ODC", "TSLN", "ARMD", "DN", "MYA", "BRVO", "ODP", "CRVO", "CNV", "RS", "ODE", "LS", "CSR", "HTR", "ASR", "CRS", "OTHER"]
@@ -65,8 +63,5 @@ def load_mured(data_root: Path, size: int = 256, seed: int = 0, val_fraction: fl
     n_val = max(1, int(round(val_fraction * len(train_ids))))
     split[np.random.default_rng([seed, 19]).permutation(len(train_ids))[:n_val]] = "val"
     params = {"size": size, "seed": seed, "val_fraction": val_fraction, "loader_version": LOADER_VERSION}
-    inputs = fingerprint(sources + [root / "train_data.csv", root / "val_data.csv"], root, params)
-    key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
     arrays = {"labels": np.concatenate([train_labels, test_labels]), "patient_ids": np.arange(len(ids), dtype=np.int64), "split": split}
-    cache = build_cache(root / CACHE_DIRNAME / "mured" / key, sources, decode_fundus, size, inputs, arrays, CLASS_NAMES, params, progress=progress, channels=3)
-    return read_cache(cache, "mured")
+    return cached_dataset("mured", root, sources, [root / "train_data.csv", root / "val_data.csv"], decode_fundus, params, lambda: arrays, CLASS_NAMES, progress=progress, channels=3)

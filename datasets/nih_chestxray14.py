@@ -18,15 +18,13 @@ Finding`` is the all-zero vector), in the order of the official label files. The
 from __future__ import annotations
 
 import csv
-import hashlib
-import json
 from pathlib import Path
 from typing import Dict, List, Tuple
 
 import numpy as np
 
 from datasets.base import DatasetError, ImageDataset, register_dataset
-from datasets.cache import CACHE_DIRNAME, build_cache, fingerprint, read_cache
+from datasets.cache import cached_dataset
 from datasets.imageio import decode_image
 
 CLASS_NAMES = ["Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia", "Pneumothorax", "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia"]
@@ -135,7 +133,5 @@ def load_nih_chestxray14(data_root: Path, size: int = 256, val_fraction: float =
     split[: len(train_val)][np.isin(patients[: len(train_val)], val_patients)] = "val"
     params = {"size": size, "val_fraction": val_fraction, "seed": seed, "loader_version": LOADER_VERSION}
     sources = [found["files"][name] for name in names]
-    inputs = fingerprint(sources + [found["entry_file"], root / "train_val_list.txt", root / "test_list.txt"], root, params)
-    key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
-    cache = build_cache(root / CACHE_DIRNAME / "nih_chestxray14" / key, sources, decode_image, size, inputs, {"labels": labels, "patient_ids": patients, "split": split}, CLASS_NAMES, params, progress=progress)
-    return read_cache(cache, "nih_chestxray14")
+    arrays = {"labels": labels, "patient_ids": patients, "split": split}
+    return cached_dataset("nih_chestxray14", root, sources, [found["entry_file"], root / "train_val_list.txt", root / "test_list.txt"], decode_image, params, lambda: arrays, CLASS_NAMES, progress=progress)

@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import ast
 import csv
-import hashlib
-import json
 from pathlib import Path
 
 import numpy as np
 
 from datasets.base import DatasetError, ImageDataset, register_dataset, split_by_patient
-from datasets.cache import CACHE_DIRNAME, build_cache, fingerprint, read_cache
+from datasets.cache import cached_dataset
 from datasets.imageio import decode_fundus
 
 CLASS_NAMES = ["N", "D", "G", "C", "A", "H", "M", "O"]
@@ -59,8 +57,5 @@ def load_odir(data_root: Path, size: int = 256, seed: int = 0, progress: bool = 
         raise DatasetError(f"ODIR-5K at {root}: {len(missing)} images not found in {' or '.join(IMAGE_FOLDERS)}, e.g. {', '.join(missing[:5])}")
     patient_ids = np.array(patients, dtype=np.int64)
     params = {"size": size, "seed": seed, "loader_version": LOADER_VERSION}
-    inputs = fingerprint(sources + [root / "full_df.csv"], root, params)
-    key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
     arrays = {"labels": np.array(labels, dtype=np.uint8), "patient_ids": patient_ids, "split": split_by_patient(patient_ids, seed, salt=23)}
-    cache = build_cache(root / CACHE_DIRNAME / "odir" / key, sources, decode_fundus, size, inputs, arrays, CLASS_NAMES, params, progress=progress, channels=3)
-    return read_cache(cache, "odir")
+    return cached_dataset("odir", root, sources, [root / "full_df.csv"], decode_fundus, params, lambda: arrays, CLASS_NAMES, progress=progress, channels=3)

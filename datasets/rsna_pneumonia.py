@@ -12,14 +12,12 @@ test images have no public labels.
 from __future__ import annotations
 
 import csv
-import hashlib
-import json
 from pathlib import Path
 
 import numpy as np
 
 from datasets.base import DatasetError, ImageDataset, register_dataset, split_by_patient
-from datasets.cache import CACHE_DIRNAME, build_cache, fingerprint, read_cache
+from datasets.cache import cached_dataset
 from datasets.imageio import decode_dicom
 
 CLASS_NAMES = ["Lung Opacity", "No Lung Opacity / Not Normal"]
@@ -62,8 +60,5 @@ def load_rsna_pneumonia(data_root: Path, size: int = 256, seed: int = 0, progres
         raise DatasetError(f"RSNA Pneumonia at {root}: {len(missing)} of {len(names)} images are missing from stage_2_train_images/, e.g. {', '.join(missing[:5])}")
     patients = np.arange(len(names), dtype=np.int64)
     params = {"size": size, "seed": seed, "loader_version": LOADER_VERSION}
-    inputs = fingerprint(sources + [root / "stage_2_train_labels.csv", root / "stage_2_detailed_class_info.csv"], root, params)
-    key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
     arrays = {"labels": labels, "patient_ids": patients, "split": split_by_patient(patients, seed, salt=31)}
-    cache = build_cache(root / CACHE_DIRNAME / "rsna_pneumonia" / key, sources, decode_dicom, size, inputs, arrays, CLASS_NAMES, params, progress=progress)
-    return read_cache(cache, "rsna_pneumonia")
+    return cached_dataset("rsna_pneumonia", root, sources, [root / "stage_2_train_labels.csv", root / "stage_2_detailed_class_info.csv"], decode_dicom, params, lambda: arrays, CLASS_NAMES, progress=progress)

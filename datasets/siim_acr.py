@@ -19,15 +19,13 @@ masks, so train / val / test are carved from the labelled images by patient (70 
 from __future__ import annotations
 
 import csv
-import hashlib
-import json
 from pathlib import Path
 from typing import Dict, List, Tuple
 
 import numpy as np
 
 from datasets.base import DatasetError, ImageDataset, register_dataset, split_by_patient
-from datasets.cache import CACHE_DIRNAME, build_cache, fingerprint, read_cache
+from datasets.cache import cached_dataset
 from datasets.imageio import decode_dicom, decode_image
 
 CLASS_NAMES = ["Pneumothorax"]
@@ -129,10 +127,6 @@ def load_siim_acr(data_root: Path, size: int = 256, seed: int = 0, progress: boo
         raise DatasetError(f"SIIM-ACR at {root}: {len(missing)} of {len(rows)} images in {mask_file.name} have no {kind} file, e.g. {', '.join(missing[:5])}")
     names = sorted(rows)
     relative = is_relative_encoding(rows)
-    labels = np.array([[int(any(r for r in rows[n]))] for n in names], dtype=np.uint8)
-    patient_names = np.array([patient_of(files[n], kind) for n in names])
-    patients = np.unique(patient_names, return_inverse=True)[1].astype(np.int64)
-    split = split_by_patient(patients, seed, salt=13)
     decode = decode_dicom if kind == "dicom" else decode_image
 
     def mask(i: int) -> np.ndarray:
@@ -142,9 +136,12 @@ def load_siim_acr(data_root: Path, size: int = 256, seed: int = 0, progress: boo
         width, height = width_height(files[names[i]], kind)
         return np.bitwise_or.reduce([rle_to_mask(r, width, height, relative) for r in image_rows if r])
 
+    def arrays():  # reads every DICOM header for its PatientID: only when the cache is built
+        labels = np.array([[int(any(r for r in rows[n]))] for n in names], dtype=np.uint8)
+        patient_names = np.array([patient_of(files[n], kind) for n in names])
+        patients = np.unique(patient_names, return_inverse=True)[1].astype(np.int64)
+        return {"labels": labels, "patient_ids": patients, "split": split_by_patient(patients, seed, salt=13)}
+
     params = {"size": size, "seed": seed, "loader_version": LOADER_VERSION}
     sources = [files[n] for n in names]
-    inputs = fingerprint(sources + [mask_file], root, params)
-    key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
-    cache = build_cache(root / CACHE_DIRNAME / "siim_acr" / key, sources, decode, size, inputs, {"labels": labels, "patient_ids": patients, "split": split}, CLASS_NAMES, params, progress=progress, masks=mask)
-    return read_cache(cache, "siim_acr", mask_name="Pneumothorax")
+    return cached_dataset("siim_acr", root, sources, [mask_file], decode, params, arrays, CLASS_NAMES, progress=progress, masks=mask, mask_name="Pneumothorax")

@@ -14,15 +14,13 @@ link, so every image is its own patient and train / val / test are carved from t
 from __future__ import annotations
 
 import csv
-import hashlib
-import json
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
 from datasets.base import DatasetError, ImageDataset, register_dataset, split_by_patient
-from datasets.cache import CACHE_DIRNAME, build_cache, fingerprint, read_cache
+from datasets.cache import cached_dataset
 from datasets.imageio import decode_dicom
 
 CLASS_NAMES = ["Aortic enlargement", "Atelectasis", "Calcification", "Cardiomegaly", "Consolidation", "ILD", "Infiltration", "Lung Opacity", "Nodule/Mass", "Other lesion", "Pleural effusion", "Pleural thickening", "Pneumothorax", "Pulmonary fibrosis"]
@@ -60,8 +58,5 @@ def load_vindr_cxr(data_root: Path, size: int = 256, seed: int = 0, min_readers:
         raise DatasetError(f"VinDr-CXR at {root}: {len(missing)} of {len(names)} images are missing from train/ (extension .dicom), e.g. {', '.join(missing[:5])}")
     patients = np.arange(len(names), dtype=np.int64)
     params = {"size": size, "seed": seed, "min_readers": min_readers, "loader_version": LOADER_VERSION}
-    inputs = fingerprint(sources + [root / "train.csv"], root, params)
-    key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
     arrays = {"labels": labels, "patient_ids": patients, "split": split_by_patient(patients, seed, salt=29)}
-    cache = build_cache(root / CACHE_DIRNAME / "vindr_cxr" / key, sources, decode_dicom, size, inputs, arrays, CLASS_NAMES, params, progress=progress)
-    return read_cache(cache, "vindr_cxr")
+    return cached_dataset("vindr_cxr", root, sources, [root / "train.csv"], decode_dicom, params, lambda: arrays, CLASS_NAMES, progress=progress)

@@ -37,7 +37,7 @@ from lightly.loss import NTXentLoss
 from lightly.models.modules.heads import MoCoProjectionHead
 from torch import nn
 
-from medssl.augment import apply_crop_boxes, draw_crop_boxes, photometric, to_unit_float
+from medssl.augment import photometric, random_resized_crop, to_unit_float
 from medssl.unet import UNetDecoder
 from methods.base import MethodConfig, SSLMethod, pooled
 
@@ -142,7 +142,7 @@ class DiRA(SSLMethod):
         """[distorted view 1, distorted view 2, restoration target]: the target is view 1 after crop and flip only."""
         x = to_unit_float(images)
         size = self.protocol.image_size
-        crops = [apply_crop_boxes(x, size, draw_crop_boxes(len(x), cfg, device=x.device)) for cfg in self.view_augment]
+        crops = [random_resized_crop(x, size, cfg) for cfg in self.view_augment]
         views = []
         for crop, cfg in zip(crops, self.view_augment):
             view = photometric(crop, cfg)

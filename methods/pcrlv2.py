@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medssl.augment import apply_crop_boxes, cutout, draw_crop_boxes, photometric, to_unit_float
+from medssl.augment import augment_view, cutout, photometric, random_resized_crop, to_unit_float
 from medssl.unet import UNetDecoder, conv_bn_relu
 from methods.base import MethodConfig, SSLMethod
 
@@ -75,9 +75,9 @@ class PCRLv2(SSLMethod):
         """[global view 1, global view 2, restoration target of view 1, local views...]."""
         x = to_unit_float(images)
         size, c = self.protocol.image_size, self.config
-        crops = [apply_crop_boxes(x, size, draw_crop_boxes(len(x), cfg, device=x.device)) for cfg in self.global_augment]
+        crops = [random_resized_crop(x, size, cfg) for cfg in self.global_augment]
         global_views = [self.normalize(cutout(photometric(crop, cfg), c.cutout_holes, c.cutout_fraction)) for crop, cfg in zip(crops, self.global_augment)]
-        local_views = [self.normalize(photometric(apply_crop_boxes(x, self.local_size, draw_crop_boxes(len(x), cfg, device=x.device)), cfg)) for cfg in self.local_augment]
+        local_views = [self.normalize(augment_view(x, self.local_size, cfg)) for cfg in self.local_augment]
         return self.in_memory_format(global_views + [self.normalize(crops[0])] + local_views)
 
     def levels(self, view: torch.Tensor):
