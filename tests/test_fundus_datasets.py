@@ -90,3 +90,18 @@ def test_odir_uses_per_eye_targets_not_patient_columns(tmp_path):
     assert ds.labels[0].tolist() == [0, 0, 0, 1, 0, 0, 0, 0]
     for patient in np.unique(ds.patient_ids):
         assert len(set(ds.split[ds.patient_ids == patient])) == 1
+
+
+def test_odir_bad_inputs_name_the_problem(tmp_path):
+    with pytest.raises(DatasetError, match="ODIR-5K not found"):
+        load_dataset("odir", tmp_path, size=16)
+    root = tmp_path / "odir"
+    root.mkdir()
+    (root / "full_df.csv").write_text('ID,filename,target\n0,0_left.jpg,"[1, 0]"\n')
+    with pytest.raises(DatasetError, match="target must be 8 values"):
+        load_dataset("odir", tmp_path, size=16)
+    (root / "full_df.csv").write_text('ID,filename,target\n0,0_left.jpg,"[1, 0, 0, 0, 0, 0, 0, 0]"\n')
+    with pytest.raises(DatasetError, match="0_left.jpg"):
+        load_dataset("odir", tmp_path, size=16)
+    with pytest.raises(DatasetError, match="EyePACS not found"):
+        load_dataset("eyepacs", tmp_path, size=16)

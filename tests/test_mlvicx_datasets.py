@@ -48,3 +48,27 @@ def test_rsna_two_labels_deduplicated_classes_and_disagreement(tmp_path):
     (root / "stage_2_detailed_class_info.csv").write_text("\n".join(classes).replace("p1,Lung Opacity", "p1,Normal") + "\n")
     with pytest.raises(DatasetError, match="disagree"):
         load_dataset("rsna_pneumonia", tmp_path, size=16)
+
+
+def test_vindr_and_rsna_bad_inputs_name_the_problem(tmp_path):
+    with pytest.raises(DatasetError, match="VinDr-CXR not found"):
+        load_dataset("vindr_cxr", tmp_path, size=16)
+    root = tmp_path / "vindr_cxr"
+    (root / "train").mkdir(parents=True)
+    (root / "train.csv").write_text("image_id,class_name,class_id,rad_id,x_min,y_min,x_max,y_max\nimg_a,Other,15,R1,,,,\n")
+    with pytest.raises(DatasetError, match="class_id 15 is outside 0-14"):
+        load_dataset("vindr_cxr", tmp_path, size=16)
+    (root / "train.csv").write_text("image_id,class_name,class_id,rad_id,x_min,y_min,x_max,y_max\nimg_a,No finding,14,R1,,,,\n")
+    with pytest.raises(DatasetError, match="img_a.dicom"):
+        load_dataset("vindr_cxr", tmp_path, size=16)
+    with pytest.raises(DatasetError, match="RSNA Pneumonia not found"):
+        load_dataset("rsna_pneumonia", tmp_path, size=16)
+    rsna = tmp_path / "rsna_pneumonia"
+    rsna.mkdir()
+    (rsna / "stage_2_train_labels.csv").write_text("patientId,x,y,width,height,Target\np0,,,,,0\n")
+    (rsna / "stage_2_detailed_class_info.csv").write_text("patientId,class\np0,Healthy\n")
+    with pytest.raises(DatasetError, match="unknown class 'Healthy'"):
+        load_dataset("rsna_pneumonia", tmp_path, size=16)
+    (rsna / "stage_2_detailed_class_info.csv").write_text("patientId,class\np0,Normal\n")
+    with pytest.raises(DatasetError, match="p0.dcm"):
+        load_dataset("rsna_pneumonia", tmp_path, size=16)
