@@ -45,9 +45,14 @@ def block(suite: str) -> str:
             total = sum(run["wall_time_s"] for run in runs) / 60
             lines = "\n".join(f"{i}. {describe_run(run, precisions)}" for i, run in enumerate(runs, 1))
             parts.append(f"Produced by {len(runs)} runs, {total:.1f} min in all:\n\n{lines}")
-    for name in ("table1.md", "table2.md", "random_init_margins.md", "pretraining.md"):
+    for name in ("table1.md", "table2.md", "random_init_margins.md", "finetune_gap.md", "pretraining.md"):
         if (reports / name).exists():
             parts.append((reports / name).read_text().strip())
+    figures = [name for name in ("label_efficiency.png", "ablation.png") if (reports / name).exists()]
+    parts += [f"![{name[:-4].replace('_', ' ')}](reports/{suite}/{name})" for name in figures]
+    if (reports / "index.html").exists():
+        parts.append(f"Every paired comparison with its p-values: `reports/{suite}/statistics.md` (per-class DeLong tests in "
+                     f"`statistics_per_class.csv`); LaTeX tables `table1.tex`/`table2.tex`; all of it on one page: `reports/{suite}/index.html`.")
     return "\n\n".join(parts)
 
 

@@ -52,6 +52,14 @@ def load_suite(name_or_path: str) -> Dict[str, Any]:
 # Defaults of the learning-signal monitor (medssl/monitor.py), the settings a suite may give under pretrain.monitor.
 MONITOR_DEFAULTS = {"every_epochs": 1, "fraction": 10, "seed": 0, "l2": [1e-3, 1e-2, 1e-1, 1.0]}
 
+# Paired comparisons in the reports (medssl/compare.py), the settings a suite may give under ``statistics``.
+# reference: the method every other row is tested against (the suite's proposed method); variants: rows that are
+# ablations of the reference, not baselines (default: every suite method named "<reference>-..."); primary: which
+# test sets the table marks ("images": paired bootstrap of macro AUC / Wilcoxon on per-image Dice over the test
+# images, seeds pooled; "seeds": paired t-test over seeds); adjust: holm or bh, across each table.
+STATISTICS_DEFAULTS = {"reference": "coboom", "variants": None, "primary": "images", "adjust": "holm", "alpha": 0.05,
+                       "resamples": 2000, "confidence": 0.95, "seed": 0}
+
 _REQUIRED = {
     "pretrain": ("datasets", "backbone", "image_size", "epochs", "batch_size", "optimizer", "schedule", "augment", "seeds"),
     "evaluation": ("seeds", "linear", "finetune"),
@@ -68,6 +76,14 @@ def _validate(suite: Dict[str, Any], path: Path) -> None:
     unknown_monitor = set(suite["pretrain"].get("monitor") or {}) - set(MONITOR_DEFAULTS)
     if unknown_monitor:
         raise ConfigError(f"{path}: pretrain.monitor has unknown settings {sorted(unknown_monitor)}; known: {list(MONITOR_DEFAULTS)}")
+    statistics = suite.get("statistics") or {}
+    unknown_statistics = set(statistics) - set(STATISTICS_DEFAULTS)
+    if unknown_statistics:
+        raise ConfigError(f"{path}: statistics has unknown settings {sorted(unknown_statistics)}; known: {list(STATISTICS_DEFAULTS)}")
+    if statistics.get("primary", "images") not in ("images", "seeds"):
+        raise ConfigError(f"{path}: statistics.primary must be 'images' or 'seeds', got {statistics['primary']!r}")
+    if statistics.get("adjust", "holm") not in ("holm", "bh"):
+        raise ConfigError(f"{path}: statistics.adjust must be 'holm' or 'bh', got {statistics['adjust']!r}")
     if not suite.get("methods"):
         raise ConfigError(f"{path}: 'methods' must list at least one method")
     if not suite.get("tasks"):
@@ -120,6 +136,13 @@ def apply_overrides(suite: Dict[str, Any], methods=None, seeds=None, fractions=N
         for task in suite["tasks"]:
             task["fractions"] = fractions
     return suite
+
+
+def statistics_settings(suite: Dict[str, Any]) -> Dict[str, Any]:
+    settings = {**STATISTICS_DEFAULTS, **(suite.get("statistics") or {})}
+    if settings["variants"] is None:
+        settings["variants"] = [m for m in suite["methods"] if m.startswith(f"{settings['reference']}-")]
+    return settings
 
 
 def fraction_label(fraction: float) -> str:

@@ -8,6 +8,7 @@ records give byte-identical files.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import math
 import os
@@ -16,8 +17,11 @@ from typing import Dict, Iterable, List, Optional
 
 import numpy as np
 
-from medssl.config import fraction_label
+from medssl import compare
+from medssl.compare import Comparison
+from medssl.config import fraction_label, statistics_settings
 from medssl.plan import Plan, evaluation_seeds
+from medssl.records import ResultStore
 from methods import REGISTRY
 
 TABLES = {"linear": ("table1", "Table 1. Linear probing"), "finetune": ("table2", "Table 2. Fine-tuning")}
@@ -73,7 +77,37 @@ def table_rows(plan: Plan, cells: Dict[tuple, Dict[tuple, float]], protocol: str
     return rows
 
 
-def render_markdown(plan: Plan, rows: List[Dict], protocol: str) -> str:
+def table_marks(plan: Plan, comparisons: List[Comparison]) -> Dict[tuple, str]:
+    """(method, task, fraction) -> mark: ``*`` on a row that differs significantly from the reference method,
+    ``†`` on the reference's row where it differs significantly from the column's best baseline."""
+    marks: Dict[tuple, str] = {}
+    for c in comparisons:
+        if not c.significant:
+            continue
+        if c.family == "reference":
+            marks[(c.method, c.task, c.fraction)] = marks.get((c.method, c.task, c.fraction), "") + "*"
+        elif c.method == statistics_settings(plan.suite)["reference"]:
+            marks[(c.method, c.task, c.fraction)] = marks.get((c.method, c.task, c.fraction), "") + "†"
+    return marks
+
+
+def marks_legend(plan: Plan, comparisons: List[Comparison]) -> str:
+    if not comparisons:
+        return ""
+    settings = statistics_settings(plan.suite)
+    test = {"images": "paired bootstrap over test images (seeds pooled; Wilcoxon signed-rank on per-image Dice)", "seeds": "paired t-test over seeds"}[settings["primary"]]
+    adjust = {"holm": "Holm", "bh": "Benjamini-Hochberg"}[settings["adjust"]]
+    return (f"\\* differs from {method_label(settings['reference'])} and † ({method_label(settings['reference'])} row) differs from the column's best "
+            f"baseline: {test}, p < {settings['alpha']:g} after {adjust} adjustment across the table; details in statistics.md.")
+
+
+def cell_text(row: Dict, n_seeds: int, mark: str = "") -> str:
+    text = f"{row['mean']:.1f}" + (f" ± {row['sd']:.1f}" if row["n"] > 1 else "") + (f" (n={row['n']})" if row["n"] != n_seeds else "")
+    return text + mark
+
+
+def render_markdown(plan: Plan, rows: List[Dict], protocol: str, marks: Optional[Dict[tuple, str]] = None, legend: str = "") -> str:
+    marks = marks or {}
     columns = _columns(plan, protocol)
     n_seeds = len(evaluation_seeds(plan.suite, protocol)) * len(plan.suite["pretrain"]["seeds"])
     lookup = {(r["method"], r["task"], r["fraction"]): r for r in rows}
@@ -87,9 +121,12 @@ def render_markdown(plan: Plan, rows: List[Dict], protocol: str) -> str:
             if not r["n"]:
                 cells.append("–")
                 continue
-            text = f"{r['mean']:.1f}" + (f" ± {r['sd']:.1f}" if r["n"] > 1 else "") + (f" (n={r['n']})" if r["n"] != n_seeds else "")
-            cells.append(f"**{text}**" if r["best"] else text)
+            text = cell_text(r, n_seeds)
+            mark = marks.get((method, task, fraction), "")
+            cells.append((f"**{text}**" if r["best"] else text) + mark.replace("*", "\\*"))
         lines.append(f"| {method_label(method)} | " + " | ".join(cells) + " |")
+    if legend:
+        lines += ["", legend]
     missing = sum(1 for r in rows if not r["n"])
     if missing:
         lines += ["", f"– : {missing} cells have no finished result yet."]
@@ -162,20 +199,148 @@ def render_pretraining(plan: Plan, pretraining: Dict[str, Dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def render_latex(plan: Plan, rows: List[Dict], protocol: str, marks: Optional[Dict[tuple, str]] = None) -> str:
+    """The table as a LaTeX booktabs tabular (needs ``\\usepackage{booktabs}``); best in bold, marks as superscripts."""
+    marks = marks or {}
+    columns = _columns(plan, protocol)
+    n_seeds = len(evaluation_seeds(plan.suite, protocol)) * len(plan.suite["pretrain"]["seeds"])
+    lookup = {(r["method"], r["task"], r["fraction"]): r for r in rows}
+    tasks = list(dict.fromkeys(task for task, _ in columns))
+
+    def escape(text: str) -> str:
+        return text.replace("%", "\\%").replace("&", "\\&").replace("_", "\\_")
+
+    lines = [f"% {TABLES[protocol][1]} — suite {plan.suite['name']}: test metric (%), mean $\\pm$ sd over {n_seeds} seeds; best in bold.",
+             "\\begin{tabular}{l" + "c" * len(columns) + "}", "\\toprule"]
+    lines.append("Method & " + " & ".join(f"\\multicolumn{{{sum(1 for t, _ in columns if t == task)}}}{{c}}{{{escape(task)}}}" for task in tasks) + " \\\\")
+    lines.append(" & " + " & ".join(escape(fraction_label(f)) for _, f in columns) + " \\\\")
+    lines.append("\\midrule")
+    for method in plan.suite["methods"]:
+        out = []
+        for task, fraction in columns:
+            r = lookup[(method, task, fraction)]
+            if not r["n"]:
+                out.append("--")
+                continue
+            text = cell_text(r, n_seeds).replace("±", "$\\pm$")
+            text = f"\\textbf{{{text}}}" if r["best"] else text
+            mark = marks.get((method, task, fraction), "").replace("†", "\\dagger")
+            out.append(text + (f"$^{{{mark}}}$" if mark else ""))
+        lines.append(f"{escape(method_label(method))} & " + " & ".join(out) + " \\\\")
+    lines += ["\\bottomrule", "\\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+def _p_text(p: float) -> str:
+    if not math.isfinite(p):
+        return "–"
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def render_statistics(plan: Plan, comparisons: Dict[str, List[Comparison]]) -> str:
+    """Every paired comparison of Tables 1/2: difference, its image-bootstrap CI, both p-values, the adjusted one."""
+    settings = statistics_settings(plan.suite)
+    if not any(comparisons.values()):
+        return ""
+    adjust = {"holm": "Holm", "bh": "Benjamini-Hochberg"}[settings["adjust"]]
+    lines = [
+        f"Paired comparisons (medssl/compare.py). Difference = row method − compared method, metric points, mean over the runs "
+        f"both have (same pretraining and evaluation seeds, same label subsets, same test images). CI: {100 * settings['confidence']:g}% "
+        f"percentile interval of a paired bootstrap over test images ({settings['resamples']} resamples, whole patients, stratified "
+        f"by rarest finding). p (images): that bootstrap (pROC's standard-error form) or Wilcoxon signed-rank on per-image Dice; "
+        f"p (seeds): paired t-test over runs. Adjusted: {adjust} over each table and family, on the "
+        f"{'image' if settings['primary'] == 'images' else 'seed'} p-value; significant at {settings['alpha']:g}.",
+    ]
+    header = "| Task | Labels | Method | vs | Family | runs | Difference | CI | p (images) | p (seeds) | adjusted p | sig. |"
+    for protocol, items in comparisons.items():
+        if not items:
+            continue
+        lines += ["", f"### {TABLES[protocol][1]}", "", header, "|---|---:|---|---|---|---:|---:|---|---:|---:|---:|:---:|"]
+        for c in items:
+            ci = f"[{c.ci_low:+.1f}, {c.ci_high:+.1f}]" if math.isfinite(c.ci_low) else "–"
+            lines.append(f"| {c.task} | {fraction_label(c.fraction)} | {method_label(c.method)} | {method_label(c.versus)} | {c.family} | {c.n_runs} | "
+                         f"{c.difference:+.1f} | {ci} | {_p_text(c.p_images)} | {_p_text(c.p_seeds)} | {_p_text(c.p_adjusted)} | {'yes' if c.significant else ''} |")
+    return "\n".join(lines) + "\n"
+
+
+def _csv(header: List[str], rows: Iterable[List]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def _number(value: float, digits: int = 6) -> str:
+    return "" if value is None or not math.isfinite(value) else f"{value:.{digits}g}"
+
+
+def statistics_csv(comparisons: Dict[str, List[Comparison]]) -> str:
+    fields = [f.name for f in dataclasses.fields(Comparison)]
+    return _csv(fields, ([_number(v) if isinstance(v, float) else v for v in dataclasses.astuple(c)] for items in comparisons.values() for c in items))
+
+
+def per_class_csv(rows: List[Dict]) -> str:
+    if not rows:
+        return ""
+    header = list(rows[0])
+    return _csv(header, ([_number(r[k]) if isinstance(r[k], float) else r[k] for k in header] for r in rows))
+
+
+def render_gap(plan: Plan, cells: Dict[tuple, Dict[tuple, float]]) -> str:
+    """Fine-tuning minus linear probing per method and column (the paper's "minimal fine-tuning" claim: a good
+    representation leaves fine-tuning little to add), mean over the runs both protocols have."""
+    shared = [c for c in _columns(plan, "linear") if c in _columns(plan, "finetune")]
+    if not shared:
+        return ""
+    lines = ["Fine-tuning − linear probing, metric points (mean over seeds both protocols ran; small = the frozen features were already nearly as good).", ""]
+    lines += _header(shared)
+    for method in plan.suite["methods"]:
+        out = []
+        for task, fraction in shared:
+            tuned, probed = cells.get((method, task, "finetune", fraction), {}), cells.get((method, task, "linear", fraction), {})
+            paired = sorted(set(tuned) & set(probed))
+            out.append(f"{100 * np.mean([tuned[k] - probed[k] for k in paired]):+.1f}" if paired else "–")
+        lines.append(f"| {method_label(method)} | " + " | ".join(out) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def write_reports(plan: Plan, records: Iterable[Dict], reports_dir: Path, pretraining: Optional[Dict[str, Dict]] = None) -> List[Path]:
+    """Every report file of a suite from its records; ``records`` may be the ``ResultStore`` itself, whose stored
+    per-image predictions then feed the image-level statistics (CIs, bootstrap and DeLong tests)."""
+    from medssl import figures
+
+    store = records if isinstance(records, ResultStore) else None
     records = list(records)
-    cells = aggregate(plan, records)
-    written = []
-    for name, text in (("random_init_margins.md", render_random_init_margins(plan, cells)), ("pretraining.md", render_pretraining(plan, pretraining or {}))):
-        if text:
-            _atomic_write(Path(reports_dir) / name, text)
-            written.append(Path(reports_dir) / name)
+    runs = compare.collect_runs(plan, records, store)
+    cells = {key: dict(r.values) for key, r in runs.items()}
+    reports_dir = Path(reports_dir)
+    outputs: Dict[str, str] = {
+        "random_init_margins.md": render_random_init_margins(plan, cells),
+        "pretraining.md": render_pretraining(plan, pretraining or {}),
+        "finetune_gap.md": render_gap(plan, cells),
+    }
+    comparisons: Dict[str, List[Comparison]] = {}
+    tables: Dict[str, str] = {}
     for protocol, (stem, _) in TABLES.items():
         if not _columns(plan, protocol):
             continue
+        comparisons[protocol] = compare.comparisons(plan, runs, protocol)
+        marks = table_marks(plan, comparisons[protocol])
         rows = table_rows(plan, cells, protocol)
-        for suffix, text in ((".md", render_markdown(plan, rows, protocol)), (".csv", render_csv(rows))):
-            path = Path(reports_dir) / f"{stem}{suffix}"
-            _atomic_write(path, text)
-            written.append(path)
+        tables[stem] = render_markdown(plan, rows, protocol, marks, marks_legend(plan, comparisons[protocol]))
+        outputs.update({f"{stem}.md": tables[stem], f"{stem}.csv": render_csv(rows), f"{stem}.tex": render_latex(plan, rows, protocol, marks)})
+    outputs["statistics.md"] = render_statistics(plan, comparisons)
+    if any(comparisons.values()):
+        outputs["statistics.csv"] = statistics_csv(comparisons)
+    if store is not None:
+        outputs["statistics_per_class.csv"] = per_class_csv(compare.per_class_delong(plan, records, store))
+    written = []
+    for name, text in outputs.items():
+        if text:
+            _atomic_write(reports_dir / name, text)
+            written.append(reports_dir / name)
+    intervals = compare.cell_intervals(plan, runs)
+    written += figures.write_figures(plan, runs, intervals, reports_dir)
+    written.append(figures.write_html(plan, reports_dir, [p for p in written if p.suffix in (".md", ".png")]))
     return written

@@ -74,6 +74,14 @@ def make_record(job: EvalJob, suite_name: str, dataset: ImageDataset, result: Di
     }
 
 
+def test_predictions(dataset: ImageDataset, test_idx: np.ndarray, scores: np.ndarray) -> Dict[str, np.ndarray]:
+    """What the paired statistics need from one evaluation (medssl/compare.py): per-image test scores with the
+    labels, patient ids (the bootstrap's resampling unit) and class names, so reports never reread the dataset."""
+    return {"test_indices": test_idx.astype(np.int32), "scores": np.asarray(scores, dtype=np.float32),
+            "labels": np.asarray(dataset.labels)[test_idx].astype(np.uint8), "patient_ids": np.asarray(dataset.patient_ids)[test_idx].astype(np.int64),
+            "class_names": np.asarray(dataset.class_names, dtype=str)}
+
+
 def _log(message: str) -> None:
     print(message, flush=True)  # flushed: progress stays visible when the output goes to a file
 
@@ -132,7 +140,7 @@ def run_plan(plan: Plan, data_root: Path, out_dir: Path, device: str = "cpu", pr
             # linear probes train in fp32 on cached features whatever the fine-tuning precision
             used = precision_for(device, precision) if job.protocol == "finetune" else "32-true"
             record = make_record(job, suite["name"], dataset, result, metrics, n_split, device, time.time() - start, used)
-            store.append(record, predictions={"test_indices": split["test"].astype(np.int32), "scores": result["test_scores"].astype(np.float32)})
+            store.append(record, predictions=test_predictions(dataset, split["test"], result["test_scores"]))
             ran += 1
             chosen = f"l2 {result['selected_l2']:g}" if result.get("selected_l2") is not None else f"epoch {result['best_epoch']}"
             log(f"  {job.describe()}: test macro AUC {metrics['macro_auc']:.4f} (val {result['val_value']:.4f}, {chosen})")

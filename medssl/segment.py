@@ -7,7 +7,9 @@
 * Loss: BCE + soft Dice (the usual pneumothorax recipe; empty masks contribute through BCE).
 * Metric: per-image Dice of the mask thresholded at 0.5, with the SIIM-ACR rule that an empty prediction on an empty
   mask scores 1, averaged over images (``mean_dice``); also the mean over images with a pneumothorax only
-  (``dice_positive``). Per-image values are returned for paired tests.
+  (``dice_positive``, MONAI's ``ignore_empty=True``), the pooled Dice over all pixels of the test set (``dice_global``)
+  and the share of empty masks with a false-positive prediction (``false_positive_rate_empty``), as
+  ../shared/specs/stats.md section 3 recommends stating the convention. Per-image values are returned for paired tests.
 * Model selection: the epoch with the best validation ``mean_dice``; the test split is scored once, with it.
 * Training: AdamW, cosine schedule, ``epochs`` but at least ``min_steps`` steps (as fine-tuning), horizontal flip of
   image and mask together as the only augmentation (the mask must stay aligned).
@@ -41,7 +43,12 @@ def per_image_dice(predicted: np.ndarray, truth: np.ndarray) -> np.ndarray:
 def segmentation_metrics(probabilities: np.ndarray, truth: np.ndarray, threshold: float = 0.5) -> Dict[str, Any]:
     dice = per_image_dice(probabilities >= threshold, truth > 0)
     positive = truth.reshape(len(truth), -1).any(1)
-    return {"mean_dice": float(dice.mean()), "dice_positive": float(dice[positive].mean()) if positive.any() else float("nan"), "n_positive": int(positive.sum()), "per_image_dice": dice}
+    predicted = (probabilities >= threshold).reshape(len(truth), -1)
+    flat_truth = truth.reshape(len(truth), -1) > 0
+    pooled = predicted.sum() + flat_truth.sum()
+    return {"mean_dice": float(dice.mean()), "dice_positive": float(dice[positive].mean()) if positive.any() else float("nan"), "n_positive": int(positive.sum()),
+            "dice_global": float(2 * (predicted & flat_truth).sum() / pooled) if pooled else 1.0,
+            "false_positive_rate_empty": float(predicted[~positive].any(1).mean()) if (~positive).any() else float("nan"), "per_image_dice": dice}
 
 
 class SegmentationModel(nn.Module):

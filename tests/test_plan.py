@@ -59,3 +59,25 @@ def test_method_code_version_changes_only_that_method(monkeypatch):
     assert after["byol"] != before["byol"]
     assert all(after[m] == before[m] for m in before if m != "byol")
     assert {k for k in evals_before if k not in evals_after}, "the method's evaluations must get new keys too"
+
+
+def test_statistics_settings_are_checked_and_do_not_change_job_keys(tmp_path):
+    import pytest
+    import yaml
+
+    from medssl.config import ConfigError, statistics_settings
+
+    suite = load_suite("smoke")
+    assert statistics_settings(suite)["reference"] == "coboom" and statistics_settings(suite)["variants"] == []
+    quick = load_suite("quick")
+    assert statistics_settings(quick)["variants"] == ["coboom-nodec", "coboom-nodf"]
+    with_stats = copy.deepcopy(suite)
+    with_stats["statistics"] = {"reference": "simclr", "adjust": "bh"}
+    assert [j.key for j in build_plan(with_stats).eval_jobs] == [j.key for j in build_plan(suite).eval_jobs]
+    for bad, message in (({"referense": "simclr"}, "unknown settings"), ({"adjust": "bonferroni"}, "holm"), ({"primary": "both"}, "images")):
+        broken = copy.deepcopy(suite)
+        broken["statistics"] = bad
+        path = tmp_path / "bad.yaml"
+        path.write_text(yaml.safe_dump(broken))
+        with pytest.raises(ConfigError, match=message):
+            load_suite(str(path))

@@ -1,4 +1,7 @@
-"""Tables from a hand-made results file: layout, mean +- sd, bold best, byte-for-byte regeneration."""
+"""Tables from a hand-made results file: layout, mean +- sd, bold best, significance marks, byte-for-byte regeneration."""
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
 from medssl.config import load_suite
 from medssl.plan import build_plan
 from medssl.records import RECORD_FIELDS, ResultStore
@@ -30,7 +33,8 @@ def test_report_layout_bold_and_byte_identical(tmp_path):
     lines = {line.split("|")[1].strip(): line for line in table1.splitlines() if line.startswith("| ") and "Method" not in line}
     assert list(lines) == ["Sup.", "SimCLR", "BYOL", "CoBooM w/ Dec."]
     # seeds 0 and 1 give v and v + 0.01: mean v + 0.005, sd 0.00707 -> "72.5 ± 0.7"
-    assert "| **72.5 ± 0.7** | 72.5 ± 0.7 |" in lines["CoBooM w/ Dec."]
+    # (marks aside: without stored predictions they come from the t-test over the two seeds, see the tests below)
+    assert "| **72.5 ± 0.7**" in lines["CoBooM w/ Dec."] and "| 72.5 ± 0.7" in lines["CoBooM w/ Dec."]
     assert "**80.5 ± 0.7**" in lines["SimCLR"]
     assert "| CXR 30% | CXR 100% |" in table1
     table2 = first["table2.md"].decode()
@@ -40,3 +44,55 @@ def test_report_layout_bold_and_byte_identical(tmp_path):
     csv_text = first["table1.csv"].decode().splitlines()
     assert csv_text[0] == "method,label,task,fraction,n,mean,sd,best"
     assert "simclr,SimCLR,CXR,100,2,80.5000,0.7071,1" in csv_text
+
+
+def store_with_predictions(tmp_path, plan, quality, noise_of=None):
+    """Records plus per-image predictions on one shared test set of 300 images and 2 classes: a method's scores are
+    labels * quality[method] + standard normal noise, drawn per seed and per ``noise_of[method]`` (default: the
+    method), so methods sharing a noise stream and a quality have identical scores."""
+    rng = np.random.default_rng(0)
+    labels = (rng.random((300, 2)) < 0.3).astype(np.uint8)
+    store = ResultStore(tmp_path / "results")
+    for job in plan.eval_jobs:
+        stream = (noise_of or {}).get(job.pretrain.method, job.pretrain.method)
+        noise = np.random.default_rng([job.seed, sorted(quality).index(stream)]).normal(size=labels.shape)
+        scores = labels * quality[job.pretrain.method] + noise
+        value = float(np.mean([roc_auc_score(labels[:, k], scores[:, k]) for k in range(2)]))
+        record = {f: None for f in RECORD_FIELDS}
+        record.update(key=job.key, method=job.pretrain.method, task=job.task["name"], protocol=job.protocol, fraction=job.fraction,
+                      seed=job.seed, value=value, metric="macro_auc")
+        store.append(record, predictions={"test_indices": np.arange(300, dtype=np.int32), "scores": scores.astype(np.float32), "labels": labels,
+                                          "patient_ids": np.arange(300) // 2, "class_names": np.array(["A", "B"])})
+    return store
+
+
+def test_marks_follow_the_paired_tests(tmp_path):
+    plan = build_plan(load_suite("smoke"))  # reference = CoBooM, no ablations in the suite
+    store = store_with_predictions(tmp_path, plan, {"supervised": 0.0, "simclr": 1.5, "byol": 1.5, "coboom": 1.5}, {"simclr": "coboom"})
+    written = {p.name: p.read_bytes() for p in write_reports(plan, store, tmp_path / "r1")}
+    again = {p.name: p.read_bytes() for p in write_reports(plan, ResultStore(tmp_path / "results"), tmp_path / "r2")}
+    assert written == again  # tables, statistics, figures and HTML all byte-identical
+    rows = {line.split("|")[1].strip(): line for line in written["table1.md"].decode().splitlines() if line.startswith("| ") and "Method" not in line}
+    # A random-score encoder differs from CoBooM; BYOL (as good, other noise) does not.
+    assert rows["Sup."].count("\\*") == 2 and "\\*" not in rows["BYOL"]
+    # SimCLR and CoBooM tie exactly: both bold, no mark between them; CoBooM beats nothing significantly, so no dagger.
+    assert rows["SimCLR"].count("**") == 4 and rows["CoBooM w/ Dec."].count("**") == 4
+    assert "†" not in rows["CoBooM w/ Dec."]
+    assert "differs from CoBooM w/ Dec." in written["table1.md"].decode()
+    latex = written["table1.tex"].decode()
+    assert "\\toprule" in latex and "\\textbf{" in latex and "Sup. & " in latex and "$^{*}$" in latex
+    stats_rows = [line for line in written["statistics.md"].decode().splitlines() if line.startswith("| CXR | 30% | Sup. | CoBooM")]
+    assert len(stats_rows) == 2 and all(row.rstrip().endswith("| yes |") for row in stats_rows)  # one per table
+    per_class = written["statistics_per_class.csv"].decode().splitlines()
+    assert per_class[0].startswith("protocol,task,fraction,pretrain_seed,seed,method,versus,class,")
+    assert len(per_class) == 1 + 3 * 2 * 2 * 2 * 2  # 3 methods x 2 protocols x 2 fractions x 2 seeds x 2 classes
+    assert b"<table>" in written["index.html"] and b"label_efficiency.png" in written["index.html"]
+
+
+def test_dagger_marks_the_reference_beating_the_best_baseline(tmp_path):
+    plan = build_plan(load_suite("smoke"))
+    store = store_with_predictions(tmp_path, plan, {"supervised": 0.0, "simclr": 0.5, "byol": 0.6, "coboom": 2.0})
+    table = {p.name: p for p in write_reports(plan, store, tmp_path / "r")}["table2.md"].read_text()
+    rows = {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("| ") and "Method" not in line}
+    assert rows["CoBooM w/ Dec."].count("†") == 2 and rows["CoBooM w/ Dec."].count("**") == 4
+    assert rows["BYOL"].count("\\*") == 2 and "†" not in rows["BYOL"]

@@ -1,0 +1,241 @@
+"""Paired comparisons behind the reports' significance marks, confidence intervals and statistics tables.
+
+For every table cell (protocol, task, label fraction) every method is compared with the suite's reference method
+(``statistics.reference``, default CoBooM) and with the cell's best baseline (highest mean among the methods that
+are neither the reference nor one of its ablations). Each comparison pairs the runs of the two methods with the same
+(pretraining seed, evaluation seed): same label subset, same test images. It carries two tests:
+
+* **over seeds**: paired t-test of the per-run metrics (training randomness; few degrees of freedom);
+* **over test images**, seeds pooled: for AUC metrics a paired bootstrap of the cell's quantity itself, the mean over
+  runs of the macro AUC, with the same resampled test images for both methods (stratified by each image's rarest
+  finding, whole patients when patient ids are stored); for per-image Dice a paired Wilcoxon signed-rank test of the
+  per-image Dice averaged over runs.
+
+``statistics.primary`` chooses which p-value sets the table marks; it is adjusted across each table (Holm by default,
+Benjamini-Hochberg as an option) within each family (vs reference, vs best baseline). Per-class DeLong tests of every
+run pair go to a long CSV. The bootstrap of each record is cached next to the records
+(``results/<suite>/bootstrap/``): it is derived from the stored predictions only, so deleting it changes nothing.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+from scipy import stats as scipy_stats
+
+from medssl import stats
+from medssl.config import stable_hash, statistics_settings
+from medssl.plan import Plan
+from medssl.records import ResultStore
+
+RunKey = Tuple[int, int]  # (pretraining seed, evaluation seed)
+CellKey = Tuple[str, str, str, float]  # (method, task, protocol, fraction)
+
+
+@dataclasses.dataclass
+class CellRuns:
+    """The finished runs of one method in one table cell."""
+    values: Dict[RunKey, float] = dataclasses.field(default_factory=dict)
+    keys: Dict[RunKey, str] = dataclasses.field(default_factory=dict)
+    bootstrap: Dict[RunKey, np.ndarray] = dataclasses.field(default_factory=dict)  # metric under each resample
+    per_image: Dict[RunKey, np.ndarray] = dataclasses.field(default_factory=dict)  # per-image Dice
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(list(self.values.values()))) if self.values else math.nan
+
+
+@dataclasses.dataclass
+class Comparison:
+    protocol: str
+    task: str
+    fraction: float
+    method: str
+    versus: str
+    family: str  # "reference" or "best baseline"
+    n_runs: int
+    difference: float  # mean over paired runs of method - versus, metric points (x100)
+    p_seeds: float
+    p_images: float
+    image_test: str  # "bootstrap", "wilcoxon" or "" when no per-image data are stored
+    ci_low: float = math.nan  # image-bootstrap CI of the difference, points
+    ci_high: float = math.nan
+    p_adjusted: float = math.nan
+    significant: bool = False
+
+    def primary_p(self, primary: str) -> float:
+        first, second = (self.p_images, self.p_seeds) if primary == "images" else (self.p_seeds, self.p_images)
+        return first if math.isfinite(first) else second
+
+
+class BootstrapCache:
+    """Resampled metric of each record, computed once from its stored predictions (results/<suite>/bootstrap/)."""
+
+    def __init__(self, store: ResultStore, settings: Dict):
+        self.store, self.settings = store, settings
+        self.directory = store.directory / "bootstrap"
+        self._weights: Dict[str, np.ndarray] = {}
+
+    def _resample_weights(self, task: str, predictions: Dict[str, np.ndarray]) -> Tuple[str, np.ndarray]:
+        labels = predictions["labels"]
+        groups = predictions.get("patient_ids", np.arange(len(labels)))
+        ident = stable_hash([task, np.asarray(predictions["test_indices"]).tolist(), np.asarray(groups).tolist(),
+                             self.settings["resamples"], self.settings["seed"]], 16)
+        if ident not in self._weights:
+            unit_of_item, unit_labels = np.unique(groups, return_inverse=True)[1], None
+            n_units = int(unit_of_item.max()) + 1
+            unit_labels = np.zeros((n_units, labels.shape[1]), dtype=bool)
+            np.logical_or.at(unit_labels, unit_of_item, labels.astype(bool))
+            seed = int(stable_hash([task, self.settings["seed"]], 8), 16)
+            unit_weights = stats.bootstrap_weights(n_units, int(self.settings["resamples"]), seed, stats.macro_auc_strata(unit_labels))
+            self._weights[ident] = unit_weights[:, unit_of_item]
+        return ident, self._weights[ident]
+
+    def macro_auc(self, key: str, task: str) -> Optional[np.ndarray]:
+        predictions = self.store.load_predictions(key) if (self.store.predictions_dir / f"{key}.npz").exists() else None
+        if predictions is None or "labels" not in predictions:
+            return None
+        ident, weights = self._resample_weights(task, predictions)
+        path = self.directory / f"{key}-{ident}.npy"
+        if path.exists():
+            return np.load(path)
+        values = stats.macro_from_class_aucs(stats.weighted_auc_matrix(predictions["labels"], predictions["scores"], weights))
+        self.directory.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npy")
+        np.save(tmp, values)
+        os.replace(tmp, path)
+        return values
+
+
+def collect_runs(plan: Plan, records, store: Optional[ResultStore] = None) -> Dict[CellKey, CellRuns]:
+    """Every finished evaluation of the plan, by cell, with its resampled metric when predictions are stored."""
+    by_key = {r["key"]: r for r in records}
+    cache = BootstrapCache(store, statistics_settings(plan.suite)) if store is not None else None
+    cells: Dict[CellKey, CellRuns] = {}
+    for job in plan.eval_jobs:
+        record = by_key.get(job.key)
+        if record is None:
+            continue
+        runs = cells.setdefault((job.pretrain.method, job.task["name"], job.protocol, job.fraction), CellRuns())
+        run = (job.pretrain.seed, job.seed)
+        runs.values[run], runs.keys[run] = float(record["value"]), job.key
+        if cache is None:
+            continue
+        if record.get("metric") == "macro_auc":
+            resampled = cache.macro_auc(job.key, job.task["name"])
+            if resampled is not None:
+                runs.bootstrap[run] = resampled
+        elif (store.predictions_dir / f"{job.key}.npz").exists():
+            predictions = store.load_predictions(job.key)
+            if "per_image_dice" in predictions:
+                runs.per_image[run] = predictions["per_image_dice"]
+    return cells
+
+
+def cell_interval(runs: CellRuns, confidence: float = 0.95) -> Tuple[float, float]:
+    """CI of the cell's mean over runs: image bootstrap when every run has one, else a t interval over runs."""
+    if runs.bootstrap and len(runs.bootstrap) == len(runs.values):
+        return stats.percentile_interval(np.mean([runs.bootstrap[r] for r in sorted(runs.values)], axis=0), confidence)
+    values = np.array(list(runs.values.values()))
+    if len(values) < 2:
+        return (math.nan, math.nan)
+    half = scipy_stats.t.ppf(0.5 + confidence / 2, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))
+    return (float(values.mean() - half), float(values.mean() + half))
+
+
+def compare_runs(a: CellRuns, b: CellRuns, confidence: float = 0.95) -> Dict[str, float]:
+    """Tests of a - b over the runs both have (see the module docstring)."""
+    paired = sorted(set(a.values) & set(b.values))
+    out = {"n_runs": len(paired), "difference": math.nan, "p_seeds": math.nan, "p_images": math.nan, "image_test": "", "ci_low": math.nan, "ci_high": math.nan}
+    if not paired:
+        return out
+    t = stats.paired_t_test([a.values[r] for r in paired], [b.values[r] for r in paired])
+    out.update(difference=100 * t["difference"], p_seeds=t["p"])
+    if all(r in a.bootstrap and r in b.bootstrap for r in paired):
+        resampled = np.mean([a.bootstrap[r] - b.bootstrap[r] for r in paired], axis=0)
+        low, high = stats.percentile_interval(resampled, confidence)
+        out.update(p_images=stats.bootstrap_p_value(resampled, t["difference"]), image_test="bootstrap", ci_low=100 * low, ci_high=100 * high)
+    elif all(r in a.per_image and r in b.per_image for r in paired):
+        test = stats.wilcoxon_signed_rank(np.mean([a.per_image[r] for r in paired], axis=0), np.mean([b.per_image[r] for r in paired], axis=0))
+        out.update(p_images=test["p"], image_test="wilcoxon")
+    return out
+
+
+def columns(plan: Plan, protocol: str) -> List[Tuple[str, float]]:
+    return [(t["name"], float(f)) for t in plan.suite["tasks"] if protocol in t["protocols"] for f in t["fractions"]]
+
+
+def best_baseline(plan: Plan, cells: Dict[CellKey, CellRuns], task: str, protocol: str, fraction: float) -> Optional[str]:
+    settings = statistics_settings(plan.suite)
+    excluded = {settings["reference"], *settings["variants"]}
+    means = {m: cells[(m, task, protocol, fraction)].mean for m in plan.suite["methods"]
+             if m not in excluded and (m, task, protocol, fraction) in cells}
+    return max(means, key=lambda m: (means[m], -plan.suite["methods"].index(m))) if means else None
+
+
+def comparisons(plan: Plan, cells: Dict[CellKey, CellRuns], protocol: str) -> List[Comparison]:
+    """Both families of comparisons of one table, with adjusted primary p-values and significance."""
+    settings = statistics_settings(plan.suite)
+    reference = settings["reference"]
+    out: List[Comparison] = []
+    for task, fraction in columns(plan, protocol):
+        best = best_baseline(plan, cells, task, protocol, fraction)
+        for family, versus in (("reference", reference), ("best baseline", best)):
+            other = cells.get((versus, task, protocol, fraction)) if versus else None
+            if other is None:
+                continue
+            for method in plan.suite["methods"]:
+                mine = cells.get((method, task, protocol, fraction))
+                if method == versus or mine is None:
+                    continue
+                result = compare_runs(mine, other, settings["confidence"])
+                if result["n_runs"]:
+                    out.append(Comparison(protocol, task, fraction, method, versus, family, **result))
+    for family in ("reference", "best baseline"):
+        members = [c for c in out if c.family == family]
+        adjusted = stats.adjust_p_values([c.primary_p(settings["primary"]) for c in members], settings["adjust"])
+        for comparison, p in zip(members, adjusted):
+            comparison.p_adjusted = float(p)
+            comparison.significant = bool(np.isfinite(p) and p < settings["alpha"])
+    return out
+
+
+def per_class_delong(plan: Plan, records, store: ResultStore) -> List[Dict]:
+    """DeLong test of every class, for every run the reference shares with another method (long format)."""
+    settings = statistics_settings(plan.suite)
+    by_key = {r["key"]: r for r in records}
+    jobs = {}
+    for job in plan.eval_jobs:
+        if job.key in by_key and by_key[job.key].get("metric") == "macro_auc" and (store.predictions_dir / f"{job.key}.npz").exists():
+            jobs[(job.pretrain.method, job.task["name"], job.protocol, job.fraction, job.pretrain.seed, job.seed)] = job.key
+    rows: List[Dict] = []
+    for (method, task, protocol, fraction, pretrain_seed, seed), key in sorted(jobs.items()):
+        reference_key = jobs.get((settings["reference"], task, protocol, fraction, pretrain_seed, seed))
+        if method == settings["reference"] or reference_key is None:
+            continue
+        mine, theirs = store.load_predictions(key), store.load_predictions(reference_key)
+        if "labels" not in mine or not np.array_equal(mine["test_indices"], theirs["test_indices"]):
+            continue
+        class_names = [str(name) for name in mine["class_names"]] if "class_names" in mine else [str(k) for k in range(mine["labels"].shape[1])]
+        block = []
+        for k in range(mine["labels"].shape[1]):
+            column = mine["labels"][:, k]
+            if column.min() == column.max():
+                continue
+            test = stats.delong_test(column, theirs["scores"][:, k], mine["scores"][:, k])
+            block.append({"protocol": protocol, "task": task, "fraction": fraction, "pretrain_seed": pretrain_seed, "seed": seed,
+                          "method": settings["reference"], "versus": method, "class": class_names[k],
+                          "auc_method": test["auc_a"], "auc_versus": test["auc_b"], "difference": test["difference"], "z": test["z"], "p": test["p"]})
+        for row, p in zip(block, stats.adjust_p_values([r["p"] for r in block], "bh")):
+            row["p_bh_over_classes"] = float(p)
+        rows += block
+    return rows
+
+
+def cell_intervals(plan: Plan, cells: Dict[CellKey, CellRuns]) -> Dict[CellKey, Tuple[float, float]]:
+    confidence = statistics_settings(plan.suite)["confidence"]
+    return {key: cell_interval(runs, confidence) for key, runs in cells.items()}
+

@@ -1,0 +1,182 @@
+"""Report figures and the one-page HTML summary of a suite (``reports/<suite>/``).
+
+* ``label_efficiency.png``: metric vs label fraction per method, one panel per protocol and task, with the 95 %
+  interval of each cell's mean (image bootstrap when predictions are stored, else a t interval over seeds).
+* ``ablation.png``: the reference method and its ablations (CoBooM with/without decoder and DiversiFuse) side by
+  side in every column, mean ± sd over seeds.
+* ``index.html``: every Markdown report of the suite converted to HTML, then the figures, in one page.
+
+Files are deterministic for the same records (no timestamps in the PNG metadata), so ``report`` regenerates them
+byte for byte.
+"""
+from __future__ import annotations
+
+import html
+import math
+import os
+import re
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+import numpy as np
+
+from medssl.compare import CellKey, CellRuns, columns
+from medssl.config import fraction_label, statistics_settings
+from medssl.plan import Plan
+
+PNG_METADATA = {"Software": None}
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110, metadata=PNG_METADATA)
+    os.replace(tmp, path)
+    return path
+
+
+def _label(method: str) -> str:
+    from medssl.report import method_label
+
+    return method_label(method)
+
+
+def label_efficiency_figure(plan: Plan, runs: Dict[CellKey, CellRuns], intervals: Dict[CellKey, Tuple[float, float]], path: Path):
+    panels = [(protocol, task) for protocol in ("linear", "finetune") for task in dict.fromkeys(t for t, _ in columns(plan, protocol))
+              if len([f for t, f in columns(plan, protocol) if t == task]) > 1]
+    if not panels:
+        return None
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
+    colours = plt.get_cmap("tab20")(np.linspace(0, 1, 20))
+    for ax, (protocol, task) in zip(axes[0], panels):
+        fractions = [f for t, f in columns(plan, protocol) if t == task]
+        for i, method in enumerate(plan.suite["methods"]):
+            keys = [(method, task, protocol, f) for f in fractions]
+            present = [(f, k) for f, k in zip(fractions, keys) if k in runs]
+            if not present:
+                continue
+            xs = [f for f, _ in present]
+            ax.plot(xs, [100 * runs[k].mean for _, k in present], marker="o", markersize=3, linewidth=1.2, color=colours[i % 20], label=_label(method))
+            low = [100 * intervals[k][0] for _, k in present]
+            high = [100 * intervals[k][1] for _, k in present]
+            if all(math.isfinite(v) for v in low + high):
+                ax.fill_between(xs, low, high, color=colours[i % 20], alpha=0.12, linewidth=0)
+        ax.set_xscale("log")
+        ax.set_xticks(fractions)
+        ax.set_xticklabels([fraction_label(f) for f in fractions])
+        ax.minorticks_off()
+        ax.set_title(f"{task}: {'linear probing' if protocol == 'linear' else 'fine-tuning'}", fontsize=10)
+        ax.set_xlabel("labelled training images")
+        ax.set_ylabel("test metric (%)")
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
+    fig.tight_layout()
+    try:
+        return _save(fig, path)
+    finally:
+        plt.close(fig)
+
+
+def ablation_figure(plan: Plan, runs: Dict[CellKey, CellRuns], path: Path):
+    settings = statistics_settings(plan.suite)
+    variants = [m for m in plan.suite["methods"] if m == settings["reference"] or m in settings["variants"]]
+    cols = [(protocol, task, f) for protocol in ("linear", "finetune") for task, f in columns(plan, protocol)
+            if sum((m, task, protocol, f) in runs for m in variants) > 1]
+    if len(variants) < 2 or not cols:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(cols) + 1.5), 3.6))
+    width = 0.8 / len(variants)
+    for i, method in enumerate(variants):
+        means, sds = [], []
+        for protocol, task, f in cols:
+            values = list(runs[(method, task, protocol, f)].values.values()) if (method, task, protocol, f) in runs else []
+            means.append(100 * np.mean(values) if values else np.nan)
+            sds.append(100 * np.std(values, ddof=1) if len(values) > 1 else 0.0)
+        ax.bar(np.arange(len(cols)) + (i - (len(variants) - 1) / 2) * width, means, width, yerr=sds, capsize=2, label=_label(method))
+    ax.set_xticks(np.arange(len(cols)))
+    ax.set_xticklabels([f"{'LP' if p == 'linear' else 'FT'}\n{task} {fraction_label(f)}" for p, task, f in cols], fontsize=8)
+    finite = [100 * runs[(m, t, p, f)].mean for m in variants for p, t, f in cols if (m, t, p, f) in runs]
+    ax.set_ylim(max(0.0, min(finite) - 5), min(100.0, max(finite) + 5))
+    ax.set_ylabel("test metric (%)")
+    ax.set_title(f"Ablation of {_label(settings['reference'])}: mean ± sd over seeds", fontsize=10)
+    ax.legend(fontsize=8, frameon=False)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    try:
+        return _save(fig, path)
+    finally:
+        plt.close(fig)
+
+
+def write_figures(plan: Plan, runs: Dict[CellKey, CellRuns], intervals: Dict[CellKey, Tuple[float, float]], reports_dir: Path) -> List[Path]:
+    reports_dir.mkdir(parents=True, exist_ok=True)
+    made = [label_efficiency_figure(plan, runs, intervals, reports_dir / "label_efficiency.png"), ablation_figure(plan, runs, reports_dir / "ablation.png")]
+    return [p for p in made if p is not None]
+
+
+def _inline(text: str) -> str:
+    text = html.escape(text, quote=False)
+    text = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", text)
+    text = re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
+    return text.replace("\\*", "*")
+
+
+def markdown_to_html(markdown: str) -> str:
+    """The subset of Markdown the reports use: pipe tables, ### headings, paragraphs, bold and code spans."""
+    out: List[str] = []
+    lines = markdown.splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("|"):
+            block = []
+            while i < len(lines) and lines[i].startswith("|"):
+                block.append([c.strip() for c in lines[i].strip().strip("|").split("|")])
+                i += 1
+            body = [r for r in block[2:]]
+            out.append("<table><thead><tr>" + "".join(f"<th>{_inline(c)}</th>" for c in block[0]) + "</tr></thead><tbody>")
+            out += ["<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in row) + "</tr>" for row in body]
+            out.append("</tbody></table>")
+            continue
+        if line.startswith("### "):
+            out.append(f"<h3>{_inline(line[4:])}</h3>")
+        elif line.strip():
+            out.append(f"<p>{_inline(line)}</p>")
+        i += 1
+    return "\n".join(out)
+
+
+_ORDER = ["table1.md", "table2.md", "statistics.md", "random_init_margins.md", "finetune_gap.md", "pretraining.md"]
+_STYLE = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}table{border-collapse:collapse;margin:1em 0;font-size:13px}"
+          "th,td{border:1px solid #ccc;padding:3px 6px;text-align:right}th:first-child,td:first-child{text-align:left}img{max-width:100%}")
+
+
+def write_html(plan: Plan, reports_dir: Path, files: List[Path]) -> Path:
+    names = {p.name: p for p in files}
+    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>medssl-bench: {html.escape(plan.suite['name'])}</title><style>{_STYLE}</style></head><body>",
+             f"<h1>medssl-bench — suite <code>{html.escape(plan.suite['name'])}</code></h1>",
+             "<p>Generated by <code>python run_benchmark.py report</code> from the stored results; LaTeX tables: "
+             + ", ".join(f"<a href='{n}'>{n}</a>" for n in ("table1.tex", "table2.tex") if (reports_dir / n).exists()) + ".</p>"]
+    for name in _ORDER:
+        if name in names:
+            parts.append(f"<h2>{name}</h2>")
+            parts.append(markdown_to_html(names[name].read_text(encoding="utf-8")))
+    for name in ("label_efficiency.png", "ablation.png"):
+        if name in names:
+            parts.append(f"<h2>{name}</h2><img src='{name}' alt='{name}'>")
+    parts.append("</body></html>")
+    path = reports_dir / "index.html"
+    tmp = path.with_suffix(".tmp.html")
+    tmp.write_text("\n".join(parts) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
