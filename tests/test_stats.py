@@ -155,3 +155,21 @@ def test_bootstrap_p_value_uses_the_bootstrap_standard_error():
     assert p == pytest.approx(2 * scipy_stats.norm.sf(2.0), rel=0.05)
     assert stats.bootstrap_p_value(np.zeros(10), 0.0) == 1.0 and math.isnan(stats.bootstrap_p_value(np.array([]), 0.1))
     assert stats.macro_from_class_aucs(np.array([[0.5, np.nan, 0.7], [np.nan, np.nan, np.nan]])).tolist()[0] == pytest.approx(0.6)
+
+
+def test_per_image_dice_comparisons_use_wilcoxon_over_seed_averaged_images():
+    from medssl.compare import CellRuns, compare_runs
+
+    rng = np.random.default_rng(0)
+    base = rng.random(40)
+    a, b = CellRuns(), CellRuns()
+    for seed in (0, 1):
+        a.values[(0, seed)], b.values[(0, seed)] = 0.6 + 0.01 * seed, 0.5
+        a.per_image[(0, seed)] = np.clip(base + 0.1 + 0.01 * rng.standard_normal(40), 0, 1)
+        b.per_image[(0, seed)] = base
+    result = compare_runs(a, b)
+    expected = stats.wilcoxon_signed_rank(np.mean([a.per_image[(0, s)] for s in (0, 1)], axis=0), base)["p"]
+    assert result["image_test"] == "wilcoxon" and result["p_images"] == expected and result["p_images"] < 1e-6
+    assert result["n_runs"] == 2 and result["difference"] == pytest.approx(10.5)
+    b.values.pop((0, 1))  # only the runs both methods have are paired
+    assert compare_runs(a, b)["n_runs"] == 1
