@@ -106,24 +106,23 @@ def cell_text(row: Dict, n_seeds: int, mark: str = "") -> str:
     return text + mark
 
 
+def _cell_grid(plan: Plan, rows: List[Dict], protocol: str, marks: Dict[tuple, str], render, missing: str):
+    """(method, formatted cells) per table row; ``render(text, best, mark)`` formats a finished cell."""
+    n_seeds = len(evaluation_seeds(plan.suite, protocol)) * len(plan.suite["pretrain"]["seeds"])
+    lookup = {(r["method"], r["task"], r["fraction"]): r for r in rows}
+    for method in plan.suite["methods"]:
+        cells = [lookup[(method, task, fraction)] for task, fraction in _columns(plan, protocol)]
+        yield method, [render(cell_text(r, n_seeds), r["best"], marks.get((method, r["task"], r["fraction"]), "")) if r["n"] else missing for r in cells]
+
+
 def render_markdown(plan: Plan, rows: List[Dict], protocol: str, marks: Optional[Dict[tuple, str]] = None, legend: str = "") -> str:
     marks = marks or {}
     columns = _columns(plan, protocol)
     n_seeds = len(evaluation_seeds(plan.suite, protocol)) * len(plan.suite["pretrain"]["seeds"])
-    lookup = {(r["method"], r["task"], r["fraction"]): r for r in rows}
     title = TABLES[protocol][1]
     lines = [f"{title} — suite `{plan.suite['name']}`: test macro AUC (%), mean ± sd over {n_seeds} seeds; best per column in bold.", ""]
     lines += _header(columns)
-    for method in plan.suite["methods"]:
-        cells = []
-        for task, fraction in columns:
-            r = lookup[(method, task, fraction)]
-            if not r["n"]:
-                cells.append("–")
-                continue
-            text = cell_text(r, n_seeds)
-            mark = marks.get((method, task, fraction), "")
-            cells.append((f"**{text}**" if r["best"] else text) + mark.replace("*", "\\*"))
+    for method, cells in _cell_grid(plan, rows, protocol, marks, lambda text, best, mark: (f"**{text}**" if best else text) + mark.replace("*", "\\*"), "–"):
         lines.append(f"| {method_label(method)} | " + " | ".join(cells) + " |")
     if legend:
         lines += ["", legend]
@@ -204,7 +203,6 @@ def render_latex(plan: Plan, rows: List[Dict], protocol: str, marks: Optional[Di
     marks = marks or {}
     columns = _columns(plan, protocol)
     n_seeds = len(evaluation_seeds(plan.suite, protocol)) * len(plan.suite["pretrain"]["seeds"])
-    lookup = {(r["method"], r["task"], r["fraction"]): r for r in rows}
     tasks = list(dict.fromkeys(task for task, _ in columns))
 
     def escape(text: str) -> str:
@@ -215,17 +213,12 @@ def render_latex(plan: Plan, rows: List[Dict], protocol: str, marks: Optional[Di
     lines.append("Method & " + " & ".join(f"\\multicolumn{{{sum(1 for t, _ in columns if t == task)}}}{{c}}{{{escape(task)}}}" for task in tasks) + " \\\\")
     lines.append(" & " + " & ".join(escape(fraction_label(f)) for _, f in columns) + " \\\\")
     lines.append("\\midrule")
-    for method in plan.suite["methods"]:
-        out = []
-        for task, fraction in columns:
-            r = lookup[(method, task, fraction)]
-            if not r["n"]:
-                out.append("--")
-                continue
-            text = cell_text(r, n_seeds).replace("±", "$\\pm$")
-            text = f"\\textbf{{{text}}}" if r["best"] else text
-            mark = marks.get((method, task, fraction), "").replace("†", "\\dagger")
-            out.append(text + (f"$^{{{mark}}}$" if mark else ""))
+    def latex_cell(text: str, best: bool, mark: str) -> str:
+        text = text.replace("±", "$\\pm$")
+        mark = mark.replace("†", "\\dagger")
+        return (f"\\textbf{{{text}}}" if best else text) + (f"$^{{{mark}}}$" if mark else "")
+
+    for method, out in _cell_grid(plan, rows, protocol, marks, latex_cell, "--"):
         lines.append(f"{escape(method_label(method))} & " + " & ".join(out) + " \\\\")
     lines += ["\\bottomrule", "\\end{tabular}"]
     return "\n".join(lines) + "\n"
