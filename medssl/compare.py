@@ -9,7 +9,7 @@ are neither the reference nor one of its ablations). Each comparison pairs the r
 * **over test images**, seeds pooled: for AUC metrics a paired bootstrap of the cell's quantity itself, the mean over
   runs of the macro AUC, with the same resampled test images for both methods (stratified by each image's rarest
   finding, whole patients when patient ids are stored); for per-image Dice a paired Wilcoxon signed-rank test of the
-  per-image Dice averaged over runs.
+  per-image Dice averaged over runs (its CI still comes from the same paired bootstrap of the mean Dice).
 
 ``statistics.primary`` chooses which p-value sets the table marks; it is adjusted across each table (Holm by default,
 Benjamini-Hochberg as an option) within each family (vs reference, vs best baseline). Per-class DeLong tests of every
@@ -94,15 +94,21 @@ class BootstrapCache:
             self._weights[ident] = unit_weights[:, unit_of_item]
         return ident, self._weights[ident]
 
-    def macro_auc(self, key: str, task: str) -> Optional[np.ndarray]:
+    def resampled(self, key: str, task: str, metric: str) -> Optional[np.ndarray]:
+        """The record's metric under each resample of its test images: macro AUC from its scores, or the mean of its
+        per-image Dice; None when its predictions lack what that needs."""
         predictions = self.store.load_predictions(key) if (self.store.predictions_dir / f"{key}.npz").exists() else None
-        if predictions is None or "labels" not in predictions:
+        needed = {"macro_auc": "scores", "mean_dice": "per_image_dice"}.get(metric)
+        if predictions is None or needed not in predictions or "labels" not in predictions:
             return None
         ident, weights = self._resample_weights(task, predictions)
         path = self.directory / f"{key}-{ident}.npy"
         if path.exists():
             return np.load(path)
-        values = stats.macro_from_class_aucs(stats.weighted_auc_matrix(predictions["labels"], predictions["scores"], weights))
+        if metric == "macro_auc":
+            values = stats.macro_from_class_aucs(stats.weighted_auc_matrix(predictions["labels"], predictions["scores"], weights))
+        else:
+            values = weights @ predictions["per_image_dice"].astype(np.float64) / weights.sum(axis=1)
         self.directory.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp.npy")
         np.save(tmp, values)
@@ -124,14 +130,11 @@ def collect_runs(plan: Plan, records, store: Optional[ResultStore] = None) -> Di
         runs.values[run], runs.keys[run] = float(record["value"]), job.key
         if cache is None:
             continue
-        if record.get("metric") == "macro_auc":
-            resampled = cache.macro_auc(job.key, job.task["name"])
-            if resampled is not None:
-                runs.bootstrap[run] = resampled
-        elif (store.predictions_dir / f"{job.key}.npz").exists():
-            predictions = store.load_predictions(job.key)
-            if "per_image_dice" in predictions:
-                runs.per_image[run] = predictions["per_image_dice"]
+        resampled = cache.resampled(job.key, job.task["name"], record.get("metric"))
+        if resampled is not None:
+            runs.bootstrap[run] = resampled
+        if record.get("metric") == "mean_dice" and (store.predictions_dir / f"{job.key}.npz").exists():
+            runs.per_image[run] = store.load_predictions(job.key)["per_image_dice"]
     return cells
 
 
@@ -158,7 +161,7 @@ def compare_runs(a: CellRuns, b: CellRuns, confidence: float = 0.95) -> Dict[str
         resampled = np.mean([a.bootstrap[r] - b.bootstrap[r] for r in paired], axis=0)
         low, high = stats.percentile_interval(resampled, confidence)
         out.update(p_images=stats.bootstrap_p_value(resampled, t["difference"]), image_test="bootstrap", ci_low=100 * low, ci_high=100 * high)
-    elif all(r in a.per_image and r in b.per_image for r in paired):
+    if all(r in a.per_image and r in b.per_image for r in paired):  # per-image Dice: the rank test, not the bootstrap
         test = stats.wilcoxon_signed_rank(np.mean([a.per_image[r] for r in paired], axis=0), np.mean([b.per_image[r] for r in paired], axis=0))
         out.update(p_images=test["p"], image_test="wilcoxon")
     return out

@@ -20,6 +20,9 @@ SUITES_DIR = REPO_ROOT / "benchmarks" / "suites"
 # Bump when a code change alters what a pretraining or evaluation with the same settings produces.
 PROTOCOL_VERSION = 2
 PROTOCOLS = ("linear", "finetune")
+# classification: multi-label linear head, macro AUC; segmentation: U-Net decoder on the trunk, per-image Dice
+# (medssl/segment.py). Under "linear" a segmentation task freezes the encoder and trains only the decoder.
+TASK_TYPES = ("classification", "segmentation")
 
 
 class ConfigError(ValueError):
@@ -96,6 +99,11 @@ def _validate(suite: Dict[str, Any], path: Path) -> None:
         if bad:
             raise ConfigError(f"{path}: task {task['name']!r} has unknown protocols {bad}; use {PROTOCOLS}")
         validate_fractions(task["fractions"])
+        kind = task.get("type", "classification")
+        if kind not in TASK_TYPES:
+            raise ConfigError(f"{path}: task {task['name']!r} has unknown type {kind!r}; use one of {TASK_TYPES}")
+        if kind == "segmentation" and "segmentation" not in suite["evaluation"]:
+            raise ConfigError(f"{path}: task {task['name']!r} is a segmentation task but the suite has no evaluation.segmentation settings (epochs, lr, batch_size)")
 
 
 def validate_fractions(fractions: Sequence[float]) -> List[float]:

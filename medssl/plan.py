@@ -57,10 +57,23 @@ def corpora(suite: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
     return suite["pretrain"]["datasets"]
 
 
-def evaluation_seeds(suite: Dict[str, Any], protocol: str) -> List[int]:
-    """Seeds of one protocol: its own ``seeds`` entry if it has one (e.g. fewer for costly fine-tuning)."""
+def task_type(task: Dict[str, Any]) -> str:
+    return task.get("type", "classification")
+
+
+def evaluation_settings(suite: Dict[str, Any], protocol: str, task: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """The evaluation settings a job uses: ``evaluation.<protocol>`` for classification, ``evaluation.segmentation``
+    for both protocols of a segmentation task (the protocol then only says whether the encoder is frozen)."""
     evaluation = suite["evaluation"]
-    return [int(s) for s in evaluation[protocol].get("seeds", evaluation["seeds"])]
+    return evaluation["segmentation"] if task is not None and task_type(task) == "segmentation" else evaluation[protocol]
+
+
+def evaluation_seeds(suite: Dict[str, Any], protocol: str, task: Optional[Dict[str, Any]] = None) -> List[int]:
+    """Seeds of one protocol (of one task): its settings' own ``seeds`` entry if any (e.g. fewer for costly
+    fine-tuning), else the evaluation seeds."""
+    evaluation = suite["evaluation"]
+    settings = evaluation_settings(suite, protocol, task)
+    return [int(s) for s in settings.get("seeds", evaluation[protocol].get("seeds", evaluation["seeds"]))]
 
 
 def with_version(spec: Dict[str, Any]) -> Dict[str, Any]:
@@ -97,7 +110,6 @@ def build_plan(suite: Dict[str, Any]) -> Plan:
                     config = {"method": method, "corpus": with_version(corpus), "backbone": pretrain["backbone"], "seed": int(seed), "version": PROTOCOL_VERSION}
                 jobs[(method, corpus_name, int(seed))] = PretrainJob(method, corpus_name, int(seed), config, stable_hash(config), pretrain.get("monitor"))
     eval_jobs: List[EvalJob] = []
-    evaluation = suite["evaluation"]
     for method in suite["methods"]:
         for task in suite["tasks"]:
             corpus_name = task.get("pretrain", next(iter(corpora(suite))))
@@ -108,11 +120,11 @@ def build_plan(suite: Dict[str, Any]) -> Plan:
             task_identity["dataset"] = with_version(task["dataset"])
             for protocol_name in task["protocols"]:
                 # which seeds run is not part of a job's identity: adding a seed must not invalidate the others
-                settings = {k: v for k, v in evaluation[protocol_name].items() if k != "seeds"}
+                settings = {k: v for k, v in evaluation_settings(suite, protocol_name, task).items() if k != "seeds"}
                 for fraction in task["fractions"]:
                     for pretrain_seed in pretrain["seeds"]:
                         job = jobs[(method, corpus_name, int(pretrain_seed))]
-                        for seed in evaluation_seeds(suite, protocol_name):
+                        for seed in evaluation_seeds(suite, protocol_name, task):
                             config = {"pretrain": job.hash, "task": task_identity, "protocol": protocol_name, "settings": settings, "image_size": pretrain["image_size"], "fraction": float(fraction), "seed": int(seed), "version": PROTOCOL_VERSION}
                             eval_jobs.append(EvalJob(job, task, protocol_name, float(fraction), int(seed), config, stable_hash(config, 16)))
     return Plan(suite, list(jobs.values()), eval_jobs)

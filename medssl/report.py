@@ -20,7 +20,7 @@ import numpy as np
 from medssl import compare
 from medssl.compare import Comparison
 from medssl.config import fraction_label, statistics_settings
-from medssl.plan import Plan, evaluation_seeds
+from medssl.plan import Plan, evaluation_seeds, task_type
 from medssl.records import ResultStore
 from methods import REGISTRY
 
@@ -115,12 +115,20 @@ def _cell_grid(plan: Plan, rows: List[Dict], protocol: str, marks: Dict[tuple, s
         yield method, [render(cell_text(r, n_seeds), r["best"], marks.get((method, r["task"], r["fraction"]), "")) if r["n"] else missing for r in cells]
 
 
+def metric_phrase(plan: Plan, protocol: str) -> str:
+    kinds = {task_type(t) for t in plan.suite["tasks"] if protocol in t["protocols"]}
+    phrases = {"classification": "test macro AUC", "segmentation": "test mean Dice per image (SIIM rule: both empty = 1)"}
+    if len(kinds) == 1:
+        return phrases[kinds.pop()]
+    return "test metric: macro AUC (classification), mean Dice per image (segmentation, SIIM rule)"
+
+
 def render_markdown(plan: Plan, rows: List[Dict], protocol: str, marks: Optional[Dict[tuple, str]] = None, legend: str = "") -> str:
     marks = marks or {}
     columns = _columns(plan, protocol)
     n_seeds = len(evaluation_seeds(plan.suite, protocol)) * len(plan.suite["pretrain"]["seeds"])
     title = TABLES[protocol][1]
-    lines = [f"{title} — suite `{plan.suite['name']}`: test macro AUC (%), mean ± sd over {n_seeds} seeds; best per column in bold.", ""]
+    lines = [f"{title} — suite `{plan.suite['name']}`: {metric_phrase(plan, protocol)} (%), mean ± sd over {n_seeds} seeds; best per column in bold.", ""]
     lines += _header(columns)
     for method, cells in _cell_grid(plan, rows, protocol, marks, lambda text, best, mark: (f"**{text}**" if best else text) + mark.replace("*", "\\*"), "–"):
         lines.append(f"| {method_label(method)} | " + " | ".join(cells) + " |")

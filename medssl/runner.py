@@ -18,10 +18,11 @@ from medssl import provenance
 from medssl.config import ConfigError, stable_hash
 from medssl.evaluate import extract_features, fine_tune, linear_probe
 from medssl.metrics import multilabel_auc
-from medssl.plan import EvalJob, Plan, PretrainJob
+from medssl.plan import EvalJob, Plan, PretrainJob, task_type
 from medssl.precision import precision_for
 from medssl.pretrain import load_encoder, run_pretraining
 from medssl.records import ResultStore
+from medssl.segment import train_segmentation
 from medssl.splits import label_fraction_indices
 
 
@@ -51,10 +52,11 @@ def make_record(job: EvalJob, suite_name: str, dataset: ImageDataset, result: Di
         "protocol": job.protocol,
         "fraction": job.fraction,
         "seed": job.seed,
-        "metric": "macro_auc",
-        "value": metrics["macro_auc"],
-        "per_class": metrics["per_class_auc"],
+        "metric": metrics["metric"],
+        "value": metrics["value"],
+        "per_class": metrics["per_class"],
         "excluded_classes": metrics["excluded_classes"],
+        **({"extra_metrics": metrics["extra"]} if "extra" in metrics else {}),
         "n_train": n_split["train"],
         "n_val": n_split["val"],
         "n_test": n_split["test"],
@@ -74,12 +76,14 @@ def make_record(job: EvalJob, suite_name: str, dataset: ImageDataset, result: Di
     }
 
 
-def test_predictions(dataset: ImageDataset, test_idx: np.ndarray, scores: np.ndarray) -> Dict[str, np.ndarray]:
-    """What the paired statistics need from one evaluation (medssl/compare.py): per-image test scores with the
-    labels, patient ids (the bootstrap's resampling unit) and class names, so reports never reread the dataset."""
-    return {"test_indices": test_idx.astype(np.int32), "scores": np.asarray(scores, dtype=np.float32),
-            "labels": np.asarray(dataset.labels)[test_idx].astype(np.uint8), "patient_ids": np.asarray(dataset.patient_ids)[test_idx].astype(np.int64),
-            "class_names": np.asarray(dataset.class_names, dtype=str)}
+def test_predictions(dataset: ImageDataset, test_idx: np.ndarray, scores: Optional[np.ndarray] = None) -> Dict[str, np.ndarray]:
+    """What the paired statistics need from one evaluation (medssl/compare.py): per-image test scores (if any) with
+    the labels, patient ids (the bootstrap's resampling unit) and class names, so reports never reread the dataset."""
+    out = {"test_indices": test_idx.astype(np.int32), "labels": np.asarray(dataset.labels)[test_idx].astype(np.uint8),
+           "patient_ids": np.asarray(dataset.patient_ids)[test_idx].astype(np.int64), "class_names": np.asarray(dataset.class_names, dtype=str)}
+    if scores is not None:
+        out["scores"] = np.asarray(scores, dtype=np.float32)
+    return out
 
 
 def _log(message: str) -> None:
@@ -129,19 +133,34 @@ def run_plan(plan: Plan, data_root: Path, out_dir: Path, device: str = "cpu", pr
                 subsets[job.seed] = label_fraction_indices(split["train"], labels, dataset.patient_ids, fractions, job.seed)
             train_idx = subsets[job.seed][job.fraction]
             settings = job.config["settings"]
-            if job.protocol == "linear":
-                if features is None:
-                    features = extract_features(encoder, dataset.images, image_size, meta["mean"], meta["std"], device=device)
-                result = linear_probe(features, labels, train_idx, split["val"], split["test"], dataset.class_names, settings, job.seed)
-            else:
-                result = fine_tune(copy.deepcopy(encoder), meta, image_size, dataset.images, labels, train_idx, split["val"], split["test"], dataset.class_names, settings, job.seed, device=device, progress=progress, precision=precision)
-            metrics = multilabel_auc(labels[split["test"]], result["test_scores"], dataset.class_names)
             n_split = {"train": int(len(train_idx)), "val": int(len(split["val"])), "test": int(len(split["test"]))}
-            # linear probes train in fp32 on cached features whatever the fine-tuning precision
-            used = precision_for(device, precision) if job.protocol == "finetune" else "32-true"
+            if task_type(task) == "segmentation":
+                if dataset.masks is None:
+                    raise ConfigError(f"task {task_name!r} is a segmentation task but dataset {dataset.name!r} has no masks; use a dataset with masks (synthetic_cxr, siim_acr)")
+                result = train_segmentation(copy.deepcopy(encoder), meta, image_size, dataset.images, np.asarray(dataset.masks), train_idx, split["val"], split["test"],
+                                            settings, job.seed, freeze_encoder=job.protocol == "linear", device=device)
+                test = result["test"]
+                metrics = {"metric": "mean_dice", "value": test["mean_dice"], "per_class": {}, "excluded_classes": [],
+                           "extra": {k: test[k] for k in ("dice_positive", "n_positive", "dice_global", "false_positive_rate_empty")}}
+                predictions = {**test_predictions(dataset, split["test"]), "per_image_dice": test["per_image_dice"].astype(np.float32)}
+                summary = f"test mean Dice {test['mean_dice']:.4f} (positive images {test['dice_positive']:.4f})"
+                used = "32-true" if not device.startswith("cuda") else "bf16-mixed"
+            else:
+                if job.protocol == "linear":
+                    if features is None:
+                        features = extract_features(encoder, dataset.images, image_size, meta["mean"], meta["std"], device=device)
+                    result = linear_probe(features, labels, train_idx, split["val"], split["test"], dataset.class_names, settings, job.seed)
+                else:
+                    result = fine_tune(copy.deepcopy(encoder), meta, image_size, dataset.images, labels, train_idx, split["val"], split["test"], dataset.class_names, settings, job.seed, device=device, progress=progress, precision=precision)
+                auc = multilabel_auc(labels[split["test"]], result["test_scores"], dataset.class_names)
+                metrics = {"metric": "macro_auc", "value": auc["macro_auc"], "per_class": auc["per_class_auc"], "excluded_classes": auc["excluded_classes"]}
+                predictions = test_predictions(dataset, split["test"], result["test_scores"])
+                summary = f"test macro AUC {auc['macro_auc']:.4f}"
+                # linear probes train in fp32 on cached features whatever the fine-tuning precision
+                used = precision_for(device, precision) if job.protocol == "finetune" else "32-true"
             record = make_record(job, suite["name"], dataset, result, metrics, n_split, device, time.time() - start, used)
-            store.append(record, predictions=test_predictions(dataset, split["test"], result["test_scores"]))
+            store.append(record, predictions=predictions)
             ran += 1
             chosen = f"l2 {result['selected_l2']:g}" if result.get("selected_l2") is not None else f"epoch {result['best_epoch']}"
-            log(f"  {job.describe()}: test macro AUC {metrics['macro_auc']:.4f} (val {result['val_value']:.4f}, {chosen})")
+            log(f"  {job.describe()}: {summary} (val {result['val_value']:.4f}, {chosen})")
     return {"ran": ran, "skipped": len(plan.eval_jobs) - len(pending)}

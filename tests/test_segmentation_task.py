@@ -1,0 +1,74 @@
+"""A segmentation task through the whole path: plan -> decoder training -> Dice records with per-image Dice -> tables
+and Wilcoxon statistics."""
+import copy
+
+import numpy as np
+import pytest
+import yaml
+
+from medssl.config import ConfigError, load_suite
+from medssl.plan import build_plan, evaluation_seeds
+from medssl.records import ResultStore
+from medssl.report import write_reports
+from medssl.runner import run_plan
+
+PTX_TASK = {"name": "PTX", "type": "segmentation", "dataset": {"name": "synthetic_cxr", "params": {"n_images": 96, "size": 32, "seed": 0}},
+            "pretrain": "cxr", "protocols": ["linear", "finetune"], "fractions": [100]}
+
+
+def segmentation_suite():
+    suite = load_suite("smoke")
+    suite["methods"] = ["supervised", "simclr"]
+    suite["tasks"] = suite["tasks"] + [copy.deepcopy(PTX_TASK)]
+    suite["evaluation"]["segmentation"] = {"epochs": 1, "lr": 1.0e-3, "batch_size": 16, "seeds": [0, 1]}
+    return suite
+
+
+def test_segmentation_jobs_use_their_own_settings_and_keep_classification_keys():
+    suite = segmentation_suite()
+    plan = build_plan(suite)
+    segmentation = [j for j in plan.eval_jobs if j.task["name"] == "PTX"]
+    assert len(segmentation) == 2 * 2 * 2  # methods x protocols x seeds
+    assert all(j.config["settings"] == {"epochs": 1, "lr": 1.0e-3, "batch_size": 16} for j in segmentation)
+    assert evaluation_seeds(suite, "linear", PTX_TASK) == [0, 1]
+    without = load_suite("smoke")
+    without["methods"] = ["supervised", "simclr"]
+    classification_keys = {j.key for j in build_plan(without).eval_jobs}
+    assert classification_keys == {j.key for j in plan.eval_jobs if j.task["name"] == "CXR"}
+
+
+def test_segmentation_task_needs_settings(tmp_path):
+    suite = segmentation_suite()
+    del suite["evaluation"]["segmentation"]
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    with pytest.raises(ConfigError, match="evaluation.segmentation"):
+        load_suite(str(path))
+    suite = segmentation_suite()
+    suite["tasks"][1]["type"] = "detection"
+    path.write_text(yaml.safe_dump(suite))
+    with pytest.raises(ConfigError, match="unknown type 'detection'"):
+        load_suite(str(path))
+
+
+def test_segmentation_records_tables_and_statistics(tmp_path, synthetic_root):
+    suite = segmentation_suite()
+    suite["tasks"] = [copy.deepcopy(PTX_TASK)]
+    plan = build_plan(suite)
+    store = ResultStore(tmp_path / "results" / suite["name"])
+    summary = run_plan(plan, synthetic_root, tmp_path / "results", progress=False, log=lambda _: None, store=store)
+    assert summary["ran"] == 8
+    records = store.records()
+    assert {r["metric"] for r in records} == {"mean_dice"}
+    for record in records:
+        assert 0 <= record["value"] <= 1 and set(record["extra_metrics"]) == {"dice_positive", "n_positive", "dice_global", "false_positive_rate_empty"}
+        predictions = store.load_predictions(record["key"])
+        assert len(predictions["per_image_dice"]) == record["n_test"] and predictions["per_image_dice"].mean() == pytest.approx(record["value"], abs=1e-6)
+    written = {p.name: p for p in write_reports(plan, store, tmp_path / "reports")}
+    table1 = written["table1.md"].read_text()
+    assert "mean Dice per image" in table1 and "| PTX 100% |" in table1
+    statistics = written["statistics.csv"].read_text().splitlines()
+    assert len(statistics) == 1 + 2 and all(",wilcoxon," in line for line in statistics[1:])  # 1 comparison per table
+    # a frozen encoder's decoder and a fine-tuned one are different models: their Dice values differ
+    by_protocol = {p: np.mean([r["value"] for r in records if r["protocol"] == p]) for p in ("linear", "finetune")}
+    assert by_protocol["linear"] != by_protocol["finetune"]
