@@ -1,6 +1,6 @@
 """Dataset loaders, one file each; importing this package registers them all."""
 from datasets.base import DatasetError, ImageDataset, dataset_names, dataset_version, describe_datasets, load_dataset  # noqa: F401
-from datasets import synthetic_cxr  # noqa: F401  (registers synthetic_cxr)
+from datasets import synthetic_cxr, synthetic_fundus  # noqa: F401  (register the phantom datasets)
 from datasets import nih_chestxray14  # noqa: F401,E402  (registers nih_chestxray14)
 from datasets import siim_acr  # noqa: F401,E402  (registers siim_acr)
 from datasets import eyepacs, mured, odir  # noqa: F401,E402  (register the fundus datasets)

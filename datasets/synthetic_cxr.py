@@ -31,9 +31,6 @@ The generated arrays are cached under ``<data_root>/synthetic_cxr/<parameter has
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 from pathlib import Path
 from typing import Dict, Tuple
 
@@ -41,6 +38,7 @@ import numpy as np
 from scipy import ndimage
 
 from datasets.base import DatasetError, ImageDataset, progress_bar, register_dataset, split_by_patient
+from datasets.generated import load_generated
 
 CLASS_NAMES = ["Nodule", "Mass", "Effusion", "Cardiomegaly", "Pneumothorax", "Consolidation"]
 GENERATOR_VERSION = 3  # bump when the image model changes: it is part of the cache key
@@ -245,28 +243,4 @@ def load_synthetic_cxr(data_root: Path, n_images: int = 2000, size: int = 128, s
     if n_images < 20:
         raise DatasetError(f"synthetic_cxr needs at least 20 images for patient-disjoint splits, got n_images={n_images}")
     params = {"n_images": n_images, "size": size, "seed": seed, "images_per_patient": images_per_patient, "version": GENERATOR_VERSION}
-    key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
-    cache = Path(data_root) / "synthetic_cxr" / key
-    arrays = ("images", "labels", "masks", "patient_ids", "split")
-    if not (cache / "manifest.json").exists():
-        cache.mkdir(parents=True, exist_ok=True)
-        generated = generate(n_images, size, seed, images_per_patient, progress)
-        for name, arr in zip(arrays, generated):
-            tmp = cache / f"{name}.tmp.npy"
-            np.save(tmp, arr)
-            os.replace(tmp, cache / f"{name}.npy")
-        manifest = {"params": params, "classes": CLASS_NAMES}
-        tmp = cache / "manifest.tmp.json"
-        tmp.write_text(json.dumps(manifest, indent=1))
-        os.replace(tmp, cache / "manifest.json")  # written last: its presence marks a complete cache
-    loaded = {name: np.load(cache / f"{name}.npy", mmap_mode="r" if name in ("images", "masks") else None) for name in arrays}
-    return ImageDataset(
-        name="synthetic_cxr",
-        images=loaded["images"],
-        labels=loaded["labels"],
-        class_names=list(CLASS_NAMES),
-        patient_ids=loaded["patient_ids"],
-        split=loaded["split"],
-        masks=loaded["masks"],
-        mask_name="Pneumothorax",
-    )
+    return load_generated("synthetic_cxr", data_root, params, lambda: generate(n_images, size, seed, images_per_patient, progress), CLASS_NAMES, mask_name="Pneumothorax")

@@ -1,0 +1,39 @@
+"""On-disk cache of the project's generated (phantom) datasets: generated once, then memory-mapped.
+
+``<data_root>/<name>/<hash of the generator parameters>/`` holds one ``.npy`` per array and ``manifest.json``, written
+last, so an interrupted generation leaves no manifest and is simply generated again.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from datasets.base import ImageDataset
+
+ARRAYS = ("images", "labels", "masks", "patient_ids", "split")
+
+
+def load_generated(name: str, data_root: Path, params: Dict, generate: Callable[[], Sequence[Optional[np.ndarray]]], class_names: List[str],
+                   mask_name: Optional[str] = None) -> ImageDataset:
+    """Generate (first use) or read the arrays ``ARRAYS`` that ``generate()`` returns; ``masks`` may be None."""
+    key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
+    cache = Path(data_root) / name / key
+    if not (cache / "manifest.json").exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        for array_name, arr in zip(ARRAYS, generate()):
+            if arr is None:
+                continue
+            tmp = cache / f"{array_name}.tmp.npy"
+            np.save(tmp, arr)
+            os.replace(tmp, cache / f"{array_name}.npy")
+        tmp = cache / "manifest.tmp.json"
+        tmp.write_text(json.dumps({"params": params, "classes": list(class_names)}, indent=1))
+        os.replace(tmp, cache / "manifest.json")  # written last: its presence marks a complete cache
+    loaded = {a: np.load(cache / f"{a}.npy", mmap_mode="r" if a in ("images", "masks") else None) for a in ARRAYS if (cache / f"{a}.npy").exists()}
+    return ImageDataset(name=name, images=loaded["images"], labels=loaded["labels"], class_names=list(class_names), patient_ids=loaded["patient_ids"],
+                        split=loaded["split"], masks=loaded.get("masks"), mask_name=mask_name if "masks" in loaded else None)
