@@ -105,3 +105,28 @@ def test_odir_bad_inputs_name_the_problem(tmp_path):
         load_dataset("odir", tmp_path, size=16)
     with pytest.raises(DatasetError, match="EyePACS not found"):
         load_dataset("eyepacs", tmp_path, size=16)
+
+
+def test_odir_patient_labels_from_data_xlsx(tmp_path):
+    import pandas as pd
+
+    folder = tmp_path / "odir" / "ODIR-5K"
+    rows = []
+    for pid in (0, 1, 4, 7):  # some ids are missing, as in the real file
+        patient = [0, 0, 0, 1, 0, 0, 0, 0] if pid % 2 == 0 else [1, 0, 0, 0, 0, 0, 0, 0]
+        rows.append([pid, 60, "Male", f"{pid}_left.jpg", f"{pid}_right.jpg", "cataract，lens dust", "normal fundus", *patient])
+        for eye in ("left", "right"):
+            fundus(folder / "Training Images" / f"{pid}_{eye}.jpg", 32, 32)
+    columns = ["ID", "Patient Age", "Patient Sex", "Left-Fundus", "Right-Fundus", "Left-Diagnostic Keywords", "Right-Diagnostic Keywords", "N", "D", "G", "C", "A", "H", "M", "O"]
+    pd.DataFrame(rows, columns=columns).to_excel(folder / "data.xlsx", sheet_name="Sheet1", index=False)
+    ds = load_dataset("odir", tmp_path, size=16, labels="patient")
+    assert ds.images.shape == (8, 3, 16, 16) and ds.patient_ids.tolist() == [0, 0, 1, 1, 4, 4, 7, 7]
+    assert ds.labels[:2].tolist() == [[0, 0, 0, 1, 0, 0, 0, 0]] * 2, "both eyes carry the patient's labels"
+    assert ds.labels[2].tolist() == [1, 0, 0, 0, 0, 0, 0, 0]
+    with pytest.raises(DatasetError, match="holds full_df.csv.*labels=patient reads data.xlsx"):
+        load_dataset("odir", tmp_path, size=16)  # per-eye labels need full_df.csv
+    with pytest.raises(DatasetError, match="labels must be 'eye'"):
+        load_dataset("odir", tmp_path, size=16, labels="image")
+    pd.DataFrame([row[:7] + [2] + row[8:] for row in rows], columns=columns).to_excel(folder / "data.xlsx", index=False)
+    with pytest.raises(DatasetError, match="must be 0/1"):
+        load_dataset("odir", tmp_path, size=16, labels="patient")
