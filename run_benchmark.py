@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--reports", default="reports", help="reports folder: tables in REPORTS/<suite>/ (default: reports)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto = cuda if available)")
     parser.add_argument("--precision", default="auto", choices=("auto", "32", "bf16"), help="training precision: auto = bf16 autocast where the hardware runs it natively (recent GPUs, CPUs with AVX512-BF16), fp16 on older GPUs, else fp32; 32 forces fp32 (default: auto)")
+    parser.add_argument("--shard", help="K/N: run only the K-th of N disjoint parts of the job grid (whole pretrainings with their evaluations), e.g. one per cluster array task; each shard writes OUT/<suite>/records.shard-K-of-N.jsonl and 'report' merges them")
+    parser.add_argument("--devices", type=int, default=1, help="pretrain on this many devices of this machine with DDP (the suite's batch size is the global batch; BatchNorm synchronised) (default: 1)")
+    parser.add_argument("--compile", action="store_true", help="compile the ResNet-18 trunk with torch.compile for pretraining (GPU; needs a C++ compiler on CPU)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan (every pretraining and evaluation job with its key and status) and exit")
     parser.add_argument("--list", action="store_true", help="list suites, methods and datasets and exit")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (for logs and CI)")
@@ -60,6 +63,12 @@ def resolve_device(name: str) -> str:
     if name != "cpu" and not name.startswith("cuda"):
         raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N")
     return name
+
+
+def torch_device_count() -> int:
+    import torch
+
+    return torch.cuda.device_count()
 
 
 def resolve_data_root(arg) -> Path:
@@ -146,7 +155,7 @@ def main(argv=None) -> int:
             print(f"{summary['name']}: {summary['images']} images of {summary['patients']} patients at {summary['size'][-1]} px; splits {summary['splits']}")
             print("positives: " + ", ".join(f"{k} {v}" for k, v in summary["positives"].items()))
             return 0
-        from medssl.plan import build_plan
+        from medssl.plan import build_plan, parse_shard, shard_plan
         from medssl.records import ResultStore
         from medssl.report import write_reports
 
@@ -154,7 +163,12 @@ def main(argv=None) -> int:
         suite = apply_overrides(suite, methods=parse_list(args.methods), seeds=parse_list(args.seeds, int), fractions=parse_list(args.fractions, float))
         plan = build_plan(suite)
         out_dir = Path(args.out)
-        store = ResultStore(out_dir / suite["name"])
+        shard = parse_shard(args.shard) if args.shard else None
+        if shard is not None and args.command == "report":
+            raise ConfigError("'report' reads every shard's records; run it without --shard")
+        if shard is not None:
+            plan = shard_plan(plan, *shard)
+        store = ResultStore(out_dir / suite["name"], shard=f"shard-{shard[0]}-of-{shard[1]}" if shard else None)
         reports_dir = Path(args.reports) / suite["name"]
         if args.dry_run:
             print_plan(plan, store, out_dir)
@@ -168,11 +182,16 @@ def main(argv=None) -> int:
         from medssl.runner import run_plan
 
         device = resolve_device(args.device)
+        if args.devices < 1 or (device.startswith("cuda") and args.devices > torch_device_count()):
+            raise ConfigError(f"--devices {args.devices}: this machine has {torch_device_count()} CUDA devices" if device.startswith("cuda") else f"--devices must be at least 1, got {args.devices}")
         data_root = resolve_data_root(args.data_root)
         started = time.time()
-        summary = run_plan(plan, data_root, out_dir, device=device, progress=not args.no_progress, store=store, precision=args.precision)
-        for path in write_reports(plan, store, reports_dir, store.pretraining_records()):
-            print(f"wrote {path}")
+        summary = run_plan(plan, data_root, out_dir, device=device, progress=not args.no_progress, store=store, precision=args.precision, devices=args.devices, compile_backbone=args.compile)
+        if shard is None:
+            for path in write_reports(plan, store, reports_dir, store.pretraining_records()):
+                print(f"wrote {path}")
+        else:
+            print(f"shard {shard[0]}/{shard[1]} finished; when every shard has, write the tables with: python run_benchmark.py report --suite {args.suite} --out {args.out}")
         log_run(store.directory, argv if argv is not None else sys.argv[1:], summary, device, time.time() - started, args.precision)
         print(f"done: {summary['ran']} evaluations run, {summary['skipped']} reused from {store.directory} ({(time.time() - started) / 60:.1f} min)")
         return 0

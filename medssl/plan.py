@@ -128,3 +128,23 @@ def build_plan(suite: Dict[str, Any]) -> Plan:
                             config = {"pretrain": job.hash, "task": task_identity, "protocol": protocol_name, "settings": settings, "image_size": pretrain["image_size"], "fraction": float(fraction), "seed": int(seed), "version": PROTOCOL_VERSION}
                             eval_jobs.append(EvalJob(job, task, protocol_name, float(fraction), int(seed), config, stable_hash(config, 16)))
     return Plan(suite, list(jobs.values()), eval_jobs)
+
+
+def parse_shard(text: str) -> tuple:
+    """``"K/N"`` (1 <= K <= N) -> (K, N), for cluster job arrays."""
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise ConfigError(f"--shard {text!r}: write K/N, e.g. 2/8 for the second of eight shards") from None
+    if count < 1 or not 1 <= index <= count:
+        raise ConfigError(f"--shard {text!r}: need 1 <= K <= N, e.g. 1/{max(count, 1)} ... {max(count, 1)}/{max(count, 1)}")
+    return index, count
+
+
+def shard_plan(plan: Plan, index: int, count: int) -> Plan:
+    """The part of the plan that shard ``index`` of ``count`` runs: whole pretrainings with all their evaluations,
+    dealt round-robin over the pretraining keys in sorted order. Every job belongs to exactly one shard, so no two
+    shards ever pretrain or evaluate the same thing; the split depends only on the plan."""
+    keys = sorted(job.key for job in plan.pretrain_jobs)
+    mine = {key for position, key in enumerate(keys) if position % count == index - 1}
+    return Plan(plan.suite, [j for j in plan.pretrain_jobs if j.key in mine], [j for j in plan.eval_jobs if j.pretrain.key in mine])

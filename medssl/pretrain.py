@@ -88,7 +88,16 @@ def load_encoder(path: Path) -> tuple:
     return encoder, meta
 
 
-def run_pretraining(job: PretrainJob, dataset: ImageDataset, checkpoints_dir: Path, device: str = "cpu", progress: bool = True, max_time_s: Optional[float] = None, callbacks: Sequence[pl.Callback] = (), precision: str = "auto") -> Path:
+def run_pretraining(job: PretrainJob, dataset: ImageDataset, checkpoints_dir: Path, device: str = "cpu", progress: bool = True, max_time_s: Optional[float] = None, callbacks: Sequence[pl.Callback] = (), precision: str = "auto",
+                    devices: int = 1, compile_backbone: bool = False) -> Path:
+    """Pretrain ``job`` (or resume it) and save its encoder; returns the encoder file (at once if it exists).
+
+    ``devices`` > 1 trains with Lightning's DDP in spawned processes (``ddp_spawn``, one per device; CPU processes
+    use gloo): the suite's batch size stays the global batch, split evenly, with synchronised BatchNorm on GPUs so that
+    the statistics are those of the global batch, and the batch-level losses gather across processes. That is why the
+    device count is not part of the pretraining hash (CPU processes keep per-process BatchNorm statistics: torch has
+    no CPU SyncBatchNorm; that mode is for tests). ``compile_backbone`` wraps the trunk with ``torch.compile``.
+    """
     run_dir = Path(checkpoints_dir) / job.key
     encoder_path = run_dir / ENCODER_FILE
     if encoder_path.exists():
@@ -104,6 +113,8 @@ def run_pretraining(job: PretrainJob, dataset: ImageDataset, checkpoints_dir: Pa
     batch_size = int(pretrain.get("batch_size", 1))
     if job.trains and len(images) < batch_size:
         raise ConfigError(f"{job.key}: {len(images)} pretraining images are fewer than one batch of {batch_size}; lower batch_size or use more data")
+    if job.trains and batch_size % devices:
+        raise ConfigError(f"{job.key}: batch size {batch_size} does not split evenly over {devices} devices; use a device count that divides it")
     steps_per_epoch = len(images) // batch_size if job.trains else 0
     protocol = PretrainProtocol(
         backbone=job.config.get("protocol", job.config).get("backbone", "resnet18"),
@@ -128,14 +139,20 @@ def run_pretraining(job: PretrainJob, dataset: ImageDataset, checkpoints_dir: Pa
         if job.monitor and dataset.labels is not None and len(dataset.indices("val")):
             monitor = ProbeMonitor(dataset, protocol.image_size, stats["mean"], stats["std"], job.monitor)
         generator = torch.Generator().manual_seed(job.seed)
-        loader = DataLoader(TensorDataset(images), batch_size=batch_size, shuffle=True, drop_last=True, generator=generator, num_workers=0, pin_memory=device.startswith("cuda"))
+        if compile_backbone:
+            model.backbone.compile()
+        if devices > 1:
+            torch.multiprocessing.set_sharing_strategy("file_system")
+        loader = DataLoader(TensorDataset(images), batch_size=batch_size // devices, shuffle=True, drop_last=True, generator=generator, num_workers=0, pin_memory=device.startswith("cuda"))
         callbacks = list(callbacks) + [pl.callbacks.ModelCheckpoint(dirpath=run_dir, filename="last", save_top_k=1, every_n_epochs=1, enable_version_counter=False), EpochHistory(run_dir / "history.jsonl", monitor)]
         if progress:
             callbacks.append(pl.callbacks.RichProgressBar(leave=False))
         trainer = pl.Trainer(
             max_epochs=protocol.epochs,
             accelerator="gpu" if device.startswith("cuda") else "cpu",
-            devices=1,
+            devices=devices,
+            strategy="ddp_spawn" if devices > 1 else "auto",
+            sync_batchnorm=devices > 1 and device.startswith("cuda"),  # torch's SyncBatchNorm has no CPU kernel
             precision=amp,
             callbacks=callbacks,
             logger=pl.loggers.CSVLogger(run_dir, name="logs"),  # version_N per (re)start: a resume keeps earlier logs
@@ -147,8 +164,11 @@ def run_pretraining(job: PretrainJob, dataset: ImageDataset, checkpoints_dir: Pa
         )
         resume = run_dir / "last.ckpt"
         trainer.fit(model, loader, ckpt_path=str(resume) if resume.exists() else None)
-        if trainer.current_epoch < protocol.epochs:
-            raise RuntimeError(f"{job.key}: pretraining stopped at epoch {trainer.current_epoch} of {protocol.epochs}; run again to resume")
+        # ddp_spawn trains in child processes and returns the weights but not the loop's progress: count the
+        # epochs that rank 0 wrote to the history instead
+        finished = trainer.current_epoch if devices == 1 else 1 + max((row["epoch"] for row in read_history(run_dir)), default=-1)
+        if finished < protocol.epochs:
+            raise RuntimeError(f"{job.key}: pretraining stopped at epoch {finished} of {protocol.epochs}; run again to resume")
     meta = {
         "method": job.method,
         "hash": job.hash,
@@ -160,6 +180,7 @@ def run_pretraining(job: PretrainJob, dataset: ImageDataset, checkpoints_dir: Pa
         "pretrain_images": int(len(images)),
         "wall_time_s": round(time.time() - start, 2),
         "precision": amp,
+        "devices": devices,
         "history": read_history(run_dir),
     }
     tmp = run_dir / (ENCODER_FILE + ".tmp")

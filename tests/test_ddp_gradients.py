@@ -1,0 +1,80 @@
+"""Two CPU processes (gloo) on halves of a batch give the same gradients as one process on the whole batch, for the
+losses that gather across processes (SimCLR's NT-Xent, VICReg's variance/covariance, SwAV's Sinkhorn).
+
+Each process computes its loss on its half, back-propagates through lightly's gather, and averages parameter
+gradients over processes as DDP does. BatchNorm layers run on fixed statistics (eval mode) so that only the loss's
+cross-process terms are compared (per-process BatchNorm statistics are a separate matter: SyncBatchNorm).
+"""
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from tests.test_methods import SMALL_HEADS, fixed_batch, tiny_protocol
+
+WORLD = 2
+
+
+def _model(name):
+    from methods import build_method
+
+    torch.manual_seed(0)
+    model = build_method(name, tiny_protocol(), SMALL_HEADS[name])
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.eval()
+    return model
+
+
+def _gradients(model, views):
+    model.zero_grad(set_to_none=True)
+    loss = model.compute_loss(views, None)["loss"]
+    loss.backward()
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}, loss.detach()
+
+
+def _worker(rank, name, views, port, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    try:
+        model = _model(name)
+        local = [v.chunk(WORLD)[rank] for v in views]
+        grads, loss = _gradients(model, local)
+        for g in grads.values():
+            dist.all_reduce(g)
+            g /= WORLD
+        dist.all_reduce(loss)
+        if rank == 0:
+            torch.save({"grads": grads, "loss": loss / WORLD}, out)
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("name", ["simclr", "vicreg", "swav"])
+def test_two_processes_match_one_process(name, tmp_path):
+    model = _model(name)
+    torch.manual_seed(1)
+    views = [v.detach() for v in model.make_views(fixed_batch(n=8, size=48))]
+    expected, expected_loss = _gradients(model, views)
+    out = tmp_path / "grads.pt"
+    mp.start_processes(_worker, args=(name, views, _free_port(), out), nprocs=WORLD, start_method="spawn")
+    got = torch.load(out)
+    # without the gather each process would score its half against fewer negatives / batch statistics: other loss
+    assert torch.allclose(got["loss"], expected_loss, rtol=1e-5, atol=1e-6), (float(got["loss"]), float(expected_loss))
+    assert set(got["grads"]) == set(expected)
+    # Relative to the largest gradient of the model: a parameter whose true gradient is zero (VICReg's last bias:
+    # the invariance term cancels it and the variance/covariance terms are centred) only shows rounding noise.
+    scale = max(float(g.abs().max()) for g in expected.values())
+    worst = max(float((got["grads"][n] - g).abs().max()) for n, g in expected.items()) / scale
+    assert worst < 1e-5, f"largest gradient difference {worst:.2e} of the largest gradient"
+
