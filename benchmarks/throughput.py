@@ -48,12 +48,29 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def timed_steps(step, steps: int, device: str) -> tuple:
+    """(FLOPs of one step, seconds per step): two warm-up steps, one counted by ``torch.utils.flop_counter``, then
+    ``steps`` timed ones."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    for _ in range(2):
+        step()
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step()
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    _sync(device)
+    return counter.get_total_flops(), (time.perf_counter() - start) / steps
+
+
 def method_throughput(name: str, suite_name: str, device: str, steps: int, precision: str, threads: int) -> dict:
     """Runs in its own process: images/s, FLOPs per step and peak memory of ``name``'s training step."""
     import numpy as np
     import torch
     from lightly.models.utils import update_momentum
-    from torch.utils.flop_counter import FlopCounterMode
 
     from medssl.config import load_suite
     from methods import build_method
@@ -83,20 +100,10 @@ def method_throughput(name: str, suite_name: str, device: str, steps: int, preci
 
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    for _ in range(2):
-        step()
-    counter = FlopCounterMode(display=False)
-    with counter:
-        step()
-    _sync(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    _sync(device)
-    seconds = (time.perf_counter() - start) / steps
+    flops, seconds = timed_steps(step, steps, device)
     memory = torch.cuda.max_memory_allocated() / 2 ** 20 if device.startswith("cuda") else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"method": name, "batch": batch, "image_size": int(pretrain["image_size"]), "precision": precision, "s_per_step": seconds,
-            "images_per_s": batch / seconds, "gflop_per_step": counter.get_total_flops() / 1e9, "peak_memory_mb": float(np.round(memory, 1))}
+            "images_per_s": batch / seconds, "gflop_per_step": flops / 1e9, "peak_memory_mb": float(np.round(memory, 1))}
 
 
 def _run_in_process(queue, *args) -> None:
@@ -122,7 +129,6 @@ def matmul_flops(device: str, precision: str, n: int = 2048, repeats: int = 10) 
 def resnet_step_flops(device: str, precision: str, image_size: int, batch: int, steps: int) -> float:
     """Achieved FLOP/s of a bare ResNet-18 training step (trunk + linear head, SGD) at the suite's size."""
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
 
     from medssl.backbone import ResNetTrunk
 
@@ -138,16 +144,8 @@ def resnet_step_flops(device: str, precision: str, image_size: int, batch: int, 
         loss.backward()
         optimizer.step()
 
-    step()
-    counter = FlopCounterMode(display=False)
-    with counter:
-        step()
-    _sync(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    _sync(device)
-    return counter.get_total_flops() * steps / (time.perf_counter() - start)
+    flops, seconds = timed_steps(step, steps, device)
+    return flops / seconds
 
 
 def data_path(suite_name: str, device: str, batches: int = 20) -> dict:

@@ -13,7 +13,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from datasets.base import ImageDataset
+from datasets.base import ImageDataset, progress_bar
 
 ARRAYS = ("images", "labels", "masks", "patient_ids", "split")
 
@@ -37,3 +37,14 @@ def load_generated(name: str, data_root: Path, params: Dict, generate: Callable[
     loaded = {a: np.load(cache / f"{a}.npy", mmap_mode="r" if a in ("images", "masks") else None) for a in ARRAYS if (cache / f"{a}.npy").exists()}
     return ImageDataset(name=name, images=loaded["images"], labels=loaded["labels"], class_names=list(class_names), patient_ids=loaded["patient_ids"],
                         split=loaded["split"], masks=loaded.get("masks"), mask_name=mask_name if "masks" in loaded else None)
+
+
+def render_each(n_items: int, render: Callable[[int], None], description: str, progress: bool = False) -> None:
+    """Call ``render(i)`` for every item, with a progress bar if asked."""
+    bar = progress_bar(n_items, description, progress)
+    for i in range(n_items):
+        render(i)
+        if bar is not None:
+            bar.advance(0)
+    if bar is not None:
+        bar.stop()

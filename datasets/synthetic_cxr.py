@@ -37,8 +37,8 @@ from typing import Dict, Tuple
 import numpy as np
 from scipy import ndimage
 
-from datasets.base import DatasetError, ImageDataset, progress_bar, register_dataset, split_by_patient
-from datasets.generated import load_generated
+from datasets.base import DatasetError, ImageDataset, register_dataset, split_by_patient
+from datasets.generated import load_generated, render_each
 
 CLASS_NAMES = ["Nodule", "Mass", "Effusion", "Cardiomegaly", "Pneumothorax", "Consolidation"]
 GENERATOR_VERSION = 3  # bump when the image model changes: it is part of the cache key
@@ -226,15 +226,12 @@ def generate(n_images: int, size: int, seed: int, images_per_patient: float = 2.
     images = np.empty((n_images, 1, size, size), dtype=np.uint8)
     labels = np.empty((n_images, len(CLASS_NAMES)), dtype=np.uint8)
     masks = np.empty((n_images, size, size), dtype=np.uint8)
-    bar = progress_bar(n_images, f"generating {n_images} phantoms at {size} px", progress)
-    for i in range(n_images):
-        img, lab, mask = render_phantom(seed, i, int(patient_ids[i]), size)
-        images[i, 0] = np.round(img * 255).astype(np.uint8)
-        labels[i], masks[i] = lab, mask
-        if bar is not None:
-            bar.advance(0)
-    if bar is not None:
-        bar.stop()
+
+    def render(i: int) -> None:
+        image, labels[i], masks[i] = render_phantom(seed, i, int(patient_ids[i]), size)
+        images[i, 0] = np.round(image * 255).astype(np.uint8)
+
+    render_each(n_images, render, f"generating {n_images} phantoms at {size} px", progress)
     return images, labels, masks, patient_ids, split_by_patient(patient_ids, seed, salt=3)
 
 

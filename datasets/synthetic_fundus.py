@@ -28,8 +28,8 @@ from typing import Dict, Tuple
 import numpy as np
 from scipy import ndimage
 
-from datasets.base import DatasetError, ImageDataset, progress_bar, register_dataset, split_by_patient
-from datasets.generated import load_generated
+from datasets.base import DatasetError, ImageDataset, register_dataset, split_by_patient
+from datasets.generated import load_generated, render_each
 
 CLASS_NAMES = ["Microaneurysms", "Haemorrhages", "Exudates", "Drusen", "Disc cupping"]
 GENERATOR_VERSION = 1
@@ -171,14 +171,12 @@ def generate(n_images: int, size: int, seed: int, progress: bool = False):
     patient_ids = np.arange(n_images, dtype=np.int64) // 2
     images = np.empty((n_images, 3, size, size), dtype=np.uint8)
     labels = np.empty((n_images, len(CLASS_NAMES)), dtype=np.uint8)
-    bar = progress_bar(n_images, f"generating {n_images} fundus phantoms at {size} px", progress)
-    for i in range(n_images):
+
+    def render(i: int) -> None:
         image, labels[i] = render_fundus(seed, i, int(patient_ids[i]), i % 2, size)
         images[i] = np.round(image * 255).astype(np.uint8)
-        if bar is not None:
-            bar.advance(0)
-    if bar is not None:
-        bar.stop()
+
+    render_each(n_images, render, f"generating {n_images} fundus phantoms at {size} px", progress)
     return images, labels, None, patient_ids, split_by_patient(patient_ids, seed, salt=5)
 
 
