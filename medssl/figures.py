@@ -143,9 +143,8 @@ def markdown_to_html(markdown: str) -> str:
             while i < len(lines) and lines[i].startswith("|"):
                 block.append([c.strip() for c in lines[i].strip().strip("|").split("|")])
                 i += 1
-            body = [r for r in block[2:]]
             out.append("<table><thead><tr>" + "".join(f"<th>{_inline(c)}</th>" for c in block[0]) + "</tr></thead><tbody>")
-            out += ["<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in row) + "</tr>" for row in body]
+            out += ["<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in row) + "</tr>" for row in block[2:]]  # row 1: alignment
             out.append("</tbody></table>")
             continue
         if line.startswith("### "):
