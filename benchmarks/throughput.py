@@ -34,13 +34,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def _autocast(device: str, precision: str):
-    import torch
-
-    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
-    return torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu", dtype=dtype, enabled=dtype is not None)
-
-
 def _sync(device: str) -> None:
     import torch
 
@@ -73,6 +66,7 @@ def method_throughput(name: str, suite_name: str, device: str, steps: int, preci
     from lightly.models.utils import update_momentum
 
     from medssl.config import load_suite
+    from medssl.precision import autocast
     from methods import build_method
     from methods.base import PretrainProtocol
 
@@ -90,7 +84,7 @@ def method_throughput(name: str, suite_name: str, device: str, steps: int, preci
     images = (torch.rand(batch, 1, size, size, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8).to(device)
 
     def step() -> None:
-        with _autocast(device, precision):
+        with autocast(device, precision):
             loss = model.compute_loss(model.make_views(images), images)["loss"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -131,6 +125,7 @@ def resnet_step_flops(device: str, precision: str, image_size: int, batch: int, 
     import torch
 
     from medssl.backbone import ResNetTrunk
+    from medssl.precision import autocast
 
     model = torch.nn.Sequential(ResNetTrunk(), torch.nn.Linear(512, 10)).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
@@ -138,7 +133,7 @@ def resnet_step_flops(device: str, precision: str, image_size: int, batch: int, 
     y = torch.randint(0, 10, (batch,), device=device)
 
     def step() -> None:
-        with _autocast(device, precision):
+        with autocast(device, precision):
             loss = torch.nn.functional.cross_entropy(model(x).float(), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

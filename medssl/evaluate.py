@@ -30,7 +30,7 @@ from medssl import quiet_lightning
 from medssl.augment import AugmentConfig, Normalize, augment_view, resize
 from medssl.backbone import ResNetTrunk
 from medssl.metrics import multilabel_auc
-from medssl.precision import precision_for
+from medssl.precision import autocast, fixed_precision, precision_for
 
 
 def epochs_for(n_train: int, batch_size: int, settings: Dict[str, Any]) -> int:
@@ -51,7 +51,7 @@ def extract_features(encoder: ResNetTrunk, images: np.ndarray, image_size: int, 
     chunks = []
     for start in range(0, len(images), batch_size):
         batch = torch.from_numpy(np.array(images[start : start + batch_size])).to(device)
-        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")):
+        with autocast(device, fixed_precision(device)):
             chunks.append(encoder(normalize(resize(batch, image_size))).float().cpu())
     return torch.cat(chunks).numpy()
 

@@ -26,3 +26,15 @@ def precision_for(device: str, requested: str = "auto") -> str:
     if device.startswith("cuda"):
         return "bf16-mixed" if requested == "bf16" or torch.cuda.is_bf16_supported() else "16-mixed"
     return "bf16-mixed" if requested == "bf16" or cpu_supports_bf16() else "32-true"
+
+
+def fixed_precision(device: str) -> str:
+    """The precision of the evaluation steps that do not follow ``--precision`` (feature extraction, segmentation
+    training): bf16 autocast on CUDA, fp32 elsewhere."""
+    return "bf16-mixed" if device.startswith("cuda") else "32-true"
+
+
+def autocast(device: str, precision: str):
+    """``torch.autocast`` for a Lightning precision string: bf16/fp16 autocast on the device, or nothing for fp32."""
+    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
+    return torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu", dtype=dtype, enabled=dtype is not None)

@@ -19,7 +19,7 @@ from medssl.config import ConfigError, stable_hash
 from medssl.evaluate import extract_features, fine_tune, linear_probe
 from medssl.metrics import multilabel_auc
 from medssl.plan import EvalJob, Plan, PretrainJob, task_type
-from medssl.precision import precision_for
+from medssl.precision import fixed_precision, precision_for
 from medssl.pretrain import load_encoder, run_pretraining
 from medssl.records import ResultStore
 from medssl.segment import train_segmentation
@@ -86,6 +86,35 @@ def test_predictions(dataset: ImageDataset, test_idx: np.ndarray, scores: Option
     return out
 
 
+def evaluate_classification(job: EvalJob, encoder, meta, dataset: ImageDataset, features, train_idx, split, image_size: int, device: str, progress: bool, precision: str):
+    """Linear probe (on ``features``, extracted once per encoder and task) or fine-tuning; macro AUC on the test split.
+    Returns (result, metrics, predictions, log summary, precision used)."""
+    labels = np.asarray(dataset.labels)
+    settings = job.config["settings"]
+    if job.protocol == "linear":
+        result = linear_probe(features, labels, train_idx, split["val"], split["test"], dataset.class_names, settings, job.seed)
+    else:
+        result = fine_tune(copy.deepcopy(encoder), meta, image_size, dataset.images, labels, train_idx, split["val"], split["test"], dataset.class_names, settings, job.seed, device=device, progress=progress, precision=precision)
+    auc = multilabel_auc(labels[split["test"]], result["test_scores"], dataset.class_names)
+    metrics = {"metric": "macro_auc", "value": auc["macro_auc"], "per_class": auc["per_class_auc"], "excluded_classes": auc["excluded_classes"]}
+    # linear probes train in fp32 on cached features whatever the fine-tuning precision
+    used = precision_for(device, precision) if job.protocol == "finetune" else "32-true"
+    return result, metrics, test_predictions(dataset, split["test"], result["test_scores"]), f"test macro AUC {auc['macro_auc']:.4f}", used
+
+
+def evaluate_segmentation(job: EvalJob, encoder, meta, dataset: ImageDataset, train_idx, split, image_size: int, device: str):
+    """U-Net decoder on the frozen (``linear``) or trained (``finetune``) encoder; per-image Dice on the test split.
+    Returns (result, metrics, predictions, log summary, precision used)."""
+    result = train_segmentation(copy.deepcopy(encoder), meta, image_size, dataset.images, np.asarray(dataset.masks), train_idx, split["val"], split["test"],
+                                job.config["settings"], job.seed, freeze_encoder=job.protocol == "linear", device=device)
+    test = result["test"]
+    metrics = {"metric": "mean_dice", "value": test["mean_dice"], "per_class": {}, "excluded_classes": [],
+               "extra": {k: test[k] for k in ("dice_positive", "n_positive", "dice_global", "false_positive_rate_empty")}}
+    predictions = {**test_predictions(dataset, split["test"]), "per_image_dice": test["per_image_dice"].astype(np.float32)}
+    summary = f"test mean Dice {test['mean_dice']:.4f} (positive images {test['dice_positive']:.4f})"
+    return result, metrics, predictions, summary, fixed_precision(device)
+
+
 def _log(message: str) -> None:
     print(message, flush=True)  # flushed: progress stays visible when the output goes to a file
 
@@ -120,6 +149,8 @@ def run_plan(plan: Plan, data_root: Path, out_dir: Path, device: str = "cpu", pr
         dataset = datasets.get(task["dataset"])
         if dataset.channels != meta["in_channels"]:
             raise ConfigError(f"task {task_name!r} has {dataset.channels}-channel images but {pretrain_key} was pretrained on {meta['in_channels']}-channel images")
+        if task_type(task) == "segmentation" and dataset.masks is None:
+            raise ConfigError(f"task {task_name!r} is a segmentation task but dataset {dataset.name!r} has no masks; use a dataset with masks (synthetic_cxr, siim_acr)")
         labels = np.asarray(dataset.labels)
         split = {s: dataset.indices(s) for s in ("train", "val", "test")}
         # every encoder is evaluated at the suite's resolution (the random-init encoder has no training resolution)
@@ -132,32 +163,13 @@ def run_plan(plan: Plan, data_root: Path, out_dir: Path, device: str = "cpu", pr
                 fractions = sorted({float(f) for f in task["fractions"]})
                 subsets[job.seed] = label_fraction_indices(split["train"], labels, dataset.patient_ids, fractions, job.seed)
             train_idx = subsets[job.seed][job.fraction]
-            settings = job.config["settings"]
             n_split = {"train": int(len(train_idx)), "val": int(len(split["val"])), "test": int(len(split["test"]))}
             if task_type(task) == "segmentation":
-                if dataset.masks is None:
-                    raise ConfigError(f"task {task_name!r} is a segmentation task but dataset {dataset.name!r} has no masks; use a dataset with masks (synthetic_cxr, siim_acr)")
-                result = train_segmentation(copy.deepcopy(encoder), meta, image_size, dataset.images, np.asarray(dataset.masks), train_idx, split["val"], split["test"],
-                                            settings, job.seed, freeze_encoder=job.protocol == "linear", device=device)
-                test = result["test"]
-                metrics = {"metric": "mean_dice", "value": test["mean_dice"], "per_class": {}, "excluded_classes": [],
-                           "extra": {k: test[k] for k in ("dice_positive", "n_positive", "dice_global", "false_positive_rate_empty")}}
-                predictions = {**test_predictions(dataset, split["test"]), "per_image_dice": test["per_image_dice"].astype(np.float32)}
-                summary = f"test mean Dice {test['mean_dice']:.4f} (positive images {test['dice_positive']:.4f})"
-                used = "32-true" if not device.startswith("cuda") else "bf16-mixed"
+                result, metrics, predictions, summary, used = evaluate_segmentation(job, encoder, meta, dataset, train_idx, split, image_size, device)
             else:
-                if job.protocol == "linear":
-                    if features is None:
-                        features = extract_features(encoder, dataset.images, image_size, meta["mean"], meta["std"], device=device)
-                    result = linear_probe(features, labels, train_idx, split["val"], split["test"], dataset.class_names, settings, job.seed)
-                else:
-                    result = fine_tune(copy.deepcopy(encoder), meta, image_size, dataset.images, labels, train_idx, split["val"], split["test"], dataset.class_names, settings, job.seed, device=device, progress=progress, precision=precision)
-                auc = multilabel_auc(labels[split["test"]], result["test_scores"], dataset.class_names)
-                metrics = {"metric": "macro_auc", "value": auc["macro_auc"], "per_class": auc["per_class_auc"], "excluded_classes": auc["excluded_classes"]}
-                predictions = test_predictions(dataset, split["test"], result["test_scores"])
-                summary = f"test macro AUC {auc['macro_auc']:.4f}"
-                # linear probes train in fp32 on cached features whatever the fine-tuning precision
-                used = precision_for(device, precision) if job.protocol == "finetune" else "32-true"
+                if job.protocol == "linear" and features is None:
+                    features = extract_features(encoder, dataset.images, image_size, meta["mean"], meta["std"], device=device)
+                result, metrics, predictions, summary, used = evaluate_classification(job, encoder, meta, dataset, features, train_idx, split, image_size, device, progress, precision)
             record = make_record(job, suite["name"], dataset, result, metrics, n_split, device, time.time() - start, used)
             store.append(record, predictions=predictions)
             ran += 1

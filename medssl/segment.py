@@ -28,6 +28,7 @@ from torch import nn
 from medssl.augment import Normalize, resize
 from medssl.backbone import ResNetTrunk
 from medssl.evaluate import epochs_for, is_validation_epoch
+from medssl.precision import autocast, fixed_precision
 from medssl.unet import UNetDecoder
 
 
@@ -94,7 +95,7 @@ def predict_masks(model: SegmentationModel, images: np.ndarray, indices: np.ndar
     out = []
     for start in range(0, len(indices), batch_size):
         batch = torch.from_numpy(np.ascontiguousarray(images[indices[start : start + batch_size]])).to(device)
-        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")):
+        with autocast(device, fixed_precision(device)):
             out.append(torch.sigmoid(model(batch).float()).cpu())
     return torch.cat(out).numpy()
 
@@ -121,7 +122,7 @@ def train_segmentation(encoder: ResNetTrunk, meta: Dict[str, Any], image_size: i
             flip = torch.rand(len(idx), generator=generator) < 0.5
             x = torch.where(flip[:, None, None, None].to(device), x.flip(-1), x)
             y = torch.where(flip[:, None, None].to(device), y.flip(-1), y)
-            with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")):
+            with autocast(device, fixed_precision(device)):
                 logits = model(x).float()
             loss = F.binary_cross_entropy_with_logits(logits, y) + soft_dice_loss(logits, y)
             optimizer.zero_grad()

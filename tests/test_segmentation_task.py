@@ -72,3 +72,14 @@ def test_segmentation_records_tables_and_statistics(tmp_path, synthetic_root):
     # a frozen encoder's decoder and a fine-tuned one are different models: their Dice values differ
     by_protocol = {p: np.mean([r["value"] for r in records if r["protocol"] == p]) for p in ("linear", "finetune")}
     assert by_protocol["linear"] != by_protocol["finetune"]
+
+
+def test_segmentation_on_a_dataset_without_masks_is_a_clear_error(tmp_path, synthetic_root):
+    suite = segmentation_suite()
+    fundus = {"name": "synthetic_fundus", "params": {"n_images": 40, "size": 32, "seed": 0}}
+    suite["pretrain"]["datasets"]["fundus"] = {**fundus, "splits": ["train", "val"]}
+    suite["methods"] = ["supervised"]
+    suite["tasks"] = [{**copy.deepcopy(PTX_TASK), "name": "Fundus", "dataset": fundus, "pretrain": "fundus"}]
+    plan = build_plan(suite)
+    with pytest.raises(ConfigError, match="'Fundus' is a segmentation task but dataset 'synthetic_fundus' has no masks"):
+        run_plan(plan, synthetic_root, tmp_path / "results", progress=False, log=lambda _: None)
