@@ -6,6 +6,7 @@ from PIL import Image
 from datasets import DatasetError, load_dataset
 from datasets.imageio import decode_fundus
 from datasets.mured import CLASS_NAMES as MURED_CLASSES
+from loader_errors import expect_load_error
 
 
 def fundus(path, width, height, colour=(180, 90, 40), border=10):
@@ -65,8 +66,7 @@ def test_mured_labels_by_name_mixed_extensions_and_official_test_split(tmp_path)
     assert ds.labels[2, MURED_CLASSES.index("ODC")] == 1 and ds.labels[2, MURED_CLASSES.index("OTHER")] == 1  # ID 3
     assert ds.labels[0].sum() == 1 and ds.labels[0, MURED_CLASSES.index("NORMAL")] == 1  # ID 1
     (root / "val_data.csv").write_text("ID,DR\n1,1\n")
-    with pytest.raises(DatasetError, match="missing columns"):
-        load_dataset("mured", tmp_path, size=16)
+    expect_load_error(tmp_path, "mured", "missing columns")
 
 
 def test_odir_uses_per_eye_targets_not_patient_columns(tmp_path):
@@ -93,18 +93,14 @@ def test_odir_uses_per_eye_targets_not_patient_columns(tmp_path):
 
 
 def test_odir_bad_inputs_name_the_problem(tmp_path):
-    with pytest.raises(DatasetError, match="ODIR-5K not found"):
-        load_dataset("odir", tmp_path, size=16)
+    expect_load_error(tmp_path, "odir", "ODIR-5K not found")
     root = tmp_path / "odir"
     root.mkdir()
     (root / "full_df.csv").write_text('ID,filename,target\n0,0_left.jpg,"[1, 0]"\n')
-    with pytest.raises(DatasetError, match="target must be 8 values"):
-        load_dataset("odir", tmp_path, size=16)
+    expect_load_error(tmp_path, "odir", "target must be 8 values")
     (root / "full_df.csv").write_text('ID,filename,target\n0,0_left.jpg,"[1, 0, 0, 0, 0, 0, 0, 0]"\n')
-    with pytest.raises(DatasetError, match="0_left.jpg"):
-        load_dataset("odir", tmp_path, size=16)
-    with pytest.raises(DatasetError, match="EyePACS not found"):
-        load_dataset("eyepacs", tmp_path, size=16)
+    expect_load_error(tmp_path, "odir", "0_left.jpg")
+    expect_load_error(tmp_path, "eyepacs", "EyePACS not found")
 
 
 def test_odir_patient_labels_from_data_xlsx(tmp_path):
@@ -123,10 +119,7 @@ def test_odir_patient_labels_from_data_xlsx(tmp_path):
     assert ds.images.shape == (8, 3, 16, 16) and ds.patient_ids.tolist() == [0, 0, 1, 1, 4, 4, 7, 7]
     assert ds.labels[:2].tolist() == [[0, 0, 0, 1, 0, 0, 0, 0]] * 2, "both eyes carry the patient's labels"
     assert ds.labels[2].tolist() == [1, 0, 0, 0, 0, 0, 0, 0]
-    with pytest.raises(DatasetError, match="holds full_df.csv.*labels=patient reads data.xlsx"):
-        load_dataset("odir", tmp_path, size=16)  # per-eye labels need full_df.csv
-    with pytest.raises(DatasetError, match="labels must be 'eye'"):
-        load_dataset("odir", tmp_path, size=16, labels="image")
+    expect_load_error(tmp_path, "odir", "holds full_df.csv.*labels=patient reads data.xlsx")  # per-eye labels need full_df.csv
+    expect_load_error(tmp_path, "odir", "labels must be 'eye'", labels="image")
     pd.DataFrame([row[:7] + [2] + row[8:] for row in rows], columns=columns).to_excel(folder / "data.xlsx", index=False)
-    with pytest.raises(DatasetError, match="must be 0/1"):
-        load_dataset("odir", tmp_path, size=16, labels="patient")
+    expect_load_error(tmp_path, "odir", "must be 0/1", labels="patient")

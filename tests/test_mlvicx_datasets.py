@@ -1,10 +1,10 @@
 """VinDr-CXR and RSNA Pneumonia loaders on tiny fake copies (spec sections 6-7)."""
 import numpy as np
-import pytest
 
-from datasets import DatasetError, load_dataset
+from datasets import load_dataset
 from datasets.vindr_cxr import CLASS_NAMES as VINDR_CLASSES
 from fake_dicom import write_dicom
+from loader_errors import expect_load_error
 
 
 def test_vindr_union_of_readers_and_monochrome1_inversion(tmp_path):
@@ -46,29 +46,22 @@ def test_rsna_two_labels_deduplicated_classes_and_disagreement(tmp_path):
     assert ds.labels[:3].tolist() == [[0, 0], [1, 0], [0, 1]]
     assert ds.summary()["splits"] == {"train": 7, "val": 1, "test": 2}
     (root / "stage_2_detailed_class_info.csv").write_text("\n".join(classes).replace("p1,Lung Opacity", "p1,Normal") + "\n")
-    with pytest.raises(DatasetError, match="disagree"):
-        load_dataset("rsna_pneumonia", tmp_path, size=16)
+    expect_load_error(tmp_path, "rsna_pneumonia", "disagree")
 
 
 def test_vindr_and_rsna_bad_inputs_name_the_problem(tmp_path):
-    with pytest.raises(DatasetError, match="VinDr-CXR not found"):
-        load_dataset("vindr_cxr", tmp_path, size=16)
+    expect_load_error(tmp_path, "vindr_cxr", "VinDr-CXR not found")
     root = tmp_path / "vindr_cxr"
     (root / "train").mkdir(parents=True)
     (root / "train.csv").write_text("image_id,class_name,class_id,rad_id,x_min,y_min,x_max,y_max\nimg_a,Other,15,R1,,,,\n")
-    with pytest.raises(DatasetError, match="class_id 15 is outside 0-14"):
-        load_dataset("vindr_cxr", tmp_path, size=16)
+    expect_load_error(tmp_path, "vindr_cxr", "class_id 15 is outside 0-14")
     (root / "train.csv").write_text("image_id,class_name,class_id,rad_id,x_min,y_min,x_max,y_max\nimg_a,No finding,14,R1,,,,\n")
-    with pytest.raises(DatasetError, match="img_a.dicom"):
-        load_dataset("vindr_cxr", tmp_path, size=16)
-    with pytest.raises(DatasetError, match="RSNA Pneumonia not found"):
-        load_dataset("rsna_pneumonia", tmp_path, size=16)
+    expect_load_error(tmp_path, "vindr_cxr", "img_a.dicom")
+    expect_load_error(tmp_path, "rsna_pneumonia", "RSNA Pneumonia not found")
     rsna = tmp_path / "rsna_pneumonia"
     rsna.mkdir()
     (rsna / "stage_2_train_labels.csv").write_text("patientId,x,y,width,height,Target\np0,,,,,0\n")
     (rsna / "stage_2_detailed_class_info.csv").write_text("patientId,class\np0,Healthy\n")
-    with pytest.raises(DatasetError, match="unknown class 'Healthy'"):
-        load_dataset("rsna_pneumonia", tmp_path, size=16)
+    expect_load_error(tmp_path, "rsna_pneumonia", "unknown class 'Healthy'")
     (rsna / "stage_2_detailed_class_info.csv").write_text("patientId,class\np0,Normal\n")
-    with pytest.raises(DatasetError, match="p0.dcm"):
-        load_dataset("rsna_pneumonia", tmp_path, size=16)
+    expect_load_error(tmp_path, "rsna_pneumonia", "p0.dcm")
