@@ -35,6 +35,9 @@ def test_dry_run_respects_overrides(tmp_path, capsys):
         (["--suite", "smoke", "--fractions", "150"], "label fraction 150% is impossible"),
         (["--suite", "smoke", "--data-root", "/does/not/exist"], "data root /does/not/exist does not exist"),
         (["report", "--suite", "smoke", "--out", "/does/not/exist"], "no stored results"),
+        (["--suite", "smoke", "--device", "cpu", "--devices", "0"], "--devices must be at least 1"),
+        (["--suite", "smoke", "--dry-run", "--shard", "3/2"], "need 1 <= K <= N"),
+        (["report", "--suite", "smoke", "--shard", "1/2"], "'report' reads every shard's records; run it without --shard"),
     ],
 )
 def test_bad_input_gives_one_line_error(args, message, capsys):
@@ -77,3 +80,9 @@ def test_batch_larger_than_pretraining_data_is_a_clear_error(tmp_path, capsys):
     args = ["--suite", str(path), "--methods", "simclr", "--data-root", str(tmp_path / "data"), "--out", str(tmp_path / "out"), "--no-progress"]
     assert main(args) == 2
     assert "fewer than one batch of 4096" in capsys.readouterr().err
+
+
+def test_a_batch_that_does_not_split_over_the_devices_is_refused(tmp_path, capsys):
+    args = ["--suite", "smoke", "--methods", "simclr", "--device", "cpu", "--devices", "3", "--data-root", str(tmp_path), "--out", str(tmp_path / "r"), "--no-progress"]
+    assert main(args) == 2
+    assert "batch size 16 does not split evenly over 3 devices" in capsys.readouterr().err

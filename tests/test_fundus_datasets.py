@@ -121,5 +121,7 @@ def test_odir_patient_labels_from_data_xlsx(tmp_path):
     assert ds.labels[2].tolist() == [1, 0, 0, 0, 0, 0, 0, 0]
     expect_load_error(tmp_path, "odir", "holds full_df.csv.*labels=patient reads data.xlsx")  # per-eye labels need full_df.csv
     expect_load_error(tmp_path, "odir", "labels must be 'eye'", labels="image")
+    (folder / "data.xlsx").write_bytes(b"not a workbook")
+    expect_load_error(tmp_path, "odir", "data.xlsx: cannot be read as an Excel workbook", labels="patient")
     pd.DataFrame([row[:7] + [2] + row[8:] for row in rows], columns=columns).to_excel(folder / "data.xlsx", index=False)
     expect_load_error(tmp_path, "odir", "must be 0/1", labels="patient")
