@@ -94,7 +94,8 @@ def run_pretraining(job: PretrainJob, dataset: ImageDataset, checkpoints_dir: Pa
 
     ``devices`` > 1 trains with Lightning's DDP in spawned processes (``ddp_spawn``, one per device; CPU processes
     use gloo): the suite's batch size stays the global batch, split evenly, with synchronised BatchNorm on GPUs so that
-    the statistics are those of the global batch, and the batch-level losses gather across processes. That is why the
+    the statistics are those of the global batch (except MoCo-based methods, which shuffle keys across processes
+    instead: ``SSLMethod.sync_batchnorm``), and the batch-level losses and queues gather across processes. That is why the
     device count is not part of the pretraining hash (CPU processes keep per-process BatchNorm statistics: torch has
     no CPU SyncBatchNorm; that mode is for tests). ``compile_backbone`` wraps the trunk with ``torch.compile``.
     """
@@ -152,7 +153,8 @@ def run_pretraining(job: PretrainJob, dataset: ImageDataset, checkpoints_dir: Pa
             accelerator="gpu" if device.startswith("cuda") else "cpu",
             devices=devices,
             strategy="ddp_spawn" if devices > 1 else "auto",
-            sync_batchnorm=devices > 1 and device.startswith("cuda"),  # torch's SyncBatchNorm has no CPU kernel
+            # torch's SyncBatchNorm has no CPU kernel; MoCo-based methods shuffle keys across processes instead
+            sync_batchnorm=devices > 1 and device.startswith("cuda") and model.sync_batchnorm,
             precision=amp,
             callbacks=callbacks,
             logger=pl.loggers.CSVLogger(run_dir, name="logs"),  # version_N per (re)start: a resume keeps earlier logs

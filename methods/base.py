@@ -60,6 +60,9 @@ class SSLMethod(pl.LightningModule):
     needs_pretraining: bool = True
     #: augmentation settings that override the suite's for this method (e.g. BYOL's asymmetric blur)
     view_overrides: Dict[str, Any] = {}
+    #: False for methods whose official code keeps per-process BatchNorm statistics on purpose under DDP (MoCo's
+    #: shuffle-BN: a query and its key must not share batch statistics); the others synchronise BatchNorm on GPUs
+    sync_batchnorm: bool = True
     #: bump when a code change alters what the method trains: it is part of the pretraining hash, so cached
     #: encoders and results of the old code are not reused
     version: int = 1
@@ -204,6 +207,24 @@ def gather_across_processes() -> bool:
     the world size at every call, so the flag can be set when the module is built, before DDP starts its
     processes; a single process gathers nothing."""
     return dist.is_available()
+
+
+def distributed_world() -> int:
+    """Number of processes of the running DDP group (1 outside DDP)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def average_gradients_across_processes(module: nn.Module) -> None:
+    """All-reduce the gradients of a module that is trained outside DDP's forward/backward (e.g. a GAN
+    discriminator with its own optimiser, stepped in a hook): DDP's reducer only averages gradients of the
+    backward pass that follows its own forward, so without this each process would train a different copy."""
+    world = distributed_world()
+    if world == 1:
+        return
+    for parameter in module.parameters():
+        if parameter.grad is not None:
+            dist.all_reduce(parameter.grad)
+            parameter.grad /= world
 
 
 def pooled(feature_map: torch.Tensor) -> torch.Tensor:

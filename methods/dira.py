@@ -5,8 +5,11 @@
   comes from an EMA copy (m = 0.999, constant) of encoder + head applied to view 2; InfoNCE at temperature 0.2
   against a queue of past keys (lightly's ``NTXentLoss`` with a memory bank, ``MoCoProjectionHead``). The official
   key encoder is an EMA of the whole U-Net, but only its encoder and head produce keys, so we copy only those.
-  Shuffle-BN needs several processes; with one process there is nothing to shuffle (as the official code, which
-  requires DDP).
+  Under DDP, as MoCo: the keys of all processes enter one shared queue (gathered before the enqueue, so the queue
+  is the same as one process's on the global batch), and shuffle-BN (MoCo, section 3.3) shuffles the key batch
+  across processes before the key encoder and restores the order after, with per-process BatchNorm statistics
+  (``sync_batchnorm = False``: synchronised statistics would let a query and its key share them again). With one
+  process there is nothing to shuffle (the official code requires DDP).
 * Restoration (section 3, "Restorative learning"): a U-Net on the same ResNet-18 encoder (``medssl.unet``,
   smp's decoder widths 256-16) with a sigmoid output restores view 1 from its distorted version; L_r = MSE,
   weight 10. Target = the view-1 crop **after** the same crop and flip as the input, before the intensity
@@ -19,7 +22,8 @@
 * Adversary (section 3, "Adversarial learning"): LSGAN. Discriminator = conv3x3 with strides 2, 2, 2, 1 and
   widths 64-512 (InstanceNorm except the first, LeakyReLU 0.2), a final conv3x3 to one channel, N(0, 0.02) init;
   L_G adds 0.001 * MSE(D(restored), 1), L_D = [MSE(D(target), 1) + MSE(D(restored), 0)] / 2 with Adam 2e-4,
-  betas (0.5, 0.999), one discriminator step after every generator step (``on_train_batch_end``).
+  betas (0.5, 0.999), one discriminator step after every generator step (``on_train_batch_end``). That step runs
+  outside DDP's forward, so its gradients are all-reduced by hand: every process keeps the same discriminator.
   The official code trains in two stages (discrimination + restoration for 1200 epochs at batch 256, then all
   three for 400 epochs at batch 16 from that checkpoint); under the suite's shared protocol we train the three
   losses jointly for the suite's epochs and batch size.
@@ -35,11 +39,12 @@ import torch
 import torch.nn.functional as F
 from lightly.loss import NTXentLoss
 from lightly.models.modules.heads import MoCoProjectionHead
+from lightly.models.utils import batch_shuffle_distributed, batch_unshuffle_distributed
 from torch import nn
 
 from medssl.augment import photometric, random_resized_crop, to_unit_float
 from medssl.unet import UNetDecoder
-from methods.base import MethodConfig, SSLMethod, pooled
+from methods.base import MethodConfig, SSLMethod, average_gradients_across_processes, distributed_world, gather_across_processes, pooled
 
 
 @dataclasses.dataclass
@@ -118,6 +123,7 @@ class PatchDiscriminator(nn.Module):
 
 class DiRA(SSLMethod):
     Config = DiRAConfig
+    sync_batchnorm = False  # shuffle-BN instead (module docstring)
 
     def build(self) -> None:
         c = self.config
@@ -125,7 +131,7 @@ class DiRA(SSLMethod):
         self.projection_head = MoCoProjectionHead(dim, c.hidden_dim, c.output_dim)
         self.decoder = UNetDecoder(skips=True)
         self.restoration_head = nn.Conv2d(self.decoder.channels[-1], self.protocol.in_channels, 3, padding=1)
-        self.criterion = NTXentLoss(temperature=c.temperature, memory_bank_size=(c.queue_size, c.output_dim))
+        self.criterion = NTXentLoss(temperature=c.temperature, memory_bank_size=(c.queue_size, c.output_dim), gather_distributed=gather_across_processes())
         self.make_ema_targets("backbone", "projection_head")
         self.discriminator = PatchDiscriminator(self.protocol.in_channels) if c.adversarial_weight > 0 else None
         self.discriminator_optimizer = None
@@ -154,13 +160,20 @@ class DiRA(SSLMethod):
         restored = torch.sigmoid(self.restoration_head(self.decoder(stages)[-1]).float())
         return pooled(stages[-1]), restored
 
+    @torch.no_grad()
+    def momentum_keys(self, key_input: torch.Tensor) -> torch.Tensor:
+        """Keys of the EMA encoder + head, with MoCo's shuffle-BN across DDP processes."""
+        if distributed_world() == 1:
+            return self.projection_head_target(self.backbone_target(key_input)).float()
+        shuffled, restore = batch_shuffle_distributed(key_input)
+        return batch_unshuffle_distributed(self.projection_head_target(self.backbone_target(shuffled)).float(), restore)
+
     def compute_loss(self, views, images) -> Dict[str, Any]:
         c = self.config
         query_input, key_input, target = views
         features, restored = self.restore(query_input)
         query = self.projection_head(features).float()
-        with torch.no_grad():
-            key = self.projection_head_target(self.backbone_target(key_input)).float()
+        key = self.momentum_keys(key_input)
         with self.full_precision():
             discriminative = self.criterion(query, key)
         restoration = F.mse_loss(restored, target.float())
@@ -190,6 +203,7 @@ class DiRA(SSLMethod):
         loss = 0.5 * (F.mse_loss(real, torch.ones_like(real)) + F.mse_loss(fake, torch.zeros_like(fake)))
         self.discriminator_optimizer.zero_grad(set_to_none=True)  # drops the gradients the generator loss left
         loss.backward()
+        average_gradients_across_processes(self.discriminator)
         self.discriminator_optimizer.step()
         self.discriminator_optimizer.zero_grad(set_to_none=True)
         return loss.detach()

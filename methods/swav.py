@@ -13,7 +13,9 @@ As in the official code: prototypes are L2-normalised before every step and kept
 global-view embeddings that joins the Sinkhorn step (not the loss) once it is full, filled from
 ``queue_start_epoch`` (the paper's small-batch setting and the official options ``queue_length`` 3840 and
 ``epoch_queue_starts`` 15 at batch 256). A queue longer than the corpus would hold the same images twice; the
-suites set it to fit. The prototype scores, Sinkhorn and the loss run in fp32 under mixed precision.
+suites set it to fit. Under DDP each process keeps ``queue_length / processes`` embeddings, as the official code:
+Sinkhorn gathers across processes, so it sees as many queued embeddings as one process would. The prototype
+scores, Sinkhorn and the loss run in fp32 under mixed precision.
 """
 import dataclasses
 from typing import Tuple
@@ -24,7 +26,7 @@ from lightly.models.modules.heads import SwaVProjectionHead, SwaVPrototypes
 from torch import nn
 
 from medssl.augment import augment_view, view_configs
-from methods.base import MethodConfig, SSLMethod, gather_across_processes
+from methods.base import MethodConfig, SSLMethod, distributed_world, gather_across_processes
 
 
 @dataclasses.dataclass
@@ -81,12 +83,27 @@ class SwAV(SSLMethod):
             self.enqueue(torch.stack(embeddings[: self.n_views]).detach())
         return {"loss": loss.squeeze()}
 
+    def setup(self, stage: str) -> None:
+        """Size this process's queue share; runs in every DDP process before a checkpoint is restored."""
+        local_length = self.config.queue_length // distributed_world()
+        if self.queue.shape[1] != local_length:
+            self.queue = torch.zeros(self.n_views, local_length, self.config.output_dim, device=self.queue.device)
+            self.queue_filled.zero_()
+
+    def on_load_checkpoint(self, checkpoint) -> None:
+        """A run resumed on another number of processes starts its queue afresh (it refills within an epoch)."""
+        state = checkpoint.get("state_dict", {})
+        if "queue" in state and state["queue"].shape != self.queue.shape:
+            state["queue"] = torch.zeros_like(self.queue)
+            state["queue_filled"] = torch.zeros_like(self.queue_filled)
+
     def queue_in_use(self) -> bool:
-        return self.config.queue_length > 0 and int(self.queue_filled) >= self.config.queue_length
+        return self.queue.shape[1] > 0 and int(self.queue_filled) >= self.queue.shape[1]
 
     @torch.no_grad()
     def enqueue(self, embeddings: torch.Tensor) -> None:
         """Newest embeddings first; the oldest fall off the end."""
-        n = min(embeddings.shape[1], self.config.queue_length)
-        self.queue.copy_(torch.cat([embeddings[:, :n].to(self.queue.dtype), self.queue[:, : self.config.queue_length - n]], dim=1))
+        length = self.queue.shape[1]
+        n = min(embeddings.shape[1], length)
+        self.queue.copy_(torch.cat([embeddings[:, :n].to(self.queue.dtype), self.queue[:, : length - n]], dim=1))
         self.queue_filled.add_(n)

@@ -1,5 +1,6 @@
 """Two CPU processes (gloo) on halves of a batch give the same gradients as one process on the whole batch, for the
-losses that gather across processes (SimCLR's NT-Xent, VICReg's variance/covariance, SwAV's Sinkhorn).
+losses that gather across processes (SimCLR's NT-Xent, VICReg's variance/covariance, SwAV's Sinkhorn, also with
+SwAV's queue split over the processes); MoCo-based DiRA/CAiD share one queue of keys and one discriminator.
 
 Each process computes its loss on its half, back-propagates through lightly's gather, and averages parameter
 gradients over processes as DDP does. BatchNorm layers run on fixed statistics (eval mode) so that only the loss's
@@ -18,11 +19,11 @@ from tests.test_methods import SMALL_HEADS, fixed_batch, tiny_protocol
 WORLD = 2
 
 
-def _model(name):
+def _model(name, **params):
     from methods import build_method
 
     torch.manual_seed(0)
-    model = build_method(name, tiny_protocol(), SMALL_HEADS[name])
+    model = build_method(name, tiny_protocol(), {**SMALL_HEADS[name], **params})
     for module in model.modules():
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
             module.eval()
@@ -36,12 +37,27 @@ def _gradients(model, views):
     return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}, loss.detach()
 
 
-def _worker(rank, name, views, port, out):
+def _fill_swav_queue(model, rank, world):
+    """A full queue of fixed embeddings: one process holds all of it, process ``rank`` of ``world`` its share."""
+    torch.manual_seed(2)
+    full = torch.nn.functional.normalize(torch.randn(model.n_views, model.config.queue_length, model.config.output_dim), dim=-1)
+    model.setup("fit")
+    model.queue.copy_(full.chunk(world, dim=1)[rank])
+    model.queue_filled.fill_(model.queue.shape[1])
+
+
+def _init_group(rank, port):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+
+
+def _worker(rank, name, views, port, out, params, prepare):
+    _init_group(rank, port)
     try:
-        model = _model(name)
+        model = _model(name, **params)
+        if prepare is not None:
+            prepare(model, rank, WORLD)
         local = [v.chunk(WORLD)[rank] for v in views]
         grads, loss = _gradients(model, local)
         for g in grads.values():
@@ -60,14 +76,18 @@ def _free_port():
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("name", ["simclr", "vicreg", "swav"])
-def test_two_processes_match_one_process(name, tmp_path):
-    model = _model(name)
+@pytest.mark.parametrize("name, params, prepare", [("simclr", {}, None), ("vicreg", {}, None), ("swav", {}, None),
+                                                    ("swav", {"queue_length": 12}, _fill_swav_queue)],
+                         ids=["simclr", "vicreg", "swav", "swav-queue"])
+def test_two_processes_match_one_process(name, params, prepare, tmp_path):
+    model = _model(name, **params)
+    if prepare is not None:
+        prepare(model, 0, 1)
     torch.manual_seed(1)
     views = [v.detach() for v in model.make_views(fixed_batch(n=8, size=48))]
     expected, expected_loss = _gradients(model, views)
     out = tmp_path / "grads.pt"
-    mp.start_processes(_worker, args=(name, views, _free_port(), out), nprocs=WORLD, start_method="spawn")
+    mp.start_processes(_worker, args=(name, views, _free_port(), out, params, prepare), nprocs=WORLD, start_method="spawn")
     got = torch.load(out)
     # without the gather each process would score its half against fewer negatives / batch statistics: other loss
     assert torch.allclose(got["loss"], expected_loss, rtol=1e-5, atol=1e-6), (float(got["loss"]), float(expected_loss))
@@ -78,3 +98,32 @@ def test_two_processes_match_one_process(name, tmp_path):
     worst = max(float((got["grads"][n] - g).abs().max()) for n, g in expected.items()) / scale
     assert worst < 1e-5, f"largest gradient difference {worst:.2e} of the largest gradient"
 
+
+
+def _moco_worker(rank, views, port, out_dir):
+    _init_group(rank, port)
+    try:
+        model = _model("dira")
+        model.compute_loss([v.chunk(WORLD)[rank] for v in views], None)  # enqueues the keys (shuffle-BN path)
+        model.discriminator_step(*model._pending_adversary)
+        torch.save({"queue": model.criterion.memory_bank.bank.clone(), "discriminator": model.discriminator.state_dict()}, out_dir / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_moco_queue_and_discriminator_are_shared_across_processes(tmp_path):
+    """DiRA (and CAiD, its subclass): the keys of both processes enter one queue in global-batch order, the same
+    queue as one process's; the discriminator, stepped outside DDP's backward, stays one model."""
+    model = _model("dira")
+    torch.manual_seed(1)
+    views = [v.detach() for v in model.make_views(fixed_batch(n=8, size=48))]
+    model.compute_loss(views, None)
+    model.discriminator_step(*model._pending_adversary)
+    mp.start_processes(_moco_worker, args=(views, _free_port(), tmp_path), nprocs=WORLD, start_method="spawn")
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
+    for got in ranks:
+        assert torch.allclose(got["queue"], model.criterion.memory_bank.bank, atol=1e-5), "queue differs from one process's"
+        for key, value in model.discriminator.state_dict().items():
+            assert torch.allclose(got["discriminator"][key], value, atol=1e-5), key
+    for key, value in ranks[0]["discriminator"].items():
+        assert torch.equal(value, ranks[1]["discriminator"][key]), f"discriminators diverged at {key}"
