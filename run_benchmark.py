@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--precision", default="auto", choices=("auto", "32", "bf16"), help="training precision: auto = bf16 autocast where the hardware runs it natively (recent GPUs, CPUs with AVX512-BF16), fp16 on older GPUs, else fp32; 32 forces fp32 (default: auto)")
     parser.add_argument("--shard", help="K/N: run only the K-th of N disjoint parts of the job grid (whole pretrainings with their evaluations), e.g. one per cluster array task; each shard writes OUT/<suite>/records.shard-K-of-N.jsonl and 'report' merges them")
     parser.add_argument("--devices", type=int, default=1, help="pretrain on this many devices of this machine with DDP (the suite's batch size is the global batch; BatchNorm synchronised) (default: 1)")
+    parser.add_argument("--nodes", type=int, default=1, help="pretrain across this many nodes with DDP; start one process per device on every node with srun or torchrun, e.g. 'srun --nodes 2 --ntasks-per-node 4 python run_benchmark.py --suite miccai2024 --nodes 2 --devices 4' (default: 1)")
     parser.add_argument("--compile", action="store_true", help="compile the ResNet-18 trunk with torch.compile for pretraining (GPU; needs a C++ compiler on CPU)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan (every pretraining and evaluation job with its key and status) and exit")
     parser.add_argument("--list", action="store_true", help="list suites, methods and datasets and exit")
@@ -179,14 +180,19 @@ def main(argv=None) -> int:
             for path in write_reports(plan, store, reports_dir, store.pretraining_records()):
                 print(f"wrote {path}")
             return 0
+        from medssl.cluster import check_multi_node
         from medssl.runner import run_plan
 
         device = resolve_device(args.device)
         if args.devices < 1 or (device.startswith("cuda") and args.devices > torch_device_count()):
             raise ConfigError(f"--devices {args.devices}: this machine has {torch_device_count()} CUDA devices" if device.startswith("cuda") else f"--devices must be at least 1, got {args.devices}")
+        global_rank = check_multi_node(args.nodes, args.devices)
         data_root = resolve_data_root(args.data_root)
         started = time.time()
-        summary = run_plan(plan, data_root, out_dir, device=device, progress=not args.no_progress, store=store, precision=args.precision, devices=args.devices, compile_backbone=args.compile)
+        summary = run_plan(plan, data_root, out_dir, device=device, progress=not args.no_progress, store=store, precision=args.precision, devices=args.devices, compile_backbone=args.compile,
+                           nodes=args.nodes, global_rank=global_rank)
+        if global_rank != 0:
+            return 0  # rank 0 evaluates, writes the records and the reports
         if shard is None:
             for path in write_reports(plan, store, reports_dir, store.pretraining_records()):
                 print(f"wrote {path}")

@@ -28,10 +28,10 @@ def load_generated(name: str, data_root: Path, params: Dict, generate: Callable[
         for array_name, arr in zip(ARRAYS, generate()):
             if arr is None:
                 continue
-            tmp = cache / f"{array_name}.tmp.npy"
+            tmp = cache / f"{array_name}.tmp-{os.getpid()}.npy"  # per process: the processes of a multi-node run may all generate
             np.save(tmp, arr)
             os.replace(tmp, cache / f"{array_name}.npy")
-        tmp = cache / "manifest.tmp.json"
+        tmp = cache / f"manifest.tmp-{os.getpid()}.json"
         tmp.write_text(json.dumps({"params": params, "classes": list(class_names)}, indent=1))
         os.replace(tmp, cache / "manifest.json")  # written last: its presence marks a complete cache
     loaded = {a: np.load(cache / f"{a}.npy", mmap_mode="r" if a in ("images", "masks") else None) for a in ARRAYS if (cache / f"{a}.npy").exists()}

@@ -155,7 +155,7 @@ def markdown_to_html(markdown: str) -> str:
     return "\n".join(out)
 
 
-_ORDER = ["table1.md", "table2.md", "statistics.md", "random_init_margins.md", "finetune_gap.md", "pretraining.md"]
+_ORDER = ["table1.md", "table2.md", "statistics.md", "random_init_margins.md", "finetune_gap.md", "segmentation.md", "pretraining.md"]
 _STYLE = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}table{border-collapse:collapse;margin:1em 0;font-size:13px}"
           "th,td{border:1px solid #ccc;padding:3px 6px;text-align:right}th:first-child,td:first-child{text-align:left}img{max-width:100%}")
 

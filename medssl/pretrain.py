@@ -89,7 +89,7 @@ def load_encoder(path: Path) -> tuple:
 
 
 def run_pretraining(job: PretrainJob, dataset: ImageDataset, checkpoints_dir: Path, device: str = "cpu", progress: bool = True, max_time_s: Optional[float] = None, callbacks: Sequence[pl.Callback] = (), precision: str = "auto",
-                    devices: int = 1, compile_backbone: bool = False) -> Path:
+                    devices: int = 1, compile_backbone: bool = False, nodes: int = 1) -> Path:
     """Pretrain ``job`` (or resume it) and save its encoder; returns the encoder file (at once if it exists).
 
     ``devices`` > 1 trains with Lightning's DDP in spawned processes (``ddp_spawn``, one per device; CPU processes
@@ -97,7 +97,10 @@ def run_pretraining(job: PretrainJob, dataset: ImageDataset, checkpoints_dir: Pa
     the statistics are those of the global batch (except MoCo-based methods, which shuffle keys across processes
     instead: ``SSLMethod.sync_batchnorm``), and the batch-level losses and queues gather across processes. That is why the
     device count is not part of the pretraining hash (CPU processes keep per-process BatchNorm statistics: torch has
-    no CPU SyncBatchNorm; that mode is for tests). ``compile_backbone`` wraps the trunk with ``torch.compile``.
+    no CPU SyncBatchNorm; that mode is for tests). ``nodes`` > 1: this process is one of ``nodes * devices`` started
+    by srun or torchrun (``medssl.cluster``); Lightning's ``ddp`` joins them and only global rank 0 writes the
+    encoder (the returned path exists once rank 0 has finished). ``compile_backbone`` wraps the trunk with
+    ``torch.compile``.
     """
     run_dir = Path(checkpoints_dir) / job.key
     encoder_path = run_dir / ENCODER_FILE
@@ -114,8 +117,11 @@ def run_pretraining(job: PretrainJob, dataset: ImageDataset, checkpoints_dir: Pa
     batch_size = int(pretrain.get("batch_size", 1))
     if job.trains and len(images) < batch_size:
         raise ConfigError(f"{job.key}: {len(images)} pretraining images are fewer than one batch of {batch_size}; lower batch_size or use more data")
-    if job.trains and batch_size % devices:
-        raise ConfigError(f"{job.key}: batch size {batch_size} does not split evenly over {devices} devices; use a device count that divides it")
+    processes = devices * nodes
+    # several nodes: the processes exist already (srun/torchrun); one node: Lightning spawns one per device
+    strategy = "ddp" if nodes > 1 else ("ddp_spawn" if devices > 1 else "auto")
+    if job.trains and batch_size % processes:
+        raise ConfigError(f"{job.key}: batch size {batch_size} does not split evenly over {processes} devices; use a device count that divides it")
     steps_per_epoch = len(images) // batch_size if job.trains else 0
     protocol = PretrainProtocol(
         backbone=job.config.get("protocol", job.config).get("backbone", "resnet18"),
@@ -144,7 +150,7 @@ def run_pretraining(job: PretrainJob, dataset: ImageDataset, checkpoints_dir: Pa
             model.backbone.compile()
         if devices > 1:
             torch.multiprocessing.set_sharing_strategy("file_system")
-        loader = DataLoader(TensorDataset(images), batch_size=batch_size // devices, shuffle=True, drop_last=True, generator=generator, num_workers=0, pin_memory=device.startswith("cuda"))
+        loader = DataLoader(TensorDataset(images), batch_size=batch_size // processes, shuffle=True, drop_last=True, generator=generator, num_workers=0, pin_memory=device.startswith("cuda"))
         callbacks = list(callbacks) + [pl.callbacks.ModelCheckpoint(dirpath=run_dir, filename="last", save_top_k=1, every_n_epochs=1, enable_version_counter=False), EpochHistory(run_dir / "history.jsonl", monitor)]
         if progress:
             callbacks.append(pl.callbacks.RichProgressBar(leave=False))
@@ -152,9 +158,10 @@ def run_pretraining(job: PretrainJob, dataset: ImageDataset, checkpoints_dir: Pa
             max_epochs=protocol.epochs,
             accelerator="gpu" if device.startswith("cuda") else "cpu",
             devices=devices,
-            strategy="ddp_spawn" if devices > 1 else "auto",
+            num_nodes=nodes,
+            strategy=strategy,
             # torch's SyncBatchNorm has no CPU kernel; MoCo-based methods shuffle keys across processes instead
-            sync_batchnorm=devices > 1 and device.startswith("cuda") and model.sync_batchnorm,
+            sync_batchnorm=processes > 1 and device.startswith("cuda") and model.sync_batchnorm,
             precision=amp,
             callbacks=callbacks,
             logger=pl.loggers.CSVLogger(run_dir, name="logs"),  # version_N per (re)start: a resume keeps earlier logs
@@ -168,7 +175,9 @@ def run_pretraining(job: PretrainJob, dataset: ImageDataset, checkpoints_dir: Pa
         trainer.fit(model, loader, ckpt_path=str(resume) if resume.exists() else None)
         # ddp_spawn trains in child processes and returns the weights but not the loop's progress: count the
         # epochs that rank 0 wrote to the history instead
-        finished = trainer.current_epoch if devices == 1 else 1 + max((row["epoch"] for row in read_history(run_dir)), default=-1)
+        finished = trainer.current_epoch if strategy != "ddp_spawn" else 1 + max((row["epoch"] for row in read_history(run_dir)), default=-1)
+        if trainer.global_rank != 0:
+            return encoder_path
         if finished < protocol.epochs:
             raise RuntimeError(f"{job.key}: pretraining stopped at epoch {finished} of {protocol.epochs}; run again to resume")
     meta = {
@@ -183,6 +192,7 @@ def run_pretraining(job: PretrainJob, dataset: ImageDataset, checkpoints_dir: Pa
         "wall_time_s": round(time.time() - start, 2),
         "precision": amp,
         "devices": devices,
+        "nodes": nodes,
         "history": read_history(run_dir),
     }
     tmp = run_dir / (ENCODER_FILE + ".tmp")

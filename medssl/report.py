@@ -306,6 +306,39 @@ def render_gap(plan: Plan, cells: Dict[tuple, Dict[tuple, float]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def render_segmentation_details(plan: Plan, records: Iterable[Dict]) -> str:
+    """Per segmentation task and protocol: the SIIM-rule mean Dice of the tables next to the Dice over images with a
+    mask and the share of mask-free images given a mask. The SIIM rule scores an empty prediction on a mask-free
+    image as 1, so a decoder that predicts nothing scores the mask-free share of the test set; the second column
+    shows whether a row segments at all."""
+    tasks = [t for t in plan.suite["tasks"] if task_type(t) == "segmentation"]
+    if not tasks:
+        return ""
+    by_key = {r["key"]: r for r in records}
+    protocols = [p for p in TABLES if any(p in t["protocols"] for t in tasks)]
+    lines = ["Segmentation details: mean Dice per image with the SIIM rule (the tables' metric) | Dice over the test images "
+             "with a mask | share of mask-free test images given a mask (%), mean over seeds. A decoder that predicts no "
+             "mask anywhere scores the mask-free share of the test set under the SIIM rule, with Dice 0 on the images with a mask.", ""]
+    for task in tasks:
+        columns = [(p, float(f)) for p in protocols if p in task["protocols"] for f in task["fractions"]]
+        lines.append("| Method | " + " | ".join(f"{task['name']} {fraction_label(f)} {p}" for p, f in columns) + " |")
+        lines.append("|---|" + "---:|" * len(columns))
+        for method in plan.suite["methods"]:
+            out = []
+            for protocol, fraction in columns:
+                found = [by_key[j.key] for j in plan.eval_jobs if j.key in by_key and j.pretrain.method == method and j.task["name"] == task["name"]
+                         and j.protocol == protocol and j.fraction == fraction]
+                if not found:
+                    out.append("–")
+                    continue
+                mean = lambda values: 100 * float(np.mean(values))  # noqa: E731
+                extras = [r.get("extra_metrics", {}) for r in found]
+                out.append(f"{mean([r['value'] for r in found]):.1f} \\| {mean([e['dice_positive'] for e in extras]):.1f} \\| {mean([e['false_positive_rate_empty'] for e in extras]):.1f}")
+            lines.append(f"| {method_label(method)} | " + " | ".join(out) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def write_reports(plan: Plan, records: Iterable[Dict], reports_dir: Path, pretraining: Optional[Dict[str, Dict]] = None) -> List[Path]:
     """Every report file of a suite from its records; ``records`` may be the ``ResultStore`` itself, whose stored
     per-image predictions then feed the image-level statistics (CIs, bootstrap and DeLong tests)."""
@@ -320,6 +353,7 @@ def write_reports(plan: Plan, records: Iterable[Dict], reports_dir: Path, pretra
         "random_init_margins.md": render_random_init_margins(plan, cells),
         "pretraining.md": render_pretraining(plan, pretraining or {}),
         "finetune_gap.md": render_gap(plan, cells),
+        "segmentation.md": render_segmentation_details(plan, records),
     }
     comparisons: Dict[str, List[Comparison]] = {}
     tables: Dict[str, str] = {}

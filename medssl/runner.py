@@ -119,7 +119,10 @@ def _log(message: str) -> None:
     print(message, flush=True)  # flushed: progress stays visible when the output goes to a file
 
 
-def run_plan(plan: Plan, data_root: Path, out_dir: Path, device: str = "cpu", progress: bool = True, log: Callable[[str], None] = _log, store: Optional[ResultStore] = None, precision: str = "auto", devices: int = 1, compile_backbone: bool = False) -> Dict[str, int]:
+def run_plan(plan: Plan, data_root: Path, out_dir: Path, device: str = "cpu", progress: bool = True, log: Callable[[str], None] = _log, store: Optional[ResultStore] = None, precision: str = "auto", devices: int = 1, compile_backbone: bool = False,
+             nodes: int = 1, global_rank: int = 0) -> Dict[str, int]:
+    """Pretrain what the pending evaluations need, then evaluate and store records. In a multi-node run
+    (``medssl.cluster``) every process joins the pretrainings and only global rank 0 stores and evaluates."""
     suite = plan.suite
     provenance.git_commit()  # cached now: records name the code that was checked out when the run started
     store = store or ResultStore(Path(out_dir) / suite["name"])
@@ -135,9 +138,13 @@ def run_plan(plan: Plan, data_root: Path, out_dir: Path, device: str = "cpu", pr
     for key, pjob in needed.items():
         corpus = pjob.config["corpus"]
         log(f"pretraining {key}" + ("" if pjob.trains else " (random initialisation)"))
-        encoders[key] = run_pretraining(pjob, datasets.get(corpus), checkpoints, device=device, progress=progress, precision=precision, devices=devices, compile_backbone=compile_backbone)
+        encoders[key] = run_pretraining(pjob, datasets.get(corpus), checkpoints, device=device, progress=progress and global_rank == 0, precision=precision, devices=devices, compile_backbone=compile_backbone, nodes=nodes)
+        if global_rank != 0:
+            continue
         _, meta = load_encoder(encoders[key])
         store.append_pretraining({"key": key, "method": pjob.method, "hash": pjob.hash, "seed": pjob.seed, "config": pjob.config, "wall_time_s": meta["wall_time_s"], "pretrain_images": meta["pretrain_images"], "history": meta["history"], "precision": meta.get("precision"), "git_commit": provenance.git_commit(), "hardware": provenance.hardware(device)})
+    if global_rank != 0:
+        return {"ran": 0, "skipped": len(plan.eval_jobs) - len(pending)}
 
     groups: Dict[tuple, List[EvalJob]] = {}
     for job in pending:

@@ -69,6 +69,13 @@ def test_segmentation_records_tables_and_statistics(tmp_path, synthetic_root):
     assert "mean Dice per image" in table1 and "| PTX 100% |" in table1
     statistics = written["statistics.csv"].read_text().splitlines()
     assert len(statistics) == 1 + 2 and all(",wilcoxon," in line for line in statistics[1:])  # 1 comparison per table
+    # the details file shows, per cell, the tables' Dice next to the Dice over images with a mask (seed means)
+    details = written["segmentation.md"].read_text()
+    for method in suite["methods"]:
+        cell = [r for r in records if r["method"] == method and r["protocol"] == "linear"]
+        expected = f"{100 * np.mean([r['value'] for r in cell]):.1f} \\| {100 * np.mean([r['extra_metrics']['dice_positive'] for r in cell]):.1f} \\| "
+        assert expected in details, (expected, details)
+    assert "| PTX 100% linear | PTX 100% finetune |" in details
     # a frozen encoder's decoder and a fine-tuned one are different models: their Dice values differ
     by_protocol = {p: np.mean([r["value"] for r in records if r["protocol"] == p]) for p in ("linear", "finetune")}
     assert by_protocol["linear"] != by_protocol["finetune"]
