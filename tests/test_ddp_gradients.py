@@ -123,7 +123,9 @@ def test_moco_queue_and_discriminator_are_shared_across_processes(tmp_path):
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
     for got in ranks:
         assert torch.allclose(got["queue"], model.criterion.memory_bank.bank, atol=1e-5), "queue differs from one process's"
-        for key, value in model.discriminator.state_dict().items():
-            assert torch.allclose(got["discriminator"][key], value, atol=1e-5), key
+    # Equal across processes, bit for bit (each process saw different images, so without the all-reduce they
+    # differ). Not compared with one process: Adam's first step is about lr * sign(gradient), and the biases
+    # before InstanceNorm have gradients of pure rounding noise, whose sign differs between the two computations.
     for key, value in ranks[0]["discriminator"].items():
         assert torch.equal(value, ranks[1]["discriminator"][key]), f"discriminators diverged at {key}"
+    assert not torch.equal(ranks[0]["discriminator"]["net.0.weight"], _model("dira").discriminator.net[0].weight), "the discriminator did not step"

@@ -16,7 +16,7 @@ def test_shards_partition_the_grid_by_pretraining():
     assert sum(len(k) for k in eval_keys) == len(plan.eval_jobs), "no job in two shards"
     assert sum(len(k) for k in pretrain_keys) == len(plan.pretrain_jobs)
     assert all(j.pretrain.key in pretrain_keys[i] for i, s in enumerate(shards) for j in s.eval_jobs)
-    assert [len(k) for k in pretrain_keys] == [4, 3, 3, 3]  # 13 pretrainings dealt round-robin
+    assert [len(k) for k in pretrain_keys] == [7, 7, 6, 6]  # 26 pretrainings (13 methods x 2 corpora) dealt round-robin
     again = shard_plan(build_plan(load_suite("quick")), 2, 4)
     assert [j.key for j in again.eval_jobs] == [j.key for j in shards[1].eval_jobs]
 
