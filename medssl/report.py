@@ -315,6 +315,10 @@ def render_segmentation_details(plan: Plan, records: Iterable[Dict]) -> str:
     if not tasks:
         return ""
     by_key = {r["key"]: r for r in records}
+    by_cell: Dict[tuple, List[Dict]] = {}
+    for job in plan.eval_jobs:
+        if job.key in by_key:
+            by_cell.setdefault((job.pretrain.method, job.task["name"], job.protocol, job.fraction), []).append(by_key[job.key])
     protocols = [p for p in TABLES if any(p in t["protocols"] for t in tasks)]
     lines = ["Segmentation details: mean Dice per image with the SIIM rule (the tables' metric) | Dice over the test images "
              "with a mask | share of mask-free test images given a mask (%), mean over seeds. A decoder that predicts no "
@@ -326,14 +330,12 @@ def render_segmentation_details(plan: Plan, records: Iterable[Dict]) -> str:
         for method in plan.suite["methods"]:
             out = []
             for protocol, fraction in columns:
-                found = [by_key[j.key] for j in plan.eval_jobs if j.key in by_key and j.pretrain.method == method and j.task["name"] == task["name"]
-                         and j.protocol == protocol and j.fraction == fraction]
+                found = by_cell.get((method, task["name"], protocol, fraction))
                 if not found:
                     out.append("–")
                     continue
-                mean = lambda values: 100 * float(np.mean(values))  # noqa: E731
-                extras = [r.get("extra_metrics", {}) for r in found]
-                out.append(f"{mean([r['value'] for r in found]):.1f} \\| {mean([e['dice_positive'] for e in extras]):.1f} \\| {mean([e['false_positive_rate_empty'] for e in extras]):.1f}")
+                values = [[r["value"], r["extra_metrics"]["dice_positive"], r["extra_metrics"]["false_positive_rate_empty"]] for r in found]
+                out.append(" \\| ".join(f"{100 * v:.1f}" for v in np.mean(values, axis=0)))
             lines.append(f"| {method_label(method)} | " + " | ".join(out) + " |")
         lines.append("")
     return "\n".join(lines)

@@ -17,6 +17,7 @@ import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
 from lightly.models.utils import deactivate_requires_grad, get_weight_decay_parameters, update_momentum
+from lightly.utils.dist import world_size
 from lightly.utils.lars import LARS
 from torch import nn
 
@@ -209,16 +210,11 @@ def gather_across_processes() -> bool:
     return dist.is_available()
 
 
-def distributed_world() -> int:
-    """Number of processes of the running DDP group (1 outside DDP)."""
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
 def average_gradients_across_processes(module: nn.Module) -> None:
     """All-reduce the gradients of a module that is trained outside DDP's forward/backward (e.g. a GAN
     discriminator with its own optimiser, stepped in a hook): DDP's reducer only averages gradients of the
     backward pass that follows its own forward, so without this each process would train a different copy."""
-    world = distributed_world()
+    world = world_size()
     if world == 1:
         return
     for parameter in module.parameters():

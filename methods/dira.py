@@ -40,11 +40,12 @@ import torch.nn.functional as F
 from lightly.loss import NTXentLoss
 from lightly.models.modules.heads import MoCoProjectionHead
 from lightly.models.utils import batch_shuffle_distributed, batch_unshuffle_distributed
+from lightly.utils.dist import world_size
 from torch import nn
 
 from medssl.augment import photometric, random_resized_crop, to_unit_float
 from medssl.unet import UNetDecoder
-from methods.base import MethodConfig, SSLMethod, average_gradients_across_processes, distributed_world, gather_across_processes, pooled
+from methods.base import MethodConfig, SSLMethod, average_gradients_across_processes, gather_across_processes, pooled
 
 
 @dataclasses.dataclass
@@ -163,7 +164,7 @@ class DiRA(SSLMethod):
     @torch.no_grad()
     def momentum_keys(self, key_input: torch.Tensor) -> torch.Tensor:
         """Keys of the EMA encoder + head, with MoCo's shuffle-BN across DDP processes."""
-        if distributed_world() == 1:
+        if world_size() == 1:
             return self.projection_head_target(self.backbone_target(key_input)).float()
         shuffled, restore = batch_shuffle_distributed(key_input)
         return batch_unshuffle_distributed(self.projection_head_target(self.backbone_target(shuffled)).float(), restore)

@@ -26,7 +26,9 @@ from lightly.models.modules.heads import SwaVProjectionHead, SwaVPrototypes
 from torch import nn
 
 from medssl.augment import augment_view, view_configs
-from methods.base import MethodConfig, SSLMethod, distributed_world, gather_across_processes
+from lightly.utils.dist import world_size
+
+from methods.base import MethodConfig, SSLMethod, gather_across_processes
 
 
 @dataclasses.dataclass
@@ -85,7 +87,7 @@ class SwAV(SSLMethod):
 
     def setup(self, stage: str) -> None:
         """Size this process's queue share; runs in every DDP process before a checkpoint is restored."""
-        local_length = self.config.queue_length // distributed_world()
+        local_length = self.config.queue_length // world_size()
         if self.queue.shape[1] != local_length:
             self.queue = torch.zeros(self.n_views, local_length, self.config.output_dim, device=self.queue.device)
             self.queue_filled.zero_()

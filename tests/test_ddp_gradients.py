@@ -7,13 +7,13 @@ gradients over processes as DDP does. BatchNorm layers run on fixed statistics (
 cross-process terms are compared (per-process BatchNorm statistics are a separate matter: SyncBatchNorm).
 """
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from tests.distributed import free_port
 from tests.test_methods import SMALL_HEADS, fixed_batch, tiny_protocol
 
 WORLD = 2
@@ -70,11 +70,6 @@ def _worker(rank, name, views, port, out, params, prepare):
         dist.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.mark.parametrize("name, params, prepare", [("simclr", {}, None), ("vicreg", {}, None), ("swav", {}, None),
                                                     ("swav", {"queue_length": 12}, _fill_swav_queue)],
@@ -87,7 +82,7 @@ def test_two_processes_match_one_process(name, params, prepare, tmp_path):
     views = [v.detach() for v in model.make_views(fixed_batch(n=8, size=48))]
     expected, expected_loss = _gradients(model, views)
     out = tmp_path / "grads.pt"
-    mp.start_processes(_worker, args=(name, views, _free_port(), out, params, prepare), nprocs=WORLD, start_method="spawn")
+    mp.start_processes(_worker, args=(name, views, free_port(), out, params, prepare), nprocs=WORLD, start_method="spawn")
     got = torch.load(out)
     # without the gather each process would score its half against fewer negatives / batch statistics: other loss
     assert torch.allclose(got["loss"], expected_loss, rtol=1e-5, atol=1e-6), (float(got["loss"]), float(expected_loss))
@@ -119,7 +114,7 @@ def test_moco_queue_and_discriminator_are_shared_across_processes(tmp_path):
     views = [v.detach() for v in model.make_views(fixed_batch(n=8, size=48))]
     model.compute_loss(views, None)
     model.discriminator_step(*model._pending_adversary)
-    mp.start_processes(_moco_worker, args=(views, _free_port(), tmp_path), nprocs=WORLD, start_method="spawn")
+    mp.start_processes(_moco_worker, args=(views, free_port(), tmp_path), nprocs=WORLD, start_method="spawn")
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
     for got in ranks:
         assert torch.allclose(got["queue"], model.criterion.memory_bank.bank, atol=1e-5), "queue differs from one process's"

@@ -1,6 +1,5 @@
 """The multi-node path: two "nodes" of one CPU process each, started by torchrun on this machine (gloo)."""
 import json
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -10,18 +9,14 @@ import pytest
 from medssl.cluster import check_multi_node
 from medssl.config import ConfigError
 from medssl.records import ResultStore
+from tests.distributed import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def test_two_nodes_pretrain_together_and_rank_zero_evaluates(tmp_path):
-    port = _free_port()
+    port = free_port()
     (tmp_path / "data").mkdir()
     suite_args = ["--suite", "smoke", "--methods", "simclr", "--seeds", "0", "--fractions", "100", "--device", "cpu", "--nodes", "2", "--devices", "1",
                   "--data-root", str(tmp_path / "data"), "--out", str(tmp_path / "results"), "--reports", str(tmp_path / "reports"), "--no-progress"]
