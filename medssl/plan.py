@@ -11,6 +11,8 @@ from medssl.config import PROTOCOL_VERSION, ConfigError, fraction_label, stable_
 from methods import UnknownMethodError, method_class, method_names, resolve_config
 
 PRETRAIN_PROTOCOL_KEYS = ("backbone", "image_size", "epochs", "batch_size", "optimizer", "schedule", "augment")
+# what an encoder without training depends on: its architecture and the views of the BatchNorm statistics pass
+UNTRAINED_PROTOCOL_KEYS = ("backbone", "image_size", "batch_size", "augment")
 
 
 @dataclasses.dataclass
@@ -106,8 +108,9 @@ def build_plan(suite: Dict[str, Any]) -> Plan:
                     config = {"method": method, "params": params, "corpus": with_version(corpus), "protocol": protocol, "seed": int(seed), "version": PROTOCOL_VERSION}
                     if cls.version > 1:  # version 1 is left out so that hashes made before methods had versions stay valid
                         config["method_version"] = cls.version
-                else:  # nothing is trained: only what shapes the random initialisation matters
-                    config = {"method": method, "corpus": with_version(corpus), "backbone": pretrain["backbone"], "seed": int(seed), "version": PROTOCOL_VERSION}
+                else:  # nothing is trained: only what shapes the random initialisation and its BatchNorm statistics
+                    statistics = {k: pretrain[k] for k in UNTRAINED_PROTOCOL_KEYS}
+                    config = {"method": method, "params": params, "corpus": with_version(corpus), "protocol": statistics, "seed": int(seed), "version": PROTOCOL_VERSION}
                 jobs[(method, corpus_name, int(seed))] = PretrainJob(method, corpus_name, int(seed), config, stable_hash(config), pretrain.get("monitor"))
     eval_jobs: List[EvalJob] = []
     for method in suite["methods"]:

@@ -7,6 +7,7 @@ evaluation; an interrupted run resumes from ``last.ckpt``.
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import time
@@ -26,7 +27,7 @@ from medssl.monitor import ProbeMonitor
 from medssl.plan import PretrainJob
 from medssl.precision import precision_for
 from methods import build_method
-from methods.base import PretrainProtocol
+from methods.base import PretrainProtocol, estimate_batchnorm_statistics
 
 ENCODER_FILE = "encoder.pt"
 
@@ -44,10 +45,12 @@ def channel_statistics(images: np.ndarray, max_images: int = 1000, seed: int = 0
 class EpochHistory(pl.Callback):
     """Appends one JSON line per finished epoch to ``history.jsonl`` (survives resumption). With a
     :class:`~medssl.monitor.ProbeMonitor`, rows of monitored epochs carry ``probe_auc`` and ``feature_rank`` and an
-    ``epoch: -1`` row holds those of the random initialisation."""
+    ``epoch: -1`` row holds those of the random initialisation, probed with the BatchNorm statistics of the
+    pretraining corpus (``images``, seen through the method's first view) as the suite's random-init row is
+    (``methods/supervised.py``), on a copy: the training run itself is untouched."""
 
-    def __init__(self, path: Path, monitor=None):
-        self.path, self.monitor = path, monitor
+    def __init__(self, path: Path, monitor=None, images: Optional[torch.Tensor] = None, batch_size: int = 64):
+        self.path, self.monitor, self.images, self.batch_size = path, monitor, images, batch_size
 
     def _write(self, row: Dict[str, Any]) -> None:
         with open(self.path, "a") as fh:
@@ -55,7 +58,11 @@ class EpochHistory(pl.Callback):
 
     def on_train_start(self, trainer: pl.Trainer, module) -> None:
         if self.monitor is not None and trainer.global_rank == 0 and trainer.current_epoch == 0 and not self.path.exists():
-            self._write({"epoch": -1, "step": 0, **self.monitor.probe(module.backbone, str(module.device))})
+            initial = copy.deepcopy(module.backbone)
+            if self.images is not None:
+                with torch.random.fork_rng(devices=[module.device] if module.device.type == "cuda" else []):
+                    estimate_batchnorm_statistics(initial, lambda batch: module.make_views(batch.to(module.device))[0], self.images, self.batch_size, torch.Generator().manual_seed(0))
+            self._write({"epoch": -1, "step": 0, **self.monitor.probe(initial, str(module.device))})
 
     def on_train_epoch_end(self, trainer: pl.Trainer, module) -> None:
         if trainer.global_rank != 0:
@@ -126,7 +133,7 @@ def run_pretraining(job: PretrainJob, dataset: ImageDataset, checkpoints_dir: Pa
     protocol = PretrainProtocol(
         backbone=job.config.get("protocol", job.config).get("backbone", "resnet18"),
         in_channels=dataset.channels,
-        image_size=int(pretrain.get("image_size", dataset.native_size)),  # random init: unused, evaluation sets it
+        image_size=int(pretrain.get("image_size", dataset.native_size)),
         epochs=int(pretrain.get("epochs", 0)),
         steps_per_epoch=steps_per_epoch,
         optimizer=pretrain.get("optimizer", {"name": "lars", "lr": 0.0}),
@@ -151,7 +158,7 @@ def run_pretraining(job: PretrainJob, dataset: ImageDataset, checkpoints_dir: Pa
         if devices > 1:
             torch.multiprocessing.set_sharing_strategy("file_system")
         loader = DataLoader(TensorDataset(images), batch_size=batch_size // processes, shuffle=True, drop_last=True, generator=generator, num_workers=0, pin_memory=device.startswith("cuda"))
-        callbacks = list(callbacks) + [pl.callbacks.ModelCheckpoint(dirpath=run_dir, filename="last", save_top_k=1, every_n_epochs=1, enable_version_counter=False), EpochHistory(run_dir / "history.jsonl", monitor)]
+        callbacks = list(callbacks) + [pl.callbacks.ModelCheckpoint(dirpath=run_dir, filename="last", save_top_k=1, every_n_epochs=1, enable_version_counter=False), EpochHistory(run_dir / "history.jsonl", monitor, images, batch_size)]
         if progress:
             callbacks.append(pl.callbacks.RichProgressBar(leave=False))
         trainer = pl.Trainer(
@@ -180,6 +187,8 @@ def run_pretraining(job: PretrainJob, dataset: ImageDataset, checkpoints_dir: Pa
             return encoder_path
         if finished < protocol.epochs:
             raise RuntimeError(f"{job.key}: pretraining stopped at epoch {finished} of {protocol.epochs}; run again to resume")
+    else:
+        model.prepare_untrained_encoder(images, batch_size, torch.Generator().manual_seed(job.seed))
     meta = {
         "method": job.method,
         "hash": job.hash,

@@ -51,6 +51,25 @@ class MethodConfig:
     """Hyperparameters of a method; subclasses add fields with the paper's defaults."""
 
 
+@torch.no_grad()
+def estimate_batchnorm_statistics(network: nn.Module, inputs, images: torch.Tensor, batch_size: int, generator: torch.Generator) -> None:
+    """Replace the running statistics of ``network``'s BatchNorm layers by their cumulative average (BatchNorm's
+    ``momentum=None``) over one pass of ``images`` in batches of ``batch_size`` (order from ``generator``), each
+    batch turned into network inputs by ``inputs``; weights are unchanged, momenta restored, eval mode on exit.
+    What a frozen encoder that was never trained needs (``methods/supervised.py``)."""
+    norms = [m for m in network.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    network.train()
+    for batch in torch.randperm(len(images), generator=generator).split(batch_size):
+        network(inputs(images[batch]))
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    network.eval()
+
+
 class SSLMethod(pl.LightningModule):
     #: registry name, set by the registry
     name: str = "base"
@@ -87,6 +106,10 @@ class SSLMethod(pl.LightningModule):
     def compute_loss(self, views: List[torch.Tensor], images: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Return a dict with at least ``loss``; ``views`` are normalised, ``images`` the uint8 batch."""
         raise NotImplementedError
+
+    def prepare_untrained_encoder(self, images: torch.Tensor, batch_size: int, generator: torch.Generator) -> None:
+        """Called instead of training for methods with ``needs_pretraining`` False, with the pretraining corpus
+        (uint8) and the suite's batch size (e.g. to estimate BatchNorm statistics); nothing by default."""
 
     def momentum_pairs(self) -> List[tuple]:
         """(online module, EMA module) pairs updated after every optimiser step."""

@@ -120,6 +120,8 @@ class PCRLv2(SSLMethod):
         local_term = local_term / max(1, 2 * len(local_views))
         size, target = first.shape[-1], target.float()
         final = self.final_head(levels[0][-1]).float()
+        if final.shape[-1] != size:  # sides that are not a multiple of 32 (e.g. 48 px): the skip-free decoder overshoots
+            final = F.interpolate(final, size=(size, size), mode="bilinear", align_corners=False)
         middle = sum(F.mse_loss(self.deep_supervision(levels[0], i, size), target) for i in chosen) / len(chosen)
         restoration = F.mse_loss(final, target) + self.restoration_weight() * middle
         loss = global_term + local_term + restoration
