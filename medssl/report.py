@@ -160,7 +160,7 @@ def render_random_init_margins(plan: Plan, cells: Dict[tuple, Dict[tuple, float]
     if reference not in plan.suite["methods"] or not _columns(plan, "linear"):
         return ""
     columns = _columns(plan, "linear")
-    lines = [f"Linear probing: gain over the randomly initialised frozen encoder ({method_label(reference)}), macro AUC points, mean ± sd of per-seed differences.", ""]
+    lines = [f"Linear probing: gain over the randomly initialised frozen encoder ({method_label(reference)}: random weights, BatchNorm statistics of the pretraining corpus), macro AUC points, mean ± sd of per-seed differences.", ""]
     lines += _header(columns)
     for method in plan.suite["methods"]:
         if method == reference:

@@ -12,7 +12,9 @@ Follows the official ``train_2d.py`` (spec section 5) on the suite's ResNet-18 e
   each pair with its own random level, summed and divided by 12 (2 x 6).
 * Pixel restoration (section 3.1): ``MSE(final(view 1), gt) + beta * MSE(mid_i(view 1), gt)`` with the level i of
   the global term, gt = view 1 after the spatial transforms only (crop, flip, rotation), normalised, and
-  ``beta = (1 + cos(pi * progress)) / 2`` (official: over 240 epochs; here over the suite's training).
+  ``beta = (1 + cos(pi * progress)) / 2`` (official: over 240 epochs; here over the suite's training). At input
+  sides that are not a multiple of 32 (the quick suite's 48 px) the skip-free decoder doubles the 2x2 map up to
+  64 px; the final restoration is resized bilinearly to the input size (the official code only runs at 224 px).
 * ``level_sampling: all`` replaces each random level by the mean over all five (an open question of the spec:
   the paper's text can be read either way); the default is the official random level.
 * Total: the unweighted sum of the global, local and restoration terms (official).

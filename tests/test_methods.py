@@ -1,5 +1,6 @@
 """Per-method CPU tests on tiny inputs: shapes, finite and decreasing loss, EMA, CoBooM specifics."""
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -62,6 +63,14 @@ def test_loss_finite_and_decreases_on_fixed_batch(name):
     losses = train_steps(model, fixed_batch(), steps=8)
     assert all(torch.isfinite(torch.tensor(losses))), losses
     assert sum(losses[-2:]) / 2 < sum(losses[:2]) / 2, f"{name} loss did not decrease: {losses}"
+
+
+@pytest.mark.parametrize("name", SSL_METHODS)
+def test_trains_at_a_side_that_is_not_a_multiple_of_32(name):
+    # the quick suite's 48 px: ResNet-18's 2x2 last map upsamples to 64 px in decoders without skips (PCRLv2)
+    protocol = dataclasses.replace(tiny_protocol(), image_size=48)
+    losses = train_steps(build_method(name, protocol, SMALL_HEADS[name]), fixed_batch(n=4, size=64), steps=1)
+    assert all(torch.isfinite(torch.tensor(losses))), losses
 
 
 @pytest.mark.parametrize("name", SSL_METHODS)
