@@ -28,10 +28,10 @@ from medssl.records import ResultStore  # noqa: E402
 from medssl.runner import run_plan  # noqa: E402
 
 
-def linear_cells(records, method: str):
+def linear_cells(records, method: str, tasks):
     cells = defaultdict(list)
     for r in records:
-        if r["method"] == method and r["protocol"] == "linear":
+        if r["method"] == method and r["protocol"] == "linear" and r["task"] in tasks:
             cells[(r["task"], float(r["fraction"]))].append(r["value"])
     return cells
 
@@ -51,7 +51,8 @@ def main() -> int:
     args = parser.parse_args()
     suite = load_suite(args.suite)
     stored = ResultStore(Path(args.out) / suite["name"]).records()
-    corpus = linear_cells(stored, "supervised")
+    classification = {t["name"] for t in suite["tasks"] if task_type(t) == "classification" and "linear" in t["protocols"]}
+    corpus = linear_cells(stored, "supervised", classification)
     if not corpus:
         print(f"no stored linear-probe records of 'supervised' in {args.out}/{suite['name']}; run the suite first", file=sys.stderr)
         return 2
@@ -59,9 +60,9 @@ def main() -> int:
     variant["name"] = f"{suite['name']}-bn-init"
     variant["methods"] = ["supervised"]
     variant["method_params"] = {"supervised": {"batchnorm_statistics": "init"}}
-    variant["tasks"] = [{**t, "protocols": ["linear"]} for t in suite["tasks"] if task_type(t) == "classification" and "linear" in t["protocols"]]
+    variant["tasks"] = [{**t, "protocols": ["linear"]} for t in suite["tasks"] if t["name"] in classification]
     run_plan(build_plan(variant), Path(args.data_root), Path(args.out), progress=False, log=lambda message: None)
-    initial = linear_cells(ResultStore(Path(args.out) / variant["name"]).records(), "supervised")
+    initial = linear_cells(ResultStore(Path(args.out) / variant["name"]).records(), "supervised", classification)
     columns = sorted(corpus, key=lambda c: ([t["name"] for t in suite["tasks"]].index(c[0]), c[1]))
     header = "| Random-init frozen encoder | " + " | ".join(f"{t} {fraction_label(f)}" for t, f in columns) + " |"
     lines = [

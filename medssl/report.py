@@ -191,8 +191,8 @@ def render_pretraining(plan: Plan, pretraining: Dict[str, Dict]) -> str:
         "the same validation features, low when the representation has collapsed onto few directions; codebook "
         "perplexity = exp(entropy of code usage); dead = share of codes unused in the epoch.",
         "",
-        "| Method | epochs | steps | final loss | wall time (min) | probe: init → monitored epochs | rank: init → monitored epochs | codebook perplexity | dead codes |",
-        "|---|---:|---:|---:|---:|---|---|---:|---:|",
+        "| Method | corpus | epochs | steps | final loss | wall time (min) | probe: init → monitored epochs | rank: init → monitored epochs | codebook perplexity | dead codes |",
+        "|---|---|---:|---:|---:|---:|---|---|---:|---:|",
     ]
     for job, row in rows:
         epochs = [r for r in row["history"] if r["epoch"] >= 0]
@@ -202,7 +202,7 @@ def render_pretraining(plan: Plan, pretraining: Dict[str, Dict]) -> str:
         size = job.config["params"].get("codebook_size")
         perplexity = f"{last['codebook_perplexity']:.1f} / {size}" if "codebook_perplexity" in last else "–"
         dead = f"{100 * last['codebook_dead_share']:.0f}%" if "codebook_dead_share" in last else "–"
-        lines.append(f"| {method_label(job.method)} | {len(epochs)} | {last.get('step', 0)} | {last.get('loss', math.nan):.4f} | {row['wall_time_s'] / 60:.1f} | {probes} | {ranks} | {perplexity} | {dead} |")
+        lines.append(f"| {method_label(job.method)} | {job.corpus} | {len(epochs)} | {last.get('step', 0)} | {last.get('loss', math.nan):.4f} | {row['wall_time_s'] / 60:.1f} | {probes} | {ranks} | {perplexity} | {dead} |")
     return "\n".join(lines) + "\n"
 
 

@@ -30,6 +30,11 @@ def test_random_init_does_not_depend_on_training_protocol():
     after, _ = keys_by_method(changed)
     assert after["supervised"] == before["supervised"]
     assert after["byol"] != before["byol"]
+    # ... but its BatchNorm statistics are estimated through the suite's views: their size and augmentation count
+    for key, value in (("image_size", 40), ("augment", {**suite["pretrain"]["augment"], "hflip_p": 0.0})):
+        changed = copy.deepcopy(suite)
+        changed["pretrain"][key] = value
+        assert keys_by_method(changed)[0]["supervised"] != before["supervised"], key
 
 
 def test_dataset_loader_version_is_part_of_every_key(monkeypatch):
