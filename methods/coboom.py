@@ -103,7 +103,9 @@ class VectorQuantizer(nn.Module):
         with torch.no_grad():
             distances = (vectors.pow(2).sum(1, keepdim=True) - 2 * vectors @ self.codebook.t() + self.codebook.pow(2).sum(1)[None])
             indices = distances.argmin(1)
-        codes = self.codebook[indices]
+        # F.embedding, not self.codebook[indices]: the indexing backward accumulates rows with index_put_, whose
+        # multi-threaded CPU kernel adds in a run-dependent order (two 2-thread runs diverged after ~50 steps)
+        codes = F.embedding(indices, self.codebook)
         codebook_loss = F.mse_loss(codes, vectors.detach())
         commitment_loss = F.mse_loss(vectors, codes.detach())
         quantized = vectors + (codes - vectors).detach()
@@ -150,6 +152,7 @@ class Decoder(nn.Module):
 
 class CoBooM(SSLMethod):
     Config = CoBooMConfig
+    version = 2  # 2: codebook lookup by F.embedding (bit-reproducible on multi-threaded CPUs)
 
     def build(self) -> None:
         c = self.config
