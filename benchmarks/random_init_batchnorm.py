@@ -14,32 +14,32 @@ from __future__ import annotations
 import argparse
 import copy
 import sys
-from collections import defaultdict
 from pathlib import Path
-
-import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from medssl.config import fraction_label, load_suite  # noqa: E402
-from medssl.plan import build_plan, task_type  # noqa: E402
+from medssl.config import load_suite  # noqa: E402
+from medssl.plan import build_plan, evaluation_seeds, task_type  # noqa: E402
 from medssl.records import ResultStore  # noqa: E402
+from medssl.report import _header, aggregate, cell_text, table_rows  # noqa: E402
 from medssl.runner import run_plan  # noqa: E402
 
 
-def linear_cells(records, method: str, tasks):
-    cells = defaultdict(list)
-    for r in records:
-        if r["method"] == method and r["protocol"] == "linear" and r["task"] in tasks:
-            cells[(r["task"], float(r["fraction"]))].append(r["value"])
-    return cells
+def random_init_plan(suite, name: str, batchnorm_statistics: str):
+    """The suite narrowed to the random-init row on its linear-probed classification tasks; with the suite's own
+    name and ``corpus`` statistics its jobs are the suite's stored ones (job keys do not depend on the other rows)."""
+    narrowed = copy.deepcopy(suite)
+    narrowed["name"] = name
+    narrowed["methods"] = ["supervised"]
+    narrowed["method_params"] = {"supervised": {"batchnorm_statistics": batchnorm_statistics}}
+    narrowed["tasks"] = [{**t, "protocols": ["linear"]} for t in suite["tasks"] if task_type(t) == "classification" and "linear" in t["protocols"]]
+    return build_plan(narrowed)
 
 
-def fmt(values) -> str:
-    if not values:
-        return "-"
-    return f"{100 * np.mean(values):.1f} ± {100 * np.std(values, ddof=1) if len(values) > 1 else 0.0:.1f}"
+def row_cells(plan, records) -> list:
+    n_seeds = len(evaluation_seeds(plan.suite, "linear")) * len(plan.suite["pretrain"]["seeds"])
+    return [cell_text(row, n_seeds) if row["n"] else "–" for row in table_rows(plan, aggregate(plan, records), "linear")]
 
 
 def main() -> int:
@@ -50,28 +50,23 @@ def main() -> int:
     parser.add_argument("--reports", default=str(ROOT / "reports"))
     args = parser.parse_args()
     suite = load_suite(args.suite)
+    corpus_plan = random_init_plan(suite, suite["name"], "corpus")
     stored = ResultStore(Path(args.out) / suite["name"]).records()
-    classification = {t["name"] for t in suite["tasks"] if task_type(t) == "classification" and "linear" in t["protocols"]}
-    corpus = linear_cells(stored, "supervised", classification)
-    if not corpus:
+    if not any(r["key"] in {job.key for job in corpus_plan.eval_jobs} for r in stored):
         print(f"no stored linear-probe records of 'supervised' in {args.out}/{suite['name']}; run the suite first", file=sys.stderr)
         return 2
-    variant = copy.deepcopy(suite)
-    variant["name"] = f"{suite['name']}-bn-init"
-    variant["methods"] = ["supervised"]
-    variant["method_params"] = {"supervised": {"batchnorm_statistics": "init"}}
-    variant["tasks"] = [{**t, "protocols": ["linear"]} for t in suite["tasks"] if t["name"] in classification]
-    run_plan(build_plan(variant), Path(args.data_root), Path(args.out), progress=False, log=lambda message: None)
-    initial = linear_cells(ResultStore(Path(args.out) / variant["name"]).records(), "supervised", classification)
-    columns = sorted(corpus, key=lambda c: ([t["name"] for t in suite["tasks"]].index(c[0]), c[1]))
-    header = "| Random-init frozen encoder | " + " | ".join(f"{t} {fraction_label(f)}" for t, f in columns) + " |"
+    initial_plan = random_init_plan(suite, f"{suite['name']}-bn-init", "init")
+    run_plan(initial_plan, Path(args.data_root), Path(args.out), progress=False, log=lambda message: None)
+    initial = ResultStore(Path(args.out) / initial_plan.suite["name"]).records()
+    columns = [(t["name"], float(f)) for t in corpus_plan.suite["tasks"] for f in t["fractions"]]
+    header = _header(columns)
     lines = [
         f"Random-init floor and BatchNorm statistics — suite `{suite['name']}`: linear-probe macro AUC (%), mean ± sd over seeds.",
         "",
-        header,
-        "|---|" + "---:|" * len(columns),
-        "| BatchNorm statistics of the pretraining corpus (the tables' Sup. row) | " + " | ".join(fmt(corpus[c]) for c in columns) + " |",
-        "| PyTorch's initial statistics (BatchNorm = identity) | " + " | ".join(fmt(initial.get(c, [])) for c in columns) + " |",
+        header[0].replace("| Method |", "| Random-init frozen encoder |", 1),
+        header[1],
+        "| BatchNorm statistics of the pretraining corpus (the tables' Sup. row) | " + " | ".join(row_cells(corpus_plan, stored)) + " |",
+        "| PyTorch's initial statistics (BatchNorm = identity) | " + " | ".join(row_cells(initial_plan, initial)) + " |",
     ]
     text = "\n".join(lines) + "\n"
     out = Path(args.reports) / suite["name"] / "random_init_batchnorm.md"

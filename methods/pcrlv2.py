@@ -37,6 +37,13 @@ from medssl.unet import UNetDecoder, conv_bn_relu
 from methods.base import MethodConfig, SSLMethod
 
 
+def input_sized(restoration: torch.Tensor, size: int) -> torch.Tensor:
+    """A restoration map at the input's size (bilinear when it differs), in fp32 for the MSE."""
+    if restoration.shape[-1] != size:
+        restoration = F.interpolate(restoration, size=(size, size), mode="bilinear", align_corners=False)
+    return restoration.float()
+
+
 @dataclasses.dataclass
 class PCRLv2Config(MethodConfig):
     n_local_views: int = 6
@@ -121,9 +128,8 @@ class PCRLv2(SSLMethod):
                 local_term = local_term + sum(self.alignment(local_levels, global_levels, i) for i in pair_levels) / len(pair_levels)
         local_term = local_term / max(1, 2 * len(local_views))
         size, target = first.shape[-1], target.float()
-        final = self.final_head(levels[0][-1]).float()
-        if final.shape[-1] != size:  # sides that are not a multiple of 32 (e.g. 48 px): the skip-free decoder overshoots
-            final = F.interpolate(final, size=(size, size), mode="bilinear", align_corners=False)
+        # sides that are not a multiple of 32 (e.g. 48 px): the skip-free decoder overshoots the input size
+        final = input_sized(self.final_head(levels[0][-1]).float(), size)
         middle = sum(F.mse_loss(self.deep_supervision(levels[0], i, size), target) for i in chosen) / len(chosen)
         restoration = F.mse_loss(final, target) + self.restoration_weight() * middle
         loss = global_term + local_term + restoration
@@ -131,4 +137,4 @@ class PCRLv2(SSLMethod):
 
     def deep_supervision(self, levels, i: int, size: int) -> torch.Tensor:
         """Level i's restoration, bilinearly upsampled to the input size."""
-        return F.interpolate(self.level_heads[i].restore(levels[i]), size=(size, size), mode="bilinear", align_corners=False).float()
+        return input_sized(self.level_heads[i].restore(levels[i]), size)

@@ -86,3 +86,11 @@ def test_a_batch_that_does_not_split_over_the_devices_is_refused(tmp_path, capsy
     args = ["--suite", "smoke", "--methods", "simclr", "--device", "cpu", "--devices", "3", "--data-root", str(tmp_path), "--out", str(tmp_path / "r"), "--no-progress"]
     assert main(args) == 2
     assert "batch size 16 does not split evenly over 3 devices" in capsys.readouterr().err
+
+
+def test_random_init_batchnorm_comparison_needs_the_suite_run_first(tmp_path):
+    done = subprocess.run([sys.executable, "benchmarks/random_init_batchnorm.py", "--suite", "smoke", "--out", str(tmp_path), "--reports", str(tmp_path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    assert f"no stored linear-probe records of 'supervised' in {tmp_path}/smoke; run the suite first" in done.stderr
+    assert not (tmp_path / "smoke-bn-init").exists()
