@@ -185,30 +185,49 @@ def best_baseline(plan: Plan, cells: Dict[CellKey, CellRuns], task: str, protoco
     return max(means, key=lambda m: (means[m], -plan.suite["methods"].index(m))) if means else None
 
 
+def _column_comparisons(plan: Plan, cells: Dict[CellKey, CellRuns], protocol: str, task: str, fraction: float, versus: Optional[str], family: str, confidence: float) -> List[Comparison]:
+    """Every other method of the suite against ``versus`` in one table cell (unadjusted)."""
+    other = cells.get((versus, task, protocol, fraction)) if versus else None
+    if other is None:
+        return []
+    out: List[Comparison] = []
+    for method in plan.suite["methods"]:
+        mine = cells.get((method, task, protocol, fraction))
+        if method == versus or mine is None:
+            continue
+        result = compare_runs(mine, other, confidence)
+        if result["n_runs"]:
+            out.append(Comparison(protocol, task, fraction, method, versus, family, **result))
+    return out
+
+
+def _adjust(members: List[Comparison], settings: Dict) -> None:
+    """Adjust the primary p-values of one family (``statistics.adjust``) and set ``significant``."""
+    adjusted = stats.adjust_p_values([c.primary_p(settings["primary"]) for c in members], settings["adjust"])
+    for comparison, p in zip(members, adjusted):
+        comparison.p_adjusted = float(p)
+        comparison.significant = bool(np.isfinite(p) and p < settings["alpha"])
+
+
 def comparisons(plan: Plan, cells: Dict[CellKey, CellRuns], protocol: str) -> List[Comparison]:
     """Both families of comparisons of one table, with adjusted primary p-values and significance."""
     settings = statistics_settings(plan.suite)
-    reference = settings["reference"]
     out: List[Comparison] = []
     for task, fraction in columns(plan, protocol):
         best = best_baseline(plan, cells, task, protocol, fraction)
-        for family, versus in (("reference", reference), ("best baseline", best)):
-            other = cells.get((versus, task, protocol, fraction)) if versus else None
-            if other is None:
-                continue
-            for method in plan.suite["methods"]:
-                mine = cells.get((method, task, protocol, fraction))
-                if method == versus or mine is None:
-                    continue
-                result = compare_runs(mine, other, settings["confidence"])
-                if result["n_runs"]:
-                    out.append(Comparison(protocol, task, fraction, method, versus, family, **result))
+        for family, versus in (("reference", settings["reference"]), ("best baseline", best)):
+            out += _column_comparisons(plan, cells, protocol, task, fraction, versus, family, settings["confidence"])
     for family in ("reference", "best baseline"):
-        members = [c for c in out if c.family == family]
-        adjusted = stats.adjust_p_values([c.primary_p(settings["primary"]) for c in members], settings["adjust"])
-        for comparison, p in zip(members, adjusted):
-            comparison.p_adjusted = float(p)
-            comparison.significant = bool(np.isfinite(p) and p < settings["alpha"])
+        _adjust([c for c in out if c.family == family], settings)
+    return out
+
+
+def comparisons_versus(plan: Plan, cells: Dict[CellKey, CellRuns], protocol: str, versus: str, family: str) -> List[Comparison]:
+    """Every method against one fixed row (e.g. the random-init encoder) in every column of a table, with the
+    suite's tests and their p-values adjusted across that table as one family."""
+    settings = statistics_settings(plan.suite)
+    out = [c for task, fraction in columns(plan, protocol) for c in _column_comparisons(plan, cells, protocol, task, fraction, versus, family, settings["confidence"])]
+    _adjust(out, settings)
     return out
 
 

@@ -95,10 +95,15 @@ def marks_legend(plan: Plan, comparisons: List[Comparison]) -> str:
     if not comparisons:
         return ""
     settings = statistics_settings(plan.suite)
+    return (f"\\* differs from {method_label(settings['reference'])} and † ({method_label(settings['reference'])} row) differs from the column's best "
+            f"baseline: {significance_phrase(settings)} across the table; details in statistics.md.")
+
+
+def significance_phrase(settings: Dict) -> str:
+    """The primary paired test and its multiplicity adjustment, in words (``statistics`` settings of a suite)."""
     test = {"images": "paired bootstrap over test images (seeds pooled; Wilcoxon signed-rank on per-image Dice)", "seeds": "paired t-test over seeds"}[settings["primary"]]
     adjust = {"holm": "Holm", "bh": "Benjamini-Hochberg"}[settings["adjust"]]
-    return (f"\\* differs from {method_label(settings['reference'])} and † ({method_label(settings['reference'])} row) differs from the column's best "
-            f"baseline: {test}, p < {settings['alpha']:g} after {adjust} adjustment across the table; details in statistics.md.")
+    return f"{test}, p < {settings['alpha']:g} after {adjust} adjustment"
 
 
 def cell_text(row: Dict, n_seeds: int, mark: str = "") -> str:
@@ -152,14 +157,18 @@ def render_csv(rows: List[Dict]) -> str:
     return out.getvalue()
 
 
-def render_random_init_margins(plan: Plan, cells: Dict[tuple, Dict[tuple, float]], reference: str = "supervised") -> str:
+def render_random_init_margins(plan: Plan, runs: Dict[tuple, "compare.CellRuns"], reference: str = "supervised") -> str:
     """Linear-probe gain of each pretrained encoder over the randomly initialised frozen encoder, per column.
 
-    Values are paired by seed (same label subset, same head initialisation); the sd is over those differences.
+    Values are paired by seed (same label subset, same head initialisation); the sd is over those differences. A
+    mark says the gain is not zero by the suite's primary paired test (the tables' tests, with the random-init row
+    as the other side), adjusted across this table: "clear margin" is a test, not a judgement by eye.
     """
     if reference not in plan.suite["methods"] or not _columns(plan, "linear"):
         return ""
     columns = _columns(plan, "linear")
+    significant = {(c.method, c.task, c.fraction) for c in compare.comparisons_versus(plan, runs, "linear", reference, "random init") if c.significant}
+    settings = statistics_settings(plan.suite)
     lines = [f"Linear probing: gain over the randomly initialised frozen encoder ({method_label(reference)}: random weights, BatchNorm statistics of the pretraining corpus), macro AUC points, mean ± sd of per-seed differences.", ""]
     lines += _header(columns)
     for method in plan.suite["methods"]:
@@ -167,15 +176,17 @@ def render_random_init_margins(plan: Plan, cells: Dict[tuple, Dict[tuple, float]
             continue
         out = []
         for task, fraction in columns:
-            ours, base = cells.get((method, task, "linear", fraction), {}), cells.get((reference, task, "linear", fraction), {})
-            paired = sorted(set(ours) & set(base))
+            ours, base = runs.get((method, task, "linear", fraction)), runs.get((reference, task, "linear", fraction))
+            paired = sorted(set(ours.values) & set(base.values)) if ours and base else []
             n = len(paired)
             if n == 0:
                 out.append("–")
                 continue
-            diff = np.array([ours[k] - base[k] for k in paired]) * 100
-            out.append(f"{diff.mean():+.1f}" + (f" ± {diff.std(ddof=1):.1f}" if n > 1 else ""))
+            diff = np.array([ours.values[k] - base.values[k] for k in paired]) * 100
+            mark = "\\*" if (method, task, fraction) in significant else ""
+            out.append(f"{diff.mean():+.1f}" + (f" ± {diff.std(ddof=1):.1f}" if n > 1 else "") + mark)
         lines.append(f"| {method_label(method)} | " + " | ".join(out) + " |")
+    lines += ["", f"\\* the difference from {method_label(reference)} is significant: {significance_phrase(settings)} across this table."]
     return "\n".join(lines) + "\n"
 
 
@@ -352,7 +363,7 @@ def write_reports(plan: Plan, records: Iterable[Dict], reports_dir: Path, pretra
     cells = {key: dict(r.values) for key, r in runs.items()}
     reports_dir = Path(reports_dir)
     outputs: Dict[str, str] = {
-        "random_init_margins.md": render_random_init_margins(plan, cells),
+        "random_init_margins.md": render_random_init_margins(plan, runs),
         "pretraining.md": render_pretraining(plan, pretraining or {}),
         "finetune_gap.md": render_gap(plan, cells),
         "segmentation.md": render_segmentation_details(plan, records),

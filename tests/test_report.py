@@ -96,3 +96,16 @@ def test_dagger_marks_the_reference_beating_the_best_baseline(tmp_path):
     rows = {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("| ") and "Method" not in line}
     assert rows["CoBooM w/ Dec."].count("†") == 2 and rows["CoBooM w/ Dec."].count("**") == 4
     assert rows["BYOL"].count("\\*") == 2 and "†" not in rows["BYOL"]
+
+
+def test_random_init_margins_mark_significant_gains_only(tmp_path):
+    plan = build_plan(load_suite("smoke"))
+    # BYOL is exactly as good as the random encoder (other noise): a gain of noise, never marked; SimCLR and CoBooM
+    # score the labels and beat it in both linear-probe columns
+    store = store_with_predictions(tmp_path, plan, {"supervised": 0.0, "simclr": 1.5, "byol": 0.0, "coboom": 1.5})
+    margins = {p.name: p for p in write_reports(plan, store, tmp_path / "r")}["random_init_margins.md"].read_text()
+    rows = {line.split("|")[1].strip(): line for line in margins.splitlines() if line.startswith("| ") and "Method" not in line}
+    assert list(rows) == ["SimCLR", "BYOL", "CoBooM w/ Dec."]
+    assert rows["SimCLR"].count("\\*") == 2 and rows["CoBooM w/ Dec."].count("\\*") == 2
+    assert "\\*" not in rows["BYOL"]
+    assert "the difference from Sup. is significant: paired bootstrap over test images" in margins and "Holm" in margins
