@@ -157,11 +157,11 @@ def render_csv(rows: List[Dict]) -> str:
     return out.getvalue()
 
 
-def render_random_init_margins(plan: Plan, runs: Dict[tuple, "compare.CellRuns"], reference: str = "supervised") -> str:
+def render_random_init_margins(plan: Plan, runs: Dict[tuple, compare.CellRuns], reference: str = "supervised") -> str:
     """Linear-probe gain of each pretrained encoder over the randomly initialised frozen encoder, per column.
 
     Values are paired by seed (same label subset, same head initialisation); the sd is over those differences. A
-    mark says the gain is not zero by the suite's primary paired test (the tables' tests, with the random-init row
+    mark says the difference is significant by the suite's primary paired test (the tables' tests, with the random-init row
     as the other side), adjusted across this table: "clear margin" is a test, not a judgement by eye.
     """
     if reference not in plan.suite["methods"] or not _columns(plan, "linear"):

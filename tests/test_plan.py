@@ -86,3 +86,19 @@ def test_statistics_settings_are_checked_and_do_not_change_job_keys(tmp_path):
         path.write_text(yaml.safe_dump(broken))
         with pytest.raises(ConfigError, match=message):
             load_suite(str(path))
+
+
+def test_quick_long_is_quick_with_more_steps_only():
+    """quick-long answers "does a method learn with 10x the steps": everything but the length must stay quick's."""
+    quick, long = load_suite("quick"), load_suite("quick-long")
+    assert long["pretrain"]["epochs"] == 10 * quick["pretrain"]["epochs"]
+    same = ("backbone", "image_size", "batch_size", "optimizer", "schedule", "augment", "seeds")
+    assert {k: long["pretrain"][k] for k in same} == {k: quick["pretrain"][k] for k in same}
+    assert long["pretrain"]["datasets"]["cxr"] == quick["pretrain"]["datasets"]["cxr"]
+    assert long["methods"] == quick["methods"]
+    swav_start = {s["name"]: s["method_params"]["swav"].pop("queue_start_epoch") for s in (quick, long)}
+    assert swav_start["quick-long"] / long["pretrain"]["epochs"] == swav_start["quick"] / quick["pretrain"]["epochs"]
+    assert long["method_params"] == quick["method_params"]
+    # the random-init floor is the same job in both suites
+    floor = [{job.key for job in build_plan(s).pretrain_jobs if job.method == "supervised" and job.corpus == "cxr"} for s in (quick, long)]
+    assert floor[0] == floor[1]
