@@ -8,6 +8,11 @@ from medssl.records import RECORD_FIELDS, ResultStore
 from medssl.report import write_reports
 
 
+def rows_by_method(table: str) -> dict:
+    """The body rows of a Markdown report table, keyed by their first cell (the method's label)."""
+    return {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("| ") and "Method" not in line}
+
+
 def hand_made_store(tmp_path, plan, values):
     store = ResultStore(tmp_path / "results")
     for job in plan.eval_jobs:
@@ -30,7 +35,7 @@ def test_report_layout_bold_and_byte_identical(tmp_path):
     second = {p.name: p.read_bytes() for p in write_reports(plan, ResultStore(tmp_path / "results"), tmp_path / "r2")}
     assert first == second
     table1 = first["table1.md"].decode()
-    lines = {line.split("|")[1].strip(): line for line in table1.splitlines() if line.startswith("| ") and "Method" not in line}
+    lines = rows_by_method(table1)
     assert list(lines) == ["Sup.", "SimCLR", "BYOL", "CoBooM w/ Dec."]
     # seeds 0 and 1 give v and v + 0.01: mean v + 0.005, sd 0.00707 -> "72.5 ± 0.7"
     # (marks aside: without stored predictions they come from the t-test over the two seeds, see the tests below)
@@ -72,7 +77,7 @@ def test_marks_follow_the_paired_tests(tmp_path):
     written = {p.name: p.read_bytes() for p in write_reports(plan, store, tmp_path / "r1")}
     again = {p.name: p.read_bytes() for p in write_reports(plan, ResultStore(tmp_path / "results"), tmp_path / "r2")}
     assert written == again  # tables, statistics, figures and HTML all byte-identical
-    rows = {line.split("|")[1].strip(): line for line in written["table1.md"].decode().splitlines() if line.startswith("| ") and "Method" not in line}
+    rows = rows_by_method(written["table1.md"].decode())
     # A random-score encoder differs from CoBooM; BYOL (as good, other noise) does not.
     assert rows["Sup."].count("\\*") == 2 and "\\*" not in rows["BYOL"]
     # SimCLR and CoBooM tie exactly: both bold, no mark between them; CoBooM beats nothing significantly, so no dagger.
@@ -93,7 +98,7 @@ def test_dagger_marks_the_reference_beating_the_best_baseline(tmp_path):
     plan = build_plan(load_suite("smoke"))
     store = store_with_predictions(tmp_path, plan, {"supervised": 0.0, "simclr": 0.5, "byol": 0.6, "coboom": 2.0})
     table = {p.name: p for p in write_reports(plan, store, tmp_path / "r")}["table2.md"].read_text()
-    rows = {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("| ") and "Method" not in line}
+    rows = rows_by_method(table)
     assert rows["CoBooM w/ Dec."].count("†") == 2 and rows["CoBooM w/ Dec."].count("**") == 4
     assert rows["BYOL"].count("\\*") == 2 and "†" not in rows["BYOL"]
 
@@ -104,7 +109,7 @@ def test_random_init_margins_mark_significant_gains_only(tmp_path):
     # score the labels and beat it in both linear-probe columns
     store = store_with_predictions(tmp_path, plan, {"supervised": 0.0, "simclr": 1.5, "byol": 0.0, "coboom": 1.5})
     margins = {p.name: p for p in write_reports(plan, store, tmp_path / "r")}["random_init_margins.md"].read_text()
-    rows = {line.split("|")[1].strip(): line for line in margins.splitlines() if line.startswith("| ") and "Method" not in line}
+    rows = rows_by_method(margins)
     assert list(rows) == ["SimCLR", "BYOL", "CoBooM w/ Dec."]
     assert rows["SimCLR"].count("\\*") == 2 and rows["CoBooM w/ Dec."].count("\\*") == 2
     assert "\\*" not in rows["BYOL"]
