@@ -76,6 +76,10 @@ def _validate(suite: Dict[str, Any], path: Path) -> None:
         missing = [k for k in keys if k not in suite[section]]
         if missing:
             raise ConfigError(f"{path}: section {section!r} lacks {missing}")
+    try:
+        check_optimizer(suite["pretrain"]["optimizer"] or {})
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
     unknown_monitor = set(suite["pretrain"].get("monitor") or {}) - set(MONITOR_DEFAULTS)
     if unknown_monitor:
         raise ConfigError(f"{path}: pretrain.monitor has unknown settings {sorted(unknown_monitor)}; known: {list(MONITOR_DEFAULTS)}")
@@ -104,6 +108,15 @@ def _validate(suite: Dict[str, Any], path: Path) -> None:
             raise ConfigError(f"{path}: task {task['name']!r} has unknown type {kind!r}; use one of {TASK_TYPES}")
         if kind == "segmentation" and "segmentation" not in suite["evaluation"]:
             raise ConfigError(f"{path}: task {task['name']!r} is a segmentation task but the suite has no evaluation.segmentation settings (epochs, lr, batch_size)")
+
+
+def check_optimizer(optimizer: Dict[str, Any]) -> None:
+    """LARS needs a non-zero weight decay: lightly's LARS applies the trust ratio only to parameter groups with weight
+    decay (its way of excluding biases and norms), so without it every weight would train by plain SGD at the LARS
+    lr, silently."""
+    if optimizer.get("name", "lars") == "lars" and float(optimizer.get("weight_decay") or 0.0) == 0.0:
+        raise ConfigError("pretrain.optimizer is lars without weight_decay: lightly's LARS applies its trust ratio only where weight decay is "
+                          "non-zero, so every weight would train by plain SGD at the LARS lr; set weight_decay (the CoBooM paper's 1.5e-6) or use sgd")
 
 
 def validate_fractions(fractions: Sequence[float]) -> List[float]:

@@ -7,6 +7,7 @@ import dataclasses
 from typing import Any, Dict, List, Optional
 
 from datasets import DatasetError, dataset_version
+from medssl.backbone import TRUNK_VERSION
 from medssl.config import PROTOCOL_VERSION, ConfigError, fraction_label, stable_hash
 from methods import UnknownMethodError, method_class, method_names, resolve_config
 
@@ -111,6 +112,7 @@ def build_plan(suite: Dict[str, Any]) -> Plan:
                 else:  # nothing is trained: only what shapes the random initialisation and its BatchNorm statistics
                     statistics = {k: pretrain[k] for k in UNTRAINED_PROTOCOL_KEYS}
                     config = {"method": method, "params": params, "corpus": with_version(corpus), "protocol": statistics, "seed": int(seed), "version": PROTOCOL_VERSION}
+                config["trunk_version"] = TRUNK_VERSION  # the trunk's initialisation shapes every encoder, trained or not
                 jobs[(method, corpus_name, int(seed))] = PretrainJob(method, corpus_name, int(seed), config, stable_hash(config), pretrain.get("monitor"))
     eval_jobs: List[EvalJob] = []
     for method in suite["methods"]:

@@ -27,7 +27,7 @@ from medssl.monitor import ProbeMonitor
 from medssl.plan import PretrainJob
 from medssl.precision import precision_for
 from methods import build_method
-from methods.base import PretrainProtocol, estimate_batchnorm_statistics
+from methods.base import PretrainProtocol
 
 ENCODER_FILE = "encoder.pt"
 
@@ -46,8 +46,10 @@ class EpochHistory(pl.Callback):
     """Appends one JSON line per finished epoch to ``history.jsonl`` (survives resumption). With a
     :class:`~medssl.monitor.ProbeMonitor`, rows of monitored epochs carry ``probe_auc`` and ``feature_rank`` and an
     ``epoch: -1`` row holds those of the random initialisation, probed with the BatchNorm statistics of the
-    pretraining corpus (``images``, seen through the method's first view) as the suite's random-init row is
-    (``methods/supervised.py``), on a copy: the training run itself is untouched."""
+    pretraining corpus (``images``, seen through the method's training views) as the suite's random-init row is
+    (``methods/supervised.py``), on a copy: the training run itself is untouched. A method that re-estimates its
+    exported trunk's statistics (``reestimate_exported_batchnorm``) is probed the same way at every epoch, so the
+    probe sees the encoder that would be exported."""
 
     def __init__(self, path: Path, monitor=None, images: Optional[torch.Tensor] = None, batch_size: int = 64):
         self.path, self.monitor, self.images, self.batch_size = path, monitor, images, batch_size
@@ -58,11 +60,14 @@ class EpochHistory(pl.Callback):
 
     def on_train_start(self, trainer: pl.Trainer, module) -> None:
         if self.monitor is not None and trainer.global_rank == 0 and trainer.current_epoch == 0 and not self.path.exists():
-            initial = copy.deepcopy(module.backbone)
-            if self.images is not None:
-                with torch.random.fork_rng(devices=[module.device] if module.device.type == "cuda" else []):
-                    estimate_batchnorm_statistics(initial, lambda batch: module.make_views(batch.to(module.device))[0], self.images, self.batch_size, torch.Generator().manual_seed(0))
-            self._write({"epoch": -1, "step": 0, **self.monitor.probe(initial, str(module.device))})
+            self._write({"epoch": -1, "step": 0, **self.monitor.probe(self._trunk_with_corpus_statistics(module), str(module.device))})
+
+    def _trunk_with_corpus_statistics(self, module):
+        """A copy of the trunk with the BatchNorm statistics of one pass over the corpus (seed 0)."""
+        trunk = copy.deepcopy(module.backbone)
+        if self.images is not None:
+            module.estimate_trunk_statistics(trunk, self.images, self.batch_size, seed=0)
+        return trunk
 
     def on_train_epoch_end(self, trainer: pl.Trainer, module) -> None:
         if trainer.global_rank != 0:
@@ -73,7 +78,8 @@ class EpochHistory(pl.Callback):
                 row[name[len("train/") : -len("_epoch")]] = round(float(value), 6)
         row.update({k: round(float(v), 6) for k, v in module.epoch_statistics().items()})
         if self.monitor is not None and self.monitor.due(trainer.current_epoch, trainer.max_epochs - 1):
-            row.update(self.monitor.probe(module.backbone, str(module.device)))
+            trunk = self._trunk_with_corpus_statistics(module) if module.reestimate_exported_batchnorm else module.backbone
+            row.update(self.monitor.probe(trunk, str(module.device)))
         self._write(row)
 
 
@@ -187,8 +193,9 @@ def run_pretraining(job: PretrainJob, dataset: ImageDataset, checkpoints_dir: Pa
             return encoder_path
         if finished < protocol.epochs:
             raise RuntimeError(f"{job.key}: pretraining stopped at epoch {finished} of {protocol.epochs}; run again to resume")
-    else:
-        model.prepare_untrained_encoder(images, batch_size, torch.Generator().manual_seed(job.seed))
+    # after fit Lightning has moved the model back to the CPU: statistics passes run on the training device
+    model.to(torch.device(device))
+    model.finish_encoder(images, batch_size, job.seed)
     meta = {
         "method": job.method,
         "hash": job.hash,

@@ -23,6 +23,7 @@ from torch import nn
 
 from medssl.augment import Normalize, augment_view, resize, view_configs
 from medssl.backbone import ResNetTrunk
+from medssl.config import check_optimizer
 
 
 @dataclasses.dataclass
@@ -34,7 +35,8 @@ class PretrainProtocol:
     image_size: int = 64
     epochs: int = 1
     steps_per_epoch: int = 1
-    optimizer: Dict[str, Any] = dataclasses.field(default_factory=lambda: {"name": "lars", "lr": 0.02})
+    # the CoBooM paper's optimiser (official LARSSGD: lr 0.02 at batch 64, weight decay 1.5e-6, trust 0.001)
+    optimizer: Dict[str, Any] = dataclasses.field(default_factory=lambda: {"name": "lars", "lr": 0.02, "weight_decay": 1.5e-6})
     schedule: Dict[str, Any] = dataclasses.field(default_factory=lambda: {"name": "warmup_cosine", "warmup_epochs": 0})
     augment: Dict[str, Any] = dataclasses.field(default_factory=dict)
     mean: Sequence[float] = (0.5,)
@@ -83,6 +85,10 @@ class SSLMethod(pl.LightningModule):
     #: False for methods whose official code keeps per-process BatchNorm statistics on purpose under DDP (MoCo's
     #: shuffle-BN: a query and its key must not share batch statistics); the others synchronise BatchNorm on GPUs
     sync_batchnorm: bool = True
+    #: True where the trunk is trained inside a larger network but exported and evaluated without it (MLVICX's
+    #: attention block after every stage): its BatchNorm running statistics were collected on inputs the plain trunk
+    #: never produces, so they are re-estimated on the plain trunk before export and before every monitor probe
+    reestimate_exported_batchnorm: bool = False
     #: bump when a code change alters what the method trains: it is part of the pretraining hash, so cached
     #: encoders and results of the old code are not reused
     version: int = 1
@@ -107,9 +113,26 @@ class SSLMethod(pl.LightningModule):
         """Return a dict with at least ``loss``; ``views`` are normalised, ``images`` the uint8 batch."""
         raise NotImplementedError
 
-    def prepare_untrained_encoder(self, images: torch.Tensor, batch_size: int, generator: torch.Generator) -> None:
-        """Called instead of training for methods with ``needs_pretraining`` False, with the pretraining corpus
-        (uint8) and the suite's batch size (e.g. to estimate BatchNorm statistics); nothing by default."""
+    def finish_encoder(self, images: torch.Tensor, batch_size: int, seed: int) -> None:
+        """Called once before the encoder is exported, after training (or instead of it where ``needs_pretraining``
+        is False), with the pretraining corpus (uint8) and the suite's batch size. By default the trunk keeps the
+        running statistics of its training, unless ``reestimate_exported_batchnorm`` asks for new ones."""
+        if self.reestimate_exported_batchnorm:
+            self.estimate_trunk_statistics(self.backbone, images, batch_size, seed)
+
+    def estimate_trunk_statistics(self, trunk: nn.Module, images: torch.Tensor, batch_size: int, seed: int) -> None:
+        """Give ``trunk`` (the backbone or a copy of it) the BatchNorm statistics of one pass over ``images`` seen
+        through the method's ``n_views`` training views (``estimate_batchnorm_statistics``). The random number
+        generators are forked and seeded with ``seed``, so the result is the same wherever in a run, or a resumed
+        run, this is called, and training's own random stream is untouched."""
+        devices = [self.device] if self.device.type == "cuda" else []
+
+        def training_views(batch: torch.Tensor) -> torch.Tensor:
+            return torch.cat(self.make_views(batch.to(self.device))[: self.n_views])
+
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            estimate_batchnorm_statistics(trunk, training_views, images, batch_size, torch.Generator().manual_seed(seed))
 
     def momentum_pairs(self) -> List[tuple]:
         """(online module, EMA module) pairs updated after every optimiser step."""
@@ -170,12 +193,14 @@ class SSLMethod(pl.LightningModule):
         decay, no_decay = get_weight_decay_parameters(trainable)
         decay = [p for p in decay if p.requires_grad]
         no_decay = [p for p in no_decay if p.requires_grad]
+        check_optimizer(self.protocol.optimizer)
         opt = dict(self.protocol.optimizer)
         name, lr = opt.pop("name", "lars"), float(opt.pop("lr"))
         wd = float(opt.pop("weight_decay", 0.0))
         groups = [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
         if name == "lars":
-            # lightly's LARS skips the trust ratio for groups with weight_decay 0: biases and norms get plain SGD.
+            # lightly's LARS skips the trust ratio for groups with weight_decay 0: that is how biases and norms are
+            # excluded (check_optimizer refused a LARS without weight decay, which would be plain SGD everywhere)
             optimizer = LARS(groups, lr=lr, momentum=float(opt.pop("momentum", 0.9)), trust_coefficient=float(opt.pop("trust_coefficient", 0.001)))
         elif name == "sgd":
             optimizer = torch.optim.SGD(groups, lr=lr, momentum=float(opt.pop("momentum", 0.9)))
@@ -221,9 +246,12 @@ def byol_similarity_loss(p: torch.Tensor, z: torch.Tensor, stop_gradient: bool =
     """BYOL's regression loss 2 - 2 cos(p, z) averaged over the batch (Grill et al. 2020, eq. 2).
 
     With ``stop_gradient`` the target ``z`` is a constant, as for an EMA target; without it both sides learn.
+    Computed in fp32 with autocast off whatever the inputs' precision: CUDA autocast upcasts ``cosine_similarity``
+    but CPU autocast does not, and in bf16 the loss reads 0 once the cosine passes about 0.9995.
     """
     target = z.detach() if stop_gradient else z
-    return 2 - 2 * nn.functional.cosine_similarity(p, target, dim=-1).mean()
+    with torch.autocast(device_type=p.device.type, enabled=False):
+        return 2 - 2 * nn.functional.cosine_similarity(p.float(), target.float(), dim=-1).mean()
 
 
 def gather_across_processes() -> bool:

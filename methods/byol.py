@@ -1,8 +1,10 @@
 """BYOL (Grill et al., NeurIPS 2020, section 3), built from lightly's BYOL heads and ``update_momentum``.
 
 Online network = encoder + projector + predictor; target network = EMA copy of encoder + projector with
-tau increasing from 0.996 to 1 by a cosine schedule over all steps (section 3.2); loss = symmetrised
-2 - 2 cos(q_online(view a), z_target(view b)) (eq. 2). Heads 512 -> 4096 -> 256 (projector) and
+tau increasing from 0.996 to 1 by a cosine schedule over all steps (section 3.2); loss = 2 - 2 cos(q_online(view a),
+z_target(view b)) (eq. 2) **summed** over the two directions, as the paper's symmetrised loss and the official code
+(and lightly's BYOL benchmark); averaging them would halve the effective lr of every group without a trust ratio
+(biases and BatchNorm under LARS). Heads 512 -> 4096 -> 256 (projector) and
 256 -> 4096 -> 256 (predictor) as in lightly's defaults and the paper. Augmentations are the suite's, with BYOL's
 asymmetric blur (p = 1.0 / 0.1) and solarisation (p = 0 / 0.2); no colour jitter on grayscale images.
 """
@@ -23,6 +25,7 @@ class BYOLConfig(MethodConfig):
 
 class BYOL(SSLMethod):
     Config = BYOLConfig
+    version = 2  # 2: the two directions are summed (were averaged); the loss is computed in fp32 under CPU autocast
     view_overrides = {"blur_p": [1.0, 0.1], "solarize_p": [0.0, 0.2]}
 
     def build(self) -> None:
@@ -35,4 +38,4 @@ class BYOL(SSLMethod):
         p1, p2 = (self.prediction_head(self.projection_head(self.backbone(v))) for v in views)
         with torch.no_grad():
             z1, z2 = (self.projection_head_target(self.backbone_target(v)) for v in views)
-        return {"loss": 0.5 * (byol_similarity_loss(p1, z2) + byol_similarity_loss(p2, z1))}
+        return {"loss": byol_similarity_loss(p1, z2) + byol_similarity_loss(p2, z1)}

@@ -29,11 +29,21 @@ Architecture (paper, section 3 and Fig. 1), with our decisions from shared/specs
   paper writes L1/L2 as cosine similarities; we use BYOL's 2 - 2cos form (spec). z'_theta is not detached
   (official code), so DiversiFuse and p_theta learn from L2.
 * Decoder f'_theta (section 3.2): reconstructs the un-augmented image (resized to the training resolution) from
-  y'_dc; L_r = MSE. Its architecture is unpublished: we use four x2 upsampling stages (bilinear, conv3x3-BN-ReLU;
+  y'_dc; L_r = MSE. The target is mirrored wherever the view that y'_dc comes from was mirrored, so input and
+  target share their geometry (the official HEAD compares with the unflipped ``orig`` although y_phi comes from a
+  50 %-flipped view; the project fixes the same mirrored target for DiRA/CAiD). Its architecture is unpublished: we use four x2 upsampling stages (bilinear, conv3x3-BN-ReLU;
   512 -> 256 -> 128 -> 64 -> 32), a 1x1 conv to the image channels and a bilinear x2 to the input size.
 * Total: L = alpha (L1 + L2) + L_q + gamma L_r, alpha = gamma = 0.5 (section 3.2). The official trainer's
   ``[D(q1,z2)+D(q2,z1)+D(q2,fuse1)+D(q1,fuse2)]/4`` equals alpha(L1+L2) with alpha = 0.5 after symmetrisation,
   which is the mapping we use.
+
+* Views: the official ``get_transform(gb_prob=1.0)`` for both views, so Gaussian blur is applied **always** to both
+  (p = 1 overrides the suite's blur probability); colour jitter and grayscale have no 1-channel counterpart.
+* Under DDP every process must quantize with the same codebook, but the data initialisation and the re-seeding
+  draw from each process's own batch, and a Parameter that changes outside the optimiser is not synchronised by
+  DDP: the codebook is broadcast from process 0 after both, and code usage is summed over processes every step,
+  so dead codes are the same everywhere.
+* All similarity terms are computed in fp32 with autocast off (``byol_similarity_loss``).
 
 Ablations (section 5, "Ablation Studies") are config switches of this one class: ``use_decoder: false``
 (registered as ``coboom-nodec``) and ``use_diversifuse: false`` + ``use_decoder: false`` (``coboom-nodf``), where
@@ -45,10 +55,13 @@ import dataclasses
 from typing import Dict
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from lightly.models.modules.heads import ProjectionHead
+from lightly.utils.dist import world_size
 from torch import nn
 
+from medssl.augment import apply_crop_boxes, draw_crop_boxes, photometric, to_unit_float
 from methods.base import MethodConfig, SSLMethod, byol_similarity_loss, pooled
 
 
@@ -94,12 +107,19 @@ class VectorQuantizer(nn.Module):
         with torch.autocast(device_type=vectors.device.type, enabled=False):  # nearest-code search in fp32 under AMP
             return self._quantize(vectors.float())
 
+    @torch.no_grad()
+    def share_codebook(self) -> None:
+        """Under DDP: every process takes process 0's codebook (after a change made from the process's own data)."""
+        if world_size() > 1:
+            dist.broadcast(self.codebook.data, src=0)
+
     def _quantize(self, vectors: torch.Tensor):
         if self.training and not bool(self.initialized):
             with torch.no_grad():
                 pick = torch.randint(len(vectors), (len(self.codebook),), device=vectors.device)
                 self.codebook.copy_(vectors[pick])
                 self.initialized.fill_(True)
+                self.share_codebook()
         with torch.no_grad():
             distances = (vectors.pow(2).sum(1, keepdim=True) - 2 * vectors @ self.codebook.t() + self.codebook.pow(2).sum(1)[None])
             indices = distances.argmin(1)
@@ -110,7 +130,10 @@ class VectorQuantizer(nn.Module):
         commitment_loss = F.mse_loss(vectors, codes.detach())
         quantized = vectors + (codes - vectors).detach()
         if self.training:
-            self.usage += torch.bincount(indices, minlength=len(self.codebook))
+            counts = torch.bincount(indices, minlength=len(self.codebook))
+            if world_size() > 1:
+                dist.all_reduce(counts)
+            self.usage += counts
             self.recent = vectors.detach()[torch.randperm(len(vectors), device=vectors.device)[: len(self.codebook)]]
         return quantized, codebook_loss, commitment_loss, indices
 
@@ -125,10 +148,11 @@ class VectorQuantizer(nn.Module):
 
     @torch.no_grad()
     def reseed_dead(self) -> int:
-        dead = torch.flatnonzero(self.usage == 0)
+        dead = torch.nonzero(self.usage == 0).flatten()
         if len(dead) and len(self.recent):
             pick = torch.randint(len(self.recent), (len(dead),), device=self.recent.device)
             self.codebook[dead] = self.recent[pick].to(self.codebook.dtype)
+        self.share_codebook()  # usage is summed over processes, so every process reaches this call
         return int(len(dead))
 
 
@@ -152,7 +176,10 @@ class Decoder(nn.Module):
 
 class CoBooM(SSLMethod):
     Config = CoBooMConfig
-    version = 2  # 2: codebook lookup by F.embedding (bit-reproducible on multi-threaded CPUs)
+    # 2: codebook lookup by F.embedding (bit-reproducible on multi-threaded CPUs); 3: official views (blur always),
+    # mirrored reconstruction target, similarity terms in fp32, one codebook across DDP processes
+    version = 3
+    view_overrides = {"blur_p": 1.0}
 
     def build(self) -> None:
         c = self.config
@@ -177,13 +204,27 @@ class CoBooM(SSLMethod):
             fused = quantized
         return fused.transpose(1, 2).reshape(b, d, h, w), codebook_loss, commitment_loss
 
+    def make_views(self, images):
+        """[view 1, view 2], then, with the decoder, each view's reconstruction target: the un-augmented image at the
+        training resolution, mirrored where that view was mirrored."""
+        x = to_unit_float(images)
+        size = self.protocol.image_size
+        views, targets = [], []
+        whole = self.unaugmented(images) if self.decoder is not None else None
+        for cfg in self.view_augment:
+            boxes = draw_crop_boxes(len(x), cfg, device=x.device)
+            views.append(self.normalize(photometric(apply_crop_boxes(x, size, boxes), cfg)))
+            if whole is not None:
+                targets.append(torch.where(boxes.flip[:, None, None, None] < 0, whole.flip(-1), whole))
+        return self.in_memory_format(views + targets)
+
     def compute_loss(self, views, images):
         c = self.config
+        views, recon_targets = views[: self.n_views], views[self.n_views :]
         online = [self.prediction_head(self.projection_head(pooled(self.backbone.forward_features(v)))) for v in views]
         with torch.no_grad():
             target_maps = [self.backbone_target.forward_features(v) for v in views]
             target_z = [self.projection_head_target(pooled(m)) for m in target_maps]
-        recon_target = self.unaugmented(images) if self.decoder is not None else None
         terms = {k: 0.0 for k in ("l1", "l2", "codebook", "commitment", "reconstruction")}
         for a, b in ((0, 1), (1, 0)):
             fused_map, codebook_loss, commitment_loss = self.quantize_and_fuse(target_maps[b])
@@ -194,7 +235,7 @@ class CoBooM(SSLMethod):
             terms["commitment"] = terms["commitment"] + commitment_loss / 2
             if self.decoder is not None:
                 recon = self.decoder(fused_map, self.protocol.image_size)
-                terms["reconstruction"] = terms["reconstruction"] + F.mse_loss(recon.float(), recon_target) / 2
+                terms["reconstruction"] = terms["reconstruction"] + F.mse_loss(recon.float(), recon_targets[b].float()) / 2
         quantization = terms["codebook"] + c.commitment_weight * terms["commitment"]
         loss = c.alpha * (terms["l1"] + terms["l2"]) + quantization + c.gamma * terms["reconstruction"]
         out = {"loss": loss, "quantization": quantization}

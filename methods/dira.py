@@ -15,10 +15,14 @@
   weight 10. Target = the view-1 crop **after** the same crop and flip as the input, before the intensity
   distortions (spec "Decisions"; the official target is taken before the flip, so input and target are mirrored
   half of the time).
-* Distortions (official ``Custom_Distoration``, applied to both views after the photometric augmentations): with
-  probability 0.3 in-painting (up to 10 blocks of 10-70/224 of the side filled with uniform noise), 0.05
-  out-painting (noise outside 1-4 kept windows of 0.4-0.7 of the side), 0.3 swapping of up to 10 pairs of
-  10-15/224 patches, otherwise none.
+* Distortions (official ``transformation.py``, ``Custom_Distoration``, applied to both views after the photometric
+  augmentations), with the official sizes in pixels of a 224-px view scaled to the suite's side: with probability
+  0.3 in-painting (blocks of 10-70 px set to **0**, up to 10, the loop stopping with probability 0.1 after each
+  block), 0.05 out-painting (everything set to 0 outside up to 10 windows, same stopping rule, of side 224 minus
+  50-70 px, i.e. 0.69-0.78 of the side), 0.3 patch swapping (always 10 swaps of two 10-15 px patches, read from the
+  undistorted view), otherwise none. Offsets keep the official 3-px margin. The official swap loop also tests
+  that the two patches are apart, but its condition holds for almost any pair, so we draw them independently.
+  Computed for the whole batch at once (``restoration_distortion``).
 * Adversary (section 3, "Adversarial learning"): LSGAN. Discriminator = conv3x3 with strides 2, 2, 2, 1 and
   widths 64-512 (InstanceNorm except the first, LeakyReLU 0.2), a final conv3x3 to one channel, N(0, 0.02) init;
   L_G adds 0.001 * MSE(D(restored), 1), L_D = [MSE(D(target), 1) + MSE(D(restored), 0)] / 2 with Adam 2e-4,
@@ -29,6 +33,8 @@
   losses jointly for the suite's epochs and batch size.
 * Inputs: 1-channel images normalised like every method of the suite (official: 3-channel [0, 1]); the
   restoration target stays in [0, 1] to match the sigmoid output.
+* The MoCo queue is part of the checkpoint (lightly registers it as a non-persistent buffer, so a run resumed from
+  ``last.ckpt`` would restart with random negatives; MoCo's own code saves its queue).
 """
 from __future__ import annotations
 
@@ -61,44 +67,104 @@ class DiRAConfig(MethodConfig):
     distortions: bool = True
 
 
-def _side(fraction: float, size: int) -> int:
-    return max(1, int(round(fraction * size)))
+# Custom_Distoration draws its block sizes and offsets as integers in pixels of a 224-px view; we draw the same
+# integers and scale them to the view's side
+OFFICIAL_SIDE = 224
+MAX_BLOCKS = 10  # in-painting blocks and out-painting windows: at most 10, stopping with probability 0.1 after each
+STOP_PROBABILITY = 0.1
+SWAPS = 10  # patch swapping: always 10 swaps
+
+
+def _official_integers(low: int, high: int, shape, generator, device) -> torch.Tensor:
+    """``random.randint(low, high)`` (inclusive) for every element of ``shape``."""
+    return torch.randint(low, high + 1, shape, generator=generator, device=device)
+
+
+def _scaled(pixels: torch.Tensor, side: int) -> torch.Tensor:
+    """Pixel counts of a 224-px view at ``side`` px (at least 1)."""
+    return (pixels.float() * side / OFFICIAL_SIDE).round().clamp(min=1).long()
+
+
+def _offsets(sizes: torch.Tensor, side: int, generator) -> torch.Tensor:
+    """``random.randint(3, side - size - 3)`` per block, the 3-px margin scaled with the side."""
+    margin = int(round(3 * side / OFFICIAL_SIDE))
+    high = (side - sizes - margin).clamp(min=margin)
+    return margin + (torch.rand(sizes.shape, generator=generator, device=sizes.device) * (high - margin + 1)).floor().long()
+
+
+def _blocks(n: int, count: int, low: int, high: int, h: int, w: int, generator, device, complement: bool = False):
+    """``count`` blocks per image as (top, left, height, width), each side an official integer in [low, high] (or
+    224 minus one, for out-painting windows) scaled to the view, at an official offset."""
+    sides = _official_integers(low, high, (2, n, count), generator, device)
+    if complement:
+        sides = OFFICIAL_SIDE - sides
+    height, width = _scaled(sides[0], h), _scaled(sides[1], w)
+    return _offsets(height, h, generator), _offsets(width, w, generator), height, width
+
+
+def _box_masks(top, left, height, width, h: int, w: int) -> torch.Tensor:
+    """(n, k) boxes -> (n, k, h, w) masks of the pixels inside each box."""
+    rows = torch.arange(h, device=top.device)[None, None, :, None]
+    cols = torch.arange(w, device=top.device)[None, None, None, :]
+    inside_rows = (rows >= top[..., None, None]) & (rows < (top + height)[..., None, None])
+    return inside_rows & (cols >= left[..., None, None]) & (cols < (left + width)[..., None, None])
+
+
+def _blocks_drawn(n: int, generator, device) -> torch.Tensor:
+    """(n, 10) mask of the blocks the official loop places: the first always, each next one unless the loop stopped
+    (probability 0.1 after every block)."""
+    go_on = torch.rand(n, MAX_BLOCKS, generator=generator, device=device) >= STOP_PROBABILITY
+    placed = torch.cumprod(go_on.long(), dim=1)[:, :-1].bool()
+    return torch.cat([torch.ones(n, 1, dtype=torch.bool, device=device), placed], dim=1)
+
+
+def inpaint(x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """In-painting task: blocks of 10-70 px (at 224 px) set to 0, up to 10 of them."""
+    n, _, h, w = x.shape
+    masks = _box_masks(*_blocks(n, MAX_BLOCKS, 10, 70, h, w, generator, x.device), h, w)
+    cut = (masks & _blocks_drawn(n, generator, x.device)[..., None, None]).any(1, keepdim=True)
+    return x.masked_fill(cut, 0.0)
+
+
+def outpaint(x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Out-painting task: everything set to 0 except windows of side 224 - (50-70) px (at 224 px), up to 10."""
+    n, _, h, w = x.shape
+    masks = _box_masks(*_blocks(n, MAX_BLOCKS, 50, 70, h, w, generator, x.device, complement=True), h, w)
+    kept = (masks & _blocks_drawn(n, generator, x.device)[..., None, None]).any(1, keepdim=True)
+    return x.masked_fill(~kept, 0.0)
+
+
+def swap_patches(x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Local shuffling task: 10 swaps of two patches of 10-15 px (at 224 px), each read from the undistorted view
+    and written in the official order (a later swap overwrites an earlier one where they overlap). The official
+    loop also tries to keep the two patches of a swap apart, but its test is true for almost every pair, so patches
+    are drawn independently here."""
+    n, c, h, w = x.shape
+    first = _blocks(n, SWAPS, 10, 15, h, w, generator, x.device)
+    top2, left2 = _offsets(first[2], h, generator), _offsets(first[3], w, generator)
+    second = (top2, left2, first[2], first[3])
+    rows = torch.arange(h, device=x.device)[None, :, None].expand(n, h, w)
+    cols = torch.arange(w, device=x.device)[None, None, :].expand(n, h, w)
+    source_rows, source_cols = rows.clone(), cols.clone()
+    masks = [_box_masks(*box, h, w) for box in (first, second)]
+    for k in range(SWAPS):  # 10 batched steps, never a loop over images
+        for into, outof, mask in ((first, second, masks[0]), (second, first, masks[1])):
+            inside = mask[:, k]
+            source_rows = torch.where(inside, rows - into[0][:, k, None, None] + outof[0][:, k, None, None], source_rows)
+            source_cols = torch.where(inside, cols - into[1][:, k, None, None] + outof[1][:, k, None, None], source_cols)
+    index = (source_rows * w + source_cols).reshape(n, 1, h * w).expand(n, c, h * w)
+    return x.reshape(n, c, h * w).gather(2, index).reshape(n, c, h, w)
 
 
 def restoration_distortion(x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """DiRA/CAiD's ``Custom_Distoration`` on a [0,1] batch, one randomly chosen distortion per image."""
-    out = x.clone()
-    n, c, h, w = x.shape
-
-    def rand(low: float, high: float) -> float:
-        return low + (high - low) * float(torch.rand((), generator=generator))
-
-    def randint(low: int, high: int) -> int:  # inclusive bounds
-        return int(torch.randint(low, high + 1, (), generator=generator))
-
-    for i in range(n):
-        r = float(torch.rand((), generator=generator))
-        if r <= 0.3:  # in-painting
-            for _ in range(randint(1, 10)):
-                bh, bw = _side(rand(10, 70) / 224, h), _side(rand(10, 70) / 224, w)
-                top, left = randint(0, h - bh), randint(0, w - bw)
-                out[i, :, top : top + bh, left : left + bw] = torch.rand((c, bh, bw), generator=generator, device=x.device).to(x.dtype)
-        elif r <= 0.35:  # out-painting
-            out[i] = torch.rand((c, h, w), generator=generator, device=x.device).to(x.dtype)
-            for _ in range(randint(1, 4)):
-                bh, bw = _side(rand(0.4, 0.7), h), _side(rand(0.4, 0.7), w)
-                top, left = randint(0, h - bh), randint(0, w - bw)
-                out[i, :, top : top + bh, left : left + bw] = x[i, :, top : top + bh, left : left + bw]
-        elif r <= 0.65:  # patch swapping
-            for _ in range(randint(1, 10)):
-                side = min(_side(rand(10, 15) / 224, min(h, w)), h // 2, w // 2)
-                if side < 1:
-                    break
-                (t1, l1), (t2, l2) = [(randint(0, h - side), randint(0, w - side)) for _ in range(2)]
-                a = out[i, :, t1 : t1 + side, l1 : l1 + side].clone()
-                out[i, :, t1 : t1 + side, l1 : l1 + side] = out[i, :, t2 : t2 + side, l2 : l2 + side]
-                out[i, :, t2 : t2 + side, l2 : l2 + side] = a
-    return out
+    """DiRA/CAiD's ``Custom_Distoration`` (official ``transformation.py``) on a [0,1] batch, drawn per image: with
+    probability 0.3 in-painting, 0.05 out-painting, 0.3 patch swapping, otherwise none. All three are computed for
+    the whole batch and each image keeps its own draw, so there is no per-image Python loop (on a GPU a few dozen
+    kernels per view instead of hundreds)."""
+    choice = torch.rand(x.shape[0], 1, 1, 1, generator=generator, device=x.device)
+    out = torch.where(choice <= 0.3, inpaint(x, generator), x)
+    out = torch.where((choice > 0.3) & (choice <= 0.35), outpaint(x, generator), out)
+    return torch.where((choice > 0.35) & (choice <= 0.65), swap_patches(x, generator), out)
 
 
 class PatchDiscriminator(nn.Module):
@@ -125,6 +191,7 @@ class PatchDiscriminator(nn.Module):
 class DiRA(SSLMethod):
     Config = DiRAConfig
     sync_batchnorm = False  # shuffle-BN instead (module docstring)
+    version = 2  # 2: official distortions (zero fills, stopping rule, window sizes, 10 swaps); queue checkpointed
 
     def build(self) -> None:
         c = self.config
@@ -133,6 +200,9 @@ class DiRA(SSLMethod):
         self.decoder = UNetDecoder(skips=True)
         self.restoration_head = nn.Conv2d(self.decoder.channels[-1], self.protocol.in_channels, 3, padding=1)
         self.criterion = NTXentLoss(temperature=c.temperature, memory_bank_size=(c.queue_size, c.output_dim), gather_distributed=gather_across_processes())
+        queue = self.criterion.memory_bank
+        for name in ("bank", "bank_ptr"):  # checkpointed, so a resumed run keeps its negatives (module docstring)
+            queue.register_buffer(name, getattr(queue, name), persistent=True)
         self.make_ema_targets("backbone", "projection_head")
         self.discriminator = PatchDiscriminator(self.protocol.in_channels) if c.adversarial_weight > 0 else None
         self.discriminator_optimizer = None

@@ -17,6 +17,14 @@ Follows the official ``models/mlvicx.py`` (spec section 2) on the suite's ResNet
 * Evaluation uses the **plain ResNet-18**: the exported encoder is the trunk without the context bottlenecks, as
   the official ``ln_cls.py`` loads the weights positionally into torchvision's resnet18 and drops them. The
   attention blocks are a pretraining-only module, like the heads.
+* BatchNorm statistics of the exported trunk: during training every stage after the first sees the *attended*
+  output of the stage before, so the trunk's running statistics describe that path, not the plain trunk's (at
+  initialisation layer4's input RMS is 0.27 with the attention blocks and 762 without). A frozen encoder probed in
+  eval mode would normalise inputs it never saw. The official ``ln_cls.py`` hides this by probing in train mode,
+  which re-estimates BatchNorm on the plain trunk from the probe's own batches. We re-estimate explicitly, once,
+  before export (``reestimate_exported_batchnorm``): one pass over the pretraining corpus through both training
+  views, cumulative average, as the random-init row gets its statistics (``methods/supervised.py``); the
+  weights are untouched. The learning-signal monitor probes the trunk the same way.
 """
 from __future__ import annotations
 
@@ -72,6 +80,8 @@ def expander(in_dim: int, hidden_dim: int, out_dim: int) -> ProjectionHead:
 
 class MLVICX(SSLMethod):
     Config = MLVICXConfig
+    reestimate_exported_batchnorm = True
+    version = 2  # 2: the exported trunk's BatchNorm statistics are those of the plain trunk
     view_overrides = {"blur_p": [1.0, 0.1], "solarize_p": [0.0, 0.2]}
     STAGE_CHANNELS = (64, 64, 128, 256, 512)
 

@@ -9,7 +9,10 @@ Follows the official ``train_2d.py`` (spec section 5) on the suite's ResNet-18 e
 * Multi-scale alignment (section 3.2): for a pair of views, one **random decoder level** i is drawn and
   ``L = -(cos(pre_i(a), SG pro_i(b)) + cos(pre_i(b), SG pro_i(a))) / 2``. Global term: the two global views. Local
   term: each of ``n_local_views`` = 6 local views (96/224 of the resolution, area 0.05-0.3) with each global view,
-  each pair with its own random level, summed and divided by 12 (2 x 6).
+  each pair with its own random level, summed and divided by 12 (2 x 6). As the official ``train_2d.py``, each
+  global view is its own forward pass, and the local views are concatenated into **one** forward pass (with
+  ``pro``/``pre`` of every level), so every BatchNorm layer normalises them with the statistics of all
+  ``n_local_views`` x batch local crops together; each local view's embeddings are then its slice of that batch.
 * Pixel restoration (section 3.1): ``MSE(final(view 1), gt) + beta * MSE(mid_i(view 1), gt)`` with the level i of
   the global term, gt = view 1 after the spatial transforms only (crop, flip, rotation), normalised, and
   ``beta = (1 + cos(pi * progress)) / 2`` (official: over 240 epochs; here over the suite's training). At input
@@ -20,7 +23,9 @@ Follows the official ``train_2d.py`` (spec section 5) on the suite's ResNet-18 e
 * Total: the unweighted sum of the global, local and restoration terms (official).
 * Augmentations: the suite's crop scale for the global views (official 0.3-1), rotation +-10 degrees, flip, the
   suite's intensity augmentations (no colour jitter or grayscale on 1-channel images) and cutout of 3 holes of
-  32/224 of the side on the global views only.
+  32/224 of the side on the global views only. Cutout comes after normalisation, as the official ``Cutout`` zeroes
+  the normalised tensor: the holes hold the corpus mean, not black.
+* All similarity terms are computed in fp32 with autocast off.
 """
 from __future__ import annotations
 
@@ -67,6 +72,7 @@ class LevelHeads(nn.Module):
 
 class PCRLv2(SSLMethod):
     Config = PCRLv2Config
+    version = 2  # 2: cutout after normalisation (official fill), local views in one forward pass, fp32 similarities
 
     def build(self) -> None:
         c = self.config
@@ -85,24 +91,28 @@ class PCRLv2(SSLMethod):
         x = to_unit_float(images)
         size, c = self.protocol.image_size, self.config
         crops = [random_resized_crop(x, size, cfg) for cfg in self.global_augment]
-        global_views = [self.normalize(cutout(photometric(crop, cfg), c.cutout_holes, c.cutout_fraction)) for crop, cfg in zip(crops, self.global_augment)]
+        global_views = [cutout(self.normalize(photometric(crop, cfg)), c.cutout_holes, c.cutout_fraction) for crop, cfg in zip(crops, self.global_augment)]
         local_views = [self.normalize(augment_view(x, self.local_size, cfg)) for cfg in self.local_augment]
         return self.in_memory_format(global_views + [self.normalize(crops[0])] + local_views)
 
     def levels(self, view: torch.Tensor):
         return self.decoder(self.backbone.stages(view))
 
-    def embeddings(self, levels, i: int):
-        """(pro_i, pre_i) of decoder level i."""
-        heads = self.level_heads[i]
-        pro = heads.project(torch.flatten(F.adaptive_avg_pool2d(levels[i], 1), 1))
-        return pro, heads.predict(pro)
+    def level_embeddings(self, levels) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+        """(pro_i, pre_i) of every decoder level i, as the official decoder computes them in its forward pass."""
+        embeddings = []
+        for heads, level in zip(self.level_heads, levels):
+            pro = heads.project(torch.flatten(F.adaptive_avg_pool2d(level, 1), 1))
+            embeddings.append((pro, heads.predict(pro)))
+        return embeddings
 
-    def alignment(self, levels_a, levels_b, i: int) -> torch.Tensor:
-        pro_a, pre_a = self.embeddings(levels_a, i)
-        pro_b, pre_b = self.embeddings(levels_b, i)
-        cos = lambda p, z: F.cosine_similarity(p.float(), z.detach().float(), dim=-1).mean()  # noqa: E731
-        return -0.5 * (cos(pre_a, pro_b) + cos(pre_b, pro_a))
+    @staticmethod
+    def alignment(embeddings_a, embeddings_b, i: int) -> torch.Tensor:
+        """Level i's symmetric negative cosine between predictions and stop-gradient projections, in fp32."""
+        (pro_a, pre_a), (pro_b, pre_b) = embeddings_a[i], embeddings_b[i]
+        with torch.autocast(device_type=pro_a.device.type, enabled=False):
+            cos = lambda p, z: F.cosine_similarity(p.float(), z.detach().float(), dim=-1).mean()  # noqa: E731
+            return -0.5 * (cos(pre_a, pro_b) + cos(pre_b, pro_a))
 
     def sampled_levels(self) -> List[int]:
         """The decoder levels a term averages over: one random level, or all of them."""
@@ -118,15 +128,19 @@ class PCRLv2(SSLMethod):
         first, second, target = views[:3]
         local_views = views[3:]
         levels = [self.levels(first), self.levels(second)]
+        global_embeddings = [self.level_embeddings(lv) for lv in levels]
         chosen = self.sampled_levels()
-        global_term = sum(self.alignment(levels[0], levels[1], i) for i in chosen) / len(chosen)
+        global_term = sum(self.alignment(*global_embeddings, i) for i in chosen) / len(chosen)
         local_term = torch.zeros((), device=first.device)
-        for view in local_views:
-            local_levels = self.levels(view)
-            for global_levels in levels:
-                pair_levels = self.sampled_levels()
-                local_term = local_term + sum(self.alignment(local_levels, global_levels, i) for i in pair_levels) / len(pair_levels)
-        local_term = local_term / max(1, 2 * len(local_views))
+        if local_views:
+            local_batch = self.level_embeddings(self.levels(torch.cat(local_views)))  # one pass, as the official code
+            n = len(first)
+            for j in range(len(local_views)):
+                local_embeddings = [(pro[j * n : (j + 1) * n], pre[j * n : (j + 1) * n]) for pro, pre in local_batch]
+                for embeddings in global_embeddings:
+                    pair_levels = self.sampled_levels()
+                    local_term = local_term + sum(self.alignment(local_embeddings, embeddings, i) for i in pair_levels) / len(pair_levels)
+            local_term = local_term / (2 * len(local_views))
         size, target = first.shape[-1], target.float()
         # sides that are not a multiple of 32 (e.g. 48 px): the skip-free decoder overshoots the input size
         final = input_sized(self.final_head(levels[0][-1]).float(), size)

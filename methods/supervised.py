@@ -19,7 +19,7 @@ of the batches. ``batchnorm_statistics: init`` keeps PyTorch's initial values.
 import dataclasses
 
 import torch
-from methods.base import MethodConfig, SSLMethod, estimate_batchnorm_statistics
+from methods.base import MethodConfig, SSLMethod
 
 BATCHNORM_STATISTICS = ("corpus", "init")
 
@@ -38,6 +38,6 @@ class Supervised(SSLMethod):
     needs_pretraining = False
     n_views = 1  # the statistics pass sees one view per image, augmented as the suite's pretraining views
 
-    def prepare_untrained_encoder(self, images: torch.Tensor, batch_size: int, generator: torch.Generator) -> None:
+    def finish_encoder(self, images: torch.Tensor, batch_size: int, seed: int) -> None:
         if self.config.batchnorm_statistics == "corpus":
-            estimate_batchnorm_statistics(self.backbone, lambda batch: self.make_views(batch)[0], images, batch_size, generator)
+            self.estimate_trunk_statistics(self.backbone, images, batch_size, seed)

@@ -8,16 +8,20 @@ local views of 96/224 of that resolution with area fraction 0.05-0.14 (the paper
 protocol the global views keep the suite's crop scale instead of the paper's 0.14-1). Heads: projector
 512 -> 2048 -> 128, 3000 prototypes (solo-learn's ResNet-18 recipe, spec section 7).
 
-As in the official code: prototypes are L2-normalised before every step and kept frozen for the first epoch
-(``freeze_prototypes_epochs``, the official ``freeze_prototypes_niters``); small batches use a queue of past
-global-view embeddings that joins the Sinkhorn step (not the loss) once it is full, filled from
-``queue_start_epoch`` (the paper's small-batch setting and the official options ``queue_length`` 3840 and
-``epoch_queue_starts`` 15 at batch 256). A queue longer than the corpus would hold the same images twice; the
-suites set it to fit. Under DDP each process keeps ``queue_length / processes`` embeddings, as the official code:
+As in the official code: prototypes are L2-normalised before every step and kept frozen at the start of training;
+small batches use a queue of past global-view embeddings that joins the Sinkhorn step (not the loss) once it is
+full. Both schedules are set per step in the official code, for its own length of training: the small-batch recipe
+(``scripts/swav_400ep_bs256_pretrain.sh``: ``queue_length`` 3840, 400 epochs of 5,005 iterations) freezes the
+prototypes for ``freeze_prototypes_niters`` 5,005 iterations (the first epoch, 1/400 of training) and starts the
+queue at ``epoch_queue_starts`` 15 (15/400). We keep those **shares of training**
+(``freeze_prototypes_share``, ``queue_start_share``), so a shorter protocol keeps the reference's proportions
+instead of, say, freezing the prototypes for a quarter of a 4-epoch run; the step counts are rounded up (at least
+one frozen step). A queue longer than the corpus would hold the same images twice; the suites set it to fit. Under DDP each process keeps ``queue_length / processes`` embeddings, as the official code:
 Sinkhorn gathers across processes, so it sees as many queued embeddings as one process would. The prototype
 scores, Sinkhorn and the loss run in fp32 under mixed precision.
 """
 import dataclasses
+import math
 from typing import Tuple
 
 import torch
@@ -42,19 +46,20 @@ class SwAVConfig(MethodConfig):
     n_local_views: int = 6
     local_crop_scale: Tuple[float, float] = (0.05, 0.14)
     local_size_ratio: float = 96 / 224
-    freeze_prototypes_epochs: int = 1
+    freeze_prototypes_share: float = 1 / 400
     queue_length: int = 3840
-    queue_start_epoch: int = 15
+    queue_start_share: float = 15 / 400
 
 
 class SwAV(SSLMethod):
     Config = SwAVConfig
+    version = 2  # 2: prototype freeze and queue start as shares of training (were whole epochs)
 
     def build(self) -> None:
         c = self.config
         self.projection_head = SwaVProjectionHead(self.backbone.feature_dim, c.hidden_dim, c.output_dim)
-        frozen_steps = c.freeze_prototypes_epochs * self.protocol.steps_per_epoch
-        self.prototypes = SwaVPrototypes(c.output_dim, c.n_prototypes, n_steps_frozen_prototypes=frozen_steps)
+        self.prototypes = SwaVPrototypes(c.output_dim, c.n_prototypes, n_steps_frozen_prototypes=self.steps_of(c.freeze_prototypes_share))
+        self.queue_start_step = self.steps_of(c.queue_start_share)
         self.criterion = SwaVLoss(temperature=c.temperature, sinkhorn_iterations=c.sinkhorn_iterations, sinkhorn_epsilon=c.sinkhorn_epsilon, sinkhorn_gather_distributed=gather_across_processes())
         local = {**self.protocol.augment, **self.view_overrides, "crop_scale": list(c.local_crop_scale)}
         self.local_augment = view_configs(local, c.n_local_views)
@@ -81,9 +86,13 @@ class SwAV(SSLMethod):
                 with torch.no_grad():
                     queue_scores = [self.prototypes(self.queue[i], step=self.global_step) for i in range(self.n_views)]
             loss = self.criterion(high, low, queue_outputs=queue_scores)
-        if self.training and self.config.queue_length > 0 and self.current_epoch >= self.config.queue_start_epoch:
+        if self.training and self.config.queue_length > 0 and self.global_step >= self.queue_start_step:
             self.enqueue(torch.stack(embeddings[: self.n_views]).detach())
         return {"loss": loss.squeeze()}
+
+    def steps_of(self, share: float) -> int:
+        """A share of the protocol's training steps, rounded up."""
+        return math.ceil(share * self.protocol.total_steps - 1e-9)
 
     def setup(self, stage: str) -> None:
         """Size this process's queue share; runs in every DDP process before a checkpoint is restored."""

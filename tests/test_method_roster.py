@@ -63,14 +63,14 @@ def test_nt_xent_over_pixels_matches_hand_computation():
 
 
 def test_swav_prototypes_normalised_frozen_in_first_epoch_and_queue_fills_before_use():
-    frozen = build_method("swav", tiny_protocol(steps=4), {**SMALL_HEADS["swav"], "freeze_prototypes_epochs": 1})
+    frozen = build_method("swav", tiny_protocol(steps=4), {**SMALL_HEADS["swav"], "freeze_prototypes_share": 0.25})
     frozen.train()
     images = fixed_batch(n=4)
     frozen.compute_loss(frozen.make_views(images), images)["loss"].backward()
     assert all(p.grad is None for p in frozen.prototypes.parameters()), "prototypes must not learn in the first epoch"
     assert torch.allclose(frozen.prototypes.heads[0].weight.norm(dim=1), torch.ones(16))
 
-    model = build_method("swav", tiny_protocol(), {**SMALL_HEADS["swav"], "queue_length": 8, "queue_start_epoch": 0})
+    model = build_method("swav", tiny_protocol(), {**SMALL_HEADS["swav"], "queue_length": 8, "queue_start_share": 0.0})
     model.train()
     seen = []
     for _ in range(3):

@@ -14,7 +14,7 @@ SMALL_HEADS = {
     "coboom": {"hidden_dim": 64, "output_dim": 32, "codebook_size": 32},
     "coboom-nodec": {"hidden_dim": 64, "output_dim": 32, "codebook_size": 32},
     "coboom-nodf": {"hidden_dim": 64, "output_dim": 32, "codebook_size": 32},
-    "swav": {"hidden_dim": 64, "output_dim": 32, "n_prototypes": 16, "n_local_views": 2, "queue_length": 0, "freeze_prototypes_epochs": 0},
+    "swav": {"hidden_dim": 64, "output_dim": 32, "n_prototypes": 16, "n_local_views": 2, "queue_length": 0, "freeze_prototypes_share": 0.0},
     "vicreg": {"hidden_dim": 64, "output_dim": 64},
     "caid": {"hidden_dim": 64, "output_dim": 32, "queue_size": 64},
     "dira": {"hidden_dim": 64, "output_dim": 32, "queue_size": 64},
@@ -127,21 +127,20 @@ def test_random_init_gets_the_batchnorm_statistics_of_the_corpus():
     torch.manual_seed(1)
     model = build_method("supervised", tiny_protocol())
     weights = copy.deepcopy(model.backbone.state_dict())
-    torch.manual_seed(5)
-    model.prepare_untrained_encoder(images, 8, torch.Generator().manual_seed(0))
+    model.finish_encoder(images, 8, seed=5)
     norm = model.backbone.bn1
     assert not model.backbone.training and norm.momentum == 0.1 and int(norm.num_batches_tracked) == 3
     # the cumulative average over the corpus's views (momentum None), not an exponential one: with the same views
     # (batches of equal size), the first BatchNorm's running mean is the mean of the first convolution's output
     torch.manual_seed(5)
-    order = torch.randperm(24, generator=torch.Generator().manual_seed(0)).split(8)
+    order = torch.randperm(24, generator=torch.Generator().manual_seed(5)).split(8)
     with torch.no_grad():
         conv = torch.cat([model.backbone.conv1(model.make_views(images[b])[0]) for b in order])
     torch.testing.assert_close(norm.running_mean, conv.mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
     # only buffers change: the weights stay the seeded random initialisation
     assert all(torch.equal(weights[k], v) for k, v in model.backbone.state_dict().items() if "running" not in k and "num_batches" not in k)
     untouched = build_method("supervised", tiny_protocol(), {"batchnorm_statistics": "init"})
-    untouched.prepare_untrained_encoder(images, 8, torch.Generator().manual_seed(0))
+    untouched.finish_encoder(images, 8, seed=0)
     assert torch.equal(untouched.backbone.bn1.running_mean, torch.zeros(64)) and torch.equal(untouched.backbone.bn1.running_var, torch.ones(64))
     with pytest.raises(ValueError, match="batchnorm_statistics"):
         build_method("supervised", tiny_protocol(), {"batchnorm_statistics": "imagenet"})

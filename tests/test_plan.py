@@ -59,7 +59,7 @@ def test_method_code_version_changes_only_that_method(monkeypatch):
 
     suite = load_suite("smoke")
     before, evals_before = keys_by_method(suite)
-    monkeypatch.setattr(BYOL, "version", 2)
+    monkeypatch.setattr(BYOL, "version", BYOL.version + 1)
     after, evals_after = keys_by_method(suite)
     assert after["byol"] != before["byol"]
     assert all(after[m] == before[m] for m in before if m != "byol")
@@ -96,8 +96,7 @@ def test_quick_long_is_quick_with_more_steps_only():
     assert {k: long["pretrain"][k] for k in same} == {k: quick["pretrain"][k] for k in same}
     assert long["pretrain"]["datasets"]["cxr"] == quick["pretrain"]["datasets"]["cxr"]
     assert long["methods"] == quick["methods"]
-    swav_start = {s["name"]: s["method_params"]["swav"].pop("queue_start_epoch") for s in (quick, long)}
-    assert swav_start["quick-long"] / long["pretrain"]["epochs"] == swav_start["quick"] / quick["pretrain"]["epochs"]
+    # SwAV's prototype freeze and queue start are shares of training, so the same settings scale with the length
     assert long["method_params"] == quick["method_params"]
     # the random-init floor is the same job in both suites
     floor = [{job.key for job in build_plan(s).pretrain_jobs if job.method == "supervised" and job.corpus == "cxr"} for s in (quick, long)]
