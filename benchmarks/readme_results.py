@@ -45,7 +45,7 @@ def block(suite: str) -> str:
             total = sum(run["wall_time_s"] for run in runs) / 60
             lines = "\n".join(f"{i}. {describe_run(run, precisions)}" for i, run in enumerate(runs, 1))
             parts.append(f"Produced by {len(runs)} runs, {total:.1f} min in all:\n\n{lines}")
-    for name in ("table1.md", "table2.md", "random_init_margins.md", "random_init_batchnorm.md", "finetune_gap.md", "segmentation.md", "pretraining.md"):
+    for name in ("table1.md", "table2.md", "random_init_margins.md", "random_init_batchnorm.md", "exported_batchnorm.md", "finetune_gap.md", "segmentation.md", "pretraining.md"):
         if (reports / name).exists():
             parts.append((reports / name).read_text().strip())
     figures = [name for name in ("label_efficiency.png", "ablation.png") if (reports / name).exists()]

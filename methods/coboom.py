@@ -31,12 +31,12 @@ Architecture (paper, section 3 and Fig. 1), with our decisions from shared/specs
 * Decoder f'_theta (section 3.2): reconstructs the un-augmented image (resized to the training resolution) from
   y'_dc; L_r = MSE. The target is mirrored wherever the view that y'_dc comes from was mirrored, so input and
   target share their geometry (the official HEAD compares with the unflipped ``orig`` although y_phi comes from a
-  50 %-flipped view; the project fixes the same mirrored target for DiRA/CAiD). Its architecture is unpublished: we use four x2 upsampling stages (bilinear, conv3x3-BN-ReLU;
-  512 -> 256 -> 128 -> 64 -> 32), a 1x1 conv to the image channels and a bilinear x2 to the input size.
+  50 %-flipped view; the project fixes the same mirrored target for DiRA/CAiD). The decoder's architecture is
+  unpublished: we use four x2 upsampling stages (bilinear, conv3x3-BN-ReLU; 512 -> 256 -> 128 -> 64 -> 32), a 1x1
+  conv to the image channels and a bilinear x2 to the input size.
 * Total: L = alpha (L1 + L2) + L_q + gamma L_r, alpha = gamma = 0.5 (section 3.2). The official trainer's
   ``[D(q1,z2)+D(q2,z1)+D(q2,fuse1)+D(q1,fuse2)]/4`` equals alpha(L1+L2) with alpha = 0.5 after symmetrisation,
   which is the mapping we use.
-
 * Views: the official ``get_transform(gb_prob=1.0)`` for both views, so Gaussian blur is applied **always** to both
   (p = 1 overrides the suite's blur probability); colour jitter and grayscale have no 1-channel counterpart.
 * Under DDP every process must quantize with the same codebook, but the data initialisation and the re-seeding

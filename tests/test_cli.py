@@ -94,3 +94,11 @@ def test_random_init_batchnorm_comparison_needs_the_suite_run_first(tmp_path):
     assert done.returncode == 2
     assert f"no stored linear-probe records of 'supervised' in {tmp_path}/smoke; run the suite first" in done.stderr
     assert not (tmp_path / "smoke-bn-init").exists()
+
+
+def test_exported_batchnorm_comparison_needs_a_reestimating_method_and_the_suite_run_first(tmp_path):
+    script = [sys.executable, "benchmarks/exported_batchnorm.py", "--suite", "smoke", "--out", str(tmp_path), "--reports", str(tmp_path)]
+    done = subprocess.run(script + ["--method", "simclr"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "method 'simclr' exports the statistics of its training: there is nothing to compare" in done.stderr
+    done = subprocess.run(script + ["--method", "mlvicx"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "run the suite first: no stored records or last.ckpt for mlvicx-cxr-" in done.stderr

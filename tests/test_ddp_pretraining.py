@@ -1,7 +1,9 @@
 """--devices 2 on CPU: Lightning DDP (ddp_spawn, gloo) pretrains one method, the history is written once, and the
-encoder comes back to the main process and is saved as with one device."""
+encoder comes back to the main process and is saved as with one device. CoBooM runs collectives inside its forward
+pass (one codebook for all processes); MLVICX re-estimates its exported statistics in the main process afterwards."""
 import json
 
+import pytest
 import torch
 
 from datasets import load_dataset
@@ -9,12 +11,15 @@ from medssl.backbone import ResNetTrunk
 from medssl.config import load_suite
 from medssl.plan import build_plan
 from medssl.pretrain import load_encoder, run_pretraining
+from tests.test_methods import SMALL_HEADS
 
 
-def test_two_process_pretraining_saves_a_trained_encoder(tmp_path, synthetic_root):
+@pytest.mark.parametrize("method", ["simclr", "coboom", "mlvicx"])
+def test_two_process_pretraining_saves_a_trained_encoder(method, tmp_path, synthetic_root):
     suite = load_suite("smoke")
-    suite["methods"] = ["simclr"]
-    job = next(j for j in build_plan(suite).pretrain_jobs if j.method == "simclr")
+    suite["methods"] = [method]
+    suite["method_params"] = {method: SMALL_HEADS[method]}
+    job = next(j for j in build_plan(suite).pretrain_jobs if j.method == method)
     corpus = job.config["corpus"]
     dataset = load_dataset(corpus["name"], synthetic_root, **corpus["params"])
     path = run_pretraining(job, dataset, tmp_path, progress=False, devices=2)
