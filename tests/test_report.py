@@ -114,3 +114,21 @@ def test_random_init_margins_mark_significant_gains_only(tmp_path):
     assert rows["SimCLR"].count("\\*") == 2 and rows["CoBooM w/ Dec."].count("\\*") == 2
     assert "\\*" not in rows["BYOL"]
     assert "the difference from Sup. is significant: paired bootstrap over test images" in margins and "Holm" in margins
+
+
+def test_report_removes_its_files_that_the_records_no_longer_produce(tmp_path):
+    """A report regenerated after a suite lost a protocol must not leave the old tables beside the new ones (the
+    same way a stale ablation.png stayed in reports/quick-long after its CoBooM ablation rows were dropped)."""
+    suite = load_suite("smoke")
+    values = {(m, p, f): v for (m, v) in [("supervised", 0.60), ("simclr", 0.70), ("coboom", 0.72)] for p in ("linear", "finetune") for f in (30.0, 100.0)}
+    reports = tmp_path / "r"
+    plan = build_plan(suite)
+    assert "table2.md" in {p.name for p in write_reports(plan, hand_made_store(tmp_path / "a", plan, values), reports)}
+    (reports / "random_init_batchnorm.md").write_text("written by a benchmark script\n")
+    suite["tasks"][0]["protocols"] = ["linear"]
+    plan = build_plan(suite)
+    written = {p.name for p in write_reports(plan, hand_made_store(tmp_path / "b", plan, values), reports)}
+    on_disk = {p.name for p in reports.iterdir()}
+    assert "table1.md" in written and not {"table2.md", "table2.csv", "table2.tex", "finetune_gap.md"} & on_disk
+    assert on_disk == written | {"random_init_batchnorm.md"}
+    assert b"table2.tex" not in (reports / "index.html").read_bytes()
