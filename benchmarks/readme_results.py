@@ -24,10 +24,11 @@ def runs_behind(results: Path):
 
 def describe_run(run, precisions) -> str:
     hw = run["hardware"]
+    model = f"{hw['cpu_model']}{' with' if hw.get('cpu_bf16') else ' without'} native bf16, " if hw.get("cpu_model") else ""
     trained_in = f", pretraining precision {', '.join(precisions)}" if precisions else ""
     reused = f", reusing {run['skipped']} stored" if run["skipped"] else ""
     return (f"`python run_benchmark.py {' '.join(run['argv'])}` at commit `{run['git_commit'][:12]}`: {run['ran']} evaluations{reused}, "
-            f"with their pretraining, in **{run['wall_time_s'] / 60:.1f} min** on {hw['cpu_count']} CPU cores ({hw['platform']}, "
+            f"with their pretraining, in **{run['wall_time_s'] / 60:.1f} min** on {hw['cpu_count']} CPU cores ({model}{hw['platform']}, "
             f"torch threads {hw['torch_threads']}, device {hw['device']}{trained_in})")
 
 

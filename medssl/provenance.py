@@ -37,10 +37,27 @@ def package_versions() -> Dict[str, str]:
     return versions
 
 
+@functools.lru_cache(maxsize=1)
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux); empty where it cannot be read. Timings of two runs are only
+    comparable on the same model (and with the same native bf16 support): ``platform`` alone says x86_64."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
+            for line in info:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
 def hardware(device: str = "cpu") -> Dict[str, object]:
     import torch
 
-    info: Dict[str, object] = {"platform": platform.platform(), "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": device}
+    from medssl.precision import cpu_supports_bf16
+
+    info: Dict[str, object] = {"platform": platform.platform(), "cpu": platform.processor() or platform.machine(), "cpu_model": cpu_model(),
+                               "cpu_bf16": cpu_supports_bf16(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": device}
     if device.startswith("cuda") and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
         info["gpu_count"] = torch.cuda.device_count()

@@ -27,6 +27,8 @@ def test_records_carry_provenance_and_metrics(smoke_run):
     for field in ("config_hash", "git_commit", "packages", "hardware", "wall_time_s", "per_class", "excluded_classes"):
         assert field in r
     assert r["packages"]["torch"] and r["hardware"]["cpu_count"]
+    # timings are comparable only on the same CPU model with the same native bf16 support
+    assert isinstance(r["hardware"]["cpu_model"], str) and isinstance(r["hardware"]["cpu_bf16"], bool)
     assert 0.0 <= r["value"] <= 1.0 and r["n_test"] > 0
     assert (root / "results" / "smoke" / "predictions" / f"{r['key']}.npz").exists()
 
