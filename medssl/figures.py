@@ -118,9 +118,14 @@ def ablation_figure(plan: Plan, runs: Dict[CellKey, CellRuns], path: Path):
         plt.close(fig)
 
 
+FIGURE_FILES = ("label_efficiency.png", "ablation.png")
+
+
 def write_figures(plan: Plan, runs: Dict[CellKey, CellRuns], intervals: Dict[CellKey, Tuple[float, float]], reports_dir: Path) -> List[Path]:
+    """The figures of ``FIGURE_FILES`` that the runs call for (the ablation figure needs two CoBooM variants)."""
     reports_dir.mkdir(parents=True, exist_ok=True)
-    made = [label_efficiency_figure(plan, runs, intervals, reports_dir / "label_efficiency.png"), ablation_figure(plan, runs, reports_dir / "ablation.png")]
+    efficiency, ablation = (reports_dir / name for name in FIGURE_FILES)
+    made = [label_efficiency_figure(plan, runs, intervals, efficiency), ablation_figure(plan, runs, ablation)]
     return [p for p in made if p is not None]
 
 
@@ -170,7 +175,7 @@ def write_html(plan: Plan, reports_dir: Path, files: List[Path]) -> Path:
         if name in names:
             parts.append(f"<h2>{name}</h2>")
             parts.append(markdown_to_html(names[name].read_text(encoding="utf-8")))
-    for name in ("label_efficiency.png", "ablation.png"):
+    for name in FIGURE_FILES:
         if name in names:
             parts.append(f"<h2>{name}</h2><img src='{name}' alt='{name}'>")
     parts.append("</body></html>")

@@ -17,7 +17,7 @@ from typing import Dict, Iterable, List, Optional
 
 import numpy as np
 
-from medssl import compare
+from medssl import compare, figures
 from medssl.compare import Comparison
 from medssl.config import fraction_label, statistics_settings
 from medssl.plan import Plan, evaluation_seeds, task_type
@@ -352,13 +352,13 @@ def render_segmentation_details(plan: Plan, records: Iterable[Dict]) -> str:
     return "\n".join(lines)
 
 
-# Every file write_reports can produce. One of them that the current records do not call for (a fine-tuning table
-# after the fine-tuning rows were dropped, an ablation figure with a single CoBooM variant left) is removed, so the
-# folder never shows a report of records that are no longer there. Files other tools write there (benchmarks/*.py)
-# are left alone.
+# Every file write_reports can produce besides index.html (always written). One of them that the current records do
+# not call for (a fine-tuning table after the fine-tuning rows were dropped, an ablation figure with a single CoBooM
+# variant left) is removed, so the folder never shows a report of records that are no longer there. Files other tools
+# write there (benchmarks/*.py) are left alone.
 REPORT_FILES = ("random_init_margins.md", "pretraining.md", "finetune_gap.md", "segmentation.md",
                 *(f"{stem}.{ext}" for stem, _ in TABLES.values() for ext in ("md", "csv", "tex")),
-                "statistics.md", "statistics.csv", "statistics_per_class.csv", "label_efficiency.png", "ablation.png", "index.html")
+                "statistics.md", "statistics.csv", "statistics_per_class.csv", *figures.FIGURE_FILES)
 
 
 def write_reports(plan: Plan, records: Iterable[Dict], reports_dir: Path, pretraining: Optional[Dict[str, Dict]] = None) -> List[Path]:
@@ -366,8 +366,6 @@ def write_reports(plan: Plan, records: Iterable[Dict], reports_dir: Path, pretra
     per-image predictions then feed the image-level statistics (CIs, bootstrap and DeLong tests). Report files left
     from earlier records that these records no longer produce are deleted (``REPORT_FILES``); the per-class CSV is
     kept when no store is given, since without predictions it cannot be rebuilt."""
-    from medssl import figures
-
     store = records if isinstance(records, ResultStore) else None
     records = list(records)
     runs = compare.collect_runs(plan, records, store)
@@ -401,7 +399,7 @@ def write_reports(plan: Plan, records: Iterable[Dict], reports_dir: Path, pretra
             written.append(reports_dir / name)
     intervals = compare.cell_intervals(plan, runs)
     written += figures.write_figures(plan, runs, intervals, reports_dir)
-    stale = set(REPORT_FILES) - {p.name for p in written} - {"index.html"} - ({"statistics_per_class.csv"} if store is None else set())
+    stale = set(REPORT_FILES) - {p.name for p in written} - ({"statistics_per_class.csv"} if store is None else set())
     for name in sorted(stale):
         (reports_dir / name).unlink(missing_ok=True)
     written.append(figures.write_html(plan, reports_dir, [p for p in written if p.suffix in (".md", ".png")]))
