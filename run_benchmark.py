@@ -33,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--suite", default="quick", help="suite name in benchmarks/suites/ or a path to a suite .yaml (default: quick)")
     parser.add_argument("--methods", help="comma-separated subset of the suite's methods, e.g. simclr,coboom")
     parser.add_argument("--seeds", help="comma-separated evaluation seeds, e.g. 0,1,2 (default: the suite's)")
+    parser.add_argument("--pretrain-seeds", help="comma-separated pretraining seeds, e.g. 0 for a fast demonstration run (default: the suite's); "
+                        "with one pretraining seed the tables carry no comparison marks (README \"Statistics\")")
     parser.add_argument("--fractions", help="comma-separated label fractions in percent, e.g. 1,10,100 (default: the suite's)")
     parser.add_argument("--data-root", help="folder with the datasets; synthetic data is generated there (default: ./data)")
     parser.add_argument("--out", default="results", help="results folder: records in OUT/<suite>/, checkpoints in OUT/checkpoints/ (default: results)")
@@ -161,7 +163,7 @@ def main(argv=None) -> int:
         from medssl.report import write_reports
 
         suite = load_suite(args.suite)
-        suite = apply_overrides(suite, methods=parse_list(args.methods), seeds=parse_list(args.seeds, int), fractions=parse_list(args.fractions, float))
+        suite = apply_overrides(suite, methods=parse_list(args.methods), seeds=parse_list(args.seeds, int), pretrain_seeds=parse_list(args.pretrain_seeds, int), fractions=parse_list(args.fractions, float))
         plan = build_plan(suite)
         out_dir = Path(args.out)
         shard = parse_shard(args.shard) if args.shard else None

@@ -26,10 +26,10 @@ sys.path.insert(0, str(ROOT))
 from medssl.config import load_suite  # noqa: E402
 from medssl.evaluate import extract_features, linear_probe  # noqa: E402
 from medssl.metrics import multilabel_auc  # noqa: E402
-from medssl.plan import build_plan, evaluation_seeds, task_type  # noqa: E402
+from medssl.plan import build_plan, task_type  # noqa: E402
 from medssl.pretrain import ENCODER_FILE, load_encoder  # noqa: E402
 from medssl.records import ResultStore  # noqa: E402
-from medssl.report import _header, aggregate, cell_text, method_label, table_rows  # noqa: E402
+from medssl.report import _header, aggregate, cell_text, method_label, replicates, table_rows  # noqa: E402
 from medssl.runner import DatasetCache  # noqa: E402
 from medssl.splits import label_fraction_indices  # noqa: E402
 from methods import method_class  # noqa: E402
@@ -88,7 +88,7 @@ def main() -> int:
             result = linear_probe(features, labels, subset, split["val"], split["test"], dataset.class_names, job.config["settings"], job.seed)
             auc = multilabel_auc(labels[split["test"]], result["test_scores"], dataset.class_names)["macro_auc"]
             values[job.key] = {"key": job.key, "value": auc}
-    n_seeds = len(evaluation_seeds(plan.suite, "linear")) * len(plan.suite["pretrain"]["seeds"])
+    n_seeds = replicates(plan, "linear")
     cells = lambda records: [cell_text(r, n_seeds) if r["n"] else "–" for r in table_rows(plan, aggregate(plan, records), "linear")]  # noqa: E731
     columns = [(t["name"], float(f)) for t in plan.suite["tasks"] for f in t["fractions"]]
     header = _header(columns)

@@ -20,9 +20,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from medssl.config import load_suite  # noqa: E402
-from medssl.plan import build_plan, evaluation_seeds, task_type  # noqa: E402
+from medssl.plan import build_plan, task_type  # noqa: E402
 from medssl.records import ResultStore  # noqa: E402
-from medssl.report import _header, aggregate, cell_text, table_rows  # noqa: E402
+from medssl.report import _header, aggregate, cell_text, replicates, table_rows  # noqa: E402
 from medssl.runner import run_plan  # noqa: E402
 
 
@@ -38,7 +38,7 @@ def random_init_plan(suite, name: str, batchnorm_statistics: str):
 
 
 def row_cells(plan, records) -> list:
-    n_seeds = len(evaluation_seeds(plan.suite, "linear")) * len(plan.suite["pretrain"]["seeds"])
+    n_seeds = replicates(plan, "linear")
     return [cell_text(row, n_seeds) if row["n"] else "–" for row in table_rows(plan, aggregate(plan, records), "linear")]
 
 

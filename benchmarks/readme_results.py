@@ -1,8 +1,10 @@
 """Paste a suite's generated report into README.md between its markers (no number is typed by hand).
 
     python benchmarks/readme_results.py --suite quick
+    python benchmarks/readme_results.py --paste NAME --source FILE   # FILE's text, headed by the command that wrote it
 
-Reads reports/<suite>/*.md (written by run_benchmark.py) and the runs logged in results/<suite>/runs.jsonl.
+Reads reports/<suite>/*.md (written by run_benchmark.py) and the runs logged in results/<suite>/runs.jsonl; with
+--paste, a benchmark's saved output (e.g. reports/benchmarks/suite_cost-miccai2024.md) between the NAME markers.
 """
 from __future__ import annotations
 
@@ -49,6 +51,10 @@ def block(suite: str) -> str:
     for name in ("table1.md", "table2.md", "random_init_margins.md", "random_init_batchnorm.md", "exported_batchnorm.md", "finetune_gap.md", "segmentation.md", "pretraining.md"):
         if (reports / name).exists():
             parts.append((reports / name).read_text().strip())
+    statistics = (reports / "statistics.md").read_text() if (reports / "statistics.md").exists() else ""
+    components = statistics[statistics.find("## Variance components"):] if "## Variance components" in statistics else ""
+    if re.search(r"\| \d+\.\d / ", components):  # shown once the pretraining runs are replicated
+        parts.append(components.replace("## Variance components\n\n", "Variance components (from `statistics.md`): ", 1).strip())
     figures = [name for name in ("label_efficiency.png", "ablation.png") if (reports / name).exists()]
     parts += [f"![{name[:-4].replace('_', ' ')}](reports/{suite}/{name})" for name in figures]
     if (reports / "index.html").exists():
@@ -57,18 +63,34 @@ def block(suite: str) -> str:
     return "\n\n".join(parts)
 
 
+def paste(name: str, content: str) -> bool:
+    """Replace what README.md holds between ``<!-- NAME:start -->`` and ``<!-- NAME:end -->`` with ``content``;
+    False (and a message) when the markers are missing."""
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    if start not in text or end not in text:
+        print(f"README.md has no {start} ... {end} markers", file=sys.stderr)
+        return False
+    readme.write_text(re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: f"{start}\n{content}\n{end}", text, flags=re.S))
+    return True
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite", default="quick")
+    parser.add_argument("--paste", help="marker name of a README block to fill with --source's text")
+    parser.add_argument("--source", type=Path, help="with --paste: the saved output to paste")
+    parser.add_argument("--command", help="with --paste: the command that wrote --source, named above the pasted text")
     args = parser.parse_args()
-    readme = ROOT / "README.md"
-    text = readme.read_text()
-    start, end = f"<!-- {args.suite}-results:start -->", f"<!-- {args.suite}-results:end -->"
-    if start not in text or end not in text:
-        print(f"README.md has no {start} ... {end} markers", file=sys.stderr)
+    if args.paste:
+        if args.source is None or not args.source.exists():
+            print(f"--paste {args.paste} needs --source FILE, an existing file with the output to paste", file=sys.stderr)
+            return 2
+        header = f"`{args.command}`:\n\n" if args.command else ""
+        return 0 if paste(args.paste, header + args.source.read_text().strip()) else 2
+    if not paste(f"{args.suite}-results", block(args.suite)):
         return 2
-    new = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: f"{start}\n{block(args.suite)}\n{end}", text, flags=re.S)
-    readme.write_text(new)
     print(f"updated README.md from reports/{args.suite}/")
     return 0
 

@@ -59,23 +59,19 @@ def timed_steps(step, steps: int, device: str) -> tuple:
     return counter.get_total_flops(), (time.perf_counter() - start) / steps
 
 
-def method_throughput(name: str, suite_name: str, device: str, steps: int, precision: str, threads: int) -> dict:
-    """Runs in its own process: images/s, FLOPs per step and peak memory of ``name``'s training step."""
-    import numpy as np
+def training_step(name: str, suite: dict, device: str, precision: str, batch: int, steps_per_epoch: int):
+    """One full pretraining step of ``name`` as a run makes it (views, forward, backward, optimiser step, EMA update)
+    at the suite's image size, optimiser, augmentations and method settings, on a fixed random uint8 batch."""
     import torch
     from lightly.models.utils import update_momentum
 
-    from medssl.config import load_suite
     from medssl.precision import autocast
     from methods import build_method
     from methods.base import PretrainProtocol
 
-    torch.set_num_threads(threads)
     torch.manual_seed(0)
-    suite = load_suite(suite_name)
     pretrain = suite["pretrain"]
-    batch = int(pretrain["batch_size"])
-    protocol = PretrainProtocol(image_size=int(pretrain["image_size"]), epochs=1, steps_per_epoch=steps + 3, optimizer=dict(pretrain["optimizer"]),
+    protocol = PretrainProtocol(image_size=int(pretrain["image_size"]), epochs=1, steps_per_epoch=steps_per_epoch, optimizer=dict(pretrain["optimizer"]),
                                 schedule=dict(pretrain["schedule"]), augment=dict(pretrain["augment"]), channels_last=device.startswith("cuda"))
     model = build_method(name, protocol, (suite.get("method_params") or {}).get(name)).to(device)
     model.train()
@@ -92,11 +88,25 @@ def method_throughput(name: str, suite_name: str, device: str, steps: int, preci
         for online, target in model.momentum_pairs():
             update_momentum(online, target, 0.99)
 
+    return step
+
+
+def method_throughput(name: str, suite_name: str, device: str, steps: int, precision: str, threads: int) -> dict:
+    """Runs in its own process: images/s, FLOPs per step and peak memory of ``name``'s training step."""
+    import numpy as np
+    import torch
+
+    from medssl.config import load_suite
+
+    torch.set_num_threads(threads)
+    suite = load_suite(suite_name)
+    batch = int(suite["pretrain"]["batch_size"])
+    step = training_step(name, suite, device, precision, batch, steps + 3)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     flops, seconds = timed_steps(step, steps, device)
     memory = torch.cuda.max_memory_allocated() / 2 ** 20 if device.startswith("cuda") else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"method": name, "batch": batch, "image_size": int(pretrain["image_size"]), "precision": precision, "s_per_step": seconds,
+    return {"method": name, "batch": batch, "image_size": int(suite["pretrain"]["image_size"]), "precision": precision, "s_per_step": seconds,
             "images_per_s": batch / seconds, "gflop_per_step": flops / 1e9, "peak_memory_mb": float(np.round(memory, 1))}
 
 

@@ -2,18 +2,22 @@
 
 For every table cell (protocol, task, label fraction) every method is compared with the suite's reference method
 (``statistics.reference``, default CoBooM) and with the cell's best baseline (highest mean among the methods that
-are neither the reference nor one of its ablations). Each comparison pairs the runs of the two methods with the same
-(pretraining seed, evaluation seed): same label subset, same test images. It carries two tests:
+are neither the reference nor one of its ablations). Runs of the two methods are paired by (pretraining seed,
+evaluation seed): same label subset, same test images.
 
-* **over seeds**: paired t-test of the per-run metrics (training randomness; few degrees of freedom);
-* **over test images**, seeds pooled: for AUC metrics a paired bootstrap of the cell's quantity itself, the mean over
-  runs of the macro AUC, with the same resampled test images for both methods (stratified by each image's rarest
-  finding, whole patients when patient ids are stored); for per-image Dice a paired Wilcoxon signed-rank test of the
-  per-image Dice averaged over runs (its CI still comes from the same paired bootstrap of the mean Dice).
+* **The primary test takes the pretraining run as its unit** (:func:`medssl.stats.pretraining_run_test`): per
+  pretraining seed, the difference of the two methods averaged over the evaluation seeds both have; their mean is
+  tested with the variance between pretraining runs plus the test-image bootstrap variance of the same mean
+  (macro AUC from the stored scores, mean Dice from the per-image Dice). It sets the marks, adjusted across each
+  table (Holm by default, Benjamini-Hochberg as an option) within each family (vs reference, vs best baseline).
+  With fewer than two paired pretraining runs there is no test and no mark: the encoders' own randomness, several
+  points on the quick suite (README "Reproducibility"), would be untested.
+* **Conditional on these pretraining runs**, for statistics.md only: for AUC a paired bootstrap over test images of
+  the cell's mean macro AUC (stratified by each image's rarest finding, whole patients when patient ids are
+  stored); for per-image Dice a paired Wilcoxon signed-rank test of the per-image Dice averaged over runs.
 
-``statistics.primary`` chooses which p-value sets the table marks; it is adjusted across each table (Holm by default,
-Benjamini-Hochberg as an option) within each family (vs reference, vs best baseline). Per-class DeLong tests of every
-run pair go to a long CSV. The bootstrap of each record is cached next to the records
+A cell's value is the mean over its pretraining runs of each run's mean over evaluation seeds. Per-class DeLong
+tests of every run pair go to a long CSV. The bootstrap of each record is cached next to the records
 (``results/<suite>/bootstrap/``): it is derived from the stored predictions only, so deleting it changes nothing.
 """
 from __future__ import annotations
@@ -44,9 +48,29 @@ class CellRuns:
     bootstrap: Dict[RunKey, np.ndarray] = dataclasses.field(default_factory=dict)  # metric under each resample
     per_image: Dict[RunKey, np.ndarray] = dataclasses.field(default_factory=dict)  # per-image Dice
 
+    def by_pretraining(self, runs: Optional[List[RunKey]] = None) -> Dict[int, List[RunKey]]:
+        """The runs (default: all) grouped by pretraining seed, in seed order."""
+        groups: Dict[int, List[RunKey]] = {}
+        for run in sorted(self.values if runs is None else runs):
+            groups.setdefault(run[0], []).append(run)
+        return groups
+
+    def run_means(self) -> Dict[int, float]:
+        """Each pretraining run's metric: the mean over its evaluation seeds."""
+        return {seed: float(np.mean([self.values[r] for r in runs])) for seed, runs in self.by_pretraining().items()}
+
     @property
     def mean(self) -> float:
-        return float(np.mean(list(self.values.values()))) if self.values else math.nan
+        """The cell's value: mean over pretraining runs of each run's mean over evaluation seeds."""
+        return float(np.mean(list(self.run_means().values()))) if self.values else math.nan
+
+    def replicates(self, over_pretraining: bool) -> List[float]:
+        """What the cell's sd is over: its pretraining runs' means, or (a suite with one pretraining seed) its runs."""
+        return [self.run_means()[seed] for seed in sorted(self.run_means())] if over_pretraining else [self.values[r] for r in sorted(self.values)]
+
+    @property
+    def n_pretraining(self) -> int:
+        return len({run[0] for run in self.values})
 
 
 @dataclasses.dataclass
@@ -57,19 +81,17 @@ class Comparison:
     method: str
     versus: str
     family: str  # "reference" or "best baseline"
-    n_runs: int
-    difference: float  # mean over paired runs of method - versus, metric points (x100)
-    p_seeds: float
-    p_images: float
+    n_pretraining: int  # paired pretraining runs, the primary test's replicates
+    n_runs: int  # paired (pretraining seed, evaluation seed) runs
+    difference: float  # mean over paired pretraining runs of method - versus, metric points (x100)
+    ci_low: float  # CI of the difference from the primary test, points
+    ci_high: float
+    df: float  # the primary test's degrees of freedom
+    p_pretraining: float  # the primary test (NaN with fewer than two paired pretraining runs)
+    p_images: float  # conditional on these pretraining runs: over test images only
     image_test: str  # "bootstrap", "wilcoxon" or "" when no per-image data are stored
-    ci_low: float = math.nan  # image-bootstrap CI of the difference, points
-    ci_high: float = math.nan
     p_adjusted: float = math.nan
     significant: bool = False
-
-    def primary_p(self, primary: str) -> float:
-        first, second = (self.p_images, self.p_seeds) if primary == "images" else (self.p_seeds, self.p_images)
-        return first if math.isfinite(first) else second
 
 
 class BootstrapCache:
@@ -144,10 +166,26 @@ def collect_runs(plan: Plan, records, store: Optional[ResultStore] = None) -> Di
     return cells
 
 
+def _image_resamples(runs: CellRuns, paired: List[RunKey], other: Optional[CellRuns] = None) -> Optional[np.ndarray]:
+    """The cell's quantity (its mean, or its difference from ``other``) under each test-image resample: evaluation
+    seeds averaged within a pretraining run, then runs averaged, as the cell itself. None unless every run has one."""
+    sides = [runs] + ([other] if other is not None else [])
+    if not all(r in side.bootstrap for side in sides for r in paired):
+        return None
+    baseline = {r: other.bootstrap[r] if other is not None else 0.0 for r in paired}
+    return np.mean([np.mean([runs.bootstrap[r] - baseline[r] for r in group], axis=0) for group in runs.by_pretraining(paired).values()], axis=0)
+
+
 def cell_interval(runs: CellRuns, confidence: float = 0.95) -> Tuple[float, float]:
-    """CI of the cell's mean over runs: image bootstrap when every run has one, else a t interval over runs."""
-    if runs.bootstrap and len(runs.bootstrap) == len(runs.values):
-        return stats.percentile_interval(np.mean([runs.bootstrap[r] for r in sorted(runs.values)], axis=0), confidence)
+    """CI of the cell's value. With two or more pretraining runs the primary test's interval (runs and test images);
+    with one, conditional on it: the image bootstrap when stored, else a t interval over its evaluation seeds."""
+    paired = sorted(runs.values)
+    image_resamples = _image_resamples(runs, paired)
+    if runs.n_pretraining >= 2:
+        test = stats.pretraining_run_test(list(runs.run_means().values()), image_resamples, confidence)
+        return (test["ci_low"], test["ci_high"])
+    if image_resamples is not None:
+        return stats.percentile_interval(image_resamples, confidence)
     values = np.array(list(runs.values.values()))
     if len(values) < 2:
         return (math.nan, math.nan)
@@ -156,20 +194,22 @@ def cell_interval(runs: CellRuns, confidence: float = 0.95) -> Tuple[float, floa
 
 
 def compare_runs(a: CellRuns, b: CellRuns, confidence: float = 0.95) -> Dict[str, float]:
-    """Tests of a - b over the runs both have (see the module docstring)."""
+    """Tests of a - b over the runs both have (see the module docstring); metric points in the differences."""
     paired = sorted(set(a.values) & set(b.values))
-    out = {"n_runs": len(paired), "difference": math.nan, "p_seeds": math.nan, "p_images": math.nan, "image_test": "", "ci_low": math.nan, "ci_high": math.nan}
+    groups = a.by_pretraining(paired)
+    out = {"n_pretraining": len(groups), "n_runs": len(paired), "difference": math.nan, "ci_low": math.nan, "ci_high": math.nan,
+           "df": math.nan, "p_pretraining": math.nan, "p_images": math.nan, "image_test": ""}
     if not paired:
         return out
-    t = stats.paired_t_test([a.values[r] for r in paired], [b.values[r] for r in paired])
-    out.update(difference=100 * t["difference"], p_seeds=t["p"])
-    if all(r in a.bootstrap and r in b.bootstrap for r in paired):
-        resampled = np.mean([a.bootstrap[r] - b.bootstrap[r] for r in paired], axis=0)
-        low, high = stats.percentile_interval(resampled, confidence)
-        out.update(p_images=stats.bootstrap_p_value(resampled, t["difference"]), image_test="bootstrap", ci_low=100 * low, ci_high=100 * high)
+    per_run = [float(np.mean([a.values[r] - b.values[r] for r in group])) for group in groups.values()]
+    image_resamples = _image_resamples(a, paired, b)
+    test = stats.pretraining_run_test(per_run, image_resamples, confidence)
+    out.update(difference=100 * test["estimate"], df=test["df"], p_pretraining=test["p"], ci_low=100 * test["ci_low"], ci_high=100 * test["ci_high"])
+    if image_resamples is not None:
+        out.update(p_images=stats.bootstrap_p_value(image_resamples, test["estimate"]), image_test="bootstrap")
     if all(r in a.per_image and r in b.per_image for r in paired):  # per-image Dice: the rank test, not the bootstrap
-        test = stats.wilcoxon_signed_rank(np.mean([a.per_image[r] for r in paired], axis=0), np.mean([b.per_image[r] for r in paired], axis=0))
-        out.update(p_images=test["p"], image_test="wilcoxon")
+        conditional = stats.wilcoxon_signed_rank(np.mean([a.per_image[r] for r in paired], axis=0), np.mean([b.per_image[r] for r in paired], axis=0))
+        out.update(p_images=conditional["p"], image_test="wilcoxon")
     return out
 
 
@@ -202,8 +242,9 @@ def _column_comparisons(plan: Plan, cells: Dict[CellKey, CellRuns], protocol: st
 
 
 def _adjust(members: List[Comparison], settings: Dict) -> None:
-    """Adjust the primary p-values of one family (``statistics.adjust``) and set ``significant``."""
-    adjusted = stats.adjust_p_values([c.primary_p(settings["primary"]) for c in members], settings["adjust"])
+    """Adjust the primary p-values of one family (``statistics.adjust``) and set ``significant``; an untestable
+    comparison (one pretraining run) is neither counted nor marked."""
+    adjusted = stats.adjust_p_values([c.p_pretraining for c in members], settings["adjust"])
     for comparison, p in zip(members, adjusted):
         comparison.p_adjusted = float(p)
         comparison.significant = bool(np.isfinite(p) and p < settings["alpha"])
@@ -261,6 +302,11 @@ def per_class_delong(plan: Plan, records, store: ResultStore) -> List[Dict]:
             row["p_bh_over_classes"] = float(p)
         rows += block
     return rows
+
+
+def cell_variance_components(runs: CellRuns) -> Dict[str, float]:
+    """The cell's sd between pretraining runs and between evaluation seeds of one encoder (metric units)."""
+    return stats.variance_components({seed: [runs.values[r] for r in group] for seed, group in runs.by_pretraining().items()})
 
 
 def cell_intervals(plan: Plan, cells: Dict[CellKey, CellRuns]) -> Dict[CellKey, Tuple[float, float]]:

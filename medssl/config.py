@@ -57,10 +57,9 @@ MONITOR_DEFAULTS = {"every_epochs": 1, "fraction": 10, "seed": 0, "l2": [1e-3, 1
 
 # Paired comparisons in the reports (medssl/compare.py), the settings a suite may give under ``statistics``.
 # reference: the method every other row is tested against (the suite's proposed method); variants: rows that are
-# ablations of the reference, not baselines (default: every suite method named "<reference>-..."); primary: which
-# test sets the table marks ("images": paired bootstrap of macro AUC / Wilcoxon on per-image Dice over the test
-# images, seeds pooled; "seeds": paired t-test over seeds); adjust: holm or bh, across each table.
-STATISTICS_DEFAULTS = {"reference": "coboom", "variants": None, "primary": "images", "adjust": "holm", "alpha": 0.05,
+# ablations of the reference, not baselines (default: every suite method named "<reference>-..."); adjust: holm or
+# bh, across each table. The test behind the marks is not a setting: it takes the pretraining run as its unit.
+STATISTICS_DEFAULTS = {"reference": "coboom", "variants": None, "adjust": "holm", "alpha": 0.05,
                        "resamples": 2000, "confidence": 0.95, "seed": 0}
 
 _REQUIRED = {
@@ -80,15 +79,21 @@ def _validate(suite: Dict[str, Any], path: Path) -> None:
         check_optimizer(suite["pretrain"]["optimizer"] or {})
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from None
+    try:
+        check_seeds(suite["pretrain"]["seeds"] or [], "pretrain.seeds")
+        check_seeds(suite["evaluation"]["seeds"] or [], "evaluation.seeds")
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
     unknown_monitor = set(suite["pretrain"].get("monitor") or {}) - set(MONITOR_DEFAULTS)
     if unknown_monitor:
         raise ConfigError(f"{path}: pretrain.monitor has unknown settings {sorted(unknown_monitor)}; known: {list(MONITOR_DEFAULTS)}")
     statistics = suite.get("statistics") or {}
+    if "primary" in statistics:
+        raise ConfigError(f"{path}: statistics.primary is no longer a setting: the marks' test always takes the pretraining run as its unit "
+                          "(README \"Statistics\"); delete the line")
     unknown_statistics = set(statistics) - set(STATISTICS_DEFAULTS)
     if unknown_statistics:
         raise ConfigError(f"{path}: statistics has unknown settings {sorted(unknown_statistics)}; known: {list(STATISTICS_DEFAULTS)}")
-    if statistics.get("primary", "images") not in ("images", "seeds"):
-        raise ConfigError(f"{path}: statistics.primary must be 'images' or 'seeds', got {statistics['primary']!r}")
     if statistics.get("adjust", "holm") not in ("holm", "bh"):
         raise ConfigError(f"{path}: statistics.adjust must be 'holm' or 'bh', got {statistics['adjust']!r}")
     if not suite.get("methods"):
@@ -143,13 +148,26 @@ def parse_list(text: Optional[str], kind=str) -> Optional[List[Any]]:
         raise ConfigError(f"cannot read {text!r} as a comma-separated list of {kind.__name__}") from None
 
 
-def apply_overrides(suite: Dict[str, Any], methods=None, seeds=None, fractions=None) -> Dict[str, Any]:
+def check_seeds(seeds: Sequence[int], what: str) -> List[int]:
+    """A seed list from a suite or the command line: at least one, no repeats (a repeated seed would count one run twice)."""
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise ConfigError(f"{what}: give at least one seed, e.g. 0")
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise ConfigError(f"{what} repeats {repeated}: each seed is one independent run; list each once, e.g. 0,1,2")
+    return seeds
+
+
+def apply_overrides(suite: Dict[str, Any], methods=None, seeds=None, fractions=None, pretrain_seeds=None) -> Dict[str, Any]:
     """Narrow a suite from the command line; the result hashes the same as a suite written that way."""
     suite = copy.deepcopy(suite)
     if methods is not None:
         suite["methods"] = list(methods)
+    if pretrain_seeds is not None:
+        suite["pretrain"]["seeds"] = check_seeds(pretrain_seeds, "--pretrain-seeds")
     if seeds is not None:
-        suite["evaluation"]["seeds"] = [int(s) for s in seeds]
+        suite["evaluation"]["seeds"] = check_seeds(seeds, "--seeds")
         for protocol in PROTOCOLS:
             suite["evaluation"][protocol].pop("seeds", None)
     if fractions is not None:

@@ -1,9 +1,10 @@
 """Report figures and the one-page HTML summary of a suite (``reports/<suite>/``).
 
 * ``label_efficiency.png``: metric vs label fraction per method, one panel per protocol and task, with the 95 %
-  interval of each cell's mean (image bootstrap when predictions are stored, else a t interval over seeds).
+  interval of each cell's value (medssl/compare.py ``cell_interval``: over pretraining runs and test images; with one
+  pretraining run, conditional on it).
 * ``ablation.png``: the reference method and its ablations (CoBooM with/without decoder and DiversiFuse) side by
-  side in every column, mean ± sd over seeds.
+  side in every column, mean ± sd as the tables' cells (over pretraining runs; one run: over its evaluation seeds).
 * ``index.html``: every Markdown report of the suite converted to HTML, then the figures, in one page.
 
 Files are deterministic for the same records (no timestamps in the PNG metadata), so ``report`` regenerates them
@@ -96,10 +97,11 @@ def ablation_figure(plan: Plan, runs: Dict[CellKey, CellRuns], path: Path):
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(cols) + 1.5), 3.6))
     width = 0.8 / len(variants)
+    over_pretraining = len(plan.suite["pretrain"]["seeds"]) > 1
     for i, method in enumerate(variants):
         means, sds = [], []
         for protocol, task, f in cols:
-            values = list(runs[(method, task, protocol, f)].values.values()) if (method, task, protocol, f) in runs else []
+            values = runs[(method, task, protocol, f)].replicates(over_pretraining) if (method, task, protocol, f) in runs else []
             means.append(100 * np.mean(values) if values else np.nan)
             sds.append(100 * np.std(values, ddof=1) if len(values) > 1 else 0.0)
         ax.bar(np.arange(len(cols)) + (i - (len(variants) - 1) / 2) * width, means, width, yerr=sds, capsize=2, label=_label(method))
@@ -108,7 +110,7 @@ def ablation_figure(plan: Plan, runs: Dict[CellKey, CellRuns], path: Path):
     finite = [100 * runs[(m, t, p, f)].mean for m in variants for p, t, f in cols if (m, t, p, f) in runs]
     ax.set_ylim(max(0.0, min(finite) - 5), min(100.0, max(finite) + 5))
     ax.set_ylabel("test metric (%)")
-    ax.set_title(f"Ablation of {_label(settings['reference'])}: mean ± sd over seeds", fontsize=10)
+    ax.set_title(f"Ablation of {_label(settings['reference'])}: mean ± sd over {'pretraining runs' if over_pretraining else 'evaluation seeds'}", fontsize=10)
     ax.legend(fontsize=8, frameon=False)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()

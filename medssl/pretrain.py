@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import random
 import time
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
@@ -40,6 +41,33 @@ def channel_statistics(images: np.ndarray, max_images: int = 1000, seed: int = 0
     mean = sample.mean(axis=(0, 2, 3))
     std = sample.std(axis=(0, 2, 3)).clip(min=1e-3)
     return {"mean": [round(float(v), 6) for v in mean], "std": [round(float(v), 6) for v in std]}
+
+
+class RandomStates(pl.Callback):
+    """The random streams a pretraining step draws from, saved with every checkpoint and restored on resume: torch's
+    global generator (the views), CUDA's, numpy's and Python's, and the data loader's (the batch order). Without
+    them a run resumed from ``last.ckpt`` restarted the loader's order and drew other views than the uninterrupted
+    run, and its weights differed. Nothing is drawn here, so an uninterrupted run is unchanged."""
+
+    def __init__(self, loader_generator: torch.Generator):
+        self.loader_generator = loader_generator
+
+    def state_dict(self) -> Dict[str, Any]:
+        name, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+        state = {"torch": torch.get_rng_state(), "loader": self.loader_generator.get_state(), "python": random.getstate(),
+                 "numpy": [name, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached_gaussian]}
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        torch.set_rng_state(state["torch"])
+        self.loader_generator.set_state(state["loader"])
+        random.setstate(state["python"])
+        name, keys, position, has_gauss, cached_gaussian = state["numpy"]
+        np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, cached_gaussian))
+        if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(state["cuda"])
 
 
 class EpochHistory(pl.Callback):
@@ -164,7 +192,7 @@ def run_pretraining(job: PretrainJob, dataset: ImageDataset, checkpoints_dir: Pa
         if devices > 1:
             torch.multiprocessing.set_sharing_strategy("file_system")
         loader = DataLoader(TensorDataset(images), batch_size=batch_size // processes, shuffle=True, drop_last=True, generator=generator, num_workers=0, pin_memory=device.startswith("cuda"))
-        callbacks = list(callbacks) + [pl.callbacks.ModelCheckpoint(dirpath=run_dir, filename="last", save_top_k=1, every_n_epochs=1, enable_version_counter=False), EpochHistory(run_dir / "history.jsonl", monitor, images, batch_size)]
+        callbacks = list(callbacks) + [RandomStates(generator), pl.callbacks.ModelCheckpoint(dirpath=run_dir, filename="last", save_top_k=1, every_n_epochs=1, enable_version_counter=False), EpochHistory(run_dir / "history.jsonl", monitor, images, batch_size)]
         if progress:
             callbacks.append(pl.callbacks.RichProgressBar(leave=False))
         trainer = pl.Trainer(

@@ -1,8 +1,10 @@
 """Table 1 (linear probing) and Table 2 (fine-tuning) in the CoBooM paper's layout, from stored records alone.
 
-Rows are methods in suite order, columns are task x label fraction; a cell is mean +- sd (sample sd, ddof=1)
-over seeds of the metric in percent, with the number of seeds when it differs from the suite's. The best mean
-of each column (at the displayed precision, so ties are all bold) is bold. Output is deterministic: the same
+Rows are methods in suite order, columns are task x label fraction; a cell is the metric in percent, mean +- sd
+(sample sd, ddof=1) over pretraining runs, each run's value the mean over its evaluation seeds; with a single
+pretraining seed in the suite, over that run's evaluation seeds instead, and the caption says so. The count is
+shown when it differs from the suite's. The best mean of each column (at the displayed precision, so ties are all
+bold) is bold. Comparison marks need replicated pretraining (medssl/compare.py). Output is deterministic: the same
 records give byte-identical files.
 """
 from __future__ import annotations
@@ -59,11 +61,27 @@ def _header(columns: List[tuple]) -> List[str]:
     return ["| Method | " + " | ".join(f"{task} {fraction_label(f)}" for task, f in columns) + " |", "|---|" + "---:|" * len(columns)]
 
 
+def over_pretraining(plan: Plan) -> bool:
+    """Whether the tables' sd is over pretraining runs (two or more pretraining seeds), not evaluation seeds."""
+    return len(plan.suite["pretrain"]["seeds"]) > 1
+
+
+def replicates(plan: Plan, protocol: str) -> int:
+    """How many values a full cell's sd is over: pretraining runs, or the evaluation seeds of the single run."""
+    return len(plan.suite["pretrain"]["seeds"]) if over_pretraining(plan) else len(evaluation_seeds(plan.suite, protocol))
+
+
+def cell_values(plan: Plan, values: Dict[tuple, float]) -> List[float]:
+    """The values a cell's mean and sd are over: each pretraining run's mean over its evaluation seeds, or, with a
+    single pretraining seed in the suite, that run's evaluations."""
+    return compare.CellRuns(values=dict(values)).replicates(over_pretraining(plan))
+
+
 def table_rows(plan: Plan, cells: Dict[tuple, Dict[tuple, float]], protocol: str) -> List[Dict]:
     rows = []
     for method in plan.suite["methods"]:
         for task, fraction in _columns(plan, protocol):
-            values = list(cells.get((method, task, protocol, fraction), {}).values())
+            values = cell_values(plan, cells.get((method, task, protocol, fraction), {}))
             mean = float(np.mean(values)) * 100 if values else math.nan
             sd = float(np.std(values, ddof=1)) * 100 if len(values) > 1 else math.nan
             rows.append({"method": method, "label": method_label(method), "task": task, "fraction": fraction, "n": len(values), "mean": mean, "sd": sd})
@@ -91,19 +109,53 @@ def table_marks(plan: Plan, comparisons: List[Comparison]) -> Dict[tuple, str]:
     return marks
 
 
+def testable(comparisons: List[Comparison]) -> bool:
+    """Whether any comparison rests on replicated pretraining (the marks' test needs two pretraining runs)."""
+    return any(c.n_pretraining >= 2 for c in comparisons)
+
+
+def no_marks_reason(plan: Plan) -> str:
+    """Why a table carries no comparison marks: the pretraining runs are not replicated."""
+    seeds = len(plan.suite["pretrain"]["seeds"])
+    have = "this suite pretrains each method once (pretrain.seeds, --pretrain-seeds)" if seeds < 2 else f"no two methods have two finished pretraining runs yet (of the suite's {seeds})"
+    return (f"No comparison marks: the test behind them takes the pretraining run as its unit and needs at least two pretraining "
+            f"runs per method; {have}, so a difference here may be the luck of one pretraining run. statistics.md lists the "
+            f"tests over test images conditional on these runs.")
+
+
 def marks_legend(plan: Plan, comparisons: List[Comparison]) -> str:
     if not comparisons:
         return ""
+    if not testable(comparisons):
+        return no_marks_reason(plan)
     settings = statistics_settings(plan.suite)
-    return (f"\\* differs from {method_label(settings['reference'])} and † ({method_label(settings['reference'])} row) differs from the column's best "
-            f"baseline: {significance_phrase(settings)} across the table; details in statistics.md.")
+    legend = (f"\\* differs from {method_label(settings['reference'])} and † ({method_label(settings['reference'])} row) differs from the column's best "
+              f"baseline: {significance_phrase(settings)} across the table; details in statistics.md.")
+    return legend + ("" if any(c.significant for c in comparisons) else f" No difference reaches it here ({none_reached(comparisons)}).")
+
+
+def none_reached(comparisons: List[Comparison]) -> str:
+    """Why a table with testable comparisons shows no mark, in numbers: the runs behind the test and its best p."""
+    runs = max(c.n_pretraining for c in comparisons)
+    best = min((c for c in comparisons if math.isfinite(c.p_adjusted)), key=lambda c: c.p_adjusted)
+    return (f"{runs} pretraining runs per method, {runs - 1} df; smallest adjusted p {best.p_adjusted:.3f}, "
+            f"{method_label(best.method)} vs {method_label(best.versus)} at {best.task} {fraction_label(best.fraction)}; README \"Statistics\" gives the power")
 
 
 def significance_phrase(settings: Dict) -> str:
-    """The primary paired test and its multiplicity adjustment, in words (``statistics`` settings of a suite)."""
-    test = {"images": "paired bootstrap over test images (seeds pooled; Wilcoxon signed-rank on per-image Dice)", "seeds": "paired t-test over seeds"}[settings["primary"]]
+    """The test behind the marks and its multiplicity adjustment, in words (``statistics`` settings of a suite)."""
     adjust = {"holm": "Holm", "bh": "Benjamini-Hochberg"}[settings["adjust"]]
-    return f"{test}, p < {settings['alpha']:g} after {adjust} adjustment"
+    return (f"paired test over pretraining runs (evaluation seeds averaged within a run; variance between runs plus the test-image "
+            f"bootstrap variance, t with runs - 1 df), p < {settings['alpha']:g} after {adjust} adjustment")
+
+
+def spread_phrase(plan: Plan, protocol: str) -> str:
+    """What a cell's mean ± sd is over, in words."""
+    evaluations = len(evaluation_seeds(plan.suite, protocol))
+    if over_pretraining(plan):
+        within = f"the mean over its {evaluations} evaluation seeds" if evaluations > 1 else "one evaluation seed"
+        return f"mean ± sd over {len(plan.suite['pretrain']['seeds'])} pretraining runs (each run: {within})"
+    return f"mean ± sd over {evaluations} evaluation seeds of one pretraining run (the spread between pretraining runs is not measured)"
 
 
 def cell_text(row: Dict, n_seeds: int, mark: str = "") -> str:
@@ -113,7 +165,7 @@ def cell_text(row: Dict, n_seeds: int, mark: str = "") -> str:
 
 def _cell_grid(plan: Plan, rows: List[Dict], protocol: str, marks: Dict[tuple, str], render, missing: str):
     """(method, formatted cells) per table row; ``render(text, best, mark)`` formats a finished cell."""
-    n_seeds = len(evaluation_seeds(plan.suite, protocol)) * len(plan.suite["pretrain"]["seeds"])
+    n_seeds = replicates(plan, protocol)
     lookup = {(r["method"], r["task"], r["fraction"]): r for r in rows}
     for method in plan.suite["methods"]:
         cells = [lookup[(method, task, fraction)] for task, fraction in _columns(plan, protocol)]
@@ -131,9 +183,8 @@ def metric_phrase(plan: Plan, protocol: str) -> str:
 def render_markdown(plan: Plan, rows: List[Dict], protocol: str, marks: Optional[Dict[tuple, str]] = None, legend: str = "") -> str:
     marks = marks or {}
     columns = _columns(plan, protocol)
-    n_seeds = len(evaluation_seeds(plan.suite, protocol)) * len(plan.suite["pretrain"]["seeds"])
     title = TABLES[protocol][1]
-    lines = [f"{title} — suite `{plan.suite['name']}`: {metric_phrase(plan, protocol)} (%), mean ± sd over {n_seeds} seeds; best per column in bold.", ""]
+    lines = [f"{title} — suite `{plan.suite['name']}`: {metric_phrase(plan, protocol)} (%), {spread_phrase(plan, protocol)}; best per column in bold.", ""]
     lines += _header(columns)
     for method, cells in _cell_grid(plan, rows, protocol, marks, lambda text, best, mark: (f"**{text}**" if best else text) + mark.replace("*", "\\*"), "–"):
         lines.append(f"| {method_label(method)} | " + " | ".join(cells) + " |")
@@ -160,16 +211,19 @@ def render_csv(rows: List[Dict]) -> str:
 def render_random_init_margins(plan: Plan, runs: Dict[tuple, compare.CellRuns], reference: str = "supervised") -> str:
     """Linear-probe gain of each pretrained encoder over the randomly initialised frozen encoder, per column.
 
-    Values are paired by seed (same label subset, same head initialisation); the sd is over those differences. A
-    mark says the difference is significant by the suite's primary paired test (the tables' tests, with the random-init row
-    as the other side), adjusted across this table: "clear margin" is a test, not a judgement by eye.
+    Runs are paired by (pretraining seed, evaluation seed): same label subset, same head initialisation; mean ± sd
+    as the tables' cells, of those paired differences. A mark says the gain is significant by the tables' test (the
+    pretraining run as unit, the random-init row as the other side), adjusted across this table: "clear margin" is
+    a test, not a judgement by eye, and without replicated pretraining there is no mark.
     """
     if reference not in plan.suite["methods"] or not _columns(plan, "linear"):
         return ""
     columns = _columns(plan, "linear")
-    significant = {(c.method, c.task, c.fraction) for c in compare.comparisons_versus(plan, runs, "linear", reference, "random init") if c.significant}
+    tested = compare.comparisons_versus(plan, runs, "linear", reference, "random init")
+    significant = {(c.method, c.task, c.fraction) for c in tested if c.significant}
     settings = statistics_settings(plan.suite)
-    lines = [f"Linear probing: gain over the randomly initialised frozen encoder ({method_label(reference)}: random weights, BatchNorm statistics of the pretraining corpus), macro AUC points, mean ± sd of per-seed differences.", ""]
+    lines = [f"Linear probing: gain over the randomly initialised frozen encoder ({method_label(reference)}: random weights, BatchNorm statistics "
+             f"of the pretraining corpus), macro AUC points, paired by seed; {spread_phrase(plan, 'linear')}.", ""]
     lines += _header(columns)
     for method in plan.suite["methods"]:
         if method == reference:
@@ -178,15 +232,18 @@ def render_random_init_margins(plan: Plan, runs: Dict[tuple, compare.CellRuns], 
         for task, fraction in columns:
             ours, base = runs.get((method, task, "linear", fraction)), runs.get((reference, task, "linear", fraction))
             paired = sorted(set(ours.values) & set(base.values)) if ours and base else []
-            n = len(paired)
-            if n == 0:
+            if not paired:
                 out.append("–")
                 continue
-            diff = np.array([ours.values[k] - base.values[k] for k in paired]) * 100
+            diff = np.array(cell_values(plan, {k: ours.values[k] - base.values[k] for k in paired})) * 100
             mark = "\\*" if (method, task, fraction) in significant else ""
-            out.append(f"{diff.mean():+.1f}" + (f" ± {diff.std(ddof=1):.1f}" if n > 1 else "") + mark)
+            out.append(f"{diff.mean():+.1f}" + (f" ± {diff.std(ddof=1):.1f}" if len(diff) > 1 else "") + mark)
         lines.append(f"| {method_label(method)} | " + " | ".join(out) + " |")
-    lines += ["", f"\\* the difference from {method_label(reference)} is significant: {significance_phrase(settings)} across this table."]
+    if testable(tested):
+        lines += ["", f"\\* the difference from {method_label(reference)} is significant: {significance_phrase(settings)} across this table."
+                  + ("" if significant else f" No gain reaches it here ({none_reached(tested)}).")]
+    elif tested:
+        lines += ["", no_marks_reason(plan)]
     return "\n".join(lines) + "\n"
 
 
@@ -221,13 +278,13 @@ def render_latex(plan: Plan, rows: List[Dict], protocol: str, marks: Optional[Di
     """The table as a LaTeX booktabs tabular (needs ``\\usepackage{booktabs}``); best in bold, marks as superscripts."""
     marks = marks or {}
     columns = _columns(plan, protocol)
-    n_seeds = len(evaluation_seeds(plan.suite, protocol)) * len(plan.suite["pretrain"]["seeds"])
     tasks = list(dict.fromkeys(task for task, _ in columns))
 
     def escape(text: str) -> str:
         return text.replace("%", "\\%").replace("&", "\\&").replace("_", "\\_")
 
-    lines = [f"% {TABLES[protocol][1]} — suite {plan.suite['name']}: test metric (%), mean $\\pm$ sd over {n_seeds} seeds; best in bold.",
+    spread = spread_phrase(plan, protocol).replace("±", "$\\pm$")
+    lines = [f"% {TABLES[protocol][1]} — suite {plan.suite['name']}: test metric (%), {spread}; best in bold.",
              "\\begin{tabular}{l" + "c" * len(columns) + "}", "\\toprule"]
     lines.append("Method & " + " & ".join(f"\\multicolumn{{{sum(1 for t, _ in columns if t == task)}}}{{c}}{{{escape(task)}}}" for task in tasks) + " \\\\")
     lines.append(" & " + " & ".join(escape(fraction_label(f)) for _, f in columns) + " \\\\")
@@ -249,30 +306,65 @@ def _p_text(p: float) -> str:
     return "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
-def render_statistics(plan: Plan, comparisons: Dict[str, List[Comparison]]) -> str:
-    """Every paired comparison of Tables 1/2: difference, its image-bootstrap CI, both p-values, the adjusted one."""
+def _df_text(df: float) -> str:
+    return "–" if math.isnan(df) else f"{df:.0f}"
+
+
+def render_variance_components(plan: Plan, runs: Dict[tuple, compare.CellRuns]) -> str:
+    """Per method and column, the two random-effect sds of a cell: between pretraining runs and between evaluation
+    seeds of one encoder (medssl/stats.py ``variance_components``)."""
+    lines = ["## Variance components", "",
+             "sd between pretraining runs / sd between evaluation seeds of one encoder, metric points: method-of-moments estimates of a "
+             "one-way random-effects model (the runs' spread less what their evaluation seeds explain). – : not separable in this "
+             "design (one pretraining run, or one evaluation seed per run, whose spread then holds both)."]
+    for protocol, (_, title) in TABLES.items():
+        columns = _columns(plan, protocol)
+        if not columns:
+            continue
+        lines += ["", f"### {title}", ""] + _header(columns)
+        for method in plan.suite["methods"]:
+            out = []
+            for task, fraction in columns:
+                cell = runs.get((method, task, protocol, fraction))
+                if cell is None:
+                    out.append("–")
+                    continue
+                sds = compare.cell_variance_components(cell)
+                out.append(" / ".join("–" if math.isnan(sds[k]) else f"{100 * sds[k]:.1f}" for k in ("pretraining", "evaluation")))
+            lines.append(f"| {method_label(method)} | " + " | ".join(out) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def render_statistics(plan: Plan, comparisons: Dict[str, List[Comparison]], runs: Dict[tuple, compare.CellRuns]) -> str:
+    """Every paired comparison of Tables 1/2 (difference, CI and p of the test behind the marks, the test over test
+    images conditional on these pretraining runs, the adjusted p), then each cell's variance components."""
     settings = statistics_settings(plan.suite)
     if not any(comparisons.values()):
         return ""
     adjust = {"holm": "Holm", "bh": "Benjamini-Hochberg"}[settings["adjust"]]
     lines = [
-        f"Paired comparisons (medssl/compare.py). Difference = row method − compared method, metric points, mean over the runs "
-        f"both have (same pretraining and evaluation seeds, same label subsets, same test images). CI: {100 * settings['confidence']:g}% "
-        f"percentile interval of a paired bootstrap over test images ({settings['resamples']} resamples, whole patients, stratified "
-        f"by rarest finding). p (images): that bootstrap (pROC's standard-error form) or Wilcoxon signed-rank on per-image Dice; "
-        f"p (seeds): paired t-test over runs. Adjusted: {adjust} over each table and family, on the "
-        f"{'image' if settings['primary'] == 'images' else 'seed'} p-value; significant at {settings['alpha']:g}.",
+        f"Paired comparisons (medssl/compare.py). Difference = row method − compared method, metric points: per pretraining run "
+        f"the mean over the evaluation seeds both have (same label subsets, same test images), then the mean over the "
+        f"pretraining runs both have. p (pretraining), CI and df: the test behind the marks, with the pretraining run as its unit: "
+        f"variance between runs plus the variance of the same mean over test images (paired bootstrap, {settings['resamples']} "
+        f"resamples of whole patients stratified by rarest finding), Student's t with runs - 1 df, {100 * settings['confidence']:g}% CI; "
+        f"none with one pretraining run. p (images | runs): conditional on these pretraining runs, over test images only (that "
+        f"bootstrap, pROC's standard-error form, or Wilcoxon signed-rank on per-image Dice); it does not carry over to other "
+        f"pretraining runs. Adjusted: {adjust} over each table and family, on p (pretraining); significant at {settings['alpha']:g}.",
     ]
-    header = "| Task | Labels | Method | vs | Family | runs | Difference | CI | p (images) | p (seeds) | adjusted p | sig. |"
+    if not any(testable(items) for items in comparisons.values()):
+        lines += ["", no_marks_reason(plan)]
+    header = "| Task | Labels | Method | vs | Family | pretraining runs | runs | Difference | CI | df | p (pretraining) | p (images \\| runs) | adjusted p | sig. |"
     for protocol, items in comparisons.items():
         if not items:
             continue
-        lines += ["", f"### {TABLES[protocol][1]}", "", header, "|---|---:|---|---|---|---:|---:|---|---:|---:|---:|:---:|"]
+        lines += ["", f"### {TABLES[protocol][1]}", "", header, "|---|---:|---|---|---|---:|---:|---:|---|---:|---:|---:|---:|:---:|"]
         for c in items:
             ci = f"[{c.ci_low:+.1f}, {c.ci_high:+.1f}]" if math.isfinite(c.ci_low) else "–"
-            lines.append(f"| {c.task} | {fraction_label(c.fraction)} | {method_label(c.method)} | {method_label(c.versus)} | {c.family} | {c.n_runs} | "
-                         f"{c.difference:+.1f} | {ci} | {_p_text(c.p_images)} | {_p_text(c.p_seeds)} | {_p_text(c.p_adjusted)} | {'yes' if c.significant else ''} |")
-    return "\n".join(lines) + "\n"
+            lines.append(f"| {c.task} | {fraction_label(c.fraction)} | {method_label(c.method)} | {method_label(c.versus)} | {c.family} | {c.n_pretraining} | {c.n_runs} | "
+                         f"{c.difference:+.1f} | {ci} | {_df_text(c.df)} | {_p_text(c.p_pretraining)} | {_p_text(c.p_images)} | {_p_text(c.p_adjusted)} | {'yes' if c.significant else ''} |")
+    lines += ["", render_variance_components(plan, runs)]
+    return "\n".join(lines)
 
 
 def _csv(header: List[str], rows: Iterable[List]) -> str:
@@ -387,7 +479,7 @@ def write_reports(plan: Plan, records: Iterable[Dict], reports_dir: Path, pretra
         rows = table_rows(plan, cells, protocol)
         tables[stem] = render_markdown(plan, rows, protocol, marks, marks_legend(plan, comparisons[protocol]))
         outputs.update({f"{stem}.md": tables[stem], f"{stem}.csv": render_csv(rows), f"{stem}.tex": render_latex(plan, rows, protocol, marks)})
-    outputs["statistics.md"] = render_statistics(plan, comparisons)
+    outputs["statistics.md"] = render_statistics(plan, comparisons, runs)
     if any(comparisons.values()):
         outputs["statistics.csv"] = statistics_csv(comparisons)
     if store is not None:

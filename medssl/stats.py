@@ -6,6 +6,12 @@
   AUC is clipped to [0, 1].
 * **Paired t-test over seeds** (same seeds, same label subsets: the training randomness), with the CI of the mean
   difference (scipy ``ttest_rel``).
+* **Two-level test with the pretraining run as unit** (:func:`pretraining_run_test`): the replicates are pretraining
+  runs (evaluation seeds averaged within each), and the variance of their mean adds the test-image bootstrap variance
+  of the same quantity, so a claim must hold for other pretraining runs and other test images; Student's t with
+  (runs - 1) degrees of freedom. The analytic form of a two-level (hierarchical) bootstrap that resamples runs, then
+  images (Saravanan, Berman & Sober, NBDT 2020); seeds of the training run as the unit of comparison as Bouthillier
+  et al. (MLSys 2021) argue for ML benchmarks.
 * **Wilcoxon signed-rank** on per-image Dice (bounded, skewed, many ties), zeros dropped as R's ``wilcox.test``
   (challengeR's choice); exact when scipy can be exact, normal approximation otherwise.
 * **Holm** (family-wise) and **Benjamini-Hochberg** (false discovery rate) adjustment (statsmodels; its default
@@ -99,6 +105,52 @@ def paired_t_test(a: Sequence[float], b: Sequence[float], confidence: float = 0.
     interval = result.confidence_interval(confidence)
     return {"difference": difference, "t": float(result.statistic), "df": int(result.df), "p": float(result.pvalue),
             "ci_low": float(interval.low), "ci_high": float(interval.high)}
+
+
+def pretraining_run_test(run_values: Sequence[float], image_resamples: Optional[np.ndarray] = None, confidence: float = 0.95) -> Dict[str, float]:
+    """Test of mean(run_values) = 0 where each value is one pretraining run's quantity (a paired difference of two
+    methods, or one method's metric), evaluation seeds already averaged within the run.
+
+    Variance of the mean: s^2 / n over the n runs (pretraining randomness, plus evaluation randomness averaged over
+    its seeds) + the variance of the same mean under resampled test images (``image_resamples``: that mean under each
+    bootstrap resample; None = the test set is taken as fixed). T = mean / se against Student's t with n - 1 degrees
+    of freedom. That reference is exact without the image term and conservative with it (the added, nearly fixed
+    term makes T's tails lighter than t's); Welch-Satterthwaite's larger df was not: with 2-3 runs a small s^2 by
+    chance both shrinks se and raises df, and the simulated type-I error at alpha 0.05 was 0.12 with 2 runs and 0.07
+    with 3 (benchmarks/pretraining_test_power.py). Both variance terms hold the run-specific part of the image noise,
+    another conservative margin. Fewer than two runs: no test (NaN p): one pretraining run says nothing about the next.
+    """
+    values = np.asarray(run_values, dtype=np.float64)
+    n = len(values)
+    estimate = float(values.mean()) if n else math.nan
+    out = {"estimate": estimate, "n": n, "se": math.nan, "df": float(n - 1) if n >= 2 else math.nan, "p": math.nan, "ci_low": math.nan, "ci_high": math.nan}
+    if n < 2:
+        return out
+    variance = float(values.var(ddof=1)) / n
+    if image_resamples is not None:
+        resamples = np.asarray(image_resamples, dtype=np.float64)
+        resamples = resamples[np.isfinite(resamples)]
+        variance += float(resamples.var(ddof=1)) if len(resamples) > 1 else 0.0
+    if variance == 0.0:
+        return {**out, "se": 0.0, "p": 1.0 if estimate == 0.0 else 0.0, "ci_low": estimate, "ci_high": estimate}
+    se = math.sqrt(variance)
+    half = float(scipy_stats.t.ppf(0.5 + confidence / 2, n - 1)) * se
+    return {**out, "se": se, "p": float(2 * scipy_stats.t.sf(abs(estimate) / se, n - 1)), "ci_low": estimate - half, "ci_high": estimate + half}
+
+
+def variance_components(values_by_run: Dict[int, Sequence[float]]) -> Dict[str, float]:
+    """Method-of-moments estimates of the two random-effect sds of a cell (one-way random-effects ANOVA, unbalanced
+    groups averaged): ``pretraining`` = sd between pretraining runs of what one evaluation would give, ``evaluation`` =
+    sd between evaluation seeds of one encoder (pooled within runs). NaN where the design cannot separate them."""
+    groups = [np.asarray(v, dtype=np.float64) for v in values_by_run.values() if len(v)]
+    within = [g.var(ddof=1) for g in groups if len(g) > 1]
+    if not within:  # one evaluation per run: the runs' spread holds both components, inseparably
+        return {"pretraining": math.nan, "evaluation": math.nan}
+    evaluation = float(np.mean(within))
+    if len(groups) < 2:
+        return {"pretraining": math.nan, "evaluation": math.sqrt(evaluation)}
+    between = float(np.var([g.mean() for g in groups], ddof=1)) - evaluation * float(np.mean([1.0 / len(g) for g in groups]))
+    return {"pretraining": math.sqrt(max(between, 0.0)), "evaluation": math.sqrt(evaluation)}
 
 
 def wilcoxon_signed_rank(a: Sequence[float], b: Sequence[float], alternative: str = "two-sided") -> Dict[str, float]:

@@ -38,6 +38,8 @@ def test_dry_run_respects_overrides(tmp_path, capsys):
         (["--suite", "smoke", "--device", "cpu", "--devices", "0"], "--devices must be at least 1"),
         (["--suite", "smoke", "--dry-run", "--shard", "3/2"], "need 1 <= K <= N"),
         (["report", "--suite", "smoke", "--shard", "1/2"], "'report' reads every shard's records; run it without --shard"),
+        (["--suite", "smoke", "--dry-run", "--pretrain-seeds", "0,0"], "--pretrain-seeds repeats [0]"),
+        (["--suite", "smoke", "--dry-run", "--pretrain-seeds", "a"], "cannot read 'a' as a comma-separated list of int"),
     ],
 )
 def test_bad_input_gives_one_line_error(args, message, capsys):

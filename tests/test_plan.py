@@ -1,6 +1,9 @@
 """Job identity: a key changes exactly when something that determines the job's result changes."""
 import copy
 
+import pytest
+import yaml
+
 import datasets.base as dataset_base
 from medssl.config import load_suite
 from medssl.plan import build_plan
@@ -79,7 +82,7 @@ def test_statistics_settings_are_checked_and_do_not_change_job_keys(tmp_path):
     with_stats = copy.deepcopy(suite)
     with_stats["statistics"] = {"reference": "simclr", "adjust": "bh"}
     assert [j.key for j in build_plan(with_stats).eval_jobs] == [j.key for j in build_plan(suite).eval_jobs]
-    for bad, message in (({"referense": "simclr"}, "unknown settings"), ({"adjust": "bonferroni"}, "holm"), ({"primary": "both"}, "images")):
+    for bad, message in (({"referense": "simclr"}, "unknown settings"), ({"adjust": "bonferroni"}, "holm"), ({"primary": "images"}, "pretraining run as its unit")):
         broken = copy.deepcopy(suite)
         broken["statistics"] = bad
         path = tmp_path / "bad.yaml"
@@ -101,3 +104,28 @@ def test_quick_long_is_quick_with_more_steps_only():
     # the random-init floor is the same job in both suites
     floor = [{job.key for job in build_plan(s).pretrain_jobs if job.method == "supervised" and job.corpus == "cxr"} for s in (quick, long)]
     assert floor[0] == floor[1]
+
+
+def test_pretraining_seeds_from_the_command_line_narrow_the_plan(tmp_path):
+    """--pretrain-seeds 0 is the fast demonstration run of a replicated suite: the same jobs (same keys) as seed 0 of
+    the full plan, nothing more; a repeated or empty seed list is refused before any work starts."""
+    from medssl.config import ConfigError, apply_overrides
+
+    suite = apply_overrides(load_suite("smoke"), pretrain_seeds=[0, 1, 2])
+    full = build_plan(suite)
+    assert sorted({j.seed for j in full.pretrain_jobs}) == [0, 1, 2]
+    narrowed = build_plan(apply_overrides(suite, pretrain_seeds=[0]))
+    assert {j.key for j in narrowed.eval_jobs} == {j.key for j in full.eval_jobs if j.pretrain.seed == 0}
+    for bad in ([0, 0], []):
+        with pytest.raises(ConfigError, match="--pretrain-seeds"):
+            apply_overrides(suite, pretrain_seeds=bad)
+    broken = copy.deepcopy(load_suite("smoke"))
+    broken["pretrain"]["seeds"] = [1, 1]
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(broken))
+    with pytest.raises(ConfigError, match="pretrain.seeds repeats"):
+        load_suite(str(path))
+
+
+def test_miccai2024_pretrains_three_seeds():
+    assert load_suite("miccai2024")["pretrain"]["seeds"] == [0, 1, 2]

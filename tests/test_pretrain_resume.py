@@ -37,6 +37,10 @@ def test_interrupted_pretraining_resumes(tmp_path, synthetic_root):
     encoder, meta = load_encoder(path)
     assert meta["method"] == "simclr" and [h["epoch"] for h in meta["history"]] == [-1, 0, 1]
     assert run_pretraining(job, dataset, tmp_path, progress=False) == path  # finished: reused, not retrained
+    # bit-identical to the same pretraining run without the interruption (README "Reproducibility")
+    uninterrupted = load_encoder(run_pretraining(job, dataset, tmp_path / "uninterrupted", progress=False))[0].state_dict()
+    resumed = encoder.state_dict()
+    assert uninterrupted.keys() == resumed.keys() and all(torch.equal(uninterrupted[k], resumed[k]) for k in resumed)
 
 
 def test_precision_choice():

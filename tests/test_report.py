@@ -2,7 +2,7 @@
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from medssl.config import load_suite
+from medssl.config import apply_overrides, load_suite
 from medssl.plan import build_plan
 from medssl.records import RECORD_FIELDS, ResultStore
 from medssl.report import write_reports
@@ -38,7 +38,7 @@ def test_report_layout_bold_and_byte_identical(tmp_path):
     lines = rows_by_method(table1)
     assert list(lines) == ["Sup.", "SimCLR", "BYOL", "CoBooM w/ Dec."]
     # seeds 0 and 1 give v and v + 0.01: mean v + 0.005, sd 0.00707 -> "72.5 ± 0.7"
-    # (marks aside: without stored predictions they come from the t-test over the two seeds, see the tests below)
+    # (one pretraining run: no marks, the sd is over its evaluation seeds; see the tests below)
     assert "| **72.5 ± 0.7**" in lines["CoBooM w/ Dec."] and "| 72.5 ± 0.7" in lines["CoBooM w/ Dec."]
     assert "**80.5 ± 0.7**" in lines["SimCLR"]
     assert "| CXR 30% | CXR 100% |" in table1
@@ -51,52 +51,66 @@ def test_report_layout_bold_and_byte_identical(tmp_path):
     assert "simclr,SimCLR,CXR,100,2,80.5000,0.7071,1" in csv_text
 
 
-def store_with_predictions(tmp_path, plan, quality, noise_of=None):
-    """Records plus per-image predictions on one shared test set of 300 images and 2 classes: a method's scores are
-    labels * quality[method] + standard normal noise, drawn per seed and per ``noise_of[method]`` (default: the
-    method), so methods sharing a noise stream and a quality have identical scores."""
+def replicated_plan():
+    """The smoke suite with three pretraining runs per method and one evaluation seed each: the marks' test has its
+    replicates (500 image resamples instead of 2,000, for the tests' time)."""
+    suite = apply_overrides(load_suite("smoke"), pretrain_seeds=[0, 1, 2], seeds=[0])
+    suite["statistics"] = {**suite.get("statistics", {}), "resamples": 500}
+    return build_plan(suite)
+
+
+def store_with_predictions(tmp_path, plan, quality, noise_of=None, n_images=400):
+    """Records plus per-image predictions on one shared test set of 2 classes: a method's scores are labels *
+    quality[method] + standard normal noise of its stream (``noise_of[method]``, default the method: the method's
+    own strengths and weaknesses over the images) + a third as much noise drawn per run (pretraining and evaluation
+    seed), so methods sharing a noise stream and a quality score identically in every run."""
     rng = np.random.default_rng(0)
-    labels = (rng.random((300, 2)) < 0.3).astype(np.uint8)
+    labels = (rng.random((n_images, 2)) < 0.3).astype(np.uint8)
     store = ResultStore(tmp_path / "results")
     for job in plan.eval_jobs:
-        stream = (noise_of or {}).get(job.pretrain.method, job.pretrain.method)
-        noise = np.random.default_rng([job.seed, sorted(quality).index(stream)]).normal(size=labels.shape)
+        stream = sorted(quality).index((noise_of or {}).get(job.pretrain.method, job.pretrain.method))
+        noise = np.random.default_rng(stream).normal(size=labels.shape) + np.random.default_rng([job.pretrain.seed, job.seed, stream]).normal(size=labels.shape) / 3
         scores = labels * quality[job.pretrain.method] + noise
         value = float(np.mean([roc_auc_score(labels[:, k], scores[:, k]) for k in range(2)]))
         record = {f: None for f in RECORD_FIELDS}
         record.update(key=job.key, method=job.pretrain.method, task=job.task["name"], protocol=job.protocol, fraction=job.fraction,
                       seed=job.seed, value=value, metric="macro_auc")
-        store.append(record, predictions={"test_indices": np.arange(300, dtype=np.int32), "scores": scores.astype(np.float32), "labels": labels,
-                                          "patient_ids": np.arange(300) // 2, "class_names": np.array(["A", "B"])})
+        store.append(record, predictions={"test_indices": np.arange(n_images, dtype=np.int32), "scores": scores.astype(np.float32), "labels": labels,
+                                          "patient_ids": np.arange(n_images) // 2, "class_names": np.array(["A", "B"])})
     return store
 
 
 def test_marks_follow_the_paired_tests(tmp_path):
-    plan = build_plan(load_suite("smoke"))  # reference = CoBooM, no ablations in the suite
-    store = store_with_predictions(tmp_path, plan, {"supervised": 0.0, "simclr": 1.5, "byol": 1.5, "coboom": 1.5}, {"simclr": "coboom"})
+    plan = replicated_plan()  # reference = CoBooM, no ablations in the suite
+    store = store_with_predictions(tmp_path, plan, {"supervised": 0.0, "simclr": 3.0, "byol": 3.0, "coboom": 3.0}, {"simclr": "coboom"})
     written = {p.name: p.read_bytes() for p in write_reports(plan, store, tmp_path / "r1")}
     again = {p.name: p.read_bytes() for p in write_reports(plan, ResultStore(tmp_path / "results"), tmp_path / "r2")}
     assert written == again  # tables, statistics, figures and HTML all byte-identical
-    rows = rows_by_method(written["table1.md"].decode())
+    table1 = written["table1.md"].decode()
+    rows = rows_by_method(table1)
     # A random-score encoder differs from CoBooM; BYOL (as good, other noise) does not.
     assert rows["Sup."].count("\\*") == 2 and "\\*" not in rows["BYOL"]
     # SimCLR and CoBooM tie exactly: both bold, no mark between them; CoBooM beats nothing significantly, so no dagger.
     assert rows["SimCLR"].count("**") == 4 and rows["CoBooM w/ Dec."].count("**") == 4
     assert "†" not in rows["CoBooM w/ Dec."]
-    assert "differs from CoBooM w/ Dec." in written["table1.md"].decode()
+    assert "differs from CoBooM w/ Dec." in table1 and "paired test over pretraining runs" in table1
+    assert "mean ± sd over 3 pretraining runs (each run: one evaluation seed)" in table1
     latex = written["table1.tex"].decode()
     assert "\\toprule" in latex and "\\textbf{" in latex and "Sup. & " in latex and "$^{*}$" in latex
-    stats_rows = [line for line in written["statistics.md"].decode().splitlines() if line.startswith("| CXR | 30% | Sup. | CoBooM")]
+    statistics = written["statistics.md"].decode()
+    stats_rows = [line for line in statistics.splitlines() if line.startswith("| CXR | 30% | Sup. | CoBooM")]
     assert len(stats_rows) == 2 and all(row.rstrip().endswith("| yes |") for row in stats_rows)  # one per table
+    assert all("| reference | 3 | 3 |" in row and "| 2 |" in row for row in stats_rows)  # 3 pretraining runs, df 2
+    assert "## Variance components" in statistics
     per_class = written["statistics_per_class.csv"].decode().splitlines()
     assert per_class[0].startswith("protocol,task,fraction,pretrain_seed,seed,method,versus,class,")
-    assert len(per_class) == 1 + 3 * 2 * 2 * 2 * 2  # 3 methods x 2 protocols x 2 fractions x 2 seeds x 2 classes
+    assert len(per_class) == 1 + 3 * 2 * 2 * 3 * 2  # 3 methods x 2 protocols x 2 fractions x 3 runs x 2 classes
     assert b"<table>" in written["index.html"] and b"label_efficiency.png" in written["index.html"]
 
 
 def test_dagger_marks_the_reference_beating_the_best_baseline(tmp_path):
-    plan = build_plan(load_suite("smoke"))
-    store = store_with_predictions(tmp_path, plan, {"supervised": 0.0, "simclr": 0.5, "byol": 0.6, "coboom": 2.0})
+    plan = replicated_plan()
+    store = store_with_predictions(tmp_path, plan, {"supervised": 0.0, "simclr": 0.5, "byol": 0.6, "coboom": 3.0})
     table = {p.name: p for p in write_reports(plan, store, tmp_path / "r")}["table2.md"].read_text()
     rows = rows_by_method(table)
     assert rows["CoBooM w/ Dec."].count("†") == 2 and rows["CoBooM w/ Dec."].count("**") == 4
@@ -104,16 +118,32 @@ def test_dagger_marks_the_reference_beating_the_best_baseline(tmp_path):
 
 
 def test_random_init_margins_mark_significant_gains_only(tmp_path):
-    plan = build_plan(load_suite("smoke"))
+    plan = replicated_plan()
     # BYOL is exactly as good as the random encoder (other noise): a gain of noise, never marked; SimCLR and CoBooM
     # score the labels and beat it in both linear-probe columns
-    store = store_with_predictions(tmp_path, plan, {"supervised": 0.0, "simclr": 1.5, "byol": 0.0, "coboom": 1.5})
+    store = store_with_predictions(tmp_path, plan, {"supervised": 0.0, "simclr": 3.0, "byol": 0.0, "coboom": 3.0})
     margins = {p.name: p for p in write_reports(plan, store, tmp_path / "r")}["random_init_margins.md"].read_text()
     rows = rows_by_method(margins)
     assert list(rows) == ["SimCLR", "BYOL", "CoBooM w/ Dec."]
     assert rows["SimCLR"].count("\\*") == 2 and rows["CoBooM w/ Dec."].count("\\*") == 2
     assert "\\*" not in rows["BYOL"]
-    assert "the difference from Sup. is significant: paired bootstrap over test images" in margins and "Holm" in margins
+    assert "the difference from Sup. is significant: paired test over pretraining runs" in margins and "Holm" in margins
+
+
+def test_one_pretraining_run_prints_no_comparison_marks(tmp_path):
+    """The smoke suite pretrains each method once: however clear a difference over test images, one pretraining run
+    may be its luck, so neither the tables nor the random-init margins carry marks, and the captions say why."""
+    plan = build_plan(load_suite("smoke"))
+    assert plan.suite["pretrain"]["seeds"] == [0]
+    store = store_with_predictions(tmp_path, plan, {"supervised": 0.0, "simclr": 3.0, "byol": 0.6, "coboom": 3.0})
+    written = {p.name: p.read_text() for p in write_reports(plan, store, tmp_path / "r") if p.suffix == ".md"}
+    for name in ("table1.md", "table2.md", "random_init_margins.md"):
+        assert "\\*" not in written[name] and "†" not in written[name]
+        assert "No comparison marks: the test behind them takes the pretraining run as its unit" in written[name]
+    assert "over 2 evaluation seeds of one pretraining run (the spread between pretraining runs is not measured)" in written["table1.md"]
+    # the image-level test (conditional on the one run) still finds the difference; it is listed, not marked
+    row = next(line for line in written["statistics.md"].splitlines() if line.startswith("| CXR | 30% | Sup. | CoBooM"))
+    assert "| <0.001 | – |  |" in row and "| 1 | 2 |" in row
 
 
 def test_report_removes_its_files_that_the_records_no_longer_produce(tmp_path):
