@@ -64,9 +64,11 @@ class CellRuns:
         """The cell's value: mean over pretraining runs of each run's mean over evaluation seeds."""
         return float(np.mean(list(self.run_means().values()))) if self.values else math.nan
 
-    def replicates(self, over_pretraining: bool) -> List[float]:
+    def replicates(self, replicated_pretraining: bool) -> List[float]:
         """What the cell's sd is over: its pretraining runs' means, or (a suite with one pretraining seed) its runs."""
-        return [self.run_means()[seed] for seed in sorted(self.run_means())] if over_pretraining else [self.values[r] for r in sorted(self.values)]
+        if not replicated_pretraining:
+            return [self.values[r] for r in sorted(self.values)]
+        return [mean for _, mean in sorted(self.run_means().items())]
 
     @property
     def n_pretraining(self) -> int:
@@ -164,6 +166,12 @@ def collect_runs(plan: Plan, records, store: Optional[ResultStore] = None) -> Di
         if record.get("metric") == "mean_dice" and (store.predictions_dir / f"{job.key}.npz").exists():
             runs.per_image[run] = store.load_predictions(job.key)["per_image_dice"]
     return cells
+
+
+def over_pretraining(plan: Plan) -> bool:
+    """Whether the suite replicates pretraining (two or more seeds): then a cell's sd is over pretraining runs, not
+    over the evaluation seeds of its single run."""
+    return len(plan.suite["pretrain"]["seeds"]) > 1
 
 
 def _image_resamples(runs: CellRuns, paired: List[RunKey], other: Optional[CellRuns] = None) -> Optional[np.ndarray]:

@@ -21,7 +21,7 @@ from typing import Dict, List, Tuple
 
 import numpy as np
 
-from medssl.compare import CellKey, CellRuns, columns
+from medssl.compare import CellKey, CellRuns, columns, over_pretraining
 from medssl.config import fraction_label, statistics_settings
 from medssl.plan import Plan
 
@@ -97,11 +97,11 @@ def ablation_figure(plan: Plan, runs: Dict[CellKey, CellRuns], path: Path):
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(cols) + 1.5), 3.6))
     width = 0.8 / len(variants)
-    over_pretraining = len(plan.suite["pretrain"]["seeds"]) > 1
+    replicated = over_pretraining(plan)
     for i, method in enumerate(variants):
         means, sds = [], []
         for protocol, task, f in cols:
-            values = runs[(method, task, protocol, f)].replicates(over_pretraining) if (method, task, protocol, f) in runs else []
+            values = runs[(method, task, protocol, f)].replicates(replicated) if (method, task, protocol, f) in runs else []
             means.append(100 * np.mean(values) if values else np.nan)
             sds.append(100 * np.std(values, ddof=1) if len(values) > 1 else 0.0)
         ax.bar(np.arange(len(cols)) + (i - (len(variants) - 1) / 2) * width, means, width, yerr=sds, capsize=2, label=_label(method))
@@ -110,7 +110,7 @@ def ablation_figure(plan: Plan, runs: Dict[CellKey, CellRuns], path: Path):
     finite = [100 * runs[(m, t, p, f)].mean for m in variants for p, t, f in cols if (m, t, p, f) in runs]
     ax.set_ylim(max(0.0, min(finite) - 5), min(100.0, max(finite) + 5))
     ax.set_ylabel("test metric (%)")
-    ax.set_title(f"Ablation of {_label(settings['reference'])}: mean ± sd over {'pretraining runs' if over_pretraining else 'evaluation seeds'}", fontsize=10)
+    ax.set_title(f"Ablation of {_label(settings['reference'])}: mean ± sd over {'pretraining runs' if replicated else 'evaluation seeds'}", fontsize=10)
     ax.legend(fontsize=8, frameon=False)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()

@@ -20,7 +20,7 @@ from typing import Dict, Iterable, List, Optional
 import numpy as np
 
 from medssl import compare, figures
-from medssl.compare import Comparison
+from medssl.compare import Comparison, over_pretraining
 from medssl.config import fraction_label, statistics_settings
 from medssl.plan import Plan, evaluation_seeds, task_type
 from medssl.records import ResultStore
@@ -59,11 +59,6 @@ def _columns(plan: Plan, protocol: str) -> List[tuple]:
 def _header(columns: List[tuple]) -> List[str]:
     """Markdown header and alignment rows of a method x (task, fraction) table."""
     return ["| Method | " + " | ".join(f"{task} {fraction_label(f)}" for task, f in columns) + " |", "|---|" + "---:|" * len(columns)]
-
-
-def over_pretraining(plan: Plan) -> bool:
-    """Whether the tables' sd is over pretraining runs (two or more pretraining seeds), not evaluation seeds."""
-    return len(plan.suite["pretrain"]["seeds"]) > 1
 
 
 def replicates(plan: Plan, protocol: str) -> int:
@@ -117,7 +112,7 @@ def testable(comparisons: List[Comparison]) -> bool:
 def no_marks_reason(plan: Plan) -> str:
     """Why a table carries no comparison marks: the pretraining runs are not replicated."""
     seeds = len(plan.suite["pretrain"]["seeds"])
-    have = "this suite pretrains each method once (pretrain.seeds, --pretrain-seeds)" if seeds < 2 else f"no two methods have two finished pretraining runs yet (of the suite's {seeds})"
+    have = f"no two methods have two finished pretraining runs yet (of the suite's {seeds})" if over_pretraining(plan) else "this suite pretrains each method once (pretrain.seeds, --pretrain-seeds)"
     return (f"No comparison marks: the test behind them takes the pretraining run as its unit and needs at least two pretraining "
             f"runs per method; {have}, so a difference here may be the luck of one pretraining run. statistics.md lists the "
             f"tests over test images conditional on these runs.")

@@ -5,7 +5,8 @@
   S = S10/m + S01/n. As pROC: a zero difference with zero variance gives z = 0, p = 1 (not NaN); the CI of a single
   AUC is clipped to [0, 1].
 * **Paired t-test over seeds** (same seeds, same label subsets: the training randomness), with the CI of the mean
-  difference (scipy ``ttest_rel``).
+  difference (scipy ``ttest_rel``): the reference case T1 of stats.md; the reports no longer call it, as pooling
+  every (pretraining, evaluation) run would count the evaluation seeds of one encoder as independent replicates.
 * **Two-level test with the pretraining run as unit** (:func:`pretraining_run_test`): the replicates are pretraining
   runs (evaluation seeds averaged within each), and the variance of their mean adds the test-image bootstrap variance
   of the same quantity, so a claim must hold for other pretraining runs and other test images; Student's t with

@@ -6,7 +6,7 @@ from medssl.records import RECORD_FIELDS, ResultStore
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
-from compare_records import compare  # noqa: E402
+from compare_records import compare, main  # noqa: E402
 
 
 def _store(path, values, precision):
@@ -28,3 +28,10 @@ def test_records_are_matched_by_key_and_differences_reported_in_points(tmp_path)
     assert text.startswith(f"3 evaluations in both {first} (x86_64 (cpu), pretraining precision bf16-mixed) and {second} (x86_64 (cpu), pretraining precision 32-true); 2 identical.")
     assert "| simclr | CXR | linear | 2 | 1 | 1.50 | 3.00 |" in text and "| supervised | CXR | linear | 1 | 1 | 0.00 | 0.00 |" in text
     assert "share no evaluation" in compare(first, _store(tmp_path / "c", {"other": ("simclr", 0.7)}, "32-true"))
+
+
+def test_a_folder_that_is_not_a_results_folder_is_refused(tmp_path):
+    import pytest
+
+    with pytest.raises(SystemExit, match="is not a results folder"):
+        main([str(tmp_path / "missing"), str(tmp_path)])
