@@ -12,6 +12,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -37,8 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "with one pretraining seed the tables carry no comparison marks (README \"Statistics\")")
     parser.add_argument("--fractions", help="comma-separated label fractions in percent, e.g. 1,10,100 (default: the suite's)")
     parser.add_argument("--data-root", help="folder with the datasets; synthetic data is generated there (default: ./data)")
-    parser.add_argument("--out", default="results", help="results folder: records in OUT/<suite>/, checkpoints in OUT/checkpoints/ (default: results)")
-    parser.add_argument("--reports", default="reports", help="reports folder: tables in REPORTS/<suite>/ (default: reports)")
+    parser.add_argument("--out", help="results folder: records in OUT/<suite>/, checkpoints in OUT/checkpoints/, and reports in OUT/reports/ unless --reports is given (default: results)")
+    parser.add_argument("--reports", help="reports folder: tables in REPORTS/<suite>/; a report narrowed by --methods/--seeds/--pretrain-seeds/--fractions goes to "
+                        "REPORTS/<suite>--<narrowing>/ and never replaces the suite's (default: reports, or OUT/reports with --out)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto = cuda if available)")
     parser.add_argument("--precision", default="auto", choices=("auto", "32", "bf16"), help="training precision: auto = bf16 autocast where the hardware runs it natively (recent GPUs, CPUs with AVX512-BF16), fp16 on older GPUs, else fp32; 32 forces fp32 (default: auto)")
     parser.add_argument("--shard", help="K/N: run only the K-th of N disjoint parts of the job grid (whole pretrainings with their evaluations), e.g. one per cluster array task; each shard writes OUT/<suite>/records.shard-K-of-N.jsonl and 'report' merges them")
@@ -105,13 +107,13 @@ def list_everything() -> None:
 
 def print_plan(plan, store, out_dir: Path) -> None:
     from medssl.config import fraction_label
-    from medssl.pretrain import ENCODER_FILE
+    from medssl.pretrain import ENCODER_FILE, encoder_status
 
     done = store.keys()
     print(f"Suite {plan.suite['name']}: {len(plan.pretrain_jobs)} pretraining jobs, {len(plan.eval_jobs)} evaluation jobs")
     print("Pretraining:")
     for job in plan.pretrain_jobs:
-        status = "done" if (out_dir / "checkpoints" / job.key / ENCODER_FILE).exists() else ("pending" if job.trains else "random init")
+        status = {"done": "done", "corrupt": "damaged: will be redone"}.get(encoder_status(out_dir / "checkpoints" / job.key / ENCODER_FILE), "pending" if job.trains else "random init")
         print(f"  {job.key:<40} seed={job.seed} [{status}]")
     print("Evaluation:")
     for job in plan.eval_jobs:
@@ -124,21 +126,63 @@ def print_plan(plan, store, out_dir: Path) -> None:
 def log_run(directory: Path, argv, summary, device: str, wall_time_s: float, precision: str = "auto") -> None:
     """Append one line per invocation to OUT/<suite>/runs.jsonl: what ran, how long it took, where."""
     import datetime
-    import json
 
     from medssl import provenance
     from medssl.precision import precision_for
 
+    from medssl.records import append_line
+
     entry = {"finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "argv": list(argv), "ran": summary["ran"], "skipped": summary["skipped"], "wall_time_s": round(wall_time_s, 1), "git_commit": provenance.git_commit(), "hardware": provenance.hardware(device), "precision": precision_for(device, precision)}
     directory.mkdir(parents=True, exist_ok=True)
-    with open(directory / "runs.jsonl", "a") as fh:
-        fh.write(json.dumps(entry) + "\n")
+    append_line(directory / "runs.jsonl", entry)
+
+
+def check_writable(*folders: Path) -> None:
+    """Each folder exists or can be made, and takes a file: checked before any work, so nothing is computed that
+    cannot be stored."""
+    import os
+    import tempfile
+
+    from medssl.config import ConfigError
+
+    for folder in folders:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=folder)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as err:
+            raise ConfigError(f"cannot write to {folder} ({err.strerror}); make it writable or choose another folder (--out, --reports, --data-root)") from None
+
+
+def narrowing_tag(args) -> str:
+    """'' for the whole suite, else e.g. 'methods-simclr--fractions-100': the name suffix of a narrowed report."""
+    parts = [f"{name.replace('_', '-')}-{'-'.join(dict.fromkeys(v.strip() for v in value.split(',') if v.strip()))}" for name, value in
+             (("methods", args.methods), ("pretrain_seeds", args.pretrain_seeds), ("seeds", args.seeds), ("fractions", args.fractions)) if value is not None]
+    return "--".join(parts)
+
+
+def write_suite_reports(full_plan, store, reports_root: Path) -> None:
+    """The suite's reports from every stored record of it (rows of methods that have records), whatever part of the
+    suite this command ran."""
+    from medssl.plan import recorded_plan
+    from medssl.report import write_reports
+
+    plan = recorded_plan(full_plan, store.records())
+    if plan is None:
+        return
+    for path in write_reports(plan, store, reports_root / full_plan.suite["name"], store.pretraining_records()):
+        print(f"wrote {path}")
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from datasets import DatasetError
     from medssl.config import ConfigError, apply_overrides, load_suite, parse_list
+    from medssl.pretrain import CorruptCheckpoint
+    from medssl.records import Busy
+
+    store = None
 
     try:
         if args.list:
@@ -162,24 +206,32 @@ def main(argv=None) -> int:
         from medssl.records import ResultStore
         from medssl.report import write_reports
 
-        suite = load_suite(args.suite)
-        suite = apply_overrides(suite, methods=parse_list(args.methods), seeds=parse_list(args.seeds, int), pretrain_seeds=parse_list(args.pretrain_seeds, int), fractions=parse_list(args.fractions, float))
+        full_suite = load_suite(args.suite)
+        suite = apply_overrides(full_suite, methods=parse_list(args.methods, option="--methods"), seeds=parse_list(args.seeds, int, "--seeds"), pretrain_seeds=parse_list(args.pretrain_seeds, int, "--pretrain-seeds"),
+                                fractions=parse_list(args.fractions, float, "--fractions"))
         plan = build_plan(suite)
-        out_dir = Path(args.out)
+        full_plan = build_plan(full_suite)
+        out_dir = Path(args.out or "results")
+        reports_root = Path(args.reports) if args.reports else (out_dir / "reports" if args.out else Path("reports"))
+        tag = narrowing_tag(args)
         shard = parse_shard(args.shard) if args.shard else None
         if shard is not None and args.command == "report":
             raise ConfigError("'report' reads every shard's records; run it without --shard")
         if shard is not None:
             plan = shard_plan(plan, *shard)
         store = ResultStore(out_dir / suite["name"], shard=f"shard-{shard[0]}-of-{shard[1]}" if shard else None)
-        reports_dir = Path(args.reports) / suite["name"]
         if args.dry_run:
             print_plan(plan, store, out_dir)
             return 0
         if args.command == "report":
             if not store.files():
                 raise ConfigError(f"no stored results in {store.directory}; run 'python run_benchmark.py --suite {suite['name']}' first")
-            for path in write_reports(plan, store, reports_dir, store.pretraining_records()):
+            check_writable(reports_root)
+            if not tag:
+                write_suite_reports(full_plan, store, reports_root)
+                return 0
+            # a narrowed report has its own folder: it never replaces the suite's full report
+            for path in write_reports(plan, store, reports_root / f"{suite['name']}--{tag}", store.pretraining_records()):
                 print(f"wrote {path}")
             return 0
         from medssl.cluster import check_multi_node
@@ -190,24 +242,33 @@ def main(argv=None) -> int:
             raise ConfigError(f"--devices {args.devices}: this machine has {torch_device_count()} CUDA devices" if device.startswith("cuda") else f"--devices must be at least 1, got {args.devices}")
         global_rank = check_multi_node(args.nodes, args.devices)
         data_root = resolve_data_root(args.data_root)
+        if global_rank == 0:
+            check_writable(store.directory, out_dir / "checkpoints", data_root, *([reports_root] if shard is None else []))
         started = time.time()
-        summary = run_plan(plan, data_root, out_dir, device=device, progress=not args.no_progress, store=store, precision=args.precision, devices=args.devices, compile_backbone=args.compile,
-                           nodes=args.nodes, global_rank=global_rank)
+        with store.lock() if global_rank == 0 else contextlib.nullcontext():
+            summary = run_plan(plan, data_root, out_dir, device=device, progress=not args.no_progress, store=store, precision=args.precision, devices=args.devices, compile_backbone=args.compile,
+                               nodes=args.nodes, global_rank=global_rank)
         if global_rank != 0:
             return 0  # rank 0 evaluates, writes the records and the reports
         if shard is None:
-            for path in write_reports(plan, store, reports_dir, store.pretraining_records()):
-                print(f"wrote {path}")
+            write_suite_reports(full_plan, store, reports_root)
         else:
-            print(f"shard {shard[0]}/{shard[1]} finished; when every shard has, write the tables with: python run_benchmark.py report --suite {args.suite} --out {args.out}")
+            print(f"shard {shard[0]}/{shard[1]} finished; when every shard has, write the tables with: python run_benchmark.py report --suite {args.suite} --out {out_dir}")
         log_run(store.directory, argv if argv is not None else sys.argv[1:], summary, device, time.time() - started, args.precision)
         print(f"done: {summary['ran']} evaluations run, {summary['skipped']} reused from {store.directory} ({(time.time() - started) / 60:.1f} min)")
+        if summary["failed"]:
+            print(f"{len(summary['failed'])} pretraining{'s' if len(summary['failed']) > 1 else ''} failed; everything else is stored:\n  " + "\n  ".join(summary["failed"]), file=sys.stderr)
+            return 1
         return 0
-    except (ConfigError, DatasetError) as err:
+    except Busy as err:
+        print(f"error: another run is using {store.directory}: {err}. Wait for it to finish, or give this run another --out "
+              "(the shards of one grid, --shard K/N, may share a folder)", file=sys.stderr)
+        return 2
+    except (ConfigError, DatasetError, CorruptCheckpoint) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"\ninterrupted: finished results are kept in {args.out}/; run the same command again to resume", file=sys.stderr)
+        print(f"\ninterrupted: finished results are kept in {args.out or 'results'}/; run the same command again to resume", file=sys.stderr)
         return 130
 
 

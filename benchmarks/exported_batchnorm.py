@@ -46,7 +46,7 @@ def linear_plan(suite, method: str):
 def training_path_encoder(run_dir: Path):
     """The exported encoder, and a copy whose BatchNorm running statistics are those of ``last.ckpt``'s backbone."""
     exported, meta = load_encoder(run_dir / ENCODER_FILE)
-    state = torch.load(run_dir / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    state = torch.load(run_dir / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
     backbone = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
     for name, value in exported.state_dict().items():
         if "running_" not in name and "num_batches" not in name and not torch.equal(value, backbone[name]):

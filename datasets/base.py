@@ -125,6 +125,13 @@ def dataset_version(name: str) -> int:
     return _VERSIONS[name]
 
 
+def loader_function(name: str) -> DatasetLoader:
+    """The registered loader of ``name`` (its keyword parameters are the dataset's ``params`` in a suite)."""
+    if name not in _REGISTRY:
+        raise DatasetError(f"unknown dataset {name!r}; known datasets: {', '.join(dataset_names())}")
+    return _REGISTRY[name]
+
+
 def dataset_names() -> List[str]:
     return sorted(_REGISTRY)
 

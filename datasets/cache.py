@@ -16,6 +16,7 @@ are collected and reported together (the first ones by name), and then nothing i
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -27,6 +28,23 @@ import numpy as np
 from datasets.base import DatasetError, ImageDataset, progress_bar
 
 CACHE_DIRNAME = ".medssl-cache"
+_LAYOUT_ONLY = False
+
+
+class LayoutChecked(Exception):
+    """Raised inside :func:`layout_only` where a loader, its layout checks passed, would start building its cache."""
+
+
+@contextlib.contextmanager
+def layout_only():
+    """Within this block a real dataset's loader stops (:class:`LayoutChecked`) after checking the layout, instead
+    of decoding every image into its cache: the cheap check of every dataset that a run does before any work."""
+    global _LAYOUT_ONLY
+    previous, _LAYOUT_ONLY = _LAYOUT_ONLY, True
+    try:
+        yield
+    finally:
+        _LAYOUT_ONLY = previous
 _CHECKPOINT_EVERY = 256
 
 
@@ -106,14 +124,18 @@ def build_cache(
         return cache_dir
     arrays = make_arrays()
     cache_dir.mkdir(parents=True, exist_ok=True)
-    owner = cache_dir / "fingerprint.txt"
-    if owner.exists() and owner.read_text().strip() != input_fingerprint:
-        raise DatasetError(f"{cache_dir} holds a partial cache of different input files; delete that folder to start over")
-    owner.write_text(input_fingerprint)
     n = len(sources)
     partial = cache_dir / "images.partial.npy"
     mask_partial = cache_dir / "masks.partial.npy"
     done_path = cache_dir / "done.npy"
+    entries = source_entries(sources, cache_dir)
+    owner = cache_dir / "fingerprint.txt"
+    if owner.exists() and owner.read_text().strip() != input_fingerprint:
+        # some input files changed since the partial cache was started (typically: a file that could not be read was
+        # fixed): keep the images of unchanged files, redo the rest
+        _reuse_partial(cache_dir, entries, size, channels, masks is not None)
+    owner.write_text(input_fingerprint)
+    _save_entries(cache_dir, entries)
     if partial.exists() and done_path.exists() and (masks is None or mask_partial.exists()):
         images = np.load(partial, mmap_mode="r+")
         mask_array = np.load(mask_partial, mmap_mode="r+") if masks is not None else None
@@ -179,6 +201,46 @@ def build_cache(
     return cache_dir
 
 
+def source_entries(sources: Sequence[Path], cache_dir: Path) -> List[str]:
+    """'path relative to the cache<TAB>byte size' per source file: what identifies an already decoded image."""
+    return [f"{os.path.relpath(source, cache_dir)}\t{os.path.getsize(source)}" for source in sources]
+
+
+def _save_entries(cache_dir: Path, entries: List[str]) -> None:
+    tmp = cache_dir / "sources.tmp.json"
+    tmp.write_text(json.dumps(entries))
+    os.replace(tmp, cache_dir / "sources.json")
+
+
+def _reuse_partial(cache_dir: Path, entries: List[str], size: int, channels: int, has_masks: bool) -> None:
+    """Rewrite a partial cache for a changed list of source files: images of files whose name and size are unchanged
+    stay done (moved to their new position), every other image is marked to decode again. Masks come from the label
+    files, which may have changed too, so a partial cache with masks starts over. Without the record of which file
+    each image came from (a partial cache older than it), nothing can be matched: the error says what to delete."""
+    partial, done_path = cache_dir / "images.partial.npy", cache_dir / "done.npy"
+    try:
+        old_entries = json.loads((cache_dir / "sources.json").read_text())
+        old_done = np.load(done_path)
+        old_images = np.load(partial, mmap_mode="r")
+    except (OSError, ValueError):
+        raise DatasetError(f"{cache_dir} holds a partial cache of different input files that cannot be matched file by file; delete that folder to start over") from None
+    position = {entry: i for i, entry in enumerate(old_entries)}
+    keep = [(new, position[entry]) for new, entry in enumerate(entries) if entry in position and not has_masks and old_done[position[entry]]]
+    fresh = cache_dir / "images.rebuild.npy"
+    images = np.lib.format.open_memmap(fresh, mode="w+", dtype=np.uint8, shape=(len(entries), channels, size, size))
+    done = np.zeros(len(entries), dtype=bool)
+    for new, old in keep:
+        images[new] = old_images[old]
+        done[new] = True
+    images.flush()
+    del images, old_images
+    os.replace(fresh, partial)
+    (cache_dir / "masks.partial.npy").unlink(missing_ok=True)
+    _save(done_path, done)
+    if has_masks:  # no mask partial: the loop below starts the masks (and so every image) over
+        done_path.unlink()
+
+
 def cached_dataset(
     name: str,
     root: Path,
@@ -198,6 +260,8 @@ def cached_dataset(
     ``params`` (which must hold ``size``)."""
     inputs = fingerprint(list(sources) + list(label_files), root, params)
     key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
+    if _LAYOUT_ONLY and not (root / CACHE_DIRNAME / name / key / "manifest.json").exists():
+        raise LayoutChecked(name)
     cache = build_cache(root / CACHE_DIRNAME / name / key, sources, decode, int(params["size"]), inputs, make_arrays, class_names, params, progress=progress, masks=masks, channels=channels)
     return read_cache(cache, name, mask_name=mask_name)
 

@@ -45,8 +45,23 @@ def load_suite(name_or_path: str) -> Dict[str, Any]:
         path = SUITES_DIR / f"{name_or_path}.yaml"
     if not path.exists():
         raise ConfigError(f"unknown suite {name_or_path!r}; known suites: {', '.join(suite_names())} (or pass a path to a .yaml file)")
-    with open(path) as fh:
-        suite = yaml.safe_load(fh)
+    try:
+        with open(path) as fh:
+            suite = yaml.safe_load(fh)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{where} ({getattr(err, 'problem', None) or err}); fix the file (indentation, colons, brackets)") from None
+    if suite is None:
+        raise ConfigError(f"{path}: the suite file is empty; copy one of benchmarks/suites/*.yaml as a start")
+    if isinstance(suite, dict) and "primary" in (suite.get("statistics") or {}):
+        raise ConfigError(f"{path}: statistics.primary is no longer a setting: the marks' test always takes the pretraining run as its unit "
+                          "(README \"Statistics\"); delete the line")
+    from medssl.schema import check_suite
+
+    problems = check_suite(suite)
+    if problems:
+        raise ConfigError(f"{path}: " + ("\n  ".join([f"{len(problems)} problems:", *problems]) if len(problems) > 1 else problems[0]))
     suite.setdefault("name", path.stem)
     _validate(suite, path)
     return suite
@@ -62,56 +77,14 @@ MONITOR_DEFAULTS = {"every_epochs": 1, "fraction": 10, "seed": 0, "l2": [1e-3, 1
 STATISTICS_DEFAULTS = {"reference": "coboom", "variants": None, "adjust": "holm", "alpha": 0.05,
                        "resamples": 2000, "confidence": 0.95, "seed": 0}
 
-_REQUIRED = {
-    "pretrain": ("datasets", "backbone", "image_size", "epochs", "batch_size", "optimizer", "schedule", "augment", "seeds"),
-    "evaluation": ("seeds", "linear", "finetune"),
-}
-
-
 def _validate(suite: Dict[str, Any], path: Path) -> None:
-    for section, keys in _REQUIRED.items():
-        if section not in suite:
-            raise ConfigError(f"{path}: missing section {section!r}")
-        missing = [k for k in keys if k not in suite[section]]
-        if missing:
-            raise ConfigError(f"{path}: section {section!r} lacks {missing}")
+    """What the schema (``medssl/schema.py``) cannot say: rules across keys."""
     try:
         check_optimizer(suite["pretrain"]["optimizer"] or {})
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from None
-    try:
-        check_seeds(suite["pretrain"]["seeds"] or [], "pretrain.seeds")
-        check_seeds(suite["evaluation"]["seeds"] or [], "evaluation.seeds")
-    except ConfigError as err:
-        raise ConfigError(f"{path}: {err}") from None
-    unknown_monitor = set(suite["pretrain"].get("monitor") or {}) - set(MONITOR_DEFAULTS)
-    if unknown_monitor:
-        raise ConfigError(f"{path}: pretrain.monitor has unknown settings {sorted(unknown_monitor)}; known: {list(MONITOR_DEFAULTS)}")
-    statistics = suite.get("statistics") or {}
-    if "primary" in statistics:
-        raise ConfigError(f"{path}: statistics.primary is no longer a setting: the marks' test always takes the pretraining run as its unit "
-                          "(README \"Statistics\"); delete the line")
-    unknown_statistics = set(statistics) - set(STATISTICS_DEFAULTS)
-    if unknown_statistics:
-        raise ConfigError(f"{path}: statistics has unknown settings {sorted(unknown_statistics)}; known: {list(STATISTICS_DEFAULTS)}")
-    if statistics.get("adjust", "holm") not in ("holm", "bh"):
-        raise ConfigError(f"{path}: statistics.adjust must be 'holm' or 'bh', got {statistics['adjust']!r}")
-    if not suite.get("methods"):
-        raise ConfigError(f"{path}: 'methods' must list at least one method")
-    if not suite.get("tasks"):
-        raise ConfigError(f"{path}: 'tasks' must list at least one downstream task")
     for task in suite["tasks"]:
-        for key in ("name", "dataset", "protocols", "fractions"):
-            if key not in task:
-                raise ConfigError(f"{path}: task {task.get('name', '?')!r} lacks {key!r}")
-        bad = [p for p in task["protocols"] if p not in PROTOCOLS]
-        if bad:
-            raise ConfigError(f"{path}: task {task['name']!r} has unknown protocols {bad}; use {PROTOCOLS}")
-        validate_fractions(task["fractions"])
-        kind = task.get("type", "classification")
-        if kind not in TASK_TYPES:
-            raise ConfigError(f"{path}: task {task['name']!r} has unknown type {kind!r}; use one of {TASK_TYPES}")
-        if kind == "segmentation" and "segmentation" not in suite["evaluation"]:
+        if task.get("type", "classification") == "segmentation" and "segmentation" not in suite["evaluation"]:
             raise ConfigError(f"{path}: task {task['name']!r} is a segmentation task but the suite has no evaluation.segmentation settings (epochs, lr, batch_size)")
 
 
@@ -138,42 +111,63 @@ def validate_fractions(fractions: Sequence[float]) -> List[float]:
     return out
 
 
-def parse_list(text: Optional[str], kind=str) -> Optional[List[Any]]:
+def parse_list(text: Optional[str], kind=str, option: str = "the list") -> Optional[List[Any]]:
+    """A comma-separated command-line list; None when the option was not given. An empty list is refused (it
+    would run nothing and report success) and repeats are dropped (each job runs once)."""
     if text is None:
         return None
     items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise ConfigError(f"{option} is empty; give at least one value or leave the option out to use the suite's")
     try:
-        return [kind(t) for t in items]
+        values = [kind(t) for t in items]
     except ValueError:
         raise ConfigError(f"cannot read {text!r} as a comma-separated list of {kind.__name__}") from None
+    return list(dict.fromkeys(values))
 
 
 def check_seeds(seeds: Sequence[int], what: str) -> List[int]:
-    """A seed list from a suite or the command line: at least one, no repeats (a repeated seed would count one run twice)."""
+    """A seed list from a suite or the command line: at least one, no repeats (a repeated seed would count one run
+    twice), each a valid generator seed (0 <= seed < 2**32)."""
+    from medssl.schema import MAX_SEED
+
     seeds = [int(s) for s in seeds]
     if not seeds:
         raise ConfigError(f"{what}: give at least one seed, e.g. 0")
     repeated = sorted({s for s in seeds if seeds.count(s) > 1})
     if repeated:
         raise ConfigError(f"{what} repeats {repeated}: each seed is one independent run; list each once, e.g. 0,1,2")
+    invalid = [s for s in seeds if not 0 <= s <= MAX_SEED]
+    if invalid:
+        raise ConfigError(f"{what}: seeds must be integers from 0 to {MAX_SEED}, got {invalid}")
     return seeds
 
 
 def apply_overrides(suite: Dict[str, Any], methods=None, seeds=None, fractions=None, pretrain_seeds=None) -> Dict[str, Any]:
-    """Narrow a suite from the command line; the result hashes the same as a suite written that way."""
+    """Narrow a suite from the command line; the result hashes the same as a suite written that way. ``fractions``
+    keeps, in each task, those of its own fractions that are listed (a fraction no task has is an error)."""
     suite = copy.deepcopy(suite)
     if methods is not None:
-        suite["methods"] = list(methods)
+        if not methods:
+            raise ConfigError("--methods is empty; name at least one of the suite's methods")
+        suite["methods"] = list(dict.fromkeys(methods))
     if pretrain_seeds is not None:
         suite["pretrain"]["seeds"] = check_seeds(pretrain_seeds, "--pretrain-seeds")
     if seeds is not None:
         suite["evaluation"]["seeds"] = check_seeds(seeds, "--seeds")
         for protocol in PROTOCOLS:
             suite["evaluation"][protocol].pop("seeds", None)
+        suite["evaluation"].get("segmentation", {}).pop("seeds", None)
     if fractions is not None:
-        fractions = validate_fractions(fractions)
+        wanted = set(validate_fractions(fractions))
+        offered = {float(f) for task in suite["tasks"] for f in task["fractions"]}
+        missing = sorted(wanted - offered)
+        if missing:
+            raise ConfigError(f"--fractions {', '.join(f'{f:g}' for f in missing)}: no task of suite {suite.get('name', '?')!r} has "
+                              f"{'this fraction' if len(missing) == 1 else 'these fractions'}; its tasks have {', '.join(f'{f:g}' for f in sorted(offered))}")
         for task in suite["tasks"]:
-            task["fractions"] = fractions
+            task["fractions"] = [f for f in task["fractions"] if float(f) in wanted]
+        suite["tasks"] = [task for task in suite["tasks"] if task["fractions"]]
     return suite
 
 

@@ -53,6 +53,7 @@ class Plan:
     suite: Dict[str, Any]
     pretrain_jobs: List[PretrainJob]
     eval_jobs: List[EvalJob]
+    unrecorded: List[str] = dataclasses.field(default_factory=list)  # suite methods left out of a report: no records yet
 
 
 def corpora(suite: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
@@ -133,6 +134,25 @@ def build_plan(suite: Dict[str, Any]) -> Plan:
                             config = {"pretrain": job.hash, "task": task_identity, "protocol": protocol_name, "settings": settings, "image_size": pretrain["image_size"], "fraction": float(fraction), "seed": int(seed), "version": PROTOCOL_VERSION}
                             eval_jobs.append(EvalJob(job, task, protocol_name, float(fraction), int(seed), config, stable_hash(config, 16)))
     return Plan(suite, list(jobs.values()), eval_jobs)
+
+
+def recorded_plan(plan: Plan, records: List[Dict[str, Any]]) -> Optional[Plan]:
+    """The plan restricted to the methods that have at least one stored record of it (None if none has): what a
+    suite's report shows when only some of its methods have been run. ``unrecorded`` names the suite's other
+    methods, so the tables can say which rows are missing."""
+    keys = {record["key"] for record in records}
+    # methods outside the suite's roster that a run added with --methods (registered ones) are shown after its own
+    added = [m for m in dict.fromkeys(record["method"] for record in records) if m not in plan.suite["methods"] and m in method_names()]
+    if added:
+        plan = build_plan({**plan.suite, "methods": list(plan.suite["methods"]) + added})
+    methods = [m for m in plan.suite["methods"] if any(job.key in keys for job in plan.eval_jobs if job.pretrain.method == m)]
+    if not methods:
+        return None
+    if methods == plan.suite["methods"]:
+        return plan
+    narrowed = build_plan({**plan.suite, "methods": methods})
+    narrowed.unrecorded = [m for m in plan.suite["methods"] if m not in methods and m not in added]
+    return narrowed
 
 
 def parse_shard(text: str) -> tuple:

@@ -3,15 +3,24 @@
 ``<out>/checkpoints/<method>-<corpus>-<hash>/`` holds Lightning's ``last.ckpt`` (resume point, rewritten each
 epoch), ``history.jsonl`` (one line per finished epoch: mean loss terms and method diagnostics such as CoBooM's
 codebook usage) and, once training has finished, ``encoder.pt``. An existing ``encoder.pt`` is reused by every
-evaluation; an interrupted run resumes from ``last.ckpt``.
+evaluation; an interrupted run resumes from ``last.ckpt`` (``history.jsonl`` gets a ``resumed`` row each time).
+
+Faults: ``encoder.pt`` is written under a per-process temporary name and renamed, and carries the SHA-256 of its
+weights in ``encoder.json``; a file that fails that check, or does not load, is named and redone, never evaluated.
+A ``last.ckpt`` that does not load is set aside (``last.ckpt.corrupt``) and the pretraining starts over. Every file
+is read with ``torch.load(weights_only=True)``: a crafted checkpoint cannot run code. A non-finite loss stops the
+pretraining (:class:`DivergenceGuard`) and nothing is cached.
 """
 from __future__ import annotations
 
 import copy
+import datetime as _dt
+import hashlib
 import json
 import os
 import random
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
@@ -27,10 +36,21 @@ from medssl.config import ConfigError
 from medssl.monitor import ProbeMonitor
 from medssl.plan import PretrainJob
 from medssl.precision import precision_for
+from medssl.records import append_line, exclusive_lock, read_lines
 from methods import build_method
 from methods.base import PretrainProtocol
 
 ENCODER_FILE = "encoder.pt"
+ENCODER_SIDECAR = "encoder.json"  # the encoder's metadata and the SHA-256 of encoder.pt
+
+
+class PretrainingFailed(RuntimeError):
+    """A pretraining that cannot produce a usable encoder (diverged, or a corrupt file the user must act on); the
+    run goes on with the other jobs and lists these at the end."""
+
+
+class CorruptCheckpoint(RuntimeError):
+    """A stored checkpoint that fails its checksum or does not load."""
 
 
 def channel_statistics(images: np.ndarray, max_images: int = 1000, seed: int = 0) -> Dict[str, list]:
@@ -70,6 +90,51 @@ class RandomStates(pl.Callback):
             torch.cuda.set_rng_state_all(state["cuda"])
 
 
+class DivergenceGuard(pl.Callback):
+    """Stops a pretraining at its first non-finite loss, before that epoch's checkpoint is written.
+
+    Every step notes, on the device and without a host sync, the first step whose loss terms are not all finite
+    and their values; the note is read (one sync) every ``check_every`` steps and at the end of each epoch, so on a
+    GPU the check costs nothing per step while the message still names the exact first step. On the CPU it is read
+    every step. Runs before the other callbacks of the epoch's end, so neither the history nor ``last.ckpt`` sees the
+    diverged weights."""
+
+    def __init__(self, method: str, check_every: int = 1):
+        self.method, self.check_every = method, max(1, check_every)
+        self.first_step: Optional[torch.Tensor] = None
+        self.first_terms: Optional[torch.Tensor] = None
+        self.names: Sequence[str] = ()
+
+    def on_train_batch_end(self, trainer: pl.Trainer, module, outputs, batch, batch_idx: int) -> None:
+        terms = getattr(module, "last_loss_terms", None)
+        if not terms:
+            return
+        values = torch.stack([v.float().reshape(()) for v in terms.values()])
+        if self.first_step is None or self.first_terms is None or self.first_terms.shape != values.shape:
+            self.names = list(terms)
+            self.first_step = torch.full((), -1, dtype=torch.long, device=values.device)
+            self.first_terms = torch.zeros_like(values)
+        newly = ~torch.isfinite(values).all() & (self.first_step < 0)
+        self.first_step = torch.where(newly, torch.full_like(self.first_step, trainer.global_step), self.first_step)
+        self.first_terms = torch.where(newly, values, self.first_terms)
+        if trainer.global_step % self.check_every == 0:
+            self.check(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, module) -> None:
+        self.check(trainer)
+
+    def check(self, trainer: pl.Trainer) -> None:
+        if self.first_step is None or self.first_terms is None:
+            return
+        diverged = trainer.strategy.reduce_boolean_decision(bool(self.first_step >= 0), all=False)
+        if diverged:
+            step = int(self.first_step)
+            terms = ", ".join(f"{name} {value:.4g}" for name, value in zip(self.names, self.first_terms.tolist()))
+            where = f"at step {step} of {trainer.estimated_stepping_batches}" if step >= 0 else "on another process"
+            raise PretrainingFailed(f"{self.method} diverged {where}: non-finite loss ({terms}); no encoder is cached. Lower the learning rate "
+                                    "(pretrain.optimizer.lr) or use fp32 (--precision 32), then run again")
+
+
 class EpochHistory(pl.Callback):
     """Appends one JSON line per finished epoch to ``history.jsonl`` (survives resumption). With a
     :class:`~medssl.monitor.ProbeMonitor`, rows of monitored epochs carry ``probe_auc`` and ``feature_rank`` and an
@@ -83,10 +148,12 @@ class EpochHistory(pl.Callback):
         self.path, self.monitor, self.images, self.batch_size = path, monitor, images, batch_size
 
     def _write(self, row: Dict[str, Any]) -> None:
-        with open(self.path, "a") as fh:
-            fh.write(json.dumps(row) + "\n")
+        append_line(self.path, row)
 
     def on_train_start(self, trainer: pl.Trainer, module) -> None:
+        if trainer.global_rank == 0 and trainer.current_epoch > 0:
+            self._write({"resumed": True, "epoch": trainer.current_epoch, "step": trainer.global_step,
+                         "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
         if self.monitor is not None and trainer.global_rank == 0 and trainer.current_epoch == 0 and not self.path.exists():
             self._write({"epoch": -1, "step": 0, **self.monitor.probe(self._trunk_with_corpus_statistics(module), str(module.device))})
 
@@ -115,18 +182,85 @@ def read_history(run_dir: Path) -> list:
     path = Path(run_dir) / "history.jsonl"
     if not path.exists():
         return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    latest = {row["epoch"]: row for row in rows}  # a resumed epoch may appear twice; the last one counts
+    rows = read_lines(path)
+    latest = {row["epoch"]: row for row in rows if not row.get("resumed")}  # a resumed epoch may appear twice; the last one counts
     return [latest[e] for e in sorted(latest)]
 
 
-def load_encoder(path: Path) -> tuple:
-    """(ResNetTrunk with weights, checkpoint metadata)."""
-    payload = torch.load(path, map_location="cpu", weights_only=False)
+def resumes(run_dir: Path) -> list:
+    """The ``resumed`` rows of ``history.jsonl``: when and at which epoch the pretraining was resumed."""
+    path = Path(run_dir) / "history.jsonl"
+    return [row for row in read_lines(path) if row.get("resumed")] if path.exists() else []
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def encoder_status(path: Path) -> str:
+    """'done', 'missing' or 'corrupt' for an ``encoder.pt`` path. An encoder written before checksums existed (no
+    ``encoder.json``) counts as done if it loads, and gets its sidecar then."""
+    path = Path(path)
+    if not path.exists():
+        return "missing"
+    sidecar = path.with_name(ENCODER_SIDECAR)
+    if not sidecar.exists():
+        try:
+            _read_encoder(path)
+        except Exception:  # noqa: BLE001 - unreadable: corrupt
+            return "corrupt"
+        _write_json(sidecar, {"sha256": file_sha256(path)})
+        return "done"
+    try:
+        expected = json.loads(sidecar.read_text())["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "corrupt"
+    return "done" if file_sha256(path) == expected else "corrupt"
+
+
+def _read_encoder(path: Path) -> tuple:
+    payload = torch.load(path, map_location="cpu", weights_only=True)
     meta = payload["meta"]
     encoder = ResNetTrunk(meta["backbone"], meta["in_channels"])
     encoder.load_state_dict(payload["state_dict"])
     return encoder, meta
+
+
+def _write_json(path: Path, payload: Dict[str, Any]) -> None:
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(payload, indent=1))
+    os.replace(tmp, path)
+
+
+def load_encoder(path: Path) -> tuple:
+    """(ResNetTrunk with weights, checkpoint metadata); :class:`CorruptCheckpoint` naming the file when it fails its
+    checksum or does not load. Loaded with ``weights_only=True``: tensors and plain types only, never code."""
+    path = Path(path)
+    if encoder_status(path) != "done":
+        raise CorruptCheckpoint(f"{path} is damaged (it fails its SHA-256 check or does not load); delete the folder {path.parent} and run again to redo that pretraining")
+    try:
+        return _read_encoder(path)
+    except Exception as err:  # noqa: BLE001 - any failure to read our own file is reported with its name
+        raise CorruptCheckpoint(f"{path} cannot be loaded ({type(err).__name__}: {str(err).splitlines()[0][:200]}); delete the folder {path.parent} and run again") from None
+
+
+def readable_checkpoint(path: Path) -> bool:
+    """Whether Lightning's ``last.ckpt`` loads (tensors and plain types only); a damaged one is renamed to
+    ``last.ckpt.corrupt`` with a warning so that the pretraining starts over instead of failing in torch."""
+    if not path.exists():
+        return False
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+        return True
+    except Exception as err:  # noqa: BLE001
+        aside = path.with_name(path.name + ".corrupt")
+        os.replace(path, aside)
+        warnings.warn(f"{path} cannot be loaded ({type(err).__name__}); moved to {aside.name}, starting this pretraining over")
+        return False
 
 
 def run_pretraining(job: PretrainJob, dataset: ImageDataset, checkpoints_dir: Path, device: str = "cpu", progress: bool = True, max_time_s: Optional[float] = None, callbacks: Sequence[pl.Callback] = (), precision: str = "auto",
@@ -145,9 +279,27 @@ def run_pretraining(job: PretrainJob, dataset: ImageDataset, checkpoints_dir: Pa
     """
     run_dir = Path(checkpoints_dir) / job.key
     encoder_path = run_dir / ENCODER_FILE
-    if encoder_path.exists():
+    if encoder_status(encoder_path) == "done":
         return encoder_path
     run_dir.mkdir(parents=True, exist_ok=True)
+    if nodes > 1:  # every process of a multi-node run comes here; Lightning's ddp coordinates them
+        return _train_and_export(job, dataset, run_dir, device, progress, max_time_s, callbacks, precision, devices, compile_backbone, nodes)
+    # one process per pretraining on this machine: another run sharing this checkpoints folder (another suite with the
+    # same pretraining, or the same command started twice) waits here and then reuses the encoder instead of
+    # training into the same last.ckpt
+    with exclusive_lock(run_dir / ".lock", wait=True, on_wait=lambda holder: print(f"waiting for {job.key}: being pretrained by {holder}", flush=True)):
+        status = encoder_status(encoder_path)
+        if status == "done":
+            return encoder_path
+        if status == "corrupt":
+            warnings.warn(f"{encoder_path} is damaged (fails its SHA-256 check or does not load); redoing that pretraining")
+            encoder_path.unlink()
+        return _train_and_export(job, dataset, run_dir, device, progress, max_time_s, callbacks, precision, devices, compile_backbone, nodes)
+
+
+def _train_and_export(job: PretrainJob, dataset: ImageDataset, run_dir: Path, device: str, progress: bool, max_time_s: Optional[float], callbacks: Sequence[pl.Callback],
+                      precision: str, devices: int, compile_backbone: bool, nodes: int) -> Path:
+    encoder_path = run_dir / ENCODER_FILE
     (run_dir / "config.json").write_text(json.dumps(job.config, indent=1, sort_keys=True))
     corpus = job.config["corpus"]
     splits = corpus.get("splits", ["train", "val"])
@@ -192,7 +344,9 @@ def run_pretraining(job: PretrainJob, dataset: ImageDataset, checkpoints_dir: Pa
         if devices > 1:
             torch.multiprocessing.set_sharing_strategy("file_system")
         loader = DataLoader(TensorDataset(images), batch_size=batch_size // processes, shuffle=True, drop_last=True, generator=generator, num_workers=0, pin_memory=device.startswith("cuda"))
-        callbacks = list(callbacks) + [RandomStates(generator), pl.callbacks.ModelCheckpoint(dirpath=run_dir, filename="last", save_top_k=1, every_n_epochs=1, enable_version_counter=False), EpochHistory(run_dir / "history.jsonl", monitor, images, batch_size)]
+        # the guard first: at an epoch's end it must stop a diverged run before the history and checkpoint see it
+        guard = DivergenceGuard(job.method, check_every=1 if device == "cpu" else max(1, min(50, steps_per_epoch)))
+        callbacks = [guard] + list(callbacks) + [RandomStates(generator), pl.callbacks.ModelCheckpoint(dirpath=run_dir, filename="last", save_top_k=1, every_n_epochs=1, enable_version_counter=False), EpochHistory(run_dir / "history.jsonl", monitor, images, batch_size)]
         if progress:
             callbacks.append(pl.callbacks.RichProgressBar(leave=False))
         trainer = pl.Trainer(
@@ -213,7 +367,14 @@ def run_pretraining(job: PretrainJob, dataset: ImageDataset, checkpoints_dir: Pa
             max_time={"seconds": max_time_s} if max_time_s else None,
         )
         resume = run_dir / "last.ckpt"
-        trainer.fit(model, loader, ckpt_path=str(resume) if resume.exists() else None)
+        try:
+            trainer.fit(model, loader, ckpt_path=str(resume) if readable_checkpoint(resume) else None, weights_only=True)
+        except Exception as err:  # noqa: BLE001
+            # under ddp_spawn a worker's PretrainingFailed arrives as torch's ProcessRaisedException carrying its text
+            text = str(err)
+            if isinstance(err, PretrainingFailed) or "PretrainingFailed: " not in text:
+                raise
+            raise PretrainingFailed(text.split("PretrainingFailed: ", 1)[1].strip().splitlines()[0]) from None
         # ddp_spawn trains in child processes and returns the weights but not the loop's progress: count the
         # epochs that rank 0 wrote to the history instead
         finished = trainer.current_epoch if strategy != "ddp_spawn" else 1 + max((row["epoch"] for row in read_history(run_dir)), default=-1)
@@ -224,6 +385,11 @@ def run_pretraining(job: PretrainJob, dataset: ImageDataset, checkpoints_dir: Pa
     # after fit Lightning has moved the model back to the CPU: statistics passes run on the training device
     model.to(torch.device(device))
     model.finish_encoder(images, batch_size, job.seed)
+    state = model.encoder_state_dict()
+    broken = [name for name, tensor in state.items() if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    if broken:
+        raise PretrainingFailed(f"{job.method} ({job.key}) ended with non-finite weights in {', '.join(broken[:3])}{' ...' if len(broken) > 3 else ''}; no encoder is cached. "
+                                "Lower the learning rate (pretrain.optimizer.lr) or use fp32 (--precision 32), then run again")
     meta = {
         "method": job.method,
         "hash": job.hash,
@@ -239,7 +405,10 @@ def run_pretraining(job: PretrainJob, dataset: ImageDataset, checkpoints_dir: Pa
         "nodes": nodes,
         "history": read_history(run_dir),
     }
-    tmp = run_dir / (ENCODER_FILE + ".tmp")
-    torch.save({"state_dict": model.encoder_state_dict(), "meta": meta}, tmp)
-    os.replace(tmp, encoder_path)
+    meta["resumed"] = resumes(run_dir)
+    # per-process temporary names: two runs sharing a checkpoints folder never write into each other's file
+    tmp = run_dir / f"{ENCODER_FILE}.tmp-{os.getpid()}"
+    torch.save({"state_dict": state, "meta": meta}, tmp)
+    _write_json(run_dir / ENCODER_SIDECAR, {"sha256": file_sha256(tmp), "key": job.key, "method": job.method, "hash": job.hash})
+    os.replace(tmp, encoder_path)  # last: an encoder.pt is never visible before its checksum
     return encoder_path

@@ -1,19 +1,24 @@
 """Result records: one JSON line per (pretraining, task, protocol, fraction, seed), appended atomically.
 
 ``results/<suite>/records.jsonl`` is append-only: a record is written with one ``write`` of a whole line under an
-exclusive lock and fsync'ed, so an interrupted run leaves either the full line or none, and finished results are
-never rewritten. A torn last line (power loss mid-write) is skipped with a warning when reading; per-image test
+exclusive lock and fsync'ed, and finished results are never rewritten. A torn last line (a kill or power loss
+mid-write) is skipped with a warning when reading and set aside before the next append, so it never swallows the
+next record; per-image test
 predictions go to ``predictions/<key>.npz`` for the paired statistics. Shards (``records.<shard>.jsonl``) are
 merged when reading.
 """
 from __future__ import annotations
 
+import contextlib
+import datetime as _dt
 import fcntl
 import json
 import os
+import socket
+import sys
 import warnings
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional
 
 import numpy as np
 
@@ -24,14 +29,97 @@ RECORD_FIELDS = (
 )
 
 
-def _append_line(path: Path, record: Dict) -> None:
-    """One JSON line, written with a single write under an exclusive lock and fsync'ed."""
+def _set_aside_partial_line(fd: int, path: Path) -> None:
+    """Called under the lock: if the file does not end with a newline, its last line was cut by a kill or power
+    loss. A cut line that still parses is a whole record missing only its newline, which is added; anything else is
+    moved to ``<file>.partial-<offset>`` with a warning and cut from the file, so the next record starts on a line of
+    its own instead of being glued onto the fragment and lost."""
+    size = os.fstat(fd).st_size
+    if size == 0:
+        return
+    os.lseek(fd, size - 1, os.SEEK_SET)
+    if os.read(fd, 1) == b"\n":
+        return
+    start = size
+    while start > 0:  # find the start of the last line
+        step = min(65536, start)
+        os.lseek(fd, start - step, os.SEEK_SET)
+        block = os.read(fd, step)
+        newline = block.rfind(b"\n")
+        if newline >= 0:
+            start = start - step + newline + 1
+            break
+        start -= step
+    os.lseek(fd, start, os.SEEK_SET)
+    fragment = os.read(fd, size - start)
+    try:
+        json.loads(fragment)
+        os.lseek(fd, 0, os.SEEK_END)
+        os.write(fd, b"\n")
+        return
+    except ValueError:
+        pass
+    aside = path.with_name(f"{path.name}.partial-{start}")
+    aside.write_bytes(fragment)
+    os.ftruncate(fd, start)
+    warnings.warn(f"{path}: its last line was cut off by an interrupted write; moved it to {aside.name} (not a record) and went on")
+
+
+def append_line(path: Path, record: Dict) -> None:
+    """One JSON line, written with a single write under an exclusive lock and fsync'ed, always on a line of its own."""
     line = (json.dumps(record, sort_keys=True, allow_nan=True) + "\n").encode("utf-8")
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
+        _set_aside_partial_line(fd, Path(path))
+        os.lseek(fd, 0, os.SEEK_END)
         os.write(fd, line)
         os.fsync(fd)
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def read_lines(path: Path) -> List[Dict]:
+    """The JSON lines of ``path``; a line that does not parse (a write cut short) is skipped with a warning."""
+    rows = []
+    with open(path, encoding="utf-8") as fh:
+        for number, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                warnings.warn(f"{path}:{number}: skipping an incomplete line (interrupted write)")
+    return rows
+
+
+class Busy(RuntimeError):
+    """Another process holds the lock of a results folder."""
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: Path, wait: bool = False, on_wait: Optional[Callable[[str], None]] = None):
+    """Hold an exclusive ``flock`` on ``path`` for the block; the file says who holds it (pid, command, start). Not
+    waiting, a held lock raises :class:`Busy` naming the holder; waiting, ``on_wait`` is told once. The kernel drops
+    the lock when its process dies, so a killed run never leaves a stale lock behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "another process"
+            if not wait:
+                raise Busy(holder) from None
+            if on_wait is not None:
+                on_wait(holder)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        os.ftruncate(fd, 0)
+        started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, started {started}: {' '.join(sys.argv)}\n".encode(), 0)
+        yield
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
@@ -54,25 +142,17 @@ class ResultStore:
         """Pretraining summaries (one line per finished pretraining: wall time, per-epoch history) by job key."""
         if not self.pretraining_path.exists():
             return {}
-        rows = [json.loads(line) for line in self.pretraining_path.read_text().splitlines() if line.strip()]
-        return {row["key"]: row for row in rows}
+        return {row["key"]: row for row in read_lines(self.pretraining_path)}
 
     def append_pretraining(self, record: Dict) -> None:
         if record["key"] in self.pretraining_records():
             return
         self.directory.mkdir(parents=True, exist_ok=True)
-        _append_line(self.pretraining_path, record)
+        append_line(self.pretraining_path, record)
 
     def __iter__(self) -> Iterator[Dict]:
         for path in self.files():
-            with open(path, encoding="utf-8") as fh:
-                for number, line in enumerate(fh, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        yield json.loads(line)
-                    except json.JSONDecodeError:
-                        warnings.warn(f"{path}:{number}: skipping an incomplete record (interrupted write)")
+            yield from read_lines(path)
 
     def records(self) -> List[Dict]:
         return list(self)
@@ -87,10 +167,16 @@ class ResultStore:
         self.directory.mkdir(parents=True, exist_ok=True)
         if predictions is not None:
             self.predictions_dir.mkdir(exist_ok=True)
-            tmp = self.predictions_dir / f"{record['key']}.tmp.npz"
+            tmp = self.predictions_dir / f"{record['key']}.tmp-{os.getpid()}.npz"
             np.savez_compressed(tmp, **predictions)
             os.replace(tmp, self.predictions_dir / f"{record['key']}.npz")
-        _append_line(self.path, record)
+        append_line(self.path, record)
+
+    def lock(self):
+        """Exclusive use of this store's records file for one run: a second run on the same results folder (and
+        shard) stops at once with :class:`Busy` instead of redoing and duplicating the first one's jobs. Shards
+        lock separately, so the shards of one grid still run side by side."""
+        return exclusive_lock(self.directory / f".lock-{self.path.stem}")
 
     def load_predictions(self, key: str) -> Dict[str, np.ndarray]:
         with np.load(self.predictions_dir / f"{key}.npz") as data:

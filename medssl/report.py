@@ -14,6 +14,7 @@ import dataclasses
 import io
 import math
 import os
+import shutil
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional
 
@@ -188,6 +189,8 @@ def render_markdown(plan: Plan, rows: List[Dict], protocol: str, marks: Optional
     missing = sum(1 for r in rows if not r["n"])
     if missing:
         lines += ["", f"– : {missing} cells have no finished result yet."]
+    if plan.unrecorded:
+        lines += ["", f"Not run yet (no records, so no row): {', '.join(method_label(m) for m in plan.unrecorded)}."]
     exact_probe = protocol == "linear" and plan.suite["evaluation"]["linear"].get("solver", "lbfgs") == "lbfgs"
     if exact_probe and any(fraction == 100 for _, fraction in columns) and len(plan.suite["pretrain"]["seeds"]) == 1:
         lines += ["", "At 100 % labels every seed trains on the same images and the probe is fitted exactly, so the sd is 0 there."]
@@ -450,14 +453,43 @@ REPORT_FILES = ("random_init_margins.md", "pretraining.md", "finetune_gap.md", "
 
 def write_reports(plan: Plan, records: Iterable[Dict], reports_dir: Path, pretraining: Optional[Dict[str, Dict]] = None) -> List[Path]:
     """Every report file of a suite from its records; ``records`` may be the ``ResultStore`` itself, whose stored
-    per-image predictions then feed the image-level statistics (CIs, bootstrap and DeLong tests). Report files left
-    from earlier records that these records no longer produce are deleted (``REPORT_FILES``); the per-class CSV is
-    kept when no store is given, since without predictions it cannot be rebuilt."""
+    per-image predictions then feed the image-level statistics (CIs, bootstrap and DeLong tests).
+
+    The files are written into a fresh folder next to ``reports_dir`` and swapped in with two renames, so a reader
+    (or a run killed while writing) never sees new and old files mixed. Report files of earlier records that these
+    records no longer produce (``REPORT_FILES``) are thereby dropped; files of other origin in the folder are kept,
+    and so is the per-class CSV when no store is given, since without predictions it cannot be rebuilt."""
+    final = Path(reports_dir)
+    staging = final.parent / f".{final.name}.writing-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        written = _write_report_files(plan, records, staging, pretraining)
+        if final.is_dir():
+            produced = {p.name for p in written}
+            keep = [p for p in final.iterdir() if p.is_file() and p.name not in produced and (p.name not in REPORT_FILES or (p.name == "statistics_per_class.csv" and not isinstance(records, ResultStore)))]
+            for path in keep:
+                shutil.copy2(path, staging / path.name)
+        _swap_in(staging, final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return [final / p.name for p in written]
+
+
+def _swap_in(staging: Path, final: Path) -> None:
+    """Replace the folder ``final`` by ``staging``: rename the old one aside, the new one in, delete the old."""
+    old = final.parent / f".{final.name}.old-{os.getpid()}"
+    if final.exists():
+        os.rename(final, old)
+    os.rename(staging, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_report_files(plan: Plan, records: Iterable[Dict], reports_dir: Path, pretraining: Optional[Dict[str, Dict]]) -> List[Path]:
     store = records if isinstance(records, ResultStore) else None
     records = list(records)
     runs = compare.collect_runs(plan, records, store)
     cells = {key: dict(r.values) for key, r in runs.items()}
-    reports_dir = Path(reports_dir)
     outputs: Dict[str, str] = {
         "random_init_margins.md": render_random_init_margins(plan, runs),
         "pretraining.md": render_pretraining(plan, pretraining or {}),
@@ -486,8 +518,5 @@ def write_reports(plan: Plan, records: Iterable[Dict], reports_dir: Path, pretra
             written.append(reports_dir / name)
     intervals = compare.cell_intervals(plan, runs)
     written += figures.write_figures(plan, runs, intervals, reports_dir)
-    stale = set(REPORT_FILES) - {p.name for p in written} - ({"statistics_per_class.csv"} if store is None else set())
-    for name in sorted(stale):
-        (reports_dir / name).unlink(missing_ok=True)
     written.append(figures.write_html(plan, reports_dir, [p for p in written if p.suffix in (".md", ".png")]))
     return written

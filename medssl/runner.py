@@ -1,7 +1,9 @@
 """Execute a plan: pretrain what pending evaluations need, evaluate, append one record per finished job.
 
 Finished work is never redone: evaluations whose key is in the result store are skipped, pretrainings whose
-``encoder.pt`` exists are reused, and an interrupted pretraining resumes from its last epoch.
+``encoder.pt`` exists are reused, and an interrupted pretraining resumes from its last epoch. Before any work every
+dataset is checked (layout, then channels, masks and label fractions); a pretraining that fails (diverges) is
+reported and skipped with its evaluations while the other jobs go on (``failed`` in the returned summary).
 """
 from __future__ import annotations
 
@@ -13,14 +15,15 @@ from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
-from datasets import ImageDataset, load_dataset
+from datasets import DatasetError, ImageDataset, load_dataset
+from datasets.cache import LayoutChecked, layout_only
 from medssl import provenance
 from medssl.config import ConfigError, stable_hash
 from medssl.evaluate import extract_features, fine_tune, linear_probe
 from medssl.metrics import multilabel_auc
 from medssl.plan import EvalJob, Plan, PretrainJob, task_type
 from medssl.precision import fixed_precision, precision_for
-from medssl.pretrain import load_encoder, run_pretraining
+from medssl.pretrain import PretrainingFailed, load_encoder, run_pretraining
 from medssl.records import ResultStore
 from medssl.segment import train_segmentation
 from medssl.splits import label_fraction_indices
@@ -115,6 +118,53 @@ def evaluate_segmentation(job: EvalJob, encoder, meta, dataset: ImageDataset, tr
     return result, metrics, predictions, summary, fixed_precision(device)
 
 
+def dataset_specs(jobs: List[EvalJob]) -> List[Dict[str, Any]]:
+    """Each dataset spec the jobs read (pretraining corpora and task datasets), once."""
+    specs: Dict[str, Dict[str, Any]] = {}
+    for job in jobs:
+        for spec in (job.pretrain.config["corpus"], job.task["dataset"]):
+            specs.setdefault(stable_hash({k: v for k, v in spec.items() if k in ("name", "params")}), spec)
+    return list(specs.values())
+
+
+def check_datasets(jobs: List[EvalJob], data_root: Path) -> None:
+    """Every dataset the jobs read is present with the right layout, checked before any work (caches are not built
+    here); one error lists every problem, so a missing EyePACS is found before NIH has been pretrained on."""
+    problems = []
+    for spec in dataset_specs(jobs):
+        try:
+            with layout_only():
+                load_dataset(spec["name"], data_root, **(spec.get("params") or {}))
+        except LayoutChecked:
+            pass
+        except DatasetError as err:
+            problems.append(f"{spec['name']}: {err}")
+    if problems:
+        raise DatasetError(f"{len(problems)} of the suite's datasets cannot be used; nothing has been run:\n  " + "\n  ".join(problems) if len(problems) > 1 else problems[0])
+
+
+def check_tasks(jobs: List[EvalJob], datasets: DatasetCache) -> None:
+    """What would otherwise fail only after pretraining: a task whose images have other channels than its
+    pretraining corpus, a segmentation task without masks, a label fraction below one training image. Loads
+    (builds the caches of) every dataset the jobs need, before any pretraining."""
+    checked = set()
+    for job in jobs:
+        task = job.task
+        if task["name"] in checked:
+            continue
+        checked.add(task["name"])
+        corpus, dataset = datasets.get(job.pretrain.config["corpus"]), datasets.get(task["dataset"])
+        if dataset.channels != corpus.channels:
+            raise ConfigError(f"task {task['name']!r} has {dataset.channels}-channel images but its pretraining corpus {corpus.name!r} has {corpus.channels}-channel images; pair each task with a corpus of its kind (tasks[].pretrain)")
+        if task_type(task) == "segmentation" and dataset.masks is None:
+            raise ConfigError(f"task {task['name']!r} is a segmentation task but dataset {dataset.name!r} has no masks; use a dataset with masks (synthetic_cxr, siim_acr)")
+        fractions = sorted({float(f) for f in task["fractions"]})
+        try:
+            label_fraction_indices(dataset.indices("train"), np.asarray(dataset.labels), dataset.patient_ids, fractions[:1], 0)
+        except ConfigError as err:
+            raise ConfigError(f"task {task['name']!r}: {err}") from None
+
+
 def _log(message: str) -> None:
     print(message, flush=True)  # flushed: progress stays visible when the output goes to a file
 
@@ -130,34 +180,41 @@ def run_plan(plan: Plan, data_root: Path, out_dir: Path, device: str = "cpu", pr
     pending = [job for job in plan.eval_jobs if job.key not in done]
     log(f"{len(plan.eval_jobs)} evaluations in the plan, {len(plan.eval_jobs) - len(pending)} already done, {len(pending)} to run")
     if not pending:
-        return {"ran": 0, "skipped": len(plan.eval_jobs)}
+        return {"ran": 0, "skipped": len(plan.eval_jobs), "failed": []}
     datasets = DatasetCache(data_root)
     checkpoints = Path(out_dir) / "checkpoints"
     needed: Dict[str, PretrainJob] = {job.pretrain.key: job.pretrain for job in pending}
+    check_datasets(pending, data_root)
+    check_tasks(pending, datasets)
     encoders: Dict[str, Path] = {}
+    failed: List[str] = []
     for key, pjob in needed.items():
         corpus = pjob.config["corpus"]
         log(f"pretraining {key}" + ("" if pjob.trains else " (random initialisation)"))
-        encoders[key] = run_pretraining(pjob, datasets.get(corpus), checkpoints, device=device, progress=progress and global_rank == 0, precision=precision, devices=devices, compile_backbone=compile_backbone, nodes=nodes)
+        try:
+            encoders[key] = run_pretraining(pjob, datasets.get(corpus), checkpoints, device=device, progress=progress and global_rank == 0, precision=precision, devices=devices, compile_backbone=compile_backbone, nodes=nodes)
+        except PretrainingFailed as err:
+            skipped = sum(1 for job in pending if job.pretrain.key == key)
+            failed.append(f"{key}: {err} ({skipped} evaluations not run)")
+            log(f"  FAILED: {err}")
+            continue
         if global_rank != 0:
             continue
         _, meta = load_encoder(encoders[key])
         store.append_pretraining({"key": key, "method": pjob.method, "hash": pjob.hash, "seed": pjob.seed, "config": pjob.config, "wall_time_s": meta["wall_time_s"], "pretrain_images": meta["pretrain_images"], "history": meta["history"], "precision": meta.get("precision"), "git_commit": provenance.git_commit(), "hardware": provenance.hardware(device)})
     if global_rank != 0:
-        return {"ran": 0, "skipped": len(plan.eval_jobs) - len(pending)}
+        return {"ran": 0, "skipped": len(plan.eval_jobs) - len(pending), "failed": failed}
 
     groups: Dict[tuple, List[EvalJob]] = {}
     for job in pending:
+        if job.pretrain.key not in encoders:
+            continue  # its pretraining failed: listed in ``failed``
         groups.setdefault((job.pretrain.key, job.task["name"]), []).append(job)
     ran = 0
     for (pretrain_key, task_name), jobs in groups.items():
         encoder, meta = load_encoder(encoders[pretrain_key])
         task = jobs[0].task
         dataset = datasets.get(task["dataset"])
-        if dataset.channels != meta["in_channels"]:
-            raise ConfigError(f"task {task_name!r} has {dataset.channels}-channel images but {pretrain_key} was pretrained on {meta['in_channels']}-channel images")
-        if task_type(task) == "segmentation" and dataset.masks is None:
-            raise ConfigError(f"task {task_name!r} is a segmentation task but dataset {dataset.name!r} has no masks; use a dataset with masks (synthetic_cxr, siim_acr)")
         labels = np.asarray(dataset.labels)
         split = {s: dataset.indices(s) for s in ("train", "val", "test")}
         # every encoder is evaluated at the suite's resolution (the random-init encoder has no training resolution)
@@ -182,4 +239,4 @@ def run_plan(plan: Plan, data_root: Path, out_dir: Path, device: str = "cpu", pr
             ran += 1
             chosen = f"l2 {result['selected_l2']:g}" if result.get("selected_l2") is not None else f"epoch {result['best_epoch']}"
             log(f"  {job.describe()}: {summary} (val {result['val_value']:.4f}, {chosen})")
-    return {"ran": ran, "skipped": len(plan.eval_jobs) - len(pending)}
+    return {"ran": ran, "skipped": len(plan.eval_jobs) - len(pending), "failed": failed}

@@ -165,6 +165,7 @@ class SSLMethod(pl.LightningModule):
     def training_step(self, batch, batch_idx):
         images = batch[0] if isinstance(batch, (list, tuple)) else batch
         losses = self.compute_loss(self.make_views(images), images)
+        self.last_loss_terms = {k: v.detach() for k, v in losses.items()}  # read by medssl.pretrain.DivergenceGuard
         self.log_dict({f"train/{k}": v.detach().float() for k, v in losses.items()}, prog_bar=False, on_step=True, on_epoch=True, batch_size=len(images))
         self.log("loss", losses["loss"].detach().float(), prog_bar=True, on_step=True, on_epoch=False, batch_size=len(images))
         return losses["loss"]

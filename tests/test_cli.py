@@ -38,7 +38,10 @@ def test_dry_run_respects_overrides(tmp_path, capsys):
         (["--suite", "smoke", "--device", "cpu", "--devices", "0"], "--devices must be at least 1"),
         (["--suite", "smoke", "--dry-run", "--shard", "3/2"], "need 1 <= K <= N"),
         (["report", "--suite", "smoke", "--shard", "1/2"], "'report' reads every shard's records; run it without --shard"),
-        (["--suite", "smoke", "--dry-run", "--pretrain-seeds", "0,0"], "--pretrain-seeds repeats [0]"),
+        (["--suite", "smoke", "--dry-run", "--seeds=-1"], "--seeds: seeds must be integers from 0 to 4294967295, got [-1]"),
+        (["--suite", "smoke", "--dry-run", "--methods", ""], "--methods is empty"),
+        (["--suite", "smoke", "--dry-run", "--seeds", " , "], "--seeds is empty"),
+        (["--suite", "smoke", "--dry-run", "--fractions", "0.001"], "--fractions 0.001: no task of suite 'smoke' has this fraction; its tasks have 30, 100"),
         (["--suite", "smoke", "--dry-run", "--pretrain-seeds", "a"], "cannot read 'a' as a comma-separated list of int"),
     ],
 )

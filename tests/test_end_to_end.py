@@ -65,3 +65,28 @@ def test_pretraining_history_is_stored(smoke_run):
     coboom = next((root / "results" / "checkpoints").glob("coboom-*"))
     history = [json.loads(line) for line in (coboom / "history.jsonl").read_text().splitlines()]
     assert history and "codebook_perplexity" in history[-1] and "loss" in history[-1]
+
+
+def test_narrowed_report_never_replaces_the_suites_report(smoke_run, tmp_path):
+    """`report --methods simclr --fractions 100` once rewrote reports/smoke as a one-row table; it now has its own
+    folder, and the suite's report (also the one a narrowed *run* writes) covers every stored record."""
+    root, common, _ = smoke_run
+    suite_folder = root / "reports" / "smoke"
+    before = {p.name: p.read_bytes() for p in suite_folder.iterdir()}
+    args = [a for a in common if a != "--no-progress"]
+    assert main(["report", *args, "--methods", "simclr", "--fractions", "100"]) == 0
+    assert {p.name: p.read_bytes() for p in suite_folder.iterdir()} == before
+    narrowed = (root / "reports" / "smoke--methods-simclr--fractions-100" / "table1.md").read_text()
+    rows = [line for line in narrowed.splitlines() if line.startswith("| ") and "---" not in line]
+    assert len(rows) == 2 and "100%" in rows[0] and "30%" not in rows[0], rows  # header + SimCLR, only the 100 % column
+    for method in ("Supervised", "SimCLR", "BYOL"):
+        assert f"| {method}" in before["table1.md"].decode()
+
+
+def test_reports_follow_out_when_no_reports_folder_is_given(smoke_run):
+    root, common, _ = smoke_run
+    args = [a for a in common if a != "--no-progress"]
+    position = args.index("--reports")
+    del args[position : position + 2]
+    assert main(["report", *args]) == 0
+    assert (root / "results" / "reports" / "smoke" / "table1.md").exists()

@@ -82,7 +82,7 @@ def test_statistics_settings_are_checked_and_do_not_change_job_keys(tmp_path):
     with_stats = copy.deepcopy(suite)
     with_stats["statistics"] = {"reference": "simclr", "adjust": "bh"}
     assert [j.key for j in build_plan(with_stats).eval_jobs] == [j.key for j in build_plan(suite).eval_jobs]
-    for bad, message in (({"referense": "simclr"}, "unknown settings"), ({"adjust": "bonferroni"}, "holm"), ({"primary": "images"}, "pretraining run as its unit")):
+    for bad, message in (({"referense": "simclr"}, "statistics.referense: unknown key; did you mean .reference."), ({"adjust": "bonferroni"}, "holm"), ({"primary": "images"}, "pretraining run as its unit")):
         broken = copy.deepcopy(suite)
         broken["statistics"] = bad
         path = tmp_path / "bad.yaml"
@@ -116,14 +116,14 @@ def test_pretraining_seeds_from_the_command_line_narrow_the_plan(tmp_path):
     assert sorted({j.seed for j in full.pretrain_jobs}) == [0, 1, 2]
     narrowed = build_plan(apply_overrides(suite, pretrain_seeds=[0]))
     assert {j.key for j in narrowed.eval_jobs} == {j.key for j in full.eval_jobs if j.pretrain.seed == 0}
-    for bad in ([0, 0], []):
+    for bad in ([0, 0], [], [-1]):
         with pytest.raises(ConfigError, match="--pretrain-seeds"):
             apply_overrides(suite, pretrain_seeds=bad)
     broken = copy.deepcopy(load_suite("smoke"))
     broken["pretrain"]["seeds"] = [1, 1]
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(broken))
-    with pytest.raises(ConfigError, match="pretrain.seeds repeats"):
+    with pytest.raises(ConfigError, match="pretrain.seeds: repeats 1"):
         load_suite(str(path))
 
 

@@ -11,33 +11,44 @@ from medssl.plan import build_plan
 from medssl.pretrain import ENCODER_FILE, load_encoder, run_pretraining
 
 
-class FailAtEpoch(pl.Callback):
-    def __init__(self, epoch):
-        self.epoch = epoch
+class Crash(pl.Callback):
+    """Raises at the end of epoch ``epoch`` (before its checkpoint) or in the middle of it (at batch ``batch``)."""
+
+    def __init__(self, epoch, batch=None):
+        self.epoch, self.batch = epoch, batch
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if self.batch is not None and trainer.current_epoch == self.epoch and batch_idx == self.batch:
+            raise RuntimeError("simulated crash")
 
     def on_train_epoch_end(self, trainer, module):
-        if trainer.current_epoch == self.epoch:
+        if self.batch is None and trainer.current_epoch == self.epoch:
             raise RuntimeError("simulated crash")
 
 
 def test_interrupted_pretraining_resumes(tmp_path, synthetic_root):
+    """Killed at an epoch's end and then in the middle of the next epoch, the pretraining resumes from its last
+    finished epoch each time, records each resume, and ends bit-identical to the uninterrupted run (issue 18)."""
     suite = load_suite("smoke")
-    suite["pretrain"]["epochs"] = 2
+    suite["pretrain"]["epochs"] = 3
     job = next(j for j in build_plan(suite).pretrain_jobs if j.method == "simclr")
     dataset = load_dataset("synthetic_cxr", synthetic_root, **suite["pretrain"]["datasets"]["cxr"]["params"])
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        run_pretraining(job, dataset, tmp_path, progress=False, callbacks=[FailAtEpoch(1)])
     run_dir = tmp_path / job.key
+    history = lambda: [row for row in map(json.loads, (run_dir / "history.jsonl").read_text().splitlines())]  # noqa: E731
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_pretraining(job, dataset, tmp_path, progress=False, callbacks=[Crash(1)])
     assert (run_dir / "last.ckpt").exists() and not (run_dir / ENCODER_FILE).exists()
-    first = [json.loads(line)["epoch"] for line in (run_dir / "history.jsonl").read_text().splitlines()]
-    assert first == [-1, 0]  # -1: the learning-signal probe of the random initialisation (smoke suite monitors)
+    assert [row["epoch"] for row in history()] == [-1, 0]  # -1: the learning-signal probe of the random initialisation (smoke suite monitors)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_pretraining(job, dataset, tmp_path, progress=False, callbacks=[Crash(2, batch=1)])
     path = run_pretraining(job, dataset, tmp_path, progress=False)
-    epochs = [json.loads(line)["epoch"] for line in (run_dir / "history.jsonl").read_text().splitlines()]
-    assert epochs == [-1, 0, 1], "the resumed run must train only the missing epoch"
+    rows = history()
+    assert [row["epoch"] for row in rows if not row.get("resumed")] == [-1, 0, 1, 2], "each resumed run trains only the missing epochs"
+    assert [row["epoch"] for row in rows if row.get("resumed")] == [1, 2], "history.jsonl records each resume"
     encoder, meta = load_encoder(path)
-    assert meta["method"] == "simclr" and [h["epoch"] for h in meta["history"]] == [-1, 0, 1]
+    assert meta["method"] == "simclr" and [h["epoch"] for h in meta["history"]] == [-1, 0, 1, 2] and len(meta["resumed"]) == 2
     assert run_pretraining(job, dataset, tmp_path, progress=False) == path  # finished: reused, not retrained
-    # bit-identical to the same pretraining run without the interruption (README "Reproducibility")
+    # bit-identical to the same pretraining run without the interruptions (README "Reproducibility")
     uninterrupted = load_encoder(run_pretraining(job, dataset, tmp_path / "uninterrupted", progress=False))[0].state_dict()
     resumed = encoder.state_dict()
     assert uninterrupted.keys() == resumed.keys() and all(torch.equal(uninterrupted[k], resumed[k]) for k in resumed)
@@ -82,5 +93,5 @@ def test_unknown_monitor_setting_is_a_clear_error(tmp_path):
     suite["pretrain"]["monitor"] = {"every": 1}
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(suite))
-    with pytest.raises(ConfigError, match=r"pretrain.monitor has unknown settings \['every'\]"):
+    with pytest.raises(ConfigError, match=r"pretrain.monitor.every: unknown key; did you mean 'every_epochs'\?"):
         load_suite(str(path))

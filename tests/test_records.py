@@ -29,7 +29,7 @@ def test_incomplete_last_line_is_skipped_not_fatal(tmp_path):
     store.append(make_record("a"))
     with open(store.path, "a") as fh:
         fh.write('{"key": "torn", "val')
-    with pytest.warns(UserWarning, match="incomplete record"):
+    with pytest.warns(UserWarning, match="incomplete line"):
         assert store.keys() == {"a"}
 
 

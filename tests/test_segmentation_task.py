@@ -47,7 +47,7 @@ def test_segmentation_task_needs_settings(tmp_path):
     suite = segmentation_suite()
     suite["tasks"][1]["type"] = "detection"
     path.write_text(yaml.safe_dump(suite))
-    with pytest.raises(ConfigError, match="unknown type 'detection'"):
+    with pytest.raises(ConfigError, match="expected one of classification, segmentation, got 'detection'"):
         load_suite(str(path))
 
 
