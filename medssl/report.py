@@ -460,6 +460,7 @@ def write_reports(plan: Plan, records: Iterable[Dict], reports_dir: Path, pretra
     records no longer produce (``REPORT_FILES``) are thereby dropped; files of other origin in the folder are kept,
     and so is the per-class CSV when no store is given, since without predictions it cannot be rebuilt."""
     final = Path(reports_dir)
+    _recover_swap(final)
     staging = final.parent / f".{final.name}.writing-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -474,6 +475,16 @@ def write_reports(plan: Plan, records: Iterable[Dict], reports_dir: Path, pretra
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return [final / p.name for p in written]
+
+
+def _recover_swap(final: Path) -> None:
+    """A run killed between the two renames of :func:`_swap_in` left the old folder aside and none in place: put the
+    old one back (it is whole), so that files of other origin kept there are not lost."""
+    aside = sorted(final.parent.glob(f".{final.name}.old-*"), key=lambda p: p.stat().st_mtime) if final.parent.exists() else []
+    if aside and not final.exists():
+        os.rename(aside[-1], final)
+    for leftover in final.parent.glob(f".{final.name}.old-*") if final.parent.exists() else []:
+        shutil.rmtree(leftover, ignore_errors=True)
 
 
 def _swap_in(staging: Path, final: Path) -> None:

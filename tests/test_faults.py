@@ -295,3 +295,8 @@ def test_a_failed_report_write_leaves_the_old_reports_whole(tmp_path, monkeypatc
     after = {p.name: p.read_bytes() for p in folder.iterdir()}
     assert after == {**before, "notes.txt": b"mine"}, "a mix of new and old report files"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["smoke"], "no staging folder left behind"
+    # killed between the two renames of the swap: the old folder is aside and none is in place; the next write restores it
+    os.rename(folder, tmp_path / ".smoke.old-1")
+    monkeypatch.undo()
+    write_reports(plan, [], folder)
+    assert (folder / "notes.txt").read_text() == "mine" and not list(tmp_path.glob(".smoke.*"))
