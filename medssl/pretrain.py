@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from datasets import ImageDataset
 from medssl import quiet_lightning
 from medssl.backbone import ResNetTrunk
-from medssl.config import ConfigError
+from medssl.config import ConfigError, stable_hash
 from medssl.monitor import ProbeMonitor
 from medssl.plan import PretrainJob
 from medssl.precision import precision_for
@@ -63,14 +63,29 @@ def channel_statistics(images: np.ndarray, max_images: int = 1000, seed: int = 0
     return {"mean": [round(float(v), 6) for v in mean], "std": [round(float(v), 6) for v in std]}
 
 
+def rank_seed(seed: int, rank: int, epoch: int) -> int:
+    """The seed of process ``rank``'s view stream in ``epoch`` of a multi-process pretraining (rank > 0)."""
+    return int(stable_hash(["views", int(seed), int(rank), int(epoch)], 8), 16)
+
+
 class RandomStates(pl.Callback):
     """The random streams a pretraining step draws from, saved with every checkpoint and restored on resume: torch's
     global generator (the views), CUDA's, numpy's and Python's, and the data loader's (the batch order). Without
     them a run resumed from ``last.ckpt`` restarted the loader's order and drew other views than the uninterrupted
-    run, and its weights differed. Nothing is drawn here, so an uninterrupted run is unchanged."""
+    run, and its weights differed. Nothing is drawn here, so an uninterrupted run is unchanged.
 
-    def __init__(self, loader_generator: torch.Generator):
-        self.loader_generator = loader_generator
+    Under DDP every process starts from the same state (ddp_spawn copies the parent's, srun/torchrun processes all
+    seed with the job's seed), so each would draw the same crops, flips and blur at the same batch position. Rank 0
+    keeps the single-process stream (one device trains exactly as before); every other rank reseeds torch's
+    generators at each epoch's start from (seed, rank, epoch). That needs no per-rank state in the checkpoint, which
+    only rank 0 writes: a resumed multi-process run draws what the uninterrupted one drew."""
+
+    def __init__(self, loader_generator: torch.Generator, seed: int = 0):
+        self.loader_generator, self.seed = loader_generator, seed
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, module) -> None:
+        if trainer.world_size > 1 and trainer.global_rank > 0:
+            torch.manual_seed(rank_seed(self.seed, trainer.global_rank, trainer.current_epoch))
 
     def state_dict(self) -> Dict[str, Any]:
         name, keys, position, has_gauss, cached_gaussian = np.random.get_state()
@@ -159,7 +174,7 @@ class EpochHistory(pl.Callback):
 
     def _trunk_with_corpus_statistics(self, module):
         """A copy of the trunk with the BatchNorm statistics of one pass over the corpus (seed 0)."""
-        trunk = copy.deepcopy(module.backbone)
+        trunk = plain_batchnorm(copy.deepcopy(module.backbone))
         if self.images is not None:
             module.estimate_trunk_statistics(trunk, self.images, self.batch_size, seed=0)
         return trunk
@@ -176,6 +191,33 @@ class EpochHistory(pl.Callback):
             trunk = self._trunk_with_corpus_statistics(module) if module.reestimate_exported_batchnorm else module.backbone
             row.update(self.monitor.probe(trunk, str(module.device)))
         self._write(row)
+
+
+def ddp_strategy(launch: str, model):
+    """Lightning's strategy for ``launch`` ("auto", "ddp_spawn" or "ddp"). Under DDP, buffers are not broadcast from
+    rank 0 before every forward (DDP's default): SwAV's per-process queue share and MoCo's memory banks are the
+    process's own, and a 33 MB bank is not re-sent each step; what must agree across processes is synchronised
+    where it changes (CoBooM's codebook and usage, BatchNorm through SyncBatchNorm on GPUs). DDP's search for
+    unused parameters only for a method whose step leaves some without a gradient by design."""
+    if launch == "auto":
+        return "auto"
+    from pytorch_lightning.strategies import DDPStrategy
+
+    return DDPStrategy(start_method="spawn" if launch == "ddp_spawn" else "popen", broadcast_buffers=False, find_unused_parameters=bool(model.ddp_find_unused_parameters))
+
+
+def plain_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
+    """``module`` with every SyncBatchNorm replaced by a BatchNorm2d carrying the same weights and statistics: a copy
+    that one process runs in train mode (the monitor's statistics pass, on rank 0 only) must not wait for the
+    others in SyncBatchNorm's all-reduce, which they never join."""
+    if isinstance(module, torch.nn.SyncBatchNorm):
+        plain = torch.nn.BatchNorm2d(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
+        plain.load_state_dict(module.state_dict())
+        plain.train(module.training)
+        return plain.to(next(iter(module.state_dict().values())).device)
+    for name, child in module.named_children():
+        setattr(module, name, plain_batchnorm(child))
+    return module
 
 
 def read_history(run_dir: Path) -> list:
@@ -313,6 +355,7 @@ def _train_and_export(job: PretrainJob, dataset: ImageDataset, run_dir: Path, de
     processes = devices * nodes
     # several nodes: the processes exist already (srun/torchrun); one node: Lightning spawns one per device
     strategy = "ddp" if nodes > 1 else ("ddp_spawn" if devices > 1 else "auto")
+    launch = strategy
     if job.trains and batch_size % processes:
         raise ConfigError(f"{job.key}: batch size {batch_size} does not split evenly over {processes} devices; use a device count that divides it")
     steps_per_epoch = len(images) // batch_size if job.trains else 0
@@ -346,7 +389,7 @@ def _train_and_export(job: PretrainJob, dataset: ImageDataset, run_dir: Path, de
         loader = DataLoader(TensorDataset(images), batch_size=batch_size // processes, shuffle=True, drop_last=True, generator=generator, num_workers=0, pin_memory=device.startswith("cuda"))
         # the guard first: at an epoch's end it must stop a diverged run before the history and checkpoint see it
         guard = DivergenceGuard(job.method, check_every=1 if device == "cpu" else max(1, min(50, steps_per_epoch)))
-        callbacks = [guard] + list(callbacks) + [RandomStates(generator), pl.callbacks.ModelCheckpoint(dirpath=run_dir, filename="last", save_top_k=1, every_n_epochs=1, enable_version_counter=False), EpochHistory(run_dir / "history.jsonl", monitor, images, batch_size)]
+        callbacks = [guard] + list(callbacks) + [RandomStates(generator, job.seed), pl.callbacks.ModelCheckpoint(dirpath=run_dir, filename="last", save_top_k=1, every_n_epochs=1, enable_version_counter=False), EpochHistory(run_dir / "history.jsonl", monitor, images, batch_size)]
         if progress:
             callbacks.append(pl.callbacks.RichProgressBar(leave=False))
         trainer = pl.Trainer(
@@ -354,7 +397,7 @@ def _train_and_export(job: PretrainJob, dataset: ImageDataset, run_dir: Path, de
             accelerator="gpu" if device.startswith("cuda") else "cpu",
             devices=devices,
             num_nodes=nodes,
-            strategy=strategy,
+            strategy=ddp_strategy(launch, model),
             # torch's SyncBatchNorm has no CPU kernel; MoCo-based methods shuffle keys across processes instead
             sync_batchnorm=processes > 1 and device.startswith("cuda") and model.sync_batchnorm,
             precision=amp,
@@ -377,7 +420,7 @@ def _train_and_export(job: PretrainJob, dataset: ImageDataset, run_dir: Path, de
             raise PretrainingFailed(text.split("PretrainingFailed: ", 1)[1].strip().splitlines()[0]) from None
         # ddp_spawn trains in child processes and returns the weights but not the loop's progress: count the
         # epochs that rank 0 wrote to the history instead
-        finished = trainer.current_epoch if strategy != "ddp_spawn" else 1 + max((row["epoch"] for row in read_history(run_dir)), default=-1)
+        finished = trainer.current_epoch if launch != "ddp_spawn" else 1 + max((row["epoch"] for row in read_history(run_dir)), default=-1)
         if trainer.global_rank != 0:
             return encoder_path
         if finished < protocol.epochs:

@@ -85,6 +85,9 @@ class SSLMethod(pl.LightningModule):
     #: False for methods whose official code keeps per-process BatchNorm statistics on purpose under DDP (MoCo's
     #: shuffle-BN: a query and its key must not share batch statistics); the others synchronise BatchNorm on GPUs
     sync_batchnorm: bool = True
+    #: True for a method whose step leaves some parameters without a gradient by design (PCRLv2's one random decoder
+    #: level per step): DDP then looks for unused parameters, which costs a graph traversal per step
+    ddp_find_unused_parameters: bool = False
     #: True where the trunk is trained inside a larger network but exported and evaluated without it (MLVICX's
     #: attention block after every stage): its BatchNorm running statistics were collected on inputs the plain trunk
     #: never produces, so they are re-estimated on the plain trunk before export and before every monitor probe

@@ -78,6 +78,9 @@ class PCRLv2(SSLMethod):
         c = self.config
         if c.level_sampling not in ("random", "all"):
             raise ValueError(f"level_sampling must be 'random' or 'all', got {c.level_sampling!r}")
+        # one random level per term leaves the other levels' heads without a gradient in that step (on each DDP
+        # process its own draw, as the official code's random.randint per process)
+        self.ddp_find_unused_parameters = c.level_sampling == "random"
         self.decoder = UNetDecoder(skips=False)
         self.level_heads = nn.ModuleList(LevelHeads(ch, self.protocol.in_channels) for ch in self.decoder.channels)
         self.final_head = nn.Conv2d(self.decoder.channels[-1], self.protocol.in_channels, 3, padding=1)

@@ -58,7 +58,11 @@ class SwAV(SSLMethod):
     def build(self) -> None:
         c = self.config
         self.projection_head = SwaVProjectionHead(self.backbone.feature_dim, c.hidden_dim, c.output_dim)
-        self.prototypes = SwaVPrototypes(c.output_dim, c.n_prototypes, n_steps_frozen_prototypes=self.steps_of(c.freeze_prototypes_share))
+        # frozen by dropping their gradients after backward (on_after_backward), as the official code does, not by
+        # lightly's requires_grad toggle inside forward, which DDP cannot follow (its reducer fixes the parameter
+        # set at construction); the arithmetic of every step is the same
+        self.prototypes = SwaVPrototypes(c.output_dim, c.n_prototypes)
+        self.frozen_prototype_steps = self.steps_of(c.freeze_prototypes_share)
         self.queue_start_step = self.steps_of(c.queue_start_share)
         self.criterion = SwaVLoss(temperature=c.temperature, sinkhorn_iterations=c.sinkhorn_iterations, sinkhorn_epsilon=c.sinkhorn_epsilon, sinkhorn_gather_distributed=gather_across_processes())
         local = {**self.protocol.augment, **self.view_overrides, "crop_scale": list(c.local_crop_scale)}
@@ -79,16 +83,23 @@ class SwAV(SSLMethod):
         self.prototypes.normalize()
         embeddings = [self.embed(v) for v in views]
         with self.full_precision():  # Sinkhorn's exp(score / 0.05) and the softmax need fp32
-            scores = [self.prototypes(z, step=self.global_step) for z in embeddings]
+            scores = [self.prototypes(z) for z in embeddings]
             high, low = scores[: self.n_views], scores[self.n_views :]
             queue_scores = None
             if self.queue_in_use():
                 with torch.no_grad():
-                    queue_scores = [self.prototypes(self.queue[i], step=self.global_step) for i in range(self.n_views)]
+                    queue_scores = [self.prototypes(self.queue[i]) for i in range(self.n_views)]
             loss = self.criterion(high, low, queue_outputs=queue_scores)
         if self.training and self.config.queue_length > 0 and self.global_step >= self.queue_start_step:
             self.enqueue(torch.stack(embeddings[: self.n_views]).detach())
         return {"loss": loss.squeeze()}
+
+    def on_after_backward(self) -> None:
+        """The official ``freeze_prototypes_niters``: the prototypes' gradients are dropped (set to None, so the
+        optimiser skips them, weight decay and momentum included) during the first steps."""
+        if self.global_step < self.frozen_prototype_steps:
+            for parameter in self.prototypes.parameters():
+                parameter.grad = None
 
     def steps_of(self, share: float) -> int:
         """A share of the protocol's training steps, rounded up."""

@@ -1,28 +1,52 @@
 """--devices 2 on CPU: Lightning DDP (ddp_spawn, gloo) pretrains one method, the history is written once, and the
 encoder comes back to the main process and is saved as with one device. CoBooM runs collectives inside its forward
 pass (one codebook for all processes); MLVICX re-estimates its exported statistics in the main process afterwards."""
+import hashlib
 import json
+from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
 
 from datasets import load_dataset
 from medssl.backbone import ResNetTrunk
 from medssl.config import load_suite
 from medssl.plan import build_plan
-from medssl.pretrain import load_encoder, run_pretraining
+from medssl.pretrain import load_encoder, rank_seed, run_pretraining
 from tests.test_methods import SMALL_HEADS
 
 
-@pytest.mark.parametrize("method", ["simclr", "coboom", "mlvicx"])
+class RecordEachRank(pl.Callback):
+    """Writes, per process, a digest of torch's generator state at every batch start (the views are drawn from it)
+    and, at the end, whether DDP broadcast buffers and SwAV's queue share."""
+
+    def __init__(self, folder):
+        self.folder = str(folder)
+
+    def _path(self, trainer, name):
+        return Path(self.folder) / f"{name}-rank{trainer.global_rank}"
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        with open(self._path(trainer, "rng"), "a") as fh:
+            fh.write(hashlib.sha256(torch.get_rng_state().numpy().tobytes()).hexdigest() + "\n")
+
+    def on_train_end(self, trainer, module):
+        self._path(trainer, "broadcast_buffers").write_text(str(trainer.strategy.model.broadcast_buffers))
+
+
+@pytest.mark.parametrize("method", ["simclr", "coboom", "mlvicx", "swav", "pcrlv2"])
 def test_two_process_pretraining_saves_a_trained_encoder(method, tmp_path, synthetic_root):
+    """SwAV (prototypes frozen at the start) and PCRLv2 (one random decoder level per step) crashed under DDP before
+    issue 19: 'parameters that were not used in producing the loss'."""
     suite = load_suite("smoke")
     suite["methods"] = [method]
     suite["method_params"] = {method: SMALL_HEADS[method]}
     job = next(j for j in build_plan(suite).pretrain_jobs if j.method == method)
     corpus = job.config["corpus"]
     dataset = load_dataset(corpus["name"], synthetic_root, **corpus["params"])
-    path = run_pretraining(job, dataset, tmp_path, progress=False, devices=2)
+    (tmp_path / "ranks").mkdir()
+    path = run_pretraining(job, dataset, tmp_path, progress=False, devices=2, callbacks=[RecordEachRank(tmp_path / "ranks")])
     encoder, meta = load_encoder(path)
     assert meta["devices"] == 2
     torch.manual_seed(job.seed)
@@ -32,3 +56,30 @@ def test_two_process_pretraining_saves_a_trained_encoder(method, tmp_path, synth
     assert any(not torch.equal(fresh[k], v) for k, v in trained.items() if k.endswith("weight")), "the weights came back trained"
     rows = [json.loads(line) for line in (path.parent / "history.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [-1, 0], "one history row per epoch, written by rank 0 only"
+    # every process draws its own views: at each batch position the generator states differ between the ranks,
+    # and rank 1's stream is the one derived from (seed, rank, epoch), so a second run draws it again
+    streams = [(tmp_path / "ranks" / f"rng-rank{rank}").read_text().split() for rank in (0, 1)]
+    assert len(streams[0]) == len(streams[1]) > 0 and all(a != b for a, b in zip(*streams))
+    torch.manual_seed(rank_seed(job.seed, 1, 0))
+    assert streams[1][0] == hashlib.sha256(torch.get_rng_state().numpy().tobytes()).hexdigest()
+    # buffers (SwAV's queue share, MoCo banks) stay each process's own: DDP does not broadcast them from rank 0
+    assert {(tmp_path / "ranks" / f"broadcast_buffers-rank{rank}").read_text() for rank in (0, 1)} == {"False"}
+
+
+def test_monitor_statistics_pass_never_waits_for_other_processes():
+    """Under DDP on GPUs the trunk has SyncBatchNorm; the learning-signal monitor re-estimates statistics on a copy in
+    train mode on rank 0 only, where SyncBatchNorm would wait for processes that never join (a hang). The copy gets
+    plain BatchNorm with the same weights and statistics (no process group is needed to see that: the old copy kept
+    its SyncBatchNorm layers)."""
+    from medssl.pretrain import EpochHistory
+    from methods import build_method
+    from tests.test_methods import fixed_batch, tiny_protocol
+
+    model = build_method("simclr", tiny_protocol(), SMALL_HEADS["simclr"])
+    model.backbone = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model.backbone)
+    history = EpochHistory(Path("unused.jsonl"), images=fixed_batch(n=8), batch_size=4)
+    trunk = history._trunk_with_corpus_statistics(model)
+    assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in trunk.modules())
+    assert any(isinstance(m, torch.nn.SyncBatchNorm) for m in model.backbone.modules()), "the training model keeps its SyncBatchNorm"
+    weights = {k: v for k, v in trunk.state_dict().items() if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
+    assert all(torch.equal(v, model.backbone.state_dict()[k]) for k, v in weights.items())

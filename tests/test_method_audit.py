@@ -331,8 +331,8 @@ def test_swav_freezes_prototypes_and_starts_its_queue_at_the_references_share_of
     protocol = PretrainProtocol(image_size=48, epochs=4, steps_per_epoch=25, optimizer=suite["pretrain"]["optimizer"])
     model = build_method("swav", protocol, params)
     # official small-batch recipe: 5,005 frozen iterations of 400 x 5,005, queue from epoch 15 of 400
-    assert model.prototypes.n_steps_frozen_prototypes == 1  # 100 / 400, rounded up (was a whole epoch: 25 steps)
+    assert model.frozen_prototype_steps == 1  # 100 / 400, rounded up (was a whole epoch: 25 steps)
     assert model.queue_start_step == 4  # 100 * 15 / 400 = 3.75, rounded up (was epoch 3: step 75)
     long = PretrainProtocol(image_size=48, epochs=400, steps_per_epoch=5005, optimizer=suite["pretrain"]["optimizer"])
     official = build_method("swav", long, params)
-    assert official.prototypes.n_steps_frozen_prototypes == 5005 and official.queue_start_step == 15 * 5005
+    assert official.frozen_prototype_steps == 5005 and official.queue_start_step == 15 * 5005

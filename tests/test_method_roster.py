@@ -67,6 +67,7 @@ def test_swav_prototypes_normalised_frozen_in_first_epoch_and_queue_fills_before
     frozen.train()
     images = fixed_batch(n=4)
     frozen.compute_loss(frozen.make_views(images), images)["loss"].backward()
+    frozen.on_after_backward()  # Lightning's hook between backward and the optimiser step
     assert all(p.grad is None for p in frozen.prototypes.parameters()), "prototypes must not learn in the first epoch"
     assert torch.allclose(frozen.prototypes.heads[0].weight.norm(dim=1), torch.ones(16))
 
