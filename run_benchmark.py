@@ -238,8 +238,12 @@ def main(argv=None) -> int:
         from medssl.runner import run_plan
 
         device = resolve_device(args.device)
-        if args.devices < 1 or (device.startswith("cuda") and args.devices > torch_device_count()):
-            raise ConfigError(f"--devices {args.devices}: this machine has {torch_device_count()} CUDA devices" if device.startswith("cuda") else f"--devices must be at least 1, got {args.devices}")
+        from medssl.precision import lightning_devices
+
+        wanted = lightning_devices(device, args.devices)
+        last = (wanted[-1] + 1) if isinstance(wanted, list) else args.devices
+        if args.devices < 1 or (device.startswith("cuda") and last > torch_device_count()):
+            raise ConfigError(f"--device {device} --devices {args.devices}: this machine has {torch_device_count()} CUDA devices (numbered from 0)" if device.startswith("cuda") and args.devices >= 1 else f"--devices must be at least 1, got {args.devices}")
         global_rank = check_multi_node(args.nodes, args.devices)
         data_root = resolve_data_root(args.data_root)
         if global_rank == 0:

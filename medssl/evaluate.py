@@ -30,7 +30,7 @@ from medssl import quiet_lightning
 from medssl.augment import AugmentConfig, Normalize, augment_view, resize
 from medssl.backbone import ResNetTrunk
 from medssl.metrics import multilabel_auc
-from medssl.precision import autocast, fixed_precision, precision_for
+from medssl.precision import autocast, fixed_precision, lightning_devices, precision_for
 
 
 def epochs_for(n_train: int, batch_size: int, settings: Dict[str, Any]) -> int:
@@ -187,7 +187,7 @@ def fine_tune(encoder: ResNetTrunk, meta: Dict[str, Any], image_size: int, image
     module.train()  # Lightning keeps the modes it is given; the encoder may arrive in eval mode from feature extraction
     if device.startswith("cuda"):
         module = module.to(memory_format=torch.channels_last)
-    trainer = pl.Trainer(max_epochs=epochs, accelerator="gpu" if device.startswith("cuda") else "cpu", devices=1, precision=precision_for(device, precision), logger=False, enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0)
+    trainer = pl.Trainer(max_epochs=epochs, accelerator="gpu" if device.startswith("cuda") else "cpu", devices=lightning_devices(device), precision=precision_for(device, precision), logger=False, enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0)
     trainer.fit(module, loader)
     module.load_state_dict(module.best_state)
     module = module.to(device)

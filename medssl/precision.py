@@ -38,3 +38,24 @@ def autocast(device: str, precision: str):
     """``torch.autocast`` for a Lightning precision string: bf16/fp16 autocast on the device, or nothing for fp32."""
     dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
     return torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu", dtype=dtype, enabled=dtype is not None)
+
+
+def lightning_devices(device: str, count: int = 1):
+    """Lightning's ``devices`` for ``--device`` and ``--devices``: ``cuda:N`` means GPU N (and the ``count - 1``
+    after it), which Lightning would otherwise replace by GPU 0; ``cpu`` and ``cuda`` mean the first ``count``."""
+    if device.startswith("cuda:"):
+        try:
+            first = int(device.split(":", 1)[1])
+        except ValueError:
+            raise ConfigError(f"--device {device!r}: write cuda:N with N a GPU number, e.g. cuda:1") from None
+        return list(range(first, first + count))
+    return count
+
+
+def configure_cuda(device: str) -> None:
+    """On CUDA: cuDNN picks the fastest convolution algorithms for the fixed input sizes of a run, and fp32 matrix
+    products (the loss sections kept in fp32 under autocast) may use TF32 tensor cores. GPU runs are not bitwise
+    reproducible anyway (README "Reproducibility"); nothing changes on the CPU."""
+    if device.startswith("cuda"):
+        torch.backends.cudnn.benchmark = True
+        torch.set_float32_matmul_precision("high")

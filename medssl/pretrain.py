@@ -35,7 +35,7 @@ from medssl.backbone import ResNetTrunk
 from medssl.config import ConfigError, stable_hash
 from medssl.monitor import ProbeMonitor
 from medssl.plan import PretrainJob
-from medssl.precision import precision_for
+from medssl.precision import lightning_devices, precision_for
 from medssl.records import append_line, exclusive_lock, read_lines
 from methods import build_method
 from methods.base import PretrainProtocol
@@ -395,7 +395,7 @@ def _train_and_export(job: PretrainJob, dataset: ImageDataset, run_dir: Path, de
         trainer = pl.Trainer(
             max_epochs=protocol.epochs,
             accelerator="gpu" if device.startswith("cuda") else "cpu",
-            devices=devices,
+            devices=lightning_devices(device, devices),
             num_nodes=nodes,
             strategy=ddp_strategy(launch, model),
             # torch's SyncBatchNorm has no CPU kernel; MoCo-based methods shuffle keys across processes instead

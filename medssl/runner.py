@@ -22,7 +22,7 @@ from medssl.config import ConfigError, stable_hash
 from medssl.evaluate import extract_features, fine_tune, linear_probe
 from medssl.metrics import multilabel_auc
 from medssl.plan import EvalJob, Plan, PretrainJob, task_type
-from medssl.precision import fixed_precision, precision_for
+from medssl.precision import configure_cuda, fixed_precision, precision_for
 from medssl.pretrain import PretrainingFailed, load_encoder, run_pretraining
 from medssl.records import ResultStore
 from medssl.segment import train_segmentation
@@ -174,6 +174,7 @@ def run_plan(plan: Plan, data_root: Path, out_dir: Path, device: str = "cpu", pr
     """Pretrain what the pending evaluations need, then evaluate and store records. In a multi-node run
     (``medssl.cluster``) every process joins the pretrainings and only global rank 0 stores and evaluates."""
     suite = plan.suite
+    configure_cuda(device)
     provenance.git_commit()  # cached now: records name the code that was checked out when the run started
     store = store or ResultStore(Path(out_dir) / suite["name"])
     done = store.keys()

@@ -83,3 +83,24 @@ def test_monitor_statistics_pass_never_waits_for_other_processes():
     assert any(isinstance(m, torch.nn.SyncBatchNorm) for m in model.backbone.modules()), "the training model keeps its SyncBatchNorm"
     weights = {k: v for k, v in trunk.state_dict().items() if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
     assert all(torch.equal(v, model.backbone.state_dict()[k]) for k, v in weights.items())
+
+
+def test_device_number_and_cuda_settings_reach_lightning_and_torch():
+    """--device cuda:1 once trained on GPU 0 (Lightning's devices=1 means 'the first one'); CUDA runs get cuDNN
+    autotuning and TF32 fp32 matmuls, CPU runs nothing."""
+    from medssl.config import ConfigError
+    from medssl.precision import configure_cuda, lightning_devices
+
+    assert lightning_devices("cuda:1") == [1] and lightning_devices("cuda:2", 2) == [2, 3]
+    assert lightning_devices("cuda", 2) == 2 and lightning_devices("cpu") == 1
+    with pytest.raises(ConfigError, match="write cuda:N"):
+        lightning_devices("cuda:x")
+    before = (torch.backends.cudnn.benchmark, torch.get_float32_matmul_precision())
+    try:
+        configure_cuda("cpu")
+        assert (torch.backends.cudnn.benchmark, torch.get_float32_matmul_precision()) == before
+        configure_cuda("cuda:0")
+        assert torch.backends.cudnn.benchmark and torch.get_float32_matmul_precision() == "high"
+    finally:
+        torch.backends.cudnn.benchmark = before[0]
+        torch.set_float32_matmul_precision(before[1])
