@@ -155,11 +155,11 @@ def check_writable(*folders: Path) -> None:
             raise ConfigError(f"cannot write to {folder} ({err.strerror}); make it writable or choose another folder (--out, --reports, --data-root)") from None
 
 
-def narrowing_tag(args) -> str:
-    """'' for the whole suite, else e.g. 'methods-simclr--fractions-100': the name suffix of a narrowed report."""
-    parts = [f"{name.replace('_', '-')}-{'-'.join(dict.fromkeys(v.strip() for v in value.split(',') if v.strip()))}" for name, value in
-             (("methods", args.methods), ("pretrain_seeds", args.pretrain_seeds), ("seeds", args.seeds), ("fractions", args.fractions)) if value is not None]
-    return "--".join(parts)
+def narrowing_tag(narrowing) -> str:
+    """'' for the whole suite, else e.g. 'methods-simclr--fractions-100': the name suffix of a narrowed report, from
+    the parsed command-line lists (``apply_overrides``'s keywords)."""
+    return "--".join(f"{name.replace('_', '-')}-{'-'.join(f'{v:g}' if isinstance(v, float) else str(v) for v in values)}"
+                     for name, values in narrowing.items() if values is not None)
 
 
 def write_suite_reports(full_plan, store, reports_root: Path) -> None:
@@ -207,13 +207,14 @@ def main(argv=None) -> int:
         from medssl.report import write_reports
 
         full_suite = load_suite(args.suite)
-        suite = apply_overrides(full_suite, methods=parse_list(args.methods, option="--methods"), seeds=parse_list(args.seeds, int, "--seeds"), pretrain_seeds=parse_list(args.pretrain_seeds, int, "--pretrain-seeds"),
-                                fractions=parse_list(args.fractions, float, "--fractions"))
+        narrowing = {"methods": parse_list(args.methods, option="--methods"), "pretrain_seeds": parse_list(args.pretrain_seeds, int, "--pretrain-seeds"),
+                     "seeds": parse_list(args.seeds, int, "--seeds"), "fractions": parse_list(args.fractions, float, "--fractions")}
+        suite = apply_overrides(full_suite, **narrowing)
         plan = build_plan(suite)
         full_plan = build_plan(full_suite)
         out_dir = Path(args.out or "results")
         reports_root = Path(args.reports) if args.reports else (out_dir / "reports" if args.out else Path("reports"))
-        tag = narrowing_tag(args)
+        tag = narrowing_tag(narrowing)
         shard = parse_shard(args.shard) if args.shard else None
         if shard is not None and args.command == "report":
             raise ConfigError("'report' reads every shard's records; run it without --shard")

@@ -135,7 +135,7 @@ def build_cache(
         # fixed): keep the images of unchanged files, redo the rest
         _reuse_partial(cache_dir, entries, size, channels, masks is not None)
     owner.write_text(input_fingerprint)
-    _save_entries(cache_dir, entries)
+    _save_json(cache_dir / "sources.json", entries)
     if partial.exists() and done_path.exists() and (masks is None or mask_partial.exists()):
         images = np.load(partial, mmap_mode="r+")
         mask_array = np.load(mask_partial, mmap_mode="r+") if masks is not None else None
@@ -194,9 +194,7 @@ def build_cache(
         "input_fingerprint": input_fingerprint,
         "content_hash": digest.hexdigest()[:16],
     }
-    tmp = cache_dir / "manifest.tmp.json"
-    tmp.write_text(json.dumps(manifest, indent=1))
-    os.replace(tmp, manifest_path)  # written last: its presence marks a complete cache
+    _save_json(manifest_path, manifest, indent=1)  # written last: its presence marks a complete cache
     done_path.unlink(missing_ok=True)
     return cache_dir
 
@@ -206,10 +204,10 @@ def source_entries(sources: Sequence[Path], cache_dir: Path) -> List[str]:
     return [f"{os.path.relpath(source, cache_dir)}\t{os.path.getsize(source)}" for source in sources]
 
 
-def _save_entries(cache_dir: Path, entries: List[str]) -> None:
-    tmp = cache_dir / "sources.tmp.json"
-    tmp.write_text(json.dumps(entries))
-    os.replace(tmp, cache_dir / "sources.json")
+def _save_json(path: Path, payload, indent: Optional[int] = None) -> None:
+    tmp = path.with_name(f"{path.stem}.tmp{path.suffix}")
+    tmp.write_text(json.dumps(payload, indent=indent))
+    os.replace(tmp, path)
 
 
 def _reuse_partial(cache_dir: Path, entries: List[str], size: int, channels: int, has_masks: bool) -> None:

@@ -44,6 +44,9 @@ ENCODER_FILE = "encoder.pt"
 ENCODER_SIDECAR = "encoder.json"  # the encoder's metadata and the SHA-256 of encoder.pt
 
 
+DIVERGENCE_ADVICE = "no encoder is cached. Lower the learning rate (pretrain.optimizer.lr) or use fp32 (--precision 32), then run again"
+
+
 class PretrainingFailed(RuntimeError):
     """A pretraining that cannot produce a usable encoder (diverged, or a corrupt file the user must act on); the
     run goes on with the other jobs and lists these at the end."""
@@ -146,8 +149,7 @@ class DivergenceGuard(pl.Callback):
             step = int(self.first_step)
             terms = ", ".join(f"{name} {value:.4g}" for name, value in zip(self.names, self.first_terms.tolist()))
             where = f"at step {step} of {trainer.estimated_stepping_batches}" if step >= 0 else "on another process"
-            raise PretrainingFailed(f"{self.method} diverged {where}: non-finite loss ({terms}); no encoder is cached. Lower the learning rate "
-                                    "(pretrain.optimizer.lr) or use fp32 (--precision 32), then run again")
+            raise PretrainingFailed(f"{self.method} diverged {where}: non-finite loss ({terms}); {DIVERGENCE_ADVICE}")
 
 
 class EpochHistory(pl.Callback):
@@ -355,7 +357,6 @@ def _train_and_export(job: PretrainJob, dataset: ImageDataset, run_dir: Path, de
     processes = devices * nodes
     # several nodes: the processes exist already (srun/torchrun); one node: Lightning spawns one per device
     strategy = "ddp" if nodes > 1 else ("ddp_spawn" if devices > 1 else "auto")
-    launch = strategy
     if job.trains and batch_size % processes:
         raise ConfigError(f"{job.key}: batch size {batch_size} does not split evenly over {processes} devices; use a device count that divides it")
     steps_per_epoch = len(images) // batch_size if job.trains else 0
@@ -397,7 +398,7 @@ def _train_and_export(job: PretrainJob, dataset: ImageDataset, run_dir: Path, de
             accelerator="gpu" if device.startswith("cuda") else "cpu",
             devices=lightning_devices(device, devices),
             num_nodes=nodes,
-            strategy=ddp_strategy(launch, model),
+            strategy=ddp_strategy(strategy, model),
             # torch's SyncBatchNorm has no CPU kernel; MoCo-based methods shuffle keys across processes instead
             sync_batchnorm=processes > 1 and device.startswith("cuda") and model.sync_batchnorm,
             precision=amp,
@@ -420,7 +421,7 @@ def _train_and_export(job: PretrainJob, dataset: ImageDataset, run_dir: Path, de
             raise PretrainingFailed(text.split("PretrainingFailed: ", 1)[1].strip().splitlines()[0]) from None
         # ddp_spawn trains in child processes and returns the weights but not the loop's progress: count the
         # epochs that rank 0 wrote to the history instead
-        finished = trainer.current_epoch if launch != "ddp_spawn" else 1 + max((row["epoch"] for row in read_history(run_dir)), default=-1)
+        finished = trainer.current_epoch if strategy != "ddp_spawn" else 1 + max((row["epoch"] for row in read_history(run_dir)), default=-1)
         if trainer.global_rank != 0:
             return encoder_path
         if finished < protocol.epochs:
@@ -431,8 +432,7 @@ def _train_and_export(job: PretrainJob, dataset: ImageDataset, run_dir: Path, de
     state = model.encoder_state_dict()
     broken = [name for name, tensor in state.items() if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
     if broken:
-        raise PretrainingFailed(f"{job.method} ({job.key}) ended with non-finite weights in {', '.join(broken[:3])}{' ...' if len(broken) > 3 else ''}; no encoder is cached. "
-                                "Lower the learning rate (pretrain.optimizer.lr) or use fp32 (--precision 32), then run again")
+        raise PretrainingFailed(f"{job.method} ({job.key}) ended with non-finite weights in {', '.join(broken[:3])}{' ...' if len(broken) > 3 else ''}; {DIVERGENCE_ADVICE}")
     meta = {
         "method": job.method,
         "hash": job.hash,
@@ -447,8 +447,8 @@ def _train_and_export(job: PretrainJob, dataset: ImageDataset, run_dir: Path, de
         "devices": devices,
         "nodes": nodes,
         "history": read_history(run_dir),
+        "resumed": resumes(run_dir),
     }
-    meta["resumed"] = resumes(run_dir)
     # per-process temporary names: two runs sharing a checkpoints folder never write into each other's file
     tmp = run_dir / f"{ENCODER_FILE}.tmp-{os.getpid()}"
     torch.save({"state_dict": state, "meta": meta}, tmp)

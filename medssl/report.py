@@ -35,13 +35,6 @@ def method_label(name: str) -> str:
     return entry.label if entry is not None else name
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def aggregate(plan: Plan, records: Iterable[Dict]) -> Dict[tuple, Dict[tuple, float]]:
     """(method, task, protocol, fraction) -> {(pretrain seed, seed): metric} of the plan's finished jobs."""
     by_key = {r["key"]: r for r in records}
@@ -525,7 +518,7 @@ def _write_report_files(plan: Plan, records: Iterable[Dict], reports_dir: Path, 
     written = []
     for name, text in outputs.items():
         if text:
-            _atomic_write(reports_dir / name, text)
+            (reports_dir / name).write_text(text, encoding="utf-8")  # a private staging folder: no reader sees it half-written
             written.append(reports_dir / name)
     intervals = compare.cell_intervals(plan, runs)
     written += figures.write_figures(plan, runs, intervals, reports_dir)

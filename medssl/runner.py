@@ -29,15 +29,21 @@ from medssl.segment import train_segmentation
 from medssl.splits import label_fraction_indices
 
 
+def dataset_identity(spec: Dict[str, Any]) -> str:
+    """What a dataset spec loads: its name and loader parameters (a corpus's ``splits`` and the hashed loader version
+    select or label, they do not load anything else), so a corpus and a task on the same data share one load."""
+    return stable_hash({"name": spec["name"], "params": spec.get("params") or {}})
+
+
 class DatasetCache:
-    """Loads each dataset spec once per run."""
+    """Loads each dataset once per run."""
 
     def __init__(self, data_root: Path):
         self.data_root = Path(data_root)
         self._cache: Dict[str, ImageDataset] = {}
 
     def get(self, spec: Dict[str, Any]) -> ImageDataset:
-        key = stable_hash(spec)
+        key = dataset_identity(spec)
         if key not in self._cache:
             self._cache[key] = load_dataset(spec["name"], self.data_root, **(spec.get("params") or {}))
         return self._cache[key]
@@ -123,7 +129,7 @@ def dataset_specs(jobs: List[EvalJob]) -> List[Dict[str, Any]]:
     specs: Dict[str, Dict[str, Any]] = {}
     for job in jobs:
         for spec in (job.pretrain.config["corpus"], job.task["dataset"]):
-            specs.setdefault(stable_hash({k: v for k, v in spec.items() if k in ("name", "params")}), spec)
+            specs.setdefault(dataset_identity(spec), spec)
     return list(specs.values())
 
 
