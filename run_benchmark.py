@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -44,9 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto = cuda if available)")
     parser.add_argument("--precision", default="auto", choices=("auto", "32", "bf16"), help="training precision: auto = bf16 autocast where the hardware runs it natively (recent GPUs, CPUs with AVX512-BF16), fp16 on older GPUs, else fp32; 32 forces fp32 (default: auto)")
     parser.add_argument("--shard", help="K/N: run only the K-th of N disjoint parts of the job grid (whole pretrainings with their evaluations), e.g. one per cluster array task; each shard writes OUT/<suite>/records.shard-K-of-N.jsonl and 'report' merges them")
-    parser.add_argument("--devices", type=int, default=1, help="pretrain on this many devices of this machine with DDP (the suite's batch size is the global batch; BatchNorm synchronised) (default: 1)")
+    parser.add_argument("--devices", type=int, default=1, help="pretrain on this many devices of this machine with DDP: the command starts itself once per device through torchrun "
+                        "(the suite's batch size is the global batch; BatchNorm synchronised; rank 0 evaluates) (default: 1)")
     parser.add_argument("--nodes", type=int, default=1, help="pretrain across this many nodes with DDP; start one process per device on every node with srun or torchrun, e.g. 'srun --nodes 2 --ntasks-per-node 4 python run_benchmark.py --suite miccai2024 --nodes 2 --devices 4' (default: 1)")
-    parser.add_argument("--compile", action="store_true", help="compile the ResNet-18 trunk with torch.compile for pretraining (GPU; needs a C++ compiler on CPU)")
+    parser.add_argument("--compile", action="store_true", help="compile each pretraining step's loss computation (trunk, heads, EMA targets, decoders, loss) with torch.compile (GPU; needs a C++ compiler on CPU)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan (every pretraining and evaluation job with its key and status) and exit")
     parser.add_argument("--list", action="store_true", help="list suites, methods and datasets and exit")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (for logs and CI)")
@@ -235,7 +237,7 @@ def main(argv=None) -> int:
             for path in write_reports(plan, store, reports_root / f"{suite['name']}--{tag}", store.pretraining_records()):
                 print(f"wrote {path}")
             return 0
-        from medssl.cluster import check_multi_node
+        from medssl.cluster import check_multi_node, single_node_launch
         from medssl.runner import run_plan
 
         device = resolve_device(args.device)
@@ -245,13 +247,20 @@ def main(argv=None) -> int:
         last = (wanted[-1] + 1) if isinstance(wanted, list) else args.devices
         if args.devices < 1 or (device.startswith("cuda") and last > torch_device_count()):
             raise ConfigError(f"--device {device} --devices {args.devices}: this machine has {torch_device_count()} CUDA devices (numbered from 0)" if device.startswith("cuda") and args.devices >= 1 else f"--devices must be at least 1, got {args.devices}")
+        processes, batch_size = args.devices * args.nodes, int(plan.suite["pretrain"].get("batch_size", 1))
+        if processes > 1 and batch_size % processes:
+            raise ConfigError(f"batch size {batch_size} does not split evenly over {processes} devices; use a device count that divides it")
+        relaunch = single_node_launch(args.nodes, args.devices, str(Path(__file__).resolve()), list(argv if argv is not None else sys.argv[1:]))
+        if relaunch:
+            print(f"starting {args.devices} processes (torchrun, one per device)", flush=True)
+            return subprocess.call(relaunch)
         global_rank = check_multi_node(args.nodes, args.devices)
         data_root = resolve_data_root(args.data_root)
         if global_rank == 0:
             check_writable(store.directory, out_dir / "checkpoints", data_root, *([reports_root] if shard is None else []))
         started = time.time()
         with store.lock() if global_rank == 0 else contextlib.nullcontext():
-            summary = run_plan(plan, data_root, out_dir, device=device, progress=not args.no_progress, store=store, precision=args.precision, devices=args.devices, compile_backbone=args.compile,
+            summary = run_plan(plan, data_root, out_dir, device=device, progress=not args.no_progress, store=store, precision=args.precision, devices=args.devices, compile_loss=args.compile,
                                nodes=args.nodes, global_rank=global_rank)
         if global_rank != 0:
             return 0  # rank 0 evaluates, writes the records and the reports

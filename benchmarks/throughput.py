@@ -27,8 +27,11 @@ import os
 import platform
 import resource
 import sys
+import tempfile
 import time
+import warnings
 from pathlib import Path
+from typing import Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -59,13 +62,31 @@ def timed_steps(step, steps: int, device: str) -> tuple:
     return counter.get_total_flops(), (time.perf_counter() - start) / steps
 
 
-def training_step(name: str, suite: dict, device: str, precision: str, batch: int, steps_per_epoch: int):
-    """One full pretraining step of ``name`` as a run makes it (views, forward, backward, optimiser step, EMA update)
-    at the suite's image size, optimiser, augmentations and method settings, on a fixed random uint8 batch."""
-    import torch
-    from lightly.models.utils import update_momentum
-
+def lightning_order_step(model, optimizer, scheduler, images, device: str, precision: str, batch_idx: int = 0):
+    """One pretraining step in the order Lightning's automatic optimisation runs it: ``training_step`` (views, loss,
+    logging) under the run's autocast, zero_grad, backward, ``on_after_backward`` (SwAV's prototype freeze),
+    the optimiser and scheduler steps, ``on_train_batch_end`` (EMA targets, DiRA's discriminator). Without a
+    Trainer ``self.log`` does nothing and ``global_step`` reads 0. Returns the loss (on the device)."""
     from medssl.precision import autocast
+
+    with autocast(device, precision), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*self.log.*")  # no Trainer: logging does nothing
+        loss = model.training_step(images, batch_idx)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    model.on_after_backward()
+    optimizer.step()
+    scheduler.step()
+    model.on_train_batch_end(loss, images, batch_idx)
+    return loss.detach()
+
+
+def training_step(name: str, suite: dict, device: str, precision: str, batch: int, steps_per_epoch: int):
+    """A closure running one full pretraining step of ``name`` as a run makes it (``lightning_order_step``) at the
+    suite's image size, optimiser, augmentations and method settings, on the uint8 batch it is given (by default a
+    fixed random batch at twice the training size, as views are cut from larger cached images)."""
+    import torch
+
     from methods import build_method
     from methods.base import PretrainProtocol
 
@@ -75,18 +96,15 @@ def training_step(name: str, suite: dict, device: str, precision: str, batch: in
                                 schedule=dict(pretrain["schedule"]), augment=dict(pretrain["augment"]), channels_last=device.startswith("cuda"))
     model = build_method(name, protocol, (suite.get("method_params") or {}).get(name)).to(device)
     model.train()
-    optimizer = model.configure_optimizers()["optimizer"]
+    model.setup("fit")
+    config = model.configure_optimizers()
+    optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
     size = int(pretrain["image_size"]) * 2  # the views are resized from a larger cached image, as in a run
     images = (torch.rand(batch, 1, size, size, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8).to(device)
+    counter = iter(range(1 << 62))
 
-    def step() -> None:
-        with autocast(device, precision):
-            loss = model.compute_loss(model.make_views(images), images)["loss"]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        for online, target in model.momentum_pairs():
-            update_momentum(online, target, 0.99)
+    def step(batch=None) -> None:
+        lightning_order_step(model, optimizer, scheduler, images if batch is None else batch.to(device), device, precision, next(counter))
 
     return step
 
@@ -153,8 +171,9 @@ def resnet_step_flops(device: str, precision: str, image_size: int, batch: int, 
     return flops / seconds
 
 
-def data_path(suite_name: str, device: str, batches: int = 20) -> dict:
-    """images/s of cache reads, of batched device-side augmentation and of a per-sample torchvision pipeline."""
+def data_path(suite_name: str, device: str, batches: int = 20, data_root: Path = ROOT / "data") -> dict:
+    """images/s of batch reads from the cache (``medssl.stream.MappedImages``, as training reads them), of batched
+    device-side augmentation and of a per-sample torchvision pipeline; ``source`` names what was read."""
     import numpy as np
     import torch
     from torchvision.transforms import v2
@@ -164,14 +183,29 @@ def data_path(suite_name: str, device: str, batches: int = 20) -> dict:
     from medssl.config import load_suite
     from medssl.plan import corpora
 
+    from datasets import DatasetError
+    from medssl.stream import MappedImages
+
     suite = load_suite(suite_name)
     corpus = next(iter(corpora(suite).values()))
-    dataset = load_dataset(corpus["name"], ROOT / "data", **corpus.get("params", {}))
     batch, size = int(suite["pretrain"]["batch_size"]), int(suite["pretrain"]["image_size"])
+    try:
+        array = load_dataset(corpus["name"], data_root, **corpus.get("params", {})).images
+        source = f"{corpus['name']} cache"
+    except (DatasetError, FileNotFoundError, OSError) as err:
+        # a real corpus that is not on this machine: a file of random images of its cached size stands in
+        cached = int(corpus.get("params", {}).get("size", 2 * size))
+        path = Path(tempfile.mkdtemp()) / "images.npy"
+        array = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(max(4 * batch, 2048), 1, cached, cached))
+        array[:] = np.random.default_rng(0).integers(0, 256, size=array.shape, dtype=np.uint8)
+        array.flush()
+        array = np.load(path, mmap_mode="r")
+        source = f"random {cached}-px images ({corpus['name']} not found: {str(err).splitlines()[0][:80]})"
+    images = MappedImages(array)
     rng = np.random.default_rng(0)
-    order = [np.sort(rng.choice(len(dataset.images), batch, replace=False)) for _ in range(batches)]
+    order = [rng.choice(len(images), batch, replace=False) for _ in range(batches)]
     start = time.perf_counter()
-    loaded = [torch.from_numpy(np.ascontiguousarray(dataset.images[idx])) for idx in order]
+    loaded = [images[idx] for idx in order]
     cache_rate = batch * batches / (time.perf_counter() - start)
     configs = view_configs(suite["pretrain"]["augment"], 2)
     on_device = [x.to(device) for x in loaded]
@@ -197,7 +231,20 @@ def data_path(suite_name: str, device: str, batches: int = 20) -> dict:
                 per_sample(image)
     sample_rate = 2 * batch * batches / (time.perf_counter() - start)
     return {"cache_read_images_per_s": cache_rate, "batched_augment_views_per_s": batched_rate, "torchvision_per_sample_views_per_s": sample_rate,
-            "augment_speedup": batched_rate / sample_rate}
+            "augment_speedup": batched_rate / sample_rate, "source": source}
+
+
+def write_csv(out: Path, machine: str, device: str, precision: str, rows: list, extra: Optional[dict] = None) -> None:
+    """The table so far (rewritten whole, atomically); ``extra`` columns repeat on every row."""
+    extra = extra or {}
+    tmp = out.with_name(out.name + ".tmp")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["machine", "device", *rows[0].keys(), *extra.keys()])
+        for row in rows:
+            writer.writerow([machine, device, *row.values(), *extra.values()])
+    os.replace(tmp, out)
 
 
 def main() -> int:
@@ -219,6 +266,8 @@ def main() -> int:
     suite = load_suite(args.suite)
     names = args.methods.split(",") if args.methods else [m for m in suite["methods"] if m != "supervised"]
     context = mp.get_context("spawn")
+    machine = torch.cuda.get_device_name(0) if device.startswith("cuda") else f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {threads} torch threads"
+    out = ROOT / "reports" / "benchmarks" / f"throughput-{device.split(':')[0]}.csv"
     rows = []
     for name in names:
         queue = context.Queue()
@@ -226,15 +275,16 @@ def main() -> int:
         process.start()
         rows.append(queue.get())
         process.join()
+        write_csv(out, machine, device, precision, rows)  # as it goes: a run stopped half-way keeps its rows
         print(f"{name:<14} {rows[-1]['images_per_s']:8.1f} images/s  {rows[-1]['s_per_step']:.3f} s/step  {rows[-1]['gflop_per_step']:8.1f} GFLOP/step  peak {rows[-1]['peak_memory_mb']:.0f} MB", flush=True)
     limit = matmul_flops(device, precision) if device == "cpu" else None
+    resnet_share = None
     if limit:
         for row in rows:
             row["share_of_flop_limit"] = row["gflop_per_step"] * 1e9 / row["s_per_step"] / limit
         image_size, batch = int(suite["pretrain"]["image_size"]), int(suite["pretrain"]["batch_size"])
         resnet_share = resnet_step_flops(device, precision, image_size, batch, args.steps) / limit
     data = data_path(args.suite, device)
-    machine = torch.cuda.get_device_name(0) if device.startswith("cuda") else f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {threads} torch threads"
     print(f"\nThroughput, suite {args.suite} ({rows[0]['image_size'] if rows else '?'} px, batch {rows[0]['batch'] if rows else '?'}, {precision}) on {device}: {machine}")
     print("| method | images/s | s/step | GFLOP/step | peak memory (MB) |" + (" share of FLOP limit |" if limit else ""))
     print("|---|---:|---:|---:|---:|" + ("---:|" if limit else ""))
@@ -243,15 +293,11 @@ def main() -> int:
         print(f"| {row['method']} | {row['images_per_s']:.1f} | {row['s_per_step']:.3f} | {row['gflop_per_step']:.1f} | {row['peak_memory_mb']:.0f} |{share}")
     if limit:
         print(f"\nFLOP limit (measured {precision} matrix products): {limit / 1e9:.0f} GFLOP/s; bare ResNet-18 training step: {100 * resnet_share:.0f} % of it")
-    print(f"Data path: cache read {data['cache_read_images_per_s']:.0f} images/s; batched augmentation {data['batched_augment_views_per_s']:.0f} views/s; "
+    print(f"Data path ({data['source']}): cache read {data['cache_read_images_per_s']:.0f} images/s; batched augmentation {data['batched_augment_views_per_s']:.0f} views/s; "
           f"per-sample torchvision {data['torchvision_per_sample_views_per_s']:.0f} views/s ({data['augment_speedup']:.1f}x)")
-    out = ROOT / "reports" / "benchmarks" / f"throughput-{device.split(':')[0]}.csv"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["machine", "device", "precision", *rows[0].keys(), "flop_limit_gflops", "resnet18_step_share", *data.keys()])
-        for row in rows:
-            writer.writerow([machine, device, precision, *row.values(), f"{limit / 1e9:.1f}" if limit else "", f"{resnet_share:.3f}" if limit else "", *(f"{v:.1f}" for v in data.values())])
+    extra = {"flop_limit_gflops": f"{limit / 1e9:.1f}" if limit else "", "resnet18_step_share": f"{resnet_share:.3f}" if limit else "",
+             **{k: (f"{v:.1f}" if isinstance(v, float) else v) for k, v in data.items()}}
+    write_csv(out, machine, device, precision, rows, extra)
     print(f"wrote {out}")
     return 0
 

@@ -7,6 +7,7 @@ Training code never decodes image files: it reads these arrays (memory-mapped fr
 from __future__ import annotations
 
 import dataclasses
+import mmap
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
@@ -17,6 +18,24 @@ SPLITS = ("train", "val", "test")
 
 class DatasetError(RuntimeError):
     """A dataset cannot be loaded as asked; the message says what to do."""
+
+
+def memmap_reference(array):
+    """What to pickle for ``array``: a whole memory-mapped file becomes (file, offset, dtype, shape), which another
+    process maps again (ddp_spawn pickles the training objects into every process: a mapped cache of several GB
+    would otherwise be copied into each); anything else is itself. A view into a mapped file stays an array
+    (numpy does not track a view's offset)."""
+    if isinstance(array, np.memmap) and isinstance(array.base, mmap.mmap) and array.filename and array.flags.c_contiguous:
+        return ("memmap", array.filename, array.offset, array.dtype.str, array.shape)
+    return array
+
+
+def from_memmap_reference(value):
+    """The inverse of :func:`memmap_reference` (read-only mapping)."""
+    if isinstance(value, tuple) and value and value[0] == "memmap":
+        _, filename, offset, dtype, shape = value
+        return np.memmap(filename, dtype=np.dtype(dtype), mode="r", offset=offset, shape=shape)
+    return value
 
 
 @dataclasses.dataclass
@@ -50,6 +69,16 @@ class ImageDataset:
     @property
     def channels(self) -> int:
         return int(self.images.shape[1])
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state.update(images=memmap_reference(self.images), masks=memmap_reference(self.masks))
+        return state
+
+    def __setstate__(self, state):
+        state = dict(state)
+        state.update(images=from_memmap_reference(state["images"]), masks=from_memmap_reference(state["masks"]))
+        self.__dict__.update(state)
 
     @property
     def native_size(self) -> int:

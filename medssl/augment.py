@@ -121,13 +121,22 @@ def random_resized_crop(x: torch.Tensor, size: int, cfg: AugmentConfig, generato
     return apply_crop_boxes(x, size, draw_crop_boxes(x.shape[0], cfg, generator, x.device))
 
 
-def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """Separable Gaussian blur with one sigma (in pixels) per sample; sigma <= 0 leaves a sample unchanged."""
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, max_sigma: Optional[float] = None) -> torch.Tensor:
+    """Separable Gaussian blur with one sigma (in pixels) per sample; sigma <= 0 leaves a sample unchanged.
+
+    The kernel is truncated at ceil(3 x the batch's largest sigma) taps each side. ``max_sigma`` (an upper bound of
+    ``sigma`` known on the host, e.g. the top of the configured range) sizes the convolution without reading
+    ``sigma`` back from the device, which would stop the CPU until the GPU catches up at every view: taps beyond
+    the batch's own radius get weight 0, which is the same blur."""
     n, c, h, w = x.shape
-    radius = max(1, int(math.ceil(3 * float(sigma.max()))))
+    if max_sigma is None:
+        max_sigma = float(sigma.max())
+    radius = max(1, int(math.ceil(3 * max_sigma)))
     offsets = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
     safe_sigma = sigma.clamp(min=1e-3).to(x.dtype)[:, None]
     kernel = torch.exp(-0.5 * (offsets[None] / safe_sigma) ** 2)
+    batch_radius = torch.ceil(3 * sigma.max()).clamp(min=1).to(x.dtype)
+    kernel = torch.where(offsets.abs()[None] <= batch_radius, kernel, torch.zeros_like(kernel))
     kernel = kernel / kernel.sum(1, keepdim=True)
     identity = (offsets == 0).to(x.dtype)[None].expand(n, -1)
     kernel = torch.where((sigma > 0)[:, None], kernel, identity)
@@ -157,9 +166,10 @@ def photometric(x: torch.Tensor, cfg: AugmentConfig, generator=None) -> torch.Te
     x = intensity_jitter(x, cfg, generator)
     if cfg.blur_p > 0:
         n = x.shape[0]
-        sigma = _uniform(n, cfg.blur_sigma[0], cfg.blur_sigma[1], generator, x.device) * (x.shape[-1] / 224)
+        scale = x.shape[-1] / 224
+        sigma = _uniform(n, cfg.blur_sigma[0], cfg.blur_sigma[1], generator, x.device) * scale
         sigma = torch.where(_bernoulli(n, cfg.blur_p, generator, x.device), sigma, torch.zeros_like(sigma))
-        x = gaussian_blur(x, sigma)
+        x = gaussian_blur(x, sigma, max_sigma=max(cfg.blur_sigma) * scale)
     if cfg.solarize_p > 0:
         solarize = _bernoulli(x.shape[0], cfg.solarize_p, generator, x.device)[:, None, None, None]
         x = torch.where(solarize & (x >= 0.5), 1 - x, x)

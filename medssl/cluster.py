@@ -1,5 +1,8 @@
 """Multi-node pretraining: one process per device on every node, started by ``srun`` (SLURM) or ``torchrun``.
 
+The same launch works on one node (``torchrun --nproc-per-node 8 run_benchmark.py ... --devices 8``): every process
+memory-maps the dataset cache itself, where ``--devices 8`` alone has Lightning spawn the processes (``ddp_spawn``).
+
 Every process walks the same plan and joins each pretraining through Lightning's DDP (``strategy="ddp"``, which
 finds the launcher from its environment variables); only global rank 0 writes encoders and records, evaluates and
 writes the reports, the other processes stop after the last pretraining. Evaluations are cheap next to 300 epochs
@@ -8,6 +11,8 @@ of pretraining and single-device; to spread them over a cluster use ``--shard`` 
 from __future__ import annotations
 
 import os
+import sys
+from typing import List, Optional
 
 from medssl.config import ConfigError
 
@@ -23,13 +28,34 @@ def launched_processes() -> tuple:
     return 1, 0, None
 
 
+def started_by_launcher(nodes: int, devices: int) -> bool:
+    """Whether this process is one of the ``nodes * devices`` (> 1) that srun or torchrun started: they join each
+    pretraining through Lightning's ``ddp``; otherwise one process spawns the others (``ddp_spawn``)."""
+    world, _, launcher = launched_processes()
+    return launcher is not None and world > 1 and world == nodes * devices
+
+
+def single_node_launch(nodes: int, devices: int, script: str, args: List[str]) -> Optional[List[str]]:
+    """The command that starts ``script args`` once per device through torchrun, for ``--devices N`` (N > 1) on one
+    node when no launcher started this process; None when nothing needs launching. Each process then maps the
+    dataset cache itself and joins each pretraining through Lightning's ``ddp``: nothing is spawned through
+    shared memory, so a small ``/dev/shm`` (Docker's 64 MB) does not matter."""
+    if nodes != 1 or devices <= 1 or launched_processes()[2] is not None:
+        return None
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(devices), script, *args]
+
+
 def check_multi_node(nodes: int, devices: int) -> int:
     """Validate ``--nodes``/``--devices`` against the launcher; returns this process's global rank."""
     if nodes < 1:
         raise ConfigError(f"--nodes must be at least 1, got {nodes}")
-    if nodes == 1:
-        return 0
     world, rank, launcher = launched_processes()
+    if nodes == 1:
+        if launcher is None or world == 1:
+            return 0
+        if world != devices:
+            raise ConfigError(f"{launcher} started {world} processes but --devices is {devices}; pass --devices {world} (one process per device)")
+        return rank
     example = f"srun --nodes {nodes} --ntasks-per-node {devices} python run_benchmark.py ... --nodes {nodes} --devices {devices}"
     if launcher is None:
         raise ConfigError(f"--nodes {nodes} needs one process per device on every node, started by srun or torchrun, e.g. {example}")

@@ -24,13 +24,14 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
 from medssl import quiet_lightning
 from medssl.augment import AugmentConfig, Normalize, augment_view, resize
 from medssl.backbone import ResNetTrunk
 from medssl.metrics import multilabel_auc
 from medssl.precision import autocast, fixed_precision, lightning_devices, precision_for
+from medssl.progress import SparseMetricsProgressBar
+from medssl.stream import MappedImages, ShuffledBatches
 
 
 def epochs_for(n_train: int, batch_size: int, settings: Dict[str, Any]) -> int:
@@ -48,18 +49,21 @@ def is_validation_epoch(epoch: int, epochs: int, settings: Dict[str, Any]) -> bo
 def extract_features(encoder: ResNetTrunk, images: np.ndarray, image_size: int, mean, std, device: str = "cpu", batch_size: int = 256) -> np.ndarray:
     encoder = encoder.to(device).eval()
     normalize = Normalize(mean, std).to(device)
+    source = images if isinstance(images, MappedImages) else MappedImages(images)
     chunks = []
-    for start in range(0, len(images), batch_size):
-        batch = torch.from_numpy(np.array(images[start : start + batch_size])).to(device)
+    for start in range(0, len(source), batch_size):
+        batch = source[start : start + batch_size].to(device)
         with autocast(device, fixed_precision(device)):
             chunks.append(encoder(normalize(resize(batch, image_size))).float().cpu())
     return torch.cat(chunks).numpy()
 
 
-def _predict(model: nn.Module, inputs: torch.Tensor, batch_size: int = 512) -> np.ndarray:
+def _predict(model: nn.Module, inputs, batch_size: int = 512) -> np.ndarray:
+    """Sigmoid scores of ``inputs`` (a tensor, or images read batch by batch: ``MappedImages``) on the model's device."""
     model.eval()
+    device = next(model.parameters()).device
     with torch.no_grad():
-        return torch.cat([torch.sigmoid(model(inputs[i : i + batch_size]).float()) for i in range(0, len(inputs), batch_size)]).cpu().numpy()
+        return torch.cat([torch.sigmoid(model(inputs[i : i + batch_size].to(device)).float()) for i in range(0, len(inputs), batch_size)]).cpu().numpy()
 
 
 def linear_probe(features: np.ndarray, labels: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray, test_idx: np.ndarray, class_names, settings: Dict[str, Any], seed: int) -> Dict[str, Any]:
@@ -160,7 +164,7 @@ class FineTuner(pl.LightningModule):
     def on_train_epoch_end(self) -> None:
         if not is_validation_epoch(self.current_epoch, self.trainer.max_epochs, self.settings):
             return
-        scores = _predict(self, self.val_images.to(self.device))
+        scores = _predict(self, self.val_images)
         val_auc = multilabel_auc(self.val_labels, scores, self.class_names)["macro_auc"]
         self.log("val_auc", val_auc, prog_bar=True)
         if val_auc > self.best_val:
@@ -180,16 +184,17 @@ def fine_tune(encoder: ResNetTrunk, meta: Dict[str, Any], image_size: int, image
     batch_size = int(settings.get("batch_size", 64))
     epochs = epochs_for(len(train_idx), batch_size, settings)
     steps = epochs * max(1, math.ceil(len(train_idx) / batch_size))
-    train_set = TensorDataset(torch.from_numpy(np.ascontiguousarray(images[train_idx])), torch.from_numpy(labels[train_idx]))
-    loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, drop_last=False, generator=torch.Generator().manual_seed(seed))
-    val_images = torch.from_numpy(np.ascontiguousarray(images[val_idx]))
+    cuda = device.startswith("cuda")
+    loader = ShuffledBatches(MappedImages(images, train_idx), batch_size, torch.Generator().manual_seed(seed), labels=labels[train_idx], drop_last=False, pin=cuda, resident="auto" if cuda else False)
+    val_images = MappedImages(images, val_idx)
     module = FineTuner(encoder, labels.shape[1], meta, image_size, settings, val_images, labels[val_idx], class_names, steps)
     module.train()  # Lightning keeps the modes it is given; the encoder may arrive in eval mode from feature extraction
     if device.startswith("cuda"):
         module = module.to(memory_format=torch.channels_last)
-    trainer = pl.Trainer(max_epochs=epochs, accelerator="gpu" if device.startswith("cuda") else "cpu", devices=lightning_devices(device), precision=precision_for(device, precision), logger=False, enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0)
+    trainer = pl.Trainer(max_epochs=epochs, accelerator="gpu" if device.startswith("cuda") else "cpu", devices=lightning_devices(device), precision=precision_for(device, precision), logger=False, enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
+                         callbacks=[SparseMetricsProgressBar(leave=False)] if progress else [])
     trainer.fit(module, loader)
     module.load_state_dict(module.best_state)
     module = module.to(device)
-    test_scores = _predict(module, torch.from_numpy(np.ascontiguousarray(images[test_idx])).to(device))
+    test_scores = _predict(module, MappedImages(images, test_idx))
     return {"val_value": module.best_val, "best_epoch": module.best_epoch, "epochs": epochs, "test_scores": test_scores}

@@ -27,16 +27,18 @@ from typing import Any, Dict, Optional, Sequence
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, TensorDataset
 
 from datasets import ImageDataset
 from medssl import quiet_lightning
 from medssl.backbone import ResNetTrunk
+from medssl.cluster import started_by_launcher
 from medssl.config import ConfigError, stable_hash
 from medssl.monitor import ProbeMonitor
 from medssl.plan import PretrainJob
 from medssl.precision import lightning_devices, precision_for
+from medssl.progress import SparseMetricsProgressBar
 from medssl.records import append_line, exclusive_lock, read_lines
+from medssl.stream import MappedImages, ShuffledBatches
 from methods import build_method
 from methods.base import PretrainProtocol
 
@@ -56,11 +58,13 @@ class CorruptCheckpoint(RuntimeError):
     """A stored checkpoint that fails its checksum or does not load."""
 
 
-def channel_statistics(images: np.ndarray, max_images: int = 1000, seed: int = 0) -> Dict[str, list]:
-    """Per-channel mean/std in [0,1] units of a seeded sample of the pretraining images."""
+def channel_statistics(images: np.ndarray, rows: Optional[np.ndarray] = None, max_images: int = 1000, seed: int = 0) -> Dict[str, list]:
+    """Per-channel mean/std in [0,1] units of a seeded sample of the pretraining images (``rows`` of ``images``,
+    sorted; all of them by default); only the sample is read."""
+    rows = np.arange(len(images)) if rows is None else np.asarray(rows)
     rng = np.random.default_rng(seed)
-    pick = np.sort(rng.choice(len(images), size=min(max_images, len(images)), replace=False))
-    sample = np.asarray(images[pick], dtype=np.float64) / 255.0
+    pick = np.sort(rng.choice(len(rows), size=min(max_images, len(rows)), replace=False))
+    sample = MappedImages(images, rows)[pick].numpy().astype(np.float64) / 255.0
     mean = sample.mean(axis=(0, 2, 3))
     std = sample.std(axis=(0, 2, 3)).clip(min=1e-3)
     return {"mean": [round(float(v), 6) for v in mean], "std": [round(float(v), 6) for v in std]}
@@ -308,7 +312,7 @@ def readable_checkpoint(path: Path) -> bool:
 
 
 def run_pretraining(job: PretrainJob, dataset: ImageDataset, checkpoints_dir: Path, device: str = "cpu", progress: bool = True, max_time_s: Optional[float] = None, callbacks: Sequence[pl.Callback] = (), precision: str = "auto",
-                    devices: int = 1, compile_backbone: bool = False, nodes: int = 1) -> Path:
+                    devices: int = 1, compile_loss: bool = False, nodes: int = 1) -> Path:
     """Pretrain ``job`` (or resume it) and save its encoder; returns the encoder file (at once if it exists).
 
     ``devices`` > 1 trains with Lightning's DDP in spawned processes (``ddp_spawn``, one per device; CPU processes
@@ -316,18 +320,18 @@ def run_pretraining(job: PretrainJob, dataset: ImageDataset, checkpoints_dir: Pa
     the statistics are those of the global batch (except MoCo-based methods, which shuffle keys across processes
     instead: ``SSLMethod.sync_batchnorm``), and the batch-level losses and queues gather across processes. That is why the
     device count is not part of the pretraining hash (CPU processes keep per-process BatchNorm statistics: torch has
-    no CPU SyncBatchNorm; that mode is for tests). ``nodes`` > 1: this process is one of ``nodes * devices`` started
-    by srun or torchrun (``medssl.cluster``); Lightning's ``ddp`` joins them and only global rank 0 writes the
-    encoder (the returned path exists once rank 0 has finished). ``compile_backbone`` wraps the trunk with
-    ``torch.compile``.
+    no CPU SyncBatchNorm; that mode is for tests). When srun or torchrun started ``nodes * devices`` processes (any
+    number of nodes, ``medssl.cluster``), this process is one of them: Lightning's ``ddp`` joins them and only global
+    rank 0 writes the encoder (the returned path exists once rank 0 has finished). ``compile_loss`` compiles each step's
+    ``compute_loss`` with ``torch.compile`` (``SSLMethod.setup``).
     """
     run_dir = Path(checkpoints_dir) / job.key
     encoder_path = run_dir / ENCODER_FILE
     if encoder_status(encoder_path) == "done":
         return encoder_path
     run_dir.mkdir(parents=True, exist_ok=True)
-    if nodes > 1:  # every process of a multi-node run comes here; Lightning's ddp coordinates them
-        return _train_and_export(job, dataset, run_dir, device, progress, max_time_s, callbacks, precision, devices, compile_backbone, nodes)
+    if started_by_launcher(nodes, devices):  # every process started by srun/torchrun comes here; Lightning's ddp joins them
+        return _train_and_export(job, dataset, run_dir, device, progress, max_time_s, callbacks, precision, devices, compile_loss, nodes)
     # one process per pretraining on this machine: another run sharing this checkpoints folder (another suite with the
     # same pretraining, or the same command started twice) waits here and then reuses the encoder instead of
     # training into the same last.ckpt
@@ -338,25 +342,26 @@ def run_pretraining(job: PretrainJob, dataset: ImageDataset, checkpoints_dir: Pa
         if status == "corrupt":
             warnings.warn(f"{encoder_path} is damaged (fails its SHA-256 check or does not load); redoing that pretraining")
             encoder_path.unlink()
-        return _train_and_export(job, dataset, run_dir, device, progress, max_time_s, callbacks, precision, devices, compile_backbone, nodes)
+        return _train_and_export(job, dataset, run_dir, device, progress, max_time_s, callbacks, precision, devices, compile_loss, nodes)
 
 
 def _train_and_export(job: PretrainJob, dataset: ImageDataset, run_dir: Path, device: str, progress: bool, max_time_s: Optional[float], callbacks: Sequence[pl.Callback],
-                      precision: str, devices: int, compile_backbone: bool, nodes: int) -> Path:
+                      precision: str, devices: int, compile_loss: bool, nodes: int) -> Path:
     encoder_path = run_dir / ENCODER_FILE
     (run_dir / "config.json").write_text(json.dumps(job.config, indent=1, sort_keys=True))
     corpus = job.config["corpus"]
     splits = corpus.get("splits", ["train", "val"])
     indices = np.sort(np.concatenate([dataset.indices(s) for s in splits]))
-    images = torch.from_numpy(np.ascontiguousarray(dataset.images[indices]))
-    stats = channel_statistics(dataset.images[indices], seed=job.seed)
+    images = MappedImages(dataset.images, indices)  # read batch by batch from the cache, never copied whole
+    stats = channel_statistics(dataset.images, indices, seed=job.seed)
     pretrain = job.config.get("protocol", {})
     batch_size = int(pretrain.get("batch_size", 1))
     if job.trains and len(images) < batch_size:
         raise ConfigError(f"{job.key}: {len(images)} pretraining images are fewer than one batch of {batch_size}; lower batch_size or use more data")
     processes = devices * nodes
-    # several nodes: the processes exist already (srun/torchrun); one node: Lightning spawns one per device
-    strategy = "ddp" if nodes > 1 else ("ddp_spawn" if devices > 1 else "auto")
+    # processes started by srun/torchrun exist already and each maps the cache itself; otherwise Lightning spawns one
+    # per device
+    strategy = "ddp" if started_by_launcher(nodes, devices) else ("ddp_spawn" if devices > 1 else "auto")
     if job.trains and batch_size % processes:
         raise ConfigError(f"{job.key}: batch size {batch_size} does not split evenly over {processes} devices; use a device count that divides it")
     steps_per_epoch = len(images) // batch_size if job.trains else 0
@@ -383,22 +388,26 @@ def _train_and_export(job: PretrainJob, dataset: ImageDataset, run_dir: Path, de
         if job.monitor and dataset.labels is not None and len(dataset.indices("val")):
             monitor = ProbeMonitor(dataset, protocol.image_size, stats["mean"], stats["std"], job.monitor)
         generator = torch.Generator().manual_seed(job.seed)
-        if compile_backbone:
-            model.backbone.compile()
-        if devices > 1:
+        if compile_loss:
+            model.compile_backend = "inductor"  # compiled in each training process (SSLMethod.setup)
+        if strategy == "ddp_spawn":
+            # the model's tensors travel to the spawned processes through shared memory (the images do not: they
+            # are re-mapped from the cache); run_benchmark.py launches through torchrun instead
             torch.multiprocessing.set_sharing_strategy("file_system")
-        loader = DataLoader(TensorDataset(images), batch_size=batch_size // processes, shuffle=True, drop_last=True, generator=generator, num_workers=0, pin_memory=device.startswith("cuda"))
+        cuda = device.startswith("cuda")
+        loader = ShuffledBatches(images, batch_size, generator, drop_last=True, pin=cuda, resident="auto" if cuda else False)
         # the guard first: at an epoch's end it must stop a diverged run before the history and checkpoint see it
         guard = DivergenceGuard(job.method, check_every=1 if device == "cpu" else max(1, min(50, steps_per_epoch)))
         callbacks = [guard] + list(callbacks) + [RandomStates(generator, job.seed), pl.callbacks.ModelCheckpoint(dirpath=run_dir, filename="last", save_top_k=1, every_n_epochs=1, enable_version_counter=False), EpochHistory(run_dir / "history.jsonl", monitor, images, batch_size)]
         if progress:
-            callbacks.append(pl.callbacks.RichProgressBar(leave=False))
+            callbacks.append(SparseMetricsProgressBar(leave=False))
         trainer = pl.Trainer(
             max_epochs=protocol.epochs,
             accelerator="gpu" if device.startswith("cuda") else "cpu",
             devices=lightning_devices(device, devices),
             num_nodes=nodes,
             strategy=ddp_strategy(strategy, model),
+            use_distributed_sampler=False,  # ShuffledBatches gives each process its share of every global batch
             # torch's SyncBatchNorm has no CPU kernel; MoCo-based methods shuffle keys across processes instead
             sync_batchnorm=processes > 1 and device.startswith("cuda") and model.sync_batchnorm,
             precision=amp,

@@ -175,7 +175,7 @@ def _log(message: str) -> None:
     print(message, flush=True)  # flushed: progress stays visible when the output goes to a file
 
 
-def run_plan(plan: Plan, data_root: Path, out_dir: Path, device: str = "cpu", progress: bool = True, log: Callable[[str], None] = _log, store: Optional[ResultStore] = None, precision: str = "auto", devices: int = 1, compile_backbone: bool = False,
+def run_plan(plan: Plan, data_root: Path, out_dir: Path, device: str = "cpu", progress: bool = True, log: Callable[[str], None] = _log, store: Optional[ResultStore] = None, precision: str = "auto", devices: int = 1, compile_loss: bool = False,
              nodes: int = 1, global_rank: int = 0) -> Dict[str, int]:
     """Pretrain what the pending evaluations need, then evaluate and store records. In a multi-node run
     (``medssl.cluster``) every process joins the pretrainings and only global rank 0 stores and evaluates."""
@@ -199,7 +199,7 @@ def run_plan(plan: Plan, data_root: Path, out_dir: Path, device: str = "cpu", pr
         corpus = pjob.config["corpus"]
         log(f"pretraining {key}" + ("" if pjob.trains else " (random initialisation)"))
         try:
-            encoders[key] = run_pretraining(pjob, datasets.get(corpus), checkpoints, device=device, progress=progress and global_rank == 0, precision=precision, devices=devices, compile_backbone=compile_backbone, nodes=nodes)
+            encoders[key] = run_pretraining(pjob, datasets.get(corpus), checkpoints, device=device, progress=progress and global_rank == 0, precision=precision, devices=devices, compile_loss=compile_loss, nodes=nodes)
         except PretrainingFailed as err:
             skipped = sum(1 for job in pending if job.pretrain.key == key)
             failed.append(f"{key}: {err} ({skipped} evaluations not run)")

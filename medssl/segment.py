@@ -30,6 +30,7 @@ from medssl.backbone import ResNetTrunk
 from medssl.evaluate import epochs_for, is_validation_epoch
 from medssl.precision import autocast, fixed_precision
 from medssl.unet import UNetDecoder
+from medssl.stream import MappedImages
 
 
 def per_image_dice(predicted: np.ndarray, truth: np.ndarray) -> np.ndarray:
@@ -85,16 +86,17 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0)
 
 def mask_targets(masks: np.ndarray, indices: np.ndarray, size: int) -> torch.Tensor:
     """0/1 masks of the given images at the training resolution (nearest neighbour keeps them binary)."""
-    batch = torch.from_numpy(np.ascontiguousarray(masks[indices])).float()[:, None]
+    batch = MappedImages(masks)[indices].float()[:, None]
     return F.interpolate(batch, size=(size, size), mode="nearest")[:, 0]
 
 
 @torch.no_grad()
 def predict_masks(model: SegmentationModel, images: np.ndarray, indices: np.ndarray, device: str, batch_size: int = 64) -> np.ndarray:
     model.eval()
+    source = MappedImages(images)
     out = []
     for start in range(0, len(indices), batch_size):
-        batch = torch.from_numpy(np.ascontiguousarray(images[indices[start : start + batch_size]])).to(device)
+        batch = source[indices[start : start + batch_size]].to(device)
         with autocast(device, fixed_precision(device)):
             out.append(torch.sigmoid(model(batch).float()).cpu())
     return torch.cat(out).numpy()
@@ -112,12 +114,13 @@ def train_segmentation(encoder: ResNetTrunk, meta: Dict[str, Any], image_size: i
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, steps) / steps)))
     generator = torch.Generator().manual_seed(seed)
     val_truth = mask_targets(masks, val_idx, image_size).numpy()
+    source = MappedImages(images)
     best = (-math.inf, -1, None)
     for epoch in range(epochs):
         model.train()
         for batch in torch.randperm(len(train_idx), generator=generator).split(batch_size):
             idx = train_idx[batch.numpy()]
-            x = torch.from_numpy(np.ascontiguousarray(images[idx])).to(device)
+            x = source[idx].to(device)
             y = mask_targets(masks, idx, image_size).to(device)
             flip = torch.rand(len(idx), generator=generator) < 0.5
             x = torch.where(flip[:, None, None, None].to(device), x.flip(-1), x)

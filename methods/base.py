@@ -18,12 +18,12 @@ import torch
 import torch.distributed as dist
 from lightly.models.utils import deactivate_requires_grad, get_weight_decay_parameters, update_momentum
 from lightly.utils.dist import world_size
-from lightly.utils.lars import LARS
 from torch import nn
 
 from medssl.augment import Normalize, augment_view, resize, view_configs
 from medssl.backbone import ResNetTrunk
 from medssl.config import check_optimizer
+from medssl.optim import SyncFreeLARS
 
 
 @dataclasses.dataclass
@@ -95,6 +95,9 @@ class SSLMethod(pl.LightningModule):
     #: bump when a code change alters what the method trains: it is part of the pretraining hash, so cached
     #: encoders and results of the old code are not reused
     version: int = 1
+    #: a torch.compile backend ("inductor" for ``--compile``), set before training: ``compute_loss`` is compiled in
+    #: ``setup``, i.e. in every training process after Lightning has started it
+    compile_backend: Optional[str] = None
 
     def __init__(self, config: MethodConfig, protocol: PretrainProtocol):
         super().__init__()
@@ -107,6 +110,7 @@ class SSLMethod(pl.LightningModule):
         self.build()
         if protocol.channels_last:
             self.to(memory_format=torch.channels_last)
+        self._compiled_loss = None
 
     # ----- to implement -------------------------------------------------------------------------------------
     def build(self) -> None:
@@ -165,9 +169,22 @@ class SSLMethod(pl.LightningModule):
         """The whole image resized to the training resolution and normalised (reconstruction targets)."""
         return self.normalize(resize(images, self.protocol.image_size))
 
+    def setup(self, stage: str) -> None:
+        """Compiles ``compute_loss`` when ``compile_backend`` is set: everything a method runs per step after the
+        views (trunk, heads, EMA targets, decoders, the loss), not only the trunk's forward. Views of a step keep
+        their shapes from step to step (SwAV's global and local sizes included), so it compiles once; queue and
+        codebook bookkeeping in Python becomes graph breaks, not errors. Subclasses that override ``setup`` call
+        this one."""
+        if self.compile_backend and self._compiled_loss is None:
+            self._compiled_loss = torch.compile(self.compute_loss, backend=self.compile_backend, dynamic=False)
+
+    def __getstate__(self):
+        # a compiled function does not pickle (ddp_spawn pickles the module); each process compiles in setup
+        return {**super().__getstate__(), "_compiled_loss": None}
+
     def training_step(self, batch, batch_idx):
         images = batch[0] if isinstance(batch, (list, tuple)) else batch
-        losses = self.compute_loss(self.make_views(images), images)
+        losses = (self._compiled_loss or self.compute_loss)(self.make_views(images), images)
         self.last_loss_terms = {k: v.detach() for k, v in losses.items()}  # read by medssl.pretrain.DivergenceGuard
         self.log_dict({f"train/{k}": v.detach().float() for k, v in losses.items()}, prog_bar=False, on_step=True, on_epoch=True, batch_size=len(images))
         self.log("loss", losses["loss"].detach().float(), prog_bar=True, on_step=True, on_epoch=False, batch_size=len(images))
@@ -203,9 +220,10 @@ class SSLMethod(pl.LightningModule):
         wd = float(opt.pop("weight_decay", 0.0))
         groups = [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
         if name == "lars":
-            # lightly's LARS skips the trust ratio for groups with weight_decay 0: that is how biases and norms are
-            # excluded (check_optimizer refused a LARS without weight decay, which would be plain SGD everywhere)
-            optimizer = LARS(groups, lr=lr, momentum=float(opt.pop("momentum", 0.9)), trust_coefficient=float(opt.pop("trust_coefficient", 0.001)))
+            # lightly's LARS (its updates, without host syncs: medssl.optim) skips the trust ratio for groups with
+            # weight_decay 0: that is how biases and norms are excluded (check_optimizer refused a LARS without
+            # weight decay, which would be plain SGD everywhere)
+            optimizer = SyncFreeLARS(groups, lr=lr, momentum=float(opt.pop("momentum", 0.9)), trust_coefficient=float(opt.pop("trust_coefficient", 0.001)))
         elif name == "sgd":
             optimizer = torch.optim.SGD(groups, lr=lr, momentum=float(opt.pop("momentum", 0.9)))
         elif name == "adamw":

@@ -19,3 +19,4 @@ class CAiDConfig(DiRAConfig):
 
 class CAiD(DiRA):
     Config = CAiDConfig
+    version = 2  # DiRA's 3 changed its discriminator's step only; CAiD has none

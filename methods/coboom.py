@@ -101,6 +101,13 @@ class VectorQuantizer(nn.Module):
         self.register_buffer("initialized", torch.tensor(init == "uniform"))
         self.register_buffer("usage", torch.zeros(codebook_size, dtype=torch.long))
         self.register_buffer("recent", torch.zeros(0, dim), persistent=False)
+        # the host's copy of ``initialized`` once it is known to be True: reading the buffer at every step would
+        # stop the CPU until the GPU catches up; it is read until the codebook has been initialised (or restored)
+        self._known_initialized = False
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._known_initialized = False  # the loaded ``initialized`` is read again at the next training step
+        super()._load_from_state_dict(*args, **kwargs)
 
     def forward(self, vectors: torch.Tensor):
         """vectors: N x D. Returns (straight-through quantized N x D, codebook loss, commitment loss, indices)."""
@@ -114,12 +121,13 @@ class VectorQuantizer(nn.Module):
             dist.broadcast(self.codebook.data, src=0)
 
     def _quantize(self, vectors: torch.Tensor):
-        if self.training and not bool(self.initialized):
+        if self.training and not self._known_initialized and not bool(self.initialized):
             with torch.no_grad():
                 pick = torch.randint(len(vectors), (len(self.codebook),), device=vectors.device)
                 self.codebook.copy_(vectors[pick])
                 self.initialized.fill_(True)
                 self.share_codebook()
+        self._known_initialized = self._known_initialized or self.training
         with torch.no_grad():
             distances = (vectors.pow(2).sum(1, keepdim=True) - 2 * vectors @ self.codebook.t() + self.codebook.pow(2).sum(1)[None])
             indices = distances.argmin(1)
@@ -130,7 +138,8 @@ class VectorQuantizer(nn.Module):
         commitment_loss = F.mse_loss(vectors, codes.detach())
         quantized = vectors + (codes - vectors).detach()
         if self.training:
-            counts = torch.bincount(indices, minlength=len(self.codebook))
+            # bincount sizes its output from the largest index, a host sync on a GPU; index_add_ counts the same
+            counts = torch.zeros_like(self.usage).index_add_(0, indices, torch.ones_like(indices))
             if world_size() > 1:
                 dist.all_reduce(counts)
             self.usage += counts

@@ -26,15 +26,20 @@
 * Adversary (section 3, "Adversarial learning"): LSGAN. Discriminator = conv3x3 with strides 2, 2, 2, 1 and
   widths 64-512 (InstanceNorm except the first, LeakyReLU 0.2), a final conv3x3 to one channel, N(0, 0.02) init;
   L_G adds 0.001 * MSE(D(restored), 1), L_D = [MSE(D(target), 1) + MSE(D(restored), 0)] / 2 with Adam 2e-4,
-  betas (0.5, 0.999), one discriminator step after every generator step (``on_train_batch_end``). That step runs
+  betas (0.5, 0.999), one discriminator step after every generator step (``on_train_batch_end``), under the
+  run's mixed precision (its own gradient scaler under fp16). The discriminator's parameters do not require
+  gradients outside its own step, so L_G trains the generator only and DDP does not track them; its step runs
   outside DDP's forward, so its gradients are all-reduced by hand: every process keeps the same discriminator.
+  Adam is torch's fused kernel (no host sync per step; the official code uses the default Adam, the same update
+  up to rounding).
   The official code trains in two stages (discrimination + restoration for 1200 epochs at batch 256, then all
   three for 400 epochs at batch 16 from that checkpoint); under the suite's shared protocol we train the three
   losses jointly for the suite's epochs and batch size.
 * Inputs: 1-channel images normalised like every method of the suite (official: 3-channel [0, 1]); the
   restoration target stays in [0, 1] to match the sigmoid output.
 * The MoCo queue is part of the checkpoint (lightly registers it as a non-persistent buffer, so a run resumed from
-  ``last.ckpt`` would restart with random negatives; MoCo's own code saves its queue).
+  ``last.ckpt`` would restart with random negatives; MoCo's own code saves its queue), and its write position is
+  mirrored on the host (:class:`HostPointerQueue`; lightly reads it back from the device at every step).
 """
 from __future__ import annotations
 
@@ -45,7 +50,8 @@ import torch
 import torch.nn.functional as F
 from lightly.loss import NTXentLoss
 from lightly.models.modules.heads import MoCoProjectionHead
-from lightly.models.utils import batch_shuffle_distributed, batch_unshuffle_distributed
+from lightly.models.modules.memory_bank import MemoryBankModule
+from lightly.models.utils import batch_shuffle_distributed, batch_unshuffle_distributed, concat_all_gather, deactivate_requires_grad
 from lightly.utils.dist import world_size
 from torch import nn
 
@@ -167,6 +173,44 @@ def restoration_distortion(x: torch.Tensor, generator: Optional[torch.Generator]
     return torch.where((choice > 0.35) & (choice <= 0.65), swap_patches(x, generator), out)
 
 
+class HostPointerQueue(MemoryBankModule):
+    """lightly's memory bank (MoCo's queue of keys: same contents, order and overwrite rule) with its write position
+    kept on the host as well: lightly reads ``bank_ptr`` back from the device at every enqueue, which stops the CPU
+    until the GPU has caught up. The device copy is still updated (it is checkpointed) and read once after a load."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._host_pointer: Optional[int] = None
+
+    @classmethod
+    def replacing(cls, bank: MemoryBankModule) -> "HostPointerQueue":
+        """A queue holding ``bank``'s tensors (checkpointed), built without drawing from torch's global generator."""
+        with torch.random.fork_rng(devices=[]):
+            queue = cls(bank.size, gather_distributed=bank.gather_distributed, feature_dim_first=bank.feature_dim_first)
+        for name in ("bank", "bank_ptr"):
+            queue.register_buffer(name, getattr(bank, name), persistent=True)
+        return queue
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._host_pointer = None
+        super()._load_from_state_dict(*args, **kwargs)
+
+    @torch.no_grad()
+    def _dequeue_and_enqueue(self, batch: torch.Tensor) -> None:
+        if self.gather_distributed and world_size() > 1:
+            batch = concat_all_gather(batch)
+        size = self.size[0]
+        pointer = int(self.bank_ptr) if self._host_pointer is None else self._host_pointer
+        if pointer + len(batch) >= size:
+            self.bank[pointer:] = batch[: size - pointer].detach()
+            pointer = 0
+        else:
+            self.bank[pointer : pointer + len(batch)] = batch.detach()
+            pointer += len(batch)
+        self.bank_ptr.fill_(pointer)
+        self._host_pointer = pointer
+
+
 class PatchDiscriminator(nn.Module):
     def __init__(self, in_channels: int, widths=(64, 128, 256, 512), strides=(2, 2, 2, 1)):
         super().__init__()
@@ -191,7 +235,9 @@ class PatchDiscriminator(nn.Module):
 class DiRA(SSLMethod):
     Config = DiRAConfig
     sync_batchnorm = False  # shuffle-BN instead (module docstring)
-    version = 2  # 2: official distortions (zero fills, stopping rule, window sizes, 10 swaps); queue checkpointed
+    # 2: official distortions (zero fills, stopping rule, window sizes, 10 swaps); queue checkpointed
+    # 3: the discriminator's step under the run's mixed precision, fused Adam, no gradient from the generator loss
+    version = 3
 
     def build(self) -> None:
         c = self.config
@@ -200,12 +246,13 @@ class DiRA(SSLMethod):
         self.decoder = UNetDecoder(skips=True)
         self.restoration_head = nn.Conv2d(self.decoder.channels[-1], self.protocol.in_channels, 3, padding=1)
         self.criterion = NTXentLoss(temperature=c.temperature, memory_bank_size=(c.queue_size, c.output_dim), gather_distributed=gather_across_processes())
-        queue = self.criterion.memory_bank
-        for name in ("bank", "bank_ptr"):  # checkpointed, so a resumed run keeps its negatives (module docstring)
-            queue.register_buffer(name, getattr(queue, name), persistent=True)
+        self.criterion.memory_bank = HostPointerQueue.replacing(self.criterion.memory_bank)
         self.make_ema_targets("backbone", "projection_head")
         self.discriminator = PatchDiscriminator(self.protocol.in_channels) if c.adversarial_weight > 0 else None
+        if self.discriminator is not None:
+            deactivate_requires_grad(self.discriminator)  # trained by its own step only (module docstring)
         self.discriminator_optimizer = None
+        self.discriminator_scaler = None
         self._pending_adversary = None
 
     def ema_momentum(self, base: float, step: Optional[int] = None) -> float:
@@ -255,8 +302,9 @@ class DiRA(SSLMethod):
             adversarial = F.mse_loss(judged.float(), torch.ones_like(judged, dtype=torch.float32))
             loss = loss + c.adversarial_weight * adversarial
             out["adversarial"] = adversarial
-            if self.training:
-                self._pending_adversary = (restored.detach(), target.detach())
+            if self.training:  # the discriminator's step runs after this one under the same precision
+                half = torch.get_autocast_dtype(self.device.type) if torch.is_autocast_enabled(self.device.type) else None
+                self._pending_adversary = (restored.detach(), target.detach(), half)
         out["loss"] = loss
         return out
 
@@ -266,24 +314,48 @@ class DiRA(SSLMethod):
             self.discriminator_step(*self._pending_adversary)
             self._pending_adversary = None
 
-    def discriminator_step(self, restored: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """One LSGAN step of the discriminator on (real = target, fake = restored); returns its loss."""
+    def discriminator_step(self, restored: torch.Tensor, target: torch.Tensor, half: Optional[torch.dtype] = None) -> torch.Tensor:
+        """One LSGAN step of the discriminator on (real = target, fake = restored), under autocast to ``half`` when
+        given (the generator step's mixed precision; float16 with a gradient scaler); returns its loss."""
         if self.discriminator_optimizer is None:
-            self.discriminator_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=self.config.discriminator_lr, betas=(0.5, 0.999))
-        real, fake = self.discriminator(target), self.discriminator(restored)
-        loss = 0.5 * (F.mse_loss(real, torch.ones_like(real)) + F.mse_loss(fake, torch.zeros_like(fake)))
-        self.discriminator_optimizer.zero_grad(set_to_none=True)  # drops the gradients the generator loss left
-        loss.backward()
+            self.discriminator_optimizer = self.make_discriminator_optimizer()
+        if half is torch.float16 and self.discriminator_scaler is None:
+            self.discriminator_scaler = torch.amp.GradScaler(self.device.type)
+        parameters = list(self.discriminator.parameters())
+        with torch.enable_grad():
+            for parameter in parameters:
+                parameter.requires_grad_(True)
+            try:
+                with torch.autocast(device_type=self.device.type, dtype=half or torch.float32, enabled=half is not None):
+                    real, fake = self.discriminator(target), self.discriminator(restored)
+                loss = 0.5 * (F.mse_loss(real.float(), torch.ones_like(real, dtype=torch.float32)) + F.mse_loss(fake.float(), torch.zeros_like(fake, dtype=torch.float32)))
+                self.discriminator_optimizer.zero_grad(set_to_none=True)
+                (self.discriminator_scaler.scale(loss) if self.discriminator_scaler else loss).backward()
+            finally:
+                for parameter in parameters:
+                    parameter.requires_grad_(False)
         average_gradients_across_processes(self.discriminator)
-        self.discriminator_optimizer.step()
+        if self.discriminator_scaler is not None:
+            self.discriminator_scaler.step(self.discriminator_optimizer)
+            self.discriminator_scaler.update()
+        else:
+            self.discriminator_optimizer.step()
         self.discriminator_optimizer.zero_grad(set_to_none=True)
         return loss.detach()
+
+    def make_discriminator_optimizer(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.discriminator.parameters(), lr=self.config.discriminator_lr, betas=(0.5, 0.999), fused=True)
 
     def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         if self.discriminator_optimizer is not None:
             checkpoint["discriminator_optimizer"] = self.discriminator_optimizer.state_dict()
+        if self.discriminator_scaler is not None:
+            checkpoint["discriminator_scaler"] = self.discriminator_scaler.state_dict()
 
     def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         if self.discriminator is not None and "discriminator_optimizer" in checkpoint:
-            self.discriminator_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=self.config.discriminator_lr, betas=(0.5, 0.999))
+            self.discriminator_optimizer = self.make_discriminator_optimizer()
             self.discriminator_optimizer.load_state_dict(checkpoint["discriminator_optimizer"])
+        if self.discriminator is not None and "discriminator_scaler" in checkpoint:
+            self.discriminator_scaler = torch.amp.GradScaler(self.device.type)
+            self.discriminator_scaler.load_state_dict(checkpoint["discriminator_scaler"])

@@ -22,7 +22,7 @@ scores, Sinkhorn and the loss run in fp32 under mixed precision.
 """
 import dataclasses
 import math
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 from lightly.loss import SwaVLoss
@@ -70,6 +70,7 @@ class SwAV(SSLMethod):
         self.local_size = max(8, int(round(self.protocol.image_size * c.local_size_ratio)))
         self.register_buffer("queue", torch.zeros(self.n_views, c.queue_length, c.output_dim))
         self.register_buffer("queue_filled", torch.zeros((), dtype=torch.long))
+        self._host_queue_filled: Optional[int] = None  # queue_filled mirrored on the host (queue_in_use)
 
     def make_views(self, images):
         """Two global views (the suite's), then the local views."""
@@ -107,10 +108,12 @@ class SwAV(SSLMethod):
 
     def setup(self, stage: str) -> None:
         """Size this process's queue share; runs in every DDP process before a checkpoint is restored."""
+        super().setup(stage)
         local_length = self.config.queue_length // world_size()
         if self.queue.shape[1] != local_length:
             self.queue = torch.zeros(self.n_views, local_length, self.config.output_dim, device=self.queue.device)
             self.queue_filled.zero_()
+            self._host_queue_filled = None
 
     def on_load_checkpoint(self, checkpoint) -> None:
         """A run resumed on another number of processes starts its queue afresh (it refills within an epoch)."""
@@ -119,8 +122,18 @@ class SwAV(SSLMethod):
             state["queue"] = torch.zeros_like(self.queue)
             state["queue_filled"] = torch.zeros_like(self.queue_filled)
 
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._host_queue_filled = None
+        super()._load_from_state_dict(*args, **kwargs)
+
     def queue_in_use(self) -> bool:
-        return self.queue.shape[1] > 0 and int(self.queue_filled) >= self.queue.shape[1]
+        """Whether the queue is full. The fill count is read from the device once (after building or loading) and
+        then counted on the host: a read at every step would stop the CPU until the GPU caught up."""
+        if self.queue.shape[1] == 0:
+            return False
+        if self._host_queue_filled is None:
+            self._host_queue_filled = int(self.queue_filled)
+        return self._host_queue_filled >= self.queue.shape[1]
 
     @torch.no_grad()
     def enqueue(self, embeddings: torch.Tensor) -> None:
@@ -129,3 +142,5 @@ class SwAV(SSLMethod):
         n = min(embeddings.shape[1], length)
         self.queue.copy_(torch.cat([embeddings[:, :n].to(self.queue.dtype), self.queue[:, : length - n]], dim=1))
         self.queue_filled.add_(n)
+        if self._host_queue_filled is not None:
+            self._host_queue_filled += n

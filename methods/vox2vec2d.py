@@ -65,15 +65,20 @@ class PyramidDecoder(nn.Module):
 
 
 def sample_levels(levels: List[torch.Tensor], coords: torch.Tensor) -> torch.Tensor:
-    """Concatenated pyramid vectors at ``coords`` (N x P x 2, normalised view coordinates) -> (N*P) x sum(C)."""
-    grid = coords[:, :, None, :].to(levels[0].dtype)
-    sampled = [F.grid_sample(level, grid, mode="bilinear", padding_mode="border", align_corners=False)[..., 0] for level in levels]
+    """Concatenated pyramid vectors at ``coords`` (N x P x 2, normalised view coordinates) -> (N*P) x sum(C).
+
+    Sampled in fp32 with autocast off: bf16 coordinates are off by up to 1 pixel of a 224-px view (8 bits of
+    mantissa), which would pair slightly different pixels of the two views."""
+    grid = coords[:, :, None, :].float()
+    with torch.autocast(device_type=grid.device.type, enabled=False):
+        sampled = [F.grid_sample(level.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)[..., 0] for level in levels]
     vectors = torch.cat(sampled, dim=1)  # N x C x P
     return vectors.transpose(1, 2).reshape(-1, vectors.shape[1])
 
 
 class Vox2Vec2d(SSLMethod):
     Config = Vox2Vec2dConfig
+    version = 2  # 2: pyramid features sampled at fp32 coordinates under mixed precision (were cast to bf16)
 
     def build(self) -> None:
         c = self.config

@@ -1,6 +1,8 @@
 """Two CPU processes (gloo) on halves of a batch give the same gradients as one process on the whole batch, for the
 losses that gather across processes (SimCLR's NT-Xent, VICReg's variance/covariance, SwAV's Sinkhorn, also with
-SwAV's queue split over the processes); MoCo-based DiRA/CAiD share one queue of keys and one discriminator.
+SwAV's queue split over the processes, MLVICX's VICReg terms, vox2vec2d's pixel-level NT-Xent); MoCo-based
+DiRA/CAiD share one queue of keys and one discriminator. The other methods' losses are sums of per-image terms
+(BYOL, PCRLv2, CoBooM's regression and reconstruction), which DDP's gradient average already makes exact.
 
 Each process computes its loss on its half, back-propagates through lightly's gather, and averages parameter
 gradients over processes as DDP does. BatchNorm layers run on fixed statistics (eval mode) so that only the loss's
@@ -72,8 +74,8 @@ def _worker(rank, name, views, port, out, params, prepare):
 
 
 @pytest.mark.parametrize("name, params, prepare", [("simclr", {}, None), ("vicreg", {}, None), ("swav", {}, None),
-                                                    ("swav", {"queue_length": 12}, _fill_swav_queue)],
-                         ids=["simclr", "vicreg", "swav", "swav-queue"])
+                                                    ("swav", {"queue_length": 12}, _fill_swav_queue), ("mlvicx", {}, None), ("vox2vec2d", {}, None)],
+                         ids=["simclr", "vicreg", "swav", "swav-queue", "mlvicx", "vox2vec2d"])
 def test_two_processes_match_one_process(name, params, prepare, tmp_path):
     model = _model(name, **params)
     if prepare is not None:

@@ -104,3 +104,42 @@ def test_device_number_and_cuda_settings_reach_lightning_and_torch():
     finally:
         torch.backends.cudnn.benchmark = before[0]
         torch.set_float32_matmul_precision(before[1])
+
+
+OTHER_METHODS = ["byol", "vicreg", "caid", "dira", "coboom-nodec", "coboom-nodf", "vox2vec2d"]
+
+
+def test_devices_2_launches_through_torchrun_and_pretrains_the_other_methods(tmp_path):
+    """The roster's other seven SSL rows (the five above run under ddp_spawn) with ``--devices 2``: run_benchmark.py
+    starts itself once per device through torchrun, Lightning's ``ddp`` joins the processes (each maps the dataset
+    cache itself, nothing goes through /dev/shm), rank 0 alone writes encoders, histories and records, the other
+    rank stops after the pretrainings."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from medssl.records import ResultStore
+
+    root = Path(__file__).resolve().parent.parent
+    suite = yaml.safe_load((root / "benchmarks" / "suites" / "smoke.yaml").read_text())
+    suite.update(name="ddp-roster", methods=OTHER_METHODS, method_params={m: SMALL_HEADS[m] for m in OTHER_METHODS})
+    suite["pretrain"].pop("monitor")
+    suite["tasks"][0].update(protocols=["linear"], fractions=[100])
+    suite["evaluation"]["seeds"] = [0]
+    (tmp_path / "data").mkdir()
+    path = tmp_path / "ddp-roster.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    command = [sys.executable, "run_benchmark.py", "--suite", str(path), "--device", "cpu", "--devices", "2", "--data-root", str(tmp_path / "data"),
+               "--out", str(tmp_path / "results"), "--no-progress"]
+    done = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    store = ResultStore(tmp_path / "results" / "ddp-roster")
+    assert sorted(r["method"] for r in store.records()) == sorted(OTHER_METHODS), "each evaluation stored once, by rank 0"
+    for method in OTHER_METHODS:
+        encoder_dir = next((tmp_path / "results" / "checkpoints").glob(f"{method}-cxr-*"))
+        encoder, meta = load_encoder(encoder_dir / "encoder.pt")
+        assert meta["devices"] == 2 and all(torch.isfinite(v).all() for v in encoder.state_dict().values())
+        history = [json.loads(line) for line in (encoder_dir / "history.jsonl").read_text().splitlines()]
+        assert [row["epoch"] for row in history] == [0], f"{method}: one history row, written by rank 0 only"
+    assert "starting 2 processes (torchrun" in done.stdout and done.stdout.count("done:") == 1

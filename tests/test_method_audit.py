@@ -336,3 +336,42 @@ def test_swav_freezes_prototypes_and_starts_its_queue_at_the_references_share_of
     long = PretrainProtocol(image_size=48, epochs=400, steps_per_epoch=5005, optimizer=suite["pretrain"]["optimizer"])
     official = build_method("swav", long, params)
     assert official.frozen_prototype_steps == 5005 and official.queue_start_step == 15 * 5005
+
+
+def test_dira_discriminator_trains_in_its_own_step_under_the_generators_precision():
+    """Issue 19: the generator loss left gradients on the discriminator (dropped later, but all-reduced by DDP at
+    every step) and the discriminator's own step ran in fp32 outside the run's autocast."""
+    torch.manual_seed(0)
+    model = build_method("dira", tiny_protocol(), SMALL_HEADS["dira"])
+    model.train()
+    images = fixed_batch(n=8, size=48)
+    assert not any(p.requires_grad for p in model.discriminator.parameters()), "DDP must not track the discriminator"
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = model.compute_loss(model.make_views(images), images)
+    losses["loss"].backward()
+    assert all(p.grad is None for p in model.discriminator.parameters()), "the generator loss must not reach the discriminator"
+    assert model.restoration_head.weight.grad is not None
+    seen = []
+    hook = model.discriminator.net[0].register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    before = {k: v.clone() for k, v in model.discriminator.state_dict().items()}
+    model.on_train_batch_end(losses["loss"], images, 0)
+    hook.remove()
+    assert seen == [torch.bfloat16, torch.bfloat16], "the discriminator's step runs under the generator step's autocast"
+    assert any(not torch.equal(before[k], v) for k, v in model.discriminator.state_dict().items())
+    assert not any(p.requires_grad for p in model.discriminator.parameters())
+
+
+def test_vox2vec2d_samples_at_fp32_coordinates_under_bf16_autocast():
+    """Issue 19: the coordinates were cast to the feature maps' bf16 under mixed precision (8 mantissa bits: up to
+    one pixel off at 224 px), so the two views' vectors came from slightly different pixels."""
+    from methods.vox2vec2d import sample_levels
+
+    side = 224
+    columns = torch.arange(side, dtype=torch.float32)  # a level whose value is its column index (exact in bf16)
+    level = columns.expand(1, 1, side, side).contiguous().to(torch.bfloat16)
+    coords = torch.stack([torch.rand(1, 64) * 1.8 - 0.9, torch.zeros(1, 64)], dim=-1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        sampled = sample_levels([level], coords)
+    column = ((coords[0, :, 0] + 1) * side - 1) / 2  # grid_sample's pixel position (align_corners=False)
+    error = (sampled[:, 0].float() - column).abs().max()
+    assert error < 0.01, f"sampled {float(error):.3f} px away from the requested coordinates"
