@@ -25,8 +25,11 @@ def runs_behind(results: Path):
 
 
 def describe_run(run, precisions) -> str:
+    """One logged run; its own training precision when the run log has it, else every precision of the stored
+    pretrainings (run logs before the precision was logged)."""
     hw = run["hardware"]
     model = f"{hw['cpu_model']}{' with' if hw.get('cpu_bf16') else ' without'} native bf16, " if hw.get("cpu_model") else ""
+    precisions = [run["precision"]] if run.get("precision") else precisions
     trained_in = f", pretraining precision {', '.join(precisions)}" if precisions else ""
     reused = f", reusing {run['skipped']} stored" if run["skipped"] else ""
     return (f"`python run_benchmark.py {' '.join(run['argv'])}` at commit `{run['git_commit'][:12]}`: {run['ran']} evaluations{reused}, "

@@ -247,6 +247,13 @@ def write_csv(out: Path, machine: str, device: str, precision: str, rows: list, 
     os.replace(tmp, out)
 
 
+def chosen_device(name: str) -> str:
+    """``--device``: auto is CUDA when present, else the CPU."""
+    import torch
+
+    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
+
+
 def main() -> int:
     import torch
 
@@ -260,7 +267,7 @@ def main() -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="auto", choices=("auto", "32", "bf16"))
     args = parser.parse_args()
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    device = chosen_device(args.device)
     precision = precision_for(device, args.precision)
     threads = torch.get_num_threads()
     suite = load_suite(args.suite)
