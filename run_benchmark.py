@@ -237,7 +237,7 @@ def main(argv=None) -> int:
             for path in write_reports(plan, store, reports_root / f"{suite['name']}--{tag}", store.pretraining_records()):
                 print(f"wrote {path}")
             return 0
-        from medssl.cluster import check_multi_node, single_node_launch
+        from medssl.cluster import check_batch_split, check_multi_node, single_node_launch
         from medssl.runner import run_plan
 
         device = resolve_device(args.device)
@@ -247,9 +247,7 @@ def main(argv=None) -> int:
         last = (wanted[-1] + 1) if isinstance(wanted, list) else args.devices
         if args.devices < 1 or (device.startswith("cuda") and last > torch_device_count()):
             raise ConfigError(f"--device {device} --devices {args.devices}: this machine has {torch_device_count()} CUDA devices (numbered from 0)" if device.startswith("cuda") and args.devices >= 1 else f"--devices must be at least 1, got {args.devices}")
-        processes, batch_size = args.devices * args.nodes, int(plan.suite["pretrain"].get("batch_size", 1))
-        if processes > 1 and batch_size % processes:
-            raise ConfigError(f"batch size {batch_size} does not split evenly over {processes} devices; use a device count that divides it")
+        check_batch_split(int(plan.suite["pretrain"].get("batch_size", 1)), args.devices * args.nodes)
         relaunch = single_node_launch(args.nodes, args.devices, str(Path(__file__).resolve()), list(argv if argv is not None else sys.argv[1:]))
         if relaunch:
             print(f"starting {args.devices} processes (torchrun, one per device)", flush=True)

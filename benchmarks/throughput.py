@@ -171,6 +171,18 @@ def resnet_step_flops(device: str, precision: str, image_size: int, batch: int, 
     return flops / seconds
 
 
+def random_images_file(path: Path, shape: tuple):
+    """A uint8 ``.npy`` file of uniformly random images (seed 0) at ``path``, returned memory-mapped read-only: a
+    stand-in for a dataset cache."""
+    import numpy as np
+
+    array = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
+    array[:] = np.random.default_rng(0).integers(0, 256, size=shape, dtype=np.uint8)
+    array.flush()
+    del array
+    return np.load(path, mmap_mode="r")
+
+
 def data_path(suite_name: str, device: str, batches: int = 20, data_root: Path = ROOT / "data") -> dict:
     """images/s of batch reads from the cache (``medssl.stream.MappedImages``, as training reads them), of batched
     device-side augmentation and of a per-sample torchvision pipeline; ``source`` names what was read."""
@@ -178,35 +190,30 @@ def data_path(suite_name: str, device: str, batches: int = 20, data_root: Path =
     import torch
     from torchvision.transforms import v2
 
-    from datasets import load_dataset
+    from datasets import DatasetError, load_dataset
     from medssl.augment import augment_view, view_configs
     from medssl.config import load_suite
     from medssl.plan import corpora
-
-    from datasets import DatasetError
     from medssl.stream import MappedImages
 
     suite = load_suite(suite_name)
     corpus = next(iter(corpora(suite).values()))
     batch, size = int(suite["pretrain"]["batch_size"]), int(suite["pretrain"]["image_size"])
-    try:
-        array = load_dataset(corpus["name"], data_root, **corpus.get("params", {})).images
-        source = f"{corpus['name']} cache"
-    except (DatasetError, FileNotFoundError, OSError) as err:
-        # a real corpus that is not on this machine: a file of random images of its cached size stands in
-        cached = int(corpus.get("params", {}).get("size", 2 * size))
-        path = Path(tempfile.mkdtemp()) / "images.npy"
-        array = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(max(4 * batch, 2048), 1, cached, cached))
-        array[:] = np.random.default_rng(0).integers(0, 256, size=array.shape, dtype=np.uint8)
-        array.flush()
-        array = np.load(path, mmap_mode="r")
-        source = f"random {cached}-px images ({corpus['name']} not found: {str(err).splitlines()[0][:80]})"
-    images = MappedImages(array)
-    rng = np.random.default_rng(0)
-    order = [rng.choice(len(images), batch, replace=False) for _ in range(batches)]
-    start = time.perf_counter()
-    loaded = [images[idx] for idx in order]
-    cache_rate = batch * batches / (time.perf_counter() - start)
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            array = load_dataset(corpus["name"], data_root, **corpus.get("params", {})).images
+            source = f"{corpus['name']} cache"
+        except (DatasetError, FileNotFoundError, OSError) as err:
+            # a real corpus that is not on this machine: a file of random images of its cached size stands in
+            cached = int(corpus.get("params", {}).get("size", 2 * size))
+            array = random_images_file(Path(folder) / "images.npy", (max(4 * batch, 2048), 1, cached, cached))
+            source = f"random {cached}-px images ({corpus['name']} not found: {str(err).splitlines()[0][:80]})"
+        images = MappedImages(array)
+        rng = np.random.default_rng(0)
+        order = [rng.choice(len(images), batch, replace=False) for _ in range(batches)]
+        start = time.perf_counter()
+        loaded = [images[idx] for idx in order]
+        cache_rate = batch * batches / (time.perf_counter() - start)
     configs = view_configs(suite["pretrain"]["augment"], 2)
     on_device = [x.to(device) for x in loaded]
     _sync(device)

@@ -1,7 +1,7 @@
 """Multi-node pretraining: one process per device on every node, started by ``srun`` (SLURM) or ``torchrun``.
 
-The same launch works on one node (``torchrun --nproc-per-node 8 run_benchmark.py ... --devices 8``): every process
-memory-maps the dataset cache itself, where ``--devices 8`` alone has Lightning spawn the processes (``ddp_spawn``).
+On one node ``--devices N`` starts the same kind of run itself (``single_node_launch``: torchrun, one process per
+device, each reading the dataset cache itself), so no corpus is spawned through shared memory.
 
 Every process walks the same plan and joins each pretraining through Lightning's DDP (``strategy="ddp"``, which
 finds the launcher from its environment variables); only global rank 0 writes encoders and records, evaluates and
@@ -43,6 +43,12 @@ def single_node_launch(nodes: int, devices: int, script: str, args: List[str]) -
     if nodes != 1 or devices <= 1 or launched_processes()[2] is not None:
         return None
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(devices), script, *args]
+
+
+def check_batch_split(batch_size: int, processes: int, what: str = "") -> None:
+    """The suite's batch size is the global batch: it must split evenly over the processes."""
+    if processes > 1 and batch_size % processes:
+        raise ConfigError(f"{what + ': ' if what else ''}batch size {batch_size} does not split evenly over {processes} devices; use a device count that divides it")
 
 
 def check_multi_node(nodes: int, devices: int) -> int:

@@ -49,7 +49,7 @@ def is_validation_epoch(epoch: int, epochs: int, settings: Dict[str, Any]) -> bo
 def extract_features(encoder: ResNetTrunk, images: np.ndarray, image_size: int, mean, std, device: str = "cpu", batch_size: int = 256) -> np.ndarray:
     encoder = encoder.to(device).eval()
     normalize = Normalize(mean, std).to(device)
-    source = images if isinstance(images, MappedImages) else MappedImages(images)
+    source = MappedImages.of(images)
     chunks = []
     for start in range(0, len(source), batch_size):
         batch = source[start : start + batch_size].to(device)

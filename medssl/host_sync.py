@@ -22,6 +22,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 SYNCING_OPERATIONS = frozenset({"_local_scalar_dense", "nonzero", "nonzero_static", "masked_select", "bincount", "unique", "_unique", "_unique2",
                                 "unique_consecutive", "unique_dim", "repeat_interleave", "histc", "argwhere"})
 PROJECT = Path(__file__).resolve().parent.parent
+# where lightly's own losses index by a constant boolean mask (NT-Xent drops the diagonal of the view-to-same-view
+# similarities, VICReg's covariance its diagonal): the syncs left in a training step, lightly's code as it is
+LIGHTLY_CONSTANT_MASKS = frozenset({"lightly/loss/ntx_ent_loss.py", "lightly/loss/vicreg_loss.py"})
 
 
 def _boolean_index(func, args) -> bool:
@@ -67,3 +70,7 @@ class HostSyncCounter(TorchDispatchMode):
     @property
     def total(self) -> int:
         return sum(self.counts.values())
+
+    def outside(self, files) -> dict:
+        """``counts`` by caller for the callers not in ``files`` (``package/file.py`` paths)."""
+        return {place: n for (_, place), n in self.counts.items() if place.rsplit(":", 1)[0] not in files}

@@ -31,7 +31,7 @@ import torch
 from datasets import ImageDataset
 from medssl import quiet_lightning
 from medssl.backbone import ResNetTrunk
-from medssl.cluster import started_by_launcher
+from medssl.cluster import check_batch_split, started_by_launcher
 from medssl.config import ConfigError, stable_hash
 from medssl.monitor import ProbeMonitor
 from medssl.plan import PretrainJob
@@ -362,8 +362,8 @@ def _train_and_export(job: PretrainJob, dataset: ImageDataset, run_dir: Path, de
     # processes started by srun/torchrun exist already and each maps the cache itself; otherwise Lightning spawns one
     # per device
     strategy = "ddp" if started_by_launcher(nodes, devices) else ("ddp_spawn" if devices > 1 else "auto")
-    if job.trains and batch_size % processes:
-        raise ConfigError(f"{job.key}: batch size {batch_size} does not split evenly over {processes} devices; use a device count that divides it")
+    if job.trains:
+        check_batch_split(batch_size, processes, job.key)
     steps_per_epoch = len(images) // batch_size if job.trains else 0
     protocol = PretrainProtocol(
         backbone=job.config.get("protocol", job.config).get("backbone", "resnet18"),

@@ -84,16 +84,17 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0)
     return (1 - (2 * overlap + eps) / (probabilities.sum(1) + target.sum(1) + eps)).mean()
 
 
-def mask_targets(masks: np.ndarray, indices: np.ndarray, size: int) -> torch.Tensor:
-    """0/1 masks of the given images at the training resolution (nearest neighbour keeps them binary)."""
-    batch = MappedImages(masks)[indices].float()[:, None]
+def mask_targets(masks, indices: np.ndarray, size: int) -> torch.Tensor:
+    """0/1 masks of the given images (an array or ``MappedImages``) at the training resolution (nearest neighbour
+    keeps them binary)."""
+    batch = MappedImages.of(masks)[indices].float()[:, None]
     return F.interpolate(batch, size=(size, size), mode="nearest")[:, 0]
 
 
 @torch.no_grad()
 def predict_masks(model: SegmentationModel, images: np.ndarray, indices: np.ndarray, device: str, batch_size: int = 64) -> np.ndarray:
     model.eval()
-    source = MappedImages(images)
+    source = MappedImages.of(images)
     out = []
     for start in range(0, len(indices), batch_size):
         batch = source[indices[start : start + batch_size]].to(device)
@@ -113,8 +114,8 @@ def train_segmentation(encoder: ResNetTrunk, meta: Dict[str, Any], image_size: i
     optimizer = torch.optim.AdamW(trainable, lr=float(settings["lr"]), weight_decay=float(settings.get("weight_decay", 1e-4)))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, steps) / steps)))
     generator = torch.Generator().manual_seed(seed)
+    source, masks = MappedImages.of(images), MappedImages.of(masks)  # one reader each for the whole training
     val_truth = mask_targets(masks, val_idx, image_size).numpy()
-    source = MappedImages(images)
     best = (-math.inf, -1, None)
     for epoch in range(epochs):
         model.train()
@@ -133,9 +134,9 @@ def train_segmentation(encoder: ResNetTrunk, meta: Dict[str, Any], image_size: i
             optimizer.step()
             scheduler.step()
         if is_validation_epoch(epoch, epochs, settings):
-            value = segmentation_metrics(predict_masks(model, images, val_idx, device), val_truth)["mean_dice"]
+            value = segmentation_metrics(predict_masks(model, source, val_idx, device), val_truth)["mean_dice"]
             if value > best[0]:
                 best = (value, epoch, copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()}))
     model.load_state_dict(best[2])
-    test = segmentation_metrics(predict_masks(model, images, test_idx, device), mask_targets(masks, test_idx, image_size).numpy())
+    test = segmentation_metrics(predict_masks(model, source, test_idx, device), mask_targets(masks, test_idx, image_size).numpy())
     return {"val_value": best[0], "best_epoch": best[1], "epochs": epochs, "test": test}

@@ -44,6 +44,11 @@ class MappedImages:
         self._file = reference if isinstance(reference, tuple) else None  # ("memmap", name, offset, dtype, shape)
         self._descriptor: Optional[int] = None
 
+    @classmethod
+    def of(cls, images) -> "MappedImages":
+        """``images`` itself when it is a MappedImages already, else all rows of the array."""
+        return images if isinstance(images, cls) else cls(images)
+
     def __len__(self) -> int:
         return len(self.rows)
 

@@ -12,15 +12,11 @@ from lightly.utils.lars import LARS
 
 from benchmarks.throughput import lightning_order_step
 from medssl.augment import gaussian_blur
-from medssl.host_sync import HostSyncCounter
+from medssl.host_sync import LIGHTLY_CONSTANT_MASKS, HostSyncCounter
 from medssl.optim import SyncFreeLARS
 from methods import build_method
 from methods.base import PretrainProtocol
 from tests.test_methods import SMALL_HEADS, SSL_METHODS, fixed_batch
-
-# boolean-mask indexing of constant masks inside lightly's losses (NT-Xent drops the diagonal of the view-to-same-view
-# similarities, VICReg's covariance its diagonal): lightly's code, left as it is (README "Host syncs")
-LIGHTLY_MASKS = {"lightly/loss/ntx_ent_loss.py", "lightly/loss/vicreg_loss.py"}
 
 
 def _protocol():
@@ -45,7 +41,7 @@ def test_training_step_has_no_host_sync(name):
         lightning_order_step(model, optimizer, scheduler, images, "cpu", "32-true", step)
     with HostSyncCounter() as counter:
         lightning_order_step(model, optimizer, scheduler, images, "cpu", "32-true", 3)
-    ours = {place: n for (op, place), n in counter.counts.items() if place.rsplit(":", 1)[0] not in LIGHTLY_MASKS}
+    ours = counter.outside(LIGHTLY_CONSTANT_MASKS)
     assert not ours, f"{name}: host syncs in the training step: {ours}"
     assert all(op == "boolean index" for op, _ in counter.counts)
 

@@ -54,5 +54,13 @@ def test_multi_node_needs_a_launcher(monkeypatch):
     with pytest.raises(ConfigError, match="means 8 processes, but srun started 4"):
         check_multi_node(2, 4)
     assert check_multi_node(2, 2) == 3
+    # one node started by torchrun: its process count must be --devices
+    monkeypatch.delenv("SLURM_NTASKS")
+    monkeypatch.delenv("SLURM_PROCID")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert check_multi_node(1, 2) == 1
+    with pytest.raises(ConfigError, match="torchrun started 2 processes but --devices is 4; pass --devices 2"):
+        check_multi_node(1, 4)
     with pytest.raises(ConfigError, match="at least 1"):
         check_multi_node(0, 1)
