@@ -8,6 +8,9 @@ Examples:
   python run_benchmark.py report --suite quick          # rebuild Table 1/2 from stored results only
   python run_benchmark.py --list                        # suites, methods, datasets
   python run_benchmark.py prepare --dataset nih_chestxray14 --data-root /data   # check the layout, build the cache
+  python run_benchmark.py --suite quick --encoder imagenet=weights/resnet18-f37072fd.pth   # your own encoder as a row
+  python run_benchmark.py export --suite quick --method coboom   # trunks as .safetensors for torchvision
+  python run_benchmark.py COMMAND --help                # each command's options
 """
 from __future__ import annotations
 
@@ -18,44 +21,110 @@ import sys
 import time
 from pathlib import Path
 
-COMMANDS = ("run", "report", "examples", "prepare")
+COMMANDS = ("run", "report", "export", "examples", "prepare")
+DESCRIPTIONS = {
+    "run": "pretrain what the suite's evaluations need, evaluate, store one record per job and write the tables (the default command)",
+    "report": "rebuild the tables, statistics and figures of a suite from its stored results only (every shard's records)",
+    "export": "write a method's pretrained trunks as .safetensors in torchvision's key names (1-channel and 3-channel) with a JSON sidecar, pretraining first if needed",
+    "examples": "draw sample images of a dataset",
+    "prepare": "check a real dataset's layout and build its image cache",
+}
+
+
+class UsageError(Exception):
+    """A command line argparse cannot read; reported as one line like every other input error."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UsageError(f"{message}; 'python {self.prog} --help' lists what it takes")
+
+
+def suite_options(parser: argparse.ArgumentParser, narrowing: bool = True) -> None:
+    """What selects a suite's jobs: the suite, its overrides (hashed), external rows and the narrowing lists (not hashed)."""
+    parser.add_argument("--suite", default="quick", help="suite name in benchmarks/suites/ or a path to a suite .yaml (default: quick)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", dest="settings",
+                        help="override one suite setting, e.g. --set pretrain.epochs=5 or --set 'tasks.0.fractions=[1,100]' (value read as YAML; repeatable); "
+                        "checked by the suite schema and hashed as if the suite file said so; the tables go to REPORTS/<suite>--set-<hash>/")
+    parser.add_argument("--encoder", action="append", default=[], metavar="NAME=PATH[,mean=M,std=S,prefix=P]",
+                        help="add an encoder you bring as a table row, evaluated like every method (repeatable): a torchvision/timm ResNet state dict, "
+                        "a Lightning checkpoint of a lightly or solo-learn model, or a .safetensors file (README \"Evaluate your own encoder\")")
+    if narrowing:
+        parser.add_argument("--methods", help="comma-separated subset of the suite's methods, e.g. simclr,coboom")
+        parser.add_argument("--seeds", help="comma-separated evaluation seeds, e.g. 0,1,2 (default: the suite's)")
+        parser.add_argument("--pretrain-seeds", help="comma-separated pretraining seeds, e.g. 0 for a fast demonstration run (default: the suite's); "
+                            "with one pretraining seed the tables carry no comparison marks (README \"Statistics\")")
+        parser.add_argument("--fractions", help="comma-separated label fractions in percent, e.g. 1,10,100 (default: the suite's)")
+    parser.add_argument("--out", help="results folder: records in OUT/<suite>/, checkpoints in OUT/checkpoints/, and reports in OUT/reports/ unless --reports is given (default: results)")
+
+
+def reports_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--reports", help="reports folder: tables in REPORTS/<suite>/; a report narrowed by --methods/--seeds/--pretrain-seeds/--fractions "
+                        "or changed by --set goes to REPORTS/<suite>--<tag>/ and never replaces the suite's (default: reports, or OUT/reports with --out)")
+
+
+def training_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-root", help="folder with the datasets; synthetic data is generated there (default: ./data)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto = cuda if available)")
+    parser.add_argument("--precision", default="auto", choices=("auto", "32", "bf16"), help="training precision: auto = bf16 autocast where the hardware runs it natively (recent GPUs, CPUs with AVX512-BF16), fp16 on older GPUs, else fp32; 32 forces fp32 (default: auto)")
+    parser.add_argument("--logger", choices=("csv", "tensorboard"), help="Lightning logger for pretraining and fine-tuning, its logs kept next to the checkpoint: "
+                        "OUT/checkpoints/<pretraining>/logs/ and .../finetune/<evaluation>/ (default: CSV logs of pretraining only; tensorboard needs tensorboardX or tensorboard)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (for logs and CI)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="run_benchmark.py",
         description="Pretrain self-supervised methods on medical images and evaluate them on downstream tasks "
-        "(linear probing and fine-tuning at several label fractions), then write Table 1/2. "
+        "(linear probing, kNN and fine-tuning at several label fractions), then write Table 1/2. "
         "Finished work is stored and never redone: re-running a command resumes it.",
-        epilog="Commands: 'run' (default) pretrains and evaluates; 'report' rebuilds the tables from stored results; "
-        "'examples' draws sample images of a dataset; 'prepare' checks a real dataset's layout and builds its image cache. 'python run_benchmark.py COMMAND --help' for details.",
+        epilog="Without a command, 'run' is meant (python run_benchmark.py --suite quick). 'python run_benchmark.py COMMAND --help' lists a command's options.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("command", nargs="?", choices=COMMANDS, default="run", help="what to do (default: run)")
-    parser.add_argument("--suite", default="quick", help="suite name in benchmarks/suites/ or a path to a suite .yaml (default: quick)")
-    parser.add_argument("--methods", help="comma-separated subset of the suite's methods, e.g. simclr,coboom")
-    parser.add_argument("--seeds", help="comma-separated evaluation seeds, e.g. 0,1,2 (default: the suite's)")
-    parser.add_argument("--pretrain-seeds", help="comma-separated pretraining seeds, e.g. 0 for a fast demonstration run (default: the suite's); "
-                        "with one pretraining seed the tables carry no comparison marks (README \"Statistics\")")
-    parser.add_argument("--fractions", help="comma-separated label fractions in percent, e.g. 1,10,100 (default: the suite's)")
-    parser.add_argument("--data-root", help="folder with the datasets; synthetic data is generated there (default: ./data)")
-    parser.add_argument("--out", help="results folder: records in OUT/<suite>/, checkpoints in OUT/checkpoints/, and reports in OUT/reports/ unless --reports is given (default: results)")
-    parser.add_argument("--reports", help="reports folder: tables in REPORTS/<suite>/; a report narrowed by --methods/--seeds/--pretrain-seeds/--fractions goes to "
-                        "REPORTS/<suite>--<narrowing>/ and never replaces the suite's (default: reports, or OUT/reports with --out)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto = cuda if available)")
-    parser.add_argument("--precision", default="auto", choices=("auto", "32", "bf16"), help="training precision: auto = bf16 autocast where the hardware runs it natively (recent GPUs, CPUs with AVX512-BF16), fp16 on older GPUs, else fp32; 32 forces fp32 (default: auto)")
-    parser.add_argument("--shard", help="K/N: run only the K-th of N disjoint parts of the job grid (whole pretrainings with their evaluations), e.g. one per cluster array task; each shard writes OUT/<suite>/records.shard-K-of-N.jsonl and 'report' merges them")
-    parser.add_argument("--devices", type=int, default=1, help="pretrain on this many devices of this machine with DDP: the command starts itself once per device through torchrun "
-                        "(the suite's batch size is the global batch; BatchNorm synchronised; rank 0 evaluates) (default: 1)")
-    parser.add_argument("--nodes", type=int, default=1, help="pretrain across this many nodes with DDP; start one process per device on every node with srun or torchrun, e.g. 'srun --nodes 2 --ntasks-per-node 4 python run_benchmark.py --suite miccai2024 --nodes 2 --devices 4' (default: 1)")
-    parser.add_argument("--compile", action="store_true", help="compile each pretraining step's loss computation (trunk, heads, EMA targets, decoders, loss) with torch.compile (GPU; needs a C++ compiler on CPU)")
-    parser.add_argument("--dry-run", action="store_true", help="print the plan (every pretraining and evaluation job with its key and status) and exit")
-    parser.add_argument("--list", action="store_true", help="list suites, methods and datasets and exit")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars (for logs and CI)")
-    parser.add_argument("--dataset", default="synthetic_cxr", help="for 'examples' and 'prepare': the dataset (default: synthetic_cxr)")
-    parser.add_argument("--size", type=int, default=256, help="for 'prepare': side of the cached square images in pixels (default: 256, what the miccai2024 suite reads)")
-    parser.add_argument("--image", default="docs/synthetic_cxr_examples.png", help="for 'examples': output PNG path")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
+    run = commands.add_parser("run", help=DESCRIPTIONS["run"], description=DESCRIPTIONS["run"])
+    suite_options(run)
+    reports_option(run)
+    training_options(run)
+    run.add_argument("--shard", help="K/N: run only the K-th of N disjoint parts of the job grid (whole pretrainings with their evaluations), e.g. one per cluster array task; each shard writes OUT/<suite>/records.shard-K-of-N.jsonl and 'report' merges them")
+    run.add_argument("--devices", type=int, default=1, help="pretrain on this many devices of this machine with DDP: the command starts itself once per device through torchrun "
+                     "(the suite's batch size is the global batch; BatchNorm synchronised; rank 0 evaluates) (default: 1)")
+    run.add_argument("--nodes", type=int, default=1, help="pretrain across this many nodes with DDP; start one process per device on every node with srun or torchrun, e.g. 'srun --nodes 2 --ntasks-per-node 4 python run_benchmark.py --suite miccai2024 --nodes 2 --devices 4' (default: 1)")
+    run.add_argument("--compile", action="store_true", help="compile each pretraining step's loss computation (trunk, heads, EMA targets, decoders, loss) with torch.compile (GPU; needs a C++ compiler on CPU)")
+    run.add_argument("--dry-run", action="store_true", help="print the plan (every pretraining and evaluation job with its key and status) and exit")
+    run.add_argument("--list", action="store_true", help="list suites, methods and datasets and exit")
+    report = commands.add_parser("report", help=DESCRIPTIONS["report"], description=DESCRIPTIONS["report"])
+    suite_options(report)
+    reports_option(report)
+    export = commands.add_parser("export", help=DESCRIPTIONS["export"], description=DESCRIPTIONS["export"] + ". Each pretraining of the method in the suite "
+                                 "(corpus x pretraining seed) gives KEY.safetensors (as trained), KEY-3ch.safetensors (conv1 repeated over 3 channels and divided by 3: "
+                                 "torchvision.models.<backbone>().load_state_dict(sd, strict=False) loads it with only fc missing) and a JSON sidecar next to each.")
+    suite_options(export, narrowing=False)
+    export.add_argument("--method", required=True, help="the suite method to export, e.g. coboom")
+    export.add_argument("--pretrain-seeds", help="comma-separated pretraining seeds to export (default: the suite's)")
+    export.add_argument("--export-dir", help="where the files go (default: OUT/exports/<suite>/)")
+    training_options(export)
+    examples = commands.add_parser("examples", help=DESCRIPTIONS["examples"], description=DESCRIPTIONS["examples"])
+    examples.add_argument("--dataset", default="synthetic_cxr", help="the dataset (default: synthetic_cxr)")
+    examples.add_argument("--data-root", help="folder with the datasets; synthetic data is generated there (default: ./data)")
+    examples.add_argument("--image", default="docs/synthetic_cxr_examples.png", help="output PNG path (default: docs/synthetic_cxr_examples.png)")
+    prepare = commands.add_parser("prepare", help=DESCRIPTIONS["prepare"], description=DESCRIPTIONS["prepare"])
+    prepare.add_argument("--dataset", default="synthetic_cxr", help="the dataset, e.g. nih_chestxray14 (default: synthetic_cxr)")
+    prepare.add_argument("--data-root", help="folder with the datasets (default: ./data)")
+    prepare.add_argument("--size", type=int, default=256, help="side of the cached square images in pixels (default: 256, what the miccai2024 suite reads)")
+    prepare.add_argument("--no-progress", action="store_true", help="no progress bars (for logs and CI)")
     return parser
+
+
+def parse_args(argv):
+    """Argparse's namespace; a command line without a command is a 'run' (``--suite quick`` as before)."""
+    argv = list(argv)
+    if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help")):
+        argv = ["run"] + argv
+    args, extra = build_parser().parse_known_args(argv)
+    if extra:
+        raise UsageError(f"'{args.command}' does not take {' '.join(extra)}; 'python run_benchmark.py {args.command} --help' lists its options")
+    return args
 
 
 def resolve_device(name: str) -> str:
@@ -105,6 +174,9 @@ def list_everything() -> None:
     print("Datasets:")
     for name, text in describe_datasets().items():
         print(f"  {name:<14} {text}")
+    print("Your own encoders (README \"Evaluate your own encoder\"): --encoder NAME=PATH[,mean=M,std=S,prefix=P] adds a row. The ImageNet-supervised\n"
+          "  row from torchvision's weights file (download it where you have a network; nothing is downloaded here):\n"
+          "    python run_benchmark.py --suite quick --encoder imagenet=resnet18-f37072fd.pth   (ImageNet's mean/std by default; grayscale: conv1 summed)")
 
 
 def print_plan(plan, store, out_dir: Path) -> None:
@@ -115,6 +187,9 @@ def print_plan(plan, store, out_dir: Path) -> None:
     print(f"Suite {plan.suite['name']}: {len(plan.pretrain_jobs)} pretraining jobs, {len(plan.eval_jobs)} evaluation jobs")
     print("Pretraining:")
     for job in plan.pretrain_jobs:
+        if job.external is not None:
+            print(f"  {job.key:<40} external file {job.external['path']} (SHA-256 {job.external['sha256'][:12]})")
+            continue
         status = {"done": "done", "corrupt": "damaged: will be redone"}.get(encoder_status(out_dir / "checkpoints" / job.key / ENCODER_FILE), "pending" if job.trains else "random init")
         print(f"  {job.key:<40} seed={job.seed} [{status}]")
     print("Evaluation:")
@@ -177,17 +252,40 @@ def write_suite_reports(full_plan, store, reports_root: Path) -> None:
         print(f"wrote {path}")
 
 
+def selected_suite(args) -> tuple:
+    """(the suite with --set and --encoder applied, the same narrowed by --methods/--seeds/..., the tag of a
+    narrowed or changed report): what 'run', 'report' and 'export' read. --set changes the suite (hashed as if
+    written in it); the narrowing lists only select jobs."""
+    from medssl.config import apply_overrides, load_suite, parse_list, stable_hash
+    from medssl.external import parse_encoder_option
+    from medssl.plan import with_encoders
+    from methods import method_names
+
+    full_suite = load_suite(args.suite, settings=args.settings)
+    encoders: dict = {}
+    for text in args.encoder:
+        name, spec = parse_encoder_option(text, method_names())
+        encoders = with_encoders({"encoders": encoders}, {name: spec})["encoders"]
+    full_suite = with_encoders(full_suite, encoders)
+    narrowing = {"methods": parse_list(getattr(args, "methods", None), option="--methods"), "pretrain_seeds": parse_list(args.pretrain_seeds, int, "--pretrain-seeds"),
+                 "seeds": parse_list(getattr(args, "seeds", None), int, "--seeds"), "fractions": parse_list(getattr(args, "fractions", None), float, "--fractions")}
+    suite = apply_overrides(full_suite, **narrowing)
+    tag = "--".join(part for part in (narrowing_tag(narrowing), f"set-{stable_hash(args.settings, 8)}" if args.settings else "") if part)
+    return full_suite, suite, tag
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(argv if argv is not None else sys.argv[1:])
     from datasets import DatasetError
-    from medssl.config import ConfigError, apply_overrides, load_suite, parse_list
+    from medssl.config import ConfigError
     from medssl.pretrain import CorruptCheckpoint
     from medssl.records import Busy
 
     store = None
-
+    args = None
     try:
-        if args.list:
+        args = parse_args(argv)
+        if args.command == "run" and args.list:
             list_everything()
             return 0
         if args.command == "examples":
@@ -205,38 +303,39 @@ def main(argv=None) -> int:
             print("positives: " + ", ".join(f"{k} {v}" for k, v in summary["positives"].items()))
             return 0
         from medssl.plan import build_plan, parse_shard, shard_plan
+        from medssl.progress import check_logger
         from medssl.records import ResultStore
-        from medssl.report import write_reports
 
-        full_suite = load_suite(args.suite)
-        narrowing = {"methods": parse_list(args.methods, option="--methods"), "pretrain_seeds": parse_list(args.pretrain_seeds, int, "--pretrain-seeds"),
-                     "seeds": parse_list(args.seeds, int, "--seeds"), "fractions": parse_list(args.fractions, float, "--fractions")}
-        suite = apply_overrides(full_suite, **narrowing)
+        full_suite, suite, tag = selected_suite(args)
         plan = build_plan(suite)
-        full_plan = build_plan(full_suite)
         out_dir = Path(args.out or "results")
+        if args.command == "export":
+            from medssl.export import export_method
+
+            check_logger(args.logger)
+            export_dir = Path(args.export_dir) if args.export_dir else out_dir / "exports" / suite["name"]
+            data_root = resolve_data_root(args.data_root)
+            check_writable(export_dir, out_dir / "checkpoints", data_root)
+            for path in export_method(plan, args.method, data_root, out_dir / "checkpoints", export_dir, device=resolve_device(args.device), precision=args.precision,
+                                      progress=not args.no_progress, logger=args.logger):
+                print(f"wrote {path}")
+            return 0
+        full_plan = build_plan(full_suite)
         reports_root = Path(args.reports) if args.reports else (out_dir / "reports" if args.out else Path("reports"))
-        tag = narrowing_tag(narrowing)
-        shard = parse_shard(args.shard) if args.shard else None
-        if shard is not None and args.command == "report":
-            raise ConfigError("'report' reads every shard's records; run it without --shard")
+        shard = parse_shard(args.shard) if args.command == "run" and args.shard else None
         if shard is not None:
             plan = shard_plan(plan, *shard)
         store = ResultStore(out_dir / suite["name"], shard=f"shard-{shard[0]}-of-{shard[1]}" if shard else None)
-        if args.dry_run:
-            print_plan(plan, store, out_dir)
-            return 0
         if args.command == "report":
             if not store.files():
                 raise ConfigError(f"no stored results in {store.directory}; run 'python run_benchmark.py --suite {suite['name']}' first")
             check_writable(reports_root)
-            if not tag:
-                write_suite_reports(full_plan, store, reports_root)
-                return 0
-            # a narrowed report has its own folder: it never replaces the suite's full report
-            for path in write_reports(plan, store, reports_root / f"{suite['name']}--{tag}", store.pretraining_records()):
-                print(f"wrote {path}")
+            write_tables(plan, full_plan, store, reports_root, tag)
             return 0
+        if args.dry_run:
+            print_plan(plan, store, out_dir)
+            return 0
+        check_logger(args.logger)
         from medssl.cluster import check_batch_split, check_multi_node, single_node_launch
         from medssl.runner import run_plan
 
@@ -248,7 +347,7 @@ def main(argv=None) -> int:
         if args.devices < 1 or (device.startswith("cuda") and last > torch_device_count()):
             raise ConfigError(f"--device {device} --devices {args.devices}: this machine has {torch_device_count()} CUDA devices (numbered from 0)" if device.startswith("cuda") and args.devices >= 1 else f"--devices must be at least 1, got {args.devices}")
         check_batch_split(int(plan.suite["pretrain"].get("batch_size", 1)), args.devices * args.nodes)
-        relaunch = single_node_launch(args.nodes, args.devices, str(Path(__file__).resolve()), list(argv if argv is not None else sys.argv[1:]))
+        relaunch = single_node_launch(args.nodes, args.devices, str(Path(__file__).resolve()), argv)
         if relaunch:
             print(f"starting {args.devices} processes (torchrun, one per device)", flush=True)
             return subprocess.call(relaunch)
@@ -259,14 +358,14 @@ def main(argv=None) -> int:
         started = time.time()
         with store.lock() if global_rank == 0 else contextlib.nullcontext():
             summary = run_plan(plan, data_root, out_dir, device=device, progress=not args.no_progress, store=store, precision=args.precision, devices=args.devices, compile_loss=args.compile,
-                               nodes=args.nodes, global_rank=global_rank)
+                               nodes=args.nodes, global_rank=global_rank, logger=args.logger)
         if global_rank != 0:
             return 0  # rank 0 evaluates, writes the records and the reports
         if shard is None:
-            write_suite_reports(full_plan, store, reports_root)
+            write_tables(plan, full_plan, store, reports_root, tag if args.settings else "")
         else:
             print(f"shard {shard[0]}/{shard[1]} finished; when every shard has, write the tables with: python run_benchmark.py report --suite {args.suite} --out {out_dir}")
-        log_run(store.directory, argv if argv is not None else sys.argv[1:], summary, device, time.time() - started, args.precision)
+        log_run(store.directory, argv, summary, device, time.time() - started, args.precision)
         print(f"done: {summary['ran']} evaluations run, {summary['skipped']} reused from {store.directory} ({(time.time() - started) / 60:.1f} min)")
         if summary["failed"]:
             print(f"{len(summary['failed'])} pretraining{'s' if len(summary['failed']) > 1 else ''} failed; everything else is stored:\n  " + "\n  ".join(summary["failed"]), file=sys.stderr)
@@ -276,12 +375,24 @@ def main(argv=None) -> int:
         print(f"error: another run is using {store.directory}: {err}. Wait for it to finish, or give this run another --out "
               "(the shards of one grid, --shard K/N, may share a folder)", file=sys.stderr)
         return 2
-    except (ConfigError, DatasetError, CorruptCheckpoint) as err:
+    except (ConfigError, DatasetError, CorruptCheckpoint, UsageError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"\ninterrupted: finished results are kept in {args.out or 'results'}/; run the same command again to resume", file=sys.stderr)
+        print(f"\ninterrupted: finished results are kept in {(getattr(args, 'out', None) or 'results')}/; run the same command again to resume", file=sys.stderr)
         return 130
+
+
+def write_tables(plan, full_plan, store, reports_root: Path, tag: str) -> None:
+    """The suite's report (REPORTS/<suite>/, from every stored record of it) or, for a narrowed or --set run, the
+    report of what was asked for (REPORTS/<suite>--<tag>/, which never replaces the suite's)."""
+    from medssl.report import write_reports
+
+    if not tag:
+        write_suite_reports(full_plan, store, reports_root)
+        return
+    for path in write_reports(plan, store, reports_root / f"{plan.suite['name']}--{tag}", store.pretraining_records()):
+        print(f"wrote {path}")
 
 
 if __name__ == "__main__":

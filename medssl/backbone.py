@@ -1,8 +1,9 @@
 """The shared encoder: torchvision ResNet-18 trunk (random initialisation) returning the last feature map.
 
-Parameter names are torchvision's (``conv1``, ``bn1``, ``layer1`` ... ``layer4``) so an exported encoder loads
-into ``torchvision.models.resnet18`` with ``strict=False`` (only ``fc`` is missing). Grayscale inputs use a
-1-channel stem: this equals the official repos' ``convert('RGB')`` (three identical channels) with the three
+Parameter names are torchvision's (``conv1``, ``bn1``, ``layer1`` ... ``layer4``). A grayscale suite trains a
+1-channel ``conv1``, which torchvision's 3-channel ``resnet18`` cannot load as is: ``export`` (medssl/export.py) also
+writes a 3-channel variant (:func:`adapt_stem`) that ``torchvision.models.resnet18().load_state_dict(sd,
+strict=False)`` loads with only ``fc`` missing. Grayscale inputs use a 1-channel stem: this equals the official repos' ``convert('RGB')`` (three identical channels) with the three
 filter slices summed, at a third of the stem's cost, and it starts as exactly that: the sum over input channels of
 torchvision's initialised 3-channel stem (Kaiming normal, fan-out), so the network starts where the official code's
 does on an RGB-converted X-ray. PyTorch's own ``Conv2d`` default (Kaiming uniform, a = sqrt(5)) would be a
@@ -40,6 +41,17 @@ class ResNetTrunk(nn.Module):
         self.in_channels = in_channels
         self.feature_dim = FEATURE_DIMS[arch]
 
+    @property
+    def stage_channels(self) -> tuple:
+        """Widths of the five maps of :meth:`stages` (ResNet-18/34: 64, 64, 128, 256, 512; ResNet-50: 64, 256, 512,
+        1024, 2048), read from the layers, so decoders built on the trunk fit any depth."""
+        return (self.conv1.out_channels,) + tuple(self._stage_width(layer) for layer in (self.layer1, self.layer2, self.layer3, self.layer4))
+
+    @staticmethod
+    def _stage_width(layer: nn.Sequential) -> int:
+        last = layer[-1]
+        return (last.bn3 if hasattr(last, "bn3") else last.bn2).num_features
+
     def stages(self, x: torch.Tensor):
         """Feature maps after the stem and after each of the four stages (strides 2, 4, 8, 16, 32)."""
         stem = self.relu(self.bn1(self.conv1(x)))
@@ -55,3 +67,18 @@ class ResNetTrunk(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.flatten(nn.functional.adaptive_avg_pool2d(self.forward_features(x), 1), 1)
+
+
+def adapt_stem(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
+    """A ``conv1`` weight (out x C x k x k) for ``in_channels`` inputs. 3 -> 1: summed over the input channels (a
+    grayscale image fed as three equal channels gives the same output; timm's ``in_chans=1`` does the same); 1 -> 3:
+    repeated and divided by 3 (an image with three equal channels gives the 1-channel output; other images see their
+    channel mean). Other conversions are refused."""
+    have = weight.shape[1]
+    if have == in_channels:
+        return weight
+    if have == 3 and in_channels == 1:
+        return weight.sum(dim=1, keepdim=True)
+    if have == 1 and in_channels == 3:
+        return weight.repeat(1, 3, 1, 1) / 3
+    raise ValueError(f"conv1 has {have} input channels; only 1 <-> 3 can be converted, not to {in_channels}")

@@ -32,7 +32,7 @@ from scipy import stats as scipy_stats
 
 from medssl import stats
 from medssl.config import stable_hash, statistics_settings
-from medssl.plan import Plan
+from medssl.plan import FIXED_RUN, Plan
 from medssl.records import ResultStore
 
 RESAMPLE_CHUNK = 250  # resamples evaluated at once: bounds memory on large test sets
@@ -65,14 +65,29 @@ class CellRuns:
         return float(np.mean(list(self.run_means().values()))) if self.values else math.nan
 
     def replicates(self, replicated_pretraining: bool) -> List[float]:
-        """What the cell's sd is over: its pretraining runs' means, or (a suite with one pretraining seed) its runs."""
-        if not replicated_pretraining:
+        """What the cell's sd is over: its pretraining runs' means, or (a suite with one pretraining seed, or an
+        external encoder, which has no pretraining run) its evaluations."""
+        if not replicated_pretraining or self.fixed:
             return [self.values[r] for r in sorted(self.values)]
         return [mean for _, mean in sorted(self.run_means().items())]
 
     @property
     def n_pretraining(self) -> int:
-        return len({run[0] for run in self.values})
+        return 0 if self.fixed else len({run[0] for run in self.values})
+
+    @property
+    def fixed(self) -> bool:
+        """An external encoder's cell: fixed weights, no pretraining seed (``plan.FIXED_RUN``)."""
+        return bool(self.values) and all(run[0] == FIXED_RUN for run in self.values)
+
+    def paired_with(self, pretraining_seeds: List[int]) -> "CellRuns":
+        """A fixed encoder's runs repeated under each of ``pretraining_seeds``, so that each pretraining run of a
+        trained method is compared with the same fixed evaluations (evaluation seed by evaluation seed)."""
+        out = CellRuns()
+        for field in ("values", "keys", "bootstrap", "per_image"):
+            source = getattr(self, field)
+            getattr(out, field).update({(seed, run[1]): item for seed in pretraining_seeds for run, item in source.items()})
+        return out
 
 
 @dataclasses.dataclass
@@ -156,7 +171,7 @@ def collect_runs(plan: Plan, records, store: Optional[ResultStore] = None) -> Di
         if record is None:
             continue
         runs = cells.setdefault((job.pretrain.method, job.task["name"], job.protocol, job.fraction), CellRuns())
-        run = (job.pretrain.seed, job.seed)
+        run = job.run
         runs.values[run], runs.keys[run] = float(record["value"]), job.key
         if cache is None:
             continue
@@ -202,7 +217,11 @@ def cell_interval(runs: CellRuns, confidence: float = 0.95) -> Tuple[float, floa
 
 
 def compare_runs(a: CellRuns, b: CellRuns, confidence: float = 0.95) -> Dict[str, float]:
-    """Tests of a - b over the runs both have (see the module docstring); metric points in the differences."""
+    """Tests of a - b over the runs both have (see the module docstring); metric points in the differences. An
+    external encoder (fixed weights) is paired with each pretraining run of a trained method: the test's replicates
+    are then that method's runs alone; two external encoders have no pretraining run to test over."""
+    if a.fixed != b.fixed:
+        a, b = (a.paired_with(sorted({r[0] for r in b.values})), b) if a.fixed else (a, b.paired_with(sorted({r[0] for r in a.values})))
     paired = sorted(set(a.values) & set(b.values))
     groups = a.by_pretraining(paired)
     out = {"n_pretraining": len(groups), "n_runs": len(paired), "difference": math.nan, "ci_low": math.nan, "ci_high": math.nan,
@@ -287,12 +306,17 @@ def per_class_delong(plan: Plan, records, store: ResultStore) -> List[Dict]:
     jobs = {}
     for job in plan.eval_jobs:
         if job.key in by_key and by_key[job.key].get("metric") == "macro_auc" and (store.predictions_dir / f"{job.key}.npz").exists():
-            jobs[(job.pretrain.method, job.task["name"], job.protocol, job.fraction, job.pretrain.seed, job.seed)] = job.key
-    rows: List[Dict] = []
+            jobs[(job.pretrain.method, job.task["name"], job.protocol, job.fraction, *job.run)] = job.key
+    reference_seeds = sorted({k[4] for k in jobs if k[0] == settings["reference"]})
+    pairs = []
     for (method, task, protocol, fraction, pretrain_seed, seed), key in sorted(jobs.items()):
-        reference_key = jobs.get((settings["reference"], task, protocol, fraction, pretrain_seed, seed))
-        if method == settings["reference"] or reference_key is None:
-            continue
+        # an external encoder (no pretraining seed) is compared with each pretraining run of the reference
+        for reference_seed in (reference_seeds if pretrain_seed == FIXED_RUN else [pretrain_seed]):
+            reference_key = jobs.get((settings["reference"], task, protocol, fraction, reference_seed, seed))
+            if method != settings["reference"] and reference_key is not None:
+                pairs.append((method, task, protocol, fraction, reference_seed, seed, key, reference_key))
+    rows: List[Dict] = []
+    for method, task, protocol, fraction, pretrain_seed, seed, key, reference_key in pairs:
         mine, theirs = store.load_predictions(key), store.load_predictions(reference_key)
         if "labels" not in mine or not np.array_equal(mine["test_indices"], theirs["test_indices"]):
             continue

@@ -19,7 +19,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 SUITES_DIR = REPO_ROOT / "benchmarks" / "suites"
 # Bump when a code change alters what a pretraining or evaluation with the same settings produces.
 PROTOCOL_VERSION = 2
-PROTOCOLS = ("linear", "finetune")
+PROTOCOLS = ("linear", "finetune", "knn")  # knn: weighted cosine kNN on the frozen features (classification only)
 # classification: multi-label linear head, macro AUC; segmentation: U-Net decoder on the trunk, per-image Dice
 # (medssl/segment.py). Under "linear" a segmentation task freezes the encoder and trains only the decoder.
 TASK_TYPES = ("classification", "segmentation")
@@ -39,7 +39,47 @@ def suite_names() -> List[str]:
     return sorted(p.stem for p in SUITES_DIR.glob("*.yaml"))
 
 
-def load_suite(name_or_path: str) -> Dict[str, Any]:
+def apply_settings(suite: Dict[str, Any], assignments: Sequence[str]) -> Dict[str, Any]:
+    """``--set key.path=value`` overrides applied to a suite as read from its file, before the schema check: the
+    value is read as YAML (``5``, ``1.0e-3``, ``[1, 100]``, ``{k: 20, temperature: 0.07}``), list items are addressed
+    by position (``tasks.0.fractions``), and missing sections are created. The result is what the suite file would
+    hold with that edit, so it is checked and hashed like it."""
+    suite = copy.deepcopy(suite)
+    for text in assignments:
+        key, eq, raw = text.partition("=")
+        parts = key.strip().split(".")
+        if not eq or not all(parts):
+            raise ConfigError(f"--set {text!r}: write KEY.PATH=VALUE, e.g. --set pretrain.epochs=5")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {text!r}: the value is not valid YAML; quote it for the shell, e.g. --set 'tasks.0.fractions=[1,100]'") from None
+        node: Any = suite
+        for depth, part in enumerate(parts):
+            where = ".".join(parts[: depth + 1])
+            last = depth == len(parts) - 1
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise ConfigError(f"--set {key}: {'.'.join(parts[:depth]) or 'the suite'} is a list of {len(node)}; address an item by its position 0-{len(node) - 1}, got {part!r}")
+                index: Any = int(part)
+            elif isinstance(node, dict):
+                index = part
+                if not last:
+                    node.setdefault(part, {})
+            else:
+                raise ConfigError(f"--set {key}: {'.'.join(parts[:depth])} is a value ({node!r}), not a section")
+            if last:
+                node[index] = value
+            else:
+                node = node[index]
+                if node is None:
+                    raise ConfigError(f"--set {key}: {where} is empty in the suite; set the whole section, e.g. --set '{where}={{...}}'")
+    return suite
+
+
+def load_suite(name_or_path: str, settings: Sequence[str] = ()) -> Dict[str, Any]:
+    """A suite from benchmarks/suites/ or a .yaml path, with ``--set`` overrides (:func:`apply_settings`) applied,
+    checked against the schema."""
     path = Path(name_or_path)
     if path.suffix not in (".yaml", ".yml"):
         path = SUITES_DIR / f"{name_or_path}.yaml"
@@ -54,16 +94,21 @@ def load_suite(name_or_path: str) -> Dict[str, Any]:
         raise ConfigError(f"{path}: not valid YAML{where} ({getattr(err, 'problem', None) or err}); fix the file (indentation, colons, brackets)") from None
     if suite is None:
         raise ConfigError(f"{path}: the suite file is empty; copy one of benchmarks/suites/*.yaml as a start")
+    if settings:
+        if not isinstance(suite, dict):
+            raise ConfigError(f"{path}: not a suite (a mapping of sections); --set cannot apply")
+        suite = apply_settings(suite, settings)
+    source = f"{path} with --set {' '.join(settings)}" if settings else str(path)
     if isinstance(suite, dict) and "primary" in (suite.get("statistics") or {}):
-        raise ConfigError(f"{path}: statistics.primary is no longer a setting: the marks' test always takes the pretraining run as its unit "
+        raise ConfigError(f"{source}: statistics.primary is no longer a setting: the marks' test always takes the pretraining run as its unit "
                           "(README \"Statistics\"); delete the line")
     from medssl.schema import check_suite
 
     problems = check_suite(suite)
     if problems:
-        raise ConfigError(f"{path}: " + ("\n  ".join([f"{len(problems)} problems:", *problems]) if len(problems) > 1 else problems[0]))
+        raise ConfigError(f"{source}: " + ("\n  ".join([f"{len(problems)} problems:", *problems]) if len(problems) > 1 else problems[0]))
     suite.setdefault("name", path.stem)
-    _validate(suite, path)
+    _validate(suite, source)
     return suite
 
 
@@ -77,7 +122,7 @@ MONITOR_DEFAULTS = {"every_epochs": 1, "fraction": 10, "seed": 0, "l2": [1e-3, 1
 STATISTICS_DEFAULTS = {"reference": "coboom", "variants": None, "adjust": "holm", "alpha": 0.05,
                        "resamples": 2000, "confidence": 0.95, "seed": 0}
 
-def _validate(suite: Dict[str, Any], path: Path) -> None:
+def _validate(suite: Dict[str, Any], path) -> None:
     """What the schema (``medssl/schema.py``) cannot say: rules across keys."""
     try:
         check_optimizer(suite["pretrain"]["optimizer"] or {})
@@ -86,6 +131,10 @@ def _validate(suite: Dict[str, Any], path: Path) -> None:
     for task in suite["tasks"]:
         if task.get("type", "classification") == "segmentation" and "segmentation" not in suite["evaluation"]:
             raise ConfigError(f"{path}: task {task['name']!r} is a segmentation task but the suite has no evaluation.segmentation settings (epochs, lr, batch_size)")
+        if "knn" in task["protocols"] and task.get("type", "classification") == "segmentation":
+            raise ConfigError(f"{path}: task {task['name']!r} lists the knn protocol, which classifies images; remove it from this segmentation task")
+        if "knn" in task["protocols"] and "knn" not in suite["evaluation"]:
+            raise ConfigError(f"{path}: task {task['name']!r} lists the knn protocol but the suite has no evaluation.knn settings; add e.g. knn: {{k: 20, temperature: 0.07}}")
 
 
 def check_optimizer(optimizer: Dict[str, Any]) -> None:
@@ -156,7 +205,7 @@ def apply_overrides(suite: Dict[str, Any], methods=None, seeds=None, fractions=N
     if seeds is not None:
         suite["evaluation"]["seeds"] = check_seeds(seeds, "--seeds")
         for protocol in PROTOCOLS:
-            suite["evaluation"][protocol].pop("seeds", None)
+            suite["evaluation"].get(protocol, {}).pop("seeds", None)
         suite["evaluation"].get("segmentation", {}).pop("seeds", None)
     if fractions is not None:
         wanted = set(validate_fractions(fractions))

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any, Dict
+from pathlib import Path
+from typing import Any, Dict, Optional
 
 import numpy as np
 import pytorch_lightning as pl
@@ -30,7 +31,7 @@ from medssl.augment import AugmentConfig, Normalize, augment_view, resize
 from medssl.backbone import ResNetTrunk
 from medssl.metrics import multilabel_auc
 from medssl.precision import autocast, fixed_precision, lightning_devices, precision_for
-from medssl.progress import SparseMetricsProgressBar
+from medssl.progress import SparseMetricsProgressBar, lightning_logger
 from medssl.stream import MappedImages, ShuffledBatches
 
 
@@ -111,6 +112,31 @@ def linear_probe(features: np.ndarray, labels: np.ndarray, train_idx: np.ndarray
 DEFAULT_L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 
 
+def knn_classify(features: np.ndarray, labels: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray, test_idx: np.ndarray, class_names, settings: Dict[str, Any], chunk: int = 1024) -> Dict[str, Any]:
+    """Weighted cosine kNN on frozen features, the evaluation of lightly's ``knn_predict`` and solo-learn's
+    ``WeightedKNNClassifier`` (Wu et al., CVPR 2018): features L2-normalised, the ``k`` most similar training images
+    vote with weight exp(cosine / ``temperature``). Multi-label: a class's score is the weighted share of neighbours
+    that have it (both references sum the weighted one-hot votes without dividing, which ranks the classes of one
+    image the same but makes scores of different images incomparable, as AUC needs them). Nothing is tuned, so the
+    validation AUC is reported only; the label subset (and so the seed) decides the neighbours."""
+    k = min(int(settings["k"]), len(train_idx))
+    temperature = float(settings["temperature"])
+    bank = F.normalize(torch.from_numpy(features[train_idx]).float(), dim=1)
+    bank_labels = torch.from_numpy(labels[train_idx]).float()
+
+    def scores(idx: np.ndarray) -> np.ndarray:
+        out = []
+        for start in range(0, len(idx), chunk):
+            query = F.normalize(torch.from_numpy(features[idx[start : start + chunk]]).float(), dim=1)
+            similarity, neighbour = (query @ bank.t()).topk(k, dim=1)
+            weight = (similarity / temperature).exp()
+            out.append((weight[:, :, None] * bank_labels[neighbour]).sum(1) / weight.sum(1, keepdim=True))
+        return torch.cat(out).numpy()
+
+    val_auc = multilabel_auc(labels[val_idx], scores(val_idx), class_names)["macro_auc"]
+    return {"val_value": val_auc, "best_epoch": None, "epochs": None, "test_scores": scores(test_idx)}
+
+
 def _lbfgs_probe(x_train, y_train, x_val, val_labels, x_test, class_names, l2_grid) -> Dict[str, Any]:
     """Per class: logistic regression, mean BCE over images + l2/2 * ||w||^2 (bias not penalised; classes share
     nothing, so one fit solves all), for each strength from strongest to
@@ -178,7 +204,10 @@ class FineTuner(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
-def fine_tune(encoder: ResNetTrunk, meta: Dict[str, Any], image_size: int, images: np.ndarray, labels: np.ndarray, train_idx, val_idx, test_idx, class_names, settings: Dict[str, Any], seed: int, device: str = "cpu", progress: bool = False, precision: str = "auto") -> Dict[str, Any]:
+def fine_tune(encoder: ResNetTrunk, meta: Dict[str, Any], image_size: int, images: np.ndarray, labels: np.ndarray, train_idx, val_idx, test_idx, class_names, settings: Dict[str, Any], seed: int, device: str = "cpu", progress: bool = False, precision: str = "auto",
+              log_dir: Optional[Path] = None, logger: Optional[str] = None) -> Dict[str, Any]:
+    """Fine-tune ``encoder`` with a linear head; ``logger`` (csv or tensorboard) keeps the run's logs under
+    ``log_dir/logs`` (training loss per step, validation AUC)."""
     quiet_lightning()
     pl.seed_everything(seed, workers=True, verbose=False)
     batch_size = int(settings.get("batch_size", 64))
@@ -191,7 +220,8 @@ def fine_tune(encoder: ResNetTrunk, meta: Dict[str, Any], image_size: int, image
     module.train()  # Lightning keeps the modes it is given; the encoder may arrive in eval mode from feature extraction
     if device.startswith("cuda"):
         module = module.to(memory_format=torch.channels_last)
-    trainer = pl.Trainer(max_epochs=epochs, accelerator="gpu" if device.startswith("cuda") else "cpu", devices=lightning_devices(device), precision=precision_for(device, precision), logger=False, enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
+    trainer = pl.Trainer(max_epochs=epochs, accelerator="gpu" if device.startswith("cuda") else "cpu", devices=lightning_devices(device), precision=precision_for(device, precision),
+                         logger=lightning_logger(logger, log_dir) if log_dir is not None else False, log_every_n_steps=max(1, min(50, steps // epochs)), enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
                          callbacks=[SparseMetricsProgressBar(leave=False)] if progress else [])
     trainer.fit(module, loader)
     module.load_state_dict(module.best_state)

@@ -4,7 +4,8 @@
   interval of each cell's value (medssl/compare.py ``cell_interval``: over pretraining runs and test images; with one
   pretraining run, conditional on it).
 * ``ablation.png``: the reference method and its ablations (CoBooM with/without decoder and DiversiFuse) side by
-  side in every column, mean ± sd as the tables' cells (over pretraining runs; one run: over its evaluation seeds).
+  side in every column, mean ± sd as the tables' cells (over pretraining runs; one run: over its evaluation seeds),
+  drawn with seaborn from the cells' replicates.
 * ``index.html``: every Markdown report of the suite converted to HTML, then the figures, in one page.
 
 Files are deterministic for the same records (no timestamps in the PNG metadata), so ``report`` regenerates them
@@ -22,10 +23,11 @@ from typing import Dict, List, Tuple
 import numpy as np
 
 from medssl.compare import CellKey, CellRuns, columns, over_pretraining
-from medssl.config import fraction_label, statistics_settings
+from medssl.config import PROTOCOLS, fraction_label, statistics_settings
 from medssl.plan import Plan
 
 PNG_METADATA = {"Software": None}
+PROTOCOL_NAMES = {"linear": "linear probing", "finetune": "fine-tuning", "knn": "kNN"}
 
 
 def _pyplot():
@@ -51,7 +53,7 @@ def _label(method: str) -> str:
 
 
 def label_efficiency_figure(plan: Plan, runs: Dict[CellKey, CellRuns], intervals: Dict[CellKey, Tuple[float, float]], path: Path):
-    panels = [(protocol, task) for protocol in ("linear", "finetune") for task in dict.fromkeys(t for t, _ in columns(plan, protocol))
+    panels = [(protocol, task) for protocol in PROTOCOLS for task in dict.fromkeys(t for t, _ in columns(plan, protocol))
               if len([f for t, f in columns(plan, protocol) if t == task]) > 1]
     if not panels:
         return None
@@ -75,7 +77,7 @@ def label_efficiency_figure(plan: Plan, runs: Dict[CellKey, CellRuns], intervals
         ax.set_xticks(fractions)
         ax.set_xticklabels([fraction_label(f) for f in fractions])
         ax.minorticks_off()
-        ax.set_title(f"{task}: {'linear probing' if protocol == 'linear' else 'fine-tuning'}", fontsize=10)
+        ax.set_title(f"{task}: {PROTOCOL_NAMES[protocol]}", fontsize=10)
         ax.set_xlabel("labelled training images")
         ax.set_ylabel("test metric (%)")
         ax.grid(alpha=0.3)
@@ -87,28 +89,32 @@ def label_efficiency_figure(plan: Plan, runs: Dict[CellKey, CellRuns], intervals
         plt.close(fig)
 
 
+PROTOCOL_SHORT = {"linear": "LP", "finetune": "FT", "knn": "kNN"}
+
+
 def ablation_figure(plan: Plan, runs: Dict[CellKey, CellRuns], path: Path):
+    """Bars of the reference and its ablations per column, drawn by seaborn from the replicates of each cell (its
+    mean and sd, ddof 1, are the tables' cell value and spread)."""
+    import pandas as pd
+    import seaborn as sns
+
     settings = statistics_settings(plan.suite)
     variants = [m for m in plan.suite["methods"] if m == settings["reference"] or m in settings["variants"]]
-    cols = [(protocol, task, f) for protocol in ("linear", "finetune") for task, f in columns(plan, protocol)
+    cols = [(protocol, task, f) for protocol in PROTOCOLS for task, f in columns(plan, protocol)
             if sum((m, task, protocol, f) in runs for m in variants) > 1]
     if len(variants) < 2 or not cols:
         return None
+    replicated = over_pretraining(plan)
+    long = pd.DataFrame([{"column": f"{PROTOCOL_SHORT[p]}\n{task} {fraction_label(f)}", "method": _label(method), "value": 100 * value}
+                         for p, task, f in cols for method in variants if (method, task, p, f) in runs
+                         for value in runs[(method, task, p, f)].replicates(replicated)])
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(cols) + 1.5), 3.6))
-    width = 0.8 / len(variants)
-    replicated = over_pretraining(plan)
-    for i, method in enumerate(variants):
-        means, sds = [], []
-        for protocol, task, f in cols:
-            values = runs[(method, task, protocol, f)].replicates(replicated) if (method, task, protocol, f) in runs else []
-            means.append(100 * np.mean(values) if values else np.nan)
-            sds.append(100 * np.std(values, ddof=1) if len(values) > 1 else 0.0)
-        ax.bar(np.arange(len(cols)) + (i - (len(variants) - 1) / 2) * width, means, width, yerr=sds, capsize=2, label=_label(method))
-    ax.set_xticks(np.arange(len(cols)))
-    ax.set_xticklabels([f"{'LP' if p == 'linear' else 'FT'}\n{task} {fraction_label(f)}" for p, task, f in cols], fontsize=8)
+    sns.barplot(data=long, x="column", y="value", hue="method", hue_order=[_label(m) for m in variants], errorbar="sd", capsize=0.1, err_kws={"linewidth": 1}, ax=ax)
     finite = [100 * runs[(m, t, p, f)].mean for m in variants for p, t, f in cols if (m, t, p, f) in runs]
     ax.set_ylim(max(0.0, min(finite) - 5), min(100.0, max(finite) + 5))
+    ax.set_xlabel("")
+    ax.tick_params(axis="x", labelsize=8)
     ax.set_ylabel("test metric (%)")
     ax.set_title(f"Ablation of {_label(settings['reference'])}: mean ± sd over {'pretraining runs' if replicated else 'evaluation seeds'}", fontsize=10)
     ax.legend(fontsize=8, frameon=False)
@@ -162,7 +168,7 @@ def markdown_to_html(markdown: str) -> str:
     return "\n".join(out)
 
 
-_ORDER = ["table1.md", "table2.md", "statistics.md", "random_init_margins.md", "finetune_gap.md", "segmentation.md", "pretraining.md"]
+_ORDER = ["table1.md", "table2.md", "table3.md", "statistics.md", "random_init_margins.md", "finetune_gap.md", "segmentation.md", "pretraining.md"]
 _STYLE = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}table{border-collapse:collapse;margin:1em 0;font-size:13px}"
           "th,td{border:1px solid #ccc;padding:3px 6px;text-align:right}th:first-child,td:first-child{text-align:left}img{max-width:100%}")
 
@@ -172,7 +178,7 @@ def write_html(plan: Plan, reports_dir: Path, files: List[Path]) -> Path:
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>medssl-bench: {html.escape(plan.suite['name'])}</title><style>{_STYLE}</style></head><body>",
              f"<h1>medssl-bench — suite <code>{html.escape(plan.suite['name'])}</code></h1>",
              "<p>Generated by <code>python run_benchmark.py report</code> from the stored results; LaTeX tables: "
-             + ", ".join(f"<a href='{n}'>{n}</a>" for n in ("table1.tex", "table2.tex") if (reports_dir / n).exists()) + ".</p>"]
+             + ", ".join(f"<a href='{n}'>{n}</a>" for n in ("table1.tex", "table2.tex", "table3.tex") if (reports_dir / n).exists()) + ".</p>"]
     for name in _ORDER:
         if name in names:
             parts.append(f"<h2>{name}</h2>")

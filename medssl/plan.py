@@ -1,6 +1,11 @@
 """Turn a suite into the list of jobs: one pretraining per (method, corpus, pretraining seed) and one evaluation
 per (pretraining, task, protocol, label fraction, seed). Each job's key is a hash of exactly what determines its
-result, so finished work is recognised and never redone, and a changed setting never reuses stale work."""
+result, so finished work is recognised and never redone, and a changed setting never reuses stale work.
+
+An encoder the user brings (the suite's ``encoders``, ``--encoder NAME=PATH``: medssl/external.py) is a row like a
+method, with one "pretraining" per corpus that trains nothing and has no seed (``PretrainJob.external``): its weights
+are fixed, its evaluations are keyed by the file's SHA-256, and the tables pair it with every pretraining run of the
+other rows (medssl/compare.py)."""
 from __future__ import annotations
 
 import dataclasses
@@ -9,11 +14,14 @@ from typing import Any, Dict, List, Optional
 from datasets import DatasetError, dataset_version
 from medssl.backbone import TRUNK_VERSION
 from medssl.config import PROTOCOL_VERSION, ConfigError, fraction_label, stable_hash
+from medssl.external import EXTERNAL_VERSION, check_encoder_name, identity, resolve_spec
 from methods import UnknownMethodError, method_class, method_names, resolve_config
 
 PRETRAIN_PROTOCOL_KEYS = ("backbone", "image_size", "epochs", "batch_size", "optimizer", "schedule", "augment")
 # what an encoder without training depends on: its architecture and the views of the BatchNorm statistics pass
 UNTRAINED_PROTOCOL_KEYS = ("backbone", "image_size", "batch_size", "augment")
+# the pretraining-seed slot of an external encoder's runs in the tables (it has no pretraining seed)
+FIXED_RUN = -1
 
 
 @dataclasses.dataclass
@@ -24,6 +32,7 @@ class PretrainJob:
     config: Dict[str, Any]
     hash: str
     monitor: Optional[Dict[str, Any]] = None  # learning-signal probe settings; not hashed (medssl/monitor.py)
+    external: Optional[Dict[str, Any]] = None  # an encoder the user brings: its resolved ``encoders`` entry
 
     @property
     def key(self) -> str:
@@ -31,7 +40,7 @@ class PretrainJob:
 
     @property
     def trains(self) -> bool:
-        return method_class(self.method).needs_pretraining
+        return self.external is None and method_class(self.method).needs_pretraining
 
 
 @dataclasses.dataclass
@@ -46,6 +55,11 @@ class EvalJob:
 
     def describe(self) -> str:
         return f"{self.pretrain.method} {self.task['name']} {self.protocol} {fraction_label(self.fraction)} seed={self.seed}"
+
+    @property
+    def run(self) -> tuple:
+        """(pretraining seed, evaluation seed): the run's place in a table cell; FIXED_RUN for an external encoder."""
+        return (FIXED_RUN if self.pretrain.seed is None else self.pretrain.seed, self.seed)
 
 
 @dataclasses.dataclass
@@ -88,7 +102,35 @@ def with_version(spec: Dict[str, Any]) -> Dict[str, Any]:
         return dict(spec)
 
 
+def with_encoders(suite: Dict[str, Any], encoders: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
+    """The suite with external encoders added to its ``encoders`` (``--encoder``); a name used twice is refused."""
+    if not encoders:
+        return suite
+    have = dict(suite.get("encoders") or {})
+    for name, spec in encoders.items():
+        if name in have:
+            raise ConfigError(f"encoder name {name!r} is given twice; give each row its own name")
+        have[name] = spec
+    return {**suite, "encoders": have}
+
+
+def rows_and_encoders(suite: Dict[str, Any]) -> tuple:
+    """(table rows: the suite's methods, then its external encoders not listed among them; resolved ``encoders``)."""
+    encoders = {}
+    for name, spec in (suite.get("encoders") or {}).items():
+        check_encoder_name(name, method_names())
+        encoders[name] = resolve_spec(name, spec)
+    return list(suite["methods"]) + [name for name in encoders if name not in suite["methods"]], encoders
+
+
+def external_job(name: str, spec: Dict[str, Any], corpus_name: str, corpus: Dict[str, Any]) -> PretrainJob:
+    config = {"encoder": name, "external": identity(spec), "version": PROTOCOL_VERSION}
+    return PretrainJob(name, corpus_name, None, {**config, "corpus": corpus}, stable_hash(config), external=spec)
+
+
 def build_plan(suite: Dict[str, Any]) -> Plan:
+    rows, encoders = rows_and_encoders(suite)
+    suite = {**suite, "methods": rows, **({"encoders": encoders} if encoders else {})}
     pretrain = suite["pretrain"]
     protocol = {k: pretrain[k] for k in PRETRAIN_PROTOCOL_KEYS}
     method_params = suite.get("method_params", {}) or {}
@@ -97,6 +139,10 @@ def build_plan(suite: Dict[str, Any]) -> Plan:
         raise ConfigError(f"method_params given for unknown methods {unknown_params}; known methods: {', '.join(method_names())}")
     jobs: Dict[tuple, PretrainJob] = {}
     for method in suite["methods"]:
+        if method in encoders:
+            for corpus_name, corpus in corpora(suite).items():
+                jobs[(method, corpus_name, None)] = external_job(method, encoders[method], corpus_name, with_version(corpus))
+            continue
         try:
             cls = method_class(method)
             params = dataclasses.asdict(resolve_config(method, method_params.get(method)))
@@ -128,8 +174,8 @@ def build_plan(suite: Dict[str, Any]) -> Plan:
                 # which seeds run is not part of a job's identity: adding a seed must not invalidate the others
                 settings = {k: v for k, v in evaluation_settings(suite, protocol_name, task).items() if k != "seeds"}
                 for fraction in task["fractions"]:
-                    for pretrain_seed in pretrain["seeds"]:
-                        job = jobs[(method, corpus_name, int(pretrain_seed))]
+                    for pretrain_seed in (pretrain["seeds"] if method not in encoders else [None]):
+                        job = jobs[(method, corpus_name, None if pretrain_seed is None else int(pretrain_seed))]
                         for seed in evaluation_seeds(suite, protocol_name, task):
                             config = {"pretrain": job.hash, "task": task_identity, "protocol": protocol_name, "settings": settings, "image_size": pretrain["image_size"], "fraction": float(fraction), "seed": int(seed), "version": PROTOCOL_VERSION}
                             eval_jobs.append(EvalJob(job, task, protocol_name, float(fraction), int(seed), config, stable_hash(config, 16)))
@@ -141,16 +187,19 @@ def recorded_plan(plan: Plan, records: List[Dict[str, Any]]) -> Optional[Plan]:
     suite's report shows when only some of its methods have been run. ``unrecorded`` names the suite's other
     methods, so the tables can say which rows are missing."""
     keys = {record["key"] for record in records}
-    # methods outside the suite's roster that a run added with --methods (registered ones) are shown after its own
+    # methods outside the suite's roster that a run added with --methods (registered ones) are shown after its own,
+    # then external encoders of earlier runs (--encoder), as their latest records describe them
     added = [m for m in dict.fromkeys(record["method"] for record in records) if m not in plan.suite["methods"] and m in method_names()]
-    if added:
-        plan = build_plan({**plan.suite, "methods": list(plan.suite["methods"]) + added})
+    external = {record["method"]: record["external"] for record in records if record["method"] not in plan.suite["methods"] and record.get("external")}
+    if added or external:
+        plan = build_plan({**with_encoders(plan.suite, external), "methods": list(plan.suite["methods"]) + added})
+        added += list(external)
     methods = [m for m in plan.suite["methods"] if any(job.key in keys for job in plan.eval_jobs if job.pretrain.method == m)]
     if not methods:
         return None
     if methods == plan.suite["methods"]:
         return plan
-    narrowed = build_plan({**plan.suite, "methods": methods})
+    narrowed = build_plan({**plan.suite, "methods": methods, "encoders": {k: v for k, v in (plan.suite.get("encoders") or {}).items() if k in methods}})
     narrowed.unrecorded = [m for m in plan.suite["methods"] if m not in methods and m not in added]
     return narrowed
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import datetime as _dt
-import hashlib
 import json
 import os
 import random
@@ -36,7 +35,8 @@ from medssl.config import ConfigError, stable_hash
 from medssl.monitor import ProbeMonitor
 from medssl.plan import PretrainJob
 from medssl.precision import lightning_devices, precision_for
-from medssl.progress import SparseMetricsProgressBar
+from medssl.progress import SparseMetricsProgressBar, lightning_logger
+from medssl.provenance import file_sha256
 from medssl.records import append_line, exclusive_lock, read_lines
 from medssl.stream import MappedImages, ShuffledBatches
 from methods import build_method
@@ -241,14 +241,6 @@ def resumes(run_dir: Path) -> list:
     return [row for row in read_lines(path) if row.get("resumed")] if path.exists() else []
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def encoder_status(path: Path) -> str:
     """'done', 'missing' or 'corrupt' for an ``encoder.pt`` path. An encoder written before checksums existed (no
     ``encoder.json``) counts as done if it loads, and gets its sidecar then."""
@@ -312,7 +304,7 @@ def readable_checkpoint(path: Path) -> bool:
 
 
 def run_pretraining(job: PretrainJob, dataset: ImageDataset, checkpoints_dir: Path, device: str = "cpu", progress: bool = True, max_time_s: Optional[float] = None, callbacks: Sequence[pl.Callback] = (), precision: str = "auto",
-                    devices: int = 1, compile_loss: bool = False, nodes: int = 1) -> Path:
+                    devices: int = 1, compile_loss: bool = False, nodes: int = 1, logger: Optional[str] = None) -> Path:
     """Pretrain ``job`` (or resume it) and save its encoder; returns the encoder file (at once if it exists).
 
     ``devices`` > 1 trains with Lightning's DDP in spawned processes (``ddp_spawn``, one per device; CPU processes
@@ -323,7 +315,8 @@ def run_pretraining(job: PretrainJob, dataset: ImageDataset, checkpoints_dir: Pa
     no CPU SyncBatchNorm; that mode is for tests). When srun or torchrun started ``nodes * devices`` processes (any
     number of nodes, ``medssl.cluster``), this process is one of them: Lightning's ``ddp`` joins them and only global
     rank 0 writes the encoder (the returned path exists once rank 0 has finished). ``compile_loss`` compiles each step's
-    ``compute_loss`` with ``torch.compile`` (``SSLMethod.setup``).
+    ``compute_loss`` with ``torch.compile`` (``SSLMethod.setup``). ``logger``: csv (default) or tensorboard, under
+    the run's ``logs/``.
     """
     run_dir = Path(checkpoints_dir) / job.key
     encoder_path = run_dir / ENCODER_FILE
@@ -331,7 +324,7 @@ def run_pretraining(job: PretrainJob, dataset: ImageDataset, checkpoints_dir: Pa
         return encoder_path
     run_dir.mkdir(parents=True, exist_ok=True)
     if started_by_launcher(nodes, devices):  # every process started by srun/torchrun comes here; Lightning's ddp joins them
-        return _train_and_export(job, dataset, run_dir, device, progress, max_time_s, callbacks, precision, devices, compile_loss, nodes)
+        return _train_and_export(job, dataset, run_dir, device, progress, max_time_s, callbacks, precision, devices, compile_loss, nodes, logger)
     # one process per pretraining on this machine: another run sharing this checkpoints folder (another suite with the
     # same pretraining, or the same command started twice) waits here and then reuses the encoder instead of
     # training into the same last.ckpt
@@ -342,11 +335,11 @@ def run_pretraining(job: PretrainJob, dataset: ImageDataset, checkpoints_dir: Pa
         if status == "corrupt":
             warnings.warn(f"{encoder_path} is damaged (fails its SHA-256 check or does not load); redoing that pretraining")
             encoder_path.unlink()
-        return _train_and_export(job, dataset, run_dir, device, progress, max_time_s, callbacks, precision, devices, compile_loss, nodes)
+        return _train_and_export(job, dataset, run_dir, device, progress, max_time_s, callbacks, precision, devices, compile_loss, nodes, logger)
 
 
 def _train_and_export(job: PretrainJob, dataset: ImageDataset, run_dir: Path, device: str, progress: bool, max_time_s: Optional[float], callbacks: Sequence[pl.Callback],
-                      precision: str, devices: int, compile_loss: bool, nodes: int) -> Path:
+                      precision: str, devices: int, compile_loss: bool, nodes: int, logger: Optional[str]) -> Path:
     encoder_path = run_dir / ENCODER_FILE
     (run_dir / "config.json").write_text(json.dumps(job.config, indent=1, sort_keys=True))
     corpus = job.config["corpus"]
@@ -412,7 +405,7 @@ def _train_and_export(job: PretrainJob, dataset: ImageDataset, run_dir: Path, de
             sync_batchnorm=processes > 1 and device.startswith("cuda") and model.sync_batchnorm,
             precision=amp,
             callbacks=callbacks,
-            logger=pl.loggers.CSVLogger(run_dir, name="logs"),  # version_N per (re)start: a resume keeps earlier logs
+            logger=lightning_logger(logger or "csv", run_dir),  # OUT/checkpoints/<key>/logs/version_N
             enable_progress_bar=progress,
             enable_model_summary=False,
             num_sanity_val_steps=0,

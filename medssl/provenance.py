@@ -1,14 +1,25 @@
-"""What every result record carries about where it came from: code version, packages and hardware."""
+"""What every result record carries about where it came from: code version, packages, hardware and the SHA-256 of
+the files it read."""
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import platform
 import subprocess
 from importlib import metadata
+from pathlib import Path
 from typing import Dict
 
 from medssl.config import REPO_ROOT
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
 
 PACKAGES = ("torch", "torchvision", "lightly", "pytorch-lightning", "numpy", "scikit-learn", "scipy", "pandas")
 

@@ -27,7 +27,8 @@ from medssl.plan import Plan, evaluation_seeds, task_type
 from medssl.records import ResultStore
 from methods import REGISTRY
 
-TABLES = {"linear": ("table1", "Table 1. Linear probing"), "finetune": ("table2", "Table 2. Fine-tuning")}
+TABLES = {"linear": ("table1", "Table 1. Linear probing"), "finetune": ("table2", "Table 2. Fine-tuning"),
+          "knn": ("table3", "Table 3. Weighted kNN on frozen features")}
 
 
 def method_label(name: str) -> str:
@@ -42,7 +43,7 @@ def aggregate(plan: Plan, records: Iterable[Dict]) -> Dict[tuple, Dict[tuple, fl
     for job in plan.eval_jobs:
         record = by_key.get(job.key)
         if record is not None:
-            cells.setdefault((job.pretrain.method, job.task["name"], job.protocol, job.fraction), {})[(job.pretrain.seed, job.seed)] = float(record["value"])
+            cells.setdefault((job.pretrain.method, job.task["name"], job.protocol, job.fraction), {})[job.run] = float(record["value"])
     return cells
 
 
@@ -143,7 +144,8 @@ def spread_phrase(plan: Plan, protocol: str) -> str:
     evaluations = len(evaluation_seeds(plan.suite, protocol))
     if over_pretraining(plan):
         within = f"the mean over its {evaluations} evaluation seeds" if evaluations > 1 else "one evaluation seed"
-        return f"mean ± sd over {len(plan.suite['pretrain']['seeds'])} pretraining runs (each run: {within})"
+        fixed = f"; encoders brought from files ({', '.join(plan.suite['encoders'])}): over their evaluation seeds, their weights being fixed" if plan.suite.get("encoders") else ""
+        return f"mean ± sd over {len(plan.suite['pretrain']['seeds'])} pretraining runs (each run: {within}){fixed}"
     return f"mean ± sd over {evaluations} evaluation seeds of one pretraining run (the spread between pretraining runs is not measured)"
 
 

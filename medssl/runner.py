@@ -19,7 +19,8 @@ from datasets import DatasetError, ImageDataset, load_dataset
 from datasets.cache import LayoutChecked, layout_only
 from medssl import provenance
 from medssl.config import ConfigError, stable_hash
-from medssl.evaluate import extract_features, fine_tune, linear_probe
+from medssl.evaluate import extract_features, fine_tune, knn_classify, linear_probe
+from medssl.external import load_external
 from medssl.metrics import multilabel_auc
 from medssl.plan import EvalJob, Plan, PretrainJob, task_type
 from medssl.precision import configure_cuda, fixed_precision, precision_for
@@ -49,7 +50,9 @@ class DatasetCache:
         return self._cache[key]
 
 
-def make_record(job: EvalJob, suite_name: str, dataset: ImageDataset, result: Dict[str, Any], metrics: Dict[str, Any], n_split: Dict[str, int], device: str, wall_time: float, precision: str) -> Dict[str, Any]:
+def make_record(job: EvalJob, suite_name: str, dataset: ImageDataset, result: Dict[str, Any], metrics: Dict[str, Any], n_split: Dict[str, int], device: str, wall_time: float, precision: str,
+                meta: Dict[str, Any]) -> Dict[str, Any]:
+    """One evaluation's record; an external encoder's carries its file (path, SHA-256, normalisation, architecture)."""
     return {
         "key": job.key,
         "suite": suite_name,
@@ -76,6 +79,8 @@ def make_record(job: EvalJob, suite_name: str, dataset: ImageDataset, result: Di
         "config_hash": job.key,
         "config": job.config,
         "pretrain_config": job.pretrain.config,
+        **({"external": {**job.pretrain.external, "architecture": meta["backbone"], "file_channels": meta["external"]["file_channels"], "prefix_found": meta["external"]["prefix"]}}
+           if job.pretrain.external else {}),
         "git_commit": provenance.git_commit(),
         "packages": provenance.package_versions(),
         "hardware": provenance.hardware(device),
@@ -95,18 +100,22 @@ def test_predictions(dataset: ImageDataset, test_idx: np.ndarray, scores: Option
     return out
 
 
-def evaluate_classification(job: EvalJob, encoder, meta, dataset: ImageDataset, features, train_idx, split, image_size: int, device: str, progress: bool, precision: str):
-    """Linear probe (on ``features``, extracted once per encoder and task) or fine-tuning; macro AUC on the test split.
+def evaluate_classification(job: EvalJob, encoder, meta, dataset: ImageDataset, features, train_idx, split, image_size: int, device: str, progress: bool, precision: str,
+                            log_dir: Optional[Path] = None, logger: Optional[str] = None):
+    """Linear probe or kNN (on ``features``, extracted once per encoder and task) or fine-tuning; macro AUC on the test split.
     Returns (result, metrics, predictions, log summary, precision used)."""
     labels = np.asarray(dataset.labels)
     settings = job.config["settings"]
     if job.protocol == "linear":
         result = linear_probe(features, labels, train_idx, split["val"], split["test"], dataset.class_names, settings, job.seed)
+    elif job.protocol == "knn":
+        result = knn_classify(features, labels, train_idx, split["val"], split["test"], dataset.class_names, settings)
     else:
-        result = fine_tune(copy.deepcopy(encoder), meta, image_size, dataset.images, labels, train_idx, split["val"], split["test"], dataset.class_names, settings, job.seed, device=device, progress=progress, precision=precision)
+        result = fine_tune(copy.deepcopy(encoder), meta, image_size, dataset.images, labels, train_idx, split["val"], split["test"], dataset.class_names, settings, job.seed, device=device, progress=progress, precision=precision,
+                           log_dir=log_dir, logger=logger)
     auc = multilabel_auc(labels[split["test"]], result["test_scores"], dataset.class_names)
     metrics = {"metric": "macro_auc", "value": auc["macro_auc"], "per_class": auc["per_class_auc"], "excluded_classes": auc["excluded_classes"]}
-    # linear probes train in fp32 on cached features whatever the fine-tuning precision
+    # linear probes and kNN run in fp32 on cached features whatever the fine-tuning precision
     used = precision_for(device, precision) if job.protocol == "finetune" else "32-true"
     return result, metrics, test_predictions(dataset, split["test"], result["test_scores"]), f"test macro AUC {auc['macro_auc']:.4f}", used
 
@@ -171,14 +180,24 @@ def check_tasks(jobs: List[EvalJob], datasets: DatasetCache) -> None:
             raise ConfigError(f"task {task['name']!r}: {err}") from None
 
 
+def check_external_encoders(jobs, datasets: DatasetCache) -> None:
+    """Every external encoder the jobs need loads for its corpus's channels, checked before any pretraining: a
+    garbage or mismatched file stops the run with its name before anything is computed."""
+    for pjob in jobs:
+        if pjob.external is not None:
+            load_external(pjob.method, pjob.external, datasets.get(pjob.config["corpus"]).channels)
+
+
 def _log(message: str) -> None:
     print(message, flush=True)  # flushed: progress stays visible when the output goes to a file
 
 
 def run_plan(plan: Plan, data_root: Path, out_dir: Path, device: str = "cpu", progress: bool = True, log: Callable[[str], None] = _log, store: Optional[ResultStore] = None, precision: str = "auto", devices: int = 1, compile_loss: bool = False,
-             nodes: int = 1, global_rank: int = 0) -> Dict[str, int]:
+             nodes: int = 1, global_rank: int = 0, logger: Optional[str] = None) -> Dict[str, int]:
     """Pretrain what the pending evaluations need, then evaluate and store records. In a multi-node run
-    (``medssl.cluster``) every process joins the pretrainings and only global rank 0 stores and evaluates."""
+    (``medssl.cluster``) every process joins the pretrainings and only global rank 0 stores and evaluates.
+    ``logger`` (csv or tensorboard): Lightning logs of every pretraining (default csv) and fine-tuning (default none)
+    next to the pretraining's checkpoint, OUT/checkpoints/<pretraining>/logs/ and .../finetune/<evaluation>/logs/."""
     suite = plan.suite
     configure_cuda(device)
     provenance.git_commit()  # cached now: records name the code that was checked out when the run started
@@ -193,13 +212,17 @@ def run_plan(plan: Plan, data_root: Path, out_dir: Path, device: str = "cpu", pr
     needed: Dict[str, PretrainJob] = {job.pretrain.key: job.pretrain for job in pending}
     check_datasets(pending, data_root)
     check_tasks(pending, datasets)
-    encoders: Dict[str, Path] = {}
+    check_external_encoders(needed.values(), datasets)
+    encoders: Dict[str, Optional[Path]] = {}
     failed: List[str] = []
     for key, pjob in needed.items():
+        if pjob.external is not None:
+            encoders[key] = None  # nothing to pretrain: the file is read for each task (its channels)
+            continue
         corpus = pjob.config["corpus"]
         log(f"pretraining {key}" + ("" if pjob.trains else " (random initialisation)"))
         try:
-            encoders[key] = run_pretraining(pjob, datasets.get(corpus), checkpoints, device=device, progress=progress and global_rank == 0, precision=precision, devices=devices, compile_loss=compile_loss, nodes=nodes)
+            encoders[key] = run_pretraining(pjob, datasets.get(corpus), checkpoints, device=device, progress=progress and global_rank == 0, precision=precision, devices=devices, compile_loss=compile_loss, nodes=nodes, logger=logger)
         except PretrainingFailed as err:
             skipped = sum(1 for job in pending if job.pretrain.key == key)
             failed.append(f"{key}: {err} ({skipped} evaluations not run)")
@@ -219,9 +242,10 @@ def run_plan(plan: Plan, data_root: Path, out_dir: Path, device: str = "cpu", pr
         groups.setdefault((job.pretrain.key, job.task["name"]), []).append(job)
     ran = 0
     for (pretrain_key, task_name), jobs in groups.items():
-        encoder, meta = load_encoder(encoders[pretrain_key])
         task = jobs[0].task
         dataset = datasets.get(task["dataset"])
+        pjob = jobs[0].pretrain
+        encoder, meta = load_external(pjob.method, pjob.external, dataset.channels) if pjob.external is not None else load_encoder(encoders[pretrain_key])
         labels = np.asarray(dataset.labels)
         split = {s: dataset.indices(s) for s in ("train", "val", "test")}
         # every encoder is evaluated at the suite's resolution (the random-init encoder has no training resolution)
@@ -238,10 +262,11 @@ def run_plan(plan: Plan, data_root: Path, out_dir: Path, device: str = "cpu", pr
             if task_type(task) == "segmentation":
                 result, metrics, predictions, summary, used = evaluate_segmentation(job, encoder, meta, dataset, train_idx, split, image_size, device)
             else:
-                if job.protocol == "linear" and features is None:
+                if job.protocol in ("linear", "knn") and features is None:
                     features = extract_features(encoder, dataset.images, image_size, meta["mean"], meta["std"], device=device)
-                result, metrics, predictions, summary, used = evaluate_classification(job, encoder, meta, dataset, features, train_idx, split, image_size, device, progress, precision)
-            record = make_record(job, suite["name"], dataset, result, metrics, n_split, device, time.time() - start, used)
+                result, metrics, predictions, summary, used = evaluate_classification(job, encoder, meta, dataset, features, train_idx, split, image_size, device, progress, precision,
+                                                                                      checkpoints / pretrain_key / "finetune" / job.key, logger)
+            record = make_record(job, suite["name"], dataset, result, metrics, n_split, device, time.time() - start, used, meta)
             store.append(record, predictions=predictions)
             ran += 1
             chosen = f"l2 {result['selected_l2']:g}" if result.get("selected_l2") is not None else f"epoch {result['best_epoch']}"

@@ -180,13 +180,33 @@ def _method_params(value, path, problems) -> None:
             from_defaults(dataclass_defaults(method_class(method).Config), f"{method} settings")(params, where, problems)
 
 
-def _methods(value, path, problems) -> None:
+def _methods(encoder_names: Sequence[str]) -> Check:
+    """Registered methods, and the names of the suite's own ``encoders`` (rows placed among the methods)."""
     from methods import REGISTRY
 
     def known(name, where, problems):
-        if not isinstance(name, str) or name not in REGISTRY:
-            problems.add(where, f"unknown method {name!r}{nearest(str(name), list(REGISTRY))} (known: {', '.join(REGISTRY)})")
-    sequence(known, min_length=1, unique=True)(value, path, problems)
+        if not isinstance(name, str) or (name not in REGISTRY and name not in encoder_names):
+            problems.add(where, f"unknown method {name!r}{nearest(str(name), list(REGISTRY) + list(encoder_names))} (known: {', '.join(REGISTRY)})")
+    return sequence(known, min_length=1, unique=True)
+
+
+def _numbers_or_number(value, path, problems) -> None:
+    if isinstance(value, (list, tuple)):
+        sequence(number(low=0), min_length=1)(value, path, problems)
+    else:
+        number(low=0)(value, path, problems)
+
+
+# an external encoder (medssl/external.py): sha256 and normalisation are filled in when the suite is planned
+ENCODER_FIELDS: Dict[str, Check] = {"path": text(), "mean": _numbers_or_number, "std": _numbers_or_number, "prefix": text(), "sha256": text(), "normalisation": text()}
+
+
+def _encoders(value, path, problems) -> None:
+    if not isinstance(value, dict):
+        problems.add(path, f"expected a mapping from row name to an encoder file, e.g. {{imagenet: {{path: weights/resnet18.pth}}}}, got {_describe(value)}")
+        return
+    for name, spec in value.items():
+        mapping(ENCODER_FIELDS, required=("path",), what="encoder settings")(spec, _join(path, name), problems)
 
 
 def _augment() -> Check:
@@ -197,7 +217,7 @@ def _augment() -> Check:
     return mapping(fields, what="augmentation settings")
 
 
-def suite_schema() -> Check:
+def suite_schema(encoder_names: Sequence[str] = ()) -> Check:
     from medssl.config import MONITOR_DEFAULTS, PROTOCOLS, STATISTICS_DEFAULTS, TASK_TYPES
 
     seeds = sequence(number(low=0, high=MAX_SEED, integer=True), min_length=1, unique=True)
@@ -219,7 +239,8 @@ def suite_schema() -> Check:
     linear = mapping({**common, "solver": text(("lbfgs", "adamw")), "l2": sequence(rate, min_length=1)}, what="linear-probe settings")
     finetune = mapping({**common, "augment": _augment()}, required=("epochs", "lr"), what="fine-tuning settings")
     segmentation = mapping(common, required=("epochs", "lr"), what="segmentation settings")
-    evaluation = mapping({"seeds": seeds, "linear": linear, "finetune": finetune, "segmentation": segmentation},
+    knn = mapping({"k": positive_int, "temperature": rate, "seeds": seeds}, required=("k", "temperature"), what="kNN settings")
+    evaluation = mapping({"seeds": seeds, "linear": linear, "finetune": finetune, "knn": knn, "segmentation": segmentation},
                          required=("seeds", "linear", "finetune"), what="evaluation settings")
     task = mapping({"name": text(), "dataset": lambda v, p, pr: _dataset_spec(v, p, pr, splits=False), "pretrain": text(), "type": text(TASK_TYPES),
                     "protocols": sequence(text(PROTOCOLS), min_length=1, unique=True), "fractions": sequence(fraction, min_length=1, unique=True)},
@@ -228,8 +249,8 @@ def suite_schema() -> Check:
                           "alpha": number(low=0, high=1, low_open=True), "resamples": positive_int, "confidence": number(low=0, high=1, low_open=True),
                           "seed": number(low=0, high=MAX_SEED, integer=True)}, what="statistics settings")
     assert set(STATISTICS_DEFAULTS) <= {"reference", "variants", "adjust", "alpha", "resamples", "confidence", "seed"}, "keep the statistics schema in step"
-    return mapping({"name": text(), "description": text(), "pretrain": pretrain, "methods": _methods, "method_params": _method_params,
-                    "tasks": sequence(task, min_length=1), "evaluation": evaluation, "statistics": statistics},
+    return mapping({"name": text(), "description": text(), "pretrain": pretrain, "methods": _methods(encoder_names), "method_params": _method_params,
+                    "encoders": _encoders, "tasks": sequence(task, min_length=1), "evaluation": evaluation, "statistics": statistics},
                    required=("pretrain", "methods", "tasks", "evaluation"), what="suite sections")
 
 
@@ -239,5 +260,6 @@ def check_suite(suite: Any) -> List[str]:
     if not isinstance(suite, dict):
         problems.add("", f"a suite is a mapping of sections (pretrain, methods, tasks, evaluation), got {_describe(suite)}")
         return problems.lines
-    suite_schema()(suite, "", problems)
+    encoders = suite.get("encoders")
+    suite_schema(list(encoders) if isinstance(encoders, dict) else [])(suite, "", problems)
     return problems.lines

@@ -57,7 +57,7 @@ class SegmentationModel(nn.Module):
     def __init__(self, encoder: ResNetTrunk, mean, std, image_size: int, freeze_encoder: bool):
         super().__init__()
         self.encoder = encoder
-        self.decoder = UNetDecoder(skips=True)
+        self.decoder = UNetDecoder(encoder.stage_channels, skips=True)
         self.head = nn.Conv2d(self.decoder.channels[-1], 1, 3, padding=1)
         self.normalize = Normalize(mean, std)
         self.image_size = int(image_size)

@@ -34,9 +34,9 @@ class DecoderBlock(nn.Module):
 
 
 class UNetDecoder(nn.Module):
-    """``stage_channels``: the trunk's stage widths from the stem to the deepest (ResNet-18: 64, 64, 128, 256, 512)."""
+    """``stage_channels``: the trunk's stage widths from the stem to the deepest (``ResNetTrunk.stage_channels``)."""
 
-    def __init__(self, stage_channels: Sequence[int] = (64, 64, 128, 256, 512), channels: Sequence[int] = DECODER_CHANNELS, skips: bool = True):
+    def __init__(self, stage_channels: Sequence[int], channels: Sequence[int] = DECODER_CHANNELS, skips: bool = True):
         super().__init__()
         if len(channels) != len(stage_channels):
             raise ValueError(f"one decoder block per encoder stage: {len(stage_channels)} stages, {len(channels)} blocks")

@@ -243,7 +243,7 @@ class DiRA(SSLMethod):
         c = self.config
         dim = self.backbone.feature_dim
         self.projection_head = MoCoProjectionHead(dim, c.hidden_dim, c.output_dim)
-        self.decoder = UNetDecoder(skips=True)
+        self.decoder = UNetDecoder(self.backbone.stage_channels, skips=True)
         self.restoration_head = nn.Conv2d(self.decoder.channels[-1], self.protocol.in_channels, 3, padding=1)
         self.criterion = NTXentLoss(temperature=c.temperature, memory_bank_size=(c.queue_size, c.output_dim), gather_distributed=gather_across_processes())
         self.criterion.memory_bank = HostPointerQueue.replacing(self.criterion.memory_bank)

@@ -83,12 +83,11 @@ class MLVICX(SSLMethod):
     reestimate_exported_batchnorm = True
     version = 2  # 2: the exported trunk's BatchNorm statistics are those of the plain trunk
     view_overrides = {"blur_p": [1.0, 0.1], "solarize_p": [0.0, 0.2]}
-    STAGE_CHANNELS = (64, 64, 128, 256, 512)
 
     def build(self) -> None:
         c = self.config
-        self.context = nn.ModuleList(ContextBottleneck(ch) for ch in self.STAGE_CHANNELS)
-        self.dense_projections = nn.ModuleList(nn.Conv2d(ch, c.dense_channels, 1) for ch in self.STAGE_CHANNELS)
+        self.context = nn.ModuleList(ContextBottleneck(ch) for ch in self.backbone.stage_channels)
+        self.dense_projections = nn.ModuleList(nn.Conv2d(ch, c.dense_channels, 1) for ch in self.backbone.stage_channels)
         self.global_head = expander(self.backbone.feature_dim, c.hidden_dim, c.output_dim)
         self.dense_head = expander(c.dense_channels * c.dense_grid**2, c.hidden_dim, c.output_dim)
         self.dense_size = max(c.dense_grid, int(round(self.protocol.image_size * c.dense_size_ratio)))

@@ -81,7 +81,7 @@ class PCRLv2(SSLMethod):
         # one random level per term leaves the other levels' heads without a gradient in that step (on each DDP
         # process its own draw, as the official code's random.randint per process)
         self.ddp_find_unused_parameters = c.level_sampling == "random"
-        self.decoder = UNetDecoder(skips=False)
+        self.decoder = UNetDecoder(self.backbone.stage_channels, skips=False)
         self.level_heads = nn.ModuleList(LevelHeads(ch, self.protocol.in_channels) for ch in self.decoder.channels)
         self.final_head = nn.Conv2d(self.decoder.channels[-1], self.protocol.in_channels, 3, padding=1)
         spatial = {"rotate_degrees": c.rotate_degrees}

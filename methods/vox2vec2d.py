@@ -48,7 +48,7 @@ class Vox2Vec2dConfig(MethodConfig):
 class PyramidDecoder(nn.Module):
     """Top-down FPN over the trunk's stages, one output per stage at that stage's width and stride."""
 
-    def __init__(self, stage_channels: Sequence[int] = (64, 64, 128, 256, 512)):
+    def __init__(self, stage_channels: Sequence[int]):
         super().__init__()
         widths = list(stage_channels)
         self.reduce = nn.ModuleList(nn.Conv2d(widths[i + 1], widths[i], 1) for i in range(len(widths) - 1))
@@ -82,7 +82,7 @@ class Vox2Vec2d(SSLMethod):
 
     def build(self) -> None:
         c = self.config
-        self.pyramid = PyramidDecoder()
+        self.pyramid = PyramidDecoder(self.backbone.stage_channels)
         self.projection_head = ProjectionHead([
             (self.pyramid.dim, c.hidden_dim, nn.BatchNorm1d(c.hidden_dim), nn.ReLU()),
             (c.hidden_dim, c.hidden_dim, nn.BatchNorm1d(c.hidden_dim), nn.ReLU()),

@@ -19,6 +19,11 @@ def smoke_run(tmp_path_factory):
     return root, common, partial
 
 
+def report_options(common):
+    """The run's options that 'report' takes (not --data-root, --no-progress)."""
+    return [a for i, a in enumerate(common) if a not in ("--data-root", "--no-progress") and common[i - 1] != "--data-root"]
+
+
 def test_records_carry_provenance_and_metrics(smoke_run):
     root, _, _ = smoke_run
     records = ResultStore(root / "results" / "smoke").records()
@@ -52,7 +57,7 @@ def test_report_command_reproduces_tables_byte_for_byte(smoke_run):
     assert set(written) == {f"table{n}.{ext}" for n in (1, 2) for ext in ("md", "csv", "tex")} | {
         "random_init_margins.md", "pretraining.md", "finetune_gap.md", "statistics.md", "statistics.csv", "statistics_per_class.csv",
         "label_efficiency.png", "ablation.png", "index.html"} - {"ablation.png"}  # the smoke suite has no CoBooM ablations
-    out = [a for a in common if a != "--no-progress"]
+    out = report_options(common)
     out[out.index("--reports") + 1] = str(root / "regenerated")
     assert main(["report"] + out) == 0
     regenerated = {p.name: p.read_bytes() for p in (root / "regenerated" / "smoke").iterdir()}
@@ -73,7 +78,7 @@ def test_narrowed_report_never_replaces_the_suites_report(smoke_run, tmp_path):
     root, common, _ = smoke_run
     suite_folder = root / "reports" / "smoke"
     before = {p.name: p.read_bytes() for p in suite_folder.iterdir()}
-    args = [a for a in common if a != "--no-progress"]
+    args = report_options(common)
     assert main(["report", *args, "--methods", "simclr", "--fractions", "100"]) == 0
     assert {p.name: p.read_bytes() for p in suite_folder.iterdir()} == before
     narrowed = (root / "reports" / "smoke--methods-simclr--fractions-100" / "table1.md").read_text()
@@ -85,7 +90,7 @@ def test_narrowed_report_never_replaces_the_suites_report(smoke_run, tmp_path):
 
 def test_reports_follow_out_when_no_reports_folder_is_given(smoke_run):
     root, common, _ = smoke_run
-    args = [a for a in common if a != "--no-progress"]
+    args = report_options(common)
     position = args.index("--reports")
     del args[position : position + 2]
     assert main(["report", *args]) == 0

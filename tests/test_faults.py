@@ -77,7 +77,8 @@ def test_crafted_checkpoints_cannot_run_code(tmp_path):
     run_dir.mkdir()
     encoder = run_dir / ENCODER_FILE
     torch.save({"state_dict": {}, "meta": RunsCode(marker)}, encoder)
-    from medssl.pretrain import ENCODER_SIDECAR, file_sha256
+    from medssl.pretrain import ENCODER_SIDECAR
+    from medssl.provenance import file_sha256
 
     (run_dir / ENCODER_SIDECAR).write_text(json.dumps({"sha256": file_sha256(encoder)}))  # even with a matching checksum
     with pytest.raises(CorruptCheckpoint, match=str(encoder)):

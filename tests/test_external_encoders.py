@@ -1,0 +1,256 @@
+"""Issue 20: encoders brought from files as table rows, export to torchvision, kNN, per-command CLI, --set, deeper
+ResNets, Lightning loggers."""
+import argparse
+import json
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+import torchvision
+import yaml
+from torch import nn
+
+from medssl.backbone import ResNetTrunk
+from medssl.config import ConfigError, load_suite
+from medssl.external import find_trunk, load_external, read_weights, resolve_spec
+from medssl.plan import build_plan
+from run_benchmark import COMMANDS, main
+
+from conftest import ROOT
+
+# the smoke suite with a kNN protocol next to linear probing and fine-tuning
+KNN = ["--set", "tasks.0.protocols=[linear, finetune, knn]", "--set", "evaluation.knn={k: 5, temperature: 0.1}"]
+
+
+def torchvision_file(path, seed=0):
+    torch.manual_seed(seed)
+    torch.save(torchvision.models.resnet18().state_dict(), path)
+    return path
+
+
+class LightlyStyleModel(pl.LightningModule):
+    """lightly's examples: the trunk as nn.Sequential(*list(resnet.children())[:-1]), a head, hyper-parameters that
+    pickle as an argparse.Namespace."""
+
+    def __init__(self, args):
+        super().__init__()
+        self.save_hyperparameters({"args": args})
+        self.backbone = nn.Sequential(*list(torchvision.models.resnet18().children())[:-1])
+        self.projection_head = nn.Linear(512, 16)
+
+    def training_step(self, batch, batch_idx):
+        return self.projection_head(self.backbone(batch[0]).flatten(1)).pow(2).mean()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=1e-3)
+
+
+def lightning_file(path):
+    torch.manual_seed(1)
+    model = LightlyStyleModel(argparse.Namespace(lr=1e-3, arch="resnet18"))
+    trainer = pl.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(model, torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.rand(4, 3, 32, 32)), batch_size=4))
+    trainer.save_checkpoint(path)
+    return path, model
+
+
+def records(out):
+    return [json.loads(line) for line in (out / "smoke" / "records.jsonl").read_text().splitlines()]
+
+
+def test_lightning_checkpoint_trunk_is_found_and_loaded_as_trained(tmp_path):
+    path, model = lightning_file(tmp_path / "lightly.ckpt")
+    with pytest.raises(Exception):  # the reason for the inert stand-ins: the plain weights-only reader refuses it
+        torch.load(path, weights_only=True)
+    arch, prefix, trunk = find_trunk(read_weights(path), path)
+    assert (arch, prefix) == ("resnet18", "backbone.")
+    encoder, meta = load_external("lit", resolve_spec("lit", {"path": str(path)}), in_channels=3)
+    x = torch.rand(2, 3, 64, 64)
+    model.eval(), encoder.eval()
+    assert torch.allclose(encoder(x), model.backbone(x).flatten(1), atol=1e-6)
+    assert meta["external"]["normalisation"] == "ImageNet (default)"
+
+
+def test_three_channel_stem_on_grayscale_is_summed(tmp_path):
+    path = torchvision_file(tmp_path / "tv.pth")
+    net = torchvision.models.resnet18()
+    net.load_state_dict(torch.load(path))
+    encoder, meta = load_external("tv", resolve_spec("tv", {"path": str(path), "mean": [0.5], "std": [0.25]}), in_channels=1)
+    gray = torch.rand(2, 1, 64, 64)
+    net.fc = nn.Identity()
+    net.eval(), encoder.eval()
+    assert torch.allclose(encoder(gray), net(gray.repeat(1, 3, 1, 1)), atol=1e-5)
+    assert meta["mean"] == [0.5] and meta["std"] == [0.25]
+
+
+def test_external_rows_in_the_smoke_tables_keyed_by_sha256(tmp_path, synthetic_root, capsys):
+    tv = torchvision_file(tmp_path / "tv.pth")
+    lit, _ = lightning_file(tmp_path / "lightly.ckpt")
+    out = tmp_path / "out"
+    args = ["--suite", "smoke", "--methods", "supervised", "--encoder", f"tv={tv}", "--encoder", f"lit={lit},prefix=backbone.", *KNN,
+            "--data-root", str(synthetic_root), "--out", str(out), "--no-progress", "--logger", "tensorboard"]
+    assert main(args) == 0
+    first = records(out)
+    per_row = {m: sum(r["method"] == m for r in first) for m in ("supervised", "tv", "lit")}
+    assert per_row == {"supervised": 12, "tv": 12, "lit": 12}  # 3 protocols x 2 fractions x 2 seeds
+    external = {r["method"]: r["external"] for r in first if r.get("external")}
+    assert external["tv"]["sha256"] == __import__("hashlib").sha256(tv.read_bytes()).hexdigest() and external["lit"]["prefix_found"] == "backbone."
+    report = next(out.glob("reports/smoke--methods-supervised--set-*"))
+    for table in ("table1.md", "table2.md", "table3.md"):
+        text = (report / table).read_text()
+        assert "| tv |" in text and "| lit |" in text
+    assert "Table 3. Weighted kNN" in (report / "table3.md").read_text()
+    # tensorboard logs of fine-tuning next to the (external) pretraining's folder
+    assert list((out / "checkpoints").glob("tv-cxr-*/finetune/*/logs/version_0/events.out.tfevents.*"))
+    # unchanged files: nothing is evaluated again
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "done: 0 evaluations run, 36 reused" in capsys.readouterr().out
+    # a changed file is evaluated again, and only it
+    torchvision_file(tv, seed=5)
+    assert main(args) == 0
+    assert "done: 12 evaluations run, 24 reused" in capsys.readouterr().out
+    # the suite's report rebuilds the rows from the records alone (the files may be gone), tv from its latest file
+    tv.unlink(), lit.unlink()
+    assert main(["report", "--suite", "smoke", "--out", str(out)]) == 0
+    table = (out / "reports" / "smoke" / "table1.md").read_text()
+    assert "| tv |" in table and "| lit |" in table
+    latest_tv = [r for r in records(out) if r["method"] == "tv"][-1]
+    cell = next(line for line in table.splitlines() if line.startswith("| tv |"))
+    assert cell.split("|")[3].strip().startswith(f"{100 * np.mean([r['value'] for r in records(out)[-12:] if r['protocol'] == 'linear' and r['fraction'] == 100]):.1f}")
+    assert latest_tv["external"]["sha256"] != external["tv"]["sha256"]
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"not a checkpoint at all", "not a state dict or checkpoint that torch.load or safetensors can read"),
+    ("missing", "missing layer4.1.bn2.weight"),
+    ("no-trunk", "no ResNet trunk found"),
+])
+def test_bad_encoder_files_are_refused_with_their_name(tmp_path, synthetic_root, capsys, content, message):
+    path = tmp_path / "enc.pth"
+    if content == "missing":
+        state = torchvision.models.resnet18().state_dict()
+        del state["layer4.1.bn2.weight"]
+        torch.save(state, path)
+    elif content == "no-trunk":
+        torch.save({"head.weight": torch.zeros(2, 2)}, path)
+    else:
+        path.write_bytes(content)
+    out = tmp_path / "out"
+    assert main(["--suite", "smoke", "--methods", "supervised", "--encoder", f"mine={path}", "--data-root", str(synthetic_root), "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {path}: ") and message in err and err.count("\n") == 1
+    assert not (out / "checkpoints").exists() or not list((out / "checkpoints").iterdir())  # refused before any work
+
+
+def test_export_loads_into_torchvision_and_back_as_the_same_encoder(tmp_path, synthetic_root, capsys):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "out"
+    common = ["--suite", "smoke", "--data-root", str(synthetic_root), "--out", str(out), "--no-progress"]
+    assert main(["export", *common, "--method", "simclr"]) == 0
+    exported = sorted((out / "exports" / "smoke").glob("*.safetensors"))
+    assert [p.name.endswith("-3ch.safetensors") for p in exported] == [True, False]
+    three, one = (load_file(str(p)) for p in exported)
+    result = torchvision.models.resnet18().load_state_dict(three, strict=False)
+    assert sorted(result.missing_keys) == ["fc.bias", "fc.weight"] and not result.unexpected_keys
+    trunk = ResNetTrunk("resnet18", in_channels=1)
+    trunk.load_state_dict(one)  # strict: the as-trained file is the trunk, key for key
+    sidecar = json.loads(exported[1].with_suffix(".json").read_text())
+    assert sidecar["method"] == "simclr" and sidecar["channels"] == 1 and sidecar["image_size"] == 32 and len(sidecar["mean"]) == 1
+    # evaluated as an external encoder, the export scores exactly what the method's own row scores
+    assert main(["--methods", "simclr", "--encoder", f"exported={exported[1]}", "--fractions", "100", "--seeds", "0", "--set", "tasks.0.protocols=[linear]", *common]) == 0
+    values = {r["method"]: r["value"] for r in records(out)}
+    assert values["exported"] == values["simclr"]
+
+
+def test_knn_scores_are_weighted_neighbour_votes():
+    from medssl.evaluate import knn_classify
+
+    features = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.1], [0.9, 0.0], [0.0, 1.0]], dtype=np.float32)
+    labels = np.array([[1, 0], [0, 1], [1, 1], [1, 0], [0, 1]], dtype=np.uint8)
+    result = knn_classify(features, labels, np.array([0, 1, 2]), np.array([3, 4]), np.array([3, 4]), ["a", "b"], {"k": 2, "temperature": 0.5})
+    cos = lambda u, v: float(np.dot(u, v) / np.linalg.norm(u) / np.linalg.norm(v))  # noqa: E731
+    query = features[3]
+    nearest = [0, 2]  # the two most similar training images
+    weights = np.array([np.exp(cos(query, features[j]) / 0.5) for j in nearest])
+    expected = (weights[:, None] * labels[nearest]).sum(0) / weights.sum()
+    assert np.allclose(result["test_scores"][0], expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_each_command_has_its_own_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith(f"usage: run_benchmark.py {command}")
+    own = {"run": "--dry-run", "report": "--reports", "export": "--export-dir", "examples": "--image", "prepare": "--size"}
+    assert own[command] in text
+    assert ("--dry-run" in text) == (command == "run") and ("--size" in text) == (command == "prepare") and ("--set" in text) == (command in ("run", "report", "export"))
+
+
+def test_set_hashes_like_the_edited_suite(tmp_path):
+    edits = ["pretrain.epochs=2", "tasks.0.fractions=[100]", "method_params.simclr.temperature=0.2"]
+    overridden = build_plan(load_suite("smoke", settings=edits))
+    written = yaml.safe_load((ROOT / "benchmarks" / "suites" / "smoke.yaml").read_text())
+    written["pretrain"]["epochs"] = 2
+    written["tasks"][0]["fractions"] = [100]
+    written["method_params"]["simclr"]["temperature"] = 0.2
+    (tmp_path / "smoke.yaml").write_text(yaml.safe_dump(written))
+    edited = build_plan(load_suite(str(tmp_path / "smoke.yaml")))
+    keys = lambda plan: ([j.key for j in plan.pretrain_jobs], [j.key for j in plan.eval_jobs])  # noqa: E731
+    assert keys(overridden) == keys(edited) and keys(overridden) != keys(build_plan(load_suite("smoke")))
+    with pytest.raises(ConfigError, match="pretrain.epochs: expected an integer"):
+        load_suite("smoke", settings=["pretrain.epochs=two"])
+    with pytest.raises(ConfigError, match="unknown key; did you mean 'weight_decay'"):
+        load_suite("smoke", settings=["pretrain.optimizer.weigth_decay=0.1"])
+    with pytest.raises(ConfigError, match="address an item by its position"):
+        load_suite("smoke", settings=["tasks.3.fractions=[1]"])
+
+
+@pytest.mark.parametrize("method", ["pcrlv2", "dira", "mlvicx", "vox2vec2d", "coboom"])
+def test_decoder_methods_build_on_resnet50(method):
+    from methods import build_method
+    from methods.base import PretrainProtocol
+
+    protocol = PretrainProtocol(backbone="resnet50", image_size=32, epochs=1, steps_per_epoch=1, optimizer={"name": "adamw", "lr": 1e-3, "weight_decay": 0.0})
+    params = {"pcrlv2": {"n_local_views": 1}, "mlvicx": {"hidden_dim": 32, "output_dim": 32, "dense_channels": 8}, "coboom": {"hidden_dim": 32, "output_dim": 32, "codebook_size": 8},
+              "dira": {"hidden_dim": 32, "output_dim": 16, "queue_size": 16}, "vox2vec2d": {"hidden_dim": 32, "output_dim": 16, "points_per_image": 4}}[method]
+    model = build_method(method, protocol, params)
+    images = (torch.rand(4, 1, 40, 40) * 255).to(torch.uint8)
+    loss = model.compute_loss(model.make_views(images), images)["loss"]
+    assert torch.isfinite(loss)
+
+
+def test_resnet50_segmentation_on_a_tiny_suite(tmp_path, synthetic_root):
+    out = tmp_path / "out"
+    suite = yaml.safe_load((ROOT / "benchmarks" / "suites" / "smoke.yaml").read_text())
+    data = {"name": "synthetic_cxr", "params": {"n_images": 48, "size": 32, "seed": 0}}
+    suite.update(name="tiny50", methods=["supervised"], method_params={},
+                 tasks=[{"name": "PTX", "type": "segmentation", "dataset": data, "pretrain": "cxr", "protocols": ["linear", "finetune"], "fractions": [100]}])
+    suite["pretrain"].update(backbone="resnet50", datasets={"cxr": {**data, "splits": ["train", "val"]}})
+    suite["evaluation"].update(seeds=[0], segmentation={"epochs": 1, "lr": 1e-3, "batch_size": 8})
+    (tmp_path / "tiny50.yaml").write_text(yaml.safe_dump(suite))
+    assert main(["--suite", str(tmp_path / "tiny50.yaml"), "--data-root", str(synthetic_root), "--out", str(out), "--no-progress"]) == 0
+    found = [json.loads(line) for line in (out / "tiny50" / "records.jsonl").read_text().splitlines()]
+    assert {r["protocol"] for r in found} == {"linear", "finetune"} and all(r["metric"] == "mean_dice" and 0 <= r["value"] <= 1 for r in found)
+    assert all(r["pretrain_config"]["protocol"]["backbone"] == "resnet50" for r in found)
+
+
+def test_a_fixed_encoder_is_paired_with_each_pretraining_run():
+    from medssl.compare import CellRuns, compare_runs
+    from medssl.plan import FIXED_RUN
+
+    trained = CellRuns(values={(s, e): 0.70 + 0.02 * s + 0.01 * e for s in (0, 1, 2) for e in (0, 1)})
+    fixed = CellRuns(values={(FIXED_RUN, e): 0.65 + 0.01 * e for e in (0, 1)})
+    assert fixed.fixed and not trained.fixed and fixed.n_pretraining == 0
+    assert fixed.replicates(True) == [0.65, 0.66]  # its sd is over evaluation seeds, whatever the suite replicates
+    result = compare_runs(trained, fixed)
+    per_run = [np.mean([trained.values[(s, e)] - fixed.values[(FIXED_RUN, e)] for e in (0, 1)]) for s in (0, 1, 2)]
+    assert result["n_pretraining"] == 3 and result["n_runs"] == 6
+    assert result["difference"] == pytest.approx(100 * np.mean(per_run)) and result["df"] == 2 and np.isfinite(result["p_pretraining"])
+    assert compare_runs(fixed, trained)["difference"] == pytest.approx(-result["difference"])
+    other = CellRuns(values={(FIXED_RUN, e): 0.60 for e in (0, 1)})
+    assert not np.isfinite(compare_runs(fixed, other)["p_pretraining"])  # two fixed encoders: no pretraining run to test over
