@@ -72,7 +72,10 @@ def _torch_load(path: Path) -> Any:
     except Exception as err:  # noqa: BLE001 - classes the weights-only reader does not know: inert stand-ins, once
         if "Weights only load failed" not in str(err):
             raise
-        unknown = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        try:
+            unknown = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        except Exception:  # noqa: BLE001 - not a zip checkpoint: the weights-only reader's own message says more
+            raise err from None
         with torch.serialization.safe_globals([(OpaqueObject, name) for name in unknown]):
             return torch.load(path, map_location="cpu", weights_only=True)
 

@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional
 from datasets import DatasetError, dataset_version
 from medssl.backbone import TRUNK_VERSION
 from medssl.config import PROTOCOL_VERSION, ConfigError, fraction_label, stable_hash
-from medssl.external import EXTERNAL_VERSION, check_encoder_name, identity, resolve_spec
+from medssl.external import check_encoder_name, identity, resolve_spec
 from methods import UnknownMethodError, method_class, method_names, resolve_config
 
 PRETRAIN_PROTOCOL_KEYS = ("backbone", "image_size", "epochs", "batch_size", "optimizer", "schedule", "augment")

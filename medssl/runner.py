@@ -269,6 +269,6 @@ def run_plan(plan: Plan, data_root: Path, out_dir: Path, device: str = "cpu", pr
             record = make_record(job, suite["name"], dataset, result, metrics, n_split, device, time.time() - start, used, meta)
             store.append(record, predictions=predictions)
             ran += 1
-            chosen = f"l2 {result['selected_l2']:g}" if result.get("selected_l2") is not None else f"epoch {result['best_epoch']}"
+            chosen = f"l2 {result['selected_l2']:g}" if result.get("selected_l2") is not None else (f"epoch {result['best_epoch']}" if result["best_epoch"] is not None else "nothing tuned")
             log(f"  {job.describe()}: {summary} (val {result['val_value']:.4f}, {chosen})")
     return {"ran": ran, "skipped": len(plan.eval_jobs) - len(pending), "failed": failed}
