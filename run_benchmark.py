@@ -112,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--dataset", default="synthetic_cxr", help="the dataset, e.g. nih_chestxray14 (default: synthetic_cxr)")
     prepare.add_argument("--data-root", help="folder with the datasets (default: ./data)")
     prepare.add_argument("--size", type=int, default=256, help="side of the cached square images in pixels (default: 256, what the miccai2024 suite reads)")
+    prepare.add_argument("--spacing", help="for CT datasets: the voxel spacing in mm the volumes are resampled to, x,y,z (default: the loader's; 1,1,2 for BTCV, AMOS, FLARE22 as vox2vec)")
     prepare.add_argument("--no-progress", action="store_true", help="no progress bars (for logs and CI)")
     return parser
 
@@ -297,8 +298,29 @@ def main(argv=None) -> int:
         if args.command == "prepare":
             from datasets import load_dataset
 
-            dataset = load_dataset(args.dataset, resolve_data_root(args.data_root), size=args.size, progress=not args.no_progress)
+            import inspect
+
+            from datasets.base import loader_function
+
+            takes = inspect.signature(loader_function(args.dataset)).parameters
+            options = {"size": args.size} if "size" in takes else {}
+            if args.spacing is not None:
+                if "spacing" not in takes:
+                    raise ConfigError(f"--spacing is for CT datasets; {args.dataset} takes --size")
+                try:
+                    options["spacing"] = [float(v) for v in args.spacing.split(",")]
+                except ValueError:
+                    raise ConfigError(f"--spacing {args.spacing!r}: give three numbers in mm, x,y,z, e.g. 1,1,2") from None
+            dataset = load_dataset(args.dataset, resolve_data_root(args.data_root), progress=not args.no_progress, **options)
             summary = dataset.summary()
+            if "volumes" in summary:  # a CT dataset (datasets/volumes.py)
+                print(f"{summary['name']}: {summary['volumes']} volumes of {summary['patients']} patients; source spacing {summary['source_spacing_mm']['min']} - {summary['source_spacing_mm']['max']} mm, "
+                      f"resampled to {summary['working_spacing_mm']} mm, shapes {summary['shapes']['min']} - {summary['shapes']['max']}; splits {summary['splits']}")
+                if summary["voxels_per_organ"]:
+                    print("voxels per organ: " + ", ".join(f"{k} {v}" for k, v in summary["voxels_per_organ"].items()))
+                if summary["not_annotated"]:
+                    print("not annotated in this dataset: " + ", ".join(summary["not_annotated"]))
+                return 0
             print(f"{summary['name']}: {summary['images']} images of {summary['patients']} patients at {summary['size'][-1]} px; splits {summary['splits']}")
             print("positives: " + ", ".join(f"{k} {v}" for k, v in summary["positives"].items()))
             return 0

@@ -5,3 +5,4 @@ from datasets import nih_chestxray14  # noqa: F401,E402  (registers nih_chestxra
 from datasets import siim_acr  # noqa: F401,E402  (registers siim_acr)
 from datasets import eyepacs, mured, odir  # noqa: F401,E402  (register the fundus datasets)
 from datasets import rsna_pneumonia, vindr_cxr  # noqa: F401,E402  (register the MLVICX chest X-ray tasks)
+from datasets import btcv, amos, flare22, synthetic_ct  # noqa: F401,E402  (register the CT datasets of the 3D track)

@@ -169,6 +169,10 @@ def check_tasks(jobs: List[EvalJob], datasets: DatasetCache) -> None:
             continue
         checked.add(task["name"])
         corpus, dataset = datasets.get(job.pretrain.config["corpus"]), datasets.get(task["dataset"])
+        volumes = [d.name for d in (corpus, dataset) if hasattr(d, "case_ids")]
+        if volumes:
+            raise ConfigError(f"task {task['name']!r}: {volumes[0]} holds CT volumes, but this suite's methods and protocols take 2D images; "
+                              "use an image dataset (the 3D track's suites, README \"CT datasets\", are not in this version yet)")
         if dataset.channels != corpus.channels:
             raise ConfigError(f"task {task['name']!r} has {dataset.channels}-channel images but its pretraining corpus {corpus.name!r} has {corpus.channels}-channel images; pair each task with a corpus of its kind (tasks[].pretrain)")
         if task_type(task) == "segmentation" and dataset.masks is None:
