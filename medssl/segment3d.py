@@ -19,6 +19,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 NUM_ORGANS = 13
 
@@ -60,3 +61,115 @@ def predict_volume(predictor: Callable[[torch.Tensor], torch.Tensor], volume: to
         logits = sliding_window_inference(volume[None], roi_size=tuple(int(p) for p in patch_size), sw_batch_size=batch_size, predictor=predictor,
                                           overlap=0.5, mode="constant", sw_device=device, device="cpu")
     return torch.sigmoid(logits[0]) * body.float()
+
+
+# ----- training a segmentation head (and the FPN) on CT patches ------------------------------------------------------
+def window(volume_hu, low: float = -1350.0, high: float = 1000.0) -> torch.Tensor:
+    """HU -> [0, 1] with the official evaluation window (MONAI's ``ScaleIntensityRange``, clipped): 1 x X x Y x Z."""
+    from monai.transforms import ScaleIntensityRange
+
+    x = torch.as_tensor(np.asarray(volume_hu, dtype=np.float32))[None]
+    return torch.as_tensor(ScaleIntensityRange(a_min=low, a_max=high, b_min=0.0, b_max=1.0, clip=True)(x), dtype=torch.float32)
+
+
+def sample_patch_start(labels: np.ndarray, patch: Sequence[int], rng: np.random.Generator, class_share: float = 0.5) -> np.ndarray:
+    """A training patch's corner (official eval sampling): with probability ``class_share`` the patch contains a
+    voxel of one organ present in the CT (organ and voxel at random), else it lies anywhere in the volume."""
+    from methods.vox2vec3d import sample_box
+
+    present = [k for k in np.unique(labels) if k > 0]
+    if present and rng.uniform() < class_share:
+        where = np.argwhere(labels == present[int(rng.integers(len(present)))])
+        return sample_box(labels.shape, patch, where[int(rng.integers(len(where)))], rng)
+    return np.array([rng.integers(0, s - p + 1) for s, p in zip(labels.shape, patch)])
+
+
+def mean_dice(model_fn, volumes, labels, bodies, patch: Sequence[int], annotated: Sequence[int], device: str = "cpu") -> np.ndarray:
+    """Per CT and organ (n x 13) Dice of ``model_fn``'s sliding-window prediction; organs the dataset does not
+    annotate are NaN."""
+    out = []
+    for volume, label, body in zip(volumes, labels, bodies):
+        probabilities = predict_volume(model_fn, window(volume), patch, torch.as_tensor(body)[None], device=device)
+        scores = dice_scores(probabilities, torch.as_tensor(np.asarray(label)))
+        scores[[k - 1 for k in range(1, NUM_ORGANS + 1) if k not in annotated]] = np.nan
+        out.append(scores)
+    return np.array(out)
+
+
+def train_fpn_segmentation(encoder, mode: str, volumes, labels, annotated: Sequence[int], train_idx, val_idx, test_idx, settings, seed: int, device: str = "cpu"):
+    """Train segmentation heads on a FPN3d ``encoder`` and score them; returns ``{head: result}``.
+
+    ``mode``: ``probe`` (the official probing: the encoder frozen in eval mode, so BatchNorm keeps its pretraining
+    statistics; the linear and the non-linear head trained together by one Adam; the epoch chosen on the non-linear
+    head's validation Dice and both heads tested at it), ``finetune`` (linear head and encoder; the encoder frozen for
+    ``freeze_epochs``, then trained with its learning rate rising linearly from a tenth of ``lr`` to ``lr`` over
+    ``warmup_epochs``: what the official ``BackboneFinetuning(unfreeze_backbone_at_epoch=50)`` intends; the official
+    callback as run instead trains BatchNorm before epoch 50 and the whole model at lr / 5 from epoch 51) or
+    ``scratch`` (a fresh encoder given as ``encoder``, trained with its linear head from the start). Per step
+    ``patches_per_step`` patches of ``patch_size`` from one random training CT (:func:`sample_patch_start`); Adam at
+    ``lr`` (official 3e-4, constant); validation Dice ``validations`` times (sliding window over whole CTs).
+    Result per head: ``val_value``, ``best_epoch``, ``epochs``, ``dice`` (test CTs x 13, NaN for organs the dataset
+    does not annotate) and ``mean_dice`` (organs averaged within each CT, then CTs)."""
+    from methods.vox2vec3d import FPNLinearHead, FPNNonLinearHead, body_mask
+
+    if mode not in ("probe", "finetune", "scratch"):
+        raise ValueError(f"mode must be probe, finetune or scratch, got {mode!r}")
+    torch.manual_seed(seed)
+    rng = np.random.default_rng([seed, 21])
+    patch = tuple(int(p) for p in settings["patch_size"])
+    epochs, steps, per_step, lr = int(settings["epochs"]), int(settings["steps_per_epoch"]), int(settings.get("patches_per_step", 7)), float(settings.get("lr", 3e-4))
+    freeze, warmup = int(settings.get("freeze_epochs", 0)), max(1, int(settings.get("warmup_epochs", 1)))
+    encoder = encoder.to(device)
+    heads = nn.ModuleDict({"linear": FPNLinearHead(encoder.level_channels, NUM_ORGANS)})
+    if mode == "probe":
+        heads["nonlinear"] = FPNNonLinearHead(encoder.level_channels, NUM_ORGANS)
+    heads = heads.to(device)
+    trains_encoder = mode != "probe"
+    groups = [{"params": list(heads.parameters()), "lr": lr}] + ([{"params": list(encoder.parameters()), "lr": lr}] if trains_encoder else [])
+    optimizer = torch.optim.Adam(groups)
+    windowed, bodies = {}, {}
+
+    def prepared(i: int):
+        if i not in windowed:
+            windowed[i], bodies[i] = window(volumes[i]), torch.as_tensor(body_mask(np.asarray(volumes[i])))[None]
+        return windowed[i], bodies[i]
+
+    selector = "nonlinear" if mode == "probe" else "linear"
+    predictors = {name: (lambda x, head=head: head(encoder(x))) for name, head in heads.items()}
+    every = max(1, epochs // max(1, int(settings.get("validations", 5))))
+    best = (-np.inf, -1, None)
+    for epoch in range(epochs):
+        encoder_trains = trains_encoder and (mode == "scratch" or epoch >= freeze)
+        if mode == "finetune":
+            optimizer.param_groups[1]["lr"] = lr * min(1.0, 0.1 + 0.9 * (epoch - freeze) / warmup) if encoder_trains else 0.0
+        encoder.train(encoder_trains)
+        encoder.requires_grad_(encoder_trains)
+        heads.train()
+        for _ in range(steps):
+            i = int(train_idx[int(rng.integers(len(train_idx)))])
+            image, body = prepared(i)
+            starts = [sample_patch_start(np.asarray(labels[i]), patch, rng) for _ in range(per_step)]
+            crop = lambda t, s: t[..., s[0] : s[0] + patch[0], s[1] : s[1] + patch[1], s[2] : s[2] + patch[2]]  # noqa: E731
+            x = torch.stack([crop(image, s) for s in starts]).to(device)
+            y = one_hot_organs(torch.stack([crop(torch.as_tensor(np.asarray(labels[i])), s) for s in starts])).to(device)
+            b = torch.stack([crop(body, s) for s in starts]).to(device)
+            with torch.set_grad_enabled(encoder_trains):
+                levels = encoder(x)
+            loss = sum(segmentation_loss(head(levels), y, b) for head in heads.values())
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        if (epoch + 1) % every == 0 or epoch == epochs - 1:
+            encoder.eval(), heads.eval()
+            val = np.nanmean(np.nanmean(mean_dice(predictors[selector], [volumes[i] for i in val_idx], [labels[i] for i in val_idx], [prepared(int(i))[1][0].numpy() for i in val_idx], patch, annotated, device), axis=1))
+            if val > best[0]:
+                state = {"heads": {k: v.detach().cpu().clone() for k, v in heads.state_dict().items()}, "encoder": {k: v.detach().cpu().clone() for k, v in encoder.state_dict().items()}}
+                best = (float(val), epoch, state)
+    heads.load_state_dict(best[2]["heads"])
+    encoder.load_state_dict(best[2]["encoder"])
+    encoder.eval(), heads.eval()
+    results = {}
+    for name in heads:
+        dice = mean_dice(predictors[name], [volumes[i] for i in test_idx], [labels[i] for i in test_idx], [prepared(int(i))[1][0].numpy() for i in test_idx], patch, annotated, device)
+        results[name] = {"val_value": best[0], "best_epoch": best[1], "epochs": epochs, "dice": dice, "mean_dice": float(np.nanmean(np.nanmean(dice, axis=1)))}
+    return results

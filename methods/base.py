@@ -103,7 +103,7 @@ class SSLMethod(pl.LightningModule):
         super().__init__()
         self.config = config
         self.protocol = protocol
-        self.backbone = ResNetTrunk(protocol.backbone, protocol.in_channels)
+        self.backbone = self.build_trunk()
         self.normalize = Normalize(protocol.mean, protocol.std)
         augment = {**protocol.augment, **self.view_overrides}
         self.view_augment = view_configs(augment, self.n_views)
@@ -113,6 +113,10 @@ class SSLMethod(pl.LightningModule):
         self._compiled_loss = None
 
     # ----- to implement -------------------------------------------------------------------------------------
+    def build_trunk(self) -> nn.Module:
+        """The encoder the method trains and exports: the suite's ResNet trunk (vox2vec3d: its FPN3d)."""
+        return ResNetTrunk(self.protocol.backbone, self.protocol.in_channels)
+
     def build(self) -> None:
         """Create heads and auxiliary modules (the backbone exists already)."""
 
@@ -185,10 +189,14 @@ class SSLMethod(pl.LightningModule):
     def training_step(self, batch, batch_idx):
         images = batch[0] if isinstance(batch, (list, tuple)) else batch
         losses = (self._compiled_loss or self.compute_loss)(self.make_views(images), images)
-        self.last_loss_terms = {k: v.detach() for k, v in losses.items()}  # read by medssl.pretrain.DivergenceGuard
-        self.log_dict({f"train/{k}": v.detach().float() for k, v in losses.items()}, prog_bar=False, on_step=True, on_epoch=True, batch_size=len(images))
-        self.log("loss", losses["loss"].detach().float(), prog_bar=True, on_step=True, on_epoch=False, batch_size=len(images))
+        self.log_losses(losses, len(images))
         return losses["loss"]
+
+    def log_losses(self, losses: Dict[str, torch.Tensor], batch_size: int) -> None:
+        """Keep a step's loss terms for medssl.pretrain.DivergenceGuard and log them (progress bar: the loss)."""
+        self.last_loss_terms = {k: v.detach() for k, v in losses.items()}
+        self.log_dict({f"train/{k}": v.detach().float() for k, v in losses.items()}, prog_bar=False, on_step=True, on_epoch=True, batch_size=batch_size)
+        self.log("loss", losses["loss"].detach().float(), prog_bar=True, on_step=True, on_epoch=False, batch_size=batch_size)
 
     def full_precision(self):
         """A context with autocast off, for loss terms that lose accuracy in bf16/fp16: softmax over similarity

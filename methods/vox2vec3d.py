@@ -29,8 +29,9 @@ Faithful to the official code (github mishgon/vox2vec; facts in ../shared/specs/
   weight decay, no schedule (the suite's optimiser settings), gradient norm clipped at 1.0, fp32 in the official
   code.
 
-The encoder evaluated downstream is the FPN (all of its levels). Until the 3D pipeline of issue 21 is complete, this
-module is not in the method registry: a 2D suite cannot list it.
+The encoder evaluated downstream is the FPN (all of its levels). Deviation for DDP (the official code trains on one
+GPU): each process samples its own CT and the negatives are gathered across processes. Until the 3D pipeline of
+issue 21 is complete, this module is not in the method registry: a 2D suite cannot list it.
 """
 from __future__ import annotations
 
@@ -38,9 +39,12 @@ import dataclasses
 from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
+import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from methods.base import MethodConfig, SSLMethod, gather_across_processes
 
 BODY_THRESHOLD_HU = -500
 # the official window of evaluation and the ranges of the random pretraining window (HU)
@@ -233,8 +237,47 @@ def sample_step(volume: np.ndarray, body: np.ndarray, patch: Sequence[int], pair
             "voxels_second": torch.cat(voxels_second).long(), "patch_index": torch.cat(owner)}
 
 
+class VolumeSteps:
+    """The pretraining stream: ``steps_per_epoch`` batches per epoch, batch k of epoch e drawn from the generator
+    seeded with (seed, e, k): one CT chosen at random, ``pairs`` view pairs from it (:func:`sample_step`). A run
+    resumed at an epoch's start therefore draws exactly the batches of the uninterrupted run (Lightning sets the
+    epoch through :class:`EpochOfSteps`). Body masks are computed once per CT."""
+
+    def __init__(self, volumes: Sequence[np.ndarray], patch: Sequence[int], pairs: int, max_voxels: int, steps_per_epoch: int, seed: int):
+        self.volumes, self.patch, self.pairs, self.max_voxels = list(volumes), tuple(patch), int(pairs), int(max_voxels)
+        self.steps_per_epoch, self.seed, self.epoch = int(steps_per_epoch), int(seed), 0
+        self._bodies: Dict[int, np.ndarray] = {}
+        small = [i for i, v in enumerate(self.volumes) if any(s < p for s, p in zip(v.shape, self.patch))]
+        if small:
+            raise ValueError(f"{len(small)} volumes are smaller than the patch {self.patch} (e.g. shape {self.volumes[small[0]].shape}); use a smaller patch_size or larger volumes")
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch
+
+    def body(self, index: int) -> np.ndarray:
+        if index not in self._bodies:
+            self._bodies[index] = body_mask(np.asarray(self.volumes[index]))
+        return self._bodies[index]
+
+    def __iter__(self):
+        for step in range(self.steps_per_epoch):
+            rng = np.random.default_rng([self.seed, self.epoch, step])
+            index = int(rng.integers(len(self.volumes)))
+            yield sample_step(np.asarray(self.volumes[index]), self.body(index), self.patch, self.pairs, self.max_voxels, rng)
+
+
+class EpochOfSteps(pl.Callback):
+    """Tells a :class:`VolumeSteps` which epoch Lightning is in (also after a resume)."""
+
+    def __init__(self, steps: VolumeSteps):
+        self.steps = steps
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, module) -> None:
+        self.steps.epoch = trainer.current_epoch
+
+
 @dataclasses.dataclass
-class Vox2Vec3dConfig:
+class Vox2Vec3dConfig(MethodConfig):
     base_channels: int = 16
     num_levels: int = 6
     patch_size: Tuple[int, int, int] = (128, 128, 32)
@@ -245,22 +288,37 @@ class Vox2Vec3dConfig:
     gradient_clip: float = 1.0
 
 
-class Vox2Vec3dModel(nn.Module):
-    """FPN3d + projector + loss: what one step computes from :func:`sample_step`'s batch."""
+class Vox2Vec3d(SSLMethod):
+    """vox2vec on the shared base: its trunk is an FPN3d (``build_trunk``), its steps take :class:`VolumeSteps`
+    batches (views already augmented on the CPU, as the official data loader does) instead of 2D images, and it
+    clips the gradient norm (``gradient_clip``). Optimiser and schedule are the suite's (the official: Adam 3e-4,
+    constant)."""
 
-    def __init__(self, config: Vox2Vec3dConfig, in_channels: int = 1):
-        super().__init__()
+    Config = Vox2Vec3dConfig
+
+    def build_trunk(self) -> nn.Module:
+        return FPN3d(self.protocol.in_channels, self.config.base_channels, self.config.num_levels)
+
+    def build(self) -> None:
         from lightly.loss import NTXentLoss
 
-        self.config = config
-        self.backbone = FPN3d(in_channels, config.base_channels, config.num_levels)
-        self.projector = Projector(self.backbone.embedding_dim, config.output_dim)
-        self.criterion = NTXentLoss(temperature=config.temperature)
+        self.projector = Projector(self.backbone.embedding_dim, self.config.output_dim)
+        # under DDP every process's voxels are negatives of the others' (each process samples its own CT)
+        self.criterion = NTXentLoss(temperature=self.config.temperature, gather_distributed=gather_across_processes())
 
     def embed(self, views: torch.Tensor, patch_index: torch.Tensor, voxels: torch.Tensor) -> torch.Tensor:
         return self.projector(voxel_embeddings(self.backbone(views), patch_index, voxels))
 
-    def forward(self, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
-        first = self.embed(batch["views_first"], batch["patch_index"], batch["voxels_first"])
-        second = self.embed(batch["views_second"], batch["patch_index"], batch["voxels_second"])
-        return self.criterion(first.float(), second.float())
+    def compute_loss(self, views: Dict[str, torch.Tensor], images=None) -> Dict[str, torch.Tensor]:
+        first = self.embed(views["views_first"], views["patch_index"], views["voxels_first"])
+        second = self.embed(views["views_second"], views["patch_index"], views["voxels_second"])
+        with self.full_precision():
+            return {"loss": self.criterion(first.float(), second.float())}
+
+    def training_step(self, batch, batch_idx):
+        losses = (self._compiled_loss or self.compute_loss)(batch)
+        self.log_losses(losses, len(batch["patch_index"]))
+        return losses["loss"]
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        self.clip_gradients(optimizer, gradient_clip_val=self.config.gradient_clip, gradient_clip_algorithm="norm")

@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from methods.vox2vec3d import (FPN3d, Projector, Vox2Vec3dConfig, Vox2Vec3dModel, augment_view, body_mask, sample_box, sample_pair, sample_step,
-                               voxel_embeddings)
+from methods.vox2vec3d import (FPN3d, EpochOfSteps, Projector, VolumeSteps, Vox2Vec3d, Vox2Vec3dConfig, augment_view, body_mask, sample_box, sample_pair,
+                               sample_step, voxel_embeddings)
 
 
 def count(module):
@@ -79,15 +79,22 @@ def test_augmentations_are_seeded_and_end_in_the_unit_window():
     assert len({round(float(v.mean()), 4) for v in views}) > 10  # random windows, noise, blur or sharpening
 
 
+def tiny_method(epochs=2, steps=2):
+    from methods.base import PretrainProtocol
+
+    protocol = PretrainProtocol(in_channels=1, epochs=epochs, steps_per_epoch=steps, optimizer={"name": "adam", "lr": 1e-3}, schedule={"name": "constant"})
+    return Vox2Vec3d(Vox2Vec3dConfig(base_channels=4, num_levels=4, patch_size=(16, 16, 8), pairs_per_step=2, max_voxels_per_pair=64), protocol)
+
+
 def test_loss_is_finite_and_decreases_on_a_fixed_batch():
     volume, _ = phantom_volume()
     batch = sample_step(volume, body_mask(volume), (16, 16, 8), pairs=2, max_voxels=64, rng=np.random.default_rng(0))
     torch.manual_seed(0)
-    model = Vox2Vec3dModel(Vox2Vec3dConfig(base_channels=4, num_levels=4, patch_size=(16, 16, 8), pairs_per_step=2, max_voxels_per_pair=64))
+    model = tiny_method()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     losses = []
     for _ in range(8):
-        loss = model(batch)
+        loss = model.compute_loss(batch)["loss"]
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), model.config.gradient_clip)
@@ -161,3 +168,97 @@ def test_segmentation_loss_is_the_official_formula():
     bce = (F.binary_cross_entropy_with_logits(logits, targets, reduction="none") * m).sum() / (m.sum() * 3)
     dice = (1 - 2 * (p * g).sum((2, 3, 4)) / ((p**2).sum((2, 3, 4)) + (g**2).sum((2, 3, 4)) + 1)).mean()
     assert torch.allclose(segmentation_loss(logits, targets, body), bce + dice, atol=1e-6)
+
+
+class CrashInSecondEpoch(__import__("pytorch_lightning").Callback):
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if trainer.current_epoch == 1:
+            raise RuntimeError("simulated crash")
+
+
+def fit(run_dir, callbacks=()):
+    """Two epochs of two steps on two small volumes with Lightning, resuming from ``run_dir/last.ckpt`` if there."""
+    import pytorch_lightning as pl
+
+    pl.seed_everything(0, verbose=False)
+    model = tiny_method()
+    volume = phantom_volume()[0]
+    steps = VolumeSteps([volume, volume[::-1].copy()], (16, 16, 8), pairs=2, max_voxels=64, steps_per_epoch=2, seed=0)
+    checkpoint = pl.callbacks.ModelCheckpoint(dirpath=run_dir, filename="last", every_n_epochs=1, save_top_k=1, enable_version_counter=False)
+    trainer = pl.Trainer(max_epochs=2, logger=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[EpochOfSteps(steps), checkpoint, *callbacks])
+    resume = run_dir / "last.ckpt"
+    trainer.fit(model, steps, ckpt_path=str(resume) if resume.exists() else None, weights_only=True)
+    return model
+
+
+def test_pretraining_with_lightning_resumes_bit_identically(tmp_path):
+    """The official loop's pieces on the shared base under Lightning: Adam, constant lr, gradient clipping, batches
+    seeded by (seed, epoch, step); killed in the second epoch and resumed, the FPN ends as the uninterrupted one."""
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        fit(tmp_path / "crashed", [CrashInSecondEpoch()])
+    resumed = fit(tmp_path / "crashed").encoder_state_dict()
+    uninterrupted = fit(tmp_path / "whole").encoder_state_dict()
+    assert resumed.keys() == uninterrupted.keys() and all(torch.equal(resumed[k], uninterrupted[k]) for k in resumed)
+    assert any(k.startswith("stem.") for k in resumed)  # the exported encoder is the FPN
+
+
+def test_steps_refuse_volumes_smaller_than_the_patch():
+    volume, _ = phantom_volume()
+    with pytest.raises(ValueError, match="smaller than the patch"):
+        VolumeSteps([volume], (64, 16, 8), 2, 8, 1, 0)
+
+
+def test_every_step_clips_the_gradient_norm_at_the_configured_value(tmp_path, monkeypatch):
+    seen = []
+    original = Vox2Vec3d.clip_gradients
+    monkeypatch.setattr(Vox2Vec3d, "clip_gradients", lambda self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None: (
+        seen.append((gradient_clip_val, gradient_clip_algorithm)), original(self, optimizer, gradient_clip_val, gradient_clip_algorithm))[1])
+    fit(tmp_path)
+    assert seen == [(1.0, "norm")] * 4  # 2 epochs x 2 steps, the official clipping
+
+
+def toy_ct(n=4):
+    """Small volumes: a body with a bright 'spleen' (1) and a dimmer 'liver' (6) block, placed per case."""
+    volumes, labels = [], []
+    for case in range(n):
+        volume = np.full((24, 24, 16), -1000, np.int16)
+        volume[2:22, 2:22] = 40
+        label = np.zeros(volume.shape, np.uint8)
+        shift = case % 3
+        label[4 + shift : 10 + shift, 4:10, 3:9] = 1
+        label[12:19, 12 - shift : 19 - shift, 5:12] = 6
+        volume[label == 1], volume[label == 6] = 300, 110
+        volumes.append(volume)
+        labels.append(label)
+    return volumes, labels
+
+
+@pytest.mark.parametrize("mode", ["probe", "finetune", "scratch"])
+def test_fpn_segmentation_modes(mode):
+    from medssl.segment3d import train_fpn_segmentation
+
+    volumes, labels = toy_ct()
+    torch.manual_seed(0)
+    encoder = FPN3d(1, 4, 3)
+    before = {k: v.clone() for k, v in encoder.state_dict().items()}
+    settings = {"patch_size": [16, 16, 8], "epochs": 4, "steps_per_epoch": 3, "patches_per_step": 2, "validations": 2, "freeze_epochs": 2, "warmup_epochs": 1, "lr": 3e-3}
+    annotated = [k for k in range(1, 14) if k != 10]
+    results = train_fpn_segmentation(encoder, mode, volumes, labels, annotated, np.array([0, 1]), np.array([2]), np.array([3]), settings, seed=0)
+    assert set(results) == ({"linear", "nonlinear"} if mode == "probe" else {"linear"})
+    for result in results.values():
+        assert result["dice"].shape == (1, 13) and np.isnan(result["dice"][0, 9]) and np.isfinite(result["mean_dice"])
+        assert result["best_epoch"] in (1, 3) and 0 <= result["val_value"] <= 1
+    changed = any(not torch.equal(before[k], v) for k, v in encoder.state_dict().items())
+    assert changed == (mode != "probe")  # probing never touches the encoder, its BatchNorm statistics included
+
+
+def test_finetuning_keeps_the_encoder_frozen_until_its_epoch():
+    from medssl.segment3d import train_fpn_segmentation
+
+    volumes, labels = toy_ct()
+    torch.manual_seed(0)
+    encoder = FPN3d(1, 4, 3)
+    before = {k: v.clone() for k, v in encoder.state_dict().items()}
+    settings = {"patch_size": [16, 16, 8], "epochs": 2, "steps_per_epoch": 2, "patches_per_step": 2, "validations": 1, "freeze_epochs": 2}
+    train_fpn_segmentation(encoder, "finetune", volumes, labels, range(1, 14), np.array([0, 1]), np.array([2]), np.array([3]), settings, seed=0)
+    assert all(torch.equal(before[k], v) for k, v in encoder.state_dict().items())
