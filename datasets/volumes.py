@@ -188,7 +188,9 @@ def load_volumes(name: str, root: Path, cases: Sequence[Case], spacing: Sequence
                     _atomic_save(label_file, labels)
                 meta = {"source_spacing": source, "shape": list(volume.shape),
                         "voxels": {str(k): int((labels == k).sum()) for k in range(1, 14)} if labels is not None else {}}
-                meta_file.write_text(json.dumps(meta))
+                tmp = meta_file.with_name(f".{meta_file.name}.tmp-{os.getpid()}")
+                tmp.write_text(json.dumps(meta))
+                os.replace(tmp, meta_file)  # last: a case counts as cached only with its arrays complete
             entries.append(json.loads(meta_file.read_text()))
             if bar is not None:
                 bar.advance(0)

@@ -133,3 +133,18 @@ def test_a_2d_suite_refuses_ct_volumes_before_any_work(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: task 'CXR': synthetic_ct-labelled holds CT volumes") and err.count("\n") == 1
     assert not (tmp_path / "out" / "checkpoints").exists() or not list((tmp_path / "out" / "checkpoints").iterdir())
+
+
+def test_an_interrupted_volume_cache_keeps_its_finished_cases(tmp_path):
+    training = tmp_path / "btcv" / "RawData" / "Training"
+    for case in ("0001", "0002"):
+        write_case(training, case, two_organs(), np.diag([2.0, 2.0, 3.0, 1.0]))
+    load_dataset("btcv", tmp_path, spacing=(2.0, 2.0, 3.0))
+    cache = next((tmp_path / "btcv").glob(".medssl-cache/volumes-*"))
+    first = (cache / "img0001.image.npy").stat().st_mtime_ns
+    (cache / "manifest.json").unlink()  # as if killed while the second case was being written
+    (cache / "img0002.json").unlink()
+    (cache / "img0002.image.npy").write_bytes(b"cut short")
+    dataset = load_dataset("btcv", tmp_path, spacing=(2.0, 2.0, 3.0))
+    assert (cache / "img0001.image.npy").stat().st_mtime_ns == first  # finished case reused
+    assert np.asarray(dataset.images[1]).shape == np.asarray(dataset.images[0]).shape  # the cut one redone
