@@ -90,7 +90,7 @@ def mean_dice(model_fn, volumes, labels, bodies, patch: Sequence[int], annotated
     out = []
     for volume, label, body in zip(volumes, labels, bodies):
         probabilities = predict_volume(model_fn, window(volume), patch, torch.as_tensor(body)[None], device=device)
-        scores = dice_scores(probabilities, torch.as_tensor(np.asarray(label)))
+        scores = dice_scores(probabilities, torch.from_numpy(np.array(label)))
         scores[[k - 1 for k in range(1, NUM_ORGANS + 1) if k not in annotated]] = np.nan
         out.append(scores)
     return np.array(out)
@@ -127,12 +127,14 @@ def train_fpn_segmentation(encoder, mode: str, volumes, labels, annotated: Seque
     trains_encoder = mode != "probe"
     groups = [{"params": list(heads.parameters()), "lr": lr}] + ([{"params": list(encoder.parameters()), "lr": lr}] if trains_encoder else [])
     optimizer = torch.optim.Adam(groups)
-    windowed, bodies = {}, {}
+    windowed, bodies, organs = {}, {}, {}
 
     def prepared(i: int):
+        """(windowed volume, body mask, labels) of CT ``i`` as tensors, made once (labels copied out of the cache)."""
         if i not in windowed:
             windowed[i], bodies[i] = window(volumes[i]), torch.as_tensor(body_mask(np.asarray(volumes[i])))[None]
-        return windowed[i], bodies[i]
+            organs[i] = torch.from_numpy(np.array(labels[i]))
+        return windowed[i], bodies[i], organs[i]
 
     selector = "nonlinear" if mode == "probe" else "linear"
     predictors = {name: (lambda x, head=head: head(encoder(x))) for name, head in heads.items()}
@@ -147,11 +149,11 @@ def train_fpn_segmentation(encoder, mode: str, volumes, labels, annotated: Seque
         heads.train()
         for _ in range(steps):
             i = int(train_idx[int(rng.integers(len(train_idx)))])
-            image, body = prepared(i)
-            starts = [sample_patch_start(np.asarray(labels[i]), patch, rng) for _ in range(per_step)]
+            image, body, organ = prepared(i)
+            starts = [sample_patch_start(organ.numpy(), patch, rng) for _ in range(per_step)]
             crop = lambda t, s: t[..., s[0] : s[0] + patch[0], s[1] : s[1] + patch[1], s[2] : s[2] + patch[2]]  # noqa: E731
             x = torch.stack([crop(image, s) for s in starts]).to(device)
-            y = one_hot_organs(torch.stack([crop(torch.as_tensor(np.asarray(labels[i])), s) for s in starts])).to(device)
+            y = one_hot_organs(torch.stack([crop(organ, s) for s in starts])).to(device)
             b = torch.stack([crop(body, s) for s in starts]).to(device)
             with torch.set_grad_enabled(encoder_trains):
                 levels = encoder(x)
