@@ -144,9 +144,14 @@ def spread_phrase(plan: Plan, protocol: str) -> str:
     evaluations = len(evaluation_seeds(plan.suite, protocol))
     if over_pretraining(plan):
         within = f"the mean over its {evaluations} evaluation seeds" if evaluations > 1 else "one evaluation seed"
-        fixed = f"; encoders brought from files ({', '.join(plan.suite['encoders'])}): over their evaluation seeds, their weights being fixed" if plan.suite.get("encoders") else ""
-        return f"mean ± sd over {len(plan.suite['pretrain']['seeds'])} pretraining runs (each run: {within}){fixed}"
-    return f"mean ± sd over {evaluations} evaluation seeds of one pretraining run (the spread between pretraining runs is not measured)"
+        return f"mean ± sd over {len(plan.suite['pretrain']['seeds'])} pretraining runs (each run: {within}){fixed_weights_phrase(plan)}"
+    return f"mean ± sd over {evaluations} evaluation seeds of one pretraining run (the spread between pretraining runs is not measured){fixed_weights_phrase(plan)}"
+
+
+def fixed_weights_phrase(plan: Plan) -> str:
+    """How the cells of encoders brought from files (no pretraining run) are summarised, for the captions."""
+    names = [m for m in plan.suite["methods"] if m in (plan.suite.get("encoders") or {})]
+    return f"; encoders brought from files ({', '.join(names)}): over their evaluation seeds, their weights being fixed" if names else ""
 
 
 def cell_text(row: Dict, n_seeds: int, mark: str = "") -> str:

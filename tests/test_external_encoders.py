@@ -100,6 +100,7 @@ def test_external_rows_in_the_smoke_tables_keyed_by_sha256(tmp_path, synthetic_r
     for table in ("table1.md", "table2.md", "table3.md"):
         text = (report / table).read_text()
         assert "| tv |" in text and "| lit |" in text
+        assert "encoders brought from files (tv, lit): over their evaluation seeds" in text.splitlines()[0]  # the caption says what their sd is over
     assert "Table 3. Weighted kNN" in (report / "table3.md").read_text()
     # tensorboard logs of fine-tuning next to the (external) pretraining's folder
     assert list((out / "checkpoints").glob("tv-cxr-*/finetune/*/logs/version_0/events.out.tfevents.*"))
