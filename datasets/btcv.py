@@ -35,8 +35,9 @@ def btcv_cases(root: Path, image_dir: str = "", label_dir: str = "") -> list:
 
 
 @register_dataset("btcv", "BTCV abdominal CT, 30 labelled cases, 13 organs (3D; needs --data-root)")
-def load_btcv(data_root: Path, spacing: Sequence[float] = (1.0, 1.0, 2.0), seed: int = 0, progress: bool = False) -> VolumeDataset:
+def load_btcv(data_root: Path, spacing: Sequence[float] = (1.0, 1.0, 2.0), seed: int = 0, fold: int = -1, progress: bool = False) -> VolumeDataset:
+    """``fold`` 0-4: the official 5-fold split (23 training, 1 validation, 6 test cases); -1: patient split by ``seed``."""
     root = Path(data_root) / "btcv"
     if not root.is_dir():
         raise DatasetError(f"btcv: folder {root} not found; put BTCV's RawData/Training in it (README \"Real datasets\")")
-    return load_volumes("btcv", root, btcv_cases(root), spacing, remap=None, annotated=range(1, 14), seed=seed, progress=progress)
+    return load_volumes("btcv", root, btcv_cases(root), spacing, remap=None, annotated=range(1, 14), seed=seed, progress=progress, fold=None if fold < 0 else fold)

@@ -152,6 +152,21 @@ def preprocess_case(case: Case, chain, remap: Optional[Dict[int, int]]) -> Tuple
     return volume, labels, source
 
 
+def official_fold_split(case_ids: Sequence[str], fold: int, folds: int = 5, random_state: int = 42) -> np.ndarray:
+    """train / val / test per case as vox2vec's eval/btcv.py splits BTCV: the sorted case ids into ``folds`` by
+    scikit-learn's ``KFold(shuffle=True, random_state=42)``, fold ``fold``'s part is the test set, and one case of the
+    rest (``train_test_split(test_size=1, random_state=42)``) the validation set (30 BTCV cases: 23 / 1 / 6)."""
+    from sklearn.model_selection import KFold, train_test_split
+
+    if not 0 <= fold < folds:
+        raise DatasetError(f"fold must be 0-{folds - 1} (the official {folds}-fold split), got {fold}")
+    ids = sorted(case_ids)
+    train_val, test = list(KFold(folds, shuffle=True, random_state=random_state).split(ids))[fold]
+    train, val = train_test_split([ids[i] for i in train_val], test_size=1, random_state=random_state)
+    part = {**{c: "train" for c in train}, **{c: "val" for c in val}, **{ids[i]: "test" for i in test}}
+    return np.array([part[c] for c in case_ids])
+
+
 def _atomic_save(path: Path, array: np.ndarray) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.npy")
     np.save(tmp, np.ascontiguousarray(array))
@@ -159,8 +174,10 @@ def _atomic_save(path: Path, array: np.ndarray) -> None:
 
 
 def load_volumes(name: str, root: Path, cases: Sequence[Case], spacing: Sequence[float], remap: Optional[Dict[int, int]], annotated: Sequence[int], seed: int = 0,
-                 progress: bool = False, split_fractions=(0.7, 0.1, 0.2)) -> VolumeDataset:
-    """Check, preprocess (once) and return ``cases`` as a :class:`VolumeDataset`; see the module docstring."""
+                 progress: bool = False, split_fractions=(0.7, 0.1, 0.2), fold: Optional[int] = None) -> VolumeDataset:
+    """Check, preprocess (once) and return ``cases`` as a :class:`VolumeDataset`; see the module docstring. The
+    split is patient-disjoint by ``seed`` (70 / 10 / 20 %), or with ``fold`` the official 5-fold one
+    (:func:`official_fold_split`; one case per patient, as in BTCV)."""
     if not cases:
         raise DatasetError(f"{name}: no cases found under {root}; check --data-root and the dataset's folder layout (README \"Real datasets\")")
     spacing = tuple(float(s) for s in spacing)
@@ -205,5 +222,8 @@ def load_volumes(name: str, root: Path, cases: Sequence[Case], spacing: Sequence
     labelled = all(c.label is not None for c in cases)
     labels = [np.load(cache_dir / f"{c.case_id}.label.npy", mmap_mode="r") for c in cases] if labelled else None
     patient_ids = np.array([c.patient_id for c in cases], dtype=np.int64)
-    return VolumeDataset(name, [c.case_id for c in cases], patient_ids, split_by_patient(patient_ids, seed, split_fractions), images, labels, spacing,
+    if fold is not None and len(np.unique(patient_ids)) != len(cases):
+        raise DatasetError(f"{name}: the official fold split takes one case per patient; this dataset has {len(cases)} cases of {len(np.unique(patient_ids))} patients")
+    split = official_fold_split([c.case_id for c in cases], fold) if fold is not None else split_by_patient(patient_ids, seed, split_fractions)
+    return VolumeDataset(name, [c.case_id for c in cases], patient_ids, split, images, labels, spacing,
                          sorted(int(k) for k in annotated), [tuple(e["source_spacing"]) for e in manifest["entries"]])

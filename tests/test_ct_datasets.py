@@ -148,3 +148,19 @@ def test_an_interrupted_volume_cache_keeps_its_finished_cases(tmp_path):
     dataset = load_dataset("btcv", tmp_path, spacing=(2.0, 2.0, 3.0))
     assert (cache / "img0001.image.npy").stat().st_mtime_ns == first  # finished case reused
     assert np.asarray(dataset.images[1]).shape == np.asarray(dataset.images[0]).shape  # the cut one redone
+
+
+def test_official_btcv_folds():
+    from datasets.volumes import official_fold_split
+
+    ids = [f"img{n:04d}" for n in list(range(1, 11)) + list(range(21, 41))]  # BTCV's 30 training cases
+    shuffled = list(reversed(ids))  # the split follows the sorted ids, whatever order the cases come in
+    tests = []
+    for fold in range(5):
+        split = official_fold_split(shuffled, fold)
+        assert [int((split == s).sum()) for s in ("train", "val", "test")] == [23, 1, 6]
+        tests += [c for c, s in zip(shuffled, split) if s == "test"]
+        assert np.array_equal(split, official_fold_split(shuffled, fold))
+    assert sorted(tests) == ids  # the five test sets partition the cases
+    with pytest.raises(DatasetError, match="fold must be 0-4"):
+        official_fold_split(ids, 5)
