@@ -263,11 +263,8 @@ def selected_suite(args) -> tuple:
     from methods import method_names
 
     full_suite = load_suite(args.suite, settings=args.settings)
-    encoders: dict = {}
     for text in args.encoder:
-        name, spec = parse_encoder_option(text, method_names())
-        encoders = with_encoders({"encoders": encoders}, {name: spec})["encoders"]
-    full_suite = with_encoders(full_suite, encoders)
+        full_suite = with_encoders(full_suite, dict([parse_encoder_option(text, method_names())]))
     narrowing = {"methods": parse_list(getattr(args, "methods", None), option="--methods"), "pretrain_seeds": parse_list(args.pretrain_seeds, int, "--pretrain-seeds"),
                  "seeds": parse_list(getattr(args, "seeds", None), int, "--seeds"), "fractions": parse_list(getattr(args, "fractions", None), float, "--fractions")}
     suite = apply_overrides(full_suite, **narrowing)

@@ -89,8 +89,10 @@ def _flush(*arrays) -> None:
             array.flush()
 
 
-def _save(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_suffix(".tmp.npy")
+def save_array(path: Path, array: np.ndarray) -> None:
+    """``np.save`` under a per-process temporary name, then renamed: a reader never sees half a file, and two
+    processes building the same cache never write into one temporary file."""
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.npy")
     np.save(tmp, array)
     os.replace(tmp, path)
 
@@ -135,7 +137,7 @@ def build_cache(
         # fixed): keep the images of unchanged files, redo the rest
         _reuse_partial(cache_dir, entries, size, channels, masks is not None)
     owner.write_text(input_fingerprint)
-    _save_json(cache_dir / "sources.json", entries)
+    save_json(cache_dir / "sources.json", entries)
     if partial.exists() and done_path.exists() and (masks is None or mask_partial.exists()):
         images = np.load(partial, mmap_mode="r+")
         mask_array = np.load(mask_partial, mmap_mode="r+") if masks is not None else None
@@ -157,12 +159,12 @@ def build_cache(
                 failures.append(f"{sources[i]}: {type(err).__name__}: {err}")
             if (count + 1) % _CHECKPOINT_EVERY == 0:
                 _flush(images, mask_array)
-                _save(done_path, done)
+                save_array(done_path, done)
             if bar is not None:
                 bar.advance(0)
     finally:
         _flush(images, mask_array)
-        _save(done_path, done)
+        save_array(done_path, done)
         if bar is not None:
             bar.stop()
     if failures:
@@ -176,7 +178,7 @@ def build_cache(
             digest.update(np.ascontiguousarray(mask_array[start : start + 1024]).tobytes())
     del images, mask_array
     for name in ("labels", "patient_ids", "split"):
-        _save(cache_dir / f"{name}.npy", np.asarray(arrays[name]))
+        save_array(cache_dir / f"{name}.npy", np.asarray(arrays[name]))
         digest.update(np.ascontiguousarray(arrays[name]).tobytes())
     if masks is not None:
         os.replace(mask_partial, cache_dir / "masks.npy")
@@ -194,7 +196,7 @@ def build_cache(
         "input_fingerprint": input_fingerprint,
         "content_hash": digest.hexdigest()[:16],
     }
-    _save_json(manifest_path, manifest, indent=1)  # written last: its presence marks a complete cache
+    save_json(manifest_path, manifest, indent=1)  # written last: its presence marks a complete cache
     done_path.unlink(missing_ok=True)
     return cache_dir
 
@@ -204,8 +206,9 @@ def source_entries(sources: Sequence[Path], cache_dir: Path) -> List[str]:
     return [f"{os.path.relpath(source, cache_dir)}\t{os.path.getsize(source)}" for source in sources]
 
 
-def _save_json(path: Path, payload, indent: Optional[int] = None) -> None:
-    tmp = path.with_name(f"{path.stem}.tmp{path.suffix}")
+def save_json(path: Path, payload, indent: Optional[int] = None) -> None:
+    """JSON written as :func:`save_array` writes arrays."""
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
     tmp.write_text(json.dumps(payload, indent=indent))
     os.replace(tmp, path)
 
@@ -234,7 +237,7 @@ def _reuse_partial(cache_dir: Path, entries: List[str], size: int, channels: int
     del images, old_images
     os.replace(fresh, partial)
     (cache_dir / "masks.partial.npy").unlink(missing_ok=True)
-    _save(done_path, done)
+    save_array(done_path, done)
     if has_masks:  # no mask partial: the loop below starts the masks (and so every image) over
         done_path.unlink()
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -29,7 +28,7 @@ import numpy as np
 
 from datasets.base import SPLITS, DatasetError, progress_bar, split_by_patient
 from datasets import cache as cache_module
-from datasets.cache import CACHE_DIRNAME, LayoutChecked, fingerprint
+from datasets.cache import CACHE_DIRNAME, LayoutChecked, fingerprint, save_array, save_json
 
 # BTCV's label table (vox2vec/eval/btcv.py), the one every CT dataset is mapped to; 0 is background.
 ORGANS = ("spleen", "right kidney", "left kidney", "gallbladder", "esophagus", "liver", "stomach", "aorta",
@@ -60,6 +59,7 @@ class VolumeDataset:
     spacing: Tuple[float, float, float]
     annotated: List[int]  # organ ids (1-13) the dataset labels at all
     source_spacing: List[Tuple[float, float, float]]
+    organ_voxels: Optional[np.ndarray] = None  # cases x 13 voxel counts at the working spacing (from the cache manifest)
 
     class_names = ORGANS
 
@@ -74,7 +74,7 @@ class VolumeDataset:
 
     def summary(self) -> Dict[str, object]:
         spacing = np.array(self.source_spacing)
-        voxels = {name: int(sum(int((label == k).sum()) for label in self.labels)) for k, name in enumerate(ORGANS, start=1)} if self.labels is not None else {}
+        voxels = {name: int(count) for name, count in zip(ORGANS, self.organ_voxels.sum(0))} if self.organ_voxels is not None else {}
         return {"name": self.name, "volumes": len(self.images), "patients": int(len(np.unique(self.patient_ids))),
                 "source_spacing_mm": {"min": spacing.min(0).round(3).tolist(), "max": spacing.max(0).round(3).tolist()},
                 "working_spacing_mm": list(self.spacing), "shapes": {"min": np.min([v.shape for v in self.images], 0).tolist(), "max": np.max([v.shape for v in self.images], 0).tolist()},
@@ -167,12 +167,6 @@ def official_fold_split(case_ids: Sequence[str], fold: int, folds: int = 5, rand
     return np.array([part[c] for c in case_ids])
 
 
-def _atomic_save(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.npy")
-    np.save(tmp, np.ascontiguousarray(array))
-    os.replace(tmp, path)
-
-
 def load_volumes(name: str, root: Path, cases: Sequence[Case], spacing: Sequence[float], remap: Optional[Dict[int, int]], annotated: Sequence[int], seed: int = 0,
                  progress: bool = False, split_fractions=(0.7, 0.1, 0.2), fold: Optional[int] = None) -> VolumeDataset:
     """Check, preprocess (once) and return ``cases`` as a :class:`VolumeDataset`; see the module docstring. The
@@ -200,23 +194,19 @@ def load_volumes(name: str, root: Path, cases: Sequence[Case], spacing: Sequence
             meta_file = cache_dir / f"{case.case_id}.json"
             if not meta_file.exists():  # cases written by an interrupted build are kept
                 volume, labels, source = preprocess_case(case, chains[case.label is not None], remap)
-                _atomic_save(image_file, volume)
+                save_array(image_file, np.ascontiguousarray(volume))
                 if labels is not None:
-                    _atomic_save(label_file, labels)
+                    save_array(label_file, np.ascontiguousarray(labels))
                 meta = {"source_spacing": source, "shape": list(volume.shape),
                         "voxels": {str(k): int((labels == k).sum()) for k in range(1, 14)} if labels is not None else {}}
-                tmp = meta_file.with_name(f".{meta_file.name}.tmp-{os.getpid()}")
-                tmp.write_text(json.dumps(meta))
-                os.replace(tmp, meta_file)  # last: a case counts as cached only with its arrays complete
+                save_json(meta_file, meta)  # last: a case counts as cached only with its arrays complete
             entries.append(json.loads(meta_file.read_text()))
             if bar is not None:
                 bar.advance(0)
         if bar is not None:
             bar.stop()
         manifest = {"dataset": name, "spacing": spacing, "cases": [c.case_id for c in cases], "entries": entries}
-        tmp = manifest_path.with_name(f".manifest.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(manifest, indent=1))
-        os.replace(tmp, manifest_path)
+        save_json(manifest_path, manifest, indent=1)
     manifest = json.loads(manifest_path.read_text())
     images = [np.load(cache_dir / f"{c.case_id}.image.npy", mmap_mode="r") for c in cases]
     labelled = all(c.label is not None for c in cases)
@@ -225,5 +215,6 @@ def load_volumes(name: str, root: Path, cases: Sequence[Case], spacing: Sequence
     if fold is not None and len(np.unique(patient_ids)) != len(cases):
         raise DatasetError(f"{name}: the official fold split takes one case per patient; this dataset has {len(cases)} cases of {len(np.unique(patient_ids))} patients")
     split = official_fold_split([c.case_id for c in cases], fold) if fold is not None else split_by_patient(patient_ids, seed, split_fractions)
+    organ_voxels = np.array([[e["voxels"][str(k)] for k in range(1, 14)] for e in manifest["entries"]], dtype=np.int64) if labelled else None
     return VolumeDataset(name, [c.case_id for c in cases], patient_ids, split, images, labels, spacing,
-                         sorted(int(k) for k in annotated), [tuple(e["source_spacing"]) for e in manifest["entries"]])
+                         sorted(int(k) for k in annotated), [tuple(e["source_spacing"]) for e in manifest["entries"]], organ_voxels)
