@@ -164,3 +164,23 @@ def test_official_btcv_folds():
     assert sorted(tests) == ids  # the five test sets partition the cases
     with pytest.raises(DatasetError, match="fold must be 0-4"):
         official_fold_split(ids, 5)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--dataset", "synthetic_cxr", "--spacing", "1,1,2"], "--spacing is for CT datasets; synthetic_cxr takes --size"),
+    (["--dataset", "btcv", "--spacing", "a,b"], "--spacing 'a,b': give three numbers in mm"),
+    (["--dataset", "btcv", "--spacing", "1,2"], "spacing must be three positive numbers in mm"),
+    (["--dataset", "amos"], "amos22/dataset.json not found; unpack amos22.zip"),
+    (["--dataset", "flare22"], "flare22: no FLARE22_Tr_NNNN_0000.nii.gz"),
+])
+def test_prepare_ct_bad_input_is_one_line(tmp_path, capsys, args, message):
+    training = tmp_path / "btcv" / "RawData" / "Training"
+    write_case(training, "0001", two_organs(), np.diag([2.0, 2.0, 3.0, 1.0]))
+    assert main(["prepare", *args, "--data-root", str(tmp_path), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+
+
+def test_synthetic_ct_part_is_checked(tmp_path):
+    with pytest.raises(DatasetError, match="part must be 'labelled'"):
+        load_dataset("synthetic_ct", tmp_path, part="labeled")
