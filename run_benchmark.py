@@ -326,6 +326,8 @@ def main(argv=None) -> int:
         from medssl.records import ResultStore
 
         full_suite, suite, tag = selected_suite(args)
+        if full_suite.get("track") == "ct":
+            return run_ct_command(args, argv, full_suite, suite, tag)
         plan = build_plan(suite)
         out_dir = Path(args.out or "results")
         if args.command == "export":
@@ -400,6 +402,62 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print(f"\ninterrupted: finished results are kept in {(getattr(args, 'out', None) or 'results')}/; run the same command again to resume", file=sys.stderr)
         return 130
+
+
+def run_ct_command(args, argv, full_suite, suite, tag: str) -> int:
+    """run / report of a CT suite (``track: ct``, medssl/track3d.py): one device, its own plan, records and tables."""
+    from medssl.config import ConfigError
+    from medssl.progress import check_logger
+    from medssl.records import ResultStore
+    from medssl.report3d import write_ct_reports
+    from medssl.track3d import build_ct_plan, run_ct_plan
+
+    name = suite["name"]
+    if args.encoder:
+        raise ConfigError(f"--encoder brings 2D ResNet encoders; suite {name} is a CT suite, whose rows are FPN3d encoders it pretrains (or initialises at random)")
+    if args.command == "export":
+        raise ConfigError(f"'export' writes the ResNet encoders of image suites; the FPN3d encoders of CT suite {name} are OUT/checkpoints/<key>/encoder.pt (SHA-256 in encoder.json)")
+    refused = [option for option, given in (("--shard", getattr(args, "shard", None)), ("--devices", getattr(args, "devices", 1) != 1), ("--nodes", getattr(args, "nodes", 1) != 1),
+                                            ("--compile", getattr(args, "compile", False))) if given]
+    if refused:
+        raise ConfigError(f"{', '.join(refused)}: CT suite {name} trains on one device, as the official vox2vec code; leave {'them' if len(refused) > 1 else 'it'} out")
+    plan = build_ct_plan(suite)
+    out_dir = Path(args.out or "results")
+    reports_root = Path(args.reports) if args.reports else (out_dir / "reports" if args.out else Path("reports"))
+    store = ResultStore(out_dir / name)
+    # a narrowed report (--methods, --seeds, ...) or a changed suite (--set) never replaces the suite's own tables
+    narrowed = bool(tag) and (args.command == "report" or bool(args.settings))
+    report_plan, report_dir = (plan, reports_root / f"{name}--{tag}") if narrowed else (build_ct_plan(full_suite), reports_root / name)
+    if args.command == "report":
+        if not store.files():
+            raise ConfigError(f"no stored results in {store.directory}; run 'python run_benchmark.py --suite {args.suite}' first")
+        check_writable(reports_root)
+        for path in write_ct_reports(report_plan, store, report_dir):
+            print(f"wrote {path}")
+        return 0
+    if args.dry_run:
+        done = store.keys()
+        print(f"Suite {name} (CT): {len(plan.pretrain_jobs)} pretraining jobs, {len(plan.eval_jobs)} evaluation jobs")
+        for job in plan.pretrain_jobs:
+            print(f"  {job.key:<40} seed={job.seed}")
+        for job in plan.eval_jobs:
+            print(f"  {job.key}  {job.describe()} [{'done' if all(k in done for k in job.record_keys) else 'pending'}]")
+        return 0
+    check_logger(args.logger)
+    device = resolve_device(args.device)
+    data_root = resolve_data_root(args.data_root)
+    check_writable(store.directory, out_dir / "checkpoints", data_root, reports_root)
+    started = time.time()
+    with store.lock():
+        summary = run_ct_plan(plan, data_root, out_dir, device=device, progress=not args.no_progress, store=store, logger=args.logger)
+    for path in write_ct_reports(report_plan, store, report_dir):
+        print(f"wrote {path}")
+    log_run(store.directory, argv, summary, device, time.time() - started, "32")
+    print(f"done: {summary['ran']} evaluations run, {summary['skipped']} reused from {store.directory} ({(time.time() - started) / 60:.1f} min)")
+    if summary["failed"]:
+        print(f"{len(summary['failed'])} pretraining{'s' if len(summary['failed']) > 1 else ''} failed; everything else is stored:\n  " + "\n  ".join(summary["failed"]), file=sys.stderr)
+        return 1
+    return 0
 
 
 def write_tables(plan, full_plan, store, reports_root: Path, tag: str) -> None:

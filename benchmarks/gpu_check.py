@@ -1,6 +1,6 @@
 """The GPU acceptance check: is every method right and fast on CUDA? (issue 19; design in shared/specs/gpu-readiness.md)
 
-    python benchmarks/gpu_check.py [--out reports/benchmarks/gpu] [--budget 480] [--stages 0,1,2,3,4,5]
+    python benchmarks/gpu_check.py [--out reports/benchmarks/gpu] [--budget 480] [--stages 0,1,2,3,4,5,6]
 
 One script, under 8 minutes on one H200. Every stage writes PASS / FAIL / WARN / SKIP lines to ``summary.md``:
 
@@ -21,8 +21,11 @@ One script, under 8 minutes on one H200. Every stage writes PASS / FAIL / WARN /
    must add no evaluation; the records must name bf16-mixed and the GPU.
 5. torch.compile of SimCLR and SwAV's loss computation: compile time, graph breaks, recompiles, eager vs compiled
    ms/step, state_dict keys unchanged; ``compile.csv``.
+6. The CT track: the vox2vec3d suite on 14 phantoms with 20 pretraining steps of the official 10 pairs x 1,024
+   positives and 10 evaluation steps per row, run twice with ``run_benchmark.py``: six rows recorded with Dice in
+   [0, 1], the re-run adds nothing, the records name fp32 and the GPU, the organ table is written.
 
-Without CUDA it runs a dry version of stages 0, 1, 3 and 4 on the CPU at toy sizes (32 px, batch 8, heads and
+Without CUDA it runs a dry version of stages 0, 1, 3, 4 and 6 on the CPU at toy sizes (32 px, batch 8, heads and
 queues narrowed to 64, one timed step; end to end on 64 images), which checks the script itself and every code path
 it drives (the tests run it), and says SKIP for what needs a GPU. A stage that fails is reported and the next one
 runs; stages that would start after ``--budget`` seconds are skipped.
@@ -369,41 +372,87 @@ def e2e_suite(dry: bool) -> dict:
     return suite
 
 
-def stage_end_to_end(summary: Summary, device: str, dry: bool, budget_s: float) -> None:
+def run_suite_twice(summary: Summary, stage: str, suite: dict, device: str, budget_s: float, folder: Path):
+    """Run ``suite`` with run_benchmark.py in ``folder`` twice (the second run must add nothing); (records, seconds of
+    the first run, whether the re-run added nothing), or None after a FAIL line."""
     import yaml
 
     from medssl.records import ResultStore
 
+    path = folder / f"{suite['name']}.yaml"
+    (folder / "data").mkdir(exist_ok=True)
+    path.write_text(yaml.safe_dump(suite))
+    command = [sys.executable, str(ROOT / "run_benchmark.py"), "--suite", str(path), "--device", device, "--data-root", str(folder / "data"),
+               "--out", str(folder / "results"), "--reports", str(folder / "reports"), "--no-progress"]
+    runs = []
+    for attempt in range(2):
+        start = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True, timeout=max(60, budget_s))
+        runs.append((done, time.perf_counter() - start))
+        if done.returncode != 0:
+            output = (done.stderr or done.stdout).strip()
+            summary.add("FAIL", stage, f"run {attempt + 1} exited {done.returncode}: {output.splitlines()[-1][:300] if output else ''}")
+            return None
+    return ResultStore(folder / "results" / suite["name"]).records(), runs[0][1], "done: 0 evaluations run" in runs[1][0].stdout
+
+
+def check_records_name_the_device(summary: Summary, stage: str, records: List[Dict], device: str, precision: str) -> None:
+    precisions = {r.get("precision") for r in records}
+    if device.startswith("cuda"):
+        import torch
+
+        name = torch.cuda.get_device_name(0)
+        summary.check(precision in precisions, stage, f"records name their precision: {sorted(map(str, precisions))}")
+        summary.check(all(name in json.dumps(r.get("hardware"), sort_keys=True) for r in records), stage, f"records name the GPU ({name})")
+    else:
+        summary.check(bool(precisions) and None not in precisions, stage, f"records name their precision: {sorted(map(str, precisions))}")
+
+
+def stage_end_to_end(summary: Summary, device: str, dry: bool, budget_s: float) -> None:
     stage = "4 end to end"
     with tempfile.TemporaryDirectory() as folder:
-        folder = Path(folder)
-        path = folder / "gpu-check.yaml"
-        (folder / "data").mkdir()
-        path.write_text(yaml.safe_dump(e2e_suite(dry)))
-        command = [sys.executable, str(ROOT / "run_benchmark.py"), "--suite", str(path), "--device", device, "--data-root", str(folder / "data"),
-                   "--out", str(folder / "results"), "--no-progress"]
-        runs = []
-        for attempt in range(2):
-            start = time.perf_counter()
-            done = subprocess.run(command, capture_output=True, text=True, timeout=max(60, budget_s))
-            runs.append((done, time.perf_counter() - start))
-            if done.returncode != 0:
-                summary.add("FAIL", stage, f"run {attempt + 1} exited {done.returncode}: {(done.stderr or done.stdout).strip().splitlines()[-1][:300] if (done.stderr or done.stdout).strip() else ''}")
-                return
-        store = ResultStore(folder / "results" / "gpu-check")
-        records = store.records()
-        summary.add("PASS", stage, f"{len(records)} evaluations in {runs[0][1]:.0f} s; re-run took {runs[1][1]:.0f} s")
-        summary.check("done: 0 evaluations run" in runs[1][0].stdout, stage, "the re-run adds no evaluation")
-        precisions = {r.get("precision") for r in records}
-        hardware = {json.dumps(r.get("hardware"), sort_keys=True) for r in records}
-        if device.startswith("cuda"):
-            import torch
+        done = run_suite_twice(summary, stage, e2e_suite(dry), device, budget_s, Path(folder))
+        if done is None:
+            return
+        records, seconds, nothing_added = done
+        summary.add("PASS", stage, f"{len(records)} evaluations in {seconds:.0f} s")
+        summary.check(nothing_added, stage, "the re-run adds no evaluation")
+        check_records_name_the_device(summary, stage, records, device, "bf16-mixed")
 
-            name = torch.cuda.get_device_name(0)
-            summary.check(any("bf16-mixed" == p for p in precisions), stage, f"records name their precision: {sorted(map(str, precisions))}")
-            summary.check(all(name in h for h in hardware), stage, f"records name the GPU ({name})")
-        else:
-            summary.check(bool(precisions) and None not in precisions, stage, f"records name their precision: {sorted(map(str, precisions))}")
+
+# ----- 6 -------------------------------------------------------------------------------------------------------
+def ct_suite(dry: bool) -> dict:
+    """The vox2vec3d suite on fewer phantoms and steps (dry: 8 mm, FPN3d(1, 4, 3), 16 x 16 x 8 patches)."""
+    from medssl.config import load_suite
+
+    suite = load_suite("vox2vec3d")
+    data = {"n_labelled": 10, "n_unlabelled": 4, **({"spacing": [8.0, 8.0, 8.0]} if dry else {})}
+    suite["name"] = "gpu-check-ct"
+    suite["pretrain"].update(datasets={"ct": {"name": "synthetic_ct", "params": {**data, "part": "unlabelled"}, "splits": ["train", "val", "test"]}}, epochs=2, steps_per_epoch=10)
+    suite["tasks"][0]["dataset"] = {"name": "synthetic_ct", "params": data}
+    segmentation = suite["evaluation"]["segmentation3d"]
+    segmentation.update(epochs=2, steps_per_epoch=5)
+    if dry:
+        suite["method_params"]["vox2vec3d"].update(base_channels=4, num_levels=3, patch_size=[16, 16, 8], max_voxels_per_pair=64)
+        segmentation["patch_size"] = [16, 16, 8]
+    else:  # the official pairs and positives per step
+        suite["method_params"]["vox2vec3d"].update(pairs_per_step=10, max_voxels_per_pair=1024)
+    return suite
+
+
+def stage_ct(summary: Summary, device: str, dry: bool, budget_s: float) -> None:
+    """The CT track (medssl/track3d.py) end to end on the device, twice; fp32 as the official code."""
+    stage = "6 CT track"
+    with tempfile.TemporaryDirectory() as folder:
+        done = run_suite_twice(summary, stage, ct_suite(dry), device, budget_s, Path(folder))
+        if done is None:
+            return
+        records, seconds, nothing_added = done
+        rows = sorted({(r["method"], r["protocol"], r["head"]) for r in records})
+        summary.check(len(rows) == 6 and all(0 <= r["value"] <= 1 for r in records), stage, f"{len(records)} records of {len(rows)} rows in {seconds:.0f} s, Dice in [0, 1]")
+        summary.check(nothing_added, stage, "the re-run adds no evaluation")
+        check_records_name_the_device(summary, stage, records, device, "32-true")
+        summary.check((Path(folder) / "reports" / "gpu-check-ct" / "ct_table.md").exists(), stage, "the organ table is written")
 
 
 # ----- 5 -------------------------------------------------------------------------------------------------------
@@ -467,7 +516,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(ROOT / "reports" / "benchmarks" / "gpu"), help="folder for summary.md and the CSVs")
     parser.add_argument("--budget", type=float, default=480, help="seconds; stages that would start later are skipped")
-    parser.add_argument("--stages", default="0,1,2,3,4,5")
+    parser.add_argument("--stages", default="0,1,2,3,4,5,6")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     cuda = torch.cuda.is_available()
@@ -507,6 +556,8 @@ def main(argv=None) -> int:
         stage_end_to_end(summary, device, dry, args.budget - (time.perf_counter() - started))
     if due(5, True, "torch.compile"):
         stage_compile(summary, out, device, precision)
+    if due(6, False, "CT track"):
+        stage_ct(summary, device, dry, args.budget - (time.perf_counter() - started))
     summary.add("PASS", "total", f"{time.perf_counter() - started:.0f} s")
     print(f"wrote {out / 'summary.md'}")
     return 1 if any(line.startswith("- **FAIL**") for line in summary.lines) else 0

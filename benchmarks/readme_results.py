@@ -1,6 +1,6 @@
 """Paste a suite's generated report into README.md between its markers (no number is typed by hand).
 
-    python benchmarks/readme_results.py --suite quick
+    python benchmarks/readme_results.py --suite quick      # or quick-long, quick-seeds, vox2vec3d
     python benchmarks/readme_results.py --paste NAME --source FILE   # FILE's text, headed by the command that wrote it
 
 Reads reports/<suite>/*.md (written by run_benchmark.py) and the runs logged in results/<suite>/runs.jsonl; with
@@ -51,16 +51,19 @@ def block(suite: str) -> str:
             total = sum(run["wall_time_s"] for run in runs) / 60
             lines = "\n".join(f"{i}. {describe_run(run, precisions)}" for i, run in enumerate(runs, 1))
             parts.append(f"Produced by {len(runs)} runs, {total:.1f} min in all:\n\n{lines}")
-    for name in ("table1.md", "table2.md", "random_init_margins.md", "random_init_batchnorm.md", "exported_batchnorm.md", "finetune_gap.md", "segmentation.md", "pretraining.md"):
+    for name in ("table1.md", "table2.md", "random_init_margins.md", "random_init_batchnorm.md", "exported_batchnorm.md", "finetune_gap.md", "segmentation.md",
+                 "ct_table.md", "ct_statistics.md", "pretraining.md"):
         if (reports / name).exists():
             parts.append((reports / name).read_text().strip())
     statistics = (reports / "statistics.md").read_text() if (reports / "statistics.md").exists() else ""
     components = statistics[statistics.find("## Variance components"):] if "## Variance components" in statistics else ""
     if re.search(r"\| \d+\.\d / ", components):  # shown once the pretraining runs are replicated
         parts.append(components.replace("## Variance components\n\n", "Variance components (from `statistics.md`): ", 1).strip())
-    figures = [name for name in ("label_efficiency.png", "ablation.png") if (reports / name).exists()]
+    figures = [name for name in ("label_efficiency.png", "ablation.png", "ct_organs.png") if (reports / name).exists()]
     parts += [f"![{name[:-4].replace('_', ' ')}](reports/{suite}/{name})" for name in figures]
-    if (reports / "index.html").exists():
+    if (reports / "ct_table.md").exists():  # a CT suite (medssl/report3d.py)
+        parts.append(f"CSV and LaTeX tables `reports/{suite}/ct_table.csv`/`.tex`, the tests as CSV `ct_statistics.csv`; all of it on one page: `reports/{suite}/index.html`.")
+    elif (reports / "index.html").exists():
         parts.append(f"Every paired comparison with its p-values: `reports/{suite}/statistics.md` (per-class DeLong tests in "
                      f"`statistics_per_class.csv`); LaTeX tables `table1.tex`/`table2.tex`; all of it on one page: `reports/{suite}/index.html`.")
     return "\n\n".join(parts)

@@ -39,6 +39,10 @@ def main(argv=None) -> int:
     parser.add_argument("--eval-epochs", type=int, default=10)
     parser.add_argument("--eval-steps", type=int, default=10, help="evaluation steps per epoch")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lr", type=float, default=3e-4, help="evaluation learning rate (Adam)")
+    parser.add_argument("--patches", type=int, default=4, help="evaluation patches per step")
+    parser.add_argument("--encoder", help="keep the pretrained FPN in this file and reuse it when it exists")
+    parser.add_argument("--runs", default="vox2vec,random,scratch", help="which evaluations: vox2vec, random, scratch")
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     patch = (32, 32, 16)
@@ -49,22 +53,29 @@ def main(argv=None) -> int:
     protocol = PretrainProtocol(in_channels=1, epochs=1, steps_per_epoch=args.steps, optimizer={"name": "adam", "lr": 3e-4}, schedule={"name": "constant"})
     model = Vox2Vec3d(config, protocol)
     optimizer = model.configure_optimizers()["optimizer"]
-    steps = VolumeSteps(unlabelled.images, patch, args.pairs, args.voxels, args.steps, args.seed)
-    start, losses = time.time(), []
-    for batch in steps:
-        loss = model.compute_loss(batch)["loss"]
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.gradient_clip)
-        optimizer.step()
-        losses.append(float(loss.detach()))
-    pretrain_s = time.time() - start
-    print(f"pretraining: {args.steps} steps in {pretrain_s:.0f} s ({pretrain_s / args.steps:.2f} s/step); loss {np.mean(losses[:10]):.3f} -> {np.mean(losses[-10:]):.3f}")
+    if args.encoder and Path(args.encoder).exists():
+        model.backbone.load_state_dict(torch.load(args.encoder, weights_only=True))
+        print(f"pretrained FPN read from {args.encoder}")
+    else:
+        steps = VolumeSteps(unlabelled.images, patch, args.pairs, args.voxels, args.steps, args.seed)
+        start, losses = time.time(), []
+        for batch in steps:
+            loss = model.compute_loss(batch)["loss"]
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.gradient_clip)
+            optimizer.step()
+            losses.append(float(loss.detach()))
+        pretrain_s = time.time() - start
+        print(f"pretraining: {args.steps} steps in {pretrain_s:.0f} s ({pretrain_s / args.steps:.2f} s/step); loss {np.mean(losses[:10]):.3f} -> {np.mean(losses[-10:]):.3f}")
+        if args.encoder:
+            torch.save(model.backbone.state_dict(), args.encoder)
     split = {s: labelled.indices(s) for s in ("train", "val", "test")}
-    settings = {"patch_size": list(patch), "epochs": args.eval_epochs, "steps_per_epoch": args.eval_steps, "patches_per_step": 4, "validations": 2, "lr": 3e-4,
+    settings = {"patch_size": list(patch), "epochs": args.eval_epochs, "steps_per_epoch": args.eval_steps, "patches_per_step": args.patches, "validations": 2, "lr": args.lr,
                 "freeze_epochs": args.eval_epochs // 2, "warmup_epochs": 1}
     test_labels = [labelled.labels[i] for i in split["test"]]
-    runs = [("vox2vec probe", model.backbone, "probe"), ("random-init probe", FPN3d(1, 8, 5), "probe"), ("from scratch", FPN3d(1, 8, 5), "scratch")]
+    runs = {"vox2vec": ("vox2vec probe", model.backbone, "probe"), "random": ("random-init probe", FPN3d(1, 8, 5), "probe"), "scratch": ("from scratch", FPN3d(1, 8, 5), "scratch")}
+    runs = [runs[name] for name in args.runs.split(",")]
     print("| encoder | head | seconds | test Dice, organs present | test Dice, 13 organs (absent = 1 if empty) |")
     print("|---|---|---:|---:|---:|")
     for name, encoder, mode in runs:

@@ -23,6 +23,10 @@ PROTOCOLS = ("linear", "finetune", "knn")  # knn: weighted cosine kNN on the fro
 # classification: multi-label linear head, macro AUC; segmentation: U-Net decoder on the trunk, per-image Dice
 # (medssl/segment.py). Under "linear" a segmentation task freezes the encoder and trains only the decoder.
 TASK_TYPES = ("classification", "segmentation")
+# CT suites (``track: ct``, medssl/track3d.py): probe = frozen pretrained FPN with the linear and non-linear heads,
+# finetune = pretrained FPN + linear head, scratch = the same FPN from random initialisation + linear head,
+# random_probe = both heads on a frozen random-init FPN (the control the probes must beat)
+CT_PROTOCOLS = ("probe", "finetune", "scratch", "random_probe")
 
 
 class ConfigError(ValueError):
@@ -124,6 +128,11 @@ STATISTICS_DEFAULTS = {"reference": "coboom", "variants": None, "adjust": "holm"
 
 def _validate(suite: Dict[str, Any], path) -> None:
     """What the schema (``medssl/schema.py``) cannot say: rules across keys."""
+    if suite.get("track") == "ct":
+        for task in suite["tasks"]:
+            if task.get("folds") is not None and "fold" not in _loader_parameters(task["dataset"]["name"]):
+                raise ConfigError(f"{path}: task {task['name']!r} lists folds but dataset {task['dataset']['name']!r} has no official fold split; remove folds (its split is by patient)")
+        return
     try:
         check_optimizer(suite["pretrain"]["optimizer"] or {})
     except ConfigError as err:
@@ -135,6 +144,14 @@ def _validate(suite: Dict[str, Any], path) -> None:
             raise ConfigError(f"{path}: task {task['name']!r} lists the knn protocol, which classifies images; remove it from this segmentation task")
         if "knn" in task["protocols"] and "knn" not in suite["evaluation"]:
             raise ConfigError(f"{path}: task {task['name']!r} lists the knn protocol but the suite has no evaluation.knn settings; add e.g. knn: {{k: 20, temperature: 0.07}}")
+
+
+def _loader_parameters(dataset: str) -> List[str]:
+    import inspect
+
+    from datasets.base import loader_function
+
+    return list(inspect.signature(loader_function(dataset)).parameters)
 
 
 def check_optimizer(optimizer: Dict[str, Any]) -> None:
@@ -196,6 +213,8 @@ def apply_overrides(suite: Dict[str, Any], methods=None, seeds=None, fractions=N
     """Narrow a suite from the command line; the result hashes the same as a suite written that way. ``fractions``
     keeps, in each task, those of its own fractions that are listed (a fraction no task has is an error)."""
     suite = copy.deepcopy(suite)
+    if fractions is not None and suite.get("track") == "ct":
+        raise ConfigError("--fractions: a CT suite has no label fractions (every labelled training CT is used); leave --fractions out")
     if methods is not None:
         if not methods:
             raise ConfigError("--methods is empty; name at least one of the suite's methods")
@@ -207,6 +226,7 @@ def apply_overrides(suite: Dict[str, Any], methods=None, seeds=None, fractions=N
         for protocol in PROTOCOLS:
             suite["evaluation"].get(protocol, {}).pop("seeds", None)
         suite["evaluation"].get("segmentation", {}).pop("seeds", None)
+        suite["evaluation"].get("segmentation3d", {}).pop("seeds", None)
     if fractions is not None:
         wanted = set(validate_fractions(fractions))
         offered = {float(f) for task in suite["tasks"] for f in task["fractions"]}

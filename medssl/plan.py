@@ -123,6 +123,16 @@ def rows_and_encoders(suite: Dict[str, Any]) -> tuple:
     return list(suite["methods"]) + [name for name in encoders if name not in suite["methods"]], encoders
 
 
+def method_settings(method: str, params: Optional[Dict[str, Any]]) -> tuple:
+    """(the method's class, its full settings as a dict); an unknown method or setting is a ConfigError."""
+    try:
+        return method_class(method), dataclasses.asdict(resolve_config(method, params))
+    except UnknownMethodError as err:
+        raise ConfigError(str(err)) from None
+    except (TypeError, ValueError) as err:
+        raise ConfigError(str(err)) from None
+
+
 def external_job(name: str, spec: Dict[str, Any], corpus_name: str, corpus: Dict[str, Any]) -> PretrainJob:
     config = {"encoder": name, "external": identity(spec), "version": PROTOCOL_VERSION}
     return PretrainJob(name, corpus_name, None, {**config, "corpus": corpus}, stable_hash(config), external=spec)
@@ -143,13 +153,9 @@ def build_plan(suite: Dict[str, Any]) -> Plan:
             for corpus_name, corpus in corpora(suite).items():
                 jobs[(method, corpus_name, None)] = external_job(method, encoders[method], corpus_name, with_version(corpus))
             continue
-        try:
-            cls = method_class(method)
-            params = dataclasses.asdict(resolve_config(method, method_params.get(method)))
-        except UnknownMethodError as err:
-            raise ConfigError(str(err)) from None
-        except (TypeError, ValueError) as err:
-            raise ConfigError(str(err)) from None
+        cls, params = method_settings(method, method_params.get(method))
+        if cls.track != "2d":
+            raise ConfigError(f"{method} trains on CT volumes and this suite on 2D images; list it in a CT suite (track: ct), e.g. --suite vox2vec3d")
         for corpus_name, corpus in corpora(suite).items():
             for seed in pretrain["seeds"]:
                 if cls.needs_pretraining:

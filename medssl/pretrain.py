@@ -265,7 +265,12 @@ def encoder_status(path: Path) -> str:
 def _read_encoder(path: Path) -> tuple:
     payload = torch.load(path, map_location="cpu", weights_only=True)
     meta = payload["meta"]
-    encoder = ResNetTrunk(meta["backbone"], meta["in_channels"])
+    if meta["backbone"] == "fpn3d":  # a CT method's encoder (medssl/track3d.py)
+        from methods.vox2vec3d import FPN3d
+
+        encoder = FPN3d(**meta["architecture"])
+    else:
+        encoder = ResNetTrunk(meta["backbone"], meta["in_channels"])
     encoder.load_state_dict(payload["state_dict"])
     return encoder, meta
 
@@ -335,6 +340,8 @@ def run_pretraining(job: PretrainJob, dataset: ImageDataset, checkpoints_dir: Pa
         if status == "corrupt":
             warnings.warn(f"{encoder_path} is damaged (fails its SHA-256 check or does not load); redoing that pretraining")
             encoder_path.unlink()
+        if hasattr(dataset, "case_ids"):  # CT volumes (datasets/volumes.py): a CT method's pretraining
+            return _train_volumes_and_export(job, dataset, run_dir, device, progress, max_time_s, callbacks, logger)
         return _train_and_export(job, dataset, run_dir, device, progress, max_time_s, callbacks, precision, devices, compile_loss, nodes, logger)
 
 
@@ -431,10 +438,7 @@ def _train_and_export(job: PretrainJob, dataset: ImageDataset, run_dir: Path, de
     # after fit Lightning has moved the model back to the CPU: statistics passes run on the training device
     model.to(torch.device(device))
     model.finish_encoder(images, batch_size, job.seed)
-    state = model.encoder_state_dict()
-    broken = [name for name, tensor in state.items() if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
-    if broken:
-        raise PretrainingFailed(f"{job.method} ({job.key}) ended with non-finite weights in {', '.join(broken[:3])}{' ...' if len(broken) > 3 else ''}; {DIVERGENCE_ADVICE}")
+    state = _finished_state(job, model)
     meta = {
         "method": job.method,
         "hash": job.hash,
@@ -451,9 +455,66 @@ def _train_and_export(job: PretrainJob, dataset: ImageDataset, run_dir: Path, de
         "history": read_history(run_dir),
         "resumed": resumes(run_dir),
     }
+    return _save_encoder(job, run_dir, state, meta)
+
+
+def _finished_state(job: PretrainJob, model) -> Dict[str, torch.Tensor]:
+    """The trained encoder's weights; :class:`PretrainingFailed` if any is not finite (nothing is cached then)."""
+    state = model.encoder_state_dict()
+    broken = [name for name, tensor in state.items() if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    if broken:
+        raise PretrainingFailed(f"{job.method} ({job.key}) ended with non-finite weights in {', '.join(broken[:3])}{' ...' if len(broken) > 3 else ''}; {DIVERGENCE_ADVICE}")
+    return state
+
+
+def _save_encoder(job: PretrainJob, run_dir: Path, state: Dict[str, torch.Tensor], meta: Dict[str, Any]) -> Path:
+    encoder_path = run_dir / ENCODER_FILE
     # per-process temporary names: two runs sharing a checkpoints folder never write into each other's file
     tmp = run_dir / f"{ENCODER_FILE}.tmp-{os.getpid()}"
     torch.save({"state_dict": state, "meta": meta}, tmp)
     _write_json(run_dir / ENCODER_SIDECAR, {"sha256": file_sha256(tmp), "key": job.key, "method": job.method, "hash": job.hash})
     os.replace(tmp, encoder_path)  # last: an encoder.pt is never visible before its checksum
     return encoder_path
+
+
+def _train_volumes_and_export(job: PretrainJob, dataset, run_dir: Path, device: str, progress: bool, max_time_s: Optional[float], callbacks: Sequence[pl.Callback], logger: Optional[str]) -> Path:
+    """A CT method's pretraining (``track = "ct"``; medssl/track3d.py): ``steps_per_epoch`` steps per epoch drawn by
+    :class:`~methods.vox2vec3d.VolumeSteps` from the corpus's CTs (its ``splits``), on one device in fp32 as the
+    official code trains, with the image track's divergence guard, per-epoch checkpoint (a resumed run repeats the
+    uninterrupted one bit for bit: the steps are seeded by (seed, epoch, step)), history and checksummed export. The
+    exported encoder is the whole FPN3d; its architecture is in the metadata."""
+    from methods.vox2vec3d import EpochOfSteps, VolumeSteps
+
+    (run_dir / "config.json").write_text(json.dumps(job.config, indent=1, sort_keys=True))
+    splits = job.config["corpus"].get("splits", ["train", "val"])
+    volumes = [dataset.images[i] for i in np.sort(np.concatenate([dataset.indices(s) for s in splits]))]
+    pretrain = job.config["protocol"]
+    protocol = PretrainProtocol(backbone="fpn3d", in_channels=1, epochs=int(pretrain["epochs"]), steps_per_epoch=int(pretrain["steps_per_epoch"]),
+                                optimizer=pretrain["optimizer"], schedule=pretrain.get("schedule", {"name": "constant"}))
+    quiet_lightning()
+    pl.seed_everything(job.seed, workers=True, verbose=False)
+    model = build_method(job.method, protocol, job.config.get("params"))
+    config = model.config
+    try:
+        steps = VolumeSteps(volumes, config.patch_size, config.pairs_per_step, config.max_voxels_per_pair, protocol.steps_per_epoch, job.seed)
+    except ValueError as err:
+        raise ConfigError(f"{job.key}: {err}") from None
+    start = time.time()
+    guard = DivergenceGuard(job.method, check_every=1 if device == "cpu" else max(1, min(50, protocol.steps_per_epoch)))
+    callbacks = [guard, *callbacks, EpochOfSteps(steps), pl.callbacks.ModelCheckpoint(dirpath=run_dir, filename="last", save_top_k=1, every_n_epochs=1, enable_version_counter=False),
+                 EpochHistory(run_dir / "history.jsonl")]
+    if progress:
+        callbacks.append(SparseMetricsProgressBar(leave=False))
+    trainer = pl.Trainer(max_epochs=protocol.epochs, accelerator="gpu" if device.startswith("cuda") else "cpu", devices=lightning_devices(device, 1), precision="32-true",
+                         callbacks=callbacks, logger=lightning_logger(logger or "csv", run_dir), enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
+                         log_every_n_steps=max(1, min(50, protocol.steps_per_epoch)), max_time={"seconds": max_time_s} if max_time_s else None)
+    resume = run_dir / "last.ckpt"
+    trainer.fit(model, steps, ckpt_path=str(resume) if readable_checkpoint(resume) else None, weights_only=True)
+    if trainer.current_epoch < protocol.epochs:
+        raise RuntimeError(f"{job.key}: pretraining stopped at epoch {trainer.current_epoch} of {protocol.epochs}; run again to resume")
+    state = _finished_state(job, model)
+    meta = {"method": job.method, "hash": job.hash, "backbone": "fpn3d", "in_channels": 1,
+            "architecture": {"in_channels": 1, "base_channels": int(config.base_channels), "num_levels": int(config.num_levels)},
+            "spacing": list(dataset.spacing), "pretrain_images": len(volumes), "wall_time_s": round(time.time() - start, 2), "precision": "32-true", "devices": 1, "nodes": 1,
+            "history": read_history(run_dir), "resumed": resumes(run_dir)}
+    return _save_encoder(job, run_dir, state, meta)

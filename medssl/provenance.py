@@ -21,7 +21,7 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-PACKAGES = ("torch", "torchvision", "lightly", "pytorch-lightning", "numpy", "scikit-learn", "scipy", "pandas")
+PACKAGES = ("torch", "torchvision", "lightly", "pytorch-lightning", "numpy", "scikit-learn", "scipy", "pandas", "monai", "nibabel")
 
 
 @functools.lru_cache(maxsize=1)
@@ -74,3 +74,11 @@ def hardware(device: str = "cpu") -> Dict[str, object]:
         info["gpu_count"] = torch.cuda.device_count()
         info["cuda"] = torch.version.cuda
     return info
+
+
+def record_provenance(device: str, precision: str, wall_time_s: float) -> Dict[str, object]:
+    """The fields every result record ends with: code, packages, hardware, precision, duration, time of writing."""
+    import datetime as _dt
+
+    return {"git_commit": git_commit(), "packages": package_versions(), "hardware": hardware(device), "precision": precision,
+            "wall_time_s": round(wall_time_s, 2), "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}

@@ -16,7 +16,7 @@ import math
 import os
 import shutil
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional
+from typing import Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 
@@ -451,24 +451,27 @@ REPORT_FILES = ("random_init_margins.md", "pretraining.md", "finetune_gap.md", "
                 "statistics.md", "statistics.csv", "statistics_per_class.csv", *figures.FIGURE_FILES)
 
 
-def write_reports(plan: Plan, records: Iterable[Dict], reports_dir: Path, pretraining: Optional[Dict[str, Dict]] = None) -> List[Path]:
+def write_reports(plan: Plan, records: Iterable[Dict], reports_dir: Path, pretraining: Optional[Dict[str, Dict]] = None, writer=None,
+                  produces: Sequence[str] = REPORT_FILES) -> List[Path]:
     """Every report file of a suite from its records; ``records`` may be the ``ResultStore`` itself, whose stored
     per-image predictions then feed the image-level statistics (CIs, bootstrap and DeLong tests).
 
     The files are written into a fresh folder next to ``reports_dir`` and swapped in with two renames, so a reader
     (or a run killed while writing) never sees new and old files mixed. Report files of earlier records that these
     records no longer produce (``REPORT_FILES``) are thereby dropped; files of other origin in the folder are kept,
-    and so is the per-class CSV when no store is given, since without predictions it cannot be rebuilt."""
+    and so is the per-class CSV when no store is given, since without predictions it cannot be rebuilt. ``writer``
+    (default: the image track's files) writes the files into the folder it is given and returns them, ``produces``
+    names every file it can write: the CT track passes its own (medssl/report3d.py)."""
     final = Path(reports_dir)
     _recover_swap(final)
     staging = final.parent / f".{final.name}.writing-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
-        written = _write_report_files(plan, records, staging, pretraining)
+        written = (writer or _write_report_files)(plan, records, staging, pretraining)
         if final.is_dir():
             produced = {p.name for p in written}
-            keep = [p for p in final.iterdir() if p.is_file() and p.name not in produced and (p.name not in REPORT_FILES or (p.name == "statistics_per_class.csv" and not isinstance(records, ResultStore)))]
+            keep = [p for p in final.iterdir() if p.is_file() and p.name not in produced and (p.name not in produces or (p.name == "statistics_per_class.csv" and not isinstance(records, ResultStore)))]
             for path in keep:
                 shutil.copy2(path, staging / path.name)
         _swap_in(staging, final)

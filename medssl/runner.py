@@ -8,7 +8,6 @@ reported and skipped with its evaluations while the other jobs go on (``failed``
 from __future__ import annotations
 
 import copy
-import datetime as _dt
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
@@ -81,12 +80,7 @@ def make_record(job: EvalJob, suite_name: str, dataset: ImageDataset, result: Di
         "pretrain_config": job.pretrain.config,
         **({"external": {**job.pretrain.external, "architecture": meta["backbone"], "file_channels": meta["external"]["file_channels"], "prefix_found": meta["external"]["prefix"]}}
            if job.pretrain.external else {}),
-        "git_commit": provenance.git_commit(),
-        "packages": provenance.package_versions(),
-        "hardware": provenance.hardware(device),
-        "precision": precision,
-        "wall_time_s": round(wall_time, 2),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        **provenance.record_provenance(device, precision, wall_time),
     }
 
 
@@ -172,7 +166,7 @@ def check_tasks(jobs: List[EvalJob], datasets: DatasetCache) -> None:
         volumes = [d.name for d in (corpus, dataset) if hasattr(d, "case_ids")]
         if volumes:
             raise ConfigError(f"task {task['name']!r}: {volumes[0]} holds CT volumes, but this suite's methods and protocols take 2D images; "
-                              "use an image dataset (the 3D track's suites, README \"CT datasets\", are not in this version yet)")
+                              "use an image dataset, or run it in a CT suite (track: ct), e.g. --suite vox2vec3d")
         if dataset.channels != corpus.channels:
             raise ConfigError(f"task {task['name']!r} has {dataset.channels}-channel images but its pretraining corpus {corpus.name!r} has {corpus.channels}-channel images; pair each task with a corpus of its kind (tasks[].pretrain)")
         if task_type(task) == "segmentation" and dataset.masks is None:

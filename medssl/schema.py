@@ -249,9 +249,36 @@ def suite_schema(encoder_names: Sequence[str] = ()) -> Check:
                           "alpha": number(low=0, high=1, low_open=True), "resamples": positive_int, "confidence": number(low=0, high=1, low_open=True),
                           "seed": number(low=0, high=MAX_SEED, integer=True)}, what="statistics settings")
     assert set(STATISTICS_DEFAULTS) <= {"reference", "variants", "adjust", "alpha", "resamples", "confidence", "seed"}, "keep the statistics schema in step"
-    return mapping({"name": text(), "description": text(), "pretrain": pretrain, "methods": _methods(encoder_names), "method_params": _method_params,
+    return mapping({"name": text(), "description": text(), "track": text(("2d", "ct")), "pretrain": pretrain, "methods": _methods(encoder_names), "method_params": _method_params,
                     "encoders": _encoders, "tasks": sequence(task, min_length=1), "evaluation": evaluation, "statistics": statistics},
                    required=("pretrain", "methods", "tasks", "evaluation"), what="suite sections")
+
+
+def ct_suite_schema() -> Check:
+    """A CT suite (``track: ct``, medssl/track3d.py): steps instead of images, one segmentation protocol set."""
+    from medssl.config import CT_PROTOCOLS
+
+    seeds = sequence(number(low=0, high=MAX_SEED, integer=True), min_length=1, unique=True)
+    positive_int = number(low=1, integer=True)
+    rate = number(low=0, low_open=True)
+    patch = sequence(number(low=1, integer=True), length=3)
+    optimizer = mapping({"name": text(("adam", "adamw", "sgd")), "lr": rate, "weight_decay": number(low=0), "momentum": number(low=0, high=1)},
+                        required=("name", "lr"), what="optimiser settings")
+    schedule = mapping({"name": text(("warmup_cosine", "constant")), "warmup_epochs": number(low=0), "final_lr_ratio": number(low=0, high=1)}, what="schedule settings")
+    pretrain = mapping({"datasets": _corpora, "epochs": positive_int, "steps_per_epoch": positive_int, "optimizer": optimizer, "schedule": schedule, "seeds": seeds},
+                       required=("datasets", "epochs", "steps_per_epoch", "optimizer", "seeds"), what="CT pretraining settings")
+    segmentation3d = mapping({"patch_size": patch, "epochs": positive_int, "steps_per_epoch": positive_int, "patches_per_step": positive_int, "validations": positive_int,
+                              "lr": rate, "freeze_epochs": number(low=0, integer=True), "warmup_epochs": positive_int,
+                              "inference_overlap": number(low=0, high=0.9), "inference_batch": positive_int, "seeds": seeds},
+                             required=("patch_size", "epochs", "steps_per_epoch", "lr"), what="3D segmentation settings")
+    evaluation = mapping({"seeds": seeds, "segmentation3d": segmentation3d}, required=("seeds", "segmentation3d"), what="CT evaluation settings")
+    task = mapping({"name": text(), "dataset": lambda v, p, pr: _dataset_spec(v, p, pr, splits=False), "pretrain": text(),
+                    "protocols": sequence(text(CT_PROTOCOLS), min_length=1, unique=True), "folds": sequence(number(low=0, integer=True), min_length=1, unique=True)},
+                   required=("name", "dataset", "protocols"), what="CT task settings")
+    statistics = mapping({"adjust": text(("holm", "bh")), "alpha": number(low=0, high=1, low_open=True)}, what="statistics settings")
+    return mapping({"name": text(), "description": text(), "track": text(("ct",)), "pretrain": pretrain, "methods": _methods(()), "method_params": _method_params,
+                    "tasks": sequence(task, min_length=1), "evaluation": evaluation, "statistics": statistics},
+                   required=("track", "pretrain", "methods", "tasks", "evaluation"), what="CT suite sections")
 
 
 def check_suite(suite: Any) -> List[str]:
@@ -259,6 +286,9 @@ def check_suite(suite: Any) -> List[str]:
     problems = Problems()
     if not isinstance(suite, dict):
         problems.add("", f"a suite is a mapping of sections (pretrain, methods, tasks, evaluation), got {_describe(suite)}")
+        return problems.lines
+    if suite.get("track") == "ct":
+        ct_suite_schema()(suite, "", problems)
         return problems.lines
     encoders = suite.get("encoders")
     suite_schema(list(encoders) if isinstance(encoders, dict) else [])(suite, "", problems)

@@ -52,14 +52,15 @@ def dice_scores(probabilities: torch.Tensor, labels: torch.Tensor, threshold: fl
 
 
 def predict_volume(predictor: Callable[[torch.Tensor], torch.Tensor], volume: torch.Tensor, patch_size: Sequence[int], body: torch.Tensor, batch_size: int = 2,
-                   device: str = "cpu") -> torch.Tensor:
+                   device: str = "cpu", overlap: float = 0.5) -> torch.Tensor:
     """Sigmoid probabilities (C x X x Y x Z, on the CPU) of a whole windowed volume (1 x X x Y x Z in [0, 1]) by
-    MONAI's sliding window; ``predictor`` maps a batch of patches to logits; zero outside ``body``."""
+    MONAI's sliding window (``batch_size`` windows at a time, neighbours overlapping by ``overlap``, official 0.5);
+    ``predictor`` maps a batch of patches to logits; zero outside ``body``."""
     from monai.inferers import sliding_window_inference
 
     with torch.no_grad():
         logits = sliding_window_inference(volume[None], roi_size=tuple(int(p) for p in patch_size), sw_batch_size=batch_size, predictor=predictor,
-                                          overlap=0.5, mode="constant", sw_device=device, device="cpu")
+                                          overlap=overlap, mode="constant", sw_device=device, device="cpu")
     return torch.sigmoid(logits[0]) * body.float()
 
 
@@ -84,15 +85,18 @@ def sample_patch_start(labels: np.ndarray, patch: Sequence[int], rng: np.random.
     return np.array([rng.integers(0, s - p + 1) for s, p in zip(labels.shape, patch)])
 
 
-def mean_dice(model_fn, volumes, labels, bodies, patch: Sequence[int], annotated: Sequence[int], device: str = "cpu") -> np.ndarray:
+def mean_dice(model_fn, volumes, labels, bodies, patch: Sequence[int], annotated: Sequence[int], device: str = "cpu", heads: int = 1, overlap: float = 0.5,
+              batch_size: int = 2) -> np.ndarray:
     """Per CT and organ (n x 13) Dice of ``model_fn``'s sliding-window prediction; organs the dataset does not
-    annotate are NaN."""
+    annotate are NaN. With ``heads`` > 1, ``model_fn`` returns the logits of that many heads side by side (13
+    channels each, one encoder pass for all of them) and the result is n x heads x 13."""
     out = []
     for volume, label, body in zip(volumes, labels, bodies):
-        probabilities = predict_volume(model_fn, window(volume), patch, torch.as_tensor(body)[None], device=device)
-        scores = dice_scores(probabilities, torch.from_numpy(np.array(label)))
-        scores[[k - 1 for k in range(1, NUM_ORGANS + 1) if k not in annotated]] = np.nan
-        out.append(scores)
+        probabilities = predict_volume(model_fn, window(volume), patch, torch.as_tensor(body)[None], batch_size=batch_size, device=device, overlap=overlap)
+        truth = torch.from_numpy(np.array(label))
+        scores = np.stack([dice_scores(part, truth) for part in probabilities.split(NUM_ORGANS)])
+        scores[:, [k - 1 for k in range(1, NUM_ORGANS + 1) if k not in annotated]] = np.nan
+        out.append(scores if heads > 1 else scores[0])
     return np.array(out)
 
 
@@ -107,7 +111,10 @@ def train_fpn_segmentation(encoder, mode: str, volumes, labels, annotated: Seque
     callback as run instead trains BatchNorm before epoch 50 and the whole model at lr / 5 from epoch 51) or
     ``scratch`` (a fresh encoder given as ``encoder``, trained with its linear head from the start). Per step
     ``patches_per_step`` patches of ``patch_size`` from one random training CT (:func:`sample_patch_start`); Adam at
-    ``lr`` (official 3e-4, constant); validation Dice ``validations`` times (sliding window over whole CTs).
+    ``lr`` (official 3e-4, constant); validation Dice ``validations`` times. Validation and test CTs are predicted
+    whole by MONAI's sliding window, windows overlapping by ``inference_overlap`` (official 0.5), ``inference_batch``
+    windows at a time; at test the heads of a probe share one encoder pass per window (the same numbers as separate
+    passes, tested).
     Result per head: ``val_value``, ``best_epoch``, ``epochs``, ``dice`` (test CTs x 13, NaN for organs the dataset
     does not annotate) and ``mean_dice`` (organs averaged within each CT, then CTs)."""
     from methods.vox2vec3d import FPNLinearHead, FPNNonLinearHead, body_mask
@@ -137,7 +144,12 @@ def train_fpn_segmentation(encoder, mode: str, volumes, labels, annotated: Seque
         return windowed[i], bodies[i], organs[i]
 
     selector = "nonlinear" if mode == "probe" else "linear"
-    predictors = {name: (lambda x, head=head: head(encoder(x))) for name, head in heads.items()}
+    inference = {"overlap": float(settings.get("inference_overlap", 0.5)), "batch_size": int(settings.get("inference_batch", 2))}
+
+    def all_heads(x: torch.Tensor) -> torch.Tensor:
+        levels = encoder(x)
+        return torch.cat([head(levels) for head in heads.values()], dim=1)
+
     every = max(1, epochs // max(1, int(settings.get("validations", 5))))
     best = (-np.inf, -1, None)
     for epoch in range(epochs):
@@ -163,7 +175,8 @@ def train_fpn_segmentation(encoder, mode: str, volumes, labels, annotated: Seque
             optimizer.step()
         if (epoch + 1) % every == 0 or epoch == epochs - 1:
             encoder.eval(), heads.eval()
-            val = np.nanmean(np.nanmean(mean_dice(predictors[selector], [volumes[i] for i in val_idx], [labels[i] for i in val_idx], [prepared(int(i))[1][0].numpy() for i in val_idx], patch, annotated, device), axis=1))
+            val = np.nanmean(np.nanmean(mean_dice(lambda x: heads[selector](encoder(x)), [volumes[i] for i in val_idx], [labels[i] for i in val_idx],
+                                                  [prepared(int(i))[1][0].numpy() for i in val_idx], patch, annotated, device, **inference), axis=1))
             if val > best[0]:
                 state = {"heads": {k: v.detach().cpu().clone() for k, v in heads.state_dict().items()}, "encoder": {k: v.detach().cpu().clone() for k, v in encoder.state_dict().items()}}
                 best = (float(val), epoch, state)
@@ -171,7 +184,9 @@ def train_fpn_segmentation(encoder, mode: str, volumes, labels, annotated: Seque
     encoder.load_state_dict(best[2]["encoder"])
     encoder.eval(), heads.eval()
     results = {}
-    for name in heads:
-        dice = mean_dice(predictors[name], [volumes[i] for i in test_idx], [labels[i] for i in test_idx], [prepared(int(i))[1][0].numpy() for i in test_idx], patch, annotated, device)
+    tested = mean_dice(all_heads, [volumes[i] for i in test_idx], [labels[i] for i in test_idx], [prepared(int(i))[1][0].numpy() for i in test_idx], patch, annotated, device,
+                       heads=len(heads), **inference)
+    for position, name in enumerate(heads):
+        dice = tested[:, position] if len(heads) > 1 else tested
         results[name] = {"val_value": best[0], "best_epoch": best[1], "epochs": epochs, "dice": dice, "mean_dice": float(np.nanmean(np.nanmean(dice, axis=1)))}
     return results

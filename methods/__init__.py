@@ -31,6 +31,7 @@ REGISTRY: Dict[str, MethodEntry] = {
     "dira": MethodEntry("methods.dira:DiRA", {}, "DiRA, MoCo-v2 + restoration + adversary (Haghighi et al. 2022)", "DiRA"),
     "mlvicx": MethodEntry("methods.mlvicx:MLVICX", {}, "MLVICX, multi-level VICReg with context attention (Singh & Mishra 2024)", "MLVICX"),
     "vox2vec2d": MethodEntry("methods.vox2vec2d:Vox2Vec2d", {}, "vox2vec, pixel-level FPN contrast, 2D variant (Goncharov et al. 2023)", "vox2vec"),
+    "vox2vec3d": MethodEntry("methods.vox2vec3d:Vox2Vec3d", {}, "vox2vec, voxel-level FPN3d contrast on CT (Goncharov et al. 2023; CT suites only)", "vox2vec"),
     "coboom": MethodEntry("methods.coboom:CoBooM", {}, "CoBooM with DiversiFuse and decoder (Singh & Mishra 2024)", "CoBooM w/ Dec."),
     "coboom-nodec": MethodEntry("methods.coboom:CoBooM", {"use_decoder": False}, "CoBooM without decoder", "CoBooM w/o Dec."),
     "coboom-nodf": MethodEntry("methods.coboom:CoBooM", {"use_decoder": False, "use_diversifuse": False}, "CoBooM without DiversiFuse and decoder", "CoBooM w/o DF"),
@@ -50,6 +51,11 @@ def register_method(name: str, cls: Type[SSLMethod], overrides: Optional[Dict[st
 
 def method_names() -> List[str]:
     return list(REGISTRY)
+
+
+def track_methods(track: str) -> List[str]:
+    """The registered methods of one track: "2d" (image suites) or "ct" (CT suites, ``track: ct``)."""
+    return [name for name in REGISTRY if method_class(name).track == track]
 
 
 def method_class(name: str) -> Type[SSLMethod]:

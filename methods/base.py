@@ -80,6 +80,9 @@ class SSLMethod(pl.LightningModule):
     n_views: int = 2
     #: False for methods that produce an encoder without training (supervised-from-scratch)
     needs_pretraining: bool = True
+    #: what the method trains on: "2d" (images; the suites of Tables 1/2) or "ct" (3D volumes; suites with
+    #: ``track: ct``, medssl/track3d.py). A suite of the other track refuses the method before any work
+    track: str = "2d"
     #: augmentation settings that override the suite's for this method (e.g. BYOL's asymmetric blur)
     view_overrides: Dict[str, Any] = {}
     #: False for methods whose official code keeps per-process BatchNorm statistics on purpose under DDP (MoCo's

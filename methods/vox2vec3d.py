@@ -30,8 +30,8 @@ Faithful to the official code (github mishgon/vox2vec; facts in ../shared/specs/
   code.
 
 The encoder evaluated downstream is the FPN (all of its levels). Deviation for DDP (the official code trains on one
-GPU): each process samples its own CT and the negatives are gathered across processes. Until the 3D pipeline of
-issue 21 is complete, this module is not in the method registry: a 2D suite cannot list it.
+GPU): each process samples its own CT and the negatives are gathered across processes. Registered as ``vox2vec3d``
+with ``track = "ct"``: only CT suites (``track: ct``, medssl/track3d.py) list it.
 """
 from __future__ import annotations
 
@@ -295,6 +295,7 @@ class Vox2Vec3d(SSLMethod):
     constant)."""
 
     Config = Vox2Vec3dConfig
+    track = "ct"
 
     def build_trunk(self) -> nn.Module:
         return FPN3d(self.protocol.in_channels, self.config.base_channels, self.config.num_levels)
