@@ -156,7 +156,7 @@ def check_ct_tasks(jobs: List[CTJob], datasets) -> None:
     CTs, and no volume is smaller than a pretraining or evaluation patch (each problem named, with what to do)."""
     seen = set()
     for job in jobs:
-        ident = (job.pretrain.key, stable_hash(job.task["dataset"]))
+        ident = (job.pretrain.key, stable_hash(job.task["dataset"]), job.trained)  # a random-init job does not check the pretraining patch
         if ident in seen:
             continue
         seen.add(ident)

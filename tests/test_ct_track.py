@@ -101,6 +101,8 @@ def test_random_init_rows_do_not_depend_on_the_pretraining_and_folds_are_runs():
     ({"tasks": [{**TINY["tasks"][0], "dataset": {"name": "synthetic_cxr", "params": {"n_images": 200, "size": 64}}}]}, "holds 2D images; a CT suite"),
     ({"evaluation": {**TINY["evaluation"], "segmentation3d": {**TINY["evaluation"]["segmentation3d"], "patch_size": [128, 128, 32]}}}, "smaller than the evaluation patch_size"),
     ({"tasks": [{**TINY["tasks"][0], "folds": [0, 1]}]}, "has no official fold split"),
+    # the first job of the task is a random-init one, which has no pretraining patch: the probe's must still be checked
+    ({"method_params": {"vox2vec3d": {**TINY["method_params"]["vox2vec3d"], "patch_size": [128, 16, 8]}}}, "smaller than the pretraining patch_size [128, 16, 8]"),
     ({"tasks": [{**TINY["tasks"][0], "protocols": ["probe", "linear"]}]}, "expected one of probe, finetune, scratch, random_probe"),
 ])
 def test_bad_ct_suites_are_refused_in_one_line_before_any_work(tmp_path, synthetic_root, capsys, change, message):
