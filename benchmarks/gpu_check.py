@@ -372,87 +372,47 @@ def e2e_suite(dry: bool) -> dict:
     return suite
 
 
-def run_suite_twice(summary: Summary, stage: str, suite: dict, device: str, budget_s: float, folder: Path):
-    """Run ``suite`` with run_benchmark.py in ``folder`` twice (the second run must add nothing); (records, seconds of
-    the first run, whether the re-run added nothing), or None after a FAIL line."""
+def suite_twice(summary: Summary, stage: str, suite: dict, device: str, budget_s: float, precision: str, checks: Callable[[List[Dict], float, Path], None]) -> None:
+    """Run ``suite`` with run_benchmark.py in a temporary folder twice: ``checks(records, seconds of the first run,
+    folder)``, then the second run must add nothing and the records must name ``precision`` and the device."""
     import yaml
 
     from medssl.records import ResultStore
 
-    path = folder / f"{suite['name']}.yaml"
-    (folder / "data").mkdir(exist_ok=True)
-    path.write_text(yaml.safe_dump(suite))
-    command = [sys.executable, str(ROOT / "run_benchmark.py"), "--suite", str(path), "--device", device, "--data-root", str(folder / "data"),
-               "--out", str(folder / "results"), "--reports", str(folder / "reports"), "--no-progress"]
-    runs = []
-    for attempt in range(2):
-        start = time.perf_counter()
-        done = subprocess.run(command, capture_output=True, text=True, timeout=max(60, budget_s))
-        runs.append((done, time.perf_counter() - start))
-        if done.returncode != 0:
-            output = (done.stderr or done.stdout).strip()
-            summary.add("FAIL", stage, f"run {attempt + 1} exited {done.returncode}: {output.splitlines()[-1][:300] if output else ''}")
-            return None
-    return ResultStore(folder / "results" / suite["name"]).records(), runs[0][1], "done: 0 evaluations run" in runs[1][0].stdout
+    with tempfile.TemporaryDirectory() as folder:
+        folder = Path(folder)
+        path = folder / f"{suite['name']}.yaml"
+        (folder / "data").mkdir()
+        path.write_text(yaml.safe_dump(suite))
+        command = [sys.executable, str(ROOT / "run_benchmark.py"), "--suite", str(path), "--device", device, "--data-root", str(folder / "data"),
+                   "--out", str(folder / "results"), "--reports", str(folder / "reports"), "--no-progress"]
+        runs = []
+        for attempt in range(2):
+            start = time.perf_counter()
+            done = subprocess.run(command, capture_output=True, text=True, timeout=max(60, budget_s))
+            runs.append((done, time.perf_counter() - start))
+            if done.returncode != 0:
+                output = (done.stderr or done.stdout).strip()
+                summary.add("FAIL", stage, f"run {attempt + 1} exited {done.returncode}: {output.splitlines()[-1][:300] if output else ''}")
+                return
+        records = ResultStore(folder / "results" / suite["name"]).records()
+        checks(records, runs[0][1], folder)
+        summary.check("done: 0 evaluations run" in runs[1][0].stdout, stage, "the re-run adds no evaluation")
+        precisions = {r.get("precision") for r in records}
+        if device.startswith("cuda"):
+            import torch
 
-
-def check_records_name_the_device(summary: Summary, stage: str, records: List[Dict], device: str, precision: str) -> None:
-    precisions = {r.get("precision") for r in records}
-    if device.startswith("cuda"):
-        import torch
-
-        name = torch.cuda.get_device_name(0)
-        summary.check(precision in precisions, stage, f"records name their precision: {sorted(map(str, precisions))}")
-        summary.check(all(name in json.dumps(r.get("hardware"), sort_keys=True) for r in records), stage, f"records name the GPU ({name})")
-    else:
-        summary.check(bool(precisions) and None not in precisions, stage, f"records name their precision: {sorted(map(str, precisions))}")
+            name = torch.cuda.get_device_name(0)
+            summary.check(precision in precisions, stage, f"records name their precision: {sorted(map(str, precisions))}")
+            summary.check(all(name in json.dumps(r.get("hardware"), sort_keys=True) for r in records), stage, f"records name the GPU ({name})")
+        else:
+            summary.check(bool(precisions) and None not in precisions, stage, f"records name their precision: {sorted(map(str, precisions))}")
 
 
 def stage_end_to_end(summary: Summary, device: str, dry: bool, budget_s: float) -> None:
     stage = "4 end to end"
-    with tempfile.TemporaryDirectory() as folder:
-        done = run_suite_twice(summary, stage, e2e_suite(dry), device, budget_s, Path(folder))
-        if done is None:
-            return
-        records, seconds, nothing_added = done
-        summary.add("PASS", stage, f"{len(records)} evaluations in {seconds:.0f} s")
-        summary.check(nothing_added, stage, "the re-run adds no evaluation")
-        check_records_name_the_device(summary, stage, records, device, "bf16-mixed")
-
-
-# ----- 6 -------------------------------------------------------------------------------------------------------
-def ct_suite(dry: bool) -> dict:
-    """The vox2vec3d suite on fewer phantoms and steps (dry: 8 mm, FPN3d(1, 4, 3), 16 x 16 x 8 patches)."""
-    from medssl.config import load_suite
-
-    suite = load_suite("vox2vec3d")
-    data = {"n_labelled": 10, "n_unlabelled": 4, **({"spacing": [8.0, 8.0, 8.0]} if dry else {})}
-    suite["name"] = "gpu-check-ct"
-    suite["pretrain"].update(datasets={"ct": {"name": "synthetic_ct", "params": {**data, "part": "unlabelled"}, "splits": ["train", "val", "test"]}}, epochs=2, steps_per_epoch=10)
-    suite["tasks"][0]["dataset"] = {"name": "synthetic_ct", "params": data}
-    segmentation = suite["evaluation"]["segmentation3d"]
-    segmentation.update(epochs=2, steps_per_epoch=5)
-    if dry:
-        suite["method_params"]["vox2vec3d"].update(base_channels=4, num_levels=3, patch_size=[16, 16, 8], max_voxels_per_pair=64)
-        segmentation["patch_size"] = [16, 16, 8]
-    else:  # the official pairs and positives per step
-        suite["method_params"]["vox2vec3d"].update(pairs_per_step=10, max_voxels_per_pair=1024)
-    return suite
-
-
-def stage_ct(summary: Summary, device: str, dry: bool, budget_s: float) -> None:
-    """The CT track (medssl/track3d.py) end to end on the device, twice; fp32 as the official code."""
-    stage = "6 CT track"
-    with tempfile.TemporaryDirectory() as folder:
-        done = run_suite_twice(summary, stage, ct_suite(dry), device, budget_s, Path(folder))
-        if done is None:
-            return
-        records, seconds, nothing_added = done
-        rows = sorted({(r["method"], r["protocol"], r["head"]) for r in records})
-        summary.check(len(rows) == 6 and all(0 <= r["value"] <= 1 for r in records), stage, f"{len(records)} records of {len(rows)} rows in {seconds:.0f} s, Dice in [0, 1]")
-        summary.check(nothing_added, stage, "the re-run adds no evaluation")
-        check_records_name_the_device(summary, stage, records, device, "32-true")
-        summary.check((Path(folder) / "reports" / "gpu-check-ct" / "ct_table.md").exists(), stage, "the organ table is written")
+    suite_twice(summary, stage, e2e_suite(dry), device, budget_s, "bf16-mixed",
+                lambda records, seconds, folder: summary.add("PASS", stage, f"{len(records)} evaluations in {seconds:.0f} s"))
 
 
 # ----- 5 -------------------------------------------------------------------------------------------------------
@@ -506,6 +466,38 @@ def stage_compile(summary: Summary, out: Path, device: str, precision: str) -> N
             summary.add("PASS" if compiled_ms <= eager else "WARN", stage, f"compile {compile_s:.0f} s, {explained.graph_break_count} graph breaks, eager {eager:.1f} ms vs compiled {compiled_ms:.1f} ms")
         except Exception as err:  # noqa: BLE001
             summary.fail(stage, err)
+
+
+# ----- 6 -------------------------------------------------------------------------------------------------------
+def ct_suite(dry: bool) -> dict:
+    """The vox2vec3d suite on fewer phantoms and steps (dry: 8 mm, FPN3d(1, 4, 3), 16 x 16 x 8 patches)."""
+    from medssl.config import load_suite
+
+    suite = load_suite("vox2vec3d")
+    data = {"n_labelled": 10, "n_unlabelled": 4, **({"spacing": [8.0, 8.0, 8.0]} if dry else {})}
+    suite["name"] = "gpu-check-ct"
+    suite["pretrain"].update(datasets={"ct": {"name": "synthetic_ct", "params": {**data, "part": "unlabelled"}, "splits": ["train", "val", "test"]}}, epochs=2, steps_per_epoch=10)
+    suite["tasks"][0]["dataset"] = {"name": "synthetic_ct", "params": data}
+    segmentation = suite["evaluation"]["segmentation3d"]
+    segmentation.update(epochs=2, steps_per_epoch=5)
+    if dry:
+        suite["method_params"]["vox2vec3d"].update(base_channels=4, num_levels=3, patch_size=[16, 16, 8], max_voxels_per_pair=64)
+        segmentation["patch_size"] = [16, 16, 8]
+    else:  # the official pairs and positives per step
+        suite["method_params"]["vox2vec3d"].update(pairs_per_step=10, max_voxels_per_pair=1024)
+    return suite
+
+
+def stage_ct(summary: Summary, device: str, dry: bool, budget_s: float) -> None:
+    """The CT track (medssl/track3d.py) end to end on the device, twice; fp32 as the official code."""
+    stage = "6 CT track"
+
+    def checks(records: List[Dict], seconds: float, folder: Path) -> None:
+        rows = sorted({(r["method"], r["protocol"], r["head"]) for r in records})
+        summary.check(len(rows) == 6 and all(0 <= r["value"] <= 1 for r in records), stage, f"{len(records)} records of {len(rows)} rows in {seconds:.0f} s, Dice in [0, 1]")
+        summary.check((folder / "reports" / "gpu-check-ct" / "ct_table.md").exists(), stage, "the organ table is written")
+
+    suite_twice(summary, stage, ct_suite(dry), device, budget_s, "32-true", checks)
 
 
 def main(argv=None) -> int:

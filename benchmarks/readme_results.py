@@ -18,10 +18,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def runs_behind(results: Path):
-    """The runs that produced the stored records: every logged run that ran something. A suite that grew (new
-    methods, seeds) is finished by a later run that reuses the earlier records, so there can be several."""
+    """The runs that produced the suite's report: every logged run that ran something, except --set runs. A suite
+    that grew (new methods, seeds) is finished by a later run that reuses the earlier records, so there can be several."""
     lines = (results / "runs.jsonl").read_text().splitlines() if (results / "runs.jsonl").exists() else []
-    return [run for run in (json.loads(line) for line in lines if line.strip()) if run["ran"] > 0]
+    # a --set run stores its records in the same folder but reports them elsewhere (REPORTS/<suite>--set-<hash>/)
+    return [run for run in (json.loads(line) for line in lines if line.strip()) if run["ran"] > 0 and "--set" not in run["argv"]]
 
 
 def describe_run(run, precisions) -> str:
