@@ -418,9 +418,9 @@ def run_ct_command(args, argv, full_suite, suite, tag: str) -> int:
     if args.command == "export":
         raise ConfigError(f"'export' writes the ResNet encoders of image suites; the FPN3d encoders of CT suite {name} are OUT/checkpoints/<key>/encoder.pt (SHA-256 in encoder.json)")
     refused = [option for option, given in (("--shard", getattr(args, "shard", None)), ("--devices", getattr(args, "devices", 1) != 1), ("--nodes", getattr(args, "nodes", 1) != 1),
-                                            ("--compile", getattr(args, "compile", False))) if given]
+                                            ("--compile", getattr(args, "compile", False)), ("--precision bf16", getattr(args, "precision", "auto") == "bf16")) if given]
     if refused:
-        raise ConfigError(f"{', '.join(refused)}: CT suite {name} trains on one device, as the official vox2vec code; leave {'them' if len(refused) > 1 else 'it'} out")
+        raise ConfigError(f"{', '.join(refused)}: CT suite {name} trains on one device in fp32, as the official vox2vec code; leave {'them' if len(refused) > 1 else 'it'} out")
     plan = build_ct_plan(suite)
     out_dir = Path(args.out or "results")
     reports_root = Path(args.reports) if args.reports else (out_dir / "reports" if args.out else Path("reports"))

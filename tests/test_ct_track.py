@@ -115,7 +115,8 @@ def test_bad_ct_suites_are_refused_in_one_line_before_any_work(tmp_path, synthet
 @pytest.mark.parametrize("extra, message", [
     (["--fractions", "10"], "a CT suite has no label fractions"),
     (["--encoder", "mine=x.pt"], "--encoder brings 2D ResNet encoders"),
-    (["--devices", "2"], "trains on one device"),
+    (["--devices", "2"], "trains on one device in fp32"),
+    (["--precision", "bf16"], "--precision bf16: CT suite tinyct trains on one device in fp32"),
 ])
 def test_image_only_options_are_refused_for_ct_suites(tmp_path, capsys, extra, message):
     suite = write_suite(tmp_path / "tinyct.yaml")
