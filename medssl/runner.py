@@ -147,7 +147,9 @@ def check_datasets(jobs: List[EvalJob], data_root: Path) -> None:
         except LayoutChecked:
             pass
         except DatasetError as err:
-            problems.append(f"{spec['name']}: {err}")
+            message = str(err)
+            problems.append(message if message.startswith(f"{spec['name']}") else f"{spec['name']}: {message}")
+    problems = list(dict.fromkeys(problems))  # the folds of one dataset (CT suites) share one layout problem
     if problems:
         raise DatasetError(f"{len(problems)} of the suite's datasets cannot be used; nothing has been run:\n  " + "\n  ".join(problems) if len(problems) > 1 else problems[0])
 

@@ -192,3 +192,12 @@ def test_heads_sharing_one_encoder_pass_score_as_separate_passes():
     together = mean_dice(lambda x: (lambda levels: torch.cat([linear(levels), nonlinear(levels)], 1))(encoder(x)), *args, heads=2, overlap=0.25, batch_size=4)
     apart = [mean_dice(lambda x, head=head: head(encoder(x)), *args, overlap=0.25, batch_size=4) for head in (linear, nonlinear)]
     assert together.shape == (2, 2, 13) and np.array_equal(together[:, 0], apart[0]) and np.array_equal(together[:, 1], apart[1])
+
+
+def test_missing_btcv_and_amos_are_named_once_each_before_any_work(tmp_path, capsys):
+    """The btcv suite's five folds read one folder: a missing BTCV is one problem, not five."""
+    (tmp_path / "data").mkdir()
+    code, _, err = run(["--suite", "btcv", "--data-root", str(tmp_path / "data"), "--out", str(tmp_path / "out")], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and lines[0] == "error: 2 of the suite's datasets cannot be used; nothing has been run:"
+    assert lines[1].startswith("  amos: ") and lines[2].startswith("  btcv: folder ") and len(lines) == 3
