@@ -169,17 +169,15 @@ def check_ct_tasks(jobs: List[CTJob], datasets) -> None:
         empty = [s for s in ("train", "val", "test") if not len(dataset.indices(s))]
         if empty:
             raise ConfigError(f"task {job.task['name']!r}: {dataset.name} has no {' or '.join(empty)} CTs; use more labelled patients")
-        patches = {"evaluation patch_size": tuple(job.config["settings"]["patch_size"])}
+        # each patch against the volumes it is cut from: evaluation patches from the task's CTs, pretraining ones from the corpus's
+        patches = [(f"task {job.task['name']!r}", dataset, "evaluation patch_size", tuple(job.config["settings"]["patch_size"]))]
         if job.trained:
-            patches["pretraining patch_size"] = tuple(job.pretrain.config["params"]["patch_size"])
-        for what, data in (("pretraining corpus", corpus), (f"task {job.task['name']!r}", dataset)):
-            for setting, patch in patches.items():
-                if what == "pretraining corpus" and setting.startswith("evaluation"):
-                    continue
-                small = [data.case_ids[i] for i, v in enumerate(data.images) if any(s < p for s, p in zip(v.shape, patch))]
-                if small:
-                    raise ConfigError(f"{what}: {len(small)} CTs of {data.name} are smaller than the {setting} {list(patch)} at {list(data.spacing)} mm "
-                                      f"(e.g. {small[0]}, shape {list(data.images[data.case_ids.index(small[0])].shape)}); use a smaller patch or a finer spacing")
+            patches.append(("pretraining corpus", corpus, "pretraining patch_size", tuple(job.pretrain.config["params"]["patch_size"])))
+        for what, data, setting, patch in patches:
+            small = [data.case_ids[i] for i, v in enumerate(data.images) if any(s < p for s, p in zip(v.shape, patch))]
+            if small:
+                raise ConfigError(f"{what}: {len(small)} CTs of {data.name} are smaller than the {setting} {list(patch)} at {list(data.spacing)} mm "
+                                  f"(e.g. {small[0]}, shape {list(data.images[data.case_ids.index(small[0])].shape)}); use a smaller patch or a finer spacing")
 
 
 def random_fpn(job: CTJob) -> torch.nn.Module:

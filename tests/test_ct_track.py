@@ -201,3 +201,18 @@ def test_missing_btcv_and_amos_are_named_once_each_before_any_work(tmp_path, cap
     lines = err.strip().splitlines()
     assert code == 2 and lines[0] == "error: 2 of the suite's datasets cannot be used; nothing has been run:"
     assert lines[1].startswith("  amos: ") and lines[2].startswith("  btcv: folder ") and len(lines) == 3
+
+
+def test_each_patch_is_checked_against_the_volumes_it_is_cut_from(synthetic_root):
+    """A task whose CTs are smaller than the pretraining patch, but not than the evaluation patch, is valid: the
+    pretraining patch is cut from the corpus only."""
+    from medssl.runner import DatasetCache
+    from medssl.track3d import check_ct_tasks
+
+    coarse = {**TINY["tasks"][0]["dataset"]["params"], "spacing": [16.0, 16.0, 16.0]}
+    suite = {**TINY, "tasks": [{**TINY["tasks"][0], "dataset": {"name": "synthetic_ct", "params": coarse}}],
+             "evaluation": {**TINY["evaluation"], "segmentation3d": {**TINY["evaluation"]["segmentation3d"], "patch_size": [8, 8, 8]}}}
+    datasets = DatasetCache(synthetic_root)
+    task_shapes = [v.shape for v in datasets.get(suite["tasks"][0]["dataset"]).images]
+    assert any(s < p for shape in task_shapes for s, p in zip(shape, (16, 16, 8)))  # the case this test is about
+    check_ct_tasks(build_ct_plan(suite).eval_jobs, datasets)
