@@ -253,6 +253,11 @@ def write_suite_reports(full_plan, store, reports_root: Path) -> None:
         print(f"wrote {path}")
 
 
+def reports_folder(args, out_dir: Path) -> Path:
+    """--reports, else OUT/reports with --out, else reports/."""
+    return Path(args.reports) if args.reports else (out_dir / "reports" if args.out else Path("reports"))
+
+
 def selected_suite(args) -> tuple:
     """(the suite with --set and --encoder applied, the same narrowed by --methods/--seeds/..., the tag of a
     narrowed or changed report): what 'run', 'report' and 'export' read. --set changes the suite (hashed as if
@@ -294,12 +299,10 @@ def main(argv=None) -> int:
             return 0
         if args.command == "prepare":
             from datasets import load_dataset
-
-            import inspect
-
             from datasets.base import loader_function
+            from medssl.schema import function_defaults
 
-            takes = inspect.signature(loader_function(args.dataset)).parameters
+            takes = function_defaults(loader_function(args.dataset))
             options = {"size": args.size} if "size" in takes else {}
             if args.spacing is not None:
                 if "spacing" not in takes:
@@ -342,7 +345,7 @@ def main(argv=None) -> int:
                 print(f"wrote {path}")
             return 0
         full_plan = build_plan(full_suite)
-        reports_root = Path(args.reports) if args.reports else (out_dir / "reports" if args.out else Path("reports"))
+        reports_root = reports_folder(args, out_dir)
         shard = parse_shard(args.shard) if args.command == "run" and args.shard else None
         if shard is not None:
             plan = shard_plan(plan, *shard)
@@ -423,7 +426,7 @@ def run_ct_command(args, argv, full_suite, suite, tag: str) -> int:
         raise ConfigError(f"{', '.join(refused)}: CT suite {name} trains on one device in fp32, as the official vox2vec code; leave {'them' if len(refused) > 1 else 'it'} out")
     plan = build_ct_plan(suite)
     out_dir = Path(args.out or "results")
-    reports_root = Path(args.reports) if args.reports else (out_dir / "reports" if args.out else Path("reports"))
+    reports_root = reports_folder(args, out_dir)
     store = ResultStore(out_dir / name)
     # a narrowed report (--methods, --seeds, ...) or a changed suite (--set) never replaces the suite's own tables
     narrowed = bool(tag) and (args.command == "report" or bool(args.settings))

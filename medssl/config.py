@@ -129,8 +129,11 @@ STATISTICS_DEFAULTS = {"reference": "coboom", "variants": None, "adjust": "holm"
 def _validate(suite: Dict[str, Any], path) -> None:
     """What the schema (``medssl/schema.py``) cannot say: rules across keys."""
     if suite.get("track") == "ct":
+        from datasets.base import loader_function
+        from medssl.schema import function_defaults
+
         for task in suite["tasks"]:
-            if task.get("folds") is not None and "fold" not in _loader_parameters(task["dataset"]["name"]):
+            if task.get("folds") is not None and "fold" not in function_defaults(loader_function(task["dataset"]["name"])):
                 raise ConfigError(f"{path}: task {task['name']!r} lists folds but dataset {task['dataset']['name']!r} has no official fold split; remove folds (its split is by patient)")
         return
     try:
@@ -144,14 +147,6 @@ def _validate(suite: Dict[str, Any], path) -> None:
             raise ConfigError(f"{path}: task {task['name']!r} lists the knn protocol, which classifies images; remove it from this segmentation task")
         if "knn" in task["protocols"] and "knn" not in suite["evaluation"]:
             raise ConfigError(f"{path}: task {task['name']!r} lists the knn protocol but the suite has no evaluation.knn settings; add e.g. knn: {{k: 20, temperature: 0.07}}")
-
-
-def _loader_parameters(dataset: str) -> List[str]:
-    import inspect
-
-    from datasets.base import loader_function
-
-    return list(inspect.signature(loader_function(dataset)).parameters)
 
 
 def check_optimizer(optimizer: Dict[str, Any]) -> None:

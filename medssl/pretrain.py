@@ -308,6 +308,16 @@ def readable_checkpoint(path: Path) -> bool:
         return False
 
 
+def corpus_indices(job: PretrainJob, dataset) -> np.ndarray:
+    """The corpus images (or CTs) a pretraining reads: those of the corpus's ``splits`` (default train and val), sorted."""
+    return np.sort(np.concatenate([dataset.indices(s) for s in job.config["corpus"].get("splits", ["train", "val"])]))
+
+
+def epoch_checkpoint(run_dir: Path) -> pl.callbacks.ModelCheckpoint:
+    """Lightning's ``last.ckpt`` in the run's folder, rewritten after every epoch: the resume point."""
+    return pl.callbacks.ModelCheckpoint(dirpath=run_dir, filename="last", save_top_k=1, every_n_epochs=1, enable_version_counter=False)
+
+
 def run_pretraining(job: PretrainJob, dataset: ImageDataset, checkpoints_dir: Path, device: str = "cpu", progress: bool = True, max_time_s: Optional[float] = None, callbacks: Sequence[pl.Callback] = (), precision: str = "auto",
                     devices: int = 1, compile_loss: bool = False, nodes: int = 1, logger: Optional[str] = None) -> Path:
     """Pretrain ``job`` (or resume it) and save its encoder; returns the encoder file (at once if it exists).
@@ -349,9 +359,7 @@ def _train_and_export(job: PretrainJob, dataset: ImageDataset, run_dir: Path, de
                       precision: str, devices: int, compile_loss: bool, nodes: int, logger: Optional[str]) -> Path:
     encoder_path = run_dir / ENCODER_FILE
     (run_dir / "config.json").write_text(json.dumps(job.config, indent=1, sort_keys=True))
-    corpus = job.config["corpus"]
-    splits = corpus.get("splits", ["train", "val"])
-    indices = np.sort(np.concatenate([dataset.indices(s) for s in splits]))
+    indices = corpus_indices(job, dataset)
     images = MappedImages(dataset.images, indices)  # read batch by batch from the cache, never copied whole
     stats = channel_statistics(dataset.images, indices, seed=job.seed)
     pretrain = job.config.get("protocol", {})
@@ -398,7 +406,7 @@ def _train_and_export(job: PretrainJob, dataset: ImageDataset, run_dir: Path, de
         loader = ShuffledBatches(images, batch_size, generator, drop_last=True, pin=cuda, resident="auto" if cuda else False)
         # the guard first: at an epoch's end it must stop a diverged run before the history and checkpoint see it
         guard = DivergenceGuard(job.method, check_every=1 if device == "cpu" else max(1, min(50, steps_per_epoch)))
-        callbacks = [guard] + list(callbacks) + [RandomStates(generator, job.seed), pl.callbacks.ModelCheckpoint(dirpath=run_dir, filename="last", save_top_k=1, every_n_epochs=1, enable_version_counter=False), EpochHistory(run_dir / "history.jsonl", monitor, images, batch_size)]
+        callbacks = [guard] + list(callbacks) + [RandomStates(generator, job.seed), epoch_checkpoint(run_dir), EpochHistory(run_dir / "history.jsonl", monitor, images, batch_size)]
         if progress:
             callbacks.append(SparseMetricsProgressBar(leave=False))
         trainer = pl.Trainer(
@@ -483,11 +491,11 @@ def _train_volumes_and_export(job: PretrainJob, dataset, run_dir: Path, device: 
     official code trains, with the image track's divergence guard, per-epoch checkpoint (a resumed run repeats the
     uninterrupted one bit for bit: the steps are seeded by (seed, epoch, step)), history and checksummed export. The
     exported encoder is the whole FPN3d; its architecture is in the metadata."""
+    from medssl.track3d import architecture
     from methods.vox2vec3d import EpochOfSteps, VolumeSteps
 
     (run_dir / "config.json").write_text(json.dumps(job.config, indent=1, sort_keys=True))
-    splits = job.config["corpus"].get("splits", ["train", "val"])
-    volumes = [dataset.images[i] for i in np.sort(np.concatenate([dataset.indices(s) for s in splits]))]
+    volumes = [dataset.images[i] for i in corpus_indices(job, dataset)]
     pretrain = job.config["protocol"]
     protocol = PretrainProtocol(backbone="fpn3d", in_channels=1, epochs=int(pretrain["epochs"]), steps_per_epoch=int(pretrain["steps_per_epoch"]),
                                 optimizer=pretrain["optimizer"], schedule=pretrain.get("schedule", {"name": "constant"}))
@@ -501,8 +509,7 @@ def _train_volumes_and_export(job: PretrainJob, dataset, run_dir: Path, device: 
         raise ConfigError(f"{job.key}: {err}") from None
     start = time.time()
     guard = DivergenceGuard(job.method, check_every=1 if device == "cpu" else max(1, min(50, protocol.steps_per_epoch)))
-    callbacks = [guard, *callbacks, EpochOfSteps(steps), pl.callbacks.ModelCheckpoint(dirpath=run_dir, filename="last", save_top_k=1, every_n_epochs=1, enable_version_counter=False),
-                 EpochHistory(run_dir / "history.jsonl")]
+    callbacks = [guard, *callbacks, EpochOfSteps(steps), epoch_checkpoint(run_dir), EpochHistory(run_dir / "history.jsonl")]
     if progress:
         callbacks.append(SparseMetricsProgressBar(leave=False))
     trainer = pl.Trainer(max_epochs=protocol.epochs, accelerator="gpu" if device.startswith("cuda") else "cpu", devices=lightning_devices(device, 1), precision="32-true",
@@ -514,7 +521,7 @@ def _train_volumes_and_export(job: PretrainJob, dataset, run_dir: Path, device: 
         raise RuntimeError(f"{job.key}: pretraining stopped at epoch {trainer.current_epoch} of {protocol.epochs}; run again to resume")
     state = _finished_state(job, model)
     meta = {"method": job.method, "hash": job.hash, "backbone": "fpn3d", "in_channels": 1,
-            "architecture": {"in_channels": 1, "base_channels": int(config.base_channels), "num_levels": int(config.num_levels)},
+            "architecture": architecture(job.config["params"]),
             "spacing": list(dataset.spacing), "pretrain_images": len(volumes), "wall_time_s": round(time.time() - start, 2), "precision": "32-true", "devices": 1, "nodes": 1,
             "history": read_history(run_dir), "resumed": resumes(run_dir)}
     return _save_encoder(job, run_dir, state, meta)

@@ -28,7 +28,7 @@ import numpy as np
 
 from medssl import figures, stats
 from medssl.records import ResultStore
-from medssl.track3d import HEADS, RANDOM_INIT, TRAINED, CTPlan
+from medssl.track3d import HEADS, RANDOM_INIT, TRAINED, CTPlan, evaluation_seeds
 
 CT_REPORT_FILES = ("ct_table.md", "ct_table.csv", "ct_table.tex", "ct_statistics.md", "ct_statistics.csv", "ct_organs.png", "pretraining.md")
 Row = Tuple[str, str, str]  # (method or random-init, protocol, head)
@@ -120,7 +120,7 @@ def _best(cells: Dict[Row, Dict[str, Tuple[float, float]]], column: str) -> floa
 
 def _runs_phrase(plan: CTPlan, task: Dict) -> str:
     folds = task.get("folds") or []
-    seeds = plan.suite["evaluation"]["segmentation3d"].get("seeds", plan.suite["evaluation"]["seeds"])
+    seeds = evaluation_seeds(plan.suite)
     parts = [f"{len(plan.suite['pretrain']['seeds'])} pretraining seed{'s' if len(plan.suite['pretrain']['seeds']) > 1 else ''}"]
     if folds:
         parts.append(f"{len(folds)} fold{'s' if len(folds) > 1 else ''} of the official split")

@@ -217,16 +217,20 @@ def _augment() -> Check:
     return mapping(fields, what="augmentation settings")
 
 
+def _shared_checks() -> tuple:
+    """The checks both suite kinds use: (seed lists, positive integers, positive rates, the lr schedule)."""
+    seeds = sequence(number(low=0, high=MAX_SEED, integer=True), min_length=1, unique=True)
+    schedule = mapping({"name": text(("warmup_cosine", "constant")), "warmup_epochs": number(low=0), "final_lr_ratio": number(low=0, high=1)}, what="schedule settings")
+    return seeds, number(low=1, integer=True), number(low=0, low_open=True), schedule
+
+
 def suite_schema(encoder_names: Sequence[str] = ()) -> Check:
     from medssl.config import MONITOR_DEFAULTS, PROTOCOLS, STATISTICS_DEFAULTS, TASK_TYPES
 
-    seeds = sequence(number(low=0, high=MAX_SEED, integer=True), min_length=1, unique=True)
-    positive_int = number(low=1, integer=True)
-    rate = number(low=0, low_open=True)
+    seeds, positive_int, rate, schedule = _shared_checks()
     fraction = number(low=0, high=100, low_open=True)
     optimizer = mapping({"name": text(("lars", "sgd", "adam", "adamw")), "lr": rate, "weight_decay": number(low=0),
                          "momentum": number(low=0, high=1), "trust_coefficient": rate}, required=("name", "lr"), what="optimiser settings")
-    schedule = mapping({"name": text(("warmup_cosine", "constant")), "warmup_epochs": number(low=0), "final_lr_ratio": number(low=0, high=1)}, what="schedule settings")
     monitor = mapping({"every_epochs": positive_int, "fraction": fraction, "seed": number(low=0, high=MAX_SEED, integer=True),
                        "l2": sequence(rate, min_length=1)}, what="monitor settings")
     assert set(MONITOR_DEFAULTS) == {"every_epochs", "fraction", "seed", "l2"}, "keep the monitor schema in step with MONITOR_DEFAULTS"
@@ -258,13 +262,10 @@ def ct_suite_schema() -> Check:
     """A CT suite (``track: ct``, medssl/track3d.py): steps instead of images, one segmentation protocol set."""
     from medssl.config import CT_PROTOCOLS
 
-    seeds = sequence(number(low=0, high=MAX_SEED, integer=True), min_length=1, unique=True)
-    positive_int = number(low=1, integer=True)
-    rate = number(low=0, low_open=True)
+    seeds, positive_int, rate, schedule = _shared_checks()
     patch = sequence(number(low=1, integer=True), length=3)
     optimizer = mapping({"name": text(("adam", "adamw", "sgd")), "lr": rate, "weight_decay": number(low=0), "momentum": number(low=0, high=1)},
                         required=("name", "lr"), what="optimiser settings")
-    schedule = mapping({"name": text(("warmup_cosine", "constant")), "warmup_epochs": number(low=0), "final_lr_ratio": number(low=0, high=1)}, what="schedule settings")
     pretrain = mapping({"datasets": _corpora, "epochs": positive_int, "steps_per_epoch": positive_int, "optimizer": optimizer, "schedule": schedule, "seeds": seeds},
                        required=("datasets", "epochs", "steps_per_epoch", "optimizer", "seeds"), what="CT pretraining settings")
     segmentation3d = mapping({"patch_size": patch, "epochs": positive_int, "steps_per_epoch": positive_int, "patches_per_step": positive_int, "validations": positive_int,
