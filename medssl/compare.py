@@ -1,20 +1,28 @@
-"""Paired comparisons behind the reports' significance marks, confidence intervals and statistics tables.
+"""Comparisons behind the reports' significance marks, confidence intervals and statistics tables.
 
-For every table cell (protocol, task, label fraction) every method is compared with the suite's reference method
-(``statistics.reference``, default CoBooM) and with the cell's best baseline (highest mean among the methods that
-are neither the reference nor one of its ablations). Runs of the two methods are paired by (pretraining seed,
-evaluation seed): same label subset, same test images.
+In every table column (protocol, task, label fraction) every method is compared with the suite's reference method
+(``statistics.reference``, default CoBooM). A row's **replicates** are its pretraining runs, each the mean over its
+evaluation seeds (the evaluation seeds both rows have); an encoder brought from a file has fixed weights and no
+pretraining run, so its replicates are its evaluation seeds.
 
-* **The primary test takes the pretraining run as its unit** (:func:`medssl.stats.pretraining_run_test`): per
-  pretraining seed, the difference of the two methods averaged over the evaluation seeds both have; their mean is
-  tested with the variance between pretraining runs plus the test-image bootstrap variance of the same mean
-  (macro AUC from the stored scores, mean Dice from the per-image Dice). It sets the marks, adjusted across each
-  table (Holm by default, Benjamini-Hochberg as an option) within each family (vs reference, vs best baseline).
-  With fewer than two paired pretraining runs there is no test and no mark: the encoders' own randomness, several
-  points on the quick suite (README "Reproducibility"), would be untested.
-* **Conditional on these pretraining runs**, for statistics.md only: for AUC a paired bootstrap over test images of
-  the cell's mean macro AUC (stratified by each image's rarest finding, whole patients when patient ids are
-  stored); for per-image Dice a paired Wilcoxon signed-rank test of the per-image Dice averaged over runs.
+* **The test behind the marks** (:func:`medssl.stats.two_sample_run_test`) is Welch's two-sample t-test over the two
+  rows' replicates, its variance plus the test-image bootstrap variance of the same difference (macro AUC from the
+  stored scores, mean Dice from the per-image Dice; the same resampled images for both rows). The runs are not paired
+  by pretraining seed: two methods' runs with the same seed share nothing that survives pretraining (README
+  "Statistics": F = 1.13 on quick-seeds). Each row keeps its own spread, so a method with three times another's
+  run sd, or a fixed-weight row whose only randomness is its evaluation seeds, keeps the test's size. A trained row
+  with fewer than two pretraining runs gives no test and no mark: the encoders' own randomness, several points on
+  the quick suite (README "Reproducibility"), would be untested.
+* **The family is the column**: p-values are adjusted (Holm by default, Benjamini-Hochberg as an option) over the
+  comparisons with the reference in one column, the claims a reader makes about one experiment (one dataset at one
+  label budget), as challengeR adjusts within each task.
+* **† needs no chosen baseline**: the reference's row is marked where it is above every baseline of the column (the
+  suite's pretrained methods other than the reference and its ablations), each of those differences significant in
+  the column's family. Choosing "the best baseline" by its test mean and testing only against it would test on the
+  data that chose it.
+* **Conditional on these pretraining runs**, for statistics.md only: for AUC a bootstrap over test images of the
+  difference of the rows' values (stratified by each image's rarest finding, whole patients when patient ids are
+  stored); for per-image Dice a paired Wilcoxon signed-rank test of the per-image Dice averaged over each row's runs.
 
 A cell's value is the mean over its pretraining runs of each run's mean over evaluation seeds. Per-class DeLong
 tests of every run pair go to a long CSV. The bootstrap of each record is cached next to the records
@@ -80,35 +88,69 @@ class CellRuns:
         """An external encoder's cell: fixed weights, no pretraining seed (``plan.FIXED_RUN``)."""
         return bool(self.values) and all(run[0] == FIXED_RUN for run in self.values)
 
-    def paired_with(self, pretraining_seeds: List[int]) -> "CellRuns":
-        """A fixed encoder's runs repeated under each of ``pretraining_seeds``, so that each pretraining run of a
-        trained method is compared with the same fixed evaluations (evaluation seed by evaluation seed)."""
-        out = CellRuns()
-        for field in ("values", "keys", "bootstrap", "per_image"):
-            source = getattr(self, field)
-            getattr(out, field).update({(seed, run[1]): item for seed in pretraining_seeds for run, item in source.items()})
-        return out
+    @property
+    def unit(self) -> str:
+        """What the cell's replicates are in the comparisons: pretraining runs, or a fixed encoder's evaluation seeds."""
+        return "evaluation seeds" if self.fixed else "pretraining runs"
+
+    def evaluation_seeds(self) -> set:
+        return {run[1] for run in self.values}
+
+    def _replicate_groups(self, seeds: set) -> List[List[RunKey]]:
+        """The runs behind each replicate, restricted to evaluation seeds ``seeds``: one group per pretraining run
+        (its evaluation seeds), or, for fixed weights, one group per evaluation seed."""
+        kept = [run for run in sorted(self.values) if run[1] in seeds]
+        if self.fixed:
+            return [[run] for run in kept]
+        return [group for group in self.by_pretraining(kept).values()]
+
+    def replicate_values(self, seeds: set) -> List[float]:
+        """The replicates' values over evaluation seeds ``seeds`` (see :meth:`_replicate_groups`)."""
+        return [float(np.mean([self.values[r] for r in group])) for group in self._replicate_groups(seeds)]
+
+    def resampled_mean(self, seeds: set) -> Optional[np.ndarray]:
+        """The cell's value over evaluation seeds ``seeds`` under each test-image resample, averaged as the cell
+        itself (evaluation seeds within a run, then runs); None unless every run has its resamples."""
+        groups = self._replicate_groups(seeds)
+        if not groups or not all(r in self.bootstrap for group in groups for r in group):
+            return None
+        return np.mean([np.mean([self.bootstrap[r] for r in group], axis=0) for group in groups], axis=0)
+
+    def per_image_mean(self, seeds: set) -> Optional[np.ndarray]:
+        """Per-image Dice averaged over the runs with evaluation seeds ``seeds``; None unless every run has it."""
+        kept = [run for run in sorted(self.values) if run[1] in seeds]
+        if not kept or not all(r in self.per_image for r in kept):
+            return None
+        return np.mean([self.per_image[r] for r in kept], axis=0)
 
 
 @dataclasses.dataclass
 class Comparison:
+    """One row of statistics.md: ``method`` against ``versus`` in one table column, the test behind the marks."""
+
     protocol: str
     task: str
     fraction: float
     method: str
     versus: str
-    family: str  # "reference" or "best baseline"
-    n_pretraining: int  # paired pretraining runs, the primary test's replicates
-    n_runs: int  # paired (pretraining seed, evaluation seed) runs
-    difference: float  # mean over paired pretraining runs of method - versus, metric points (x100)
-    ci_low: float  # CI of the difference from the primary test, points
+    family: str  # "reference", or what another row that every method is tested against stands for ("random init")
+    n_method: int  # the row method's replicates behind the test
+    n_versus: int
+    unit_method: str  # "pretraining runs", or "evaluation seeds" of fixed weights
+    unit_versus: str
+    difference: float  # method - versus, metric points (x100): the difference of the two cells' values
+    ci_low: float  # CI of the difference from the test, points
     ci_high: float
-    df: float  # the primary test's degrees of freedom
-    p_pretraining: float  # the primary test (NaN with fewer than two paired pretraining runs)
+    df: float  # Welch-Satterthwaite degrees of freedom
+    p: float  # the test behind the marks (NaN where a side has fewer than two replicates)
     p_images: float  # conditional on these pretraining runs: over test images only
     image_test: str  # "bootstrap", "wilcoxon" or "" when no per-image data are stored
     p_adjusted: float = math.nan
     significant: bool = False
+
+    @property
+    def testable(self) -> bool:
+        return math.isfinite(self.p)
 
 
 class BootstrapCache:
@@ -189,24 +231,17 @@ def over_pretraining(plan: Plan) -> bool:
     return len(plan.suite["pretrain"]["seeds"]) > 1
 
 
-def _image_resamples(runs: CellRuns, paired: List[RunKey], other: Optional[CellRuns] = None) -> Optional[np.ndarray]:
-    """The cell's quantity (its mean, or its difference from ``other``) under each test-image resample: evaluation
-    seeds averaged within a pretraining run, then runs averaged, as the cell itself. None unless every run has one."""
-    sides = [runs] + ([other] if other is not None else [])
-    if not all(r in side.bootstrap for side in sides for r in paired):
-        return None
-    baseline = {r: other.bootstrap[r] if other is not None else 0.0 for r in paired}
-    return np.mean([np.mean([runs.bootstrap[r] - baseline[r] for r in group], axis=0) for group in runs.by_pretraining(paired).values()], axis=0)
-
-
-def cell_interval(runs: CellRuns, confidence: float = 0.95) -> Tuple[float, float]:
-    """CI of the cell's value. With two or more pretraining runs the primary test's interval (runs and test images);
-    with one, conditional on it: the image bootstrap when stored, else a t interval over its evaluation seeds."""
-    paired = sorted(runs.values)
-    image_resamples = _image_resamples(runs, paired)
-    if runs.n_pretraining >= 2:
-        test = stats.pretraining_run_test(list(runs.run_means().values()), image_resamples, confidence)
-        return (test["ci_low"], test["ci_high"])
+def cell_interval(runs: CellRuns, confidence: float = 0.95, replicated: bool = True) -> Tuple[float, float]:
+    """CI of the cell's value over its replicates and test images where it has two or more (pretraining runs; a fixed
+    encoder's evaluation seeds, its whole randomness, in a suite that replicates pretraining: ``replicated``). A
+    trained cell with one pretraining run, and a fixed one beside such cells, is conditional on its runs: the image
+    bootstrap when stored, else a t interval over its evaluation seeds."""
+    seeds = runs.evaluation_seeds()
+    image_resamples = runs.resampled_mean(seeds)
+    if (runs.fixed and replicated) or runs.n_pretraining >= 2:
+        test = stats.pretraining_run_test(runs.replicate_values(seeds), image_resamples, confidence)
+        if math.isfinite(test["ci_low"]):
+            return (test["ci_low"], test["ci_high"])
     if image_resamples is not None:
         return stats.percentile_interval(image_resamples, confidence)
     values = np.array(list(runs.values.values()))
@@ -217,26 +252,24 @@ def cell_interval(runs: CellRuns, confidence: float = 0.95) -> Tuple[float, floa
 
 
 def compare_runs(a: CellRuns, b: CellRuns, confidence: float = 0.95) -> Dict[str, float]:
-    """Tests of a - b over the runs both have (see the module docstring); metric points in the differences. An
-    external encoder (fixed weights) is paired with each pretraining run of a trained method: the test's replicates
-    are then that method's runs alone; two external encoders have no pretraining run to test over."""
-    if a.fixed != b.fixed:
-        a, b = (a.paired_with(sorted({r[0] for r in b.values})), b) if a.fixed else (a, b.paired_with(sorted({r[0] for r in a.values})))
-    paired = sorted(set(a.values) & set(b.values))
-    groups = a.by_pretraining(paired)
-    out = {"n_pretraining": len(groups), "n_runs": len(paired), "difference": math.nan, "ci_low": math.nan, "ci_high": math.nan,
-           "df": math.nan, "p_pretraining": math.nan, "p_images": math.nan, "image_test": ""}
-    if not paired:
+    """The test of a - b behind the marks (see the module docstring), over the evaluation seeds both rows have;
+    metric points in the differences and CI. Keys: the fields of :class:`Comparison` from ``n_method`` to
+    ``image_test``."""
+    seeds = a.evaluation_seeds() & b.evaluation_seeds()
+    mine, theirs = a.replicate_values(seeds), b.replicate_values(seeds)
+    out = {"n_method": len(mine), "n_versus": len(theirs), "unit_method": a.unit, "unit_versus": b.unit, "difference": math.nan,
+           "ci_low": math.nan, "ci_high": math.nan, "df": math.nan, "p": math.nan, "p_images": math.nan, "image_test": ""}
+    if not seeds:
         return out
-    per_run = [float(np.mean([a.values[r] - b.values[r] for r in group])) for group in groups.values()]
-    image_resamples = _image_resamples(a, paired, b)
-    test = stats.pretraining_run_test(per_run, image_resamples, confidence)
-    out.update(difference=100 * test["estimate"], df=test["df"], p_pretraining=test["p"], ci_low=100 * test["ci_low"], ci_high=100 * test["ci_high"])
+    resampled_a, resampled_b = a.resampled_mean(seeds), b.resampled_mean(seeds)
+    image_resamples = resampled_a - resampled_b if resampled_a is not None and resampled_b is not None else None
+    test = stats.two_sample_run_test(mine, theirs, image_resamples, confidence)
+    out.update(difference=100 * test["estimate"], df=test["df"], p=test["p"], ci_low=100 * test["ci_low"], ci_high=100 * test["ci_high"])
     if image_resamples is not None:
         out.update(p_images=stats.bootstrap_p_value(image_resamples, test["estimate"]), image_test="bootstrap")
-    if all(r in a.per_image and r in b.per_image for r in paired):  # per-image Dice: the rank test, not the bootstrap
-        conditional = stats.wilcoxon_signed_rank(np.mean([a.per_image[r] for r in paired], axis=0), np.mean([b.per_image[r] for r in paired], axis=0))
-        out.update(p_images=conditional["p"], image_test="wilcoxon")
+    dice_a, dice_b = a.per_image_mean(seeds), b.per_image_mean(seeds)
+    if dice_a is not None and dice_b is not None:  # per-image Dice: the rank test, not the bootstrap
+        out.update(p_images=stats.wilcoxon_signed_rank(dice_a, dice_b)["p"], image_test="wilcoxon")
     return out
 
 
@@ -244,17 +277,30 @@ def columns(plan: Plan, protocol: str) -> List[Tuple[str, float]]:
     return [(t["name"], float(f)) for t in plan.suite["tasks"] if protocol in t["protocols"] for f in t["fractions"]]
 
 
-def best_baseline(plan: Plan, cells: Dict[CellKey, CellRuns], task: str, protocol: str, fraction: float) -> Optional[str]:
+def baselines(plan: Plan) -> List[str]:
+    """The rows the reference's † is tested against: the suite's pretrained methods other than the reference and
+    its ablations. Encoders brought from files are not among them (other data, other protocol): the * on their
+    rows compares them with the reference."""
     settings = statistics_settings(plan.suite)
-    excluded = {settings["reference"], *settings["variants"]}
-    means = {m: cells[(m, task, protocol, fraction)].mean for m in plan.suite["methods"]
-             if m not in excluded and (m, task, protocol, fraction) in cells}
-    return max(means, key=lambda m: (means[m], -plan.suite["methods"].index(m))) if means else None
+    excluded = {settings["reference"], *settings["variants"], *(plan.suite.get("encoders") or {})}
+    return [m for m in plan.suite["methods"] if m not in excluded]
 
 
-def _column_comparisons(plan: Plan, cells: Dict[CellKey, CellRuns], protocol: str, task: str, fraction: float, versus: Optional[str], family: str, confidence: float) -> List[Comparison]:
-    """Every other method of the suite against ``versus`` in one table cell (unadjusted)."""
-    other = cells.get((versus, task, protocol, fraction)) if versus else None
+def above_every_baseline(plan: Plan, column: List[Comparison]) -> bool:
+    """The † rule: in one column's comparisons with the reference, every baseline has a significant comparison
+    with the reference ahead (an intersection-union claim, Berger 1982: it holds at the family's level without a
+    further adjustment, and no baseline is chosen on the data that then tests it)."""
+    reference = statistics_settings(plan.suite)["reference"]
+    by_method = {c.method: c for c in column if c.versus == reference}
+    wanted = baselines(plan)
+    return bool(wanted) and all(m in by_method and by_method[m].significant and by_method[m].difference < 0 for m in wanted)
+
+
+def _column_comparisons(plan: Plan, cells: Dict[CellKey, CellRuns], protocol: str, column: Tuple[str, float], versus: str, family: str) -> List[Comparison]:
+    """Every other method of the suite against ``versus`` in one table column, adjusted as one family."""
+    task, fraction = column
+    settings = statistics_settings(plan.suite)
+    other = cells.get((versus, task, protocol, fraction))
     if other is None:
         return []
     out: List[Comparison] = []
@@ -262,41 +308,31 @@ def _column_comparisons(plan: Plan, cells: Dict[CellKey, CellRuns], protocol: st
         mine = cells.get((method, task, protocol, fraction))
         if method == versus or mine is None:
             continue
-        result = compare_runs(mine, other, confidence)
-        if result["n_runs"]:
+        result = compare_runs(mine, other, settings["confidence"])
+        if result["n_method"] and result["n_versus"]:
             out.append(Comparison(protocol, task, fraction, method, versus, family, **result))
+    _adjust(out, settings)
     return out
 
 
 def _adjust(members: List[Comparison], settings: Dict) -> None:
-    """Adjust the primary p-values of one family (``statistics.adjust``) and set ``significant``; an untestable
-    comparison (one pretraining run) is neither counted nor marked."""
-    adjusted = stats.adjust_p_values([c.p_pretraining for c in members], settings["adjust"])
+    """Adjust the p-values of one family (``statistics.adjust``) and set ``significant``; an untestable comparison
+    (a side with one replicate) is neither counted nor marked."""
+    adjusted = stats.adjust_p_values([c.p for c in members], settings["adjust"])
     for comparison, p in zip(members, adjusted):
         comparison.p_adjusted = float(p)
         comparison.significant = bool(np.isfinite(p) and p < settings["alpha"])
 
 
-def comparisons(plan: Plan, cells: Dict[CellKey, CellRuns], protocol: str) -> List[Comparison]:
-    """Both families of comparisons of one table, with adjusted primary p-values and significance."""
-    settings = statistics_settings(plan.suite)
-    out: List[Comparison] = []
-    for task, fraction in columns(plan, protocol):
-        best = best_baseline(plan, cells, task, protocol, fraction)
-        for family, versus in (("reference", settings["reference"]), ("best baseline", best)):
-            out += _column_comparisons(plan, cells, protocol, task, fraction, versus, family, settings["confidence"])
-    for family in ("reference", "best baseline"):
-        _adjust([c for c in out if c.family == family], settings)
-    return out
-
-
 def comparisons_versus(plan: Plan, cells: Dict[CellKey, CellRuns], protocol: str, versus: str, family: str) -> List[Comparison]:
-    """Every method against one fixed row (e.g. the random-init encoder) in every column of a table, with the
-    suite's tests and their p-values adjusted across that table as one family."""
-    settings = statistics_settings(plan.suite)
-    out = [c for task, fraction in columns(plan, protocol) for c in _column_comparisons(plan, cells, protocol, task, fraction, versus, family, settings["confidence"])]
-    _adjust(out, settings)
-    return out
+    """Every method against one row (the reference, or e.g. the random-init encoder) in every column of a table,
+    p-values adjusted within each column."""
+    return [c for column in columns(plan, protocol) for c in _column_comparisons(plan, cells, protocol, column, versus, family)]
+
+
+def comparisons(plan: Plan, cells: Dict[CellKey, CellRuns], protocol: str) -> List[Comparison]:
+    """The comparisons of one table with the suite's reference method, adjusted within each column."""
+    return comparisons_versus(plan, cells, protocol, statistics_settings(plan.suite)["reference"], "reference")
 
 
 def per_class_delong(plan: Plan, records, store: ResultStore) -> List[Dict]:
@@ -343,5 +379,6 @@ def cell_variance_components(runs: CellRuns) -> Dict[str, float]:
 
 def cell_intervals(plan: Plan, cells: Dict[CellKey, CellRuns]) -> Dict[CellKey, Tuple[float, float]]:
     confidence = statistics_settings(plan.suite)["confidence"]
-    return {key: cell_interval(runs, confidence) for key, runs in cells.items()}
+    replicated = over_pretraining(plan)
+    return {key: cell_interval(runs, confidence, replicated) for key, runs in cells.items()}
 

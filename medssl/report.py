@@ -87,21 +87,28 @@ def table_rows(plan: Plan, cells: Dict[tuple, Dict[tuple, float]], protocol: str
 
 def table_marks(plan: Plan, comparisons: List[Comparison]) -> Dict[tuple, str]:
     """(method, task, fraction) -> mark: ``*`` on a row that differs significantly from the reference method,
-    ``†`` on the reference's row where it differs significantly from the column's best baseline."""
+    ``†`` on the reference's row where it is above every baseline of the column (compare.above_every_baseline)."""
     marks: Dict[tuple, str] = {}
+    reference = statistics_settings(plan.suite)["reference"]
     for c in comparisons:
-        if not c.significant:
-            continue
-        if c.family == "reference":
-            marks[(c.method, c.task, c.fraction)] = marks.get((c.method, c.task, c.fraction), "") + "*"
-        elif c.method == statistics_settings(plan.suite)["reference"]:
-            marks[(c.method, c.task, c.fraction)] = marks.get((c.method, c.task, c.fraction), "") + "†"
+        if c.significant and c.family == "reference":
+            marks[(c.method, c.task, c.fraction)] = "*"
+    for (task, fraction), column in _by_column(comparisons).items():
+        if compare.above_every_baseline(plan, column):
+            marks[(reference, task, fraction)] = marks.get((reference, task, fraction), "") + "†"
     return marks
 
 
+def _by_column(comparisons: List[Comparison]) -> Dict[tuple, List[Comparison]]:
+    out: Dict[tuple, List[Comparison]] = {}
+    for c in comparisons:
+        out.setdefault((c.task, c.fraction), []).append(c)
+    return out
+
+
 def testable(comparisons: List[Comparison]) -> bool:
-    """Whether any comparison rests on replicated pretraining (the marks' test needs two pretraining runs)."""
-    return any(c.n_pretraining >= 2 for c in comparisons)
+    """Whether any comparison has a test (a trained row needs two pretraining runs)."""
+    return any(c.testable for c in comparisons)
 
 
 def no_marks_reason(plan: Plan) -> str:
@@ -114,29 +121,61 @@ def no_marks_reason(plan: Plan) -> str:
 
 
 def marks_legend(plan: Plan, comparisons: List[Comparison]) -> str:
+    settings = statistics_settings(plan.suite)
+    reference = method_label(settings["reference"])
     if not comparisons:
+        if settings["reference"] not in plan.suite["methods"] and len(plan.suite["methods"]) > 1:
+            return (f"No comparison marks: every row is compared with the suite's reference method, {reference}, which is not among "
+                    f"these rows (--set statistics.reference=NAME picks another).")
         return ""
     if not testable(comparisons):
         return no_marks_reason(plan)
-    settings = statistics_settings(plan.suite)
-    legend = (f"\\* differs from {method_label(settings['reference'])} and † ({method_label(settings['reference'])} row) differs from the column's best "
-              f"baseline: {significance_phrase(settings)} across the table; details in statistics.md.")
+    legend = (f"\\* differs from {reference}; † ({reference} row): above every baseline of the column "
+              f"({', '.join(method_label(m) for m in compare.baselines(plan)) or 'none in this suite'}), each significantly. "
+              f"Test: {significance_phrase(settings)}{fixed_rows_phrase(plan)}; details in statistics.md.")
     return legend + ("" if any(c.significant for c in comparisons) else f" No difference reaches it here ({none_reached(comparisons)}).")
 
 
 def none_reached(comparisons: List[Comparison]) -> str:
-    """Why a table with testable comparisons shows no mark, in numbers: the runs behind the test and its best p."""
-    runs = max(c.n_pretraining for c in comparisons)
+    """Why a table with testable comparisons shows no mark, in numbers: its smallest adjusted p and the test behind it."""
     best = min((c for c in comparisons if math.isfinite(c.p_adjusted)), key=lambda c: c.p_adjusted)
-    return (f"{runs} pretraining runs per method, {runs - 1} df; smallest adjusted p {best.p_adjusted:.3f}, "
-            f"{method_label(best.method)} vs {method_label(best.versus)} at {best.task} {fraction_label(best.fraction)}; README \"Statistics\" gives the power")
+    return (f"smallest adjusted p {best.p_adjusted:.3f}, {method_label(best.method)} vs {method_label(best.versus)} at {best.task} "
+            f"{fraction_label(best.fraction)}: {replicates_text(best)}, df {best.df:.1f}; README \"Statistics\" gives the power")
 
 
 def significance_phrase(settings: Dict) -> str:
     """The test behind the marks and its multiplicity adjustment, in words (``statistics`` settings of a suite)."""
     adjust = {"holm": "Holm", "bh": "Benjamini-Hochberg"}[settings["adjust"]]
-    return (f"paired test over pretraining runs (evaluation seeds averaged within a run; variance between runs plus the test-image "
-            f"bootstrap variance, t with runs - 1 df), p < {settings['alpha']:g} after {adjust} adjustment")
+    return (f"Welch's t-test over pretraining runs (each run: the mean over its evaluation seeds; the two methods' runs are not paired; "
+            f"plus the test-image bootstrap variance of the difference), p < {settings['alpha']:g} after {adjust} adjustment within each column")
+
+
+def fixed_rows_phrase(plan: Plan) -> str:
+    """How rows of encoders brought from files enter the test, for the legends."""
+    return "; an encoder brought from a file has fixed weights: its evaluation seeds are its replicates" if plan.suite.get("encoders") else ""
+
+
+def replicates_text(c: Comparison) -> str:
+    """What a comparison's test is over, in a paper's words: 'pretraining runs, n = 3 vs 3'."""
+    if c.unit_method == c.unit_versus:
+        return f"{c.unit_method}, n = {c.n_method} vs {c.n_versus}"
+    return f"{c.n_method} {c.unit_method} vs {c.n_versus} {c.unit_versus}"
+
+
+def marks_summary(plan: Plan, comparisons: Dict[str, List[Comparison]]) -> str:
+    """One line for index.html: which differences the tables mark."""
+    parts = []
+    reference = method_label(statistics_settings(plan.suite)["reference"])
+    for protocol, items in comparisons.items():
+        if not items or not testable(items):
+            continue
+        marked = [c for c in items if c.significant]
+        daggers = [column for column, group in _by_column(items).items() if compare.above_every_baseline(plan, group)]
+        where = "; ".join(f"{method_label(m)} at " + ", ".join(f"{c.task} {fraction_label(c.fraction)}" for c in marked if c.method == m)
+                          for m in dict.fromkeys(c.method for c in marked))
+        parts.append(f"{TABLES[protocol][1]}: {len(marked)} of {sum(c.testable for c in items)} comparisons with {reference} marked"
+                     + (f" ({where})" if where else "") + f"; † in {len(daggers)} of {len(_by_column(items))} columns.")
+    return " ".join(parts)
 
 
 def spread_phrase(plan: Plan, protocol: str) -> str:
@@ -209,40 +248,47 @@ def render_csv(rows: List[Dict]) -> str:
 def render_random_init_margins(plan: Plan, runs: Dict[tuple, compare.CellRuns], reference: str = "supervised") -> str:
     """Linear-probe gain of each pretrained encoder over the randomly initialised frozen encoder, per column.
 
-    Runs are paired by (pretraining seed, evaluation seed): same label subset, same head initialisation; mean ± sd
-    as the tables' cells, of those paired differences. A mark says the gain is significant by the tables' test (the
-    pretraining run as unit, the random-init row as the other side), adjusted across this table: "clear margin" is
-    a test, not a judgement by eye, and without replicated pretraining there is no mark.
+    With replicated pretraining, a cell is the difference of the two cells' values with the CI of the tables' test,
+    the random-init row as the other side, and a mark says the gain is significant (adjusted within each column):
+    "clear margin" is a test, not a judgement by eye. With one pretraining run there is no test and no mark: a cell
+    is then the mean ± sd over evaluation seeds of the difference per evaluation seed (same label subset).
     """
     if reference not in plan.suite["methods"] or not _columns(plan, "linear"):
         return ""
     columns = _columns(plan, "linear")
-    tested = compare.comparisons_versus(plan, runs, "linear", reference, "random init")
-    significant = {(c.method, c.task, c.fraction) for c in tested if c.significant}
+    tested = {(c.method, c.task, c.fraction): c for c in compare.comparisons_versus(plan, runs, "linear", reference, "random init")}
     settings = statistics_settings(plan.suite)
+    with_test = testable(list(tested.values()))
+    spread = (f"the difference of the two cells' values with its {100 * settings['confidence']:g}% CI (unadjusted; the mark is adjusted)" if with_test
+              else f"per evaluation seed, {spread_phrase(plan, 'linear')}")
     lines = [f"Linear probing: gain over the randomly initialised frozen encoder ({method_label(reference)}: random weights, BatchNorm statistics "
-             f"of the pretraining corpus), macro AUC points, paired by seed; {spread_phrase(plan, 'linear')}.", ""]
+             f"of the pretraining corpus), macro AUC points; {spread}.", ""]
     lines += _header(columns)
     for method in plan.suite["methods"]:
         if method == reference:
             continue
-        out = []
-        for task, fraction in columns:
-            ours, base = runs.get((method, task, "linear", fraction)), runs.get((reference, task, "linear", fraction))
-            paired = sorted(set(ours.values) & set(base.values)) if ours and base else []
-            if not paired:
-                out.append("–")
-                continue
-            diff = np.array(cell_values(plan, {k: ours.values[k] - base.values[k] for k in paired})) * 100
-            mark = "\\*" if (method, task, fraction) in significant else ""
-            out.append(f"{diff.mean():+.1f}" + (f" ± {diff.std(ddof=1):.1f}" if len(diff) > 1 else "") + mark)
+        out = [_margin_text(plan, runs, tested.get((method, task, fraction)), (method, reference), (task, fraction)) for task, fraction in columns]
         lines.append(f"| {method_label(method)} | " + " | ".join(out) + " |")
-    if testable(tested):
-        lines += ["", f"\\* the difference from {method_label(reference)} is significant: {significance_phrase(settings)} across this table."
-                  + ("" if significant else f" No gain reaches it here ({none_reached(tested)}).")]
+    if with_test:
+        significant = any(c.significant for c in tested.values())
+        lines += ["", f"\\* the difference from {method_label(reference)} is significant: {significance_phrase(settings)}{fixed_rows_phrase(plan)}."
+                  + ("" if significant else f" No gain reaches it here ({none_reached(list(tested.values()))}).")]
     elif tested:
         lines += ["", no_marks_reason(plan)]
     return "\n".join(lines) + "\n"
+
+
+def _margin_text(plan: Plan, runs: Dict[tuple, compare.CellRuns], comparison: Optional[Comparison], pair: tuple, column: tuple) -> str:
+    """One cell of the random-init margins: the tested difference with its CI, or, untestable, the difference per
+    evaluation seed of the runs both rows have."""
+    if comparison is not None and comparison.testable:
+        return f"{comparison.difference:+.1f} [{comparison.ci_low:+.1f}, {comparison.ci_high:+.1f}]" + ("\\*" if comparison.significant else "")
+    ours, base = (runs.get((method, column[0], "linear", column[1])) for method in pair)
+    paired = sorted(set(ours.values) & set(base.values)) if ours and base else []
+    if not paired:
+        return "–"
+    diff = np.array(cell_values(plan, {k: ours.values[k] - base.values[k] for k in paired})) * 100
+    return f"{diff.mean():+.1f}" + (f" ± {diff.std(ddof=1):.1f}" if len(diff) > 1 else "")
 
 
 def render_pretraining(plan: Plan, pretraining: Dict[str, Dict]) -> str:
@@ -305,7 +351,10 @@ def _p_text(p: float) -> str:
 
 
 def _df_text(df: float) -> str:
-    return "–" if math.isnan(df) else f"{df:.0f}"
+    """Welch-Satterthwaite df are fractional: one decimal, none where whole."""
+    if math.isnan(df):
+        return "–"
+    return f"{df:.0f}" if float(df).is_integer() else f"{df:.1f}"
 
 
 def render_variance_components(plan: Plan, runs: Dict[tuple, compare.CellRuns]) -> str:
@@ -334,35 +383,58 @@ def render_variance_components(plan: Plan, runs: Dict[tuple, compare.CellRuns]) 
 
 
 def render_statistics(plan: Plan, comparisons: Dict[str, List[Comparison]], runs: Dict[tuple, compare.CellRuns]) -> str:
-    """Every paired comparison of Tables 1/2 (difference, CI and p of the test behind the marks, the test over test
-    images conditional on these pretraining runs, the adjusted p), then each cell's variance components."""
+    """Every comparison of Tables 1/2 with the reference (difference, CI, df and p of the test behind the marks, the
+    test over test images conditional on these pretraining runs, the adjusted p), the † verdict of each column, then
+    each cell's variance components."""
     settings = statistics_settings(plan.suite)
     if not any(comparisons.values()):
         return ""
     adjust = {"holm": "Holm", "bh": "Benjamini-Hochberg"}[settings["adjust"]]
+    reference = method_label(settings["reference"])
     lines = [
-        f"Paired comparisons (medssl/compare.py). Difference = row method − compared method, metric points: per pretraining run "
-        f"the mean over the evaluation seeds both have (same label subsets, same test images), then the mean over the "
-        f"pretraining runs both have. p (pretraining), CI and df: the test behind the marks, with the pretraining run as its unit: "
-        f"variance between runs plus the variance of the same mean over test images (paired bootstrap, {settings['resamples']} "
-        f"resamples of whole patients stratified by rarest finding), Student's t with runs - 1 df, {100 * settings['confidence']:g}% CI; "
-        f"none with one pretraining run. p (images | runs): conditional on these pretraining runs, over test images only (that "
-        f"bootstrap, pROC's standard-error form, or Wilcoxon signed-rank on per-image Dice); it does not carry over to other "
-        f"pretraining runs. Adjusted: {adjust} over each table and family, on p (pretraining); significant at {settings['alpha']:g}.",
+        f"Comparisons with {reference} (medssl/compare.py), the tests behind the tables' marks. Difference = row method − {reference}, "
+        f"metric points: the difference of the two cells' values (each the mean over its pretraining runs of each run's mean over the "
+        f"evaluation seeds both rows have). Test: Welch's two-sample t-test over pretraining runs (runs of two methods are not paired: "
+        f"README \"Statistics\"; an encoder brought from a file has fixed weights, and its evaluation seeds are its replicates; two such "
+        f"encoders are compared over evaluation seeds and test images only), its variance plus the variance of the same difference over "
+        f"test images (paired bootstrap, {settings['resamples']} resamples of whole patients stratified by rarest finding), "
+        f"Welch-Satterthwaite df over the replicates, {100 * settings['confidence']:g}% CI (unadjusted); none where a trained row has one pretraining run. "
+        f"p (images | runs): conditional on these pretraining runs, over test images only (that bootstrap, pROC's standard-error form, "
+        f"or Wilcoxon signed-rank on per-image Dice); it does not carry over to other pretraining runs. Adjusted: {adjust} within each "
+        f"column (one dataset at one label budget: the claims of one experiment); significant at {settings['alpha']:g}.",
     ]
     if not any(testable(items) for items in comparisons.values()):
         lines += ["", no_marks_reason(plan)]
-    header = "| Task | Labels | Method | vs | Family | pretraining runs | runs | Difference | CI | df | p (pretraining) | p (images \\| runs) | adjusted p | sig. |"
+    header = "| Task | Labels | Method | test over | Difference | CI | df | p | p (images \\| runs) | adjusted p | sig. |"
     for protocol, items in comparisons.items():
         if not items:
             continue
-        lines += ["", f"### {TABLES[protocol][1]}", "", header, "|---|---:|---|---|---|---:|---:|---:|---|---:|---:|---:|---:|:---:|"]
+        lines += ["", f"### {TABLES[protocol][1]}", "", header, "|---|---:|---|---|---:|---|---:|---:|---:|---:|:---:|"]
         for c in items:
             ci = f"[{c.ci_low:+.1f}, {c.ci_high:+.1f}]" if math.isfinite(c.ci_low) else "–"
-            lines.append(f"| {c.task} | {fraction_label(c.fraction)} | {method_label(c.method)} | {method_label(c.versus)} | {c.family} | {c.n_pretraining} | {c.n_runs} | "
-                         f"{c.difference:+.1f} | {ci} | {_df_text(c.df)} | {_p_text(c.p_pretraining)} | {_p_text(c.p_images)} | {_p_text(c.p_adjusted)} | {'yes' if c.significant else ''} |")
+            lines.append(f"| {c.task} | {fraction_label(c.fraction)} | {method_label(c.method)} | {replicates_text(c)} | "
+                         f"{c.difference:+.1f} | {ci} | {_df_text(c.df)} | {_p_text(c.p)} | {_p_text(c.p_images)} | {_p_text(c.p_adjusted)} | {'yes' if c.significant else ''} |")
+        lines += render_daggers(plan, items)
     lines += ["", render_variance_components(plan, runs)]
     return "\n".join(lines)
+
+
+def render_daggers(plan: Plan, items: List[Comparison]) -> List[str]:
+    """Per column, the reference's closest baseline (smallest margin) and whether the † holds."""
+    wanted = compare.baselines(plan)
+    if not wanted or not testable(items):
+        return []
+    reference = method_label(statistics_settings(plan.suite)["reference"])
+    lines = ["", f"† ({reference} above every baseline: {', '.join(method_label(m) for m in wanted)}), per column:", "",
+             "| Task | Labels | closest baseline | margin | adjusted p | † |", "|---|---:|---|---:|---:|:---:|"]
+    for (task, fraction), column in _by_column(items).items():
+        candidates = [c for c in column if c.method in wanted]
+        if not candidates:
+            continue
+        closest = max(candidates, key=lambda c: (c.difference, c.p_adjusted))
+        lines.append(f"| {task} | {fraction_label(fraction)} | {method_label(closest.method)} | {-closest.difference:+.1f} | {_p_text(closest.p_adjusted)} | "
+                     f"{'yes' if compare.above_every_baseline(plan, column) else ''} |")
+    return lines
 
 
 def _csv(header: List[str], rows: Iterable[List]) -> str:
@@ -521,6 +593,7 @@ def _write_report_files(plan: Plan, records: Iterable[Dict], reports_dir: Path, 
         tables[stem] = render_markdown(plan, rows, protocol, marks, marks_legend(plan, comparisons[protocol]))
         outputs.update({f"{stem}.md": tables[stem], f"{stem}.csv": render_csv(rows), f"{stem}.tex": render_latex(plan, rows, protocol, marks)})
     outputs["statistics.md"] = render_statistics(plan, comparisons, runs)
+    summary = marks_summary(plan, comparisons)
     if any(comparisons.values()):
         outputs["statistics.csv"] = statistics_csv(comparisons)
     if store is not None:
@@ -532,5 +605,5 @@ def _write_report_files(plan: Plan, records: Iterable[Dict], reports_dir: Path, 
             written.append(reports_dir / name)
     intervals = compare.cell_intervals(plan, runs)
     written += figures.write_figures(plan, runs, intervals, reports_dir)
-    written.append(figures.write_html(plan, reports_dir, [p for p in written if p.suffix in (".md", ".png")]))
+    written.append(figures.write_html(plan, reports_dir, [p for p in written if p.suffix in (".md", ".png")], summary=summary))
     return written

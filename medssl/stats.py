@@ -1,18 +1,19 @@
-"""Statistics for paired method comparisons (conventions and reference values: ../shared/specs/stats.md).
+"""Statistics for method comparisons (conventions and reference values: ../shared/specs/stats.md).
 
 * **DeLong's test** for correlated ROC AUCs on one test set (DeLong, DeLong & Clarke-Pearson, Biometrics 1988), with
   the O(N log N) midrank algorithm of Sun & Xu (IEEE SPL 2014), in float64: AUC, placements V10/V01, covariance
   S = S10/m + S01/n. As pROC: a zero difference with zero variance gives z = 0, p = 1 (not NaN); the CI of a single
   AUC is clipped to [0, 1].
-* **Paired t-test over seeds** (same seeds, same label subsets: the training randomness), with the CI of the mean
-  difference (scipy ``ttest_rel``): the reference case T1 of stats.md; the reports no longer call it, as pooling
-  every (pretraining, evaluation) run would count the evaluation seeds of one encoder as independent replicates.
-* **Two-level test with the pretraining run as unit** (:func:`pretraining_run_test`): the replicates are pretraining
-  runs (evaluation seeds averaged within each), and the variance of their mean adds the test-image bootstrap variance
-  of the same quantity, so a claim must hold for other pretraining runs and other test images; Student's t with
-  (runs - 1) degrees of freedom. The analytic form of a two-level (hierarchical) bootstrap that resamples runs, then
-  images (Saravanan, Berman & Sober, NBDT 2020); seeds of the training run as the unit of comparison as Bouthillier
-  et al. (MLSys 2021) argue for ML benchmarks.
+* **Paired t-test over seeds** (scipy ``ttest_rel``, with the CI of the mean difference): the reference case T1 of
+  stats.md; the reports do not call it (runs of two methods are not paired, below).
+* **Welch's two-sample t-test over replicates, plus the test-image variance** (:func:`two_sample_run_test`): the
+  test behind the tables' marks. The replicates are pretraining runs (evaluation seeds averaged within each), or a
+  fixed encoder's evaluation seeds; each row keeps its own variance (Welch 1947; the default that holds its size
+  when variances differ: Ruxton 2006, Delacre, Lakens & Leys 2017), and the variance of the difference over
+  resampled test images is added, so a claim must hold for other pretraining runs and other test images: the
+  analytic form of a two-level bootstrap that resamples runs, then images (Saravanan, Berman & Sober, NBDT 2020),
+  with training seeds as the unit of comparison as Bouthillier et al. (MLSys 2021) argue for ML benchmarks.
+  :func:`pretraining_run_test` is its one-sample form, for a cell's own interval.
 * **Wilcoxon signed-rank** on per-image Dice (bounded, skewed, many ties), zeros dropped as R's ``wilcox.test``
   (challengeR's choice); exact when scipy can be exact, normal approximation otherwise.
 * **Holm** (family-wise) and **Benjamini-Hochberg** (false discovery rate) adjustment (statsmodels; its default
@@ -109,17 +110,14 @@ def paired_t_test(a: Sequence[float], b: Sequence[float], confidence: float = 0.
 
 
 def pretraining_run_test(run_values: Sequence[float], image_resamples: Optional[np.ndarray] = None, confidence: float = 0.95) -> Dict[str, float]:
-    """Test of mean(run_values) = 0 where each value is one pretraining run's quantity (a paired difference of two
-    methods, or one method's metric), evaluation seeds already averaged within the run.
+    """One-sample t-test and CI of mean(run_values), each value one replicate of a table cell (a pretraining run,
+    evaluation seeds averaged within it; or an evaluation seed of fixed weights): the cells' confidence intervals.
 
-    Variance of the mean: s^2 / n over the n runs (pretraining randomness, plus evaluation randomness averaged over
-    its seeds) + the variance of the same mean under resampled test images (``image_resamples``: that mean under each
-    bootstrap resample; None = the test set is taken as fixed). T = mean / se against Student's t with n - 1 degrees
-    of freedom. That reference is exact without the image term and conservative with it (the added, nearly fixed
-    term makes T's tails lighter than t's); Welch-Satterthwaite's larger df was not: with 2-3 runs a small s^2 by
-    chance both shrinks se and raises df, and the simulated type-I error at alpha 0.05 was 0.12 with 2 runs and 0.07
-    with 3 (benchmarks/pretraining_test_power.py). Both variance terms hold the run-specific part of the image noise,
-    another conservative margin. Fewer than two runs: no test (NaN p): one pretraining run says nothing about the next.
+    Variance of the mean: s^2 / n over the n replicates + the variance of the same mean under resampled test images
+    (``image_resamples``; None = the test set taken as fixed); Student's t with n - 1 degrees of freedom, exact
+    without the image term and conservative with it. Welch-Satterthwaite's larger df for that sum was not: with 2-3
+    runs a small s^2 by chance both shrinks se and raises df (simulated type-I error 0.12 with 2 runs, 0.07 with 3;
+    issue 17). Fewer than two replicates: no test (NaN p): one pretraining run says nothing about the next.
     """
     values = np.asarray(run_values, dtype=np.float64)
     n = len(values)
@@ -127,16 +125,62 @@ def pretraining_run_test(run_values: Sequence[float], image_resamples: Optional[
     out = {"estimate": estimate, "n": n, "se": math.nan, "df": float(n - 1) if n >= 2 else math.nan, "p": math.nan, "ci_low": math.nan, "ci_high": math.nan}
     if n < 2:
         return out
-    variance = float(values.var(ddof=1)) / n
-    if image_resamples is not None:
-        resamples = np.asarray(image_resamples, dtype=np.float64)
-        resamples = resamples[np.isfinite(resamples)]
-        variance += float(resamples.var(ddof=1)) if len(resamples) > 1 else 0.0
+    variance = float(values.var(ddof=1)) / n + image_variance(image_resamples)
+    return {**out, **_t_result(estimate, variance, n - 1, confidence)}
+
+
+def _t_result(estimate: float, variance: float, df: float, confidence: float) -> Dict[str, float]:
+    """Two-sided p and CI of ``estimate`` with standard error sqrt(variance) against Student's t with ``df``."""
     if variance == 0.0:
-        return {**out, "se": 0.0, "p": 1.0 if estimate == 0.0 else 0.0, "ci_low": estimate, "ci_high": estimate}
+        return {"se": 0.0, "p": 1.0 if estimate == 0.0 else 0.0, "ci_low": estimate, "ci_high": estimate}
     se = math.sqrt(variance)
-    half = float(scipy_stats.t.ppf(0.5 + confidence / 2, n - 1)) * se
-    return {**out, "se": se, "p": float(2 * scipy_stats.t.sf(abs(estimate) / se, n - 1)), "ci_low": estimate - half, "ci_high": estimate + half}
+    half = float(scipy_stats.t.ppf(0.5 + confidence / 2, df)) * se
+    return {"se": se, "p": float(2 * scipy_stats.t.sf(abs(estimate) / se, df)), "ci_low": estimate - half, "ci_high": estimate + half}
+
+
+def image_variance(image_resamples: Optional[np.ndarray]) -> float:
+    """Variance of a quantity over test-image resamples (0 when none are given: the test set taken as fixed)."""
+    if image_resamples is None:
+        return 0.0
+    resamples = np.asarray(image_resamples, dtype=np.float64)
+    resamples = resamples[np.isfinite(resamples)]
+    return float(resamples.var(ddof=1)) if len(resamples) > 1 else 0.0
+
+
+def welch_df(part_a: float, n_a: int, part_b: float, n_b: int) -> float:
+    """Welch-Satterthwaite degrees of freedom of ``part_a + part_b``, each part a variance of a mean estimated from
+    ``n`` replicates (n - 1 df). Lies between min(n_a, n_b) - 1 and n_a + n_b - 2; where both parts are zero, the
+    latter (nothing to weigh)."""
+    denominator = part_a**2 / (n_a - 1) + part_b**2 / (n_b - 1)
+    return float((part_a + part_b) ** 2 / denominator) if denominator > 0 else float(n_a + n_b - 2)
+
+
+def two_sample_run_test(a: Sequence[float], b: Sequence[float], image_resamples: Optional[np.ndarray] = None,
+                        confidence: float = 0.95) -> Dict[str, float]:
+    """Welch's two-sample t-test of mean(a) - mean(b), plus the test-image variance of the same difference.
+
+    ``a`` and ``b`` are the replicates of two table rows: a trained method's pretraining runs (each the mean over its
+    evaluation seeds), or a fixed-weight encoder's evaluation seeds. They are not paired: runs of two methods with the
+    same pretraining seed share nothing that survives pretraining (README "Statistics" measures it). Variance of the
+    difference: s_a^2 / n_a + s_b^2 / n_b (each row its own spread: a method with three times another's sd keeps the
+    test's size) + the variance of the difference over resampled test images (``image_resamples``: the difference
+    under each resample, the same images for both rows; None = the test set taken as fixed). Degrees of freedom:
+    Welch-Satterthwaite over the two replicate parts alone; the image term, estimated from thousands of resamples,
+    is not given df of its own, which keeps the reference distribution's tails at least as heavy as they are.
+    Hsu's conservative min(n_a, n_b) - 1 was measured and not taken: against a fixed-weight row (5 runs vs 3
+    evaluation seeds, no image term) Welch's size is 0.058 at alpha 0.05 and Hsu's 0.013, but Hsu's df cut the
+    power at 4 sds from 0.39 to 0.15 with 3 runs and from 0.22 to 0 with 2 (benchmarks/pretraining_test_power.py). Fewer than two
+    replicates on either side: no test (NaN p).
+    """
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    n_a, n_b = len(a), len(b)
+    estimate = float(a.mean() - b.mean()) if n_a and n_b else math.nan
+    out = {"estimate": estimate, "n_a": n_a, "n_b": n_b, "se": math.nan, "df": math.nan, "p": math.nan, "ci_low": math.nan, "ci_high": math.nan}
+    if n_a < 2 or n_b < 2:
+        return out
+    part_a, part_b = float(a.var(ddof=1)) / n_a, float(b.var(ddof=1)) / n_b
+    df = welch_df(part_a, n_a, part_b, n_b)
+    return {**out, "df": df, **_t_result(estimate, part_a + part_b + image_variance(image_resamples), df, confidence)}
 
 
 def variance_components(values_by_run: Dict[int, Sequence[float]]) -> Dict[str, float]:

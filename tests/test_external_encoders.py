@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 import pytorch_lightning as pl
+from scipy import stats as scipy_stats
 import torch
 import torchvision
 import yaml
@@ -240,18 +241,23 @@ def test_resnet50_segmentation_on_a_tiny_suite(tmp_path, synthetic_root):
     assert all(r["pretrain_config"]["protocol"]["backbone"] == "resnet50" for r in found)
 
 
-def test_a_fixed_encoder_is_paired_with_each_pretraining_run():
+def test_a_fixed_encoder_is_tested_over_its_own_evaluation_seeds():
+    """An encoder brought from a file has fixed weights: its replicates are its evaluation seeds, and their spread is
+    part of the test's standard error (issue 30: it was copied under each pretraining run and cancelled out)."""
     from medssl.compare import CellRuns, compare_runs
     from medssl.plan import FIXED_RUN
 
     trained = CellRuns(values={(s, e): 0.70 + 0.02 * s + 0.01 * e for s in (0, 1, 2) for e in (0, 1)})
-    fixed = CellRuns(values={(FIXED_RUN, e): 0.65 + 0.01 * e for e in (0, 1)})
+    fixed = CellRuns(values={(FIXED_RUN, e): 0.65 + 0.03 * e for e in (0, 1)})
     assert fixed.fixed and not trained.fixed and fixed.n_pretraining == 0
-    assert fixed.replicates(True) == [0.65, 0.66]  # its sd is over evaluation seeds, whatever the suite replicates
+    assert fixed.replicates(True) == [0.65, 0.68]  # its sd is over evaluation seeds, whatever the suite replicates
     result = compare_runs(trained, fixed)
-    per_run = [np.mean([trained.values[(s, e)] - fixed.values[(FIXED_RUN, e)] for e in (0, 1)]) for s in (0, 1, 2)]
-    assert result["n_pretraining"] == 3 and result["n_runs"] == 6
-    assert result["difference"] == pytest.approx(100 * np.mean(per_run)) and result["df"] == 2 and np.isfinite(result["p_pretraining"])
+    runs, seeds = [0.705, 0.725, 0.745], [0.65, 0.68]
+    expected = scipy_stats.ttest_ind(runs, seeds, equal_var=False)
+    assert (result["n_method"], result["n_versus"], result["unit_versus"]) == (3, 2, "evaluation seeds")
+    assert result["difference"] == pytest.approx(100 * (np.mean(runs) - np.mean(seeds)))
+    assert result["p"] == pytest.approx(expected.pvalue) and result["df"] == pytest.approx(expected.df)
     assert compare_runs(fixed, trained)["difference"] == pytest.approx(-result["difference"])
-    other = CellRuns(values={(FIXED_RUN, e): 0.60 for e in (0, 1)})
-    assert not np.isfinite(compare_runs(fixed, other)["p_pretraining"])  # two fixed encoders: no pretraining run to test over
+    other = CellRuns(values={(FIXED_RUN, e): 0.60 + 0.01 * e for e in (0, 1)})
+    both = compare_runs(fixed, other)  # two fixed encoders: over evaluation seeds (and test images) only
+    assert both["unit_method"] == both["unit_versus"] == "evaluation seeds" and np.isfinite(both["p"])

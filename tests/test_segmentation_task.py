@@ -54,6 +54,7 @@ def test_segmentation_task_needs_settings(tmp_path):
 def test_segmentation_records_tables_and_statistics(tmp_path, synthetic_root):
     suite = segmentation_suite()
     suite["tasks"] = [copy.deepcopy(PTX_TASK)]
+    suite["statistics"] = {**(suite.get("statistics") or {}), "reference": "simclr"}  # the rows are compared with it
     plan = build_plan(suite)
     store = ResultStore(tmp_path / "results" / suite["name"])
     summary = run_plan(plan, synthetic_root, tmp_path / "results", progress=False, log=lambda _: None, store=store)
@@ -68,7 +69,7 @@ def test_segmentation_records_tables_and_statistics(tmp_path, synthetic_root):
     table1 = written["table1.md"].read_text()
     assert "mean Dice per image" in table1 and "| PTX 100% |" in table1
     statistics = written["statistics.csv"].read_text().splitlines()
-    assert len(statistics) == 1 + 2 and all(",wilcoxon," in line for line in statistics[1:])  # 1 comparison per table
+    assert len(statistics) == 1 + 2 and all(",wilcoxon," in line for line in statistics[1:])  # Sup. vs SimCLR, per table
     # the details file shows, per cell, the tables' Dice next to the Dice over images with a mask (seed means)
     details = written["segmentation.md"].read_text()
     for method in suite["methods"]:
