@@ -169,8 +169,8 @@ def two_sample_run_test(a: Sequence[float], b: Sequence[float], image_resamples:
     is not given df of its own, which keeps the reference distribution's tails at least as heavy as they are.
     Hsu's conservative min(n_a, n_b) - 1 was measured and not taken: against a fixed-weight row (5 runs vs 3
     evaluation seeds, no image term) Welch's size is 0.058 at alpha 0.05 and Hsu's 0.013, but Hsu's df cut the
-    power at 4 sds from 0.39 to 0.15 with 3 runs and from 0.22 to 0 with 2 (benchmarks/pretraining_test_power.py). Fewer than two
-    replicates on either side: no test (NaN p).
+    power at 4 sds from 0.39 to 0.15 with 3 runs and from 0.22 to 0 with 2 (benchmarks/pretraining_test_power.py).
+    Fewer than two replicates on either side: no test (NaN p).
     """
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     n_a, n_b = len(a), len(b)
