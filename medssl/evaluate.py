@@ -129,7 +129,9 @@ def knn_classify(features: np.ndarray, labels: np.ndarray, train_idx: np.ndarray
         for start in range(0, len(idx), chunk):
             query = F.normalize(torch.from_numpy(features[idx[start : start + chunk]]).float(), dim=1)
             similarity, neighbour = (query @ bank.t()).topk(k, dim=1)
-            weight = (similarity / temperature).exp()
+            # shifted by each query's best similarity (topk's first): the same shares, without exp overflowing
+            # to inf (and the scores to NaN) for temperatures below about 0.011
+            weight = ((similarity - similarity[:, :1]) / temperature).exp()
             out.append((weight[:, :, None] * bank_labels[neighbour]).sum(1) / weight.sum(1, keepdim=True))
         return torch.cat(out).numpy()
 
