@@ -180,6 +180,11 @@ def list_everything() -> None:
           "    python run_benchmark.py --suite quick --encoder imagenet=resnet18-f37072fd.pth   (ImageNet's mean/std by default; grayscale: conv1 summed)")
 
 
+def dry_run_data_root(arg) -> Path:
+    """The data root a dry run checks the layouts under: as a run resolves it, but ./data is not created."""
+    return resolve_data_root(arg) if arg is not None else Path("data")
+
+
 def print_plan(plan, store, out_dir: Path) -> None:
     from medssl.config import fraction_label
     from medssl.pretrain import ENCODER_FILE, encoder_status
@@ -358,6 +363,10 @@ def main(argv=None) -> int:
             return 0
         if args.dry_run:
             print_plan(plan, store, out_dir)
+            from medssl.runner import check_datasets
+
+            done = store.keys()
+            check_datasets([job for job in plan.eval_jobs if job.key not in done], dry_run_data_root(args.data_root))
             return 0
         check_logger(args.logger)
         from medssl.cluster import check_batch_split, check_multi_node, single_node_launch
@@ -445,6 +454,9 @@ def run_ct_command(args, argv, full_suite, suite, tag: str) -> int:
             print(f"  {job.key:<40} seed={job.seed}")
         for job in plan.eval_jobs:
             print(f"  {job.key}  {job.describe()} [{'done' if all(k in done for k in job.record_keys) else 'pending'}]")
+        from medssl.runner import check_datasets
+
+        check_datasets([job for job in plan.eval_jobs if not all(k in done for k in job.record_keys)], dry_run_data_root(args.data_root))
         return 0
     check_logger(args.logger)
     device = resolve_device(args.device)

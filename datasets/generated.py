@@ -14,6 +14,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from datasets.base import ImageDataset, progress_bar
+from datasets.cache import stop_at_layout_check
 
 ARRAYS = ("images", "labels", "masks", "patient_ids", "split")
 
@@ -23,6 +24,7 @@ def load_generated(name: str, data_root: Path, params: Dict, generate: Callable[
     """Generate (first use) or read the arrays ``ARRAYS`` that ``generate()`` returns; ``masks`` may be None."""
     key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
     cache = Path(data_root) / name / key
+    stop_at_layout_check(name, (cache / "manifest.json").exists())
     if not (cache / "manifest.json").exists():
         cache.mkdir(parents=True, exist_ok=True)
         for array_name, arr in zip(ARRAYS, generate()):

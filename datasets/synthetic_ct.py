@@ -31,6 +31,7 @@ from typing import Dict, Sequence, Tuple
 import numpy as np
 
 from datasets.base import DatasetError, register_dataset
+from datasets.cache import stop_at_layout_check
 from datasets.volumes import ORGANS, Case, VolumeDataset, load_volumes
 
 GENERATOR_VERSION = 1  # bump when the phantom model changes: part of the folder name
@@ -166,6 +167,7 @@ def generate(root: Path, seed: int, n_labelled: int, n_unlabelled: int) -> Path:
     """Write the phantoms (once) in BTCV's layout; returns their folder."""
     folder = Path(root) / "synthetic_ct" / f"v{GENERATOR_VERSION}-seed{seed}-{n_labelled}+{n_unlabelled}"
     done = folder / "complete.json"
+    stop_at_layout_check("synthetic_ct", done.exists())
     if done.exists():
         return folder
     for sub in ("RawData/Training/img", "RawData/Training/label", "Unlabelled"):

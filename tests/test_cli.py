@@ -21,6 +21,19 @@ def test_dry_run_lists_every_job(tmp_path, capsys):
     assert "coboom" in out and "finetune" in out and "100%" in out
 
 
+def test_dry_run_checks_the_data_layout_without_generating_phantoms(tmp_path, capsys):
+    """A dry run refuses what the run would refuse before any work (issue 31): a missing dataset under --data-root
+    is named after the plan is printed, with a non-zero exit; the check generates no phantom."""
+    root = tmp_path / "data"
+    root.mkdir()
+    args = ["--suite", "smoke", "--dry-run", "--out", str(tmp_path / "out"), "--data-root", str(root)]
+    assert main(args) == 0 and not any(root.iterdir())
+    capsys.readouterr()
+    assert main(args + ["--set", "tasks.0.dataset={name: nih_chestxray14}"]) == 2
+    captured = capsys.readouterr()
+    assert "evaluation jobs" in captured.out and "NIH ChestX-ray14 not found" in captured.err
+
+
 def test_dry_run_respects_overrides(tmp_path, capsys):
     assert main(["--suite", "smoke", "--dry-run", "--methods", "simclr", "--seeds", "0", "--fractions", "30", "--out", str(tmp_path)]) == 0
     assert "1 pretraining jobs, 2 evaluation jobs" in capsys.readouterr().out
