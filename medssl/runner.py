@@ -23,7 +23,7 @@ from medssl.external import load_external
 from medssl.metrics import multilabel_auc
 from medssl.plan import EvalJob, Plan, PretrainJob, task_type
 from medssl.precision import configure_cuda, fixed_precision, precision_for
-from medssl.pretrain import PretrainingFailed, load_encoder, run_pretraining
+from medssl.pretrain import ENCODER_FILE, PretrainingFailed, encoder_status, load_encoder, run_pretraining
 from medssl.records import ResultStore
 from medssl.segment import train_segmentation
 from medssl.splits import label_fraction_indices
@@ -136,6 +136,14 @@ def dataset_specs(jobs: List[EvalJob]) -> List[Dict[str, Any]]:
     return list(specs.values())
 
 
+def pretraining_verb(run_dir: Path) -> str:
+    """What the run is about to do with a pretraining, for its log: reuse a finished, intact encoder, resume from
+    ``last.ckpt``, or pretrain from the start."""
+    if encoder_status(run_dir / ENCODER_FILE) == "done":
+        return "reusing"
+    return "resuming" if (run_dir / "last.ckpt").exists() else "pretraining"
+
+
 def check_datasets(jobs: List[EvalJob], data_root: Path) -> None:
     """Every dataset the jobs read is present with the right layout, checked before any work (caches are not built
     here); one error lists every problem, so a missing EyePACS is found before NIH has been pretrained on."""
@@ -220,7 +228,7 @@ def run_plan(plan: Plan, data_root: Path, out_dir: Path, device: str = "cpu", pr
             encoders[key] = None  # nothing to pretrain: the file is read for each task (its channels)
             continue
         corpus = pjob.config["corpus"]
-        log(f"pretraining {key}" + ("" if pjob.trains else " (random initialisation)"))
+        log(f"{pretraining_verb(checkpoints / key)} {key}" + ("" if pjob.trains else " (random initialisation)"))
         try:
             encoders[key] = run_pretraining(pjob, datasets.get(corpus), checkpoints, device=device, progress=progress and global_rank == 0, precision=precision, devices=devices, compile_loss=compile_loss, nodes=nodes, logger=logger)
         except PretrainingFailed as err:

@@ -210,7 +210,7 @@ def run_ct_plan(plan: CTPlan, data_root: Path, out_dir: Path, device: str = "cpu
                 store: Optional[ResultStore] = None, logger: Optional[str] = None) -> Dict[str, Any]:
     """Pretrain what the pending evaluations need, evaluate, append the records (see the module docstring)."""
     from medssl.pretrain import PretrainingFailed, load_encoder, run_pretraining
-    from medssl.runner import DatasetCache, check_datasets
+    from medssl.runner import DatasetCache, check_datasets, pretraining_verb
     from medssl.segment3d import train_fpn_segmentation
 
     store = store or ResultStore(Path(out_dir) / plan.suite["name"])
@@ -226,7 +226,7 @@ def run_ct_plan(plan: CTPlan, data_root: Path, out_dir: Path, device: str = "cpu
     encoders: Dict[str, Path] = {}
     failed: List[str] = []
     for pjob in {job.pretrain.key: job.pretrain for job in pending if job.trained}.values():
-        log(f"pretraining {pjob.key}")
+        log(f"{pretraining_verb(checkpoints / pjob.key)} {pjob.key}")
         try:
             encoders[pjob.key] = run_pretraining(pjob, datasets.get(pjob.config["corpus"]), checkpoints, device=device, progress=progress, logger=logger)
         except PretrainingFailed as err:

@@ -38,6 +38,19 @@ def test_records_carry_provenance_and_metrics(smoke_run):
     assert (root / "results" / "smoke" / "predictions" / f"{r['key']}.npz").exists()
 
 
+def test_a_rerun_says_it_reuses_a_finished_pretraining(smoke_run, tmp_path, capsys):
+    """New evaluations of a finished encoder: the log says "reusing", not "pretraining" (issue 31)."""
+    import shutil
+
+    root, common, _ = smoke_run
+    shutil.copytree(root / "results", tmp_path / "results")
+    out = [a if a != str(root / "results") else str(tmp_path / "results") for a in common]
+    capsys.readouterr()
+    assert main(out + ["--methods", "simclr", "--fractions", "100", "--seeds", "2", "--reports", str(tmp_path / "reports")]) == 0
+    log = capsys.readouterr().out
+    assert "reusing simclr-" in log and "pretraining simclr-" not in log
+
+
 def test_resume_skips_finished_work(smoke_run, capsys):
     root, common, partial = smoke_run
     records = ResultStore(root / "results" / "smoke").records()
