@@ -29,7 +29,7 @@ def load_eyepacs(data_root: Path, size: int = 256, seed: int = 0, progress: bool
     if root is None:
         raise DatasetError(f"EyePACS not found: no trainLabels.csv in {Path(data_root) / 'eyepacs'} or {data_root}; download the Kaggle diabetic-retinopathy-detection data and point --data-root at it")
     names, grades = [], []
-    with open(root / "trainLabels.csv", newline="") as fh:
+    with open(root / "trainLabels.csv", newline="", encoding="utf-8-sig") as fh:  # Excel's "CSV UTF-8" starts with a BOM
         reader = csv.reader(fh)
         header = [h.strip() for h in next(reader, [])]
         if header[:2] != ["image", "level"]:

@@ -34,7 +34,7 @@ def load_vindr_cxr(data_root: Path, size: int = 256, seed: int = 0, min_readers:
     if root is None:
         raise DatasetError(f"VinDr-CXR not found: no train.csv and train/ in {Path(data_root) / 'vindr_cxr'} or {data_root}; download the Kaggle vinbigdata data and point --data-root at it")
     readers = defaultdict(lambda: defaultdict(set))  # image -> class id -> radiologists
-    with open(root / "train.csv", newline="") as fh:
+    with open(root / "train.csv", newline="", encoding="utf-8-sig") as fh:  # Excel's "CSV UTF-8" starts with a BOM
         reader = csv.DictReader(fh)
         if not {"image_id", "class_id", "rad_id"} <= set(reader.fieldnames or []):
             raise DatasetError(f"{root / 'train.csv'}: expected the columns image_id, class_name, class_id, rad_id, x_min, y_min, x_max, y_max")

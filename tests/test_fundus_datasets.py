@@ -1,4 +1,6 @@
 """EyePACS, MuReD and ODIR-5K loaders on tiny fake copies in their real layouts (spec sections 3-5)."""
+import shutil
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -38,6 +40,12 @@ def test_eyepacs_grades_and_patient_split(tmp_path):
     assert [int(np.argmax(row)) for row in ds.labels[:4]] == [0, 1, 1, 2]  # 10_left, 10_right, 11_left, 11_right
     for patient in np.unique(ds.patient_ids):
         assert len(set(ds.split[ds.patient_ids == patient])) == 1, "both eyes of a patient share a split"
+    # a copy whose labels Excel saved again as "CSV UTF-8" (a byte-order mark before the header): read the same
+    copy = tmp_path / "excel" / "eyepacs"
+    shutil.copytree(root / "train", copy / "train")
+    (copy / "trainLabels.csv").write_text("\n".join(rows) + "\n", encoding="utf-8-sig")
+    again = load_dataset("eyepacs", tmp_path / "excel", size=24)
+    assert np.array_equal(again.labels, ds.labels) and np.array_equal(again.images, ds.images)
     (root / "train" / "15_left.jpeg").unlink()
     with pytest.raises(DatasetError, match="15_left.jpeg"):
         load_dataset("eyepacs", tmp_path, size=24)
