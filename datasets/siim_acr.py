@@ -8,7 +8,8 @@ Reads (shared/specs/datasets.md, section 2) from ``<data root>/siim_acr/``, ``<d
   (offset from the end of the previous run, then length) in stage 1; a file whose multi-run rows all have
   increasing absolute starts is read as standard absolute RLE. Pixels are numbered column-major (top to bottom,
   then left to right), as the competition's ``rle2mask``.
-* images: DICOM ``dicom-images-train/<study>/<series>/<SOP>.dcm`` (JPEG Baseline compressed; ImageId = file stem;
+* images: DICOM ``dicom-images-train/<study>/<series>/<SOP>.dcm`` and ``dicom-images-test/...`` (whose stage-1 test
+  images stage 2 labels) (JPEG Baseline compressed; ImageId = file stem;
   patient = the DICOM PatientID), or PNG conversions ``dataset1024/train/<ImageId>.png`` (no patient ids there, so
   every image is its own patient).
 
@@ -84,9 +85,19 @@ def rle_to_mask(numbers: List[int], width: int, height: int, relative: bool) -> 
     return flat.reshape(width, height).T  # column-major numbering
 
 
+DICOM_FOLDERS = ("dicom-images-train", "dicom-images-test")
+
+
 def find_images(root: Path) -> Tuple[Dict[str, Path], str]:
-    """ImageId -> file, and the kind ('dicom' or 'png')."""
-    dicoms = {p.stem: p for p in root.glob("dicom-images-train/*/*/*.dcm")}
+    """ImageId -> file, and the kind ('dicom' or 'png'). DICOMs are searched in both of the competition's folders:
+    stage 2's ``stage_2_train.csv`` labels the stage-1 test images too, which stay in ``dicom-images-test/``; which
+    images are used is decided by the mask file's rows alone."""
+    dicoms: Dict[str, Path] = {}
+    for folder in DICOM_FOLDERS:
+        for path in sorted(root.glob(f"{folder}/*/*/*.dcm")):
+            if path.stem in dicoms:
+                raise DatasetError(f"SIIM-ACR at {root}: image {path.stem} is stored twice ({dicoms[path.stem]} and {path}); keep one")
+            dicoms[path.stem] = path
     if dicoms:
         return dicoms, "dicom"
     pngs = {p.stem: p for p in root.glob("dataset*/train/*.png")}
@@ -121,7 +132,7 @@ def load_siim_acr(data_root: Path, size: int = 256, seed: int = 0, progress: boo
     rows = read_rle_rows(mask_file)
     files, kind = find_images(root)
     if not files:
-        raise DatasetError(f"SIIM-ACR at {root}: no images under dicom-images-train/<study>/<series>/*.dcm or dataset*/train/*.png")
+        raise DatasetError(f"SIIM-ACR at {root}: no images under dicom-images-train/<study>/<series>/*.dcm (or dicom-images-test/) or dataset*/train/*.png")
     missing = sorted(set(rows) - set(files))
     if missing:
         raise DatasetError(f"SIIM-ACR at {root}: {len(missing)} of {len(rows)} images in {mask_file.name} have no {kind} file, e.g. {', '.join(missing[:5])}")

@@ -57,6 +57,25 @@ def test_dicom_copy_masks_labels_and_patients(tmp_path):
     assert ds.mask_name == "Pneumothorax"
 
 
+def test_stage_2_labels_find_the_stage_1_test_images(tmp_path):
+    """stage_2_train.csv labels the stage-1 test images too, which Kaggle's download keeps in dicom-images-test/
+    (issue 31): they are found there; the same image in both folders is refused, naming both files."""
+    root = tmp_path / "siim"
+    lines = ["ImageId,EncodedPixels"] + [f"{uid},{code.strip()}" for uid, (_, codes) in IMAGES.items() for code in codes]
+    root.mkdir(parents=True)
+    (root / "stage_2_train.csv").write_text("\n".join(lines) + "\n")
+    for i, (uid, (patient, _)) in enumerate(IMAGES.items()):
+        folder = "dicom-images-train" if i < 3 else "dicom-images-test"
+        write_dicom(root / folder / f"study{i}" / f"series{i}" / f"{uid}.dcm", np.full((SIDE, SIDE), 30 * i, np.uint8), uid, patient, jpeg=True)
+    ds = load_dataset("siim_acr", tmp_path, size=SIDE)
+    assert ds.images.shape == (6, 1, SIDE, SIDE) and ds.labels[:, 0].tolist() == [0, 1, 0, 1, 0, 1]
+    assert np.array_equal(ds.masks[sorted(IMAGES).index("1.2.3.4.4")], EXPECTED["1.2.3.4.4"])
+    uid = "1.2.3.4.5"
+    write_dicom(root / "dicom-images-train" / "again" / "again" / f"{uid}.dcm", np.zeros((SIDE, SIDE), np.uint8), uid, "P4", jpeg=True)
+    with pytest.raises(DatasetError, match=f"image {uid} is stored twice"):
+        load_dataset("siim_acr", tmp_path, size=SIDE)
+
+
 def test_png_copy_with_absolute_rle(tmp_path):
     root = tmp_path / "siim"
     (root / "dataset1024" / "train").mkdir(parents=True)
