@@ -3,7 +3,7 @@ labels (N normal, D diabetes, G glaucoma, C cataract, A AMD, H hypertension, M m
 the CoBooM paper (shared/specs/datasets.md, section 5).
 
 Two label sources (``labels`` parameter), both found in ``<data root>/odir/``, ``<data root>/odir5k/`` or the data
-root (``data.xlsx`` also in ``ODIR-5K/``); images from ``preprocessed_images/``, ``ODIR-5K/Training Images/`` or
+root (``data.xlsx`` also in ``ODIR-5K/`` and, as Kaggle's download unpacks, ``ODIR-5K/ODIR-5K/``); images from ``preprocessed_images/``, ``ODIR-5K/Training Images/`` or
 ``ODIR-5K/ODIR-5K/Training Images/``:
 
 * ``labels="eye"`` (default): the Kaggle ``full_df.csv``, one row **per image**; labels = the row's ``target``
@@ -38,7 +38,9 @@ def load_odir(data_root: Path, size: int = 256, seed: int = 0, labels: str = "ey
     if labels not in ("eye", "patient"):
         raise DatasetError(f"odir: labels must be 'eye' (full_df.csv) or 'patient' (data.xlsx), got {labels!r}")
     label_file = "full_df.csv" if labels == "eye" else "data.xlsx"
-    candidates = [c for base in (Path(data_root) / "odir", Path(data_root) / "odir5k", Path(data_root)) for c in (base, base / "ODIR-5K")]
+    # ODIR-5K/ODIR-5K/: where Kaggle's ocular-disease-recognition-odir5k download keeps data.xlsx and the images
+    candidates = [c for base in (Path(data_root) / "odir", Path(data_root) / "odir5k", Path(data_root))
+                  for c in (base, base / "ODIR-5K", base / "ODIR-5K" / "ODIR-5K")]
     root = next((c for c in candidates if (c / label_file).exists()), None)
     if root is None:
         other = "labels=patient reads data.xlsx" if labels == "eye" else "labels=eye reads the Kaggle full_df.csv"

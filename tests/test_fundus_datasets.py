@@ -111,18 +111,37 @@ def test_odir_bad_inputs_name_the_problem(tmp_path):
     expect_load_error(tmp_path, "eyepacs", "EyePACS not found")
 
 
-def test_odir_patient_labels_from_data_xlsx(tmp_path):
+ODIR_COLUMNS = ["ID", "Patient Age", "Patient Sex", "Left-Fundus", "Right-Fundus", "Left-Diagnostic Keywords", "Right-Diagnostic Keywords",
+                "N", "D", "G", "C", "A", "H", "M", "O"]
+
+
+def odir_patient_copy(folder):
+    """A data.xlsx with its 'Training Images/' in ``folder``; returns the sheet's rows."""
     import pandas as pd
 
-    folder = tmp_path / "odir" / "ODIR-5K"
     rows = []
     for pid in (0, 1, 4, 7):  # some ids are missing, as in the real file
         patient = [0, 0, 0, 1, 0, 0, 0, 0] if pid % 2 == 0 else [1, 0, 0, 0, 0, 0, 0, 0]
         rows.append([pid, 60, "Male", f"{pid}_left.jpg", f"{pid}_right.jpg", "cataract，lens dust", "normal fundus", *patient])
         for eye in ("left", "right"):
             fundus(folder / "Training Images" / f"{pid}_{eye}.jpg", 32, 32)
-    columns = ["ID", "Patient Age", "Patient Sex", "Left-Fundus", "Right-Fundus", "Left-Diagnostic Keywords", "Right-Diagnostic Keywords", "N", "D", "G", "C", "A", "H", "M", "O"]
-    pd.DataFrame(rows, columns=columns).to_excel(folder / "data.xlsx", sheet_name="Sheet1", index=False)
+    pd.DataFrame(rows, columns=ODIR_COLUMNS).to_excel(folder / "data.xlsx", sheet_name="Sheet1", index=False)
+    return rows
+
+
+def test_odir_patient_labels_in_kaggles_nested_folder(tmp_path):
+    """Kaggle's download keeps data.xlsx and the images in ODIR-5K/ODIR-5K/ (issue 31): found there."""
+    odir_patient_copy(tmp_path / "odir" / "ODIR-5K" / "ODIR-5K")
+    ds = load_dataset("odir", tmp_path, size=16, labels="patient")
+    assert ds.images.shape == (8, 3, 16, 16) and ds.patient_ids.tolist() == [0, 0, 1, 1, 4, 4, 7, 7]
+
+
+def test_odir_patient_labels_from_data_xlsx(tmp_path):
+    import pandas as pd
+
+    folder = tmp_path / "odir" / "ODIR-5K"
+    rows = odir_patient_copy(folder)
+    columns = ODIR_COLUMNS
     ds = load_dataset("odir", tmp_path, size=16, labels="patient")
     assert ds.images.shape == (8, 3, 16, 16) and ds.patient_ids.tolist() == [0, 0, 1, 1, 4, 4, 7, 7]
     assert ds.labels[:2].tolist() == [[0, 0, 0, 1, 0, 0, 0, 0]] * 2, "both eyes carry the patient's labels"
