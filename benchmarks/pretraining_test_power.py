@@ -125,23 +125,25 @@ def paired_by_seed_p(a: CellRuns, b: CellRuns) -> float:
     return stats.pretraining_run_test(differences, a.resampled_mean(all_seeds) - b.resampled_mean(all_seeds))["p"]
 
 
-def student_p(a: CellRuns, b: CellRuns) -> float:
-    """Student's two-sample t: the tables' standard error, n_a + n_b - 2 df (equal to Welch's where the two rows'
-    replicate variances agree, and too many df where they do not)."""
+def _welch_statistic(a: CellRuns, b: CellRuns) -> tuple:
+    """(difference, standard error, n_a, n_b) of the tables' test, for the alternatives that differ in df only."""
     seeds = a.evaluation_seeds() & b.evaluation_seeds()
     x, y = np.array(a.replicate_values(seeds)), np.array(b.replicate_values(seeds))
     image = stats.image_variance(a.resampled_mean(seeds) - b.resampled_mean(seeds))
-    se = math.sqrt(x.var(ddof=1) / len(x) + y.var(ddof=1) / len(y) + image)
-    return float(2 * scipy_stats.t.sf(abs(x.mean() - y.mean()) / se, len(x) + len(y) - 2))
+    return x.mean() - y.mean(), math.sqrt(x.var(ddof=1) / len(x) + y.var(ddof=1) / len(y) + image), len(x), len(y)
+
+
+def student_p(a: CellRuns, b: CellRuns) -> float:
+    """Student's two-sample t: the tables' standard error, n_a + n_b - 2 df (equal to Welch's where the two rows'
+    replicate variances agree, and too many df where they do not)."""
+    difference, se, n_a, n_b = _welch_statistic(a, b)
+    return float(2 * scipy_stats.t.sf(abs(difference) / se, n_a + n_b - 2))
 
 
 def hsu_p(a: CellRuns, b: CellRuns) -> float:
     """Welch's statistic against Hsu's conservative min(n_a, n_b) - 1 df (conservative at any variance ratio)."""
-    seeds = a.evaluation_seeds() & b.evaluation_seeds()
-    x, y = np.array(a.replicate_values(seeds)), np.array(b.replicate_values(seeds))
-    image = stats.image_variance(a.resampled_mean(seeds) - b.resampled_mean(seeds))
-    se = math.sqrt(x.var(ddof=1) / len(x) + y.var(ddof=1) / len(y) + image)
-    return float(2 * scipy_stats.t.sf(abs(x.mean() - y.mean()) / se, min(len(x), len(y)) - 1))
+    difference, se, n_a, n_b = _welch_statistic(a, b)
+    return float(2 * scipy_stats.t.sf(abs(difference) / se, min(n_a, n_b) - 1))
 
 
 def pooled_rate(n_tables: int, n_replicates: int, sd_scale: float, n_methods: int = 4, alpha: float = 0.05, seed: int = 0) -> float:

@@ -24,8 +24,9 @@ def load_generated(name: str, data_root: Path, params: Dict, generate: Callable[
     """Generate (first use) or read the arrays ``ARRAYS`` that ``generate()`` returns; ``masks`` may be None."""
     key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
     cache = Path(data_root) / name / key
-    stop_at_layout_check(name, (cache / "manifest.json").exists())
-    if not (cache / "manifest.json").exists():
+    generated = (cache / "manifest.json").exists()
+    stop_at_layout_check(name, generated)
+    if not generated:
         cache.mkdir(parents=True, exist_ok=True)
         for array_name, arr in zip(ARRAYS, generate()):
             if arr is None:

@@ -77,7 +77,7 @@ class CellRuns:
         external encoder, which has no pretraining run) its evaluations."""
         if not replicated_pretraining or self.fixed:
             return [self.values[r] for r in sorted(self.values)]
-        return [mean for _, mean in sorted(self.run_means().items())]
+        return self.replicate_values(self.evaluation_seeds())
 
     @property
     def n_pretraining(self) -> int:
@@ -294,6 +294,19 @@ def above_every_baseline(plan: Plan, column: List[Comparison]) -> bool:
     by_method = {c.method: c for c in column if c.versus == reference}
     wanted = baselines(plan)
     return bool(wanted) and all(m in by_method and by_method[m].significant and by_method[m].difference < 0 for m in wanted)
+
+
+def by_column(comparisons: List[Comparison]) -> Dict[Tuple[str, float], List[Comparison]]:
+    """The comparisons of a table grouped by column (task, fraction), in table order."""
+    out: Dict[Tuple[str, float], List[Comparison]] = {}
+    for c in comparisons:
+        out.setdefault((c.task, c.fraction), []).append(c)
+    return out
+
+
+def dagger_columns(plan: Plan, comparisons: List[Comparison]) -> List[Tuple[str, float]]:
+    """The columns (task, fraction) of a table whose reference row carries the † (:func:`above_every_baseline`)."""
+    return [column for column, group in by_column(comparisons).items() if above_every_baseline(plan, group)]
 
 
 def _column_comparisons(plan: Plan, cells: Dict[CellKey, CellRuns], protocol: str, column: Tuple[str, float], versus: str, family: str) -> List[Comparison]:

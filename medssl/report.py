@@ -47,10 +47,6 @@ def aggregate(plan: Plan, records: Iterable[Dict]) -> Dict[tuple, Dict[tuple, fl
     return cells
 
 
-def _columns(plan: Plan, protocol: str) -> List[tuple]:
-    return [(t["name"], float(f)) for t in plan.suite["tasks"] if protocol in t["protocols"] for f in t["fractions"]]
-
-
 def _header(columns: List[tuple]) -> List[str]:
     """Markdown header and alignment rows of a method x (task, fraction) table."""
     return ["| Method | " + " | ".join(f"{task} {fraction_label(f)}" for task, f in columns) + " |", "|---|" + "---:|" * len(columns)]
@@ -70,7 +66,7 @@ def cell_values(plan: Plan, values: Dict[tuple, float]) -> List[float]:
 def table_rows(plan: Plan, cells: Dict[tuple, Dict[tuple, float]], protocol: str) -> List[Dict]:
     rows = []
     for method in plan.suite["methods"]:
-        for task, fraction in _columns(plan, protocol):
+        for task, fraction in compare.columns(plan, protocol):
             values = cell_values(plan, cells.get((method, task, protocol, fraction), {}))
             mean = float(np.mean(values)) * 100 if values else math.nan
             sd = float(np.std(values, ddof=1)) * 100 if len(values) > 1 else math.nan
@@ -93,17 +89,9 @@ def table_marks(plan: Plan, comparisons: List[Comparison]) -> Dict[tuple, str]:
     for c in comparisons:
         if c.significant and c.family == "reference":
             marks[(c.method, c.task, c.fraction)] = "*"
-    for (task, fraction), column in _by_column(comparisons).items():
-        if compare.above_every_baseline(plan, column):
-            marks[(reference, task, fraction)] = marks.get((reference, task, fraction), "") + "†"
+    for task, fraction in compare.dagger_columns(plan, comparisons):
+        marks[(reference, task, fraction)] = marks.get((reference, task, fraction), "") + "†"
     return marks
-
-
-def _by_column(comparisons: List[Comparison]) -> Dict[tuple, List[Comparison]]:
-    out: Dict[tuple, List[Comparison]] = {}
-    for c in comparisons:
-        out.setdefault((c.task, c.fraction), []).append(c)
-    return out
 
 
 def testable(comparisons: List[Comparison]) -> bool:
@@ -170,11 +158,11 @@ def marks_summary(plan: Plan, comparisons: Dict[str, List[Comparison]]) -> str:
         if not items or not testable(items):
             continue
         marked = [c for c in items if c.significant]
-        daggers = [column for column, group in _by_column(items).items() if compare.above_every_baseline(plan, group)]
+        daggers = compare.dagger_columns(plan, items)
         where = "; ".join(f"{method_label(m)} at " + ", ".join(f"{c.task} {fraction_label(c.fraction)}" for c in marked if c.method == m)
                           for m in dict.fromkeys(c.method for c in marked))
         parts.append(f"{TABLES[protocol][1]}: {len(marked)} of {sum(c.testable for c in items)} comparisons with {reference} marked"
-                     + (f" ({where})" if where else "") + f"; † in {len(daggers)} of {len(_by_column(items))} columns.")
+                     + (f" ({where})" if where else "") + f"; † in {len(daggers)} of {len(compare.by_column(items))} columns.")
     return " ".join(parts)
 
 
@@ -203,7 +191,7 @@ def _cell_grid(plan: Plan, rows: List[Dict], protocol: str, marks: Dict[tuple, s
     n_seeds = replicates(plan, protocol)
     lookup = {(r["method"], r["task"], r["fraction"]): r for r in rows}
     for method in plan.suite["methods"]:
-        cells = [lookup[(method, task, fraction)] for task, fraction in _columns(plan, protocol)]
+        cells = [lookup[(method, task, fraction)] for task, fraction in compare.columns(plan, protocol)]
         yield method, [render(cell_text(r, n_seeds), r["best"], marks.get((method, r["task"], r["fraction"]), "")) if r["n"] else missing for r in cells]
 
 
@@ -217,7 +205,7 @@ def metric_phrase(plan: Plan, protocol: str) -> str:
 
 def render_markdown(plan: Plan, rows: List[Dict], protocol: str, marks: Optional[Dict[tuple, str]] = None, legend: str = "") -> str:
     marks = marks or {}
-    columns = _columns(plan, protocol)
+    columns = compare.columns(plan, protocol)
     title = TABLES[protocol][1]
     lines = [f"{title} — suite `{plan.suite['name']}`: {metric_phrase(plan, protocol)} (%), {spread_phrase(plan, protocol)}; best per column in bold.", ""]
     lines += _header(columns)
@@ -253,9 +241,9 @@ def render_random_init_margins(plan: Plan, runs: Dict[tuple, compare.CellRuns], 
     "clear margin" is a test, not a judgement by eye. With one pretraining run there is no test and no mark: a cell
     is then the mean ± sd over evaluation seeds of the difference per evaluation seed (same label subset).
     """
-    if reference not in plan.suite["methods"] or not _columns(plan, "linear"):
+    if reference not in plan.suite["methods"] or not compare.columns(plan, "linear"):
         return ""
-    columns = _columns(plan, "linear")
+    columns = compare.columns(plan, "linear")
     tested = {(c.method, c.task, c.fraction): c for c in compare.comparisons_versus(plan, runs, "linear", reference, "random init")}
     settings = statistics_settings(plan.suite)
     with_test = testable(list(tested.values()))
@@ -321,7 +309,7 @@ def render_pretraining(plan: Plan, pretraining: Dict[str, Dict]) -> str:
 def render_latex(plan: Plan, rows: List[Dict], protocol: str, marks: Optional[Dict[tuple, str]] = None) -> str:
     """The table as a LaTeX booktabs tabular (needs ``\\usepackage{booktabs}``); best in bold, marks as superscripts."""
     marks = marks or {}
-    columns = _columns(plan, protocol)
+    columns = compare.columns(plan, protocol)
     tasks = list(dict.fromkeys(task for task, _ in columns))
 
     def escape(text: str) -> str:
@@ -365,7 +353,7 @@ def render_variance_components(plan: Plan, runs: Dict[tuple, compare.CellRuns]) 
              "one-way random-effects model (the runs' spread less what their evaluation seeds explain). – : not separable in this "
              "design (one pretraining run, or one evaluation seed per run, whose spread then holds both)."]
     for protocol, (_, title) in TABLES.items():
-        columns = _columns(plan, protocol)
+        columns = compare.columns(plan, protocol)
         if not columns:
             continue
         lines += ["", f"### {title}", ""] + _header(columns)
@@ -427,13 +415,14 @@ def render_daggers(plan: Plan, items: List[Comparison]) -> List[str]:
     reference = method_label(statistics_settings(plan.suite)["reference"])
     lines = ["", f"† ({reference} above every baseline: {', '.join(method_label(m) for m in wanted)}), per column:", "",
              "| Task | Labels | closest baseline | margin | adjusted p | † |", "|---|---:|---|---:|---:|:---:|"]
-    for (task, fraction), column in _by_column(items).items():
+    daggers = compare.dagger_columns(plan, items)
+    for (task, fraction), column in compare.by_column(items).items():
         candidates = [c for c in column if c.method in wanted]
         if not candidates:
             continue
         closest = max(candidates, key=lambda c: (c.difference, c.p_adjusted))
         lines.append(f"| {task} | {fraction_label(fraction)} | {method_label(closest.method)} | {-closest.difference:+.1f} | {_p_text(closest.p_adjusted)} | "
-                     f"{'yes' if compare.above_every_baseline(plan, column) else ''} |")
+                     f"{'yes' if (task, fraction) in daggers else ''} |")
     return lines
 
 
@@ -464,7 +453,7 @@ def per_class_csv(rows: List[Dict]) -> str:
 def render_gap(plan: Plan, cells: Dict[tuple, Dict[tuple, float]]) -> str:
     """Fine-tuning minus linear probing per method and column (the paper's "minimal fine-tuning" claim: a good
     representation leaves fine-tuning little to add), mean over the runs both protocols have."""
-    shared = [c for c in _columns(plan, "linear") if c in _columns(plan, "finetune")]
+    shared = [c for c in compare.columns(plan, "linear") if c in compare.columns(plan, "finetune")]
     if not shared:
         return ""
     lines = ["Fine-tuning − linear probing, metric points (mean over seeds both protocols ran; small = the frozen features were already nearly as good).", ""]
@@ -585,7 +574,7 @@ def _write_report_files(plan: Plan, records: Iterable[Dict], reports_dir: Path, 
     comparisons: Dict[str, List[Comparison]] = {}
     tables: Dict[str, str] = {}
     for protocol, (stem, _) in TABLES.items():
-        if not _columns(plan, protocol):
+        if not compare.columns(plan, protocol):
             continue
         comparisons[protocol] = compare.comparisons(plan, runs, protocol)
         marks = table_marks(plan, comparisons[protocol])

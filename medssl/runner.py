@@ -228,9 +228,11 @@ def run_plan(plan: Plan, data_root: Path, out_dir: Path, device: str = "cpu", pr
             encoders[key] = None  # nothing to pretrain: the file is read for each task (its channels)
             continue
         corpus = pjob.config["corpus"]
-        log(f"{pretraining_verb(checkpoints / key)} {key}" + ("" if pjob.trains else " (random initialisation)"))
+        verb = pretraining_verb(checkpoints / key)
+        log(f"{verb} {key}" + ("" if pjob.trains else " (random initialisation)"))
         try:
-            encoders[key] = run_pretraining(pjob, datasets.get(corpus), checkpoints, device=device, progress=progress and global_rank == 0, precision=precision, devices=devices, compile_loss=compile_loss, nodes=nodes, logger=logger)
+            # a reused encoder has just passed its SHA-256 check: run_pretraining would hash it again to return it
+            encoders[key] = checkpoints / key / ENCODER_FILE if verb == "reusing" else run_pretraining(pjob, datasets.get(corpus), checkpoints, device=device, progress=progress and global_rank == 0, precision=precision, devices=devices, compile_loss=compile_loss, nodes=nodes, logger=logger)
         except PretrainingFailed as err:
             skipped = sum(1 for job in pending if job.pretrain.key == key)
             failed.append(f"{key}: {err} ({skipped} evaluations not run)")

@@ -209,7 +209,7 @@ def _log(message: str) -> None:
 def run_ct_plan(plan: CTPlan, data_root: Path, out_dir: Path, device: str = "cpu", progress: bool = True, log: Callable[[str], None] = _log,
                 store: Optional[ResultStore] = None, logger: Optional[str] = None) -> Dict[str, Any]:
     """Pretrain what the pending evaluations need, evaluate, append the records (see the module docstring)."""
-    from medssl.pretrain import PretrainingFailed, load_encoder, run_pretraining
+    from medssl.pretrain import ENCODER_FILE, PretrainingFailed, load_encoder, run_pretraining
     from medssl.runner import DatasetCache, check_datasets, pretraining_verb
     from medssl.segment3d import train_fpn_segmentation
 
@@ -226,9 +226,11 @@ def run_ct_plan(plan: CTPlan, data_root: Path, out_dir: Path, device: str = "cpu
     encoders: Dict[str, Path] = {}
     failed: List[str] = []
     for pjob in {job.pretrain.key: job.pretrain for job in pending if job.trained}.values():
-        log(f"{pretraining_verb(checkpoints / pjob.key)} {pjob.key}")
+        verb = pretraining_verb(checkpoints / pjob.key)
+        log(f"{verb} {pjob.key}")
         try:
-            encoders[pjob.key] = run_pretraining(pjob, datasets.get(pjob.config["corpus"]), checkpoints, device=device, progress=progress, logger=logger)
+            # a reused encoder has just passed its SHA-256 check: run_pretraining would hash it again to return it
+            encoders[pjob.key] = checkpoints / pjob.key / ENCODER_FILE if verb == "reusing" else run_pretraining(pjob, datasets.get(pjob.config["corpus"]), checkpoints, device=device, progress=progress, logger=logger)
         except PretrainingFailed as err:
             failed.append(f"{pjob.key}: {err} ({sum(1 for job in pending if job.trained and job.pretrain.key == pjob.key)} evaluations not run)")
             log(f"  FAILED: {err}")
