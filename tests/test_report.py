@@ -190,3 +190,14 @@ def test_report_removes_its_files_that_the_records_no_longer_produce(tmp_path):
     assert "table1.md" in written and not {"table2.md", "table2.csv", "table2.tex", "finetune_gap.md"} & on_disk
     assert on_disk == written | {"random_init_batchnorm.md"}
     assert b"table2.tex" not in (reports / "index.html").read_bytes()
+
+
+def test_a_report_without_the_reference_says_why_it_has_no_marks(tmp_path):
+    """Every row is compared with the suite's reference: a report narrowed to other methods says so and how to pick
+    another reference, instead of a table without a word on its marks."""
+    suite = apply_overrides(load_suite("smoke"), pretrain_seeds=[0, 1, 2], seeds=[0], methods=["supervised", "simclr"])
+    plan = build_plan(suite)
+    store = store_with_predictions(tmp_path, plan, {"supervised": 0.0, "simclr": 3.0})
+    table = {p.name: p for p in write_reports(plan, store, tmp_path / "r")}["table1.md"].read_text()
+    assert "every row is compared with the suite's reference method, CoBooM w/ Dec., which is not among these rows" in table
+    assert "--set statistics.reference=NAME" in table and "\\*" not in table
