@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import shlex
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import List
 
 COMMANDS = ("run", "report", "export", "examples", "prepare")
 DESCRIPTIONS = {
@@ -258,6 +260,43 @@ def write_suite_reports(full_plan, store, reports_root: Path) -> None:
         print(f"wrote {path}")
 
 
+def run_variants(directory: Path) -> List[str]:
+    """The ``--set`` changes of the runs that stored results in ``directory`` (from its runs.jsonl), each written as
+    on the command line, in the order first used; "no --set" for a run without any."""
+    from medssl.records import read_lines
+
+    path = Path(directory) / "runs.jsonl"
+    variants: List[str] = []
+    for entry in read_lines(path) if path.exists() else []:
+        if not entry.get("ran"):
+            continue
+        argv, changes = list(entry.get("argv") or []), []
+        for i, word in enumerate(argv):
+            if word == "--set" and i + 1 < len(argv):
+                changes.append(argv[i + 1])
+            elif word.startswith("--set="):
+                changes.append(word[len("--set="):])
+        text = " ".join(f"--set {shlex.quote(change)}" for change in changes) or "no --set"
+        if text not in variants:
+            variants.append(text)
+    return variants
+
+
+def check_report_has_records(keys: List[str], store, suite_name: str) -> None:
+    """A report whose jobs match none of the stored records (other --set changes, or an edited suite file: job keys
+    hash the settings) is refused with the settings the stored runs used, instead of writing empty tables."""
+    from medssl.config import ConfigError
+
+    done = store.keys()
+    if any(key in done for key in keys):
+        return
+    variants = run_variants(store.directory)
+    used = f"; the runs stored there used: {' | '.join(variants)}" if variants else ""
+    raise ConfigError(f"none of the {len(done)} results stored in {store.directory} was made with these settings of suite {suite_name} "
+                      f"(job keys hash the suite with its --set changes, so an edited suite file or other --set values match nothing){used}. "
+                      "Give report the same --set as the run, or restore the suite file")
+
+
 def reports_folder(args, out_dir: Path) -> Path:
     """--reports, else OUT/reports with --out, else reports/."""
     return Path(args.reports) if args.reports else (out_dir / "reports" if args.out else Path("reports"))
@@ -358,15 +397,16 @@ def main(argv=None) -> int:
         if args.command == "report":
             if not store.files():
                 raise ConfigError(f"no stored results in {store.directory}; run 'python run_benchmark.py --suite {suite['name']}' first")
+            check_report_has_records([job.key for job in (plan if tag else full_plan).eval_jobs], store, suite["name"])
             check_writable(reports_root)
             write_tables(plan, full_plan, store, reports_root, tag)
             return 0
         if args.dry_run:
             print_plan(plan, store, out_dir)
-            from medssl.runner import check_datasets
+            from medssl.runner import check_data
 
             done = store.keys()
-            check_datasets([job for job in plan.eval_jobs if job.key not in done], dry_run_data_root(args.data_root))
+            check_data([job for job in plan.eval_jobs if job.key not in done], plan.eval_jobs, dry_run_data_root(args.data_root), store, out_dir / "checkpoints")
             return 0
         check_logger(args.logger)
         from medssl.cluster import check_batch_split, check_multi_node, single_node_launch
@@ -400,10 +440,7 @@ def main(argv=None) -> int:
             print(f"shard {shard[0]}/{shard[1]} finished; when every shard has, write the tables with: python run_benchmark.py report --suite {args.suite} --out {out_dir}")
         log_run(store.directory, argv, summary, device, time.time() - started, args.precision)
         print(f"done: {summary['ran']} evaluations run, {summary['skipped']} reused from {store.directory} ({(time.time() - started) / 60:.1f} min)")
-        if summary["failed"]:
-            print(f"{len(summary['failed'])} pretraining{'s' if len(summary['failed']) > 1 else ''} failed; everything else is stored:\n  " + "\n  ".join(summary["failed"]), file=sys.stderr)
-            return 1
-        return 0
+        return report_failures(summary)
     except Busy as err:
         print(f"error: another run is using {store.directory}: {err}. Wait for it to finish, or give this run another --out "
               "(the shards of one grid, --shard K/N, may share a folder)", file=sys.stderr)
@@ -443,6 +480,7 @@ def run_ct_command(args, argv, full_suite, suite, tag: str) -> int:
     if args.command == "report":
         if not store.files():
             raise ConfigError(f"no stored results in {store.directory}; run 'python run_benchmark.py --suite {args.suite}' first")
+        check_report_has_records([key for job in report_plan.eval_jobs for key in job.record_keys], store, name)
         check_writable(reports_root)
         for path in write_ct_reports(report_plan, store, report_dir):
             print(f"wrote {path}")
@@ -454,9 +492,9 @@ def run_ct_command(args, argv, full_suite, suite, tag: str) -> int:
             print(f"  {job.key:<40} seed={job.seed}")
         for job in plan.eval_jobs:
             print(f"  {job.key}  {job.describe()} [{'done' if all(k in done for k in job.record_keys) else 'pending'}]")
-        from medssl.runner import check_datasets
+        from medssl.runner import check_data
 
-        check_datasets([job for job in plan.eval_jobs if not all(k in done for k in job.record_keys)], dry_run_data_root(args.data_root))
+        check_data([job for job in plan.eval_jobs if not all(k in done for k in job.record_keys)], plan.eval_jobs, dry_run_data_root(args.data_root), store, out_dir / "checkpoints")
         return 0
     check_logger(args.logger)
     device = resolve_device(args.device)
@@ -469,10 +507,16 @@ def run_ct_command(args, argv, full_suite, suite, tag: str) -> int:
         print(f"wrote {path}")
     log_run(store.directory, argv, summary, device, time.time() - started, "32")
     print(f"done: {summary['ran']} evaluations run, {summary['skipped']} reused from {store.directory} ({(time.time() - started) / 60:.1f} min)")
-    if summary["failed"]:
-        print(f"{len(summary['failed'])} pretraining{'s' if len(summary['failed']) > 1 else ''} failed; everything else is stored:\n  " + "\n  ".join(summary["failed"]), file=sys.stderr)
-        return 1
-    return 0
+    return report_failures(summary)
+
+
+def report_failures(summary) -> int:
+    """The run's exit status: 1, with each failed pretraining and evaluation listed, if any failed; else 0."""
+    failures = [(what, summary.get(field) or []) for what, field in (("pretraining", "failed"), ("evaluation", "failed_evaluations"))]
+    for what, items in failures:
+        if items:
+            print(f"{len(items)} {what}{'s' if len(items) > 1 else ''} failed; everything else is stored:\n  " + "\n  ".join(items), file=sys.stderr)
+    return 1 if any(items for _, items in failures) else 0
 
 
 def write_tables(plan, full_plan, store, reports_root: Path, tag: str) -> None:

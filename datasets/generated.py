@@ -25,7 +25,9 @@ def load_generated(name: str, data_root: Path, params: Dict, generate: Callable[
     key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
     cache = Path(data_root) / name / key
     generated = (cache / "manifest.json").exists()
-    stop_at_layout_check(name, generated)
+    # the arrays are a function of the generator's parameters (its version is in every job hash)
+    fingerprint = hashlib.sha256(json.dumps({"name": name, "params": params}, sort_keys=True).encode()).hexdigest()[:16]
+    stop_at_layout_check(name, generated, fingerprint)
     if not generated:
         cache.mkdir(parents=True, exist_ok=True)
         for array_name, arr in zip(ARRAYS, generate()):
@@ -39,7 +41,7 @@ def load_generated(name: str, data_root: Path, params: Dict, generate: Callable[
         os.replace(tmp, cache / "manifest.json")  # written last: its presence marks a complete cache
     loaded = {a: np.load(cache / f"{a}.npy", mmap_mode="r" if a in ("images", "masks") else None) for a in ARRAYS if (cache / f"{a}.npy").exists()}
     return ImageDataset(name=name, images=loaded["images"], labels=loaded["labels"], class_names=list(class_names), patient_ids=loaded["patient_ids"],
-                        split=loaded["split"], masks=loaded.get("masks"), mask_name=mask_name if "masks" in loaded else None)
+                        split=loaded["split"], masks=loaded.get("masks"), mask_name=mask_name if "masks" in loaded else None, fingerprint=fingerprint)
 
 
 def render_each(n_items: int, render: Callable[[int], None], description: str, progress: bool = False) -> None:

@@ -60,6 +60,7 @@ class VolumeDataset:
     annotated: List[int]  # organ ids (1-13) the dataset labels at all
     source_spacing: List[Tuple[float, float, float]]
     organ_voxels: Optional[np.ndarray] = None  # cases x 13 voxel counts at the working spacing (from the cache manifest)
+    fingerprint: Optional[str] = None  # the source files' names and sizes with the preprocessing (the cache's name)
 
     class_names = ORGANS
 
@@ -183,7 +184,7 @@ def load_volumes(name: str, root: Path, cases: Sequence[Case], spacing: Sequence
     cache_dir = root / CACHE_DIRNAME / f"volumes-{ident}"
     manifest_path = cache_dir / "manifest.json"
     if cache_module._LAYOUT_ONLY and not manifest_path.exists():  # a run checking every dataset's layout first
-        raise LayoutChecked(name)
+        raise LayoutChecked(name, ident)
     cache_dir.mkdir(parents=True, exist_ok=True)
     if not manifest_path.exists():
         chains = {labelled: preprocessing(spacing, labelled) for labelled in (False, True)}
@@ -217,4 +218,4 @@ def load_volumes(name: str, root: Path, cases: Sequence[Case], spacing: Sequence
     split = official_fold_split([c.case_id for c in cases], fold) if fold is not None else split_by_patient(patient_ids, seed, split_fractions)
     organ_voxels = np.array([[e["voxels"][str(k)] for k in range(1, 14)] for e in manifest["entries"]], dtype=np.int64) if labelled else None
     return VolumeDataset(name, [c.case_id for c in cases], patient_ids, split, images, labels, spacing,
-                         sorted(int(k) for k in annotated), [tuple(e["source_spacing"]) for e in manifest["entries"]], organ_voxels)
+                         sorted(int(k) for k in annotated), [tuple(e["source_spacing"]) for e in manifest["entries"]], organ_voxels, ident)

@@ -32,11 +32,11 @@ from medssl.backbone import ResNetTrunk
 from medssl.metrics import multilabel_auc
 from medssl.precision import autocast, fixed_precision, lightning_devices, precision_for
 from medssl.progress import SparseMetricsProgressBar, lightning_logger
-from medssl.stream import MappedImages, ShuffledBatches
+from medssl.stream import MappedImages, ShuffledBatches, batches_per_epoch, training_batches
 
 
 def epochs_for(n_train: int, batch_size: int, settings: Dict[str, Any]) -> int:
-    steps_per_epoch = max(1, math.ceil(n_train / batch_size))
+    steps_per_epoch = batches_per_epoch(n_train, batch_size)
     return max(int(settings["epochs"]), math.ceil(int(settings.get("min_steps", 0)) / steps_per_epoch))
 
 
@@ -96,7 +96,7 @@ def linear_probe(features: np.ndarray, labels: np.ndarray, train_idx: np.ndarray
     best = (-math.inf, -1, None)
     for epoch in range(epochs):
         head.train()
-        for batch in torch.randperm(len(x_train), generator=generator).split(batch_size):
+        for batch in training_batches(torch.randperm(len(x_train), generator=generator), batch_size):
             loss = F.binary_cross_entropy_with_logits(head(x_train[batch]), y_train[batch])
             optimizer.zero_grad()
             loss.backward()
@@ -214,7 +214,7 @@ def fine_tune(encoder: ResNetTrunk, meta: Dict[str, Any], image_size: int, image
     pl.seed_everything(seed, workers=True, verbose=False)
     batch_size = int(settings.get("batch_size", 64))
     epochs = epochs_for(len(train_idx), batch_size, settings)
-    steps = epochs * max(1, math.ceil(len(train_idx) / batch_size))
+    steps = epochs * batches_per_epoch(len(train_idx), batch_size)
     cuda = device.startswith("cuda")
     loader = ShuffledBatches(MappedImages(images, train_idx), batch_size, torch.Generator().manual_seed(seed), labels=labels[train_idx], drop_last=False, pin=cuda, resident="auto" if cuda else False)
     val_images = MappedImages(images, val_idx)

@@ -44,6 +44,7 @@ from methods.base import PretrainProtocol
 
 ENCODER_FILE = "encoder.pt"
 ENCODER_SIDECAR = "encoder.json"  # the encoder's metadata and the SHA-256 of encoder.pt
+DATA_FILE = "data.json"  # the corpus's name and data fingerprint, written when the pretraining starts
 
 
 DIVERGENCE_ADVICE = "no encoder is cached. Lower the learning rate (pretrain.optimizer.lr) or use fp32 (--precision 32), then run again"
@@ -313,6 +314,14 @@ def corpus_indices(job: PretrainJob, dataset) -> np.ndarray:
     return np.sort(np.concatenate([dataset.indices(s) for s in job.config["corpus"].get("splits", ["train", "val"])]))
 
 
+def write_run_files(job: PretrainJob, dataset, run_dir: Path) -> None:
+    """``config.json`` and :data:`DATA_FILE` in the run's folder, before any training: a resumed or reused
+    pretraining is checked against the data it started from (medssl/runner.check_unchanged)."""
+    (run_dir / "config.json").write_text(json.dumps(job.config, indent=1, sort_keys=True))
+    if not (run_dir / DATA_FILE).exists() or not (run_dir / "last.ckpt").exists():  # a resumed run keeps its start's
+        _write_json(run_dir / DATA_FILE, {"dataset": dataset.name, "fingerprint": dataset.fingerprint})
+
+
 def epoch_checkpoint(run_dir: Path) -> pl.callbacks.ModelCheckpoint:
     """Lightning's ``last.ckpt`` in the run's folder, rewritten after every epoch: the resume point."""
     return pl.callbacks.ModelCheckpoint(dirpath=run_dir, filename="last", save_top_k=1, every_n_epochs=1, enable_version_counter=False)
@@ -358,7 +367,7 @@ def run_pretraining(job: PretrainJob, dataset: ImageDataset, checkpoints_dir: Pa
 def _train_and_export(job: PretrainJob, dataset: ImageDataset, run_dir: Path, device: str, progress: bool, max_time_s: Optional[float], callbacks: Sequence[pl.Callback],
                       precision: str, devices: int, compile_loss: bool, nodes: int, logger: Optional[str]) -> Path:
     encoder_path = run_dir / ENCODER_FILE
-    (run_dir / "config.json").write_text(json.dumps(job.config, indent=1, sort_keys=True))
+    write_run_files(job, dataset, run_dir)
     indices = corpus_indices(job, dataset)
     images = MappedImages(dataset.images, indices)  # read batch by batch from the cache, never copied whole
     stats = channel_statistics(dataset.images, indices, seed=job.seed)
@@ -462,6 +471,7 @@ def _train_and_export(job: PretrainJob, dataset: ImageDataset, run_dir: Path, de
         "nodes": nodes,
         "history": read_history(run_dir),
         "resumed": resumes(run_dir),
+        "data_fingerprint": dataset.fingerprint,
     }
     return _save_encoder(job, run_dir, state, meta)
 
@@ -494,7 +504,7 @@ def _train_volumes_and_export(job: PretrainJob, dataset, run_dir: Path, device: 
     from medssl.track3d import architecture
     from methods.vox2vec3d import EpochOfSteps, VolumeSteps
 
-    (run_dir / "config.json").write_text(json.dumps(job.config, indent=1, sort_keys=True))
+    write_run_files(job, dataset, run_dir)
     volumes = [dataset.images[i] for i in corpus_indices(job, dataset)]
     pretrain = job.config["protocol"]
     protocol = PretrainProtocol(backbone="fpn3d", in_channels=1, epochs=int(pretrain["epochs"]), steps_per_epoch=int(pretrain["steps_per_epoch"]),
@@ -523,5 +533,5 @@ def _train_volumes_and_export(job: PretrainJob, dataset, run_dir: Path, device: 
     meta = {"method": job.method, "hash": job.hash, "backbone": "fpn3d", "in_channels": 1,
             "architecture": architecture(job.config["params"]),
             "spacing": list(dataset.spacing), "pretrain_images": len(volumes), "wall_time_s": round(time.time() - start, 2), "precision": "32-true", "devices": 1, "nodes": 1,
-            "history": read_history(run_dir), "resumed": resumes(run_dir)}
+            "history": read_history(run_dir), "resumed": resumes(run_dir), "data_fingerprint": dataset.fingerprint}
     return _save_encoder(job, run_dir, state, meta)

@@ -3,14 +3,16 @@
 Finished work is never redone: evaluations whose key is in the result store are skipped, pretrainings whose
 ``encoder.pt`` exists are reused, and an interrupted pretraining resumes from its last epoch. Before any work every
 dataset is checked (layout, then channels, masks and label fractions); a pretraining that fails (diverges) is
-reported and skipped with its evaluations while the other jobs go on (``failed`` in the returned summary).
+reported and skipped with its evaluations while the other jobs go on (``failed`` in the returned summary), and so is
+an evaluation that raises (``failed_evaluations``).
 """
 from __future__ import annotations
 
 import copy
+import json
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -23,7 +25,7 @@ from medssl.external import load_external
 from medssl.metrics import multilabel_auc
 from medssl.plan import EvalJob, Plan, PretrainJob, task_type
 from medssl.precision import configure_cuda, fixed_precision, precision_for
-from medssl.pretrain import ENCODER_FILE, PretrainingFailed, encoder_status, load_encoder, run_pretraining
+from medssl.pretrain import DATA_FILE, ENCODER_FILE, PretrainingFailed, encoder_status, load_encoder, run_pretraining
 from medssl.records import ResultStore
 from medssl.segment import train_segmentation
 from medssl.splits import label_fraction_indices
@@ -50,8 +52,9 @@ class DatasetCache:
 
 
 def make_record(job: EvalJob, suite_name: str, dataset: ImageDataset, result: Dict[str, Any], metrics: Dict[str, Any], n_split: Dict[str, int], device: str, wall_time: float, precision: str,
-                meta: Dict[str, Any]) -> Dict[str, Any]:
-    """One evaluation's record; an external encoder's carries its file (path, SHA-256, normalisation, architecture)."""
+                meta: Dict[str, Any], data: Dict[str, Any]) -> Dict[str, Any]:
+    """One evaluation's record; an external encoder's carries its file (path, SHA-256, normalisation, architecture);
+    ``data``: :func:`data_stamp`."""
     return {
         "key": job.key,
         "suite": suite_name,
@@ -60,6 +63,7 @@ def make_record(job: EvalJob, suite_name: str, dataset: ImageDataset, result: Di
         "pretrain_seed": job.pretrain.seed,
         "task": job.task["name"],
         "dataset": dataset.name,
+        "data": data,
         "protocol": job.protocol,
         "fraction": job.fraction,
         "seed": job.seed,
@@ -144,29 +148,114 @@ def pretraining_verb(run_dir: Path) -> str:
     return "resuming" if (run_dir / "last.ckpt").exists() else "pretraining"
 
 
-def check_datasets(jobs: List[EvalJob], data_root: Path) -> None:
+def check_datasets(jobs: Sequence, data_root: Path, finished: Sequence = ()) -> Dict[str, Optional[str]]:
     """Every dataset the jobs read is present with the right layout, checked before any work (caches are not built
-    here); one error lists every problem, so a missing EyePACS is found before NIH has been pretrained on."""
-    problems = []
-    for spec in dataset_specs(jobs):
+    here); one error lists every problem, so a missing EyePACS is found before NIH has been pretrained on. Returns the
+    data fingerprint of each dataset of ``jobs`` and ``finished`` (jobs with stored results: their datasets need not
+    be present, None where absent) by :func:`dataset_identity`, for :func:`check_unchanged`."""
+    problems, fingerprints = [], {}
+    required = {dataset_identity(spec) for spec in dataset_specs(jobs)}
+    for spec in dataset_specs(list(jobs) + list(finished)):
+        ident = dataset_identity(spec)
         try:
             with layout_only():
-                load_dataset(spec["name"], data_root, **(spec.get("params") or {}))
-        except LayoutChecked:
-            pass
+                fingerprints[ident] = load_dataset(spec["name"], data_root, **(spec.get("params") or {})).fingerprint
+        except LayoutChecked as checked:
+            fingerprints[ident] = checked.fingerprint
         except DatasetError as err:
+            fingerprints[ident] = None
             message = str(err)
-            problems.append(message if message.startswith(f"{spec['name']}") else f"{spec['name']}: {message}")
+            if ident in required:
+                problems.append(message if message.startswith(f"{spec['name']}") else f"{spec['name']}: {message}")
     problems = list(dict.fromkeys(problems))  # the folds of one dataset (CT suites) share one layout problem
     if problems:
         raise DatasetError(f"{len(problems)} of the suite's datasets cannot be used; nothing has been run:\n  " + "\n  ".join(problems) if len(problems) > 1 else problems[0])
+    return fingerprints
 
 
-def check_tasks(jobs: List[EvalJob], datasets: DatasetCache) -> None:
+def job_datasets(job) -> Dict[str, Dict[str, Any]]:
+    """The dataset specs one evaluation job read, by role: its pretraining corpus (through the encoder) and its task."""
+    return {"corpus": job.pretrain.config["corpus"], "task": job.task["dataset"]}
+
+
+def data_stamp(job, datasets: DatasetCache) -> Dict[str, Dict[str, Any]]:
+    """What a record stores of the data its job read: each dataset's name and data fingerprint (the corpus's is the
+    one its encoder was trained from: :func:`check_unchanged` refused the run otherwise)."""
+    return {role: {"name": spec["name"], "fingerprint": datasets.get(spec).fingerprint} for role, spec in job_datasets(job).items()}
+
+
+def check_unchanged(jobs: Sequence, store: ResultStore, checkpoints: Path, fingerprints: Dict[str, Optional[str]]) -> None:
+    """Before any work: no stored record and no started or finished pretraining of ``jobs`` was computed from other
+    data than the data root holds now (an edited label table, added or replaced images). Their job keys hash the
+    configuration only, so they would be reused as if nothing had changed; instead one error names each changed
+    dataset and what was made from it. Records and encoders from before data fingerprints were stored, and
+    datasets absent now, are not compared."""
+    stored = {record["key"]: record for record in store if record.get("data")}
+    changed: Dict[str, Dict[str, Any]] = {}
+
+    def compare(name: str, then: Optional[str], now: Optional[str], what: str, key: str) -> None:
+        if then and now and then != now:
+            entry = changed.setdefault(name, {"then": then, "now": now, "evaluations": set(), "pretrainings": set()})
+            entry[what].add(key)
+
+    for job in jobs:
+        for role, spec in job_datasets(job).items():
+            now = fingerprints.get(dataset_identity(spec))
+            for key in getattr(job, "record_keys", [job.key]):
+                if key in stored:
+                    compare(spec["name"], stored[key]["data"][role]["fingerprint"], now, "evaluations", key)
+        used = checkpoints / job.pretrain.key / DATA_FILE
+        if used.exists():
+            corpus = job.pretrain.config["corpus"]
+            compare(corpus["name"], json.loads(used.read_text()).get("fingerprint"), fingerprints.get(dataset_identity(corpus)), "pretrainings", job.pretrain.key)
+    if changed:
+        lines = [f"{name} has changed since results were computed from it (data fingerprint {c['then']} then, {c['now']} now): "
+                 f"{len(c['evaluations'])} stored evaluations in {store.directory}, {len(c['pretrainings'])} pretrainings in {checkpoints}" for name, c in changed.items()]
+        raise DatasetError("; ".join(lines) + ". Nothing has been run: to compute from the changed data use a new --out, to keep using the stored results restore the data as it was")
+
+
+def check_data(pending: Sequence, jobs: Sequence, data_root: Path, store: ResultStore, checkpoints: Path) -> None:
+    """The checks every run (and dry run) makes before any work: the datasets of the ``pending`` jobs are usable
+    (:func:`check_datasets`) and nothing stored for ``jobs`` came from other data (:func:`check_unchanged`)."""
+    check_unchanged(jobs, store, checkpoints, check_datasets(pending, data_root, finished=jobs))
+
+
+# a linear probe standardises the features over its training images and fine-tuning's BatchNorm needs two images
+MIN_TRAIN_IMAGES = 2
+
+
+def check_split_sizes(task: Dict[str, Any], dataset: ImageDataset) -> List[str]:
+    """Every job of ``task`` can train and be scored: its smallest label fraction holds at least
+    :data:`MIN_TRAIN_IMAGES` training images (a fraction's subset is never smaller than its target,
+    medssl/splits.py), validation and test images exist, and a classification task has a class the validation and
+    test macro AUCs can score. Returns the notes a run prints: classes that the test macro AUC leaves out."""
+    name, train = task["name"], dataset.indices("train")
+    smallest = min(float(f) for f in task["fractions"])
+    target = int(round(smallest / 100 * len(train)))
+    if target < MIN_TRAIN_IMAGES:
+        needed = 100 * (MIN_TRAIN_IMAGES - 0.5) / max(len(train), 1)
+        raise ConfigError(f"task {name!r}: label fraction {smallest:g}% of {len(train)} training images is {target} image{'s' if target != 1 else ''}; "
+                          f"every protocol needs at least {MIN_TRAIN_IMAGES} (use a fraction of at least {needed:.2g}% or more data)")
+    for split in ("val", "test"):
+        if not len(dataset.indices(split)):
+            raise ConfigError(f"task {name!r}: {dataset.name} has no {split} images, so nothing can be {'selected' if split == 'val' else 'scored'}; use more patients")
+    if task_type(task) == "segmentation":
+        return []
+    labels = np.asarray(dataset.labels)
+    scored = {split: multilabel_auc(labels[dataset.indices(split)], np.zeros((len(dataset.indices(split)), labels.shape[1])), dataset.class_names) for split in ("val", "test")}
+    for split, auc in scored.items():
+        if not auc["per_class_auc"]:
+            raise ConfigError(f"task {name!r}: no class of {dataset.name} has both a positive and a negative {split} image, so its macro AUC is undefined; use more patients")
+    excluded = scored["test"]["excluded_classes"]
+    return [f"task {name!r}: {len(excluded)} of {len(dataset.class_names)} classes have no positive (or no negative) test image and are left out of its macro AUC: {', '.join(excluded)}"] if excluded else []
+
+
+def check_tasks(jobs: List[EvalJob], datasets: DatasetCache) -> List[str]:
     """What would otherwise fail only after pretraining: a task whose images have other channels than its
-    pretraining corpus, a segmentation task without masks, a label fraction below one training image. Loads
-    (builds the caches of) every dataset the jobs need, before any pretraining."""
-    checked = set()
+    pretraining corpus, a segmentation task without masks, splits too small to train or score on
+    (:func:`check_split_sizes`). Loads (builds the caches of) every dataset the jobs need, before any pretraining.
+    Returns the notes for the log (classes left out of a macro AUC)."""
+    checked, notes = set(), []
     for job in jobs:
         task = job.task
         if task["name"] in checked:
@@ -181,11 +270,8 @@ def check_tasks(jobs: List[EvalJob], datasets: DatasetCache) -> None:
             raise ConfigError(f"task {task['name']!r} has {dataset.channels}-channel images but its pretraining corpus {corpus.name!r} has {corpus.channels}-channel images; pair each task with a corpus of its kind (tasks[].pretrain)")
         if task_type(task) == "segmentation" and dataset.masks is None:
             raise ConfigError(f"task {task['name']!r} is a segmentation task but dataset {dataset.name!r} has no masks; use a dataset with masks (synthetic_cxr, siim_acr)")
-        fractions = sorted({float(f) for f in task["fractions"]})
-        try:
-            label_fraction_indices(dataset.indices("train"), np.asarray(dataset.labels), dataset.patient_ids, fractions[:1], 0)
-        except ConfigError as err:
-            raise ConfigError(f"task {task['name']!r}: {err}") from None
+        notes += check_split_sizes(task, dataset)
+    return notes
 
 
 def check_external_encoders(jobs, datasets: DatasetCache) -> None:
@@ -213,13 +299,14 @@ def run_plan(plan: Plan, data_root: Path, out_dir: Path, device: str = "cpu", pr
     done = store.keys()
     pending = [job for job in plan.eval_jobs if job.key not in done]
     log(f"{len(plan.eval_jobs)} evaluations in the plan, {len(plan.eval_jobs) - len(pending)} already done, {len(pending)} to run")
+    checkpoints = Path(out_dir) / "checkpoints"
+    check_data(pending, plan.eval_jobs, data_root, store, checkpoints)
     if not pending:
         return {"ran": 0, "skipped": len(plan.eval_jobs), "failed": []}
     datasets = DatasetCache(data_root)
-    checkpoints = Path(out_dir) / "checkpoints"
     needed: Dict[str, PretrainJob] = {job.pretrain.key: job.pretrain for job in pending}
-    check_datasets(pending, data_root)
-    check_tasks(pending, datasets)
+    for note in check_tasks(pending, datasets):
+        log(f"note: {note}")
     check_external_encoders(needed.values(), datasets)
     encoders: Dict[str, Optional[Path]] = {}
     failed: List[str] = []
@@ -241,7 +328,7 @@ def run_plan(plan: Plan, data_root: Path, out_dir: Path, device: str = "cpu", pr
         if global_rank != 0:
             continue
         _, meta = load_encoder(encoders[key])
-        store.append_pretraining({"key": key, "method": pjob.method, "hash": pjob.hash, "seed": pjob.seed, "config": pjob.config, "wall_time_s": meta["wall_time_s"], "pretrain_images": meta["pretrain_images"], "history": meta["history"], "precision": meta.get("precision"), "git_commit": provenance.git_commit(), "hardware": provenance.hardware(device)})
+        store.append_pretraining({"key": key, "method": pjob.method, "hash": pjob.hash, "seed": pjob.seed, "config": pjob.config, "wall_time_s": meta["wall_time_s"], "pretrain_images": meta["pretrain_images"], "history": meta["history"], "precision": meta.get("precision"), "data_fingerprint": meta.get("data_fingerprint"), "git_commit": provenance.git_commit(), "hardware": provenance.hardware(device)})
     if global_rank != 0:
         return {"ran": 0, "skipped": len(plan.eval_jobs) - len(pending), "failed": failed}
 
@@ -250,7 +337,7 @@ def run_plan(plan: Plan, data_root: Path, out_dir: Path, device: str = "cpu", pr
         if job.pretrain.key not in encoders:
             continue  # its pretraining failed: listed in ``failed``
         groups.setdefault((job.pretrain.key, job.task["name"]), []).append(job)
-    ran = 0
+    ran, failed_evaluations = 0, []
     for (pretrain_key, task_name), jobs in groups.items():
         task = jobs[0].task
         dataset = datasets.get(task["dataset"])
@@ -269,16 +356,22 @@ def run_plan(plan: Plan, data_root: Path, out_dir: Path, device: str = "cpu", pr
                 subsets[job.seed] = label_fraction_indices(split["train"], labels, dataset.patient_ids, fractions, job.seed)
             train_idx = subsets[job.seed][job.fraction]
             n_split = {"train": int(len(train_idx)), "val": int(len(split["val"])), "test": int(len(split["test"]))}
-            if task_type(task) == "segmentation":
-                result, metrics, predictions, summary, used = evaluate_segmentation(job, encoder, meta, dataset, train_idx, split, image_size, device)
-            else:
-                if job.protocol in ("linear", "knn") and features is None:
-                    features = extract_features(encoder, dataset.images, image_size, meta["mean"], meta["std"], device=device)
-                result, metrics, predictions, summary, used = evaluate_classification(job, encoder, meta, dataset, features, train_idx, split, image_size, device, progress, precision,
-                                                                                      checkpoints / pretrain_key / "finetune" / job.key, logger)
-            record = make_record(job, suite["name"], dataset, result, metrics, n_split, device, time.time() - start, used, meta)
+            try:
+                if task_type(task) == "segmentation":
+                    result, metrics, predictions, summary, used = evaluate_segmentation(job, encoder, meta, dataset, train_idx, split, image_size, device)
+                else:
+                    if job.protocol in ("linear", "knn") and features is None:
+                        features = extract_features(encoder, dataset.images, image_size, meta["mean"], meta["std"], device=device)
+                    result, metrics, predictions, summary, used = evaluate_classification(job, encoder, meta, dataset, features, train_idx, split, image_size, device, progress, precision,
+                                                                                          checkpoints / pretrain_key / "finetune" / job.key, logger)
+            except Exception as err:  # noqa: BLE001 - one evaluation that cannot be computed must not stop the others
+                reason = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:300] if str(err).strip() else ''}"
+                failed_evaluations.append(f"{job.describe()} ({job.key}): {reason}")
+                log(f"  FAILED: {job.describe()}: {reason}")
+                continue
+            record = make_record(job, suite["name"], dataset, result, metrics, n_split, device, time.time() - start, used, meta, data_stamp(job, datasets))
             store.append(record, predictions=predictions)
             ran += 1
             chosen = f"l2 {result['selected_l2']:g}" if result.get("selected_l2") is not None else (f"epoch {result['best_epoch']}" if result["best_epoch"] is not None else "nothing tuned")
             log(f"  {job.describe()}: {summary} (val {result['val_value']:.4f}, {chosen})")
-    return {"ran": ran, "skipped": len(plan.eval_jobs) - len(pending), "failed": failed}
+    return {"ran": ran, "skipped": len(plan.eval_jobs) - len(pending), "failed": failed, "failed_evaluations": failed_evaluations}

@@ -30,7 +30,7 @@ from medssl.backbone import ResNetTrunk
 from medssl.evaluate import epochs_for, is_validation_epoch
 from medssl.precision import autocast, fixed_precision
 from medssl.unet import UNetDecoder
-from medssl.stream import MappedImages
+from medssl.stream import MappedImages, batches_per_epoch, training_batches
 
 
 def per_image_dice(predicted: np.ndarray, truth: np.ndarray) -> np.ndarray:
@@ -109,7 +109,7 @@ def train_segmentation(encoder: ResNetTrunk, meta: Dict[str, Any], image_size: i
     model = SegmentationModel(encoder, meta["mean"], meta["std"], image_size, freeze_encoder).to(device)
     batch_size = int(settings.get("batch_size", 32))
     epochs = epochs_for(len(train_idx), batch_size, settings)
-    steps = epochs * max(1, math.ceil(len(train_idx) / batch_size))
+    steps = epochs * batches_per_epoch(len(train_idx), batch_size)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=float(settings["lr"]), weight_decay=float(settings.get("weight_decay", 1e-4)))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, steps) / steps)))
@@ -119,7 +119,7 @@ def train_segmentation(encoder: ResNetTrunk, meta: Dict[str, Any], image_size: i
     best = (-math.inf, -1, None)
     for epoch in range(epochs):
         model.train()
-        for batch in torch.randperm(len(train_idx), generator=generator).split(batch_size):
+        for batch in training_batches(torch.randperm(len(train_idx), generator=generator), batch_size):
             idx = train_idx[batch.numpy()]
             x = source[idx].to(device)
             y = mask_targets(masks, idx, image_size).to(device)

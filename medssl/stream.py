@@ -28,6 +28,24 @@ from datasets.base import from_memmap_reference, memmap_reference
 RESIDENT_SHARE_OF_FREE_MEMORY = 0.25
 
 
+def training_batches(order: torch.Tensor, batch_size: int) -> list:
+    """``order`` in batches of ``batch_size`` with the remainder last, as ``DataLoader(drop_last=False)`` gives
+    them, except that a remainder of **one** image joins the batch before it: BatchNorm in training mode cannot
+    normalise one image whose last feature map is 1 x 1 ("Expected more than 1 value per channel", e.g. 32 px,
+    batch 8, 33 images), and a one-image step is noise where it does run. Every evaluation protocol trains on
+    these batches (fine-tuning, segmentation, the AdamW probe)."""
+    batches = list(order.split(batch_size))
+    if len(batches) > 1 and len(batches[-1]) == 1:
+        batches[-2:] = [torch.cat(batches[-2:])]
+    return batches
+
+
+def batches_per_epoch(n_images: int, batch_size: int) -> int:
+    """How many batches :func:`training_batches` makes of ``n_images`` (at least one)."""
+    full, remainder = divmod(n_images, batch_size)
+    return max(1, full + (remainder > 1 or full == 0))
+
+
 class MappedImages:
     """Rows ``rows`` of a uint8 image array (N x C x H x W, usually the memory-mapped cache), read on demand:
     ``len()`` and indexing by a position, a slice, or an array/tensor of positions return torch uint8 tensors.
@@ -104,7 +122,8 @@ def _process_share() -> tuple:
 class ShuffledBatches:
     """The batches of one epoch per ``iter()``: ``images`` (and ``labels``, when given: batches are then
     ``(images, labels)`` tuples, else ``[images]``) in the order of ``DataLoader(..., shuffle=True,
-    drop_last=drop_last, generator=generator)``; ``batch_size`` is the global batch, split over DDP's processes.
+    drop_last=drop_last, generator=generator)`` (without ``drop_last``, a last batch of one image joins the one
+before it: :func:`training_batches`); ``batch_size`` is the global batch, split over DDP's processes.
 
     ``pin``: batches in page-locked memory (for a non-blocking copy to the GPU). ``resident``: ``"auto"`` keeps the
     split on the current CUDA device when it takes at most a quarter of its free memory and gathers batches there
@@ -121,7 +140,7 @@ class ShuffledBatches:
 
     def __len__(self) -> int:
         n = len(self.images)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        return n // self.batch_size if self.drop_last else batches_per_epoch(n, self.batch_size)
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -137,7 +156,7 @@ class ShuffledBatches:
         order = torch.randperm(len(self.images), generator=self.generator)
         if not self.drop_last and len(self.images) % self.batch_size:
             torch.randperm(len(self.images), generator=self.generator)
-        batches = list(order.split(self.batch_size))
+        batches = list(order.split(self.batch_size)) if self.drop_last else training_batches(order, self.batch_size)
         if self.drop_last and batches and len(batches[-1]) < self.batch_size:
             batches.pop()
         rank, world = _process_share()

@@ -188,13 +188,13 @@ def random_fpn(job: CTJob) -> torch.nn.Module:
     return FPN3d(**job.config["architecture"])
 
 
-def ct_record(job: CTJob, head: str, suite_name: str, dataset, result: Dict[str, Any], device: str, wall_time: float) -> Dict[str, Any]:
+def ct_record(job: CTJob, head: str, suite_name: str, dataset, result: Dict[str, Any], device: str, wall_time: float, data: Dict[str, Any]) -> Dict[str, Any]:
     dice = np.asarray(result["dice"], dtype=np.float64)
     annotated = set(dataset.annotated)
     per_organ = {name: (float(np.mean(dice[:, k])) if k + 1 in annotated else None) for k, name in enumerate(dataset.class_names)}
     split = {s: int(len(dataset.indices(s))) for s in ("train", "val", "test")}
     return {"key": job.record_key(head), "suite": suite_name, "method": job.method, "head": head, "pretrain_hash": job.pretrain.hash if job.trained else None,
-            "pretrain_seed": job.pretrain.seed, "task": job.task["name"], "dataset": dataset.name, "protocol": job.protocol, "fold": job.fold, "fraction": 100.0,
+            "pretrain_seed": job.pretrain.seed, "task": job.task["name"], "dataset": dataset.name, "data": data, "protocol": job.protocol, "fold": job.fold, "fraction": 100.0,
             "seed": job.seed, "metric": "mean_dice", "value": float(result["mean_dice"]), "per_class": per_organ,
             "excluded_classes": [name for k, name in enumerate(dataset.class_names) if k + 1 not in annotated],
             "n_train": split["train"], "n_val": split["val"], "n_test": split["test"], "best_epoch": result["best_epoch"], "epochs": result["epochs"],
@@ -210,19 +210,19 @@ def run_ct_plan(plan: CTPlan, data_root: Path, out_dir: Path, device: str = "cpu
                 store: Optional[ResultStore] = None, logger: Optional[str] = None) -> Dict[str, Any]:
     """Pretrain what the pending evaluations need, evaluate, append the records (see the module docstring)."""
     from medssl.pretrain import ENCODER_FILE, PretrainingFailed, load_encoder, run_pretraining
-    from medssl.runner import DatasetCache, check_datasets, pretraining_verb
+    from medssl.runner import DatasetCache, check_data, data_stamp, pretraining_verb
     from medssl.segment3d import train_fpn_segmentation
 
     store = store or ResultStore(Path(out_dir) / plan.suite["name"])
     done = store.keys()
     pending = [job for job in plan.eval_jobs if not all(key in done for key in job.record_keys)]
     log(f"{len(plan.eval_jobs)} evaluations in the plan, {len(plan.eval_jobs) - len(pending)} already done, {len(pending)} to run")
+    checkpoints = Path(out_dir) / "checkpoints"
+    check_data(pending, plan.eval_jobs, data_root, store, checkpoints)
     if not pending:
         return {"ran": 0, "skipped": len(plan.eval_jobs), "failed": []}
     datasets = DatasetCache(data_root)
-    check_datasets(pending, data_root)
     check_ct_tasks(pending, datasets)
-    checkpoints = Path(out_dir) / "checkpoints"
     encoders: Dict[str, Path] = {}
     failed: List[str] = []
     for pjob in {job.pretrain.key: job.pretrain for job in pending if job.trained}.values():
@@ -238,7 +238,7 @@ def run_ct_plan(plan: CTPlan, data_root: Path, out_dir: Path, device: str = "cpu
         _, meta = load_encoder(encoders[pjob.key])
         store.append_pretraining({"key": pjob.key, "method": pjob.method, "hash": pjob.hash, "seed": pjob.seed, "config": pjob.config, "wall_time_s": meta["wall_time_s"],
                                   "pretrain_images": meta["pretrain_images"], "history": meta["history"], "precision": meta["precision"],
-                                  "git_commit": provenance.git_commit(), "hardware": provenance.hardware(device)})
+                                  "data_fingerprint": meta.get("data_fingerprint"), "git_commit": provenance.git_commit(), "hardware": provenance.hardware(device)})
     ran = 0
     for job in pending:
         if job.trained and job.pretrain.key not in encoders:
@@ -255,7 +255,7 @@ def run_ct_plan(plan: CTPlan, data_root: Path, out_dir: Path, device: str = "cpu
                 continue
             predictions = {"case_ids": np.asarray([dataset.case_ids[i] for i in split["test"]], dtype=str), "patient_ids": np.asarray(dataset.patient_ids)[split["test"]],
                            "dice": np.asarray(result["dice"], dtype=np.float32), "class_names": np.asarray(dataset.class_names, dtype=str)}
-            store.append(ct_record(job, head, plan.suite["name"], dataset, result, device, wall_time), predictions=predictions)
+            store.append(ct_record(job, head, plan.suite["name"], dataset, result, device, wall_time, data_stamp(job, datasets)), predictions=predictions)
             log(f"  {job.describe()} {head}: test mean Dice {result['mean_dice']:.4f} (val {result['val_value']:.4f}, epoch {result['best_epoch']})")
         ran += 1
     return {"ran": ran, "skipped": len(plan.eval_jobs) - len(pending), "failed": failed}

@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from datasets import load_dataset
+from datasets import DatasetError, load_dataset
 from medssl.config import ConfigError, load_suite
 from medssl.plan import build_plan
 from medssl.pretrain import ENCODER_FILE, CorruptCheckpoint, encoder_status, load_encoder, run_pretraining
@@ -155,6 +155,51 @@ def test_impossible_label_fraction_is_refused_before_pretraining(tmp_path, capsy
     assert main(cli(tmp_path, suite)) == 2
     assert "label fraction 0.001% of" in capsys.readouterr().err
     assert not any((tmp_path / "results" / "checkpoints").glob("*/encoder.pt"))
+
+
+def test_a_fraction_of_one_image_is_refused_before_pretraining(tmp_path, capsys):
+    """1 % of the smoke suite's training images is one image, on which the probe's standardisation is NaN and
+    L-BFGS raised mid-run (issue 31); two images run every protocol."""
+    suite = tiny_suite(tmp_path, **{"tasks.0.fractions": [1, 100]})
+    assert main(cli(tmp_path, suite)) == 2
+    err = capsys.readouterr().err
+    assert "label fraction 1% of" in err and "is 1 image; every protocol needs at least 2" in err
+    assert not any((tmp_path / "results" / "checkpoints").glob("*/encoder.pt"))
+    suite = tiny_suite(tmp_path, **{"methods": ["supervised"], "tasks.0.fractions": [3], "tasks.0.protocols": ["linear", "knn", "finetune"],
+                                    "evaluation.knn": {"k": 20, "temperature": 0.07}})
+    assert main(cli(tmp_path, suite)) == 0
+    records = ResultStore(tmp_path / "results" / "tiny").records()
+    assert sorted(r["protocol"] for r in records) == ["finetune", "knn", "linear"] and {r["n_train"] for r in records} == {2}
+
+
+def test_an_evaluation_that_fails_is_reported_and_the_others_are_stored(tmp_path, capsys, monkeypatch):
+    import medssl.runner as runner
+
+    def broken(*args, **kwargs):
+        raise FloatingPointError("the solver gave up")
+
+    monkeypatch.setattr(runner, "knn_classify", broken)
+    suite = tiny_suite(tmp_path, **{"methods": ["supervised"], "tasks.0.protocols": ["knn", "linear"], "evaluation.knn": {"k": 20, "temperature": 0.07}})
+    assert main(cli(tmp_path, suite)) == 1
+    err = capsys.readouterr().err
+    assert "1 evaluation failed; everything else is stored" in err and "FloatingPointError: the solver gave up" in err
+    assert [r["protocol"] for r in ResultStore(tmp_path / "results" / "tiny").records()] == ["linear"]
+
+
+def test_a_one_image_last_batch_trains_in_fine_tuning_and_segmentation(synthetic_root):
+    """32 px, batches of 8, 33 training images: the last batch of one image made BatchNorm raise "Expected more
+    than 1 value per channel when training" (issue 31); it joins the batch before it."""
+    from medssl.backbone import ResNetTrunk
+    from medssl.evaluate import fine_tune
+    from medssl.segment import train_segmentation
+
+    ds = load_dataset("synthetic_cxr", synthetic_root, n_images=64, size=32, seed=0)
+    train, val, test = ds.indices("train")[:33], ds.indices("val"), ds.indices("test")
+    settings, meta = {"epochs": 1, "lr": 1e-3, "batch_size": 8}, {"mean": [0.5], "std": [0.25]}
+    tuned = fine_tune(ResNetTrunk(), meta, 32, ds.images, ds.labels, train, val, test, ds.class_names, settings, seed=0)
+    assert np.isfinite(tuned["test_scores"]).all()
+    segmented = train_segmentation(ResNetTrunk(), meta, 32, ds.images, np.asarray(ds.masks), train, val, test, settings, seed=0, freeze_encoder=False)
+    assert 0 <= segmented["test"]["mean_dice"] <= 1
 
 
 # 7. concurrent runs --------------------------------------------------------------------------------------------
@@ -301,3 +346,58 @@ def test_a_failed_report_write_leaves_the_old_reports_whole(tmp_path, monkeypatc
     monkeypatch.undo()
     write_reports(plan, [], folder)
     assert (folder / "notes.txt").read_text() == "mine" and not list(tmp_path.glob(".smoke.*"))
+
+
+# 12. changed data under finished results (issue 31) -----------------------------------------------------------
+def nih_suite(tmp_path, **changes):
+    """The tiny suite on a fake NIH ChestX-ray14 (tests/test_nih_chestxray14.py): random init, linear probe."""
+    nih = {"name": "nih_chestxray14", "params": {"size": 16, "val_fraction": 0.25}}
+    return tiny_suite(tmp_path, **{"methods": ["supervised"], "pretrain.datasets": {"nih": {**nih, "splits": ["train", "val"]}},
+                                   "pretrain.image_size": 16, "tasks.0.dataset": nih, "tasks.0.pretrain": "nih", **changes})
+
+
+def test_results_from_changed_labels_are_refused_not_reused(tmp_path, capsys):
+    from tests.test_nih_chestxray14 import make_fake_nih
+
+    root = make_fake_nih(tmp_path / "data" / "nih_chestxray14")
+    suite = nih_suite(tmp_path)
+    assert main(cli(tmp_path, suite)) == 0
+    records = ResultStore(tmp_path / "results" / "tiny").records()
+    stamp = records[0]["data"]
+    assert stamp["task"]["name"] == "nih_chestxray14" and stamp["task"]["fingerprint"] == stamp["corpus"]["fingerprint"]
+    labels = root / "Data_Entry_2017.csv"
+    labels.write_text(labels.read_text().replace("Hernia", "Mass"))
+    capsys.readouterr()
+    assert main(cli(tmp_path, suite)) == 2
+    err = capsys.readouterr().err
+    assert "nih_chestxray14 has changed since results were computed from it" in err and "1 stored evaluations" in err and "use a new --out" in err
+    assert main(cli(tmp_path, suite, "--dry-run")) == 2, "a dry run says so too"
+    assert len(ResultStore(tmp_path / "results" / "tiny").records()) == len(records), "the stored results are kept"
+
+
+def test_a_label_edit_that_keeps_the_file_size_is_not_served_from_the_old_cache(tmp_path):
+    from tests.test_nih_chestxray14 import make_fake_nih
+
+    root = make_fake_nih(tmp_path / "nih_chestxray14")
+    before = load_dataset("nih_chestxray14", tmp_path, size=16)
+    labels = root / "Data_Entry_2017.csv"
+    text = labels.read_text()
+    swapped = text.replace("Cardiomegaly,0", "@,0").replace("Infiltration,", "Cardiomegaly,").replace("@,0", "Infiltration,0")
+    assert len(swapped) == len(text) and swapped != text
+    labels.write_text(swapped)
+    with pytest.raises(DatasetError, match="different input files"):
+        load_dataset("nih_chestxray14", tmp_path, size=16)
+    assert before.fingerprint is not None
+
+
+def test_report_with_other_settings_than_the_run_names_the_stored_ones(tmp_path, capsys):
+    """A report under settings that match none of the stored records wrote empty tables or nothing, and exited 0
+    (issue 31): it lists the --set changes of the runs stored there."""
+    suite = tiny_suite(tmp_path, **{"methods": ["supervised"]})
+    assert main(cli(tmp_path, suite, "--set", "pretrain.image_size=24")) == 0
+    capsys.readouterr()
+    reports = ["--reports", str(tmp_path / "reports")]
+    assert main(["report", "--suite", str(suite), "--out", str(tmp_path / "results"), *reports]) == 2
+    err = capsys.readouterr().err
+    assert "none of the 1 results stored in" in err and "the runs stored there used: --set pretrain.image_size=24" in err
+    assert main(["report", "--suite", str(suite), "--out", str(tmp_path / "results"), "--set", "pretrain.image_size=24", *reports]) == 0

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from medssl.stream import MappedImages, ShuffledBatches
+from medssl.stream import MappedImages, ShuffledBatches, batches_per_epoch, training_batches
 
 
 @pytest.fixture
@@ -56,3 +56,17 @@ def test_a_cut_cache_file_is_named(cache_file):
         fh.truncate(cache_file.stat().st_size - 8)
     with pytest.raises(OSError, match="truncated.*delete the cache folder"):
         images[np.array([36])]
+
+
+def test_a_last_batch_of_one_image_joins_the_one_before(cache_file):
+    """33 images in batches of 8: the DataLoader's last batch holds one image, which BatchNorm cannot train on at
+    32 px; it joins the batch before it, with the same generator draws (issue 31)."""
+    mapped = np.load(cache_file, mmap_mode="r")[:33]
+    old_generator, new_generator = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    old = list(DataLoader(TensorDataset(torch.from_numpy(np.array(mapped))), batch_size=8, shuffle=True, drop_last=False, generator=old_generator))
+    new = ShuffledBatches(MappedImages(mapped, np.arange(33)), 8, new_generator, drop_last=False)
+    got = [b[0] for b in new]
+    assert len(new) == len(got) == 4 and [len(b) for b in got] == [8, 8, 8, 9]
+    assert torch.equal(torch.cat(got), torch.cat([b[0] for b in old])) and torch.equal(old_generator.get_state(), new_generator.get_state())
+    assert [len(b) for b in training_batches(torch.arange(9), 8)] == [9] and [len(b) for b in training_batches(torch.arange(1), 8)] == [1]
+    assert [batches_per_epoch(n, 8) for n in (1, 7, 8, 9, 10, 17)] == [1, 1, 1, 1, 2, 2]
