@@ -48,7 +48,7 @@ def suite_options(parser: argparse.ArgumentParser, narrowing: bool = True) -> No
     parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", dest="settings",
                         help="override one suite setting, e.g. --set pretrain.epochs=5 or --set 'tasks.0.fractions=[1,100]' (value read as YAML; repeatable); "
                         "checked by the suite schema and hashed as if the suite file said so; the tables go to REPORTS/<suite>--set-<hash>/")
-    parser.add_argument("--encoder", action="append", default=[], metavar="NAME=PATH[,mean=M,std=S,prefix=P]",
+    parser.add_argument("--encoder", action="append", default=[], metavar="NAME=PATH[,mean=M,std=S,prefix=P,stem=S]",
                         help="add an encoder you bring as a table row, evaluated like every method (repeatable): a torchvision/timm ResNet state dict, "
                         "a Lightning checkpoint of a lightly or solo-learn model, or a .safetensors file (README \"Evaluate your own encoder\")")
     if narrowing:
@@ -65,8 +65,14 @@ def reports_option(parser: argparse.ArgumentParser) -> None:
                         "or changed by --set goes to REPORTS/<suite>--<tag>/ and never replaces the suite's (default: reports, or OUT/reports with --out)")
 
 
+def data_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-root", help="folder with the datasets, each in its folder (README \"Real datasets\"); synthetic data is generated there (default: ./data)")
+    parser.add_argument("--data", action="append", default=[], metavar="DATASET=PATH",
+                        help="read one dataset from a folder of its own, e.g. --data nih_chestxray14=/downloads/archive (repeatable; not hashed: records carry the data's fingerprint)")
+
+
 def training_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data-root", help="folder with the datasets; synthetic data is generated there (default: ./data)")
+    data_options(parser)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto = cuda if available)")
     parser.add_argument("--precision", default="auto", choices=("auto", "32", "bf16"), help="training precision: auto = bf16 autocast where the hardware runs it natively (recent GPUs, CPUs with AVX512-BF16), fp16 on older GPUs, else fp32; 32 forces fp32 (default: auto)")
     parser.add_argument("--logger", choices=("csv", "tensorboard"), help="Lightning logger for pretraining and fine-tuning, its logs kept next to the checkpoint: "
@@ -93,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "(the suite's batch size is the global batch; BatchNorm synchronised; rank 0 evaluates) (default: 1)")
     run.add_argument("--nodes", type=int, default=1, help="pretrain across this many nodes with DDP; start one process per device on every node with srun or torchrun, e.g. 'srun --nodes 2 --ntasks-per-node 4 python run_benchmark.py --suite miccai2024 --nodes 2 --devices 4' (default: 1)")
     run.add_argument("--compile", action="store_true", help="compile each pretraining step's loss computation (trunk, heads, EMA targets, decoders, loss) with torch.compile (GPU; needs a C++ compiler on CPU)")
+    run.add_argument("--keep-checkpoints", action="store_true", help="keep each finished pretraining's last.ckpt (optimizer and method state, "
+                     "several times the encoder) instead of deleting it once encoder.pt is stored; benchmarks/exported_batchnorm.py reads it")
     run.add_argument("--dry-run", action="store_true", help="print the plan (every pretraining and evaluation job with its key and status) and exit")
     run.add_argument("--list", action="store_true", help="list suites, methods and datasets and exit")
     report = commands.add_parser("report", help=DESCRIPTIONS["report"], description=DESCRIPTIONS["report"])
@@ -108,11 +116,13 @@ def build_parser() -> argparse.ArgumentParser:
     training_options(export)
     examples = commands.add_parser("examples", help=DESCRIPTIONS["examples"], description=DESCRIPTIONS["examples"])
     examples.add_argument("--dataset", default="synthetic_cxr", help="the dataset (default: synthetic_cxr)")
-    examples.add_argument("--data-root", help="folder with the datasets; synthetic data is generated there (default: ./data)")
+    data_options(examples)
     examples.add_argument("--image", default="docs/synthetic_cxr_examples.png", help="output PNG path (default: docs/synthetic_cxr_examples.png)")
     prepare = commands.add_parser("prepare", help=DESCRIPTIONS["prepare"], description=DESCRIPTIONS["prepare"])
     prepare.add_argument("--dataset", default="synthetic_cxr", help="the dataset, e.g. nih_chestxray14 (default: synthetic_cxr)")
-    prepare.add_argument("--data-root", help="folder with the datasets (default: ./data)")
+    data_options(prepare)
+    prepare.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", dest="params",
+                         help="a loader parameter as a suite's dataset params give it, e.g. --param labels=patient for odir (value read as YAML; repeatable)")
     prepare.add_argument("--size", type=int, default=256, help="side of the cached square images in pixels (default: 256, what the miccai2024 suite reads)")
     prepare.add_argument("--spacing", help="for CT datasets: the voxel spacing in mm the volumes are resampled to, x,y,z (default: the loader's; 1,1,2 for BTCV, AMOS, FLARE22 as vox2vec)")
     prepare.add_argument("--no-progress", action="store_true", help="no progress bars (for logs and CI)")
@@ -163,6 +173,50 @@ def resolve_data_root(arg) -> Path:
     return root
 
 
+def resolve_data_roots(args, create: bool = True):
+    """--data-root (see :func:`resolve_data_root`; a dry run does not create ./data) with each --data DATASET=PATH."""
+    from datasets import dataset_names
+    from datasets.base import DataRoots
+    from medssl.config import ConfigError
+
+    default = resolve_data_root(args.data_root) if create or args.data_root is not None else Path("data")
+    folders = {}
+    for text in args.data:
+        name, sep, path = text.partition("=")
+        if not sep or not name or not path:
+            raise ConfigError(f"--data {text!r}: write DATASET=PATH, e.g. --data nih_chestxray14=/downloads/archive")
+        if name not in dataset_names():
+            raise ConfigError(f"--data {text!r}: unknown dataset {name!r}; known datasets: {', '.join(dataset_names())}")
+        if not Path(path).is_dir():
+            raise ConfigError(f"--data {text!r}: folder {path} does not exist")
+        folders[name] = Path(path)
+    return DataRoots(default, folders)
+
+
+def yaml_value(text: str):
+    """A command-line value read as YAML (``labels=patient`` -> 'patient', ``seed=3`` -> 3)."""
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def split_without_positives(dataset) -> List[str]:
+    """Per split, the classes without a positive image: a macro AUC leaves them out (warned by ``prepare``)."""
+    import numpy as np
+
+    notes = []
+    for split in ("train", "val", "test"):
+        rows = dataset.indices(split)
+        if len(rows):
+            empty = [name for name, count in zip(dataset.class_names, np.asarray(dataset.labels)[rows].sum(0)) if count == 0]
+            if empty:
+                notes.append(f"{len(empty)} classes have no positive {split} image{' (left out of the test macro AUC)' if split == 'test' else ''}: {', '.join(empty)}")
+    return notes
+
+
 def list_everything() -> None:
     from datasets import describe_datasets
     from medssl.config import load_suite, suite_names
@@ -177,14 +231,9 @@ def list_everything() -> None:
     print("Datasets:")
     for name, text in describe_datasets().items():
         print(f"  {name:<14} {text}")
-    print("Your own encoders (README \"Evaluate your own encoder\"): --encoder NAME=PATH[,mean=M,std=S,prefix=P] adds a row. The ImageNet-supervised\n"
+    print("Your own encoders (README \"Evaluate your own encoder\"): --encoder NAME=PATH[,mean=M,std=S,prefix=P,stem=S] adds a row. The ImageNet-supervised\n"
           "  row from torchvision's weights file (download it where you have a network; nothing is downloaded here):\n"
-          "    python run_benchmark.py --suite quick --encoder imagenet=resnet18-f37072fd.pth   (ImageNet's mean/std by default; grayscale: conv1 summed)")
-
-
-def dry_run_data_root(arg) -> Path:
-    """The data root a dry run checks the layouts under: as a run resolves it, but ./data is not created."""
-    return resolve_data_root(arg) if arg is not None else Path("data")
+          "    python run_benchmark.py --suite quick --encoder imagenet=resnet18-f37072fd.pth   (ImageNet's mean/std by default; a grey image is fed as three channels)")
 
 
 def print_plan(plan, store, out_dir: Path) -> None:
@@ -338,7 +387,7 @@ def main(argv=None) -> int:
         if args.command == "examples":
             from medssl.examples import draw_examples
 
-            path = draw_examples(args.dataset, resolve_data_root(args.data_root), Path(args.image))
+            path = draw_examples(args.dataset, resolve_data_roots(args), Path(args.image))
             print(f"wrote {path}")
             return 0
         if args.command == "prepare":
@@ -355,7 +404,13 @@ def main(argv=None) -> int:
                     options["spacing"] = [float(v) for v in args.spacing.split(",")]
                 except ValueError:
                     raise ConfigError(f"--spacing {args.spacing!r}: give three numbers in mm, x,y,z, e.g. 1,1,2") from None
-            dataset = load_dataset(args.dataset, resolve_data_root(args.data_root), progress=not args.no_progress, **options)
+            for text in args.params:
+                key, sep, value = text.partition("=")
+                if not sep or key not in takes or key in ("size", "spacing"):
+                    known = ", ".join(k for k in takes if k not in ("size", "spacing"))
+                    raise ConfigError(f"--param {text!r}: {args.dataset} takes KEY=VALUE with KEY one of {known} (--size and --spacing have options of their own)")
+                options[key] = yaml_value(value)
+            dataset = load_dataset(args.dataset, resolve_data_roots(args), progress=not args.no_progress, **options)
             summary = dataset.summary()
             if "volumes" in summary:  # a CT dataset (datasets/volumes.py)
                 print(f"{summary['name']}: {summary['volumes']} volumes of {summary['patients']} patients; source spacing {summary['source_spacing_mm']['min']} - {summary['source_spacing_mm']['max']} mm, "
@@ -367,6 +422,8 @@ def main(argv=None) -> int:
                 return 0
             print(f"{summary['name']}: {summary['images']} images of {summary['patients']} patients at {summary['size'][-1]} px; splits {summary['splits']}")
             print("positives: " + ", ".join(f"{k} {v}" for k, v in summary["positives"].items()))
+            for note in split_without_positives(dataset):
+                print(f"warning: {note}")
             return 0
         from medssl.plan import build_plan, parse_shard, shard_plan
         from medssl.progress import check_logger
@@ -382,8 +439,8 @@ def main(argv=None) -> int:
 
             check_logger(args.logger)
             export_dir = Path(args.export_dir) if args.export_dir else out_dir / "exports" / suite["name"]
-            data_root = resolve_data_root(args.data_root)
-            check_writable(export_dir, out_dir / "checkpoints", data_root)
+            data_root = resolve_data_roots(args)
+            check_writable(export_dir, out_dir / "checkpoints", *data_root.folders())
             for path in export_method(plan, args.method, data_root, out_dir / "checkpoints", export_dir, device=resolve_device(args.device), precision=args.precision,
                                       progress=not args.no_progress, logger=args.logger):
                 print(f"wrote {path}")
@@ -406,7 +463,7 @@ def main(argv=None) -> int:
             from medssl.runner import check_data
 
             done = store.keys()
-            check_data([job for job in plan.eval_jobs if job.key not in done], plan.eval_jobs, dry_run_data_root(args.data_root), store, out_dir / "checkpoints")
+            check_data([job for job in plan.eval_jobs if job.key not in done], plan.eval_jobs, resolve_data_roots(args, create=False), store, out_dir / "checkpoints")
             return 0
         check_logger(args.logger)
         from medssl.cluster import check_batch_split, check_multi_node, single_node_launch
@@ -425,13 +482,13 @@ def main(argv=None) -> int:
             print(f"starting {args.devices} processes (torchrun, one per device)", flush=True)
             return subprocess.call(relaunch)
         global_rank = check_multi_node(args.nodes, args.devices)
-        data_root = resolve_data_root(args.data_root)
+        data_root = resolve_data_roots(args)
         if global_rank == 0:
-            check_writable(store.directory, out_dir / "checkpoints", data_root, *([reports_root] if shard is None else []))
+            check_writable(store.directory, out_dir / "checkpoints", *data_root.folders(), *([reports_root] if shard is None else []))
         started = time.time()
         with store.lock() if global_rank == 0 else contextlib.nullcontext():
             summary = run_plan(plan, data_root, out_dir, device=device, progress=not args.no_progress, store=store, precision=args.precision, devices=args.devices, compile_loss=args.compile,
-                               nodes=args.nodes, global_rank=global_rank, logger=args.logger)
+                               nodes=args.nodes, global_rank=global_rank, logger=args.logger, keep_checkpoints=args.keep_checkpoints)
         if global_rank != 0:
             return 0  # rank 0 evaluates, writes the records and the reports
         if shard is None:
@@ -494,15 +551,15 @@ def run_ct_command(args, argv, full_suite, suite, tag: str) -> int:
             print(f"  {job.key}  {job.describe()} [{'done' if all(k in done for k in job.record_keys) else 'pending'}]")
         from medssl.runner import check_data
 
-        check_data([job for job in plan.eval_jobs if not all(k in done for k in job.record_keys)], plan.eval_jobs, dry_run_data_root(args.data_root), store, out_dir / "checkpoints")
+        check_data([job for job in plan.eval_jobs if not all(k in done for k in job.record_keys)], plan.eval_jobs, resolve_data_roots(args, create=False), store, out_dir / "checkpoints")
         return 0
     check_logger(args.logger)
     device = resolve_device(args.device)
-    data_root = resolve_data_root(args.data_root)
-    check_writable(store.directory, out_dir / "checkpoints", data_root, reports_root)
+    data_root = resolve_data_roots(args)
+    check_writable(store.directory, out_dir / "checkpoints", *data_root.folders(), reports_root)
     started = time.time()
     with store.lock():
-        summary = run_ct_plan(plan, data_root, out_dir, device=device, progress=not args.no_progress, store=store, logger=args.logger)
+        summary = run_ct_plan(plan, data_root, out_dir, device=device, progress=not args.no_progress, store=store, logger=args.logger, keep_checkpoints=args.keep_checkpoints)
     for path in write_ct_reports(report_plan, store, report_dir):
         print(f"wrote {path}")
     log_run(store.directory, argv, summary, device, time.time() - started, "32")

@@ -6,7 +6,9 @@ statistics of its training path, which it exported before issue 16.
     python benchmarks/exported_batchnorm.py --suite quick --method mlvicx
 
 The second row needs the pretraining's ``last.ckpt`` (in results/checkpoints/, not committed): its backbone holds the
-training path's statistics. Weights are checked to be identical to the exported encoder's, so the two rows differ in
+training path's statistics. A run deletes it once the encoder is stored unless given ``--keep-checkpoints``; to
+make it again, delete the pretraining's folder and run the suite with ``--keep-checkpoints`` (the pretraining is
+reproduced bit for bit). Weights are checked to be identical to the exported encoder's, so the two rows differ in
 BatchNorm statistics alone. Same label subsets, seeds and probe as the suite; written to
 reports/<suite>/exported_batchnorm.md.
 """
@@ -72,7 +74,8 @@ def main() -> int:
     stored = ResultStore(Path(args.out) / suite["name"]).records()
     missing = sorted({job.pretrain.key for job in plan.eval_jobs if not (Path(args.out) / "checkpoints" / job.pretrain.key / "last.ckpt").exists()})
     if missing or not any(r["key"] in {job.key for job in plan.eval_jobs} for r in stored):
-        print(f"run the suite first: no stored records or last.ckpt for {', '.join(missing) or args.method} under {args.out}", file=sys.stderr)
+        print(f"run the suite first: no stored records or last.ckpt for {', '.join(missing) or args.method} under {args.out} "
+              "(a run deletes last.ckpt unless --keep-checkpoints: delete those folders under checkpoints/ and run the suite with it)", file=sys.stderr)
         return 2
     datasets = DatasetCache(Path(args.data_root))
     values = {}

@@ -14,19 +14,20 @@ import re
 from pathlib import Path
 from typing import Sequence
 
-from datasets.base import DatasetError, register_dataset
+from datasets.base import DatasetError, find_folder, register_dataset, where_to_put
 from datasets.volumes import Case, VolumeDataset, load_volumes
 
 REMAP = {1: 1, 2: 2, 3: 3, 4: 4, 5: 5, 6: 6, 7: 7, 8: 8, 9: 9, 10: 11, 11: 12, 12: 13, 13: 0, 14: 0, 15: 0}
 MAX_CT_ID = 500
 
 
-@register_dataset("amos", "AMOS22 CT cases (ids <= 500), 13 organs mapped to BTCV's table, no portal vein (3D; needs --data-root)")
+@register_dataset("amos", "AMOS22 CT cases (ids <= 500), 13 organs mapped to BTCV's table, no portal vein (3D; needs --data-root)", folder="amos22",
+                  source="amos22.zip (Zenodo), which unpacks as amos22/")
 def load_amos(data_root: Path, spacing: Sequence[float] = (1.0, 1.0, 2.0), seed: int = 0, progress: bool = False) -> VolumeDataset:
-    root = Path(data_root) / "amos22"
+    root = find_folder("amos", data_root, lambda c: (c / "dataset.json").is_file())
+    if root is None:
+        raise DatasetError(f"amos: no dataset.json in {Path(data_root) / 'amos22'} or {data_root}; {where_to_put('amos', data_root)}")
     index = root / "dataset.json"
-    if not index.is_file():
-        raise DatasetError(f"amos: {index} not found; unpack amos22.zip into {Path(data_root)} (README \"Real datasets\")")
     try:
         entries = [e for part in ("training", "validation") for e in json.loads(index.read_text()).get(part, [])]
     except (ValueError, AttributeError) as err:

@@ -133,11 +133,14 @@ DatasetLoader = Callable[..., ImageDataset]
 _REGISTRY: Dict[str, DatasetLoader] = {}
 _DESCRIPTIONS: Dict[str, str] = {}
 _VERSIONS: Dict[str, int] = {}
+_FOLDERS: Dict[str, tuple] = {}
 
 
-def register_dataset(name: str, description: str, version: int = 1) -> Callable[[DatasetLoader], DatasetLoader]:
+def register_dataset(name: str, description: str, version: int = 1, folder: Optional[str] = None, source: Optional[str] = None) -> Callable[[DatasetLoader], DatasetLoader]:
     """``version`` changes whenever the loader would return different arrays for the same files/parameters;
-    it is part of every job hash that uses the dataset, so cached checkpoints and records are never stale."""
+    it is part of every job hash that uses the dataset, so cached checkpoints and records are never stale.
+    ``folder``: the folder under the data root that a real dataset is read from; ``source``: where it comes from
+    and the folder its archive unpacks as (for the message when it is missing: :func:`where_to_put`)."""
 
     def wrap(fn: DatasetLoader) -> DatasetLoader:
         if name in _REGISTRY:
@@ -145,9 +148,53 @@ def register_dataset(name: str, description: str, version: int = 1) -> Callable[
         _REGISTRY[name] = fn
         _DESCRIPTIONS[name] = description
         _VERSIONS[name] = version
+        if folder is not None:
+            _FOLDERS[name] = (folder, source)
         return fn
 
     return wrap
+
+
+def where_to_put(name: str, data_root: Path) -> str:
+    """What a missing real dataset's message says to do: the folder to create (or symlink) under the data root, the
+    archive it comes from, and the per-dataset alternative ``--data NAME=PATH``."""
+    folder, source = _FOLDERS[name]
+    return (f"put it in {Path(data_root) / folder} (from {source}: move or symlink the unpacked folder there, "
+            f"e.g. ln -s /path/to/it {Path(data_root) / folder}), or give its folder with --data {name}=PATH")
+
+
+def find_folder(name: str, data_root: Path, holds: Callable[[Path], bool]) -> Optional[Path]:
+    """The dataset's registered folder under ``data_root`` if it ``holds`` the dataset, else ``data_root`` itself if
+    it does (a ``--data NAME=PATH`` folder, or a data root that is the dataset), else None."""
+    folder = Path(data_root) / _FOLDERS[name][0]
+    return next((c for c in (folder, Path(data_root)) if holds(c)), None)
+
+
+def dataset_folders() -> Dict[str, tuple]:
+    """(folder under the data root, source) of each real dataset."""
+    return dict(sorted(_FOLDERS.items()))
+
+
+@dataclasses.dataclass(frozen=True)
+class DataRoots:
+    """Where each dataset is read from: ``default`` (``--data-root``), or a folder of its own (``--data
+    NAME=PATH``, the dataset's folder itself: it need not be named as under the data root). Never hashed: the
+    data fingerprint (datasets/cache.fingerprint) identifies the data, wherever it lies."""
+
+    default: Path
+    per_dataset: Dict[str, Path] = dataclasses.field(default_factory=dict)
+
+    def of(self, name: str) -> Path:
+        return Path(self.per_dataset.get(name, self.default))
+
+    def folders(self) -> List[Path]:
+        """Every folder datasets (and their caches) are read from and written to."""
+        return [Path(self.default), *map(Path, self.per_dataset.values())]
+
+
+def root_of(name: str, data_root) -> Path:
+    """The folder dataset ``name`` is read from, for a plain data root or :class:`DataRoots`."""
+    return data_root.of(name) if isinstance(data_root, DataRoots) else Path(data_root)
 
 
 def dataset_version(name: str) -> int:
@@ -171,7 +218,8 @@ def describe_datasets() -> Dict[str, str]:
     return dict(sorted(_DESCRIPTIONS.items()))
 
 
-def load_dataset(name: str, data_root: Path, **params) -> ImageDataset:
+def load_dataset(name: str, data_root, **params) -> ImageDataset:
+    """``data_root``: a folder (``--data-root``) or :class:`DataRoots`."""
     if name not in _REGISTRY:
         raise DatasetError(f"unknown dataset {name!r}; known datasets: {', '.join(dataset_names())}")
-    return _REGISTRY[name](Path(data_root), **params)
+    return _REGISTRY[name](root_of(name, data_root), **params)

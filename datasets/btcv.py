@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Sequence
 
-from datasets.base import DatasetError, register_dataset
+from datasets.base import DatasetError, find_folder, register_dataset, where_to_put
 from datasets.volumes import Case, VolumeDataset, load_volumes
 
 LAYOUTS = (("RawData/Training/img", "RawData/Training/label"), ("imagesTr", "labelsTr"))
@@ -34,10 +34,11 @@ def btcv_cases(root: Path, image_dir: str = "", label_dir: str = "") -> list:
     raise DatasetError(f"btcv: no img*.nii.gz under {root}/RawData/Training/img or {root}/imagesTr; put BTCV's RawData folder in {root} (README \"Real datasets\")")
 
 
-@register_dataset("btcv", "BTCV abdominal CT, 30 labelled cases, 13 organs (3D; needs --data-root)")
+@register_dataset("btcv", "BTCV abdominal CT, 30 labelled cases, 13 organs (3D; needs --data-root)", folder="btcv",
+                  source="Synapse's Multi-Atlas Labeling Beyond the Cranial Vault, Abdomen: RawData.zip, which unpacks as RawData/ (keep it inside the btcv folder)")
 def load_btcv(data_root: Path, spacing: Sequence[float] = (1.0, 1.0, 2.0), seed: int = 0, fold: int = -1, progress: bool = False) -> VolumeDataset:
     """``fold`` 0-4: the official 5-fold split (23 training, 1 validation, 6 test cases); -1: patient split by ``seed``."""
-    root = Path(data_root) / "btcv"
-    if not root.is_dir():
-        raise DatasetError(f"btcv: folder {root} not found; put BTCV's RawData/Training in it (README \"Real datasets\")")
+    root = find_folder("btcv", data_root, lambda c: any((c / images).is_dir() for images, _ in LAYOUTS))
+    if root is None:
+        raise DatasetError(f"btcv: neither {Path(data_root) / 'btcv'} nor {data_root} holds RawData/Training/img or imagesTr; {where_to_put('btcv', data_root)}")
     return load_volumes("btcv", root, btcv_cases(root), spacing, remap=None, annotated=range(1, 14), seed=seed, progress=progress, fold=None if fold < 0 else fold)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from datasets.base import DatasetError, ImageDataset, register_dataset, split_by_patient
+from datasets.base import DatasetError, ImageDataset, register_dataset, split_by_patient, where_to_put
 from datasets.cache import cached_dataset
 from datasets.imageio import decode_fundus
 
@@ -23,11 +23,12 @@ CLASS_NAMES = ["No DR", "Mild", "Moderate", "Severe", "Proliferative"]
 LOADER_VERSION = 1
 
 
-@register_dataset("eyepacs", "EyePACS fundus photographs, DR grade 0-4 (needs --data-root)", version=LOADER_VERSION)
+@register_dataset("eyepacs", "EyePACS fundus photographs, DR grade 0-4 (needs --data-root)", version=LOADER_VERSION,
+                  folder="eyepacs", source="Kaggle diabetic-retinopathy-detection, which unpacks as diabetic-retinopathy-detection/ (unzip trainLabels.csv.zip and train.zip.* in it)")
 def load_eyepacs(data_root: Path, size: int = 256, seed: int = 0, progress: bool = False) -> ImageDataset:
     root = next((c for c in (Path(data_root) / "eyepacs", Path(data_root)) if (c / "trainLabels.csv").exists()), None)
     if root is None:
-        raise DatasetError(f"EyePACS not found: no trainLabels.csv in {Path(data_root) / 'eyepacs'} or {data_root}; download the Kaggle diabetic-retinopathy-detection data and point --data-root at it")
+        raise DatasetError(f"EyePACS not found: no trainLabels.csv in {Path(data_root) / 'eyepacs'} or {data_root}; {where_to_put('eyepacs', data_root)}")
     names, grades = [], []
     with open(root / "trainLabels.csv", newline="", encoding="utf-8-sig") as fh:  # Excel's "CSV UTF-8" starts with a BOM
         reader = csv.reader(fh)

@@ -11,19 +11,20 @@ import re
 from pathlib import Path
 from typing import Sequence
 
-from datasets.base import DatasetError, register_dataset
+from datasets.base import DatasetError, find_folder, register_dataset, where_to_put
 from datasets.volumes import Case, VolumeDataset, load_volumes
 
 REMAP = {1: 6, 2: 2, 3: 1, 4: 11, 5: 8, 6: 9, 7: 12, 8: 13, 9: 4, 10: 5, 11: 7, 12: 0, 13: 3}
 FOLDER = "Training/FLARE22_LabeledCase50"
 
 
-@register_dataset("flare22", "FLARE22 labelled CTs (50), 13 organs mapped to BTCV's table, no portal vein (3D; needs --data-root)")
+@register_dataset("flare22", "FLARE22 labelled CTs (50), 13 organs mapped to BTCV's table, no portal vein (3D; needs --data-root)", folder="flare22",
+                  source="the FLARE22 challenge's training data, which holds Training/FLARE22_LabeledCase50/")
 def load_flare22(data_root: Path, spacing: Sequence[float] = (1.0, 1.0, 2.0), seed: int = 0, progress: bool = False) -> VolumeDataset:
-    root = Path(data_root) / "flare22"
+    root = find_folder("flare22", data_root, lambda c: any((c / FOLDER / "images").glob("FLARE22_Tr_*_0000.nii.gz")))
+    if root is None:
+        raise DatasetError(f"flare22: no FLARE22_Tr_NNNN_0000.nii.gz under {Path(data_root) / 'flare22' / FOLDER / 'images'} or {Path(data_root) / FOLDER / 'images'}; {where_to_put('flare22', data_root)}")
     images = sorted((root / FOLDER / "images").glob("FLARE22_Tr_*_0000.nii.gz"))
-    if not images:
-        raise DatasetError(f"flare22: no FLARE22_Tr_NNNN_0000.nii.gz under {root / FOLDER / 'images'}; unpack the labelled training cases there (README \"Real datasets\")")
     cases = []
     for path in images:
         number = re.fullmatch(r"FLARE22_Tr_(\d+)_0000\.nii\.gz", path.name).group(1)

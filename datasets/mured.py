@@ -16,7 +16,7 @@ from typing import List, Tuple
 
 import numpy as np
 
-from datasets.base import DatasetError, ImageDataset, register_dataset
+from datasets.base import DatasetError, ImageDataset, register_dataset, where_to_put
 from datasets.cache import cached_dataset
 from datasets.imageio import decode_fundus
 
@@ -44,12 +44,13 @@ def read_label_table(path: Path, id_column: str, class_names: List[str]) -> Tupl
     return ids, np.array(rows, dtype=np.uint8).reshape(-1, len(class_names))
 
 
-@register_dataset("mured", "MuReD fundus images, 20 labels, official train/val files (needs --data-root)", version=LOADER_VERSION)
+@register_dataset("mured", "MuReD fundus images, 20 labels, official train/val files (needs --data-root)", version=LOADER_VERSION,
+                  folder="mured", source="Mendeley Data, which unpacks as 'Multi-Label Retinal Diseases (MuReD) Dataset/' (also read under that name)")
 def load_mured(data_root: Path, size: int = 256, seed: int = 0, val_fraction: float = 0.1, progress: bool = False) -> ImageDataset:
     candidates = (Path(data_root) / "mured", Path(data_root) / "Multi-Label Retinal Diseases (MuReD) Dataset", Path(data_root))
     root = next((c for c in candidates if (c / "train_data.csv").exists()), None)
     if root is None or not (root / "val_data.csv").exists():
-        raise DatasetError(f"MuReD not found: none of {', '.join(str(c) for c in candidates)} holds train_data.csv and val_data.csv; download MuReD and point --data-root at it")
+        raise DatasetError(f"MuReD not found: none of {', '.join(str(c) for c in candidates)} holds train_data.csv and val_data.csv; {where_to_put('mured', data_root)}")
     train_ids, train_labels = read_label_table(root / "train_data.csv", "ID", CLASS_NAMES)
     test_ids, test_labels = read_label_table(root / "val_data.csv", "ID", CLASS_NAMES)
     ids = train_ids + test_ids

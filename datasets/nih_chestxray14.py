@@ -23,7 +23,7 @@ from typing import Dict, List, Tuple
 
 import numpy as np
 
-from datasets.base import DatasetError, ImageDataset, register_dataset
+from datasets.base import DatasetError, ImageDataset, register_dataset, where_to_put
 from datasets.cache import cached_dataset
 from datasets.imageio import decode_image
 
@@ -37,7 +37,7 @@ def locate_root(data_root: Path) -> Path:
     for candidate in (Path(data_root) / "nih_chestxray14", Path(data_root)):
         if any((candidate / name).exists() for name in ENTRY_FILES):
             return candidate
-    raise DatasetError(f"NIH ChestX-ray14 not found: neither {Path(data_root) / 'nih_chestxray14'} nor {data_root} contains {' or '.join(ENTRY_FILES)}; download the dataset (Kaggle nih-chest-xrays/data or the NIH Box) and point --data-root at the folder that holds it")
+    raise DatasetError(f"NIH ChestX-ray14 not found: neither {Path(data_root) / 'nih_chestxray14'} nor {data_root} contains {' or '.join(ENTRY_FILES)}; {where_to_put('nih_chestxray14', data_root)}")
 
 
 def read_entries(path: Path) -> List[Tuple[str, List[str], int]]:
@@ -112,7 +112,8 @@ def carve_validation(patients: np.ndarray, val_fraction: float, seed: int) -> np
     return np.random.default_rng([seed, 11]).permutation(unique)[:n_val]
 
 
-@register_dataset("nih_chestxray14", "NIH ChestX-ray14, 14 findings, official train_val/test lists (needs --data-root)", version=LOADER_VERSION)
+@register_dataset("nih_chestxray14", "NIH ChestX-ray14, 14 findings, official train_val/test lists (needs --data-root)", version=LOADER_VERSION,
+                  folder="nih_chestxray14", source="Kaggle nih-chest-xrays/data, which unpacks as archive/, or the NIH Box download")
 def load_nih_chestxray14(data_root: Path, size: int = 256, val_fraction: float = 0.1, seed: int = 0, progress: bool = False) -> ImageDataset:
     if not 0 < val_fraction < 1:
         raise DatasetError(f"val_fraction must be between 0 and 1, got {val_fraction}")

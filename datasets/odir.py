@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from datasets.base import DatasetError, ImageDataset, register_dataset, split_by_patient
+from datasets.base import DatasetError, ImageDataset, register_dataset, split_by_patient, where_to_put
 from datasets.cache import cached_dataset
 from datasets.imageio import decode_fundus
 
@@ -33,7 +33,8 @@ IMAGE_FOLDERS = ("preprocessed_images", "ODIR-5K/Training Images", "ODIR-5K/ODIR
 LOADER_VERSION = 1
 
 
-@register_dataset("odir", "ODIR-5K fundus images, 8 labels per eye (full_df.csv) or per patient (data.xlsx) (needs --data-root)", version=LOADER_VERSION)
+@register_dataset("odir", "ODIR-5K fundus images, 8 labels per eye (full_df.csv) or per patient (data.xlsx) (needs --data-root)", version=LOADER_VERSION,
+                  folder="odir", source="Kaggle ocular-disease-recognition-odir5k, which unpacks as ocular-disease-recognition-odir5k/")
 def load_odir(data_root: Path, size: int = 256, seed: int = 0, labels: str = "eye", progress: bool = False) -> ImageDataset:
     if labels not in ("eye", "patient"):
         raise DatasetError(f"odir: labels must be 'eye' (full_df.csv) or 'patient' (data.xlsx), got {labels!r}")
@@ -44,7 +45,7 @@ def load_odir(data_root: Path, size: int = 256, seed: int = 0, labels: str = "ey
     root = next((c for c in candidates if (c / label_file).exists()), None)
     if root is None:
         other = "labels=patient reads data.xlsx" if labels == "eye" else "labels=eye reads the Kaggle full_df.csv"
-        raise DatasetError(f"ODIR-5K not found: none of {', '.join(str(c) for c in candidates)} holds {label_file}; download the Kaggle ocular-disease-recognition-odir5k data and point --data-root at it ({other})")
+        raise DatasetError(f"ODIR-5K not found: none of {', '.join(str(c) for c in candidates)} holds {label_file} ({other}); {where_to_put('odir', data_root)}")
     names, image_labels, patients = (_read_full_df if labels == "eye" else _read_data_xlsx)(root / label_file)
     if root.name == "ODIR-5K":  # data.xlsx sits inside ODIR-5K/: image folders are named from its parent
         root = root.parent

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from datasets.base import DatasetError, ImageDataset, register_dataset, split_by_patient
+from datasets.base import DatasetError, ImageDataset, register_dataset, split_by_patient, where_to_put
 from datasets.cache import cached_dataset
 from datasets.imageio import decode_dicom
 
@@ -33,11 +33,12 @@ def read_rows(path: Path, columns):
         return list(enumerate(reader, start=2))
 
 
-@register_dataset("rsna_pneumonia", "RSNA Pneumonia, lung opacity / not normal (needs --data-root)", version=LOADER_VERSION)
+@register_dataset("rsna_pneumonia", "RSNA Pneumonia, lung opacity / not normal (needs --data-root)", version=LOADER_VERSION,
+                  folder="rsna_pneumonia", source="Kaggle rsna-pneumonia-detection-challenge, which unpacks as rsna-pneumonia-detection-challenge/")
 def load_rsna_pneumonia(data_root: Path, size: int = 256, seed: int = 0, progress: bool = False) -> ImageDataset:
     root = next((c for c in (Path(data_root) / "rsna_pneumonia", Path(data_root)) if (c / "stage_2_train_labels.csv").exists()), None)
     if root is None or not (root / "stage_2_detailed_class_info.csv").exists():
-        raise DatasetError(f"RSNA Pneumonia not found: stage_2_train_labels.csv and stage_2_detailed_class_info.csv are not both in {Path(data_root) / 'rsna_pneumonia'} or {data_root}")
+        raise DatasetError(f"RSNA Pneumonia not found: stage_2_train_labels.csv and stage_2_detailed_class_info.csv are not both in {Path(data_root) / 'rsna_pneumonia'} or {data_root}; {where_to_put('rsna_pneumonia', data_root)}")
     opacity = {}
     for line_no, row in read_rows(root / "stage_2_train_labels.csv", ("patientId", "Target")):
         if row["Target"].strip() not in ("0", "1"):

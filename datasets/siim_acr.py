@@ -25,7 +25,7 @@ from typing import Dict, List, Tuple
 
 import numpy as np
 
-from datasets.base import DatasetError, ImageDataset, register_dataset, split_by_patient
+from datasets.base import DatasetError, ImageDataset, register_dataset, split_by_patient, where_to_put
 from datasets.cache import cached_dataset
 from datasets.imageio import decode_dicom, decode_image
 
@@ -39,7 +39,7 @@ def locate_root(data_root: Path) -> Path:
     for candidate in candidates:
         if any((candidate / name).exists() for name in MASK_FILES):
             return candidate
-    raise DatasetError(f"SIIM-ACR not found: none of {', '.join(str(c) for c in candidates)} contains {' or '.join(MASK_FILES)}; download the SIIM-ACR Pneumothorax data and point --data-root at the folder that holds it")
+    raise DatasetError(f"SIIM-ACR not found: none of {', '.join(str(c) for c in candidates)} contains {' or '.join(MASK_FILES)}; {where_to_put('siim_acr', data_root)}")
 
 
 def read_rle_rows(path: Path) -> Dict[str, List[List[int]]]:
@@ -125,7 +125,8 @@ def width_height(path: Path, kind: str) -> Tuple[int, int]:
     return int(header.Columns), int(header.Rows)
 
 
-@register_dataset("siim_acr", "SIIM-ACR pneumothorax radiographs with masks (needs --data-root)", version=LOADER_VERSION)
+@register_dataset("siim_acr", "SIIM-ACR pneumothorax radiographs with masks (needs --data-root)", version=LOADER_VERSION,
+                  folder="siim_acr", source="Kaggle siim-train-test, which unpacks as siim-train-test/siim/")
 def load_siim_acr(data_root: Path, size: int = 256, seed: int = 0, progress: bool = False) -> ImageDataset:
     root = locate_root(data_root)
     mask_file = next(root / name for name in MASK_FILES if (root / name).exists())

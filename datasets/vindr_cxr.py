@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from datasets.base import DatasetError, ImageDataset, register_dataset, split_by_patient
+from datasets.base import DatasetError, ImageDataset, register_dataset, split_by_patient, where_to_put
 from datasets.cache import cached_dataset
 from datasets.imageio import decode_dicom
 
@@ -28,11 +28,12 @@ NO_FINDING_ID = 14
 LOADER_VERSION = 1
 
 
-@register_dataset("vindr_cxr", "VinDr-CXR, 14 findings from 3 readers per image (needs --data-root)", version=LOADER_VERSION)
+@register_dataset("vindr_cxr", "VinDr-CXR, 14 findings from 3 readers per image (needs --data-root)", version=LOADER_VERSION,
+                  folder="vindr_cxr", source="Kaggle vinbigdata-chest-xray-abnormalities-detection, which unpacks as vinbigdata-chest-xray-abnormalities-detection/")
 def load_vindr_cxr(data_root: Path, size: int = 256, seed: int = 0, min_readers: int = 1, progress: bool = False) -> ImageDataset:
     root = next((c for c in (Path(data_root) / "vindr_cxr", Path(data_root)) if (c / "train.csv").exists() and (c / "train").is_dir()), None)
     if root is None:
-        raise DatasetError(f"VinDr-CXR not found: no train.csv and train/ in {Path(data_root) / 'vindr_cxr'} or {data_root}; download the Kaggle vinbigdata data and point --data-root at it")
+        raise DatasetError(f"VinDr-CXR not found: no train.csv and train/ in {Path(data_root) / 'vindr_cxr'} or {data_root}; {where_to_put('vindr_cxr', data_root)}")
     readers = defaultdict(lambda: defaultdict(set))  # image -> class id -> radiologists
     with open(root / "train.csv", newline="", encoding="utf-8-sig") as fh:  # Excel's "CSV UTF-8" starts with a BOM
         reader = csv.DictReader(fh)

@@ -1,4 +1,4 @@
-"""Encoders the user brings: ``--encoder NAME=PATH[,mean=M,std=S,prefix=P]`` makes a ResNet trunk from a file a row
+"""Encoders the user brings: ``--encoder NAME=PATH[,mean=M,std=S,prefix=P,stem=S]`` makes a ResNet trunk from a file a row
 of every table of the run, evaluated by every protocol, fraction and seed of the suite like a pretrained method.
 
 Formats (:func:`read_weights`): a torchvision/timm ResNet state dict (``.pth``/``.pt``), a ``.safetensors`` file (the
@@ -15,13 +15,17 @@ strict for the trunk: a missing key (except BatchNorm's ``num_batches_tracked`` 
 reads), a key under the trunk's module names that the trunk does not have, or a shape that differs is an error that
 names the file and lists them. Keys outside the trunk (``fc``, projection heads, momentum copies) are ignored.
 
-Channels: a 3-channel ``conv1`` on a 1-channel suite is summed over its input channels (``backbone.adapt_stem``; the
-output for a grayscale image repeated three times, as ``convert('RGB')`` would feed it). Normalisation: ``mean``/
-``std`` given with the encoder (``mean=0.5`` or per channel ``mean=0.485:0.456:0.406``), else the ``mean``/``std`` of
-a JSON sidecar next to the file (what ``export`` writes), else ImageNet's (torchvision's weights). A 3-channel
-normalisation on a 1-channel suite becomes the mean of the three means and of the three sds: exact when they are
-equal, for ImageNet's (0.485/0.456/0.406, 0.229/0.224/0.225) an approximation: for intensities in [0, 1] the
-normalised input differs from the per-channel one by at most 0.20 (in units of the sd, blue channel at intensity 1).
+Channels: a 3-channel encoder on a 1-channel suite sees the grey image replicated to three channels, each
+normalised with its own ``mean``/``std`` (``stem=replicate``, the default): what medical SSL code feeds ImageNet
+weights (``convert('RGB')`` then per-channel normalisation), exact for ImageNet's statistics (tested equal to
+torchvision's model on the replicated image). ``Normalize`` broadcasts the 1-channel batch against the three
+channels' statistics, so nothing is copied before it. ``stem=sum`` instead sums ``conv1`` over its input channels
+(``backbone.adapt_stem``) and normalises with the mean of the three means and of the three sds: exact only when they
+are equal; for ImageNet's (0.485/0.456/0.406, 0.229/0.224/0.225) intensities in [0, 1] are normalised differently by
+up to 0.20 sd (blue channel at intensity 1). A 1-channel file on a 3-channel suite has its ``conv1`` repeated and
+divided by 3. Normalisation: ``mean``/``std`` given with the encoder (``mean=0.5`` or per channel
+``mean=0.485:0.456:0.406``), else the ``mean``/``std`` of a JSON sidecar next to the file (what ``export`` writes),
+else ImageNet's (torchvision's weights).
 
 Identity: the file's SHA-256 (with the resolved normalisation and prefix) keys the row's evaluations, so a changed
 file is evaluated again and an unchanged one never; the record stores it with the path.
@@ -50,9 +54,11 @@ WRAPPERS = ("state_dict", "model", "module", "network")
 SEQUENTIAL_NAMES = {"0": "conv1", "1": "bn1", "4": "layer1", "5": "layer2", "6": "layer3", "7": "layer4"}
 TRUNK_MODULES = ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4")
 SUFFIXES = (".pth", ".pt", ".ckpt", ".tar", ".bin", ".safetensors")
-OPTION_NAMES = ("mean", "std", "prefix")
+OPTION_NAMES = ("mean", "std", "prefix", "stem")
+STEMS = ("replicate", "sum")  # how a 3-channel encoder reads 1-channel images (module docstring)
 # Part of every external row's hash: bump when loading the same file would give a different encoder.
-EXTERNAL_VERSION = 1
+# 2: a 3-channel file on a 1-channel suite reads the replicated image by default (stem=replicate; 1: summed stem)
+EXTERNAL_VERSION = 2
 
 
 class OpaqueObject:
@@ -181,7 +187,7 @@ def _numbers(text: str, option: str, where: str) -> List[float]:
 
 
 def parse_encoder_option(text: str, reserved: Sequence[str] = ()) -> Tuple[str, Dict[str, Any]]:
-    """``NAME=PATH[,mean=M,std=S,prefix=P]`` -> (name, spec as a suite's ``encoders`` entry)."""
+    """``NAME=PATH[,mean=M,std=S,prefix=P,stem=S]`` -> (name, spec as a suite's ``encoders`` entry)."""
     where = f"--encoder {text}"
     name, sep, rest = text.partition("=")
     name = name.strip()
@@ -242,6 +248,9 @@ def resolve_spec(name: str, spec: Dict[str, Any]) -> Dict[str, Any]:
         spec.setdefault("std", list(IMAGENET_STD))
         spec["normalisation"] = source or "ImageNet (default)"
     spec["mean"], spec["std"] = [float(v) for v in _as_list(spec["mean"])], [float(v) for v in _as_list(spec["std"])]
+    spec["stem"] = str(spec.get("stem", STEMS[0]))
+    if spec["stem"] not in STEMS:
+        raise ConfigError(f"encoder {name}: stem={spec['stem']!r}; choose replicate (the grey image fed as three channels, each normalised) or sum (conv1 summed over its channels)")
     return spec
 
 
@@ -251,7 +260,7 @@ def _as_list(value) -> list:
 
 def identity(spec: Dict[str, Any]) -> Dict[str, Any]:
     """What an external row's results depend on (hashed into its evaluations' keys): not where the file lies."""
-    return {"sha256": spec["sha256"], "mean": spec["mean"], "std": spec["std"], "prefix": spec.get("prefix"), "external_version": EXTERNAL_VERSION}
+    return {"sha256": spec["sha256"], "mean": spec["mean"], "std": spec["std"], "prefix": spec.get("prefix"), "stem": spec.get("stem", STEMS[0]), "external_version": EXTERNAL_VERSION}
 
 
 def channel_statistics(values: Sequence[float], channels: int, what: str, name: str) -> List[float]:
@@ -275,13 +284,16 @@ def load_external(name: str, spec: Dict[str, Any], in_channels: int) -> Tuple[Re
         raise ConfigError(f"encoder {name}: {path} has changed since this run was planned (SHA-256 differs); run the command again")
     arch, prefix, trunk_state = find_trunk(read_weights(path), path, spec.get("prefix"))
     stem = trunk_state["conv1.weight"]
+    # replicated grey input: the trunk keeps its three channels and Normalize broadcasts the image to them
+    channels = 3 if stem.shape[1] == 3 and in_channels == 1 and spec.get("stem", STEMS[0]) == "replicate" else in_channels
     try:
-        trunk_state["conv1.weight"] = adapt_stem(stem, in_channels)
+        trunk_state["conv1.weight"] = adapt_stem(stem, channels)
     except ValueError as err:
         raise ConfigError(f"{path}: {err} (the suite's images have {in_channels} channels)") from None
-    trunk = ResNetTrunk(arch, in_channels)
+    trunk = ResNetTrunk(arch, channels)
     trunk.load_state_dict(trunk_state, strict=False)  # only num_batches_tracked may be absent (find_trunk checked)
-    meta = {"method": name, "backbone": arch, "in_channels": in_channels, "image_size": None,
-            "mean": channel_statistics(spec["mean"], in_channels, "mean", name), "std": channel_statistics(spec["std"], in_channels, "std", name),
-            "external": {"path": str(path), "sha256": spec["sha256"], "prefix": prefix, "file_channels": int(stem.shape[1]), "normalisation": spec["normalisation"]}}
+    meta = {"method": name, "backbone": arch, "in_channels": channels, "image_size": None,
+            "mean": channel_statistics(spec["mean"], channels, "mean", name), "std": channel_statistics(spec["std"], channels, "std", name),
+            "external": {"path": str(path), "sha256": spec["sha256"], "prefix": prefix, "file_channels": int(stem.shape[1]), "normalisation": spec["normalisation"],
+                         "stem": spec.get("stem", STEMS[0])}}
     return trunk, meta

@@ -322,6 +322,19 @@ def write_run_files(job: PretrainJob, dataset, run_dir: Path) -> None:
         _write_json(run_dir / DATA_FILE, {"dataset": dataset.name, "fingerprint": dataset.fingerprint})
 
 
+def discard_resume_point(run_dir: Path) -> int:
+    """Delete a finished pretraining's ``last.ckpt`` (optimizer state, momentum copies, queues: several times the
+    encoder; CoBooM's is ~710 MB) once ``encoder.pt`` has passed its checksum; returns the bytes freed. Nothing needs
+    it after the export: the encoder is never pretrained again, and a rerun with other epochs is another job."""
+    run_dir = Path(run_dir)
+    resume = run_dir / "last.ckpt"
+    if not resume.exists() or encoder_status(run_dir / ENCODER_FILE) != "done":
+        return 0
+    size = resume.stat().st_size
+    resume.unlink()
+    return size
+
+
 def epoch_checkpoint(run_dir: Path) -> pl.callbacks.ModelCheckpoint:
     """Lightning's ``last.ckpt`` in the run's folder, rewritten after every epoch: the resume point."""
     return pl.callbacks.ModelCheckpoint(dirpath=run_dir, filename="last", save_top_k=1, every_n_epochs=1, enable_version_counter=False)

@@ -203,7 +203,23 @@ def metric_phrase(plan: Plan, protocol: str) -> str:
     return "test metric: macro AUC (classification), mean Dice per image (segmentation, SIIM rule)"
 
 
-def render_markdown(plan: Plan, rows: List[Dict], protocol: str, marks: Optional[Dict[tuple, str]] = None, legend: str = "") -> str:
+def excluded_classes_note(plan: Plan, records: List[Dict], protocol: str) -> str:
+    """The classes a table's macro AUCs leave out (no positive or no negative test image: medssl/metrics.py), per
+    task, from the records of its cells; empty when none is."""
+    keys = {job.key for job in plan.eval_jobs if job.protocol == protocol}
+    left: Dict[str, set] = {}
+    scored: Dict[str, int] = {}
+    for record in records:
+        if record["key"] in keys and record.get("excluded_classes"):
+            left.setdefault(record["task"], set()).update(record["excluded_classes"])
+            scored[record["task"]] = len(record.get("per_class") or {})
+    if not left:
+        return ""
+    parts = [f"{task}: {', '.join(sorted(names))} ({scored[task]} of {scored[task] + len(names)} classes scored)" for task, names in sorted(left.items())]
+    return "Macro AUC leaves out classes without a positive (or without a negative) test image: " + "; ".join(parts) + "."
+
+
+def render_markdown(plan: Plan, rows: List[Dict], protocol: str, marks: Optional[Dict[tuple, str]] = None, legend: str = "", notes: str = "") -> str:
     marks = marks or {}
     columns = compare.columns(plan, protocol)
     title = TABLES[protocol][1]
@@ -213,6 +229,8 @@ def render_markdown(plan: Plan, rows: List[Dict], protocol: str, marks: Optional
         lines.append(f"| {method_label(method)} | " + " | ".join(cells) + " |")
     if legend:
         lines += ["", legend]
+    if notes:
+        lines += ["", notes]
     missing = sum(1 for r in rows if not r["n"])
     if missing:
         lines += ["", f"– : {missing} cells have no finished result yet."]
@@ -370,7 +388,7 @@ def render_variance_components(plan: Plan, runs: Dict[tuple, compare.CellRuns]) 
     return "\n".join(lines) + "\n"
 
 
-def render_statistics(plan: Plan, comparisons: Dict[str, List[Comparison]], runs: Dict[tuple, compare.CellRuns]) -> str:
+def render_statistics(plan: Plan, comparisons: Dict[str, List[Comparison]], runs: Dict[tuple, compare.CellRuns], notes: Sequence[str] = ()) -> str:
     """Every comparison of Tables 1/2 with the reference (difference, CI, df and p of the test behind the marks, the
     test over test images conditional on these pretraining runs, the adjusted p), the † verdict of each column, then
     each cell's variance components."""
@@ -391,6 +409,8 @@ def render_statistics(plan: Plan, comparisons: Dict[str, List[Comparison]], runs
         f"or Wilcoxon signed-rank on per-image Dice); it does not carry over to other pretraining runs. Adjusted: {adjust} within each "
         f"column (one dataset at one label budget: the claims of one experiment); significant at {settings['alpha']:g}.",
     ]
+    for note in dict.fromkeys(note for note in notes if note):  # Tables 1 and 2 usually leave out the same classes
+        lines += ["", note]
     if not any(testable(items) for items in comparisons.values()):
         lines += ["", no_marks_reason(plan)]
     header = "| Task | Labels | Method | test over | Difference | CI | df | p | p (images \\| runs) | adjusted p | sig. |"
@@ -573,15 +593,17 @@ def _write_report_files(plan: Plan, records: Iterable[Dict], reports_dir: Path, 
     }
     comparisons: Dict[str, List[Comparison]] = {}
     tables: Dict[str, str] = {}
+    notes: List[str] = []
     for protocol, (stem, _) in TABLES.items():
         if not compare.columns(plan, protocol):
             continue
         comparisons[protocol] = compare.comparisons(plan, runs, protocol)
         marks = table_marks(plan, comparisons[protocol])
         rows = table_rows(plan, cells, protocol)
-        tables[stem] = render_markdown(plan, rows, protocol, marks, marks_legend(plan, comparisons[protocol]))
+        notes.append(excluded_classes_note(plan, records, protocol))
+        tables[stem] = render_markdown(plan, rows, protocol, marks, marks_legend(plan, comparisons[protocol]), notes[-1])
         outputs.update({f"{stem}.md": tables[stem], f"{stem}.csv": render_csv(rows), f"{stem}.tex": render_latex(plan, rows, protocol, marks)})
-    outputs["statistics.md"] = render_statistics(plan, comparisons, runs)
+    outputs["statistics.md"] = render_statistics(plan, comparisons, runs, notes)
     summary = marks_summary(plan, comparisons)
     if any(comparisons.values()):
         outputs["statistics.csv"] = statistics_csv(comparisons)

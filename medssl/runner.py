@@ -25,7 +25,7 @@ from medssl.external import load_external
 from medssl.metrics import multilabel_auc
 from medssl.plan import EvalJob, Plan, PretrainJob, task_type
 from medssl.precision import configure_cuda, fixed_precision, precision_for
-from medssl.pretrain import DATA_FILE, ENCODER_FILE, PretrainingFailed, encoder_status, load_encoder, run_pretraining
+from medssl.pretrain import DATA_FILE, ENCODER_FILE, PretrainingFailed, discard_resume_point, encoder_status, load_encoder, run_pretraining
 from medssl.records import ResultStore
 from medssl.segment import train_segmentation
 from medssl.splits import label_fraction_indices
@@ -40,8 +40,8 @@ def dataset_identity(spec: Dict[str, Any]) -> str:
 class DatasetCache:
     """Loads each dataset once per run."""
 
-    def __init__(self, data_root: Path):
-        self.data_root = Path(data_root)
+    def __init__(self, data_root):
+        self.data_root = data_root  # a folder or datasets.base.DataRoots
         self._cache: Dict[str, ImageDataset] = {}
 
     def get(self, spec: Dict[str, Any]) -> ImageDataset:
@@ -287,11 +287,12 @@ def _log(message: str) -> None:
 
 
 def run_plan(plan: Plan, data_root: Path, out_dir: Path, device: str = "cpu", progress: bool = True, log: Callable[[str], None] = _log, store: Optional[ResultStore] = None, precision: str = "auto", devices: int = 1, compile_loss: bool = False,
-             nodes: int = 1, global_rank: int = 0, logger: Optional[str] = None) -> Dict[str, int]:
+             nodes: int = 1, global_rank: int = 0, logger: Optional[str] = None, keep_checkpoints: bool = False) -> Dict[str, int]:
     """Pretrain what the pending evaluations need, then evaluate and store records. In a multi-node run
     (``medssl.cluster``) every process joins the pretrainings and only global rank 0 stores and evaluates.
     ``logger`` (csv or tensorboard): Lightning logs of every pretraining (default csv) and fine-tuning (default none)
-    next to the pretraining's checkpoint, OUT/checkpoints/<pretraining>/logs/ and .../finetune/<evaluation>/logs/."""
+    next to the pretraining's checkpoint, OUT/checkpoints/<pretraining>/logs/ and .../finetune/<evaluation>/logs/.
+    A finished pretraining's ``last.ckpt`` is deleted once its encoder is stored, unless ``keep_checkpoints``."""
     suite = plan.suite
     configure_cuda(device)
     provenance.git_commit()  # cached now: records name the code that was checked out when the run started
@@ -328,6 +329,8 @@ def run_plan(plan: Plan, data_root: Path, out_dir: Path, device: str = "cpu", pr
         if global_rank != 0:
             continue
         _, meta = load_encoder(encoders[key])
+        if not keep_checkpoints:
+            discard_resume_point(checkpoints / key)
         store.append_pretraining({"key": key, "method": pjob.method, "hash": pjob.hash, "seed": pjob.seed, "config": pjob.config, "wall_time_s": meta["wall_time_s"], "pretrain_images": meta["pretrain_images"], "history": meta["history"], "precision": meta.get("precision"), "data_fingerprint": meta.get("data_fingerprint"), "git_commit": provenance.git_commit(), "hardware": provenance.hardware(device)})
     if global_rank != 0:
         return {"ran": 0, "skipped": len(plan.eval_jobs) - len(pending), "failed": failed}

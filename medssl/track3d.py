@@ -207,9 +207,10 @@ def _log(message: str) -> None:
 
 
 def run_ct_plan(plan: CTPlan, data_root: Path, out_dir: Path, device: str = "cpu", progress: bool = True, log: Callable[[str], None] = _log,
-                store: Optional[ResultStore] = None, logger: Optional[str] = None) -> Dict[str, Any]:
-    """Pretrain what the pending evaluations need, evaluate, append the records (see the module docstring)."""
-    from medssl.pretrain import ENCODER_FILE, PretrainingFailed, load_encoder, run_pretraining
+                store: Optional[ResultStore] = None, logger: Optional[str] = None, keep_checkpoints: bool = False) -> Dict[str, Any]:
+    """Pretrain what the pending evaluations need, evaluate, append the records (see the module docstring); a
+    finished pretraining's ``last.ckpt`` is deleted unless ``keep_checkpoints``."""
+    from medssl.pretrain import ENCODER_FILE, PretrainingFailed, discard_resume_point, load_encoder, run_pretraining
     from medssl.runner import DatasetCache, check_data, data_stamp, pretraining_verb
     from medssl.segment3d import train_fpn_segmentation
 
@@ -236,6 +237,8 @@ def run_ct_plan(plan: CTPlan, data_root: Path, out_dir: Path, device: str = "cpu
             log(f"  FAILED: {err}")
             continue
         _, meta = load_encoder(encoders[pjob.key])
+        if not keep_checkpoints:
+            discard_resume_point(checkpoints / pjob.key)
         store.append_pretraining({"key": pjob.key, "method": pjob.method, "hash": pjob.hash, "seed": pjob.seed, "config": pjob.config, "wall_time_s": meta["wall_time_s"],
                                   "pretrain_images": meta["pretrain_images"], "history": meta["history"], "precision": meta["precision"],
                                   "data_fingerprint": meta.get("data_fingerprint"), "git_commit": provenance.git_commit(), "hardware": provenance.hardware(device)})

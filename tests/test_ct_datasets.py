@@ -170,7 +170,7 @@ def test_official_btcv_folds():
     (["--dataset", "synthetic_cxr", "--spacing", "1,1,2"], "--spacing is for CT datasets; synthetic_cxr takes --size"),
     (["--dataset", "btcv", "--spacing", "a,b"], "--spacing 'a,b': give three numbers in mm"),
     (["--dataset", "btcv", "--spacing", "1,2"], "spacing must be three positive numbers in mm"),
-    (["--dataset", "amos"], "amos22/dataset.json not found; unpack amos22.zip"),
+    (["--dataset", "amos"], "amos: no dataset.json in "),
     (["--dataset", "flare22"], "flare22: no FLARE22_Tr_NNNN_0000.nii.gz"),
 ])
 def test_prepare_ct_bad_input_is_one_line(tmp_path, capsys, args, message):

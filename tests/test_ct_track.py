@@ -200,7 +200,7 @@ def test_missing_btcv_and_amos_are_named_once_each_before_any_work(tmp_path, cap
     code, _, err = run(["--suite", "btcv", "--data-root", str(tmp_path / "data"), "--out", str(tmp_path / "out")], capsys)
     lines = err.strip().splitlines()
     assert code == 2 and lines[0] == "error: 2 of the suite's datasets cannot be used; nothing has been run:"
-    assert lines[1].startswith("  amos: ") and lines[2].startswith("  btcv: folder ") and len(lines) == 3
+    assert lines[1].startswith("  amos: ") and lines[2].startswith("  btcv: neither ") and "--data btcv=PATH" in lines[2] and len(lines) == 3
 
 
 def test_each_patch_is_checked_against_the_volumes_it_is_cut_from(synthetic_root):

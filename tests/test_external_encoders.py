@@ -73,11 +73,34 @@ def test_lightning_checkpoint_trunk_is_found_and_loaded_as_trained(tmp_path):
     assert meta["external"]["normalisation"] == "ImageNet (default)"
 
 
+def test_three_channel_encoder_reads_grayscale_replicated_and_normalised_per_channel(tmp_path):
+    """The default for ImageNet weights on a 1-channel suite (issue 31): the features are torchvision's model's on the
+    grey image replicated to three channels, each normalised with ImageNet's own mean and sd (exact); the old
+    default (one channel, averaged statistics) was up to 0.2 sd off."""
+    from medssl.evaluate import extract_features
+
+    path = torchvision_file(tmp_path / "tv.pth")
+    net = torchvision.models.resnet18()
+    net.load_state_dict(torch.load(path))
+    net.fc = nn.Identity()
+    encoder, meta = load_external("tv", resolve_spec("tv", {"path": str(path)}), in_channels=1)
+    assert meta["in_channels"] == 3 and meta["mean"] == [0.485, 0.456, 0.406] and meta["external"]["stem"] == "replicate"
+    gray = np.random.default_rng(0).integers(0, 256, size=(3, 1, 48, 48), dtype=np.uint8)
+    ours = extract_features(encoder, gray, 48, meta["mean"], meta["std"])
+    rgb = torch.from_numpy(gray).float().div(255).repeat(1, 3, 1, 1)
+    mean, std = torch.tensor([0.485, 0.456, 0.406])[None, :, None, None], torch.tensor([0.229, 0.224, 0.225])[None, :, None, None]
+    with torch.no_grad():
+        reference = net.eval()((rgb - mean) / std).numpy()
+    assert np.allclose(ours, reference, atol=1e-4)
+    summed, _ = load_external("tv", resolve_spec("tv", {"path": str(path), "stem": "sum"}), in_channels=1)
+    assert summed.conv1.weight.shape[1] == 1
+
+
 def test_three_channel_stem_on_grayscale_is_summed(tmp_path):
     path = torchvision_file(tmp_path / "tv.pth")
     net = torchvision.models.resnet18()
     net.load_state_dict(torch.load(path))
-    encoder, meta = load_external("tv", resolve_spec("tv", {"path": str(path), "mean": [0.5], "std": [0.25]}), in_channels=1)
+    encoder, meta = load_external("tv", resolve_spec("tv", {"path": str(path), "mean": [0.5], "std": [0.25], "stem": "sum"}), in_channels=1)
     gray = torch.rand(2, 1, 64, 64)
     net.fc = nn.Identity()
     net.eval(), encoder.eval()

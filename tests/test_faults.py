@@ -401,3 +401,44 @@ def test_report_with_other_settings_than_the_run_names_the_stored_ones(tmp_path,
     err = capsys.readouterr().err
     assert "none of the 1 results stored in" in err and "the runs stored there used: --set pretrain.image_size=24" in err
     assert main(["report", "--suite", str(suite), "--out", str(tmp_path / "results"), "--set", "pretrain.image_size=24", *reports]) == 0
+
+
+def test_a_dataset_in_a_folder_of_its_own_is_read_with_data(tmp_path, capsys):
+    """Kaggle's NIH download unpacks as archive/; the loaders looked only under fixed names below --data-root
+    (issue 31). --data nih_chestxray14=PATH reads it where it is, and without it the message says what to do."""
+    from tests.test_nih_chestxray14 import make_fake_nih
+
+    archive = make_fake_nih(tmp_path / "downloads" / "archive")
+    suite = nih_suite(tmp_path)
+    assert main(cli(tmp_path, suite)) == 2
+    err = capsys.readouterr().err
+    assert f"put it in {tmp_path / 'data' / 'nih_chestxray14'}" in err and "--data nih_chestxray14=PATH" in err
+    assert main(cli(tmp_path, suite, "--data", f"nih_chestxray14={archive}")) == 0
+    out = capsys.readouterr().out
+    assert "note: task 'CXR': 8 of 14 classes have no positive (or no negative) test image and are left out of its macro AUC: Cardiomegaly" in out
+    reports = tmp_path / "results" / "reports" / "tiny"
+    footnote = "Macro AUC leaves out classes without a positive (or without a negative) test image: CXR: Cardiomegaly, Effusion"
+    assert footnote in (reports / "table1.md").read_text() and footnote in (reports / "index.html").read_text()
+    assert main(cli(tmp_path, suite, "--data", "nih=/nowhere")) == 2
+    assert "unknown dataset 'nih'" in capsys.readouterr().err
+    assert main(["prepare", "--dataset", "nih_chestxray14", "--size", "16", "--data", f"nih_chestxray14={archive}", "--no-progress"]) == 0
+    assert "warning: 8 classes have no positive test image (left out of the test macro AUC): Cardiomegaly, Effusion" in capsys.readouterr().out
+
+
+def test_a_finished_pretraining_drops_its_resume_point_unless_kept(tmp_path):
+    """CoBooM's last.ckpt is ~710 MB per pretraining and stayed after the encoder was exported (issue 31)."""
+    suite = tiny_suite(tmp_path, **{"methods": ["simclr"]})
+    assert main(cli(tmp_path, suite)) == 0
+    run_dir = next((tmp_path / "results" / "checkpoints").glob("simclr-*"))
+    assert encoder_status(run_dir / ENCODER_FILE) == "done" and not (run_dir / "last.ckpt").exists()
+    kept = tiny_suite(tmp_path, name="kept", **{"methods": ["simclr"], "pretrain.epochs": 2})
+    assert main(cli(tmp_path, kept, "--keep-checkpoints")) == 0
+    assert len(list((tmp_path / "results" / "checkpoints").glob("simclr-*/last.ckpt"))) == 1
+
+
+def test_the_readme_names_every_real_dataset_folder():
+    from datasets.base import dataset_folders
+
+    readme = (ROOT / "README.md").read_text()
+    for name, (folder, source) in dataset_folders().items():
+        assert f"| `{name}` | `{folder}/` | {source} |" in readme, f"README \"Real datasets\" lacks {name}'s folder row"

@@ -136,6 +136,23 @@ def test_odir_patient_labels_in_kaggles_nested_folder(tmp_path):
     assert ds.images.shape == (8, 3, 16, 16) and ds.patient_ids.tolist() == [0, 0, 1, 1, 4, 4, 7, 7]
 
 
+def test_prepare_passes_loader_parameters_and_reads_a_folder_of_its_own(tmp_path, capsys):
+    """`prepare` could not pass labels=patient (issue 31); --data reads a dataset from a folder named as
+    downloaded, and a parameter the loader does not take is named."""
+    from run_benchmark import main
+
+    odir_patient_copy(tmp_path / "ocular-disease-recognition-odir5k" / "ODIR-5K" / "ODIR-5K")
+    (tmp_path / "data").mkdir()
+    own = ["--data-root", str(tmp_path / "data"), "--data", f"odir={tmp_path / 'ocular-disease-recognition-odir5k'}"]
+    assert main(["prepare", "--dataset", "odir", "--size", "16", "--param", "labels=patient", *own, "--no-progress"]) == 0
+    assert "odir: 8 images of 4 patients at 16 px" in capsys.readouterr().out
+    assert main(["prepare", "--dataset", "odir", "--param", "label=patient", *own]) == 2
+    assert "takes KEY=VALUE with KEY one of seed, labels" in capsys.readouterr().err
+    assert main(["prepare", "--dataset", "odir", "--param", "labels=patient", "--data-root", str(tmp_path / "data")]) == 2
+    err = capsys.readouterr().err
+    assert f"put it in {tmp_path / 'data' / 'odir'}" in err and "--data odir=PATH" in err
+
+
 def test_odir_patient_labels_from_data_xlsx(tmp_path):
     import pandas as pd
 
