@@ -3,22 +3,14 @@ the files it read."""
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 import platform
 import subprocess
 from importlib import metadata
-from pathlib import Path
 from typing import Dict
 
+from datasets.cache import file_digest as file_sha256  # noqa: F401  (one SHA-256 of a file for the whole project)
 from medssl.config import REPO_ROOT
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 PACKAGES = ("torch", "torchvision", "lightly", "pytorch-lightning", "numpy", "scikit-learn", "scipy", "pandas", "monai", "nibabel")
