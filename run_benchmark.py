@@ -286,7 +286,7 @@ def check_writable(*folders: Path) -> None:
             os.close(fd)
             os.unlink(probe)
         except OSError as err:
-            raise ConfigError(f"cannot write to {folder} ({err.strerror}); make it writable or choose another folder (--out, --reports, --data-root)") from None
+            raise ConfigError(f"cannot write to {folder} ({err.strerror}); make it writable or choose another folder (--out, --reports, --data-root, --export-dir)") from None
 
 
 def narrowing_tag(narrowing) -> str:
@@ -375,6 +375,7 @@ def main(argv=None) -> int:
     from datasets import DatasetError
     from medssl.config import ConfigError
     from medssl.pretrain import CorruptCheckpoint
+    from datasets.storage import FULL, DiskFull, disk_full
     from medssl.records import Busy
 
     store = None
@@ -499,12 +500,21 @@ def main(argv=None) -> int:
         print(f"done: {summary['ran']} evaluations run, {summary['skipped']} reused from {store.directory} ({(time.time() - started) / 60:.1f} min)")
         return report_failures(summary)
     except Busy as err:
-        print(f"error: another run is using {store.directory}: {err}. Wait for it to finish, or give this run another --out "
+        print(f"error: another run is using {err.directory or (store.directory if store is not None else 'this results folder')}: {err}. Wait for it to finish, or give this run another --out "
               "(the shards of one grid, --shard K/N, may share a folder)", file=sys.stderr)
         return 2
     except (ConfigError, DatasetError, CorruptCheckpoint, UsageError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except DiskFull as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:
+        if err.errno not in FULL:
+            raise
+        where = Path(err.filename).parent if err.filename else "a folder this run writes to"
+        print(f"error: {disk_full(where, Path(err.filename).name if err.filename else 'a file', err)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"\ninterrupted: finished results are kept in {(getattr(args, 'out', None) or 'results')}/; run the same command again to resume", file=sys.stderr)
         return 130

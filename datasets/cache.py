@@ -26,6 +26,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from datasets.base import DatasetError, ImageDataset, progress_bar
+from datasets.storage import write_atomic
 
 CACHE_DIRNAME = ".medssl-cache"
 _LAYOUT_ONLY = False
@@ -118,12 +119,16 @@ def _flush(*arrays) -> None:
             array.flush()
 
 
+def save_npy(path: Path, array: np.ndarray) -> None:
+    """``np.save`` into exactly ``path`` (given a name without .npy, numpy would add it)."""
+    with open(path, "wb") as fh:
+        np.save(fh, array)
+
+
 def save_array(path: Path, array: np.ndarray) -> None:
     """``np.save`` under a per-process temporary name, then renamed: a reader never sees half a file, and two
     processes building the same cache never write into one temporary file."""
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.npy")
-    np.save(tmp, array)
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: save_npy(tmp, array))
 
 
 def build_cache(
@@ -240,9 +245,7 @@ def source_entries(sources: Sequence[Path], cache_dir: Path) -> List[str]:
 
 def save_json(path: Path, payload, indent: Optional[int] = None) -> None:
     """JSON written as :func:`save_array` writes arrays."""
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    tmp.write_text(json.dumps(payload, indent=indent))
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: tmp.write_text(json.dumps(payload, indent=indent)))
 
 
 def _reuse_partial(cache_dir: Path, entries: List[str], size: int, channels: int, has_masks: bool) -> None:

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
 from datasets.base import ImageDataset, progress_bar
-from datasets.cache import stop_at_layout_check
+from datasets.cache import save_array, save_json, stop_at_layout_check
 
 ARRAYS = ("images", "labels", "masks", "patient_ids", "split")
 
@@ -33,12 +32,8 @@ def load_generated(name: str, data_root: Path, params: Dict, generate: Callable[
         for array_name, arr in zip(ARRAYS, generate()):
             if arr is None:
                 continue
-            tmp = cache / f"{array_name}.tmp-{os.getpid()}.npy"  # per process: the processes of a multi-node run may all generate
-            np.save(tmp, arr)
-            os.replace(tmp, cache / f"{array_name}.npy")
-        tmp = cache / f"manifest.tmp-{os.getpid()}.json"
-        tmp.write_text(json.dumps({"params": params, "classes": list(class_names)}, indent=1))
-        os.replace(tmp, cache / "manifest.json")  # written last: its presence marks a complete cache
+            save_array(cache / f"{array_name}.npy", arr)  # per-process temporary: the processes of a multi-node run may all generate
+        save_json(cache / "manifest.json", {"params": params, "classes": list(class_names)}, indent=1)  # last: marks a complete cache
     loaded = {a: np.load(cache / f"{a}.npy", mmap_mode="r" if a in ("images", "masks") else None) for a in ARRAYS if (cache / f"{a}.npy").exists()}
     return ImageDataset(name=name, images=loaded["images"], labels=loaded["labels"], class_names=list(class_names), patient_ids=loaded["patient_ids"],
                         split=loaded["split"], masks=loaded.get("masks"), mask_name=mask_name if "masks" in loaded else None, fingerprint=fingerprint)

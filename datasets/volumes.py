@@ -141,6 +141,9 @@ def preprocess_case(case: Case, chain, remap: Optional[Dict[int, int]]) -> Tuple
     source = tuple(round(float(v), 4) for v in nibabel.load(str(case.image)).header.get_zooms()[:3])
     data = chain({"image": str(case.image), **({"label": str(case.label)} if labelled else {})})
     image = np.asarray(data["image"])[0]
+    bad = int(np.size(image) - np.isfinite(image).sum())
+    if bad:  # the int16 cast would make them 0 HU (water) with only a numpy warning
+        raise DatasetError(f"case {case.case_id}: image {case.image} has {bad} non-finite voxels (NaN or inf)")
     volume = np.clip(np.rint(image), -32768, 32767).astype(np.int16)
     labels = None
     if labelled:
@@ -189,12 +192,19 @@ def load_volumes(name: str, root: Path, cases: Sequence[Case], spacing: Sequence
     if not manifest_path.exists():
         chains = {labelled: preprocessing(spacing, labelled) for labelled in (False, True)}
         bar = progress_bar(len(cases), f"preprocessing {name}", progress)
-        entries = []
+        entries, failures = [], []
         for case in cases:
             image_file, label_file = cache_dir / f"{case.case_id}.image.npy", cache_dir / f"{case.case_id}.label.npy"
             meta_file = cache_dir / f"{case.case_id}.json"
             if not meta_file.exists():  # cases written by an interrupted build are kept
-                volume, labels, source = preprocess_case(case, chains[case.label is not None], remap)
+                try:
+                    volume, labels, source = preprocess_case(case, chains[case.label is not None], remap)
+                except DatasetError as err:
+                    failures.append(str(err))
+                    continue
+                except Exception as err:  # noqa: BLE001 - a file that passed the header check but cannot be decoded (cut .nii.gz)
+                    failures.append(f"case {case.case_id}: {case.image} cannot be decoded ({type(err).__name__}: {str(err).strip().splitlines()[-1][:160] if str(err).strip() else ''})")
+                    continue
                 save_array(image_file, np.ascontiguousarray(volume))
                 if labels is not None:
                     save_array(label_file, np.ascontiguousarray(labels))
@@ -206,6 +216,8 @@ def load_volumes(name: str, root: Path, cases: Sequence[Case], spacing: Sequence
                 bar.advance(0)
         if bar is not None:
             bar.stop()
+        if failures:
+            raise DatasetError(f"{name}: {len(failures)} of {len(cases)} cases cannot be used (the others are cached and kept); fix or remove them:\n  " + "\n  ".join(failures[:10]))
         manifest = {"dataset": name, "spacing": spacing, "cases": [c.case_id for c in cases], "entries": entries}
         save_json(manifest_path, manifest, indent=1)
     manifest = json.loads(manifest_path.read_text())

@@ -32,14 +32,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 from scipy import stats as scipy_stats
 
+from datasets.cache import save_npy
+from datasets.storage import write_atomic
 from medssl import stats
 from medssl.config import stable_hash, statistics_settings
+from medssl.metrics import multilabel_auc
 from medssl.plan import FIXED_RUN, Plan
 from medssl.records import ResultStore
 
@@ -197,10 +199,48 @@ class BootstrapCache:
         values = np.concatenate([self._metric(metric, predictions, weights[start : start + RESAMPLE_CHUNK].astype(np.float64))
                                  for start in range(0, len(weights), RESAMPLE_CHUNK)])
         self.directory.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npy")
-        np.save(tmp, values)
-        os.replace(tmp, path)
+        write_atomic(path, lambda tmp: save_npy(tmp, values))
         return values
+
+
+def recomputed_value(record: Dict, predictions: Dict[str, np.ndarray]) -> Optional[float]:
+    """A record's metric recomputed from its stored per-image predictions (None where they cannot give it)."""
+    if record.get("metric") == "macro_auc" and "scores" in predictions:
+        return multilabel_auc(predictions["labels"], predictions["scores"], [str(c) for c in predictions["class_names"]])["macro_auc"]
+    if record.get("metric") == "mean_dice" and "per_image_dice" in predictions:
+        return float(np.mean(predictions["per_image_dice"]))
+    return None
+
+
+def record_problems(plan: Plan, records: List[Dict], store: Optional[ResultStore] = None) -> List[str]:
+    """What a report must not use silently (each named, for a warning): a record without a key; a key stored more
+    than once (the last one is used); a record whose predictions file is missing (its cell loses the test-image
+    statistics), cannot be read, or gives another value than the record says (one of them was changed)."""
+    jobs = {job.key: job for job in plan.eval_jobs}
+    problems = [f"a record without a key is skipped (fields: {', '.join(sorted(r)[:5])} ...)" for r in records if "key" not in r]
+    values: Dict[str, List[float]] = {}
+    for record in records:
+        if record.get("key") in jobs:
+            values.setdefault(record["key"], []).append(record.get("value"))
+    for key, stored in values.items():
+        if len(stored) > 1:
+            problems.append(f"record {key} ({jobs[key].describe()}) is stored {len(stored)} times, values {', '.join(f'{v:.4f}' for v in stored)}; the last one is used")
+    if store is None:
+        return problems
+    latest = {r["key"]: r for r in records if r.get("key") in jobs}
+    for key, record in latest.items():
+        path = store.predictions_dir / f"{key}.npz"
+        if not path.exists():
+            problems.append(f"record {key} ({jobs[key].describe()}): {path} is missing, so its cell has no test-image statistics")
+            continue
+        try:
+            value = recomputed_value(record, store.load_predictions(key))
+        except Exception as err:  # noqa: BLE001 - a damaged file is named, never a traceback
+            problems.append(f"record {key} ({jobs[key].describe()}): {path} cannot be read ({type(err).__name__}); its cell has no test-image statistics")
+            continue
+        if value is not None and not math.isclose(value, float(record["value"]), rel_tol=0, abs_tol=1e-6):
+            problems.append(f"record {key} ({jobs[key].describe()}) says {float(record['value']):.6f} but its predictions give {value:.6f}: the record or {path.name} was changed")
+    return problems
 
 
 def collect_runs(plan: Plan, records, store: Optional[ResultStore] = None) -> Dict[CellKey, CellRuns]:
@@ -217,11 +257,14 @@ def collect_runs(plan: Plan, records, store: Optional[ResultStore] = None) -> Di
         runs.values[run], runs.keys[run] = float(record["value"]), job.key
         if cache is None:
             continue
-        resampled = cache.resampled(job.key, job.task["name"], record.get("metric"))
+        try:
+            resampled = cache.resampled(job.key, job.task["name"], record.get("metric"))
+            if record.get("metric") == "mean_dice" and (store.predictions_dir / f"{job.key}.npz").exists():
+                runs.per_image[run] = store.load_predictions(job.key)["per_image_dice"]
+        except Exception:  # noqa: BLE001 - a damaged predictions file: named by record_problems, the cell keeps its value
+            continue
         if resampled is not None:
             runs.bootstrap[run] = resampled
-        if record.get("metric") == "mean_dice" and (store.predictions_dir / f"{job.key}.npz").exists():
-            runs.per_image[run] = store.load_predictions(job.key)["per_image_dice"]
     return cells
 
 
@@ -366,7 +409,10 @@ def per_class_delong(plan: Plan, records, store: ResultStore) -> List[Dict]:
                 pairs.append((method, task, protocol, fraction, reference_seed, seed, key, reference_key))
     rows: List[Dict] = []
     for method, task, protocol, fraction, pretrain_seed, seed, key, reference_key in pairs:
-        mine, theirs = store.load_predictions(key), store.load_predictions(reference_key)
+        try:
+            mine, theirs = store.load_predictions(key), store.load_predictions(reference_key)
+        except Exception:  # noqa: BLE001 - a damaged predictions file: named by record_problems
+            continue
         if "labels" not in mine or not np.array_equal(mine["test_indices"], theirs["test_indices"]):
             continue
         class_names = [str(name) for name in mine["class_names"]] if "class_names" in mine else [str(k) for k in range(mine["labels"].shape[1])]

@@ -43,6 +43,37 @@ def suite_names() -> List[str]:
     return sorted(p.stem for p in SUITES_DIR.glob("*.yaml"))
 
 
+# a suite holds a few hundred values a few levels deep; far more is a YAML alias bomb or a mistake
+MAX_VALUES, MAX_DEPTH = 100_000, 64
+
+
+def check_size(value: Any, what: str) -> None:
+    """ConfigError when ``value`` expands to more than :data:`MAX_VALUES` values or nests deeper than
+    :data:`MAX_DEPTH`: a few hundred characters of nested YAML aliases (a "billion laughs" value) stand for hundreds of
+    millions of items, which the schema check, the hash and every copy would walk. Counted with the aliases
+    expanded, and stopped at the limit, so the check itself stays cheap."""
+    count, stack = 0, [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        count += 1
+        if count > MAX_VALUES or depth > MAX_DEPTH:
+            limit = f"more than {MAX_VALUES} values" if count > MAX_VALUES else f"deeper than {MAX_DEPTH} levels"
+            raise ConfigError(f"{what}: expands to {limit} (YAML aliases *name repeat what they point to); write the value out")
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+        stack.extend((child, depth + 1) for child in children)
+
+
+def read_yaml(stream, what: str):
+    """``yaml.safe_load`` of a suite or a --set value, refused (ConfigError naming ``what``) when it is too large or
+    too deep (:func:`check_size`), including nesting too deep for the parser itself."""
+    try:
+        value = yaml.safe_load(stream)
+    except RecursionError:
+        raise ConfigError(f"{what}: nested too deeply to read; a suite needs a few levels only") from None
+    check_size(value, what)
+    return value
+
+
 def apply_settings(suite: Dict[str, Any], assignments: Sequence[str]) -> Dict[str, Any]:
     """``--set key.path=value`` overrides applied to a suite as read from its file, before the schema check: the
     value is read as YAML (``5``, ``1.0e-3``, ``[1, 100]``, ``{k: 20, temperature: 0.07}``), list items are addressed
@@ -55,7 +86,7 @@ def apply_settings(suite: Dict[str, Any], assignments: Sequence[str]) -> Dict[st
         if not eq or not all(parts):
             raise ConfigError(f"--set {text!r}: write KEY.PATH=VALUE, e.g. --set pretrain.epochs=5")
         try:
-            value = yaml.safe_load(raw)
+            value = read_yaml(raw, f"--set {key.strip()}")
         except yaml.YAMLError:
             raise ConfigError(f"--set {text!r}: the value is not valid YAML; quote it for the shell, e.g. --set 'tasks.0.fractions=[1,100]'") from None
         node: Any = suite
@@ -91,7 +122,7 @@ def load_suite(name_or_path: str, settings: Sequence[str] = ()) -> Dict[str, Any
         raise ConfigError(f"unknown suite {name_or_path!r}; known suites: {', '.join(suite_names())} (or pass a path to a .yaml file)")
     try:
         with open(path) as fh:
-            suite = yaml.safe_load(fh)
+            suite = read_yaml(fh, str(path))
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""

@@ -35,6 +35,27 @@ from medssl.progress import SparseMetricsProgressBar, lightning_logger
 from medssl.stream import MappedImages, ShuffledBatches, batches_per_epoch, training_batches
 
 
+class EvaluationDiverged(RuntimeError):
+    """An evaluation's training reached a non-finite loss: its result would be noise (Dice 0, AUC 0.5), so it is
+    reported and not stored, as a diverged pretraining is (medssl/runner.py)."""
+
+
+class FiniteLoss:
+    """Whether every loss of an evaluation's training was finite, kept on the device (no host sync per step) and
+    checked once per epoch: :meth:`check` raises :class:`EvaluationDiverged`."""
+
+    def __init__(self, what: str):
+        self.what, self.finite = what, None
+
+    def update(self, loss: torch.Tensor) -> None:
+        finite = torch.isfinite(loss.detach()).all()
+        self.finite = finite if self.finite is None else self.finite & finite
+
+    def check(self, epoch: int) -> None:
+        if self.finite is not None and not bool(self.finite):
+            raise EvaluationDiverged(f"{self.what} reached a non-finite loss by epoch {epoch}; lower its lr (evaluation settings) or use --precision 32")
+
+
 def epochs_for(n_train: int, batch_size: int, settings: Dict[str, Any]) -> int:
     steps_per_epoch = batches_per_epoch(n_train, batch_size)
     return max(int(settings["epochs"]), math.ceil(int(settings.get("min_steps", 0)) / steps_per_epoch))
@@ -178,6 +199,7 @@ class FineTuner(pl.LightningModule):
         self.val_images, self.val_labels, self.class_names = val_images, val_labels, class_names
         self.total_steps = total_steps
         self.best_val, self.best_epoch, self.best_state = -math.inf, -1, None
+        self.finite_loss = FiniteLoss("fine-tuning")
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.encoder(self.normalize(resize(images, self.image_size))))
@@ -187,9 +209,11 @@ class FineTuner(pl.LightningModule):
         x = self.normalize(augment_view(images, self.image_size, self.augment))
         loss = F.binary_cross_entropy_with_logits(self.head(self.encoder(x)).float(), labels.float())
         self.log("loss", loss.detach(), prog_bar=True, batch_size=len(images))
+        self.finite_loss.update(loss)
         return loss
 
     def on_train_epoch_end(self) -> None:
+        self.finite_loss.check(self.current_epoch)
         if not is_validation_epoch(self.current_epoch, self.trainer.max_epochs, self.settings):
             return
         scores = _predict(self, self.val_images)

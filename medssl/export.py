@@ -14,7 +14,9 @@ files go to the export folder, named by the pretraining's key:
   normalisation the encoder was trained with (per channel), plus each file's SHA-256. ``--encoder NAME=KEY.safetensors``
   reads the normalisation from it (medssl/external.py).
 
-safetensors holds tensors only (no pickled code); its header carries the same metadata as strings.
+safetensors holds tensors only (no pickled code); its header carries the same description, normalisation included,
+as one JSON string (entry ``medssl``), so the file is byte-identical each time the same trunk is exported and
+``--encoder`` finds its normalisation without the sidecar.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from typing import Any, Dict, List
 
 import torch
 
+from datasets.storage import write_atomic
 from medssl import provenance
 from medssl.backbone import adapt_stem
 from medssl.config import ConfigError
@@ -32,13 +35,17 @@ from medssl.plan import Plan
 from medssl.pretrain import ENCODER_SIDECAR, load_encoder, run_pretraining
 
 
+HEADER_KEY = "medssl"  # the safetensors metadata entry holding the sidecar's description as JSON
+
+
 def _write_atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    write(tmp)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # safetensors creates its file private; exports are for sharing
-    os.replace(tmp, path)
+    def shared(tmp: Path) -> None:
+        write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # safetensors creates its file private; exports are for sharing
+
+    write_atomic(path, shared)
 
 
 def write_trunk(state: Dict[str, torch.Tensor], mean: List[float], std: List[float], path: Path, description: Dict[str, Any]) -> List[Path]:
@@ -46,11 +53,14 @@ def write_trunk(state: Dict[str, torch.Tensor], mean: List[float], std: List[flo
     from safetensors.torch import save_file
 
     tensors = {name: tensor.detach().cpu().contiguous().clone() for name, tensor in state.items()}
-    header = {k: str(v) for k, v in description.items() if isinstance(v, (str, int, float))}
+    described = {**description, "channels": int(tensors["conv1.weight"].shape[1]), "mean": [float(v) for v in mean], "std": [float(v) for v in std]}
+    # one header entry: safetensors keeps its metadata in a hash map, so several entries come out in a different
+    # order each time and the same trunk got another SHA-256; the normalisation travels with the weights, so a
+    # lost sidecar does not mean ImageNet's
+    header = {HEADER_KEY: json.dumps(described, sort_keys=True)}
     _write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=header))
     sidecar = path.with_suffix(".json")
-    payload = {**description, "channels": int(tensors["conv1.weight"].shape[1]), "mean": [float(v) for v in mean], "std": [float(v) for v in std],
-               "file": path.name, "sha256": provenance.file_sha256(path), "git_commit": provenance.git_commit()}
+    payload = {**described, "file": path.name, "sha256": provenance.file_sha256(path), "git_commit": provenance.git_commit()}
     _write_atomic(sidecar, lambda tmp: tmp.write_text(json.dumps(payload, indent=1) + "\n"))
     return [path, sidecar]
 

@@ -25,14 +25,17 @@ are equal; for ImageNet's (0.485/0.456/0.406, 0.229/0.224/0.225) intensities in 
 up to 0.20 sd (blue channel at intensity 1). A 1-channel file on a 3-channel suite has its ``conv1`` repeated and
 divided by 3. Normalisation: ``mean``/``std`` given with the encoder (``mean=0.5`` or per channel
 ``mean=0.485:0.456:0.406``), else the ``mean``/``std`` of a JSON sidecar next to the file (what ``export`` writes),
-else ImageNet's (torchvision's weights).
+else those of the safetensors header ``export`` writes, else ImageNet's (torchvision's weights).
 
 Identity: the file's SHA-256 (with the resolved normalisation and prefix) keys the row's evaluations, so a changed
 file is evaluated again and an unchanged one never; the record stores it with the path.
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import json
+import math
 import os
 import re
 from pathlib import Path
@@ -72,33 +75,37 @@ class OpaqueObject:
         pass
 
 
-def _torch_load(path: Path) -> Any:
+def _torch_load(data: bytes) -> Any:
+    source = lambda: io.BytesIO(data)  # noqa: E731 - each reader gets its own stream over the same bytes
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(source(), map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - classes the weights-only reader does not know: inert stand-ins, once
         if "Weights only load failed" not in str(err):
             raise
         try:
-            unknown = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+            unknown = torch.serialization.get_unsafe_globals_in_checkpoint(source())
         except Exception:  # noqa: BLE001 - not a zip checkpoint: the weights-only reader's own message says more
             raise err from None
         with torch.serialization.safe_globals([(OpaqueObject, name) for name in unknown]):
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(source(), map_location="cpu", weights_only=True)
 
 
-def read_weights(path: Path) -> Dict[str, torch.Tensor]:
+def read_weights(path: Path, data: Optional[bytes] = None) -> Dict[str, torch.Tensor]:
     """The tensors of a state dict or checkpoint file, flattened to ``name -> tensor``; ConfigError naming the file
-    when it is not one."""
+    when it is not one. ``data``: the file's bytes, when the caller has read (and hashed) them: what is hashed is
+    what is loaded."""
     path = Path(path)
     try:
+        data = path.read_bytes() if data is None else data
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+            from safetensors.torch import load as load_safetensors
 
-            payload: Any = load_file(str(path))
+            payload: Any = load_safetensors(data)
         else:
-            payload = _torch_load(path)
+            payload = _torch_load(data)
     except Exception as err:  # noqa: BLE001 - whatever the reader raises, the user needs the file's name
-        detail = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        blocked = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)", str(err))
+        detail = f"it names {blocked.group(1)}, which a weights-only load refuses to import" if blocked else (str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__)
         raise ConfigError(f"{path}: not a state dict or checkpoint that torch.load or safetensors can read ({detail}); give a .pth/.pt/.ckpt/.safetensors file of ResNet weights") from None
     for wrapper in WRAPPERS:
         if isinstance(payload, dict) and isinstance(payload.get(wrapper), dict):
@@ -161,16 +168,24 @@ def find_trunk(tensors: Dict[str, torch.Tensor], path: Path, prefix: Optional[st
         parts = [f"{label} {', '.join(items[:5])}{' ...' if len(items) > 5 else ''}" for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape)) if items]
         raise ConfigError(f"{path}: not a {arch} trunk torchvision can load (prefix {chosen!r}): " + "; ".join(parts))
     trunk = {n: tensors[names[n]] for n in reference if n in names}
+    # load_state_dict would cast integer, bool or complex weights and keep NaN ones: a row of noise
+    kinds = [f"{n} ({trunk[n].dtype})" for n in trunk if not n.endswith("num_batches_tracked") and not trunk[n].is_floating_point()]
+    broken = [n for n in trunk if trunk[n].is_floating_point() and not torch.isfinite(trunk[n]).all()]
+    if kinds or broken:
+        parts = [f"{label} {', '.join(items[:4])}{' ...' if len(items) > 4 else ''}" for label, items in (("not floating-point:", kinds), ("non-finite values in", broken)) if items]
+        raise ConfigError(f"{path}: the trunk's weights are not usable ({'; '.join(parts)}); give the file of a trained ResNet")
     return arch, chosen, trunk
 
 
-_SHA_CACHE: Dict[Tuple[str, int, int], str] = {}
+_SHA_CACHE: Dict[tuple, str] = {}
 
 
 def cached_sha256(path: Path) -> str:
-    """The file's SHA-256, computed once per (path, size, modification time) in this process."""
+    """The file's SHA-256, computed once per (path, inode, size, modification and change time) in this process: a
+    file replaced by one of the same size and modification time (``cp`` + ``touch -r``, ``rsync -t``) has another
+    change time, which no tool sets back. :func:`load_external` hashes the bytes it loads in any case."""
     stat = os.stat(path)
-    ident = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+    ident = (str(Path(path).resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
     if ident not in _SHA_CACHE:
         _SHA_CACHE[ident] = file_sha256(path)
     return _SHA_CACHE[ident]
@@ -223,6 +238,18 @@ def sidecar_of(path: Path) -> Optional[Path]:
     return candidate if candidate.exists() else None
 
 
+def header_normalisation(path: Path) -> Optional[Tuple[List[float], List[float]]]:
+    """(mean, std) from the ``medssl`` entry of a safetensors header (what ``export`` writes), or None."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as handle:
+            saved = json.loads((handle.metadata() or {}).get("medssl", "null"))
+        return [float(v) for v in saved["mean"]], [float(v) for v in saved["std"]]
+    except Exception:  # noqa: BLE001 - no such entry (another tool's file), or not readable: read_weights names it
+        return None
+
+
 def resolve_spec(name: str, spec: Dict[str, Any]) -> Dict[str, Any]:
     """A suite's ``encoders`` entry with what identifies the encoder filled in: the file's SHA-256 (unless given:
     entries rebuilt from records for a report, where the file need not exist any more) and the normalisation with its
@@ -230,6 +257,9 @@ def resolve_spec(name: str, spec: Dict[str, Any]) -> Dict[str, Any]:
     spec = dict(spec)
     path = Path(str(spec.get("path", "")))
     if "sha256" not in spec:
+        if path.is_dir():
+            files = sorted(p.name for p in path.iterdir() if p.suffix in SUFFIXES)[:3]
+            raise ConfigError(f"encoder {name}: {path} is a folder; give the weights file in it (--encoder {name}=PATH/FILE{', e.g. ' + files[0] if files else ''})")
         if not path.is_file():
             raise ConfigError(f"encoder {name}: {path} does not exist; give the path of a .pth/.pt/.ckpt/.safetensors file (--encoder {name}=PATH)")
         spec["path"] = str(path.resolve())
@@ -244,10 +274,18 @@ def resolve_spec(name: str, spec: Dict[str, Any]) -> Dict[str, Any]:
                 source = f"sidecar {sidecar.name}"
             except (OSError, ValueError, KeyError, TypeError):
                 raise ConfigError(f"encoder {name}: {sidecar} has no readable mean and std lists; fix it, delete it, or give mean=...,std=... with the encoder") from None
+        if source is None and path.suffix == ".safetensors" and path.is_file():
+            saved = header_normalisation(path)
+            if saved is not None:
+                spec["mean"], spec["std"] = saved
+                source = "safetensors header"
         spec.setdefault("mean", list(IMAGENET_MEAN))
         spec.setdefault("std", list(IMAGENET_STD))
         spec["normalisation"] = source or "ImageNet (default)"
     spec["mean"], spec["std"] = [float(v) for v in _as_list(spec["mean"])], [float(v) for v in _as_list(spec["std"])]
+    if not all(math.isfinite(v) for v in spec["mean"]) or not all(math.isfinite(v) and v > 0 for v in spec["std"]):
+        origin = spec["normalisation"] if spec["normalisation"] != "given" else "--encoder"
+        raise ConfigError(f"encoder {name}: mean {spec['mean']} and std {spec['std']} ({origin}) must be finite numbers and every std above 0")
     spec["stem"] = str(spec.get("stem", STEMS[0]))
     if spec["stem"] not in STEMS:
         raise ConfigError(f"encoder {name}: stem={spec['stem']!r}; choose replicate (the grey image fed as three channels, each normalised) or sum (conv1 summed over its channels)")
@@ -280,9 +318,10 @@ def load_external(name: str, spec: Dict[str, Any], in_channels: int) -> Tuple[Re
     path = Path(spec["path"])
     if not path.is_file():
         raise ConfigError(f"encoder {name}: {path} does not exist; give the path of its weights file (--encoder {name}=PATH)")
-    if cached_sha256(path) != spec["sha256"]:
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != spec["sha256"]:  # the bytes that are loaded, not a cached hash of the path
         raise ConfigError(f"encoder {name}: {path} has changed since this run was planned (SHA-256 differs); run the command again")
-    arch, prefix, trunk_state = find_trunk(read_weights(path), path, spec.get("prefix"))
+    arch, prefix, trunk_state = find_trunk(read_weights(path, data), path, spec.get("prefix"))
     stem = trunk_state["conv1.weight"]
     # replicated grey input: the trunk keeps its three channels and Normalize broadcasts the image to them
     channels = 3 if stem.shape[1] == 3 and in_channels == 1 and spec.get("stem", STEMS[0]) == "replicate" else in_channels

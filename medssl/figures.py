@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import html
 import math
-import os
 import re
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
+from datasets.storage import write_atomic
 from medssl.compare import CellKey, CellRuns, columns, over_pretraining
 from medssl.config import PROTOCOLS, fraction_label, statistics_settings
 from medssl.plan import Plan
@@ -40,9 +40,7 @@ def _pyplot():
 
 
 def _save(fig, path: Path) -> Path:
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110, metadata=PNG_METADATA)
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, metadata=PNG_METADATA, format="png"))
     return path
 
 
@@ -194,7 +192,5 @@ def write_html(plan: Plan, reports_dir: Path, files: List[Path], order: Sequence
             parts.append(f"<h2>{name}</h2><img src='{name}' alt='{name}'>")
     parts.append("</body></html>")
     path = reports_dir / "index.html"
-    tmp = path.with_suffix(".tmp.html")
-    tmp.write_text("\n".join(parts) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: tmp.write_text("\n".join(parts) + "\n", encoding="utf-8"))
     return path

@@ -195,7 +195,8 @@ def recorded_plan(plan: Plan, records: List[Dict[str, Any]]) -> Optional[Plan]:
     keys = {record["key"] for record in records}
     # methods outside the suite's roster that a run added with --methods (registered ones) are shown after its own,
     # then external encoders of earlier runs (--encoder), as their latest records describe them
-    added = [m for m in dict.fromkeys(record["method"] for record in records) if m not in plan.suite["methods"] and m in method_names()]
+    # (a CT method's records in the folder, a suite of the other track with this name, are not this suite's rows)
+    added = [m for m in dict.fromkeys(record["method"] for record in records) if m not in plan.suite["methods"] and m in method_names() and method_class(m).track == "2d"]
     external = {record["method"]: record["external"] for record in records if record["method"] not in plan.suite["methods"] and record.get("external")}
     if added or external:
         plan = build_plan({**with_encoders(plan.suite, external), "methods": list(plan.suite["methods"]) + added})

@@ -25,9 +25,11 @@ from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 import pytorch_lightning as pl
+from pytorch_lightning.plugins.io import TorchCheckpointIO
 import torch
 
 from datasets import ImageDataset
+from datasets.storage import write_atomic
 from medssl import quiet_lightning
 from medssl.backbone import ResNetTrunk
 from medssl.cluster import check_batch_split, started_by_launcher
@@ -277,9 +279,7 @@ def _read_encoder(path: Path) -> tuple:
 
 
 def _write_json(path: Path, payload: Dict[str, Any]) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=1))
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: tmp.write_text(json.dumps(payload, indent=1)))
 
 
 def load_encoder(path: Path) -> tuple:
@@ -317,7 +317,7 @@ def corpus_indices(job: PretrainJob, dataset) -> np.ndarray:
 def write_run_files(job: PretrainJob, dataset, run_dir: Path) -> None:
     """``config.json`` and :data:`DATA_FILE` in the run's folder, before any training: a resumed or reused
     pretraining is checked against the data it started from (medssl/runner.check_unchanged)."""
-    (run_dir / "config.json").write_text(json.dumps(job.config, indent=1, sort_keys=True))
+    write_atomic(run_dir / "config.json", lambda tmp: tmp.write_text(json.dumps(job.config, indent=1, sort_keys=True)))
     if not (run_dir / DATA_FILE).exists() or not (run_dir / "last.ckpt").exists():  # a resumed run keeps its start's
         _write_json(run_dir / DATA_FILE, {"dataset": dataset.name, "fingerprint": dataset.fingerprint})
 
@@ -333,6 +333,28 @@ def discard_resume_point(run_dir: Path) -> int:
     size = resume.stat().st_size
     resume.unlink()
     return size
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, but the temporary file is in the checkpoint's own folder and renamed over it.
+    Lightning's writes through an fsspec transaction whose temporary lives in ``$TMPDIR``: on another filesystem
+    its commit is a copy over the old ``last.ckpt``, so a kill during it left a truncated resume point."""
+
+    def save_checkpoint(self, checkpoint: Dict[str, Any], path, storage_options: Optional[Any] = None) -> None:
+        write_atomic(Path(path), lambda tmp: torch.save(checkpoint, tmp))
+
+
+def resume_from(run_dir: Path) -> Optional[str]:
+    """The ``ckpt_path`` a pretraining continues from: its readable ``last.ckpt``, else None (it starts over), and
+    then the rows of an earlier start in ``history.jsonl`` are set aside (``history.jsonl.discarded``), so the
+    history lists each epoch of this start once."""
+    resume = Path(run_dir) / "last.ckpt"
+    if readable_checkpoint(resume):
+        return str(resume)
+    history = Path(run_dir) / "history.jsonl"
+    if history.exists():
+        os.replace(history, history.with_name("history.jsonl.discarded"))
+    return None
 
 
 def epoch_checkpoint(run_dir: Path) -> pl.callbacks.ModelCheckpoint:
@@ -448,10 +470,10 @@ def _train_and_export(job: PretrainJob, dataset: ImageDataset, run_dir: Path, de
             num_sanity_val_steps=0,
             log_every_n_steps=max(1, min(50, steps_per_epoch)),
             max_time={"seconds": max_time_s} if max_time_s else None,
+            plugins=[AtomicCheckpointIO()],
         )
-        resume = run_dir / "last.ckpt"
         try:
-            trainer.fit(model, loader, ckpt_path=str(resume) if readable_checkpoint(resume) else None, weights_only=True)
+            trainer.fit(model, loader, ckpt_path=resume_from(run_dir), weights_only=True)
         except Exception as err:  # noqa: BLE001
             # under ddp_spawn a worker's PretrainingFailed arrives as torch's ProcessRaisedException carrying its text
             text = str(err)
@@ -500,11 +522,11 @@ def _finished_state(job: PretrainJob, model) -> Dict[str, torch.Tensor]:
 
 def _save_encoder(job: PretrainJob, run_dir: Path, state: Dict[str, torch.Tensor], meta: Dict[str, Any]) -> Path:
     encoder_path = run_dir / ENCODER_FILE
-    # per-process temporary names: two runs sharing a checkpoints folder never write into each other's file
-    tmp = run_dir / f"{ENCODER_FILE}.tmp-{os.getpid()}"
-    torch.save({"state_dict": state, "meta": meta}, tmp)
-    _write_json(run_dir / ENCODER_SIDECAR, {"sha256": file_sha256(tmp), "key": job.key, "method": job.method, "hash": job.hash})
-    os.replace(tmp, encoder_path)  # last: an encoder.pt is never visible before its checksum
+    def save(tmp: Path) -> None:  # a per-process temporary name: two runs sharing a checkpoints folder never mix files
+        torch.save({"state_dict": state, "meta": meta}, tmp)
+        _write_json(run_dir / ENCODER_SIDECAR, {"sha256": file_sha256(tmp), "key": job.key, "method": job.method, "hash": job.hash})
+
+    write_atomic(encoder_path, save)  # renamed last: an encoder.pt is never visible before its checksum
     return encoder_path
 
 
@@ -537,9 +559,9 @@ def _train_volumes_and_export(job: PretrainJob, dataset, run_dir: Path, device: 
         callbacks.append(SparseMetricsProgressBar(leave=False))
     trainer = pl.Trainer(max_epochs=protocol.epochs, accelerator="gpu" if device.startswith("cuda") else "cpu", devices=lightning_devices(device, 1), precision="32-true",
                          callbacks=callbacks, logger=lightning_logger(logger or "csv", run_dir), enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
-                         log_every_n_steps=max(1, min(50, protocol.steps_per_epoch)), max_time={"seconds": max_time_s} if max_time_s else None)
-    resume = run_dir / "last.ckpt"
-    trainer.fit(model, steps, ckpt_path=str(resume) if readable_checkpoint(resume) else None, weights_only=True)
+                         log_every_n_steps=max(1, min(50, protocol.steps_per_epoch)), max_time={"seconds": max_time_s} if max_time_s else None,
+                         plugins=[AtomicCheckpointIO()])
+    trainer.fit(model, steps, ckpt_path=resume_from(run_dir), weights_only=True)
     if trainer.current_epoch < protocol.epochs:
         raise RuntimeError(f"{job.key}: pretraining stopped at epoch {trainer.current_epoch} of {protocol.epochs}; run again to resume")
     state = _finished_state(job, model)

@@ -22,6 +22,8 @@ from typing import Callable, Dict, Iterator, List, Optional
 
 import numpy as np
 
+from datasets.storage import DiskFull, write_all, write_atomic
+
 RECORD_FIELDS = (
     "key", "suite", "method", "pretrain_hash", "task", "dataset", "protocol", "fraction", "seed", "metric", "value",
     "per_class", "excluded_classes", "n_train", "n_val", "n_test", "best_epoch", "val_value",
@@ -55,7 +57,7 @@ def _set_aside_partial_line(fd: int, path: Path) -> None:
     try:
         json.loads(fragment)
         os.lseek(fd, 0, os.SEEK_END)
-        os.write(fd, b"\n")
+        write_all(fd, b"\n", path)
         return
     except ValueError:
         pass
@@ -66,15 +68,20 @@ def _set_aside_partial_line(fd: int, path: Path) -> None:
 
 
 def append_line(path: Path, record: Dict) -> None:
-    """One JSON line, written with a single write under an exclusive lock and fsync'ed, always on a line of its own."""
+    """One JSON line, written whole under an exclusive lock and fsync'ed, always on a line of its own; a full disk
+    leaves no part of it (:class:`~datasets.storage.DiskFull`)."""
     line = (json.dumps(record, sort_keys=True, allow_nan=True) + "\n").encode("utf-8")
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         _set_aside_partial_line(fd, Path(path))
-        os.lseek(fd, 0, os.SEEK_END)
-        os.write(fd, line)
-        os.fsync(fd)
+        end = os.lseek(fd, 0, os.SEEK_END)
+        try:
+            write_all(fd, line, path)
+            os.fsync(fd)
+        except (DiskFull, OSError):
+            os.ftruncate(fd, end)  # no part of the record stays: the job counts as not done and runs again
+            raise
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
@@ -94,8 +101,18 @@ def read_lines(path: Path) -> List[Dict]:
     return rows
 
 
+def save_npz(path: Path, arrays: Dict[str, np.ndarray]) -> None:
+    """``np.savez_compressed`` into exactly ``path`` (given a name, numpy would add .npz to a temporary one)."""
+    with open(path, "wb") as fh:
+        np.savez_compressed(fh, **arrays)
+
+
 class Busy(RuntimeError):
-    """Another process holds the lock of a results folder."""
+    """Another process holds the lock of a results folder (``directory``)."""
+
+    def __init__(self, holder: str, directory: Optional[Path] = None):
+        super().__init__(holder)
+        self.directory = directory
 
 
 @contextlib.contextmanager
@@ -112,7 +129,7 @@ def exclusive_lock(path: Path, wait: bool = False, on_wait: Optional[Callable[[s
         except BlockingIOError:
             holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "another process"
             if not wait:
-                raise Busy(holder) from None
+                raise Busy(holder, path.parent) from None
             if on_wait is not None:
                 on_wait(holder)
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -152,7 +169,11 @@ class ResultStore:
 
     def __iter__(self) -> Iterator[Dict]:
         for path in self.files():
-            yield from read_lines(path)
+            for number, row in enumerate(read_lines(path), 1):
+                if isinstance(row, dict) and "key" in row:
+                    yield row
+                else:  # an edited or foreign line: never a KeyError in every reader of the store
+                    warnings.warn(f"{path}: record {number} has no key and is skipped")
 
     def records(self) -> List[Dict]:
         return list(self)
@@ -167,9 +188,7 @@ class ResultStore:
         self.directory.mkdir(parents=True, exist_ok=True)
         if predictions is not None:
             self.predictions_dir.mkdir(exist_ok=True)
-            tmp = self.predictions_dir / f"{record['key']}.tmp-{os.getpid()}.npz"
-            np.savez_compressed(tmp, **predictions)
-            os.replace(tmp, self.predictions_dir / f"{record['key']}.npz")
+            write_atomic(self.predictions_dir / f"{record['key']}.npz", lambda tmp: save_npz(tmp, predictions))
         append_line(self.path, record)
 
     def lock(self):

@@ -15,6 +15,7 @@ import io
 import math
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence
 
@@ -583,6 +584,9 @@ def _swap_in(staging: Path, final: Path) -> None:
 def _write_report_files(plan: Plan, records: Iterable[Dict], reports_dir: Path, pretraining: Optional[Dict[str, Dict]]) -> List[Path]:
     store = records if isinstance(records, ResultStore) else None
     records = list(records)
+    for problem in compare.record_problems(plan, records, store):
+        print(f"warning: {problem}", file=sys.stderr)
+    records = [record for record in records if "key" in record]
     runs = compare.collect_runs(plan, records, store)
     cells = {key: dict(r.values) for key, r in runs.items()}
     outputs: Dict[str, str] = {

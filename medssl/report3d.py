@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Tuple
 
@@ -83,10 +84,15 @@ def collect(plan: CTPlan, records: Iterable[Dict], store: Optional[ResultStore])
         job, head = wanted[record["key"]]
         runs = out.setdefault((job.task["name"], (job.method, job.protocol, head)), RowRuns())
         runs.values[job.run] = float(record["value"])
-        runs.organs[job.run] = record["per_class"]
+        runs.organs[job.run] = record.get("per_class") or {}  # records of older versions may lack it
         if store is not None:
-            predictions = store.load_predictions(record["key"])
-            per_ct = np.nanmean(predictions["dice"].astype(np.float64), axis=1)
+            try:
+                predictions = store.load_predictions(record["key"])
+                per_ct = np.nanmean(predictions["dice"].astype(np.float64), axis=1)
+            except Exception as err:  # noqa: BLE001 - missing or damaged: the row keeps its value, loses its per-CT tests
+                print(f"warning: record {record['key']} ({job.describe()} {head}): its predictions cannot be read ({type(err).__name__}); "
+                      "its row has no per-CT statistics", file=sys.stderr)
+                continue
             runs.per_ct[job.run] = {str(case): float(value) for case, value in zip(predictions["case_ids"], per_ct)}
     return out
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import inspect
+import math
+import re
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 # Seeds feed numpy's and torch's generators, which take 0 <= seed < 2**32.
@@ -48,6 +50,9 @@ def number(low: Optional[float] = None, high: Optional[float] = None, integer: b
         if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
             problems.add(path, f"expected {kind}, got {_describe(value)}")
             return
+        if not math.isfinite(value):  # NaN passes every comparison below; inf is no setting's value
+            problems.add(path, f"expected a finite number, got {value!r}")
+            return
         if low is not None and (value <= low if low_open else value < low):
             problems.add(path, f"expected {kind} {'>' if low_open else '>='} {low:g}, got {value!r}")
         if high is not None and value > high:
@@ -62,6 +67,15 @@ def text(choices: Optional[Sequence[str]] = None) -> Check:
         elif choices is not None and value not in choices:
             problems.add(path, f"expected one of {', '.join(choices)}, got {value!r}{nearest(value, choices)}")
     return check
+
+
+def folder_name(value, path, problems):
+    """A name that becomes a folder (results/<suite>/, reports/<suite>/): letters, digits and _ . + - only, so it
+    can never point outside the results folder (``../../x``)."""
+    if not isinstance(value, str):
+        problems.add(path, f"expected a string, got {_describe(value)}")
+    elif not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", value) or ".." in value:
+        problems.add(path, f"{value!r} names the suite's results and reports folders: use letters, digits and _ . + - (no / or ..)")
 
 
 def flag(value, path, problems):
@@ -110,14 +124,17 @@ def _join(path: str, key: Any) -> str:
 
 def from_defaults(defaults: Dict[str, Any], what: str) -> Check:
     """Settings whose names and types are those of ``defaults`` (a dataclass's or a function's): a setting of a
-    numeric default takes a number, a list or tuple default a list, a string one a string, a boolean one a boolean."""
+    numeric default takes a finite number, a list or tuple default a list, a string one a string, a boolean one a
+    boolean. Ranges follow the default's sign: a positive default (a size, a temperature) takes a positive number, a
+    zero default (a seed, a weight decay) a non-negative one, a negative one (BTCV's ``fold: -1``) any."""
     def check_one(default):
         if isinstance(default, bool):
             return flag
+        bound = {"low": 0, "low_open": default > 0} if isinstance(default, (int, float)) and default >= 0 else {}
         if isinstance(default, int):
-            return number(integer=True)
+            return number(integer=True, **bound)
         if isinstance(default, float):
-            return number()
+            return number(**bound)
         if isinstance(default, str):
             return text()
         if isinstance(default, (list, tuple)):
@@ -253,7 +270,7 @@ def suite_schema(encoder_names: Sequence[str] = ()) -> Check:
                           "alpha": number(low=0, high=1, low_open=True), "resamples": positive_int, "confidence": number(low=0, high=1, low_open=True),
                           "seed": number(low=0, high=MAX_SEED, integer=True)}, what="statistics settings")
     assert set(STATISTICS_DEFAULTS) <= {"reference", "variants", "adjust", "alpha", "resamples", "confidence", "seed"}, "keep the statistics schema in step"
-    return mapping({"name": text(), "description": text(), "track": text(("2d", "ct")), "pretrain": pretrain, "methods": _methods(encoder_names), "method_params": _method_params,
+    return mapping({"name": folder_name, "description": text(), "track": text(("2d", "ct")), "pretrain": pretrain, "methods": _methods(encoder_names), "method_params": _method_params,
                     "encoders": _encoders, "tasks": sequence(task, min_length=1), "evaluation": evaluation, "statistics": statistics},
                    required=("pretrain", "methods", "tasks", "evaluation"), what="suite sections")
 
@@ -277,7 +294,7 @@ def ct_suite_schema() -> Check:
                     "protocols": sequence(text(CT_PROTOCOLS), min_length=1, unique=True), "folds": sequence(number(low=0, integer=True), min_length=1, unique=True)},
                    required=("name", "dataset", "protocols"), what="CT task settings")
     statistics = mapping({"adjust": text(("holm", "bh")), "alpha": number(low=0, high=1, low_open=True)}, what="statistics settings")
-    return mapping({"name": text(), "description": text(), "track": text(("ct",)), "pretrain": pretrain, "methods": _methods(()), "method_params": _method_params,
+    return mapping({"name": folder_name, "description": text(), "track": text(("ct",)), "pretrain": pretrain, "methods": _methods(()), "method_params": _method_params,
                     "tasks": sequence(task, min_length=1), "evaluation": evaluation, "statistics": statistics},
                    required=("track", "pretrain", "methods", "tasks", "evaluation"), what="CT suite sections")
 

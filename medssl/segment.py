@@ -27,7 +27,7 @@ from torch import nn
 
 from medssl.augment import Normalize, resize
 from medssl.backbone import ResNetTrunk
-from medssl.evaluate import epochs_for, is_validation_epoch
+from medssl.evaluate import FiniteLoss, epochs_for, is_validation_epoch
 from medssl.precision import autocast, fixed_precision
 from medssl.unet import UNetDecoder
 from medssl.stream import MappedImages, batches_per_epoch, training_batches
@@ -117,6 +117,7 @@ def train_segmentation(encoder: ResNetTrunk, meta: Dict[str, Any], image_size: i
     source, masks = MappedImages.of(images), MappedImages.of(masks)  # one reader each for the whole training
     val_truth = mask_targets(masks, val_idx, image_size).numpy()
     best = (-math.inf, -1, None)
+    finite = FiniteLoss("segmentation training")
     for epoch in range(epochs):
         model.train()
         for batch in training_batches(torch.randperm(len(train_idx), generator=generator), batch_size):
@@ -129,10 +130,12 @@ def train_segmentation(encoder: ResNetTrunk, meta: Dict[str, Any], image_size: i
             with autocast(device, fixed_precision(device)):
                 logits = model(x).float()
             loss = F.binary_cross_entropy_with_logits(logits, y) + soft_dice_loss(logits, y)
+            finite.update(loss)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             scheduler.step()
+        finite.check(epoch)
         if is_validation_epoch(epoch, epochs, settings):
             value = segmentation_metrics(predict_masks(model, source, val_idx, device), val_truth)["mean_dice"]
             if value > best[0]:

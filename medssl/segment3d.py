@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medssl.evaluate import FiniteLoss
+
 NUM_ORGANS = 13
 
 
@@ -152,6 +154,7 @@ def train_fpn_segmentation(encoder, mode: str, volumes, labels, annotated: Seque
 
     every = max(1, epochs // max(1, int(settings.get("validations", 5))))
     best = (-np.inf, -1, None)
+    finite = FiniteLoss(f"CT segmentation ({mode})")
     for epoch in range(epochs):
         encoder_trains = trains_encoder and (mode == "scratch" or epoch >= freeze)
         if mode == "finetune":
@@ -170,9 +173,11 @@ def train_fpn_segmentation(encoder, mode: str, volumes, labels, annotated: Seque
             with torch.set_grad_enabled(encoder_trains):
                 levels = encoder(x)
             loss = sum(segmentation_loss(head(levels), y, b) for head in heads.values())
+            finite.update(loss)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+        finite.check(epoch)
         if (epoch + 1) % every == 0 or epoch == epochs - 1:
             encoder.eval(), heads.eval()
             val = np.nanmean(np.nanmean(mean_dice(lambda x: heads[selector](encoder(x)), [volumes[i] for i in val_idx], [labels[i] for i in val_idx],

@@ -212,6 +212,7 @@ def run_ct_plan(plan: CTPlan, data_root: Path, out_dir: Path, device: str = "cpu
     finished pretraining's ``last.ckpt`` is deleted unless ``keep_checkpoints``."""
     from medssl.pretrain import ENCODER_FILE, PretrainingFailed, discard_resume_point, load_encoder, run_pretraining
     from medssl.runner import DatasetCache, check_data, data_stamp, pretraining_verb
+    from medssl.evaluate import EvaluationDiverged
     from medssl.segment3d import train_fpn_segmentation
 
     store = store or ResultStore(Path(out_dir) / plan.suite["name"])
@@ -242,7 +243,7 @@ def run_ct_plan(plan: CTPlan, data_root: Path, out_dir: Path, device: str = "cpu
         store.append_pretraining({"key": pjob.key, "method": pjob.method, "hash": pjob.hash, "seed": pjob.seed, "config": pjob.config, "wall_time_s": meta["wall_time_s"],
                                   "pretrain_images": meta["pretrain_images"], "history": meta["history"], "precision": meta["precision"],
                                   "data_fingerprint": meta.get("data_fingerprint"), "git_commit": provenance.git_commit(), "hardware": provenance.hardware(device)})
-    ran = 0
+    ran, failed_evaluations = 0, []
     for job in pending:
         if job.trained and job.pretrain.key not in encoders:
             continue  # its pretraining failed: listed in ``failed``
@@ -250,8 +251,13 @@ def run_ct_plan(plan: CTPlan, data_root: Path, out_dir: Path, device: str = "cpu
         encoder = load_encoder(encoders[job.pretrain.key])[0] if job.trained else random_fpn(job)
         split = {s: dataset.indices(s) for s in ("train", "val", "test")}
         start = time.time()
-        results = train_fpn_segmentation(encoder, MODES[job.protocol], dataset.images, dataset.labels, dataset.annotated, split["train"], split["val"], split["test"],
-                                         job.config["settings"], job.seed, device=device)
+        try:
+            results = train_fpn_segmentation(encoder, MODES[job.protocol], dataset.images, dataset.labels, dataset.annotated, split["train"], split["val"], split["test"],
+                                             job.config["settings"], job.seed, device=device)
+        except EvaluationDiverged as err:
+            failed_evaluations.append(f"{job.describe()} ({job.key}): {err}")
+            log(f"  FAILED: {job.describe()}: {err}")
+            continue
         wall_time = (time.time() - start) / len(results)
         for head, result in results.items():
             if job.record_key(head) in done:
@@ -261,4 +267,4 @@ def run_ct_plan(plan: CTPlan, data_root: Path, out_dir: Path, device: str = "cpu
             store.append(ct_record(job, head, plan.suite["name"], dataset, result, device, wall_time, data_stamp(job, datasets)), predictions=predictions)
             log(f"  {job.describe()} {head}: test mean Dice {result['mean_dice']:.4f} (val {result['val_value']:.4f}, epoch {result['best_epoch']})")
         ran += 1
-    return {"ran": ran, "skipped": len(plan.eval_jobs) - len(pending), "failed": failed}
+    return {"ran": ran, "skipped": len(plan.eval_jobs) - len(pending), "failed": failed, "failed_evaluations": failed_evaluations}

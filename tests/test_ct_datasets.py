@@ -184,3 +184,23 @@ def test_prepare_ct_bad_input_is_one_line(tmp_path, capsys, args, message):
 def test_synthetic_ct_part_is_checked(tmp_path):
     with pytest.raises(DatasetError, match="part must be 'labelled'"):
         load_dataset("synthetic_ct", tmp_path, part="labeled")
+
+
+def test_nan_voxels_and_a_cut_nifti_are_named_and_the_other_cases_kept(tmp_path):
+    """NaN voxels became 0 HU with only a numpy warning, and a cut .nii.gz passed the header check and ended in a
+    MONAI traceback (issue 32)."""
+    training = tmp_path / "btcv" / "RawData" / "Training"
+    plain = np.diag([2.0, 2.0, 3.0, 1.0])
+    write_case(training, "0001", two_organs(), plain)
+    image = np.where(two_organs() > 0, 40.0, -1000.0).astype(np.float32)
+    image[8, 4, 3] = np.nan  # inside the liver: outside air would be cropped away
+    write_case(training, "0002", two_organs(), plain, image=image)
+    write_case(training, "0003", two_organs(), plain, image=np.random.default_rng(0).normal(0, 500, (12, 10, 8)).astype(np.float32))
+    cut = training / "img" / "img0003.nii.gz"
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+    with pytest.raises(DatasetError) as error:
+        load_dataset("btcv", tmp_path, spacing=(2.0, 2.0, 3.0))
+    text = str(error.value)
+    assert "2 of 3 cases cannot be used (the others are cached and kept)" in text
+    assert "case img0002: image" in text and "non-finite voxels" in text and "case img0003:" in text and "cannot be decoded" in text
+    assert len(list((tmp_path / "btcv" / ".medssl-cache").glob("volumes-*/img0001.json"))) == 1

@@ -216,3 +216,31 @@ def test_each_patch_is_checked_against_the_volumes_it_is_cut_from(synthetic_root
     task_shapes = [v.shape for v in datasets.get(suite["tasks"][0]["dataset"]).images]
     assert any(s < p for shape in task_shapes for s, p in zip(shape, (16, 16, 8)))  # the case this test is about
     check_ct_tasks(build_ct_plan(suite).eval_jobs, datasets)
+
+
+def test_a_ct_run_on_a_busy_results_folder_names_the_holder(tmp_path, synthetic_root, capsys):
+    """A second CT run on a busy --out ended in AttributeError: 'NoneType' object has no attribute 'directory'."""
+    from medssl.records import ResultStore
+
+    suite = write_suite(tmp_path / "tinyct.yaml")
+    with ResultStore(tmp_path / "out" / "tinyct").lock():
+        code, _, err = run(["--suite", suite, "--out", str(tmp_path / "out"), "--data-root", str(synthetic_root), "--no-progress", "--device", "cpu"], capsys)
+    assert code == 2 and f"another run is using {tmp_path / 'out' / 'tinyct'}: pid" in err and "Traceback" not in err
+
+
+def test_a_ct_report_without_a_predictions_file_or_per_class_warns_and_is_written(finished, tmp_path, capsys):
+    """One .npz deleted, or an older record without per_class: FileNotFoundError / KeyError ended the report and
+    every CT run that met it (issue 32)."""
+    import shutil
+
+    suite, folder, _ = finished
+    out = tmp_path / "out"
+    shutil.copytree(folder / "out" / "tinyct", out / "tinyct")
+    records = out / "tinyct" / "records.jsonl"
+    rows = [json.loads(line) for line in records.read_text().splitlines()]
+    (out / "tinyct" / "predictions" / f"{rows[0]['key']}.npz").unlink()
+    rows[1].pop("per_class")
+    records.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    code, _, err = run(["report", "--suite", suite, "--out", str(out), "--reports", str(tmp_path / "reports")], capsys)
+    assert code == 0 and f"warning: record {rows[0]['key']}" in err and "its predictions cannot be read (FileNotFoundError)" in err
+    assert (tmp_path / "reports" / "tinyct" / "ct_table.md").exists()

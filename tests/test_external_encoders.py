@@ -2,6 +2,7 @@
 ResNets, Lightning loggers."""
 import argparse
 import json
+import os
 
 import numpy as np
 import pytest
@@ -306,3 +307,73 @@ def test_a_fixed_encoder_is_tested_over_its_own_evaluation_seeds():
     other = CellRuns(values={(FIXED_RUN, e): 0.60 + 0.01 * e for e in (0, 1)})
     both = compare_runs(fixed, other)  # two fixed encoders: over evaluation seeds (and test images) only
     assert both["unit_method"] == both["unit_versus"] == "evaluation seeds" and np.isfinite(both["p"])
+
+
+def test_a_swapped_file_with_the_old_size_and_time_is_hashed_by_what_is_loaded(tmp_path):
+    """cp + touch -r (rsync -t) kept (path, size, mtime): the cached SHA-256 of the first file keyed the second
+    file's results (issue 32)."""
+    import shutil
+
+    first, second = torchvision_file(tmp_path / "a.pth"), tmp_path / "b.pth"
+    torch.manual_seed(1)
+    torch.save(torchvision.models.resnet18().state_dict(), second)
+    assert first.stat().st_size == second.stat().st_size
+    spec = resolve_spec("tv", {"path": str(first)})
+    stat = first.stat()
+    shutil.copyfile(second, first)
+    os.utime(first, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    with pytest.raises(ConfigError, match="has changed since this run was planned"):
+        load_external("tv", spec, in_channels=3)
+    assert resolve_spec("tv", {"path": str(first)})["sha256"] != spec["sha256"], "a new plan sees the new file"
+
+
+def test_encoder_file_messages_name_the_folder_and_the_blocked_global(tmp_path):
+    class Shell:
+        def __reduce__(self):
+            return (os.system, ("true",))
+
+    (tmp_path / "weights").mkdir()
+    with pytest.raises(ConfigError, match="is a folder; give the weights file in it"):
+        resolve_spec("w", {"path": str(tmp_path / "weights")})
+    crafted = tmp_path / "crafted.pth"
+    torch.save({"conv1.weight": torch.zeros(1), "hook": Shell()}, crafted)
+    with pytest.raises(ConfigError, match=r"names (posix|nt)\.system, which a weights-only load refuses"):
+        read_weights(crafted)
+
+
+def test_exports_are_byte_identical_and_carry_their_normalisation(tmp_path):
+    """The same trunk exported three times had three SHA-256s (the safetensors header's order varied), and an
+    export killed before its sidecar was read with ImageNet's normalisation (issue 32)."""
+    from medssl.export import write_trunk
+
+    torch.manual_seed(0)
+    state = ResNetTrunk("resnet18", in_channels=1).state_dict()
+    description = {"method": "simclr", "suite": "smoke", "pretraining_key": "k", "pretraining_hash": "h", "pretraining_seed": 0, "corpus": "cxr",
+                   "backbone": "resnet18", "image_size": 32, "key_names": "torchvision", "encoder_sha256": "0" * 64}
+    files = [write_trunk(state, [0.41], [0.27], tmp_path / f"e{i}.safetensors", description)[0] for i in range(3)]
+    assert len({f.read_bytes() for f in files}) == 1
+    files[0].with_suffix(".json").unlink()
+    spec = resolve_spec("e0", {"path": str(files[0])})
+    assert spec["mean"] == [0.41] and spec["std"] == [0.27] and spec["normalisation"] == "safetensors header"
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda sd: sd["layer1.0.conv1.weight"].fill_(float("nan")), "non-finite values in layer1.0.conv1.weight"),
+    (lambda sd: sd.__setitem__("conv1.weight", sd["conv1.weight"].to(torch.int64)), r"not floating-point: conv1.weight \(torch.int64\)"),
+    (lambda sd: sd.__setitem__("bn1.weight", sd["bn1.weight"] > 0), r"not floating-point: bn1.weight \(torch.bool\)"),
+])
+def test_unusable_weights_are_refused_naming_the_keys(tmp_path, change, message):
+    """NaN, integer or bool weights loaded (cast) and gave rows of noise (issue 32)."""
+    path = torchvision_file(tmp_path / "tv.pth")
+    state = torch.load(path)
+    change(state)
+    torch.save(state, path)
+    with pytest.raises(ConfigError, match=message):
+        load_external("tv", resolve_spec("tv", {"path": str(path)}), in_channels=3)
+
+
+@pytest.mark.parametrize("options", [{"mean": [float("nan")]}, {"std": [float("inf")]}, {"std": [0.0]}])
+def test_unusable_normalisation_is_refused(tmp_path, options):
+    path = torchvision_file(tmp_path / "tv.pth")
+    with pytest.raises(ConfigError, match="must be finite numbers and every std above 0"):
+        resolve_spec("tv", {"path": str(path), **options})
