@@ -193,12 +193,15 @@ def resolve_data_roots(args, create: bool = True):
     return DataRoots(default, folders)
 
 
-def yaml_value(text: str):
-    """A command-line value read as YAML (``labels=patient`` -> 'patient', ``seed=3`` -> 3)."""
+def yaml_value(text: str, option: str):
+    """A command-line value read as YAML (``labels=patient`` -> 'patient', ``seed=3`` -> 3) with the size and depth
+    limits of --set values (``config.read_yaml``); text that is not YAML stays text."""
     import yaml
 
+    from medssl.config import read_yaml
+
     try:
-        return yaml.safe_load(text)
+        return read_yaml(text, option)
     except yaml.YAMLError:
         return text
 
@@ -373,9 +376,9 @@ def selected_suite(args) -> tuple:
 def main(argv=None) -> int:
     argv = list(argv if argv is not None else sys.argv[1:])
     from datasets import DatasetError
+    from datasets.storage import FULL, DiskFull, disk_full
     from medssl.config import ConfigError
     from medssl.pretrain import CorruptCheckpoint
-    from datasets.storage import FULL, DiskFull, disk_full
     from medssl.records import Busy
 
     store = None
@@ -410,7 +413,7 @@ def main(argv=None) -> int:
                 if not sep or key not in takes or key in ("size", "spacing"):
                     known = ", ".join(k for k in takes if k not in ("size", "spacing"))
                     raise ConfigError(f"--param {text!r}: {args.dataset} takes KEY=VALUE with KEY one of {known} (--size and --spacing have options of their own)")
-                options[key] = yaml_value(value)
+                options[key] = yaml_value(value, f"--param {key}")
             dataset = load_dataset(args.dataset, resolve_data_roots(args), progress=not args.no_progress, **options)
             summary = dataset.summary()
             if "volumes" in summary:  # a CT dataset (datasets/volumes.py)

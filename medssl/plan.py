@@ -57,6 +57,11 @@ class EvalJob:
         return f"{self.pretrain.method} {self.task['name']} {self.protocol} {fraction_label(self.fraction)} seed={self.seed}"
 
     @property
+    def record_keys(self) -> List[str]:
+        """The keys of the records this job stores: its own (a CT job stores one per head, medssl/track3d.py)."""
+        return [self.key]
+
+    @property
     def run(self) -> tuple:
         """(pretraining seed, evaluation seed): the run's place in a table cell; FIXED_RUN for an external encoder."""
         return (FIXED_RUN if self.pretrain.seed is None else self.pretrain.seed, self.seed)

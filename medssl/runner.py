@@ -201,7 +201,7 @@ def check_unchanged(jobs: Sequence, store: ResultStore, checkpoints: Path, finge
     for job in jobs:
         for role, spec in job_datasets(job).items():
             now = fingerprints.get(dataset_identity(spec))
-            for key in getattr(job, "record_keys", [job.key]):
+            for key in job.record_keys:
                 if key in stored:
                     compare(spec["name"], stored[key]["data"][role]["fingerprint"], now, "evaluations", key)
         used = checkpoints / job.pretrain.key / DATA_FILE
@@ -282,6 +282,18 @@ def check_external_encoders(jobs, datasets: DatasetCache) -> None:
             load_external(pjob.method, pjob.external, datasets.get(pjob.config["corpus"]).channels)
 
 
+def store_pretraining(store: ResultStore, pjob: PretrainJob, encoder_path: Path, device: str, keep_checkpoints: bool) -> None:
+    """After a pretraining is finished (or reused): its summary line in ``pretraining.jsonl`` (wall time, history,
+    precision, data fingerprint, provenance), and its ``last.ckpt`` deleted unless ``keep_checkpoints``. Both
+    tracks call it (medssl/track3d.py)."""
+    _, meta = load_encoder(encoder_path)
+    if not keep_checkpoints:
+        discard_resume_point(encoder_path.parent)
+    store.append_pretraining({"key": pjob.key, "method": pjob.method, "hash": pjob.hash, "seed": pjob.seed, "config": pjob.config, "wall_time_s": meta["wall_time_s"],
+                              "pretrain_images": meta["pretrain_images"], "history": meta["history"], "precision": meta.get("precision"),
+                              "data_fingerprint": meta.get("data_fingerprint"), "git_commit": provenance.git_commit(), "hardware": provenance.hardware(device)})
+
+
 def _log(message: str) -> None:
     print(message, flush=True)  # flushed: progress stays visible when the output goes to a file
 
@@ -328,10 +340,7 @@ def run_plan(plan: Plan, data_root: Path, out_dir: Path, device: str = "cpu", pr
             continue
         if global_rank != 0:
             continue
-        _, meta = load_encoder(encoders[key])
-        if not keep_checkpoints:
-            discard_resume_point(checkpoints / key)
-        store.append_pretraining({"key": key, "method": pjob.method, "hash": pjob.hash, "seed": pjob.seed, "config": pjob.config, "wall_time_s": meta["wall_time_s"], "pretrain_images": meta["pretrain_images"], "history": meta["history"], "precision": meta.get("precision"), "data_fingerprint": meta.get("data_fingerprint"), "git_commit": provenance.git_commit(), "hardware": provenance.hardware(device)})
+        store_pretraining(store, pjob, encoders[key], device, keep_checkpoints)
     if global_rank != 0:
         return {"ran": 0, "skipped": len(plan.eval_jobs) - len(pending), "failed": failed}
 

@@ -210,8 +210,8 @@ def run_ct_plan(plan: CTPlan, data_root: Path, out_dir: Path, device: str = "cpu
                 store: Optional[ResultStore] = None, logger: Optional[str] = None, keep_checkpoints: bool = False) -> Dict[str, Any]:
     """Pretrain what the pending evaluations need, evaluate, append the records (see the module docstring); a
     finished pretraining's ``last.ckpt`` is deleted unless ``keep_checkpoints``."""
-    from medssl.pretrain import ENCODER_FILE, PretrainingFailed, discard_resume_point, load_encoder, run_pretraining
-    from medssl.runner import DatasetCache, check_data, data_stamp, pretraining_verb
+    from medssl.pretrain import ENCODER_FILE, PretrainingFailed, load_encoder, run_pretraining
+    from medssl.runner import DatasetCache, check_data, data_stamp, pretraining_verb, store_pretraining
     from medssl.evaluate import EvaluationDiverged
     from medssl.segment3d import train_fpn_segmentation
 
@@ -237,12 +237,7 @@ def run_ct_plan(plan: CTPlan, data_root: Path, out_dir: Path, device: str = "cpu
             failed.append(f"{pjob.key}: {err} ({sum(1 for job in pending if job.trained and job.pretrain.key == pjob.key)} evaluations not run)")
             log(f"  FAILED: {err}")
             continue
-        _, meta = load_encoder(encoders[pjob.key])
-        if not keep_checkpoints:
-            discard_resume_point(checkpoints / pjob.key)
-        store.append_pretraining({"key": pjob.key, "method": pjob.method, "hash": pjob.hash, "seed": pjob.seed, "config": pjob.config, "wall_time_s": meta["wall_time_s"],
-                                  "pretrain_images": meta["pretrain_images"], "history": meta["history"], "precision": meta["precision"],
-                                  "data_fingerprint": meta.get("data_fingerprint"), "git_commit": provenance.git_commit(), "hardware": provenance.hardware(device)})
+        store_pretraining(store, pjob, encoders[pjob.key], device, keep_checkpoints)
     ran, failed_evaluations = 0, []
     for job in pending:
         if job.trained and job.pretrain.key not in encoders:
