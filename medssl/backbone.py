@@ -21,6 +21,31 @@ FEATURE_DIMS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048}
 TRUNK_VERSION = 2
 
 
+class OneDNNSafeConv2d(nn.Conv2d):
+    """A strided convolution that runs in fp32 on a map one pixel wide under CPU bf16 autocast.
+
+    oneDNN's bf16 weight gradient of a 3x3 stride-2 convolution is wrong when its input is one pixel wide (measured
+    with torch 2.14: values up to 1e38 or NaN that change from call to call, while fp32 and wider inputs are exact).
+    A ResNet reaches that case in ``layer4`` on views of 16 px or less (SwAV's and PCRLv2's local crops at small
+    image sizes); the pretraining then diverged or was not reproducible. Such maps are tiny, so fp32 costs nothing;
+    everywhere else the layer is an ordinary ``nn.Conv2d`` (same parameters, same state-dict keys)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu" and min(x.shape[-2:]) == 1 and torch.is_autocast_enabled("cpu"):
+            if torch.get_autocast_dtype("cpu") == torch.bfloat16:
+                with torch.autocast("cpu", enabled=False):
+                    return super().forward(x.float())
+        return super().forward(x)
+
+
+def guard_strided_convs(module: nn.Module) -> nn.Module:
+    """Make every strided, wider-than-1x1 ``nn.Conv2d`` in ``module`` a :class:`OneDNNSafeConv2d` in place."""
+    for conv in module.modules():
+        if type(conv) is nn.Conv2d and conv.stride != (1, 1) and conv.kernel_size != (1, 1):
+            conv.__class__ = OneDNNSafeConv2d
+    return module
+
+
 class ResNetTrunk(nn.Module):
     def __init__(self, arch: str = "resnet18", in_channels: int = 1):
         super().__init__()
@@ -40,6 +65,7 @@ class ResNetTrunk(nn.Module):
         self.arch = arch
         self.in_channels = in_channels
         self.feature_dim = FEATURE_DIMS[arch]
+        guard_strided_convs(self)
 
     @property
     def stage_channels(self) -> tuple:

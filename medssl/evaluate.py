@@ -40,6 +40,14 @@ class EvaluationDiverged(RuntimeError):
     reported and not stored, as a diverged pretraining is (medssl/runner.py)."""
 
 
+def check_finite_features(features: np.ndarray) -> None:
+    """Raise :class:`EvaluationDiverged` when an encoder's features are not all finite: a probe or kNN on them would
+    fail inside L-BFGS ("value cannot be converted to type float without overflow") or score noise."""
+    finite = np.isfinite(features).all(axis=1)
+    if not finite.all():
+        raise EvaluationDiverged(f"the encoder's features are not finite for {int((~finite).sum())} of {len(features)} images: its weights have diverged; pretrain it again with a lower lr or --precision 32")
+
+
 class FiniteLoss:
     """Whether every loss of an evaluation's training was finite, kept on the device (no host sync per step) and
     checked once per epoch: :meth:`check` raises :class:`EvaluationDiverged`."""
@@ -98,6 +106,7 @@ def linear_probe(features: np.ndarray, labels: np.ndarray, train_idx: np.ndarray
     ``solver: adamw``: mini-batch AdamW for ``epochs`` epochs, the epoch chosen by validation macro AUC (the
     official CoBooM notebooks' style of probe).
     """
+    check_finite_features(features)
     torch.manual_seed(seed)
     x_train = torch.from_numpy(features[train_idx]).float()
     mu, sd = x_train.mean(0), x_train.std(0).clamp(min=1e-6)
@@ -140,6 +149,7 @@ def knn_classify(features: np.ndarray, labels: np.ndarray, train_idx: np.ndarray
     that have it (both references sum the weighted one-hot votes without dividing, which ranks the classes of one
     image the same but makes scores of different images incomparable, as AUC needs them). Nothing is tuned, so the
     validation AUC is reported only; the label subset (and so the seed) decides the neighbours."""
+    check_finite_features(features)
     k = min(int(settings["k"]), len(train_idx))
     temperature = float(settings["temperature"])
     bank = F.normalize(torch.from_numpy(features[train_idx]).float(), dim=1)

@@ -48,8 +48,11 @@ class ProbeMonitor:
         train, val = np.searchsorted(rows, self.train_idx), np.searchsorted(rows, self.val_idx)
         with torch.random.fork_rng(devices=[torch.cuda.current_device()] if device.startswith("cuda") else []):
             features = extract_features(encoder, self.dataset.images[rows], self.image_size, self.mean, self.std, device=device)
+            encoder.train(was_training)
+            if not np.isfinite(features).all():
+                # a diagnostic must not stop the run: the evaluations refuse these features, saying why
+                return {"probe_auc": None, "feature_rank": None, "probe_error": "non-finite features"}
             result = linear_probe(features, labels, train, val, val, self.dataset.class_names, {"solver": "lbfgs", "l2": self.settings["l2"]}, seed=int(self.settings["seed"]))
-        encoder.train(was_training)
         auc = multilabel_auc(labels[val], result["test_scores"], self.dataset.class_names)["macro_auc"]
         return {"probe_auc": round(auc, 6), "feature_rank": round(effective_rank(features[val]), 3)}
 

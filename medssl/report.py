@@ -316,7 +316,7 @@ def render_pretraining(plan: Plan, pretraining: Dict[str, Dict]) -> str:
     for job, row in rows:
         epochs = [r for r in row["history"] if r["epoch"] >= 0]
         last = epochs[-1] if epochs else {}
-        probes = " → ".join(f"{100 * r['probe_auc']:.1f}" for r in row["history"] if "probe_auc" in r) or "–"
+        probes = " → ".join(f"{100 * r['probe_auc']:.1f}" for r in row["history"] if r.get("probe_auc") is not None) or "–"
         ranks = " → ".join(f"{r['feature_rank']:.0f}" for r in row["history"] if "feature_rank" in r) or "–"
         size = job.config["params"].get("codebook_size")
         perplexity = f"{last['codebook_perplexity']:.1f} / {size}" if "codebook_perplexity" in last else "–"

@@ -55,6 +55,7 @@ from lightly.models.utils import batch_shuffle_distributed, batch_unshuffle_dist
 from lightly.utils.dist import world_size
 from torch import nn
 
+from medssl.backbone import guard_strided_convs
 from medssl.augment import photometric, random_resized_crop, to_unit_float
 from medssl.unet import UNetDecoder
 from methods.base import MethodConfig, SSLMethod, average_gradients_across_processes, gather_across_processes, pooled
@@ -222,7 +223,7 @@ class PatchDiscriminator(nn.Module):
             layers.append(nn.LeakyReLU(0.2, inplace=True))
             prev = width
         layers.append(nn.Conv2d(prev, 1, 3, padding=1))
-        self.net = nn.Sequential(*layers)
+        self.net = guard_strided_convs(nn.Sequential(*layers))
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.normal_(m.weight, 0.0, 0.02)

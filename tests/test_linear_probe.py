@@ -49,3 +49,37 @@ def test_unknown_solver_is_a_clear_error():
     idx = np.arange(40)
     with pytest.raises(ValueError, match="unknown linear-probe solver 'sgd'"):
         linear_probe(x, y, idx[:20], idx[20:30], idx[30:], CLASSES, {"solver": "sgd"}, seed=0)
+
+
+@pytest.mark.parametrize("protocol", ["lbfgs", "adamw", "knn"])
+def test_non_finite_features_are_a_diverged_evaluation(protocol):
+    """An encoder whose weights diverged to huge finite values gives inf features: L-BFGS raised "value cannot be
+    converted to type float without overflow" (a pretraining's monitor crashed with it), kNN scored NaN."""
+    from medssl.evaluate import EvaluationDiverged, knn_classify
+
+    x, y = make_features(n=60)
+    x[7, 3] = np.inf
+    idx = np.arange(len(x))
+    split = (idx[:30], idx[30:45], idx[45:])
+    with pytest.raises(EvaluationDiverged, match="features are not finite for 1 of 60 images"):
+        if protocol == "knn":
+            knn_classify(x, y, *split, CLASSES, {"k": 5, "temperature": 0.1})
+        else:
+            linear_probe(x, y, *split, CLASSES, {"solver": protocol, "lr": 1e-3, "epochs": 2}, seed=0)
+
+
+def test_probe_monitor_reports_non_finite_features_without_stopping_the_run(synthetic_root):
+    import torch
+
+    from datasets import load_dataset
+    from medssl.backbone import ResNetTrunk
+    from medssl.monitor import ProbeMonitor
+
+    dataset = load_dataset("synthetic_cxr", synthetic_root, n_images=64, size=32, seed=0)
+    monitor = ProbeMonitor(dataset, 32, [0.5], [0.25], {"every_epochs": 1, "fraction": 100, "l2": [0.1]})
+    trunk = ResNetTrunk("resnet18", 1)
+    with torch.no_grad():
+        trunk.layer4[1].conv2.weight.fill_(1e38)
+    trunk.train()
+    assert monitor.probe(trunk, "cpu") == {"probe_auc": None, "feature_rank": None, "probe_error": "non-finite features"}
+    assert trunk.training

@@ -140,6 +140,31 @@ def test_similarity_loss_is_fp32_under_cpu_bf16_autocast():
     assert abs(float(got) - float(exact)) <= 1e-4 * float(exact)
 
 
+
+def _layer4_gradient(trunk, images):
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        features = trunk(images)
+    grad = torch.autograd.grad(features.float().square().sum(), trunk.layer4[0].conv1.weight)[0]
+    return grad
+
+
+def test_trunk_gradients_under_cpu_bf16_are_exact_on_views_of_16_px():
+    """At 14 px layer4 receives a 1x1 map, where oneDNN's bf16 weight gradient of the stride-2 3x3 convolution was
+    garbage (1e38 or NaN, different on every call): SwAV and PCRLv2 diverged or did not repeat under DDP."""
+    from medssl.backbone import OneDNNSafeConv2d, ResNetTrunk
+
+    torch.manual_seed(0)
+    trunk = ResNetTrunk("resnet18", in_channels=1)
+    assert isinstance(trunk.layer4[0].conv1, OneDNNSafeConv2d) and "layer4.0.conv1.weight" in trunk.state_dict()
+    images = torch.randn(8, 1, 14, 14)
+    grads = [_layer4_gradient(trunk, images) for _ in range(4)]
+    assert all(torch.isfinite(g).all() for g in grads)
+    assert all(torch.equal(grads[0], g) for g in grads[1:])
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # wider maps: the ordinary (bf16) convolution
+        x = torch.randn(2, 256, 4, 4)
+        conv = trunk.layer4[0].conv1
+        assert torch.equal(conv(x), F.conv2d(x, conv.weight, stride=2, padding=1))
+
 def capture_outputs(module, store, key):
     module.register_forward_hook(lambda m, args, out: store.setdefault(key, []).append(out.detach()))
 
