@@ -266,7 +266,6 @@ def log_run(directory: Path, argv, summary, device: str, wall_time_s: float, pre
 
     from medssl import provenance
     from medssl.precision import precision_for
-
     from medssl.records import append_line
 
     entry = {"finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "argv": list(argv), "ran": summary["ran"], "skipped": summary["skipped"], "wall_time_s": round(wall_time_s, 1), "git_commit": provenance.git_commit(), "hardware": provenance.hardware(device), "precision": precision_for(device, precision)}

@@ -92,7 +92,7 @@ def main() -> int:
             auc = multilabel_auc(labels[split["test"]], result["test_scores"], dataset.class_names)["macro_auc"]
             values[job.key] = {"key": job.key, "value": auc}
     n_seeds = replicates(plan, "linear")
-    cells = lambda records: [cell_text(r, n_seeds) if r["n"] else "–" for r in table_rows(plan, aggregate(plan, records), "linear")]  # noqa: E731
+    cells = lambda records: [cell_text(r, n_seeds) if r["n"] else "–" for r in table_rows(plan, aggregate(plan, records), "linear")]
     columns = [(t["name"], float(f)) for t in plan.suite["tasks"] for f in t["fractions"]]
     header = _header(columns)
     label = method_label(args.method)

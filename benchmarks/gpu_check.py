@@ -163,7 +163,6 @@ def build(name: str, suite: dict, sizes: dict, device: str, dry: bool, steps: in
 
 def busy_share(step: Callable[[], None], device: str) -> float:
     """Share of one step's wall time in which the GPU ran kernels (torch.profiler)."""
-    import torch
     from torch.profiler import ProfilerActivity, profile
 
     sync(device)
@@ -252,7 +251,7 @@ def stage_methods(summary: Summary, out: Path, device: str, dry: bool, precision
             if no_grad:
                 summary.add("WARN", stage, f"{len(no_grad)} parameters without a gradient after the step: {', '.join(no_grad[:4])}{' ...' if len(no_grad) > 4 else ''}"
                             + (" (SwAV's prototypes are frozen at step 0)" if name == "swav" else ""))
-            del model, optimizer, scheduler
+            model = optimizer = scheduler = None  # freed before the next method's
             if device.startswith("cuda"):
                 torch.cuda.empty_cache()
         except Exception as err:  # noqa: BLE001 - one method's failure is reported, the others still run

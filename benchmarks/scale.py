@@ -109,7 +109,6 @@ def pretraining_epoch(folder: str, steps: int, threads: int) -> dict:
 def fine_tuning_epoch(folder: str, steps: int, threads: int) -> dict:
     """One epoch of the fine-tuning loader (labels, last batch kept), ``steps`` fine-tuning steps, then the test
     split read once for scoring."""
-    import numpy as np
     import torch
     import torch.nn.functional as F
 
@@ -202,7 +201,7 @@ def main() -> int:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    print(f"\n| images | stage | loader images/s | training images/s | peak RSS (MB) |\n|---:|---|---:|---:|---:|")
+    print("\n| images | stage | loader images/s | training images/s | peak RSS (MB) |\n|---:|---|---:|---:|---:|")
     for row in rows:
         print(f"| {row['n_images']:,} | {row['stage']} | {row['loader_images_per_s']:.0f} | {row['train_images_per_s']:.1f} | {row['peak_rss_mb']:.0f} |")
     verdicts = []

@@ -72,7 +72,7 @@ def main() -> int:
     device = chosen_device(args.device)
     precision = precision_for(device, "auto")
     suite = load_suite(args.suite)
-    print(f"| method | old step (s) | sync-free step (s) | sync-free / old |\n|---|---:|---:|---:|")
+    print("| method | old step (s) | sync-free step (s) | sync-free / old |\n|---|---:|---:|---:|")
     for name in args.methods.split(","):
         row = compare(name, suite, device, precision, args.steps)
         print(f"| {name} | {row['old_s_per_step']:.3f} | {row['sync_free_s_per_step']:.3f} | {row['ratio']:.2f} |", flush=True)

@@ -45,8 +45,8 @@ HU = {"liver": (100, 120), "spleen": (110, 130), "kidney cortex": (150, 200), "k
 def _patient(seed: int, patient: int) -> Dict:
     """Anatomy of one patient (shared by every scan of them)."""
     rng = np.random.default_rng([seed, patient, 11])
-    size = lambda: rng.uniform(0.8, 1.2)  # noqa: E731
-    shift = lambda: rng.uniform(-15, 15, 3)  # noqa: E731
+    size = lambda: rng.uniform(0.8, 1.2)
+    shift = lambda: rng.uniform(-15, 15, 3)
     hu = {name: rng.uniform(*rng_range) + rng.uniform(-25, 25) for name, rng_range in HU.items()}
     length = rng.uniform(240, 320)
     return {"a": 160 * rng.uniform(0.85, 1.15), "b": 120 * rng.uniform(0.85, 1.15), "length": length, "diaphragm": 0.6 * length + rng.uniform(-15, 15),

@@ -26,8 +26,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from datasets.base import SPLITS, DatasetError, progress_bar, split_by_patient
 from datasets import cache as cache_module
+from datasets.base import SPLITS, DatasetError, progress_bar, split_by_patient
 from datasets.cache import CACHE_DIRNAME, LayoutChecked, fingerprint, save_array, save_json
 
 # BTCV's label table (vox2vec/eval/btcv.py), the one every CT dataset is mapped to; 0 is background.

@@ -110,7 +110,7 @@ def linear_probe(features: np.ndarray, labels: np.ndarray, train_idx: np.ndarray
     torch.manual_seed(seed)
     x_train = torch.from_numpy(features[train_idx]).float()
     mu, sd = x_train.mean(0), x_train.std(0).clamp(min=1e-6)
-    standardize = lambda idx: (torch.from_numpy(features[idx]).float() - mu) / sd  # noqa: E731
+    standardize = lambda idx: (torch.from_numpy(features[idx]).float() - mu) / sd
     x_train, x_val, x_test = standardize(train_idx), standardize(val_idx), standardize(test_idx)
     y_train = torch.from_numpy(labels[train_idx]).float()
     solver = settings.get("solver", "lbfgs")

@@ -34,7 +34,6 @@ from medssl.config import ConfigError
 from medssl.plan import Plan
 from medssl.pretrain import ENCODER_SIDECAR, load_encoder, run_pretraining
 
-
 HEADER_KEY = "medssl"  # the safetensors metadata entry holding the sidecar's description as JSON
 
 

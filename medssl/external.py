@@ -76,7 +76,7 @@ class OpaqueObject:
 
 
 def _torch_load(data: bytes) -> Any:
-    source = lambda: io.BytesIO(data)  # noqa: E731 - each reader gets its own stream over the same bytes
+    source = lambda: io.BytesIO(data)  # each reader gets its own stream over the same bytes
     try:
         return torch.load(source(), map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - classes the weights-only reader does not know: inert stand-ins, once

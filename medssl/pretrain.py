@@ -25,8 +25,8 @@ from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 import pytorch_lightning as pl
-from pytorch_lightning.plugins.io import TorchCheckpointIO
 import torch
+from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from datasets import ImageDataset
 from datasets.storage import write_atomic
@@ -305,7 +305,7 @@ def readable_checkpoint(path: Path) -> bool:
     except Exception as err:  # noqa: BLE001
         aside = path.with_name(path.name + ".corrupt")
         os.replace(path, aside)
-        warnings.warn(f"{path} cannot be loaded ({type(err).__name__}); moved to {aside.name}, starting this pretraining over")
+        warnings.warn(f"{path} cannot be loaded ({type(err).__name__}); moved to {aside.name}, starting this pretraining over", stacklevel=2)
         return False
 
 
@@ -392,7 +392,7 @@ def run_pretraining(job: PretrainJob, dataset: ImageDataset, checkpoints_dir: Pa
         if status == "done":
             return encoder_path
         if status == "corrupt":
-            warnings.warn(f"{encoder_path} is damaged (fails its SHA-256 check or does not load); redoing that pretraining")
+            warnings.warn(f"{encoder_path} is damaged (fails its SHA-256 check or does not load); redoing that pretraining", stacklevel=2)
             encoder_path.unlink()
         if hasattr(dataset, "case_ids"):  # CT volumes (datasets/volumes.py): a CT method's pretraining
             return _train_volumes_and_export(job, dataset, run_dir, device, progress, max_time_s, callbacks, logger)

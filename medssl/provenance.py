@@ -12,7 +12,6 @@ from typing import Dict
 from datasets.cache import file_digest as file_sha256  # noqa: F401  (one SHA-256 of a file for the whole project)
 from medssl.config import REPO_ROOT
 
-
 PACKAGES = ("torch", "torchvision", "lightly", "pytorch-lightning", "numpy", "scikit-learn", "scipy", "pandas", "monai", "nibabel")
 
 

@@ -64,7 +64,7 @@ def _set_aside_partial_line(fd: int, path: Path) -> None:
     aside = path.with_name(f"{path.name}.partial-{start}")
     aside.write_bytes(fragment)
     os.ftruncate(fd, start)
-    warnings.warn(f"{path}: its last line was cut off by an interrupted write; moved it to {aside.name} (not a record) and went on")
+    warnings.warn(f"{path}: its last line was cut off by an interrupted write; moved it to {aside.name} (not a record) and went on", stacklevel=2)
 
 
 def append_line(path: Path, record: Dict) -> None:
@@ -97,7 +97,7 @@ def read_lines(path: Path) -> List[Dict]:
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError:
-                warnings.warn(f"{path}:{number}: skipping an incomplete line (interrupted write)")
+                warnings.warn(f"{path}:{number}: skipping an incomplete line (interrupted write)", stacklevel=2)
     return rows
 
 
@@ -173,7 +173,7 @@ class ResultStore:
                 if isinstance(row, dict) and "key" in row:
                     yield row
                 else:  # an edited or foreign line: never a KeyError in every reader of the store
-                    warnings.warn(f"{path}: record {number} has no key and is skipped")
+                    warnings.warn(f"{path}: record {number} has no key and is skipped", stacklevel=2)
 
     def records(self) -> List[Dict]:
         return list(self)

@@ -25,7 +25,15 @@ from medssl.external import load_external
 from medssl.metrics import multilabel_auc
 from medssl.plan import EvalJob, Plan, PretrainJob, task_type
 from medssl.precision import configure_cuda, fixed_precision, precision_for
-from medssl.pretrain import DATA_FILE, ENCODER_FILE, PretrainingFailed, discard_resume_point, encoder_status, load_encoder, run_pretraining
+from medssl.pretrain import (
+    DATA_FILE,
+    ENCODER_FILE,
+    PretrainingFailed,
+    discard_resume_point,
+    encoder_status,
+    load_encoder,
+    run_pretraining,
+)
 from medssl.records import ResultStore
 from medssl.segment import train_segmentation
 from medssl.splits import label_fraction_indices
@@ -350,7 +358,7 @@ def run_plan(plan: Plan, data_root: Path, out_dir: Path, device: str = "cpu", pr
             continue  # its pretraining failed: listed in ``failed``
         groups.setdefault((job.pretrain.key, job.task["name"]), []).append(job)
     ran, failed_evaluations = 0, []
-    for (pretrain_key, task_name), jobs in groups.items():
+    for (pretrain_key, _task), jobs in groups.items():
         task = jobs[0].task
         dataset = datasets.get(task["dataset"])
         pjob = jobs[0].pretrain

@@ -29,8 +29,8 @@ from medssl.augment import Normalize, resize
 from medssl.backbone import ResNetTrunk
 from medssl.evaluate import FiniteLoss, epochs_for, is_validation_epoch
 from medssl.precision import autocast, fixed_precision
-from medssl.unet import UNetDecoder
 from medssl.stream import MappedImages, batches_per_epoch, training_batches
+from medssl.unet import UNetDecoder
 
 
 def per_image_dice(predicted: np.ndarray, truth: np.ndarray) -> np.ndarray:

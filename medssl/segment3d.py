@@ -166,7 +166,7 @@ def train_fpn_segmentation(encoder, mode: str, volumes, labels, annotated: Seque
             i = int(train_idx[int(rng.integers(len(train_idx)))])
             image, body, organ = prepared(i)
             starts = [sample_patch_start(organ.numpy(), patch, rng) for _ in range(per_step)]
-            crop = lambda t, s: t[..., s[0] : s[0] + patch[0], s[1] : s[1] + patch[1], s[2] : s[2] + patch[2]]  # noqa: E731
+            crop = lambda t, s: t[..., s[0] : s[0] + patch[0], s[1] : s[1] + patch[1], s[2] : s[2] + patch[2]]
             x = torch.stack([crop(image, s) for s in starts]).to(device)
             y = one_hot_organs(torch.stack([crop(organ, s) for s in starts])).to(device)
             b = torch.stack([crop(body, s) for s in starts]).to(device)

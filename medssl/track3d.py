@@ -210,9 +210,9 @@ def run_ct_plan(plan: CTPlan, data_root: Path, out_dir: Path, device: str = "cpu
                 store: Optional[ResultStore] = None, logger: Optional[str] = None, keep_checkpoints: bool = False) -> Dict[str, Any]:
     """Pretrain what the pending evaluations need, evaluate, append the records (see the module docstring); a
     finished pretraining's ``last.ckpt`` is deleted unless ``keep_checkpoints``."""
+    from medssl.evaluate import EvaluationDiverged
     from medssl.pretrain import ENCODER_FILE, PretrainingFailed, load_encoder, run_pretraining
     from medssl.runner import DatasetCache, check_data, data_stamp, pretraining_verb, store_pretraining
-    from medssl.evaluate import EvaluationDiverged
     from medssl.segment3d import train_fpn_segmentation
 
     store = store or ResultStore(Path(out_dir) / plan.suite["name"])

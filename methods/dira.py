@@ -51,12 +51,17 @@ import torch.nn.functional as F
 from lightly.loss import NTXentLoss
 from lightly.models.modules.heads import MoCoProjectionHead
 from lightly.models.modules.memory_bank import MemoryBankModule
-from lightly.models.utils import batch_shuffle_distributed, batch_unshuffle_distributed, concat_all_gather, deactivate_requires_grad
+from lightly.models.utils import (
+    batch_shuffle_distributed,
+    batch_unshuffle_distributed,
+    concat_all_gather,
+    deactivate_requires_grad,
+)
 from lightly.utils.dist import world_size
 from torch import nn
 
-from medssl.backbone import guard_strided_convs
 from medssl.augment import photometric, random_resized_crop, to_unit_float
+from medssl.backbone import guard_strided_convs
 from medssl.unet import UNetDecoder
 from methods.base import MethodConfig, SSLMethod, average_gradients_across_processes, gather_across_processes, pooled
 

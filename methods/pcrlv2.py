@@ -114,7 +114,7 @@ class PCRLv2(SSLMethod):
         """Level i's symmetric negative cosine between predictions and stop-gradient projections, in fp32."""
         (pro_a, pre_a), (pro_b, pre_b) = embeddings_a[i], embeddings_b[i]
         with torch.autocast(device_type=pro_a.device.type, enabled=False):
-            cos = lambda p, z: F.cosine_similarity(p.float(), z.detach().float(), dim=-1).mean()  # noqa: E731
+            cos = lambda p, z: F.cosine_similarity(p.float(), z.detach().float(), dim=-1).mean()
             return -0.5 * (cos(pre_a, pro_b) + cos(pre_b, pro_a))
 
     def sampled_levels(self) -> List[int]:

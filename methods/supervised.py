@@ -19,6 +19,7 @@ of the batches. ``batchnorm_statistics: init`` keeps PyTorch's initial values.
 import dataclasses
 
 import torch
+
 from methods.base import MethodConfig, SSLMethod
 
 BATCHNORM_STATISTICS = ("corpus", "init")

@@ -27,11 +27,10 @@ from typing import Optional, Tuple
 import torch
 from lightly.loss import SwaVLoss
 from lightly.models.modules.heads import SwaVProjectionHead, SwaVPrototypes
+from lightly.utils.dist import world_size
 from torch import nn
 
 from medssl.augment import augment_view, view_configs
-from lightly.utils.dist import world_size
-
 from methods.base import MethodConfig, SSLMethod, gather_across_processes
 
 

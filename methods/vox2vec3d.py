@@ -199,7 +199,7 @@ def sample_pair(volume: np.ndarray, body: np.ndarray, patch: Sequence[int], max_
     low, high = np.maximum(first, second), np.minimum(first, second) + np.asarray(patch)
     inside = np.argwhere(body[low[0] : high[0], low[1] : high[1], low[2] : high[2]]) + low  # body voxels in both boxes
     chosen = inside[rng.choice(len(inside), size=min(max_voxels, len(inside)), replace=False)]
-    crop = lambda start: np.asarray(volume[start[0] : start[0] + patch[0], start[1] : start[1] + patch[1], start[2] : start[2] + patch[2]])  # noqa: E731
+    crop = lambda start: np.asarray(volume[start[0] : start[0] + patch[0], start[1] : start[1] + patch[1], start[2] : start[2] + patch[2]])
     return crop(first), crop(second), chosen - first, chosen - second
 
 

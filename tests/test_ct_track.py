@@ -153,8 +153,9 @@ def test_ct_pretraining_through_the_runner_resumes_bit_identically(tmp_path, syn
 
 
 def test_ranking_tests_pair_test_cts_and_judge_each_relation():
-    from medssl.report3d import RowRuns, ranking_tests
     from scipy import stats as scipy_stats
+
+    from medssl.report3d import RowRuns, ranking_tests
 
     plan = build_ct_plan(TINY)
     cases = [f"img{i:04d}" for i in range(10)]

@@ -18,6 +18,7 @@ statistics differ from the global views' by an artefact of the size (17x there, 
 import pytest
 import pytorch_lightning as pl
 import torch
+from test_methods import SMALL_HEADS
 
 from datasets import load_dataset
 from medssl.augment import Normalize, resize
@@ -25,7 +26,6 @@ from medssl.config import load_suite
 from medssl.plan import build_plan
 from medssl.pretrain import load_encoder, run_pretraining
 from methods import REGISTRY, track_methods
-from test_methods import SMALL_HEADS
 
 SIZE = 48
 # Measured with this test: the worst layer is within 2.1x for the methods with one view size; SwAV and PCRLv2, whose

@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from datasets import DatasetError, load_dataset
-from medssl.config import ConfigError, load_suite
+from medssl.config import load_suite
 from medssl.plan import build_plan
 from medssl.pretrain import ENCODER_FILE, CorruptCheckpoint, encoder_status, load_encoder, run_pretraining
 from medssl.records import Busy, ResultStore, append_line, exclusive_lock
@@ -301,10 +301,10 @@ def test_repeated_command_line_values_run_once(capsys, tmp_path):
 # 12. prepare resumes after a fixed file ------------------------------------------------------------------------
 def test_prepare_resumes_with_the_fixed_file(tmp_path, monkeypatch):
     from PIL import Image
+    from test_nih_chestxray14 import make_fake_nih
 
     import datasets.nih_chestxray14 as nih
     from datasets.imageio import decode_image
-    from test_nih_chestxray14 import make_fake_nih
 
     root = make_fake_nih(tmp_path / "nih_chestxray14")
     broken = root / "images_001/images/00000001_000.png"

@@ -3,12 +3,12 @@ import shutil
 
 import numpy as np
 import pytest
+from loader_errors import expect_load_error
 from PIL import Image
 
 from datasets import DatasetError, load_dataset
 from datasets.imageio import decode_fundus
 from datasets.mured import CLASS_NAMES as MURED_CLASSES
-from loader_errors import expect_load_error
 
 
 def fundus(path, width, height, colour=(180, 90, 40), border=10):

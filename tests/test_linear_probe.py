@@ -24,7 +24,7 @@ def test_lbfgs_probe_matches_sklearn_logistic_regression():
     result = linear_probe(x, y, train, val, test, CLASSES, {"solver": "lbfgs", "l2": [l2]}, seed=0)
     assert result["selected_l2"] == l2
     mu, sd = x[train].mean(0), x[train].std(0, ddof=1)
-    z = lambda rows: (x[rows] - mu) / sd  # noqa: E731
+    z = lambda rows: (x[rows] - mu) / sd
     for k in range(2):
         # sklearn minimises C * sum(log-loss) + ||w||^2 / 2, i.e. mean log-loss + ||w||^2 / (2 C n)
         reference = LogisticRegression(C=1.0 / (l2 * len(train)), tol=1e-10, max_iter=10000).fit(z(train), y[train, k])

@@ -11,7 +11,6 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 import torchvision
 
-from medssl.augment import resize
 from medssl.config import ConfigError, load_suite
 from methods import build_method
 from methods.base import PretrainProtocol, byol_similarity_loss
@@ -185,7 +184,7 @@ def test_method_losses_under_bf16_autocast_equal_their_fp32_value(name):
         out = model.compute_loss(views, images)
     p, z = seen["p"], seen["z"]
     assert p[0].dtype == torch.bfloat16  # the heads did run in bf16
-    fp32 = lambda a, b: 2 - 2 * F.cosine_similarity(a.float(), b.float(), dim=-1).mean()  # noqa: E731
+    fp32 = lambda a, b: 2 - 2 * F.cosine_similarity(a.float(), b.float(), dim=-1).mean()
     if name == "byol":
         checks = {"loss": fp32(p[0], z[1]) + fp32(p[1], z[0])}
     else:

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from test_methods import SMALL_HEADS, fixed_batch, tiny_protocol, train_steps
 
 from medssl.augment import apply_crop_boxes
 from methods import build_method
 from methods.dira import restoration_distortion
-from test_methods import SMALL_HEADS, fixed_batch, tiny_protocol, train_steps
 
 
 def no_photometric_protocol(**augment):
@@ -156,7 +156,7 @@ def test_vox2vec2d_pixel_pairs_show_the_same_image_point():
     torch.manual_seed(0)
     first, second, coords_first, coords_second = model.make_views(images)
     assert coords_first.abs().max() <= 1 and coords_second.abs().max() <= 1, "sampled pixels must lie inside both crops"
-    sample = lambda view, coords: F.grid_sample(view, coords[:, :, None, :], padding_mode="border", align_corners=False)[..., 0]  # noqa: E731
+    sample = lambda view, coords: F.grid_sample(view, coords[:, :, None, :], padding_mode="border", align_corners=False)[..., 0]
     assert torch.allclose(sample(first, coords_first), sample(second, coords_second), atol=0.05)
     assert not torch.allclose(first, second)
 

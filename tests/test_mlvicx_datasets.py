@@ -1,10 +1,10 @@
 """VinDr-CXR and RSNA Pneumonia loaders on tiny fake copies (spec sections 6-7)."""
 import numpy as np
+from fake_dicom import write_dicom
+from loader_errors import expect_load_error
 
 from datasets import load_dataset
 from datasets.vindr_cxr import CLASS_NAMES as VINDR_CLASSES
-from fake_dicom import write_dicom
-from loader_errors import expect_load_error
 
 
 def test_vindr_union_of_readers_and_monochrome1_inversion(tmp_path):

@@ -36,7 +36,7 @@ def make_fake_nih(root, variant="kaggle"):
         (root / "Data_Entry_2017_v2020.csv").write_text("\n".join(lines) + "\n")
     (root / "train_val_list.txt").write_text("\n".join(name for name, _, p in ROWS if p <= 4) + "\n")
     (root / "test_list.txt").write_text("\n".join(name for name, _, p in ROWS if p > 4) + "\n")
-    for i, (name, _, patient) in enumerate(ROWS):
+    for i, (name, _, _patient) in enumerate(ROWS):
         folder = root / (f"images_{1 + i // 6:03d}/images" if variant == "kaggle" else "images")
         folder.mkdir(parents=True, exist_ok=True)
         if name == RGBA_IMAGE:

@@ -34,7 +34,7 @@ def test_interrupted_pretraining_resumes(tmp_path, synthetic_root):
     job = next(j for j in build_plan(suite).pretrain_jobs if j.method == "simclr")
     dataset = load_dataset("synthetic_cxr", synthetic_root, **suite["pretrain"]["datasets"]["cxr"]["params"])
     run_dir = tmp_path / job.key
-    history = lambda: [row for row in map(json.loads, (run_dir / "history.jsonl").read_text().splitlines())]  # noqa: E731
+    history = lambda: [row for row in map(json.loads, (run_dir / "history.jsonl").read_text().splitlines())]
     with pytest.raises(RuntimeError, match="simulated crash"):
         run_pretraining(job, dataset, tmp_path, progress=False, callbacks=[Crash(1)])
     assert (run_dir / "last.ckpt").exists() and not (run_dir / ENCODER_FILE).exists()

@@ -1,11 +1,11 @@
 """SIIM-ACR loader on tiny fake copies: JPEG-compressed DICOMs, the leading-space header, multi-row relative RLE."""
 import numpy as np
 import pytest
+from fake_dicom import write_dicom
 from PIL import Image
 
 from datasets import DatasetError, load_dataset
 from datasets.siim_acr import is_relative_encoding, rle_to_mask
-from fake_dicom import write_dicom
 
 SIDE = 40
 

@@ -15,8 +15,8 @@ from medssl.config import load_suite
 from medssl.plan import build_plan
 from medssl.pretrain import read_history, run_pretraining
 from medssl.records import ResultStore, append_line
-from tests.test_faults import cli, tiny_suite
 from run_benchmark import main
+from tests.test_faults import cli, tiny_suite
 
 
 class Killed(Exception):

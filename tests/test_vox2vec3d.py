@@ -4,8 +4,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from methods.vox2vec3d import (FPN3d, EpochOfSteps, Projector, VolumeSteps, Vox2Vec3d, Vox2Vec3dConfig, augment_view, body_mask, sample_box, sample_pair,
-                               sample_step, voxel_embeddings)
+from methods.vox2vec3d import (
+    EpochOfSteps,
+    FPN3d,
+    Projector,
+    VolumeSteps,
+    Vox2Vec3d,
+    Vox2Vec3dConfig,
+    augment_view,
+    body_mask,
+    sample_box,
+    sample_pair,
+    sample_step,
+    voxel_embeddings,
+)
 
 
 def count(module):
@@ -137,7 +149,7 @@ def test_dice_matches_the_official_formula_with_absent_organs():
     probabilities[0, 5, 5, 3] = 0.7  # one false positive
     probabilities[1] = 0.1  # organ 2 missed
     probabilities[2] = 0.2  # organ 3 absent and not predicted
-    official = lambda p, g: (2 * (p & g).sum() + 1e-5) / (p.sum() + g.sum() + 1e-5)  # noqa: E731
+    official = lambda p, g: (2 * (p & g).sum() + 1e-5) / (p.sum() + g.sum() + 1e-5)
     expected = [official(probabilities[k].numpy() >= 0.5, labels.numpy() == k + 1) for k in range(3)]
     assert np.allclose(dice_scores(probabilities, labels), expected, atol=1e-5)  # the official +1e-5 terms
     assert np.allclose(expected, [48 / 61, 0.0, 1.0], atol=1e-5)
@@ -151,7 +163,7 @@ def test_sliding_window_of_a_voxelwise_predictor_is_the_whole_volume_prediction(
     torch.manual_seed(0)
     volume = torch.rand(1, 21, 18, 11)
     body = volume > 0.2
-    predictor = lambda x: torch.cat([4 * x - 2, 2 - 4 * x], dim=1)  # noqa: E731  (voxel by voxel: windows cannot change it)
+    predictor = lambda x: torch.cat([4 * x - 2, 2 - 4 * x], dim=1)  # voxel by voxel: windows cannot change it
     whole = torch.sigmoid(predictor(volume[None]))[0] * body
     assert torch.allclose(predict_volume(predictor, volume, (8, 8, 4), body), whole, atol=1e-6)
 
