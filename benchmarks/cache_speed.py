@@ -10,6 +10,7 @@ times one pass over all images both ways, in a shuffled order as training reads 
 * cache: rows of the memory-mapped ``images.npy`` (a cold read is approximated by dropping the file from the page
   cache where the OS allows it; otherwise the figure is for a warm cache).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,7 +35,12 @@ def write_fake_copy(root: Path, n_images: int, source_size: int, seed: int = 0) 
     rng = np.random.default_rng(seed)
     folder = root / "images_001" / "images"
     folder.mkdir(parents=True)
-    names, rows = [], ["Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]"]
+    names, rows = (
+        [],
+        [
+            "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]"
+        ],
+    )
     for i in range(n_images):
         field = ndimage.gaussian_filter(rng.standard_normal((source_size // 8, source_size // 8)), 6)
         field = np.kron(field / (np.abs(field).max() + 1e-8), np.ones((8, 8)))
@@ -85,7 +91,9 @@ def main() -> int:
         cache_s = time.perf_counter() - start
     print(f"{args.images} images, {args.source_size} px PNG -> {args.size} px, one shuffled pass:")
     print(f"  decode + resize PNGs: {source_s:.3f} s ({1e3 * source_s / args.images:.2f} ms/image)")
-    print(f"  read cache ({'page cache dropped' if cold else 'warm'}): {cache_s:.4f} s ({1e3 * cache_s / args.images:.3f} ms/image)")
+    print(
+        f"  read cache ({'page cache dropped' if cold else 'warm'}): {cache_s:.4f} s ({1e3 * cache_s / args.images:.3f} ms/image)"
+    )
     print(f"  speed-up: {source_s / cache_s:.0f}x")
     return 0
 

@@ -7,6 +7,7 @@ where and how each side ran (README "Reproducibility").
 Typical uses: the same command on two machines, or at two precisions; a re-run on the same machine (every value
 should be identical).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,8 +25,16 @@ from medssl.records import ResultStore  # noqa: E402
 def _runs_on(store: ResultStore, records: List[Dict]) -> str:
     """The machines the records were made on and the precisions their encoders were pretrained with, in words."""
     pretrained_in = {row.get("hash"): row.get("precision") for row in store.pretraining_records().values()}
-    kinds = sorted({((r.get("hardware") or {}).get("cpu_model") or (r.get("hardware") or {}).get("cpu", "?"), (r.get("hardware") or {}).get("device", "?"),
-                     pretrained_in.get(r.get("pretrain_hash")) or "?") for r in records})
+    kinds = sorted(
+        {
+            (
+                (r.get("hardware") or {}).get("cpu_model") or (r.get("hardware") or {}).get("cpu", "?"),
+                (r.get("hardware") or {}).get("device", "?"),
+                pretrained_in.get(r.get("pretrain_hash")) or "?",
+            )
+            for r in records
+        }
+    )
     return "; ".join(f"{cpu} ({device}), pretraining precision {precision}" for cpu, device, precision in kinds)
 
 
@@ -36,15 +45,21 @@ def compare(first: Path, second: Path) -> str:
     shared = sorted(set(a) & set(b))
     if not shared:
         return f"{first} and {second} share no evaluation (no record key in common)."
-    lines = [f"{len(shared)} evaluations in both {first} ({_runs_on(stores[0], [a[k] for k in shared])}) and {second} ({_runs_on(stores[1], [b[k] for k in shared])}); "
-             f"{sum(a[k]['value'] == b[k]['value'] for k in shared)} identical.", "",
-             "| method | task | protocol | evaluations | identical | mean abs. difference (points) | largest (points) |", "|---|---|---|---:|---:|---:|---:|"]
+    lines = [
+        f"{len(shared)} evaluations in both {first} ({_runs_on(stores[0], [a[k] for k in shared])}) and {second} ({_runs_on(stores[1], [b[k] for k in shared])}); "
+        f"{sum(a[k]['value'] == b[k]['value'] for k in shared)} identical.",
+        "",
+        "| method | task | protocol | evaluations | identical | mean abs. difference (points) | largest (points) |",
+        "|---|---|---|---:|---:|---:|---:|",
+    ]
     groups: Dict[tuple, List[str]] = {}
     for key in shared:
         groups.setdefault((a[key]["method"], a[key]["task"], a[key]["protocol"]), []).append(key)
     for (method, task, protocol), keys in sorted(groups.items()):
         differences = np.abs([100 * (a[k]["value"] - b[k]["value"]) for k in keys])
-        lines.append(f"| {method} | {task} | {protocol} | {len(keys)} | {int((differences == 0).sum())} | {differences.mean():.2f} | {differences.max():.2f} |")
+        lines.append(
+            f"| {method} | {task} | {protocol} | {len(keys)} | {int((differences == 0).sum())} | {differences.mean():.2f} | {differences.max():.2f} |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -8,6 +8,7 @@ are equal. Used for README "Evaluate your own encoder":
     python run_benchmark.py --suite quick --methods dira-export --encoder dira-export=results/exports/quick/dira-cxr-050d6f26d188.safetensors --out /tmp/demo
     python benchmarks/export_roundtrip.py --method results/quick:dira --external /tmp/demo/quick:dira-export --tasks CXR,PTX-seg
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,12 @@ def latest(store_and_row: str, tasks):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--method", required=True, help="RESULTS_FOLDER:METHOD, e.g. results/quick:dira")
-    parser.add_argument("--external", required=True, help="RESULTS_FOLDER:ROW of the external row, e.g. /tmp/demo/quick:dira-export")
-    parser.add_argument("--tasks", required=True, help="comma-separated tasks pretrained on the exported corpus, e.g. CXR,PTX-seg")
+    parser.add_argument(
+        "--external", required=True, help="RESULTS_FOLDER:ROW of the external row, e.g. /tmp/demo/quick:dira-export"
+    )
+    parser.add_argument(
+        "--tasks", required=True, help="comma-separated tasks pretrained on the exported corpus, e.g. CXR,PTX-seg"
+    )
     args = parser.parse_args(argv)
     tasks = args.tasks.split(",")
     own, external = latest(args.method, tasks), latest(args.external, tasks)

@@ -12,6 +12,7 @@ reproduced bit for bit). Weights are checked to be identical to the exported enc
 BatchNorm statistics alone. Same label subsets, seeds and probe as the suite; written to
 reports/<suite>/exported_batchnorm.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,7 +42,11 @@ def linear_plan(suite, method: str):
     """The suite narrowed to one method on its linear-probed classification tasks (job keys are the suite's)."""
     narrowed = copy.deepcopy(suite)
     narrowed["methods"] = [method]
-    narrowed["tasks"] = [{**t, "protocols": ["linear"]} for t in suite["tasks"] if task_type(t) == "classification" and "linear" in t["protocols"]]
+    narrowed["tasks"] = [
+        {**t, "protocols": ["linear"]}
+        for t in suite["tasks"]
+        if task_type(t) == "classification" and "linear" in t["protocols"]
+    ]
     return build_plan(narrowed)
 
 
@@ -49,10 +54,12 @@ def training_path_encoder(run_dir: Path):
     """The exported encoder, and a copy whose BatchNorm running statistics are those of ``last.ckpt``'s backbone."""
     exported, meta = load_encoder(run_dir / ENCODER_FILE)
     state = torch.load(run_dir / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
-    backbone = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+    backbone = {k[len("backbone.") :]: v for k, v in state.items() if k.startswith("backbone.")}
     for name, value in exported.state_dict().items():
         if "running_" not in name and "num_batches" not in name and not torch.equal(value, backbone[name]):
-            raise SystemExit(f"{run_dir}: weight {name} of last.ckpt differs from the exported encoder's; the rows would not compare statistics alone")
+            raise SystemExit(
+                f"{run_dir}: weight {name} of last.ckpt differs from the exported encoder's; the rows would not compare statistics alone"
+            )
     trained_path = copy.deepcopy(exported)
     trained_path.load_state_dict(backbone)
     return trained_path, meta
@@ -67,15 +74,27 @@ def main() -> int:
     parser.add_argument("--reports", default=str(ROOT / "reports"))
     args = parser.parse_args()
     if not method_class(args.method).reestimate_exported_batchnorm:
-        print(f"method {args.method!r} exports the statistics of its training: there is nothing to compare", file=sys.stderr)
+        print(
+            f"method {args.method!r} exports the statistics of its training: there is nothing to compare",
+            file=sys.stderr,
+        )
         return 2
     suite = load_suite(args.suite)
     plan = linear_plan(suite, args.method)
     stored = ResultStore(Path(args.out) / suite["name"]).records()
-    missing = sorted({job.pretrain.key for job in plan.eval_jobs if not (Path(args.out) / "checkpoints" / job.pretrain.key / "last.ckpt").exists()})
+    missing = sorted(
+        {
+            job.pretrain.key
+            for job in plan.eval_jobs
+            if not (Path(args.out) / "checkpoints" / job.pretrain.key / "last.ckpt").exists()
+        }
+    )
     if missing or not any(r["key"] in {job.key for job in plan.eval_jobs} for r in stored):
-        print(f"run the suite first: no stored records or last.ckpt for {', '.join(missing) or args.method} under {args.out} "
-              "(a run deletes last.ckpt unless --keep-checkpoints: delete those folders under checkpoints/ and run the suite with it)", file=sys.stderr)
+        print(
+            f"run the suite first: no stored records or last.ckpt for {', '.join(missing) or args.method} under {args.out} "
+            "(a run deletes last.ckpt unless --keep-checkpoints: delete those folders under checkpoints/ and run the suite with it)",
+            file=sys.stderr,
+        )
         return 2
     datasets = DatasetCache(Path(args.data_root))
     values = {}
@@ -85,25 +104,49 @@ def main() -> int:
         dataset = datasets.get(task["dataset"])
         labels = np.asarray(dataset.labels)
         split = {s: dataset.indices(s) for s in ("train", "val", "test")}
-        features = extract_features(encoder, dataset.images, int(jobs[0].config["image_size"]), meta["mean"], meta["std"])
+        features = extract_features(
+            encoder, dataset.images, int(jobs[0].config["image_size"]), meta["mean"], meta["std"]
+        )
         for job in jobs:
-            subset = label_fraction_indices(split["train"], labels, dataset.patient_ids, [job.fraction], job.seed)[job.fraction]
-            result = linear_probe(features, labels, subset, split["val"], split["test"], dataset.class_names, job.config["settings"], job.seed)
+            subset = label_fraction_indices(split["train"], labels, dataset.patient_ids, [job.fraction], job.seed)[
+                job.fraction
+            ]
+            result = linear_probe(
+                features,
+                labels,
+                subset,
+                split["val"],
+                split["test"],
+                dataset.class_names,
+                job.config["settings"],
+                job.seed,
+            )
             auc = multilabel_auc(labels[split["test"]], result["test_scores"], dataset.class_names)["macro_auc"]
             values[job.key] = {"key": job.key, "value": auc}
     n_seeds = replicates(plan, "linear")
-    cells = lambda records: [cell_text(r, n_seeds) if r["n"] else "–" for r in table_rows(plan, aggregate(plan, records), "linear")]
+    cells = lambda records: [
+        cell_text(r, n_seeds) if r["n"] else "–" for r in table_rows(plan, aggregate(plan, records), "linear")
+    ]
     columns = [(t["name"], float(f)) for t in plan.suite["tasks"] for f in t["fractions"]]
     header = _header(columns)
     label = method_label(args.method)
-    text = "\n".join([
-        f"{label}'s exported BatchNorm statistics — suite `{suite['name']}`: linear-probe macro AUC (%), mean ± sd over seeds, same weights in both rows.",
-        "",
-        header[0].replace("| Method |", f"| {label} trunk |", 1),
-        header[1],
-        "| statistics re-estimated on the plain trunk (exported; the tables' row) | " + " | ".join(cells(stored)) + " |",
-        "| running statistics of the training path (exported before issue 16) | " + " | ".join(cells(values.values())) + " |",
-    ]) + "\n"
+    text = (
+        "\n".join(
+            [
+                f"{label}'s exported BatchNorm statistics — suite `{suite['name']}`: linear-probe macro AUC (%), mean ± sd over seeds, same weights in both rows.",
+                "",
+                header[0].replace("| Method |", f"| {label} trunk |", 1),
+                header[1],
+                "| statistics re-estimated on the plain trunk (exported; the tables' row) | "
+                + " | ".join(cells(stored))
+                + " |",
+                "| running statistics of the training path (exported before issue 16) | "
+                + " | ".join(cells(values.values()))
+                + " |",
+            ]
+        )
+        + "\n"
+    )
     out = Path(args.reports) / suite["name"] / "exported_batchnorm.md"
     out.write_text(text)
     print(text)

@@ -30,6 +30,7 @@ queues narrowed to 64, one timed step; end to end on 64 images), which checks th
 it drives (the tests run it), and says SKIP for what needs a GPU. A stage that fails is reported and the next one
 runs; stages that would start after ``--budget`` seconds are skipped.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -80,9 +81,13 @@ class Summary:
         return condition
 
     def write(self) -> None:
-        counts = {v: sum(line.startswith(f"- **{v}**") for line in self.lines) for v in ("PASS", "FAIL", "WARN", "SKIP")}
+        counts = {
+            v: sum(line.startswith(f"- **{v}**") for line in self.lines) for v in ("PASS", "FAIL", "WARN", "SKIP")
+        }
         totals = ", ".join(f"{n} {v}" for v, n in counts.items())
-        (self.out / "summary.md").write_text("\n".join(["# GPU check", "", *self.header, "", f"Result: {totals}", "", *self.lines, ""]))
+        (self.out / "summary.md").write_text(
+            "\n".join(["# GPU check", "", *self.header, "", f"Result: {totals}", "", *self.lines, ""])
+        )
 
 
 def write_rows(path: Path, rows: List[Dict]) -> None:
@@ -106,12 +111,16 @@ def sync(device: str) -> None:
 def environment(cuda: bool) -> List[str]:
     import torch
 
-    shm = shutil.disk_usage("/dev/shm").total / 2 ** 20 if os.path.exists("/dev/shm") else float("nan")
-    lines = [f"- python {platform.python_version()}, torch {torch.__version__}, CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}",
-             f"- {os.cpu_count()} CPUs, /dev/shm {shm:.0f} MB, {platform.platform()}"]
+    shm = shutil.disk_usage("/dev/shm").total / 2**20 if os.path.exists("/dev/shm") else float("nan")
+    lines = [
+        f"- python {platform.python_version()}, torch {torch.__version__}, CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}",
+        f"- {os.cpu_count()} CPUs, /dev/shm {shm:.0f} MB, {platform.platform()}",
+    ]
     if cuda:
         props = torch.cuda.get_device_properties(0)
-        lines.insert(0, f"- GPU: {props.name}, {props.total_memory / 2 ** 30:.0f} GiB, {torch.cuda.device_count()} visible")
+        lines.insert(
+            0, f"- GPU: {props.name}, {props.total_memory / 2**30:.0f} GiB, {torch.cuda.device_count()} visible"
+        )
     else:
         lines.insert(0, "- GPU: none (CPU dry run: toy sizes, GPU-only checks skipped)")
     return lines
@@ -138,7 +147,14 @@ def method_params(name: str, suite: dict, dry: bool) -> dict:
     config = resolve_config(name, params)
     for field in dataclasses.fields(config):
         value = getattr(config, field.name)
-        sized = field.name.endswith("_dim") or field.name in ("queue_size", "queue_length", "codebook_size", "n_prototypes", "points_per_image", "dense_channels")
+        sized = field.name.endswith("_dim") or field.name in (
+            "queue_size",
+            "queue_length",
+            "codebook_size",
+            "n_prototypes",
+            "points_per_image",
+            "dense_channels",
+        )
         if sized and isinstance(value, int) and not isinstance(value, bool) and value > NARROW:
             params[field.name] = NARROW
     return params
@@ -152,8 +168,15 @@ def build(name: str, suite: dict, sizes: dict, device: str, dry: bool, steps: in
 
     torch.manual_seed(0)
     pretrain = suite["pretrain"]
-    protocol = PretrainProtocol(image_size=sizes["image_size"], epochs=1, steps_per_epoch=steps, optimizer=dict(pretrain["optimizer"]), schedule=dict(pretrain["schedule"]),
-                                augment=dict(pretrain["augment"]), channels_last=device.startswith("cuda"))
+    protocol = PretrainProtocol(
+        image_size=sizes["image_size"],
+        epochs=1,
+        steps_per_epoch=steps,
+        optimizer=dict(pretrain["optimizer"]),
+        schedule=dict(pretrain["schedule"]),
+        augment=dict(pretrain["augment"]),
+        channels_last=device.startswith("cuda"),
+    )
     model = build_method(name, protocol, method_params(name, suite, dry)).to(device)
     model.train()
     model.setup("fit")
@@ -171,7 +194,9 @@ def busy_share(step: Callable[[], None], device: str) -> float:
         step()
         sync(device)
     wall = time.perf_counter() - start
-    kernels = sum(getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0)) for e in prof.key_averages())
+    kernels = sum(
+        getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0)) for e in prof.key_averages()
+    )
     return kernels / 1e6 / wall if wall else float("nan")
 
 
@@ -191,12 +216,27 @@ def stage_methods(summary: Summary, out: Path, device: str, dry: bool, precision
         stage = f"1 {name}"
         try:
             model, optimizer, scheduler = build(name, suite, sizes, device, dry, sizes["warmup"] + sizes["timed"] + 4)
-            images = (torch.rand(sizes["batch"], 1, sizes["cache_size"], sizes["cache_size"], generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8).to(device)
+            images = (
+                (
+                    torch.rand(
+                        sizes["batch"],
+                        1,
+                        sizes["cache_size"],
+                        sizes["cache_size"],
+                        generator=torch.Generator().manual_seed(0),
+                    )
+                    * 255
+                )
+                .to(torch.uint8)
+                .to(device)
+            )
             counter = iter(range(1 << 30))
             losses = []
 
             def step() -> None:
-                losses.append(lightning_order_step(model, optimizer, scheduler, images, device, precision, next(counter)))
+                losses.append(
+                    lightning_order_step(model, optimizer, scheduler, images, device, precision, next(counter))
+                )
 
             before = {k: v.detach().clone() for k, v in model.state_dict().items()}
             if device.startswith("cuda"):
@@ -226,31 +266,74 @@ def stage_methods(summary: Summary, out: Path, device: str, dry: bool, precision
             no_grad = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
             state = model.state_dict()
             targets = [n for n, _ in model.named_children() if n.endswith("_target")]
-            target_changed = all(any(not torch.equal(before[k], state[k]) for k in state if k.startswith(t + ".") and state[k].is_floating_point()) for t in targets)
+            target_changed = all(
+                any(
+                    not torch.equal(before[k], state[k])
+                    for k in state
+                    if k.startswith(t + ".") and state[k].is_floating_point()
+                )
+                for t in targets
+            )
             target_grads = [n for n, p in model.named_parameters() if n.split(".")[0] in targets and p.grad is not None]
-            changed = any(not torch.equal(before[k], v) for k, v in state.items() if k.startswith("backbone.") and v.is_floating_point())
-            finite = all(torch.isfinite(loss).all() for loss in losses) and all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
-            channels_last = (not device.startswith("cuda")) or model.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
-            memory = torch.cuda.max_memory_allocated() / 2 ** 30 if device.startswith("cuda") else float("nan")
+            changed = any(
+                not torch.equal(before[k], v)
+                for k, v in state.items()
+                if k.startswith("backbone.") and v.is_floating_point()
+            )
+            finite = all(torch.isfinite(loss).all() for loss in losses) and all(
+                torch.isfinite(v).all() for v in state.values() if v.is_floating_point()
+            )
+            channels_last = (not device.startswith("cuda")) or model.backbone.conv1.weight.is_contiguous(
+                memory_format=torch.channels_last
+            )
+            memory = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else float("nan")
             ours = {place: n for (_, place), n in syncs.counts.items()}
             unexpected = syncs.outside(LIGHTLY_CONSTANT_MASKS)
-            row = {"method": name, "image_size": sizes["image_size"], "batch": sizes["batch"], "precision": precision, "ms_per_step": 1e3 * seconds,
-                   "images_per_s": sizes["batch"] / seconds, "gflop_per_step": flops.get_total_flops() / 1e9, "tflops": flops.get_total_flops() / seconds / 1e12,
-                   "gpu_busy_share": busy, "host_sync_ops": syncs.total, "cuda_sync_warnings": cuda_syncs, "peak_memory_gib": memory,
-                   "params_without_grad": len(no_grad), "loss": float(losses[-1].float())}
+            row = {
+                "method": name,
+                "image_size": sizes["image_size"],
+                "batch": sizes["batch"],
+                "precision": precision,
+                "ms_per_step": 1e3 * seconds,
+                "images_per_s": sizes["batch"] / seconds,
+                "gflop_per_step": flops.get_total_flops() / 1e9,
+                "tflops": flops.get_total_flops() / seconds / 1e12,
+                "gpu_busy_share": busy,
+                "host_sync_ops": syncs.total,
+                "cuda_sync_warnings": cuda_syncs,
+                "peak_memory_gib": memory,
+                "params_without_grad": len(no_grad),
+                "loss": float(losses[-1].float()),
+            }
             rows.append(row)
             write_rows(out / "steps.csv", rows)
-            summary.check(finite and changed, stage, f"{row['images_per_s']:.0f} images/s ({row['ms_per_step']:.1f} ms/step, {row['gflop_per_step']:.0f} GFLOP/step), "
-                          f"finite: {finite}, trunk weights changed: {changed}")
+            summary.check(
+                finite and changed,
+                stage,
+                f"{row['images_per_s']:.0f} images/s ({row['ms_per_step']:.1f} ms/step, {row['gflop_per_step']:.0f} GFLOP/step), "
+                f"finite: {finite}, trunk weights changed: {changed}",
+            )
             if targets:
-                summary.check(target_changed and not target_grads, stage, f"EMA targets {', '.join(targets)} changed without gradients ({len(target_grads)} with a gradient)")
+                summary.check(
+                    target_changed and not target_grads,
+                    stage,
+                    f"EMA targets {', '.join(targets)} changed without gradients ({len(target_grads)} with a gradient)",
+                )
             summary.check(channels_last, stage, "trunk kept channels_last")
-            summary.check(not unexpected, stage,
-                          f"host syncs per step: {syncs.total} ({', '.join(f'{p} x{n}' for p, n in ours.items()) or 'none'})"
-                          + ("" if device.startswith("cuda") else "; on the CPU reads of CPU tensors count too"), otherwise="WARN")
+            summary.check(
+                not unexpected,
+                stage,
+                f"host syncs per step: {syncs.total} ({', '.join(f'{p} x{n}' for p, n in ours.items()) or 'none'})"
+                + ("" if device.startswith("cuda") else "; on the CPU reads of CPU tensors count too"),
+                otherwise="WARN",
+            )
             if no_grad:
-                summary.add("WARN", stage, f"{len(no_grad)} parameters without a gradient after the step: {', '.join(no_grad[:4])}{' ...' if len(no_grad) > 4 else ''}"
-                            + (" (SwAV's prototypes are frozen at step 0)" if name == "swav" else ""))
+                summary.add(
+                    "WARN",
+                    stage,
+                    f"{len(no_grad)} parameters without a gradient after the step: {', '.join(no_grad[:4])}{' ...' if len(no_grad) > 4 else ''}"
+                    + (" (SwAV's prototypes are frozen at step 0)" if name == "swav" else ""),
+                )
             model = optimizer = scheduler = None  # freed before the next method's
             if device.startswith("cuda"):
                 torch.cuda.empty_cache()
@@ -272,24 +355,53 @@ def stage_fp16(summary: Summary, device: str, sizes: dict) -> None:
     suite = load_suite("miccai2024")
     import numpy as np
 
-    array = np.random.default_rng(0).integers(0, 256, size=(10 * sizes["batch"], 1, sizes["cache_size"], sizes["cache_size"]), dtype=np.uint8)
+    array = np.random.default_rng(0).integers(
+        0, 256, size=(10 * sizes["batch"], 1, sizes["cache_size"], sizes["cache_size"]), dtype=np.uint8
+    )
     for name in ("simclr", "dira"):
         stage = f"2 fp16 {name}"
         try:
             model, _, _ = build(name, suite, sizes, device, False, 10)
             loader = ShuffledBatches(MappedImages(array), sizes["batch"], torch.Generator().manual_seed(0))
             before = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            trainer = pl.Trainer(max_steps=10, accelerator="gpu", devices=1, precision="16-mixed", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                                 enable_model_summary=False, use_distributed_sampler=False)
+            trainer = pl.Trainer(
+                max_steps=10,
+                accelerator="gpu",
+                devices=1,
+                precision="16-mixed",
+                logger=False,
+                enable_checkpointing=False,
+                enable_progress_bar=False,
+                enable_model_summary=False,
+                use_distributed_sampler=False,
+            )
             trainer.fit(model, loader)
-            scale = float(trainer.precision_plugin.scaler.get_scale()) if getattr(trainer.precision_plugin, "scaler", None) is not None else float("nan")
+            scale = (
+                float(trainer.precision_plugin.scaler.get_scale())
+                if getattr(trainer.precision_plugin, "scaler", None) is not None
+                else float("nan")
+            )
             state = model.state_dict()
             finite = all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
-            summary.check(finite and scale > 0, stage, f"10 steps under 16-mixed: weights finite {finite}, gradient scale {scale:g}")
+            summary.check(
+                finite and scale > 0,
+                stage,
+                f"10 steps under 16-mixed: weights finite {finite}, gradient scale {scale:g}",
+            )
             if name == "dira":
-                changed = any(not torch.equal(before[k].cpu(), state[k].cpu()) for k in state if k.startswith("discriminator."))
-                discriminator_scale = float(model.discriminator_scaler.get_scale()) if model.discriminator_scaler is not None else float("nan")
-                summary.check(changed and discriminator_scale > 0, stage, f"discriminator trained (changed: {changed}, its gradient scale {discriminator_scale:g})")
+                changed = any(
+                    not torch.equal(before[k].cpu(), state[k].cpu()) for k in state if k.startswith("discriminator.")
+                )
+                discriminator_scale = (
+                    float(model.discriminator_scaler.get_scale())
+                    if model.discriminator_scaler is not None
+                    else float("nan")
+                )
+                summary.check(
+                    changed and discriminator_scale > 0,
+                    stage,
+                    f"discriminator trained (changed: {changed}, its gradient scale {discriminator_scale:g})",
+                )
         except Exception as err:  # noqa: BLE001
             summary.fail(stage, err)
 
@@ -307,7 +419,11 @@ def stage_data(summary: Summary, out: Path, device: str, sizes: dict, method_row
     stage = "3 data"
     batches = 40 if device.startswith("cuda") else 4
     with tempfile.TemporaryDirectory() as folder:
-        images = MappedImages(random_images_file(Path(folder) / "images.npy", (batches * sizes["batch"], 1, sizes["cache_size"], sizes["cache_size"])))
+        images = MappedImages(
+            random_images_file(
+                Path(folder) / "images.npy", (batches * sizes["batch"], 1, sizes["cache_size"], sizes["cache_size"])
+            )
+        )
         cuda = device.startswith("cuda")
         rows = []
         loader = ShuffledBatches(images, sizes["batch"], torch.Generator().manual_seed(0), pin=cuda)
@@ -316,16 +432,25 @@ def stage_data(summary: Summary, out: Path, device: str, sizes: dict, method_row
         for (batch,) in loader:
             batch.to(device, non_blocking=True)
         sync(device)
-        rows.append({"path": "loader: cache reads" + (", pinned, copied to the GPU" if cuda else ""), "images_per_s": len(images) / (time.perf_counter() - start)})
+        rows.append(
+            {
+                "path": "loader: cache reads" + (", pinned, copied to the GPU" if cuda else ""),
+                "images_per_s": len(images) / (time.perf_counter() - start),
+            }
+        )
         if cuda:
-            resident = ShuffledBatches(images, sizes["batch"], torch.Generator().manual_seed(0), resident=True, resident_device=device)
+            resident = ShuffledBatches(
+                images, sizes["batch"], torch.Generator().manual_seed(0), resident=True, resident_device=device
+            )
             list(resident)  # the one-time copy to the GPU
             sync(device)
             start = time.perf_counter()
             for _ in resident:
                 pass
             sync(device)
-            rows.append({"path": "loader: GPU-resident gather", "images_per_s": len(images) / (time.perf_counter() - start)})
+            rows.append(
+                {"path": "loader: GPU-resident gather", "images_per_s": len(images) / (time.perf_counter() - start)}
+            )
         configs = view_configs(load_suite("miccai2024")["pretrain"]["augment"], 2)
         batch = images[np.arange(sizes["batch"])].to(device)
         sync(device)
@@ -334,14 +459,24 @@ def stage_data(summary: Summary, out: Path, device: str, sizes: dict, method_row
             for cfg in configs:
                 augment_view(batch, sizes["image_size"], cfg)
         sync(device)
-        rows.append({"path": "two batched augmented views", "images_per_s": batches * sizes["batch"] / (time.perf_counter() - start)})
+        rows.append(
+            {
+                "path": "two batched augmented views",
+                "images_per_s": batches * sizes["batch"] / (time.perf_counter() - start),
+            }
+        )
     write_rows(out / "data.csv", rows)
     fastest = max((r["images_per_s"] for r in method_rows), default=None)
     for row in rows:
         summary.add("PASS", stage, f"{row['path']}: {row['images_per_s']:.0f} images/s")
     if fastest:
         best_loader = max(r["images_per_s"] for r in rows if r["path"].startswith("loader"))
-        summary.check(best_loader >= 2 * fastest, stage, f"fastest loader {best_loader:.0f} images/s vs 2 x the fastest method ({fastest:.0f} images/s)", otherwise="WARN")
+        summary.check(
+            best_loader >= 2 * fastest,
+            stage,
+            f"fastest loader {best_loader:.0f} images/s vs 2 x the fastest method ({fastest:.0f} images/s)",
+            otherwise="WARN",
+        )
 
 
 # ----- 4 -------------------------------------------------------------------------------------------------------
@@ -355,23 +490,64 @@ def e2e_suite(dry: bool) -> dict:
     masks = {"name": "synthetic_cxr", "params": {"n_images": n // 4 if not dry else n, "size": size, "seed": 1}}
     methods = ["supervised", "simclr"] if dry else E2E_METHODS
     suite = {
-        "name": "gpu-check", "description": "benchmarks/gpu_check.py stage 4",
-        "pretrain": {"datasets": {"cxr": {**cxr, "splits": ["train", "val"]}}, "backbone": "resnet18", "image_size": image_size, "epochs": 1 if dry else 2,
-                     "batch_size": batch, "optimizer": reference["pretrain"]["optimizer"], "schedule": {**reference["pretrain"]["schedule"], "warmup_epochs": 0},
-                     "augment": reference["pretrain"]["augment"], "seeds": [0]},
+        "name": "gpu-check",
+        "description": "benchmarks/gpu_check.py stage 4",
+        "pretrain": {
+            "datasets": {"cxr": {**cxr, "splits": ["train", "val"]}},
+            "backbone": "resnet18",
+            "image_size": image_size,
+            "epochs": 1 if dry else 2,
+            "batch_size": batch,
+            "optimizer": reference["pretrain"]["optimizer"],
+            "schedule": {**reference["pretrain"]["schedule"], "warmup_epochs": 0},
+            "augment": reference["pretrain"]["augment"],
+            "seeds": [0],
+        },
         "methods": methods,
-        "tasks": [{"name": "CXR", "dataset": cxr, "pretrain": "cxr", "protocols": ["linear", "finetune"], "fractions": [100]},
-                  {"name": "PTX-seg", "type": "segmentation", "dataset": masks, "pretrain": "cxr", "protocols": ["linear", "finetune"], "fractions": [100]}],
-        "evaluation": {"seeds": [0], "linear": {"solver": "lbfgs", "l2": [1.0e-2, 1.0]},
-                       "finetune": {"epochs": 1, "min_steps": 20 if not dry else 2, "lr": 1.0e-4, "weight_decay": 1.0e-4, "batch_size": batch},
-                       "segmentation": {"epochs": 1, "min_steps": 20 if not dry else 2, "lr": 1.0e-3, "weight_decay": 1.0e-4, "batch_size": batch // 2}},
+        "tasks": [
+            {"name": "CXR", "dataset": cxr, "pretrain": "cxr", "protocols": ["linear", "finetune"], "fractions": [100]},
+            {
+                "name": "PTX-seg",
+                "type": "segmentation",
+                "dataset": masks,
+                "pretrain": "cxr",
+                "protocols": ["linear", "finetune"],
+                "fractions": [100],
+            },
+        ],
+        "evaluation": {
+            "seeds": [0],
+            "linear": {"solver": "lbfgs", "l2": [1.0e-2, 1.0]},
+            "finetune": {
+                "epochs": 1,
+                "min_steps": 20 if not dry else 2,
+                "lr": 1.0e-4,
+                "weight_decay": 1.0e-4,
+                "batch_size": batch,
+            },
+            "segmentation": {
+                "epochs": 1,
+                "min_steps": 20 if not dry else 2,
+                "lr": 1.0e-3,
+                "weight_decay": 1.0e-4,
+                "batch_size": batch // 2,
+            },
+        },
     }
     if dry:
         suite["method_params"] = {"simclr": {"hidden_dim": NARROW, "output_dim": 32}}
     return suite
 
 
-def suite_twice(summary: Summary, stage: str, suite: dict, device: str, budget_s: float, precision: str, checks: Callable[[List[Dict], float, Path], None]) -> None:
+def suite_twice(
+    summary: Summary,
+    stage: str,
+    suite: dict,
+    device: str,
+    budget_s: float,
+    precision: str,
+    checks: Callable[[List[Dict], float, Path], None],
+) -> None:
     """Run ``suite`` with run_benchmark.py in a temporary folder twice: ``checks(records, seconds of the first run,
     folder)``, then the second run must add nothing and the records must name ``precision`` and the device."""
     import yaml
@@ -383,8 +559,21 @@ def suite_twice(summary: Summary, stage: str, suite: dict, device: str, budget_s
         path = folder / f"{suite['name']}.yaml"
         (folder / "data").mkdir()
         path.write_text(yaml.safe_dump(suite))
-        command = [sys.executable, str(ROOT / "run_benchmark.py"), "--suite", str(path), "--device", device, "--data-root", str(folder / "data"),
-                   "--out", str(folder / "results"), "--reports", str(folder / "reports"), "--no-progress"]
+        command = [
+            sys.executable,
+            str(ROOT / "run_benchmark.py"),
+            "--suite",
+            str(path),
+            "--device",
+            device,
+            "--data-root",
+            str(folder / "data"),
+            "--out",
+            str(folder / "results"),
+            "--reports",
+            str(folder / "reports"),
+            "--no-progress",
+        ]
         runs = []
         for attempt in range(2):
             start = time.perf_counter()
@@ -392,7 +581,11 @@ def suite_twice(summary: Summary, stage: str, suite: dict, device: str, budget_s
             runs.append((done, time.perf_counter() - start))
             if done.returncode != 0:
                 output = (done.stderr or done.stdout).strip()
-                summary.add("FAIL", stage, f"run {attempt + 1} exited {done.returncode}: {output.splitlines()[-1][:300] if output else ''}")
+                summary.add(
+                    "FAIL",
+                    stage,
+                    f"run {attempt + 1} exited {done.returncode}: {output.splitlines()[-1][:300] if output else ''}",
+                )
                 return
         records = ResultStore(folder / "results" / suite["name"]).records()
         checks(records, runs[0][1], folder)
@@ -402,16 +595,33 @@ def suite_twice(summary: Summary, stage: str, suite: dict, device: str, budget_s
             import torch
 
             name = torch.cuda.get_device_name(0)
-            summary.check(precision in precisions, stage, f"records name their precision: {sorted(map(str, precisions))}")
-            summary.check(all(name in json.dumps(r.get("hardware"), sort_keys=True) for r in records), stage, f"records name the GPU ({name})")
+            summary.check(
+                precision in precisions, stage, f"records name their precision: {sorted(map(str, precisions))}"
+            )
+            summary.check(
+                all(name in json.dumps(r.get("hardware"), sort_keys=True) for r in records),
+                stage,
+                f"records name the GPU ({name})",
+            )
         else:
-            summary.check(bool(precisions) and None not in precisions, stage, f"records name their precision: {sorted(map(str, precisions))}")
+            summary.check(
+                bool(precisions) and None not in precisions,
+                stage,
+                f"records name their precision: {sorted(map(str, precisions))}",
+            )
 
 
 def stage_end_to_end(summary: Summary, device: str, dry: bool, budget_s: float) -> None:
     stage = "4 end to end"
-    suite_twice(summary, stage, e2e_suite(dry), device, budget_s, "bf16-mixed",
-                lambda records, seconds, folder: summary.add("PASS", stage, f"{len(records)} evaluations in {seconds:.0f} s"))
+    suite_twice(
+        summary,
+        stage,
+        e2e_suite(dry),
+        device,
+        budget_s,
+        "bf16-mixed",
+        lambda records, seconds, folder: summary.add("PASS", stage, f"{len(records)} evaluations in {seconds:.0f} s"),
+    )
 
 
 # ----- 5 -------------------------------------------------------------------------------------------------------
@@ -429,7 +639,20 @@ def stage_compile(summary: Summary, out: Path, device: str, precision: str) -> N
         try:
             model, optimizer, scheduler = build(name, suite, FULL, device, False, 40)
             keys = list(model.state_dict())
-            images = (torch.rand(FULL["batch"], 1, FULL["cache_size"], FULL["cache_size"], generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8).to(device)
+            images = (
+                (
+                    torch.rand(
+                        FULL["batch"],
+                        1,
+                        FULL["cache_size"],
+                        FULL["cache_size"],
+                        generator=torch.Generator().manual_seed(0),
+                    )
+                    * 255
+                )
+                .to(torch.uint8)
+                .to(device)
+            )
 
             def loss_step(compute):
                 with autocast(device, precision):
@@ -457,12 +680,24 @@ def stage_compile(summary: Summary, out: Path, device: str, precision: str) -> N
             compile_s = time.perf_counter() - start
             compiled_ms = timed(compiled)
             recompiles = torch._dynamo.utils.counters["stats"].get("unique_graphs", 0)
-            row = {"method": name, "compile_s": compile_s, "graph_breaks": explained.graph_break_count, "graphs": explained.graph_count, "unique_graphs": recompiles,
-                   "eager_ms": eager, "compiled_ms": compiled_ms, "speedup": eager / compiled_ms}
+            row = {
+                "method": name,
+                "compile_s": compile_s,
+                "graph_breaks": explained.graph_break_count,
+                "graphs": explained.graph_count,
+                "unique_graphs": recompiles,
+                "eager_ms": eager,
+                "compiled_ms": compiled_ms,
+                "speedup": eager / compiled_ms,
+            }
             rows.append(row)
             write_rows(out / "compile.csv", rows)
             summary.check(list(model.state_dict()) == keys, stage, "state_dict keys unchanged")
-            summary.add("PASS" if compiled_ms <= eager else "WARN", stage, f"compile {compile_s:.0f} s, {explained.graph_break_count} graph breaks, eager {eager:.1f} ms vs compiled {compiled_ms:.1f} ms")
+            summary.add(
+                "PASS" if compiled_ms <= eager else "WARN",
+                stage,
+                f"compile {compile_s:.0f} s, {explained.graph_break_count} graph breaks, eager {eager:.1f} ms vs compiled {compiled_ms:.1f} ms",
+            )
         except Exception as err:  # noqa: BLE001
             summary.fail(stage, err)
 
@@ -475,12 +710,20 @@ def ct_suite(dry: bool) -> dict:
     suite = load_suite("vox2vec3d")
     data = {"n_labelled": 10, "n_unlabelled": 4, **({"spacing": [8.0, 8.0, 8.0]} if dry else {})}
     suite["name"] = "gpu-check-ct"
-    suite["pretrain"].update(datasets={"ct": {"name": "synthetic_ct", "params": {**data, "part": "unlabelled"}, "splits": ["train", "val", "test"]}}, epochs=2, steps_per_epoch=10)
+    suite["pretrain"].update(
+        datasets={
+            "ct": {"name": "synthetic_ct", "params": {**data, "part": "unlabelled"}, "splits": ["train", "val", "test"]}
+        },
+        epochs=2,
+        steps_per_epoch=10,
+    )
     suite["tasks"][0]["dataset"] = {"name": "synthetic_ct", "params": data}
     segmentation = suite["evaluation"]["segmentation3d"]
     segmentation.update(epochs=2, steps_per_epoch=5)
     if dry:
-        suite["method_params"]["vox2vec3d"].update(base_channels=4, num_levels=3, patch_size=[16, 16, 8], max_voxels_per_pair=64)
+        suite["method_params"]["vox2vec3d"].update(
+            base_channels=4, num_levels=3, patch_size=[16, 16, 8], max_voxels_per_pair=64
+        )
         segmentation["patch_size"] = [16, 16, 8]
     else:  # the official pairs and positives per step
         suite["method_params"]["vox2vec3d"].update(pairs_per_step=10, max_voxels_per_pair=1024)
@@ -493,8 +736,14 @@ def stage_ct(summary: Summary, device: str, dry: bool, budget_s: float) -> None:
 
     def checks(records: List[Dict], seconds: float, folder: Path) -> None:
         rows = sorted({(r["method"], r["protocol"], r["head"]) for r in records})
-        summary.check(len(rows) == 6 and all(0 <= r["value"] <= 1 for r in records), stage, f"{len(records)} records of {len(rows)} rows in {seconds:.0f} s, Dice in [0, 1]")
-        summary.check((folder / "reports" / "gpu-check-ct" / "ct_table.md").exists(), stage, "the organ table is written")
+        summary.check(
+            len(rows) == 6 and all(0 <= r["value"] <= 1 for r in records),
+            stage,
+            f"{len(records)} records of {len(rows)} rows in {seconds:.0f} s, Dice in [0, 1]",
+        )
+        summary.check(
+            (folder / "reports" / "gpu-check-ct" / "ct_table.md").exists(), stage, "the organ table is written"
+        )
 
     suite_twice(summary, stage, ct_suite(dry), device, budget_s, "32-true", checks)
 
@@ -505,7 +754,9 @@ def main(argv=None) -> int:
     from medssl.precision import configure_cuda, precision_for
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=str(ROOT / "reports" / "benchmarks" / "gpu"), help="folder for summary.md and the CSVs")
+    parser.add_argument(
+        "--out", default=str(ROOT / "reports" / "benchmarks" / "gpu"), help="folder for summary.md and the CSVs"
+    )
     parser.add_argument("--budget", type=float, default=480, help="seconds; stages that would start later are skipped")
     parser.add_argument("--stages", default="0,1,2,3,4,5,6")
     args = parser.parse_args(argv)
@@ -517,8 +768,14 @@ def main(argv=None) -> int:
     configure_cuda(device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    summary = Summary(out, environment(cuda) + [f"- device {device}, precision {precision}, {'dry run at toy sizes' if dry else 'full sizes'}; "
-                                                 f"command: python benchmarks/gpu_check.py {' '.join(argv if argv is not None else sys.argv[1:])}"])
+    summary = Summary(
+        out,
+        environment(cuda)
+        + [
+            f"- device {device}, precision {precision}, {'dry run at toy sizes' if dry else 'full sizes'}; "
+            f"command: python benchmarks/gpu_check.py {' '.join(argv if argv is not None else sys.argv[1:])}"
+        ],
+    )
     summary.write()
     stages = {int(s) for s in args.stages.split(",")}
     sizes = DRY if dry else FULL

@@ -17,6 +17,7 @@ mu_A - mu_B = k sd (sd of one replicate of the first row: sd_pretraining for a t
 
     python benchmarks/pretraining_test_power.py --readme   # prints the tables and pastes them into README "Statistics"
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,7 +38,15 @@ from medssl.compare import CellRuns, compare_runs  # noqa: E402
 from medssl.plan import FIXED_RUN  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-SETTINGS = {"n_evaluation": 3, "sd_pretraining": 0.03, "sd_evaluation": 0.005, "sd_image": 0.1, "sd_noise": 0.1, "n_images": 200, "resamples": 200}
+SETTINGS = {
+    "n_evaluation": 3,
+    "sd_pretraining": 0.03,
+    "sd_evaluation": 0.005,
+    "sd_image": 0.1,
+    "sd_noise": 0.1,
+    "n_images": 200,
+    "resamples": 200,
+}
 # Against a fixed-weight row the evaluation seeds carry the randomness (the review's case of issue 30: pretraining sd
 # 0.5, evaluation sd 2 points): there the fixed row's own spread matters most.
 FIXED_SETTINGS = {"sd_pretraining": 0.005, "sd_evaluation": 0.02}
@@ -71,24 +80,53 @@ SCENARIOS = {
     "3x": Scenario("trained vs trained, first at 3x sd", sd_scale=3.0),
     "10x": Scenario("trained vs trained, first at 10x sd", sd_scale=10.0),
     "fixed": Scenario("trained vs fixed weights", second_fixed=True, overrides=tuple(FIXED_SETTINGS.items())),
-    "two fixed": Scenario("fixed vs fixed weights", first_fixed=True, second_fixed=True, overrides=tuple(FIXED_SETTINGS.items())),
-    "fixed, no image term": Scenario("trained vs fixed weights, no image term", second_fixed=True, overrides=tuple({**FIXED_SETTINGS, **NO_IMAGE_TERM}.items())),
-    "equal, no image term": Scenario("trained vs trained, equal sd, no image term", overrides=tuple(NO_IMAGE_TERM.items())),
-    "3x, no image term": Scenario("trained vs trained, first at 3x sd, no image term", sd_scale=3.0, overrides=tuple(NO_IMAGE_TERM.items())),
+    "two fixed": Scenario(
+        "fixed vs fixed weights", first_fixed=True, second_fixed=True, overrides=tuple(FIXED_SETTINGS.items())
+    ),
+    "fixed, no image term": Scenario(
+        "trained vs fixed weights, no image term",
+        second_fixed=True,
+        overrides=tuple({**FIXED_SETTINGS, **NO_IMAGE_TERM}.items()),
+    ),
+    "equal, no image term": Scenario(
+        "trained vs trained, equal sd, no image term", overrides=tuple(NO_IMAGE_TERM.items())
+    ),
+    "3x, no image term": Scenario(
+        "trained vs trained, first at 3x sd, no image term", sd_scale=3.0, overrides=tuple(NO_IMAGE_TERM.items())
+    ),
 }
 
 
-def simulated_row(rng: np.random.Generator, mu: float, n_replicates: int, settings: Dict, weights: np.ndarray, sd_scale: float = 1.0,
-                  fixed: bool = False) -> CellRuns:
+def simulated_row(
+    rng: np.random.Generator,
+    mu: float,
+    n_replicates: int,
+    settings: Dict,
+    weights: np.ndarray,
+    sd_scale: float = 1.0,
+    fixed: bool = False,
+) -> CellRuns:
     """One row's cell: ``n_replicates`` pretraining runs of ``n_evaluation`` evaluation seeds each, or (``fixed``)
     one encoder evaluated with ``n_replicates`` evaluation seeds."""
     n_images = settings["n_images"]
     stable = rng.normal(0.0, settings["sd_image"], n_images)
     runs = CellRuns()
-    layout = [(FIXED_RUN, e) for e in range(n_replicates)] if fixed else [(s, e) for s in range(n_replicates) for e in range(settings["n_evaluation"])]
-    luck = {s: 0.0 if fixed else rng.normal(0.0, sd_scale * settings["sd_pretraining"]) for s in {run[0] for run in layout}}
+    layout = (
+        [(FIXED_RUN, e) for e in range(n_replicates)]
+        if fixed
+        else [(s, e) for s in range(n_replicates) for e in range(settings["n_evaluation"])]
+    )
+    luck = {
+        s: 0.0 if fixed else rng.normal(0.0, sd_scale * settings["sd_pretraining"]) for s in {run[0] for run in layout}
+    }
     for run in layout:
-        scores = mu + luck[run[0]] + rng.normal(0.0, settings["sd_evaluation"]) + stable + rng.normal(0.0, settings["sd_noise"], n_images)
+        scores = (
+            mu
+            + luck[run[0]]
+            + rng.normal(0.0, settings["sd_evaluation"])
+            + stable
+            + rng.normal(0.0, settings["sd_noise"], n_images)
+        )
         runs.values[run] = float(scores.mean())
         runs.bootstrap[run] = weights @ scores / n_images
     return runs
@@ -100,19 +138,31 @@ def _pair(rng, scenario: Scenario, n_replicates: int, multiple: float, weights) 
     settings = scenario.settings()
     seeds_of_fixed = n_replicates if scenario.first_fixed and scenario.second_fixed else settings["n_evaluation"]
     sizes = [seeds_of_fixed if fixed else n_replicates for fixed in (scenario.first_fixed, scenario.second_fixed)]
-    first = simulated_row(rng, multiple * scenario.unit(), sizes[0], settings, weights, scenario.sd_scale, scenario.first_fixed)
+    first = simulated_row(
+        rng, multiple * scenario.unit(), sizes[0], settings, weights, scenario.sd_scale, scenario.first_fixed
+    )
     second = simulated_row(rng, 0.0, sizes[1], settings, weights, 1.0, scenario.second_fixed)
     return first, second
 
 
-def rejection_rate(n_tables: int, scenario: Scenario, n_replicates: int, multiple: float, alpha: float = 0.05, seed: int = 0,
-                   test: Callable[[CellRuns, CellRuns], float] = lambda a, b: compare_runs(a, b)["p"]) -> float:
+def rejection_rate(
+    n_tables: int,
+    scenario: Scenario,
+    n_replicates: int,
+    multiple: float,
+    alpha: float = 0.05,
+    seed: int = 0,
+    test: Callable[[CellRuns, CellRuns], float] = lambda a, b: compare_runs(a, b)["p"],
+) -> float:
     """Share of ``n_tables`` simulated pairs of rows whose ``test`` p-value is below ``alpha`` (default: the tables'
     test); the first row is ``multiple`` replicate sds above the second."""
     settings = scenario.settings()
     weights = stats.bootstrap_weights(settings["n_images"], settings["resamples"], seed)
     rng = np.random.default_rng([seed, n_replicates])
-    return sum(bool(test(*_pair(rng, scenario, n_replicates, multiple, weights)) < alpha) for _ in range(n_tables)) / n_tables
+    return (
+        sum(bool(test(*_pair(rng, scenario, n_replicates, multiple, weights)) < alpha) for _ in range(n_tables))
+        / n_tables
+    )
 
 
 # ------------------------------------------------------------------------------ the alternatives, for the record
@@ -146,7 +196,9 @@ def hsu_p(a: CellRuns, b: CellRuns) -> float:
     return float(2 * scipy_stats.t.sf(abs(difference) / se, min(n_a, n_b) - 1))
 
 
-def pooled_rate(n_tables: int, n_replicates: int, sd_scale: float, n_methods: int = 4, alpha: float = 0.05, seed: int = 0) -> float:
+def pooled_rate(
+    n_tables: int, n_replicates: int, sd_scale: float, n_methods: int = 4, alpha: float = 0.05, seed: int = 0
+) -> float:
     """Type-I error of a between-run variance pooled over a column's ``n_methods`` (ANOVA error term, df = runs -
     methods), the first method's sd ``sd_scale`` times the others', for its comparison with the second."""
     settings = SETTINGS
@@ -154,17 +206,25 @@ def pooled_rate(n_tables: int, n_replicates: int, sd_scale: float, n_methods: in
     rng = np.random.default_rng([seed, n_replicates, n_methods])
     rejected = 0
     for _ in range(n_tables):
-        rows = [simulated_row(rng, 0.0, n_replicates, settings, weights, sd_scale if m == 0 else 1.0) for m in range(n_methods)]
+        rows = [
+            simulated_row(rng, 0.0, n_replicates, settings, weights, sd_scale if m == 0 else 1.0)
+            for m in range(n_methods)
+        ]
         seeds = rows[0].evaluation_seeds()
         replicates = [np.array(r.replicate_values(seeds)) for r in rows]
         pooled = np.mean([v.var(ddof=1) for v in replicates])
         image = stats.image_variance(rows[0].resampled_mean(seeds) - rows[1].resampled_mean(seeds))
         se = math.sqrt(pooled * 2 / n_replicates + image)
-        rejected += bool(2 * scipy_stats.t.sf(abs(replicates[0].mean() - replicates[1].mean()) / se, n_methods * (n_replicates - 1)) < alpha)
+        rejected += bool(
+            2 * scipy_stats.t.sf(abs(replicates[0].mean() - replicates[1].mean()) / se, n_methods * (n_replicates - 1))
+            < alpha
+        )
     return rejected / n_tables
 
 
-def dagger_rate(n_tables: int, n_replicates: int, rule: str, n_baselines: int = 6, alpha: float = 0.05, seed: int = 0) -> float:
+def dagger_rate(
+    n_tables: int, n_replicates: int, rule: str, n_baselines: int = 6, alpha: float = 0.05, seed: int = 0
+) -> float:
     """Rate of a † on the reference's row when the reference and ``n_baselines`` baselines are all equal, before any
     adjustment. ``best by test mean``: the rule before issue 30 (the baseline with the highest test mean, one test
     against it, either direction); ``every baseline``: the tables' rule (the reference significantly above each)."""
@@ -214,15 +274,21 @@ def _rate_text(rate: float) -> str:
     return f"{rate:.3f}"
 
 
-def power_table(n_tables: int, replicates: Sequence[int], multiples: Sequence[float], scenarios: Sequence[str], alpha: float = 0.05) -> str:
+def power_table(
+    n_tables: int, replicates: Sequence[int], multiples: Sequence[float], scenarios: Sequence[str], alpha: float = 0.05
+) -> str:
     header = "| rows | runs | " + " | ".join(f"{k:g} sd" if k else "0 (type-I error)" for k in multiples) + " |"
-    lines = [f"Rejection rate of the tables' test at alpha {alpha:g} (unadjusted) over {n_tables} simulated comparisons per cell "
-             f"(Monte-Carlo sd at 0.05: {math.sqrt(alpha * (1 - alpha) / n_tables):.4f}); true difference in sds of one replicate of the "
-             f"first row; {SETTINGS['n_evaluation']} evaluation seeds per run, {SETTINGS['n_images']} test images, "
-             f"sd between pretraining runs {100 * SETTINGS['sd_pretraining']:g} points, between evaluation seeds "
-             f"{100 * SETTINGS['sd_evaluation']:g} (against fixed weights {100 * FIXED_SETTINGS['sd_pretraining']:g} and "
-             f"{100 * FIXED_SETTINGS['sd_evaluation']:g}; a fixed row is evaluated with the suite's evaluation seeds, two fixed rows with 'runs' seeds each).", "", header,
-             "|---|---:|" + "---:|" * len(multiples)]
+    lines = [
+        f"Rejection rate of the tables' test at alpha {alpha:g} (unadjusted) over {n_tables} simulated comparisons per cell "
+        f"(Monte-Carlo sd at 0.05: {math.sqrt(alpha * (1 - alpha) / n_tables):.4f}); true difference in sds of one replicate of the "
+        f"first row; {SETTINGS['n_evaluation']} evaluation seeds per run, {SETTINGS['n_images']} test images, "
+        f"sd between pretraining runs {100 * SETTINGS['sd_pretraining']:g} points, between evaluation seeds "
+        f"{100 * SETTINGS['sd_evaluation']:g} (against fixed weights {100 * FIXED_SETTINGS['sd_pretraining']:g} and "
+        f"{100 * FIXED_SETTINGS['sd_evaluation']:g}; a fixed row is evaluated with the suite's evaluation seeds, two fixed rows with 'runs' seeds each).",
+        "",
+        header,
+        "|---|---:|" + "---:|" * len(multiples),
+    ]
     for name in scenarios:
         scenario = SCENARIOS[name]
         for n in replicates:
@@ -233,26 +299,58 @@ def power_table(n_tables: int, replicates: Sequence[int], multiples: Sequence[fl
 
 def alternatives_table(n_tables: int, replicates: Sequence[int], alpha: float = 0.05) -> str:
     """Type-I error and power of the rejected alternatives next to the tables' test."""
-    rows = [("Welch over runs (the tables' test)", lambda s, n, k: rejection_rate(n_tables, SCENARIOS[s], n, k, alpha, seed=11)),
-            ("paired by pretraining seed, runs - 1 df (before issue 30)", lambda s, n, k: rejection_rate(n_tables, SCENARIOS[s], n, k, alpha, seed=11, test=paired_by_seed_p)),
-            ("Student, runs_a + runs_b - 2 df", lambda s, n, k: rejection_rate(n_tables, SCENARIOS[s], n, k, alpha, seed=11, test=student_p)),
-            ("variance pooled over the column's 4 methods", lambda s, n, k: pooled_rate(n_tables, n, SCENARIOS[s].sd_scale, alpha=alpha, seed=11) if k == 0 else math.nan)]
+    rows = [
+        (
+            "Welch over runs (the tables' test)",
+            lambda s, n, k: rejection_rate(n_tables, SCENARIOS[s], n, k, alpha, seed=11),
+        ),
+        (
+            "paired by pretraining seed, runs - 1 df (before issue 30)",
+            lambda s, n, k: rejection_rate(n_tables, SCENARIOS[s], n, k, alpha, seed=11, test=paired_by_seed_p),
+        ),
+        (
+            "Student, runs_a + runs_b - 2 df",
+            lambda s, n, k: rejection_rate(n_tables, SCENARIOS[s], n, k, alpha, seed=11, test=student_p),
+        ),
+        (
+            "variance pooled over the column's 4 methods",
+            lambda s, n, k: (
+                pooled_rate(n_tables, n, SCENARIOS[s].sd_scale, alpha=alpha, seed=11) if k == 0 else math.nan
+            ),
+        ),
+    ]
     columns = [("equal", 0.0), ("3x", 0.0), ("10x", 0.0), ("equal", 4.0)]
-    header = "| test | runs | type-I, equal sd | type-I, one at 3x sd | type-I, one at 10x sd | power at 4 sd, equal sd |"
-    lines = [f"The alternatives, same simulation ({n_tables} comparisons per cell, unadjusted alpha {alpha:g}):", "", header, "|---|---:|---:|---:|---:|---:|"]
+    header = (
+        "| test | runs | type-I, equal sd | type-I, one at 3x sd | type-I, one at 10x sd | power at 4 sd, equal sd |"
+    )
+    lines = [
+        f"The alternatives, same simulation ({n_tables} comparisons per cell, unadjusted alpha {alpha:g}):",
+        "",
+        header,
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for label, rate in rows:
         for n in replicates:
             values = [rate(s, n, k) for s, k in columns]
-            lines.append(f"| {label} | {n} | " + " | ".join("–" if math.isnan(v) else _rate_text(v) for v in values) + " |")
+            lines.append(
+                f"| {label} | {n} | " + " | ".join("–" if math.isnan(v) else _rate_text(v) for v in values) + " |"
+            )
     return "\n".join(lines) + "\n"
 
 
 def fixed_alternatives_table(n_tables: int, replicates: Sequence[int], alpha: float = 0.05) -> str:
     """Against a fixed-weight row: Welch-Satterthwaite's df (the tables') or Hsu's conservative min(n) - 1."""
     columns = [("fixed", 0.0), ("fixed, no image term", 0.0), ("fixed", 4.0)]
-    lines = [f"Against fixed weights, Welch-Satterthwaite df or Hsu's conservative min(n) - 1 ({n_tables} comparisons per cell):", "",
-             "| df | runs | type-I | type-I, no image term | power at 4 sd |", "|---|---:|---:|---:|---:|"]
-    for label, test in (("Welch-Satterthwaite (the tables' test)", lambda a, b: compare_runs(a, b)["p"]), ("Hsu, min(n) - 1", hsu_p)):
+    lines = [
+        f"Against fixed weights, Welch-Satterthwaite df or Hsu's conservative min(n) - 1 ({n_tables} comparisons per cell):",
+        "",
+        "| df | runs | type-I | type-I, no image term | power at 4 sd |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for label, test in (
+        ("Welch-Satterthwaite (the tables' test)", lambda a, b: compare_runs(a, b)["p"]),
+        ("Hsu, min(n) - 1", hsu_p),
+    ):
         for n in replicates:
             rates = [rejection_rate(n_tables, SCENARIOS[s], n, k, alpha, seed=13, test=test) for s, k in columns]
             lines.append(f"| {label} | {n} | " + " | ".join(_rate_text(r) for r in rates) + " |")
@@ -260,37 +358,61 @@ def fixed_alternatives_table(n_tables: int, replicates: Sequence[int], alpha: fl
 
 
 def dagger_table(n_tables: int, replicates: Sequence[int], alpha: float = 0.05) -> str:
-    lines = [f"† on the reference's row when the reference and six baselines are equal, before adjustment ({n_tables} simulated columns):", "",
-             "| rule | " + " | ".join(f"{n} runs" for n in replicates) + " |", "|---|" + "---:|" * len(replicates)]
+    lines = [
+        f"† on the reference's row when the reference and six baselines are equal, before adjustment ({n_tables} simulated columns):",
+        "",
+        "| rule | " + " | ".join(f"{n} runs" for n in replicates) + " |",
+        "|---|" + "---:|" * len(replicates),
+    ]
     for rule in ("best by test mean", "every baseline"):
-        lines.append(f"| {rule} | " + " | ".join(_rate_text(dagger_rate(n_tables, n, rule, alpha=alpha)) for n in replicates) + " |")
+        lines.append(
+            f"| {rule} | "
+            + " | ".join(_rate_text(dagger_rate(n_tables, n, rule, alpha=alpha)) for n in replicates)
+            + " |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def seed_effect_text(records_path: Path) -> str:
     result = seed_effect(records_path)
-    return (f"Pairing by pretraining seed, measured on `{records_path.relative_to(ROOT)}` (two-way ANOVA method x seed of each "
-            f"column's run means, summed over columns): seed effect shared by the methods F = {result['F']:.2f} on "
-            f"{result['df_seed']:.0f} and {result['df_error']:.0f} df (p = {result['p']:.2f}).\n")
+    return (
+        f"Pairing by pretraining seed, measured on `{records_path.relative_to(ROOT)}` (two-way ANOVA method x seed of each "
+        f"column's run means, summed over columns): seed effect shared by the methods F = {result['F']:.2f} on "
+        f"{result['df_seed']:.0f} and {result['df_error']:.0f} df (p = {result['p']:.2f}).\n"
+    )
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tables", type=int, default=4000, help="simulated comparisons per cell (default: 4000)")
-    parser.add_argument("--records", type=Path, default=ROOT / "results" / "quick-seeds" / "records.jsonl", help="a multi-seed suite's records for the seed-pairing check")
-    parser.add_argument("--readme", action="store_true", help="also paste the tables into README.md (pretraining-test-power markers)")
+    parser.add_argument(
+        "--records",
+        type=Path,
+        default=ROOT / "results" / "quick-seeds" / "records.jsonl",
+        help="a multi-seed suite's records for the seed-pairing check",
+    )
+    parser.add_argument(
+        "--readme", action="store_true", help="also paste the tables into README.md (pretraining-test-power markers)"
+    )
     args = parser.parse_args(argv)
     runs = (2, 3, 5)
-    text = "\n".join([
-        power_table(args.tables, runs, (0, 2, 3, 4, 6), ("equal", "3x", "fixed")),
-        f"Type-I error in further cases, same settings, {5 * args.tables} simulated comparisons per cell (Monte-Carlo sd at 0.05: "
-        f"{math.sqrt(0.05 * 0.95 / (5 * args.tables)):.4f}):\n\n"
-        + power_table(5 * args.tables, runs, (0,), ("10x", "two fixed", "fixed, no image term", "equal, no image term", "3x, no image term")).split("\n", 2)[2],
-        alternatives_table(args.tables, runs),
-        fixed_alternatives_table(args.tables, runs),
-        dagger_table(args.tables, runs),
-        seed_effect_text(args.records),
-    ])
+    text = "\n".join(
+        [
+            power_table(args.tables, runs, (0, 2, 3, 4, 6), ("equal", "3x", "fixed")),
+            f"Type-I error in further cases, same settings, {5 * args.tables} simulated comparisons per cell (Monte-Carlo sd at 0.05: "
+            f"{math.sqrt(0.05 * 0.95 / (5 * args.tables)):.4f}):\n\n"
+            + power_table(
+                5 * args.tables,
+                runs,
+                (0,),
+                ("10x", "two fixed", "fixed, no image term", "equal, no image term", "3x, no image term"),
+            ).split("\n", 2)[2],
+            alternatives_table(args.tables, runs),
+            fixed_alternatives_table(args.tables, runs),
+            dagger_table(args.tables, runs),
+            seed_effect_text(args.records),
+        ]
+    )
     print(text)
     if args.readme:
         from readme_results import paste

@@ -9,6 +9,7 @@ The corpus-statistics numbers are the suite's own stored ``supervised`` records 
 initial-statistics variant is run here as suite ``<suite>-bn-init`` (records in results/<suite>-bn-init/, reused on
 a re-run) and the table is written to reports/<suite>/random_init_batchnorm.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,13 +34,19 @@ def random_init_plan(suite, name: str, batchnorm_statistics: str):
     narrowed["name"] = name
     narrowed["methods"] = ["supervised"]
     narrowed["method_params"] = {"supervised": {"batchnorm_statistics": batchnorm_statistics}}
-    narrowed["tasks"] = [{**t, "protocols": ["linear"]} for t in suite["tasks"] if task_type(t) == "classification" and "linear" in t["protocols"]]
+    narrowed["tasks"] = [
+        {**t, "protocols": ["linear"]}
+        for t in suite["tasks"]
+        if task_type(t) == "classification" and "linear" in t["protocols"]
+    ]
     return build_plan(narrowed)
 
 
 def row_cells(plan, records) -> list:
     n_seeds = replicates(plan, "linear")
-    return [cell_text(row, n_seeds) if row["n"] else "–" for row in table_rows(plan, aggregate(plan, records), "linear")]
+    return [
+        cell_text(row, n_seeds) if row["n"] else "–" for row in table_rows(plan, aggregate(plan, records), "linear")
+    ]
 
 
 def main() -> int:
@@ -53,7 +60,10 @@ def main() -> int:
     corpus_plan = random_init_plan(suite, suite["name"], "corpus")
     stored = ResultStore(Path(args.out) / suite["name"]).records()
     if not any(r["key"] in {job.key for job in corpus_plan.eval_jobs} for r in stored):
-        print(f"no stored linear-probe records of 'supervised' in {args.out}/{suite['name']}; run the suite first", file=sys.stderr)
+        print(
+            f"no stored linear-probe records of 'supervised' in {args.out}/{suite['name']}; run the suite first",
+            file=sys.stderr,
+        )
         return 2
     initial_plan = random_init_plan(suite, f"{suite['name']}-bn-init", "init")
     run_plan(initial_plan, Path(args.data_root), Path(args.out), progress=False, log=lambda message: None)
@@ -65,8 +75,12 @@ def main() -> int:
         "",
         header[0].replace("| Method |", "| Random-init frozen encoder |", 1),
         header[1],
-        "| BatchNorm statistics of the pretraining corpus (the tables' Sup. row) | " + " | ".join(row_cells(corpus_plan, stored)) + " |",
-        "| PyTorch's initial statistics (BatchNorm = identity) | " + " | ".join(row_cells(initial_plan, initial)) + " |",
+        "| BatchNorm statistics of the pretraining corpus (the tables' Sup. row) | "
+        + " | ".join(row_cells(corpus_plan, stored))
+        + " |",
+        "| PyTorch's initial statistics (BatchNorm = identity) | "
+        + " | ".join(row_cells(initial_plan, initial))
+        + " |",
     ]
     text = "\n".join(lines) + "\n"
     out = Path(args.reports) / suite["name"] / "random_init_batchnorm.md"

@@ -6,6 +6,7 @@
 Reads reports/<suite>/*.md (written by run_benchmark.py) and the runs logged in results/<suite>/runs.jsonl; with
 --paste, a benchmark's saved output (e.g. reports/benchmarks/suite_cost-miccai2024.md) between the NAME markers.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,20 +23,28 @@ def runs_behind(results: Path):
     that grew (new methods, seeds) is finished by a later run that reuses the earlier records, so there can be several."""
     lines = (results / "runs.jsonl").read_text().splitlines() if (results / "runs.jsonl").exists() else []
     # a --set run stores its records in the same folder but reports them elsewhere (REPORTS/<suite>--set-<hash>/)
-    return [run for run in (json.loads(line) for line in lines if line.strip()) if run["ran"] > 0 and "--set" not in run["argv"]]
+    return [
+        run
+        for run in (json.loads(line) for line in lines if line.strip())
+        if run["ran"] > 0 and "--set" not in run["argv"]
+    ]
 
 
 def describe_run(run, precisions) -> str:
     """One logged run; its own training precision when the run log has it, else every precision of the stored
     pretrainings (run logs before the precision was logged)."""
     hw = run["hardware"]
-    model = f"{hw['cpu_model']}{' with' if hw.get('cpu_bf16') else ' without'} native bf16, " if hw.get("cpu_model") else ""
+    model = (
+        f"{hw['cpu_model']}{' with' if hw.get('cpu_bf16') else ' without'} native bf16, " if hw.get("cpu_model") else ""
+    )
     precisions = [run["precision"]] if run.get("precision") else precisions
     trained_in = f", pretraining precision {', '.join(precisions)}" if precisions else ""
     reused = f", reusing {run['skipped']} stored" if run["skipped"] else ""
-    return (f"`python run_benchmark.py {' '.join(run['argv'])}` at commit `{run['git_commit'][:12]}`: {run['ran']} evaluations{reused}, "
-            f"with their pretraining, in **{run['wall_time_s'] / 60:.1f} min** on {hw['cpu_count']} CPU cores ({model}{hw['platform']}, "
-            f"torch threads {hw['torch_threads']}, device {hw['device']}{trained_in})")
+    return (
+        f"`python run_benchmark.py {' '.join(run['argv'])}` at commit `{run['git_commit'][:12]}`: {run['ran']} evaluations{reused}, "
+        f"with their pretraining, in **{run['wall_time_s'] / 60:.1f} min** on {hw['cpu_count']} CPU cores ({model}{hw['platform']}, "
+        f"torch threads {hw['torch_threads']}, device {hw['device']}{trained_in})"
+    )
 
 
 def block(suite: str) -> str:
@@ -44,7 +53,11 @@ def block(suite: str) -> str:
     runs = runs_behind(results)
     if runs:
         pretrainings = results / "pretraining.jsonl"
-        rows = [json.loads(line) for line in pretrainings.read_text().splitlines() if line.strip()] if pretrainings.exists() else []
+        rows = (
+            [json.loads(line) for line in pretrainings.read_text().splitlines() if line.strip()]
+            if pretrainings.exists()
+            else []
+        )
         precisions = sorted({r["precision"] for r in rows if r.get("precision")})
         if len(runs) == 1:
             parts.append(f"Produced by {describe_run(runs[0], precisions)}.")
@@ -52,21 +65,39 @@ def block(suite: str) -> str:
             total = sum(run["wall_time_s"] for run in runs) / 60
             lines = "\n".join(f"{i}. {describe_run(run, precisions)}" for i, run in enumerate(runs, 1))
             parts.append(f"Produced by {len(runs)} runs, {total:.1f} min in all:\n\n{lines}")
-    for name in ("table1.md", "table2.md", "random_init_margins.md", "random_init_batchnorm.md", "exported_batchnorm.md", "finetune_gap.md", "segmentation.md",
-                 "ct_table.md", "ct_statistics.md", "pretraining.md"):
+    for name in (
+        "table1.md",
+        "table2.md",
+        "random_init_margins.md",
+        "random_init_batchnorm.md",
+        "exported_batchnorm.md",
+        "finetune_gap.md",
+        "segmentation.md",
+        "ct_table.md",
+        "ct_statistics.md",
+        "pretraining.md",
+    ):
         if (reports / name).exists():
             parts.append((reports / name).read_text().strip())
     statistics = (reports / "statistics.md").read_text() if (reports / "statistics.md").exists() else ""
-    components = statistics[statistics.find("## Variance components"):] if "## Variance components" in statistics else ""
+    components = (
+        statistics[statistics.find("## Variance components") :] if "## Variance components" in statistics else ""
+    )
     if re.search(r"\| \d+\.\d / ", components):  # shown once the pretraining runs are replicated
-        parts.append(components.replace("## Variance components\n\n", "Variance components (from `statistics.md`): ", 1).strip())
+        parts.append(
+            components.replace("## Variance components\n\n", "Variance components (from `statistics.md`): ", 1).strip()
+        )
     figures = [name for name in ("label_efficiency.png", "ablation.png", "ct_organs.png") if (reports / name).exists()]
     parts += [f"![{name[:-4].replace('_', ' ')}](reports/{suite}/{name})" for name in figures]
     if (reports / "ct_table.md").exists():  # a CT suite (medssl/report3d.py)
-        parts.append(f"CSV and LaTeX tables `reports/{suite}/ct_table.csv`/`.tex`, the tests as CSV `ct_statistics.csv`; all of it on one page: `reports/{suite}/index.html`.")
+        parts.append(
+            f"CSV and LaTeX tables `reports/{suite}/ct_table.csv`/`.tex`, the tests as CSV `ct_statistics.csv`; all of it on one page: `reports/{suite}/index.html`."
+        )
     elif (reports / "index.html").exists():
-        parts.append(f"Every paired comparison with its p-values: `reports/{suite}/statistics.md` (per-class DeLong tests in "
-                     f"`statistics_per_class.csv`); LaTeX tables `table1.tex`/`table2.tex`; all of it on one page: `reports/{suite}/index.html`.")
+        parts.append(
+            f"Every paired comparison with its p-values: `reports/{suite}/statistics.md` (per-class DeLong tests in "
+            f"`statistics_per_class.csv`); LaTeX tables `table1.tex`/`table2.tex`; all of it on one page: `reports/{suite}/index.html`."
+        )
     return "\n\n".join(parts)
 
 
@@ -79,7 +110,9 @@ def paste(name: str, content: str) -> bool:
     if start not in text or end not in text:
         print(f"README.md has no {start} ... {end} markers", file=sys.stderr)
         return False
-    readme.write_text(re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: f"{start}\n{content}\n{end}", text, flags=re.S))
+    readme.write_text(
+        re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: f"{start}\n{content}\n{end}", text, flags=re.S)
+    )
     return True
 
 
@@ -92,7 +125,9 @@ def main() -> int:
     args = parser.parse_args()
     if args.paste:
         if args.source is None or not args.source.exists():
-            print(f"--paste {args.paste} needs --source FILE, an existing file with the output to paste", file=sys.stderr)
+            print(
+                f"--paste {args.paste} needs --source FILE, an existing file with the output to paste", file=sys.stderr
+            )
             return 2
         header = f"`{args.command}`:\n\n" if args.command else ""
         return 0 if paste(args.paste, header + args.source.read_text().strip()) else 2

@@ -6,6 +6,7 @@ git revision against the ones in ``reports/<suite>/`` now, one Markdown table pe
 Each cell reads ``before -> after (change)`` in the tables' metric points; a row or column missing on one side
 shows ``-``. Used for the README's account of what a re-run changed, so no number there is typed by hand.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,7 +44,12 @@ def changes_table(before: str, after: str, columns: List[str], title: str) -> st
     labels_before, old = read_cells(before)
     labels_after, new = read_cells(after)
     methods = list(labels_after) + [m for m in labels_before if m not in labels_after]
-    lines = [f"{title}: before -> after (change), metric points.", "", "| Method | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
+    lines = [
+        f"{title}: before -> after (change), metric points.",
+        "",
+        "| Method | " + " | ".join(columns) + " |",
+        "|---|" + "---:|" * len(columns),
+    ]
     for method in methods:
         cells = []
         for column in columns:
@@ -60,7 +66,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite", default="quick")
     parser.add_argument("--before", required=True, help="git revision holding the earlier reports/<suite>/table*.csv")
-    parser.add_argument("--columns", required=True, help='comma-separated columns as the tables name them, e.g. "CXR 10%%,CXR 100%%"')
+    parser.add_argument(
+        "--columns", required=True, help='comma-separated columns as the tables name them, e.g. "CXR 10%%,CXR 100%%"'
+    )
     args = parser.parse_args()
     columns = [c.strip() for c in args.columns.split(",") if c.strip()]
     parts = []
@@ -68,11 +76,16 @@ def main() -> int:
         path = f"reports/{args.suite}/{table}.csv"
         before = committed(args.before, path)
         if before is None:
-            print(f"{path} is not in revision {args.before!r}: pass a commit that has the suite's reports", file=sys.stderr)
+            print(
+                f"{path} is not in revision {args.before!r}: pass a commit that has the suite's reports",
+                file=sys.stderr,
+            )
             return 2
         current = ROOT / path
         if not current.exists():
-            print(f"{path} does not exist: run python run_benchmark.py report --suite {args.suite} first", file=sys.stderr)
+            print(
+                f"{path} does not exist: run python run_benchmark.py report --suite {args.suite} first", file=sys.stderr
+            )
             return 2
         parts.append(changes_table(before, current.read_text(), columns, title))
     print("\n\n".join(parts))

@@ -16,6 +16,7 @@ The targets: peak memory grows by less than 10 % while the data grow 10x, and th
 twice as many images per second as the fastest method trains on this machine (the largest images/s in
 ``reports/benchmarks/throughput-cpu.csv``). Writes ``reports/benchmarks/scale.csv`` and prints a table.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,22 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-NIH_CLASSES = ["Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia", "Pneumothorax", "Consolidation", "Edema",
-               "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia"]
+NIH_CLASSES = [
+    "Atelectasis",
+    "Cardiomegaly",
+    "Effusion",
+    "Infiltration",
+    "Mass",
+    "Nodule",
+    "Pneumonia",
+    "Pneumothorax",
+    "Consolidation",
+    "Edema",
+    "Emphysema",
+    "Fibrosis",
+    "Pleural_Thickening",
+    "Hernia",
+]
 BATCH = 64
 
 
@@ -60,7 +75,9 @@ def write_cache(folder: Path, n: int, size: int) -> Path:
     np.save(folder / "labels.npy", (rng.random((n, len(NIH_CLASSES))) < 0.05).astype(np.uint8))
     np.save(folder / "patient_ids.npy", patients.astype(np.int64))
     np.save(folder / "split.npy", split)
-    (folder / "manifest.json").write_text(json.dumps({"classes": NIH_CLASSES, "size": size, "n_images": n, "synthetic": "benchmarks/scale.py"}))
+    (folder / "manifest.json").write_text(
+        json.dumps({"classes": NIH_CLASSES, "size": size, "n_images": n, "synthetic": "benchmarks/scale.py"})
+    )
     return folder
 
 
@@ -89,7 +106,9 @@ def pretraining_epoch(folder: str, steps: int, threads: int) -> dict:
     torch.set_num_threads(threads)
     dataset = read_cache(Path(folder), "nih_chestxray14")
     rows = np.sort(np.concatenate([dataset.indices("train"), dataset.indices("val")]))
-    loader = ShuffledBatches(MappedImages(dataset.images, rows), BATCH, torch.Generator().manual_seed(0), drop_last=True)
+    loader = ShuffledBatches(
+        MappedImages(dataset.images, rows), BATCH, torch.Generator().manual_seed(0), drop_last=True
+    )
     step = training_step("simclr", load_suite("quick"), "cpu", "32-true", BATCH, len(loader))
     trained = read = 0
     train_time = 0.0
@@ -102,8 +121,14 @@ def pretraining_epoch(folder: str, steps: int, threads: int) -> dict:
             train_time += time.perf_counter() - begun
             trained += len(images)
     total = time.perf_counter() - start
-    return {"stage": "pretraining epoch", "images": int(len(rows)), "loader_images_per_s": read / (total - train_time), "train_images_per_s": trained / train_time if train_time else 0.0,
-            "seconds": total, "peak_rss_mb": _peak_rss_mb()}
+    return {
+        "stage": "pretraining epoch",
+        "images": int(len(rows)),
+        "loader_images_per_s": read / (total - train_time),
+        "train_images_per_s": trained / train_time if train_time else 0.0,
+        "seconds": total,
+        "peak_rss_mb": _peak_rss_mb(),
+    }
 
 
 def fine_tuning_epoch(folder: str, steps: int, threads: int) -> dict:
@@ -120,7 +145,13 @@ def fine_tuning_epoch(folder: str, steps: int, threads: int) -> dict:
     torch.set_num_threads(threads)
     dataset = read_cache(Path(folder), "nih_chestxray14")
     train, test = dataset.indices("train"), dataset.indices("test")
-    loader = ShuffledBatches(MappedImages(dataset.images, train), BATCH, torch.Generator().manual_seed(0), labels=dataset.labels[train], drop_last=False)
+    loader = ShuffledBatches(
+        MappedImages(dataset.images, train),
+        BATCH,
+        torch.Generator().manual_seed(0),
+        labels=dataset.labels[train],
+        drop_last=False,
+    )
     model = torch.nn.Sequential(ResNetTrunk(), torch.nn.Linear(512, len(NIH_CLASSES)))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     augment = AugmentConfig(crop_scale=(0.7, 1.0), blur_p=0.0)
@@ -141,8 +172,14 @@ def fine_tuning_epoch(folder: str, steps: int, threads: int) -> dict:
     for begin in range(0, len(test_images), 256):
         read += len(test_images[begin : begin + 256])
     total = time.perf_counter() - start
-    return {"stage": "fine-tuning epoch + test read", "images": int(len(train) + len(test)), "loader_images_per_s": read / (total - train_time),
-            "train_images_per_s": trained / train_time if train_time else 0.0, "seconds": total, "peak_rss_mb": _peak_rss_mb()}
+    return {
+        "stage": "fine-tuning epoch + test read",
+        "images": int(len(train) + len(test)),
+        "loader_images_per_s": read / (total - train_time),
+        "train_images_per_s": trained / train_time if train_time else 0.0,
+        "seconds": total,
+        "peak_rss_mb": _peak_rss_mb(),
+    }
 
 
 def _in_process(queue, function, *args) -> None:
@@ -177,7 +214,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="10000,100000", help="comma-separated numbers of images")
     parser.add_argument("--image-size", type=int, default=256)
-    parser.add_argument("--root", default=str(ROOT / "data" / ".scale-benchmark"), help="where the synthetic caches are written (6.6 GB for 100,000 images)")
+    parser.add_argument(
+        "--root",
+        default=str(ROOT / "data" / ".scale-benchmark"),
+        help="where the synthetic caches are written (6.6 GB for 100,000 images)",
+    )
     parser.add_argument("--steps", type=int, default=10, help="training steps fed from each loader")
     parser.add_argument("--keep", action="store_true", help="keep the synthetic caches")
     args = parser.parse_args()
@@ -187,12 +228,18 @@ def main() -> int:
         folder = Path(args.root) / f"nih-{n}-{args.image_size}px"
         begun = time.perf_counter()
         write_cache(folder, n, args.image_size)
-        print(f"{n} images: cache ready in {time.perf_counter() - begun:.0f} s ({(folder / 'images.npy').stat().st_size / 2 ** 30:.2f} GiB)", flush=True)
+        print(
+            f"{n} images: cache ready in {time.perf_counter() - begun:.0f} s ({(folder / 'images.npy').stat().st_size / 2**30:.2f} GiB)",
+            flush=True,
+        )
         for function in (pretraining_epoch, fine_tuning_epoch):
             row = {"n_images": n, "image_size": args.image_size, **isolated(function, str(folder), args.steps, threads)}
             rows.append(row)
-            print(f"  {row['stage']}: {row['images']} images, loader {row['loader_images_per_s']:.0f} images/s, training {row['train_images_per_s']:.1f} images/s, "
-                  f"{row['seconds']:.0f} s, peak RSS {row['peak_rss_mb']:.0f} MB", flush=True)
+            print(
+                f"  {row['stage']}: {row['images']} images, loader {row['loader_images_per_s']:.0f} images/s, training {row['train_images_per_s']:.1f} images/s, "
+                f"{row['seconds']:.0f} s, peak RSS {row['peak_rss_mb']:.0f} MB",
+                flush=True,
+            )
         if not args.keep:
             shutil.rmtree(folder)
     out = ROOT / "reports" / "benchmarks" / "scale.csv"
@@ -203,20 +250,28 @@ def main() -> int:
         writer.writerows(rows)
     print("\n| images | stage | loader images/s | training images/s | peak RSS (MB) |\n|---:|---|---:|---:|---:|")
     for row in rows:
-        print(f"| {row['n_images']:,} | {row['stage']} | {row['loader_images_per_s']:.0f} | {row['train_images_per_s']:.1f} | {row['peak_rss_mb']:.0f} |")
+        print(
+            f"| {row['n_images']:,} | {row['stage']} | {row['loader_images_per_s']:.0f} | {row['train_images_per_s']:.1f} | {row['peak_rss_mb']:.0f} |"
+        )
     verdicts = []
     sizes = sorted({r["n_images"] for r in rows})
     if len(sizes) > 1:
         for stage in dict.fromkeys(r["stage"] for r in rows):
-            small, large = (next(r for r in rows if r["stage"] == stage and r["n_images"] == s) for s in (sizes[0], sizes[-1]))
+            small, large = (
+                next(r for r in rows if r["stage"] == stage and r["n_images"] == s) for s in (sizes[0], sizes[-1])
+            )
             growth = large["peak_rss_mb"] / small["peak_rss_mb"] - 1
-            verdicts.append(f"{'PASS' if growth < 0.10 else 'FAIL'} {stage}: peak RSS {small['peak_rss_mb']:.0f} -> {large['peak_rss_mb']:.0f} MB "
-                            f"({100 * growth:+.1f} %) while the data grow {sizes[-1] / sizes[0]:.0f}x (target < +10 %)")
+            verdicts.append(
+                f"{'PASS' if growth < 0.10 else 'FAIL'} {stage}: peak RSS {small['peak_rss_mb']:.0f} -> {large['peak_rss_mb']:.0f} MB "
+                f"({100 * growth:+.1f} %) while the data grow {sizes[-1] / sizes[0]:.0f}x (target < +10 %)"
+            )
     method, rate = fastest_training_rate()
     if rate:
         slowest = min(r["loader_images_per_s"] for r in rows if r["stage"] == "pretraining epoch")
-        verdicts.append(f"{'PASS' if slowest >= 2 * rate else 'FAIL'} pretraining loader {slowest:.0f} images/s vs 2 x the fastest method's training rate on this CPU "
-                        f"({method}, {rate:.1f} images/s in reports/benchmarks/throughput-cpu.csv)")
+        verdicts.append(
+            f"{'PASS' if slowest >= 2 * rate else 'FAIL'} pretraining loader {slowest:.0f} images/s vs 2 x the fastest method's training rate on this CPU "
+            f"({method}, {rate:.1f} images/s in reports/benchmarks/throughput-cpu.csv)"
+        )
     print("\n" + "\n".join(verdicts))
     print(f"wrote {out}")
     return 0

@@ -13,6 +13,7 @@ states (a range, e.g. 50 and 200 TFLOP/s: 5-20 % of a recent GPU's dense bf16 pe
 of the suite has been timed yet. Evaluations (fine-tuning, segmentation)
 are not counted.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,10 +47,20 @@ def parse_sizes(text: str) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite", default="miccai2024")
-    parser.add_argument("--corpus-images", default="nih=86524,eyepacs=35126", help="images per pretraining epoch of each corpus of the suite")
-    parser.add_argument("--sustained-tflops", default="50,200", help="assumed sustained training throughputs of one GPU, TFLOP/s, comma-separated")
+    parser.add_argument(
+        "--corpus-images",
+        default="nih=86524,eyepacs=35126",
+        help="images per pretraining epoch of each corpus of the suite",
+    )
+    parser.add_argument(
+        "--sustained-tflops",
+        default="50,200",
+        help="assumed sustained training throughputs of one GPU, TFLOP/s, comma-separated",
+    )
     parser.add_argument("--methods", help="comma-separated subset of the suite's methods (default: all)")
-    parser.add_argument("--batch", type=int, default=2, help="batch of the counted step (FLOPs are scaled to the suite's batch)")
+    parser.add_argument(
+        "--batch", type=int, default=2, help="batch of the counted step (FLOPs are scaled to the suite's batch)"
+    )
     args = parser.parse_args(argv)
     import torch
 
@@ -66,8 +77,14 @@ def main(argv=None) -> int:
         raise SystemExit(f"--corpus-images lacks the suite's corpora {missing}")
     batch = int(pretrain["batch_size"])
     total = 0.0
-    print(f"Suite {suite['name']}: {pretrain['image_size']} px, batch {batch}, {pretrain['epochs']} epochs; corpora {sizes}; one pretraining seed.\n")
-    print("| method | GFLOP per image-step | pretraining PFLOP (all corpora) | " + " | ".join(f"GPU-hours at {r:g} TFLOP/s" for r in rates) + " |")
+    print(
+        f"Suite {suite['name']}: {pretrain['image_size']} px, batch {batch}, {pretrain['epochs']} epochs; corpora {sizes}; one pretraining seed.\n"
+    )
+    print(
+        "| method | GFLOP per image-step | pretraining PFLOP (all corpora) | "
+        + " | ".join(f"GPU-hours at {r:g} TFLOP/s" for r in rates)
+        + " |"
+    )
     print("|---|---:|---:|" + "---:|" * len(rates))
     methods = args.methods.split(",") if args.methods else suite["methods"]
     unknown = sorted(set(methods) - set(suite["methods"]))
@@ -79,11 +96,20 @@ def main(argv=None) -> int:
         per_image = step_flops_per_image(name, suite, args.batch)
         flops = sum(per_image * batch * math.ceil(count / batch) * int(pretrain["epochs"]) for count in sizes.values())
         total += flops
-        print(f"| {name} | {per_image / 1e9:.1f} | {flops / 1e15:,.0f} | " + " | ".join(f"{flops / (r * 1e12) / 3600:.1f}" for r in rates) + " |")
+        print(
+            f"| {name} | {per_image / 1e9:.1f} | {flops / 1e15:,.0f} | "
+            + " | ".join(f"{flops / (r * 1e12) / 3600:.1f}" for r in rates)
+            + " |"
+        )
     seeds = len(pretrain["seeds"])
     hours = {r: total / (r * 1e12) / 3600 for r in rates}
-    print(f"\n{'All methods' if not args.methods else 'These methods'}, one pretraining seed: {total / 1e18:,.1f} EFLOP = " + " or ".join(f"{h:,.0f} GPU-hours at {r:g} TFLOP/s" for r, h in hours.items())
-          + f" sustained; the suite's {seeds} pretraining seeds: " + " or ".join(f"{seeds * h:,.0f}" for h in hours.values()) + " GPU-hours (pretraining only).")
+    print(
+        f"\n{'All methods' if not args.methods else 'These methods'}, one pretraining seed: {total / 1e18:,.1f} EFLOP = "
+        + " or ".join(f"{h:,.0f} GPU-hours at {r:g} TFLOP/s" for r, h in hours.items())
+        + f" sustained; the suite's {seeds} pretraining seeds: "
+        + " or ".join(f"{seeds * h:,.0f}" for h in hours.values())
+        + " GPU-hours (pretraining only)."
+    )
     return 0
 
 

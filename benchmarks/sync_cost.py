@@ -8,6 +8,7 @@ alternate (old, new, new, old, ...) so that a machine whose speed drifts affects
 seconds per step of each and their ratio. On a CPU the syncs themselves are free, so this shows the extra work of the
 sync-free code (a ``torch.where`` per weight-decayed tensor); on a GPU it shows what the syncs cost.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,7 +32,9 @@ def use_old_paths(old: bool) -> None:
     if not hasattr(augment, "_sync_free_blur"):
         augment._sync_free_blur = augment.gaussian_blur
     base.SyncFreeLARS = LARS if old else SyncFreeLARS
-    augment.gaussian_blur = (lambda x, sigma, max_sigma=None: augment._sync_free_blur(x, sigma)) if old else augment._sync_free_blur
+    augment.gaussian_blur = (
+        (lambda x, sigma, max_sigma=None: augment._sync_free_blur(x, sigma)) if old else augment._sync_free_blur
+    )
 
 
 def compare(name: str, suite: dict, device: str, precision: str, steps: int) -> dict:
@@ -46,7 +49,7 @@ def compare(name: str, suite: dict, device: str, precision: str, steps: int) -> 
             variants[old]()
     times = {True: [], False: []}
     for k in range(steps):
-        for old in ((True, False) if k % 2 == 0 else (False, True)):
+        for old in (True, False) if k % 2 == 0 else (False, True):
             use_old_paths(old)
             _sync(device)
             start = time.perf_counter()
@@ -55,7 +58,13 @@ def compare(name: str, suite: dict, device: str, precision: str, steps: int) -> 
             times[old].append(time.perf_counter() - start)
     use_old_paths(False)
     before, after = statistics.median(times[True]), statistics.median(times[False])
-    return {"method": name, "old_s_per_step": before, "sync_free_s_per_step": after, "ratio": after / before, "steps": steps}
+    return {
+        "method": name,
+        "old_s_per_step": before,
+        "sync_free_s_per_step": after,
+        "ratio": after / before,
+        "steps": steps,
+    }
 
 
 def main() -> int:
@@ -75,7 +84,10 @@ def main() -> int:
     print("| method | old step (s) | sync-free step (s) | sync-free / old |\n|---|---:|---:|---:|")
     for name in args.methods.split(","):
         row = compare(name, suite, device, precision, args.steps)
-        print(f"| {name} | {row['old_s_per_step']:.3f} | {row['sync_free_s_per_step']:.3f} | {row['ratio']:.2f} |", flush=True)
+        print(
+            f"| {name} | {row['old_s_per_step']:.3f} | {row['sync_free_s_per_step']:.3f} | {row['ratio']:.2f} |",
+            flush=True,
+        )
     print(f"\nmedians of {args.steps} alternating steps each; suite {args.suite}, {device}, {precision}")
     return 0
 

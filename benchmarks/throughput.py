@@ -18,6 +18,7 @@ On CPU it also measures the machine's FLOP limit (large matrix products in the t
 each method's achieved FLOP/s as a share of it, plus that share for a bare ResNet-18 training step (the issue's
 >= 50 % target). Prints a table and writes ``reports/benchmarks/throughput-<device>.csv``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -92,19 +93,30 @@ def training_step(name: str, suite: dict, device: str, precision: str, batch: in
 
     torch.manual_seed(0)
     pretrain = suite["pretrain"]
-    protocol = PretrainProtocol(image_size=int(pretrain["image_size"]), epochs=1, steps_per_epoch=steps_per_epoch, optimizer=dict(pretrain["optimizer"]),
-                                schedule=dict(pretrain["schedule"]), augment=dict(pretrain["augment"]), channels_last=device.startswith("cuda"))
+    protocol = PretrainProtocol(
+        image_size=int(pretrain["image_size"]),
+        epochs=1,
+        steps_per_epoch=steps_per_epoch,
+        optimizer=dict(pretrain["optimizer"]),
+        schedule=dict(pretrain["schedule"]),
+        augment=dict(pretrain["augment"]),
+        channels_last=device.startswith("cuda"),
+    )
     model = build_method(name, protocol, (suite.get("method_params") or {}).get(name)).to(device)
     model.train()
     model.setup("fit")
     config = model.configure_optimizers()
     optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
     size = int(pretrain["image_size"]) * 2  # the views are resized from a larger cached image, as in a run
-    images = (torch.rand(batch, 1, size, size, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8).to(device)
+    images = (
+        (torch.rand(batch, 1, size, size, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8).to(device)
+    )
     counter = iter(range(1 << 62))
 
     def step(batch=None) -> None:
-        lightning_order_step(model, optimizer, scheduler, images if batch is None else batch.to(device), device, precision, next(counter))
+        lightning_order_step(
+            model, optimizer, scheduler, images if batch is None else batch.to(device), device, precision, next(counter)
+        )
 
     return step
 
@@ -123,9 +135,21 @@ def method_throughput(name: str, suite_name: str, device: str, steps: int, preci
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     flops, seconds = timed_steps(step, steps, device)
-    memory = torch.cuda.max_memory_allocated() / 2 ** 20 if device.startswith("cuda") else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"method": name, "batch": batch, "image_size": int(suite["pretrain"]["image_size"]), "precision": precision, "s_per_step": seconds,
-            "images_per_s": batch / seconds, "gflop_per_step": flops / 1e9, "peak_memory_mb": float(np.round(memory, 1))}
+    memory = (
+        torch.cuda.max_memory_allocated() / 2**20
+        if device.startswith("cuda")
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    )
+    return {
+        "method": name,
+        "batch": batch,
+        "image_size": int(suite["pretrain"]["image_size"]),
+        "precision": precision,
+        "s_per_step": seconds,
+        "images_per_s": batch / seconds,
+        "gflop_per_step": flops / 1e9,
+        "peak_memory_mb": float(np.round(memory, 1)),
+    }
 
 
 def _run_in_process(queue, *args) -> None:
@@ -145,7 +169,7 @@ def matmul_flops(device: str, precision: str, n: int = 2048, repeats: int = 10) 
     for _ in range(repeats):
         a @ b
     _sync(device)
-    return 2 * n ** 3 * repeats / (time.perf_counter() - start)
+    return 2 * n**3 * repeats / (time.perf_counter() - start)
 
 
 def resnet_step_flops(device: str, precision: str, image_size: int, batch: int, steps: int) -> float:
@@ -224,21 +248,43 @@ def data_path(suite_name: str, device: str, batches: int = 20, data_root: Path =
     _sync(device)
     batched_rate = 2 * batch * batches / (time.perf_counter() - start)
     augment = suite["pretrain"]["augment"]
-    per_sample = v2.Compose([
-        v2.RandomResizedCrop(size, scale=tuple(augment.get("crop_scale", (0.08, 1.0))), ratio=tuple(augment.get("crop_ratio", (3 / 4, 4 / 3))), antialias=True),
-        v2.RandomHorizontalFlip(augment.get("hflip_p", 0.5)),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.RandomApply([v2.ColorJitter(brightness=augment.get("brightness", 0.4), contrast=augment.get("contrast", 0.4))], p=augment.get("intensity_p", 0.8)),
-        v2.RandomApply([v2.GaussianBlur(kernel_size=max(3, size // 10 * 2 + 1), sigma=tuple(augment.get("blur_sigma", (0.1, 2.0))))], p=augment.get("blur_p", 0.5)),
-    ])
+    per_sample = v2.Compose(
+        [
+            v2.RandomResizedCrop(
+                size,
+                scale=tuple(augment.get("crop_scale", (0.08, 1.0))),
+                ratio=tuple(augment.get("crop_ratio", (3 / 4, 4 / 3))),
+                antialias=True,
+            ),
+            v2.RandomHorizontalFlip(augment.get("hflip_p", 0.5)),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.RandomApply(
+                [v2.ColorJitter(brightness=augment.get("brightness", 0.4), contrast=augment.get("contrast", 0.4))],
+                p=augment.get("intensity_p", 0.8),
+            ),
+            v2.RandomApply(
+                [
+                    v2.GaussianBlur(
+                        kernel_size=max(3, size // 10 * 2 + 1), sigma=tuple(augment.get("blur_sigma", (0.1, 2.0)))
+                    )
+                ],
+                p=augment.get("blur_p", 0.5),
+            ),
+        ]
+    )
     start = time.perf_counter()
     for x in loaded:
         for image in x:
             for _ in configs:
                 per_sample(image)
     sample_rate = 2 * batch * batches / (time.perf_counter() - start)
-    return {"cache_read_images_per_s": cache_rate, "batched_augment_views_per_s": batched_rate, "torchvision_per_sample_views_per_s": sample_rate,
-            "augment_speedup": batched_rate / sample_rate, "source": source}
+    return {
+        "cache_read_images_per_s": cache_rate,
+        "batched_augment_views_per_s": batched_rate,
+        "torchvision_per_sample_views_per_s": sample_rate,
+        "augment_speedup": batched_rate / sample_rate,
+        "source": source,
+    }
 
 
 def write_csv(out: Path, machine: str, device: str, precision: str, rows: list, extra: Optional[dict] = None) -> None:
@@ -269,7 +315,9 @@ def main() -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite", default="quick")
-    parser.add_argument("--methods", help="comma-separated subset (default: every method of the suite except supervised)")
+    parser.add_argument(
+        "--methods", help="comma-separated subset (default: every method of the suite except supervised)"
+    )
     parser.add_argument("--steps", type=int, default=8, help="timed training steps per method")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="auto", choices=("auto", "32", "bf16"))
@@ -280,17 +328,26 @@ def main() -> int:
     suite = load_suite(args.suite)
     names = args.methods.split(",") if args.methods else [m for m in suite["methods"] if m != "supervised"]
     context = mp.get_context("spawn")
-    machine = torch.cuda.get_device_name(0) if device.startswith("cuda") else f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {threads} torch threads"
+    machine = (
+        torch.cuda.get_device_name(0)
+        if device.startswith("cuda")
+        else f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {threads} torch threads"
+    )
     out = ROOT / "reports" / "benchmarks" / f"throughput-{device.split(':')[0]}.csv"
     rows = []
     for name in names:
         queue = context.Queue()
-        process = context.Process(target=_run_in_process, args=(queue, name, args.suite, device, args.steps, precision, threads))
+        process = context.Process(
+            target=_run_in_process, args=(queue, name, args.suite, device, args.steps, precision, threads)
+        )
         process.start()
         rows.append(queue.get())
         process.join()
         write_csv(out, machine, device, precision, rows)  # as it goes: a run stopped half-way keeps its rows
-        print(f"{name:<14} {rows[-1]['images_per_s']:8.1f} images/s  {rows[-1]['s_per_step']:.3f} s/step  {rows[-1]['gflop_per_step']:8.1f} GFLOP/step  peak {rows[-1]['peak_memory_mb']:.0f} MB", flush=True)
+        print(
+            f"{name:<14} {rows[-1]['images_per_s']:8.1f} images/s  {rows[-1]['s_per_step']:.3f} s/step  {rows[-1]['gflop_per_step']:8.1f} GFLOP/step  peak {rows[-1]['peak_memory_mb']:.0f} MB",
+            flush=True,
+        )
     limit = matmul_flops(device, precision) if device == "cpu" else None
     resnet_share = None
     if limit:
@@ -299,18 +356,31 @@ def main() -> int:
         image_size, batch = int(suite["pretrain"]["image_size"]), int(suite["pretrain"]["batch_size"])
         resnet_share = resnet_step_flops(device, precision, image_size, batch, args.steps) / limit
     data = data_path(args.suite, device)
-    print(f"\nThroughput, suite {args.suite} ({rows[0]['image_size'] if rows else '?'} px, batch {rows[0]['batch'] if rows else '?'}, {precision}) on {device}: {machine}")
-    print("| method | images/s | s/step | GFLOP/step | peak memory (MB) |" + (" share of FLOP limit |" if limit else ""))
+    print(
+        f"\nThroughput, suite {args.suite} ({rows[0]['image_size'] if rows else '?'} px, batch {rows[0]['batch'] if rows else '?'}, {precision}) on {device}: {machine}"
+    )
+    print(
+        "| method | images/s | s/step | GFLOP/step | peak memory (MB) |" + (" share of FLOP limit |" if limit else "")
+    )
     print("|---|---:|---:|---:|---:|" + ("---:|" if limit else ""))
     for row in rows:
         share = f" {100 * row['share_of_flop_limit']:.0f} % |" if limit else ""
-        print(f"| {row['method']} | {row['images_per_s']:.1f} | {row['s_per_step']:.3f} | {row['gflop_per_step']:.1f} | {row['peak_memory_mb']:.0f} |{share}")
+        print(
+            f"| {row['method']} | {row['images_per_s']:.1f} | {row['s_per_step']:.3f} | {row['gflop_per_step']:.1f} | {row['peak_memory_mb']:.0f} |{share}"
+        )
     if limit:
-        print(f"\nFLOP limit (measured {precision} matrix products): {limit / 1e9:.0f} GFLOP/s; bare ResNet-18 training step: {100 * resnet_share:.0f} % of it")
-    print(f"Data path ({data['source']}): cache read {data['cache_read_images_per_s']:.0f} images/s; batched augmentation {data['batched_augment_views_per_s']:.0f} views/s; "
-          f"per-sample torchvision {data['torchvision_per_sample_views_per_s']:.0f} views/s ({data['augment_speedup']:.1f}x)")
-    extra = {"flop_limit_gflops": f"{limit / 1e9:.1f}" if limit else "", "resnet18_step_share": f"{resnet_share:.3f}" if limit else "",
-             **{k: (f"{v:.1f}" if isinstance(v, float) else v) for k, v in data.items()}}
+        print(
+            f"\nFLOP limit (measured {precision} matrix products): {limit / 1e9:.0f} GFLOP/s; bare ResNet-18 training step: {100 * resnet_share:.0f} % of it"
+        )
+    print(
+        f"Data path ({data['source']}): cache read {data['cache_read_images_per_s']:.0f} images/s; batched augmentation {data['batched_augment_views_per_s']:.0f} views/s; "
+        f"per-sample torchvision {data['torchvision_per_sample_views_per_s']:.0f} views/s ({data['augment_speedup']:.1f}x)"
+    )
+    extra = {
+        "flop_limit_gflops": f"{limit / 1e9:.1f}" if limit else "",
+        "resnet18_step_share": f"{resnet_share:.3f}" if limit else "",
+        **{k: (f"{v:.1f}" if isinstance(v, float) else v) for k, v in data.items()},
+    }
     write_csv(out, machine, device, precision, rows, extra)
     print(f"wrote {out}")
     return 0

@@ -7,6 +7,7 @@ trained from scratch, on the labelled patients, with per-organ test Dice.
 Prints seconds per pretraining step, seconds per evaluation and the test Dice (mean over organs present in each CT
 and over organs including the absent-organ convention). One seed: a sizing run, not a comparison.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,7 +28,11 @@ from methods.vox2vec3d import FPN3d, VolumeSteps, Vox2Vec3d, Vox2Vec3dConfig  # 
 
 def present_mean(dice: np.ndarray, labels) -> float:
     """Mean test Dice over the organs each CT actually contains (the absent-organ 1s left out)."""
-    return float(np.mean([np.nanmean([d[k - 1] for k in np.unique(np.asarray(label)) if k > 0]) for d, label in zip(dice, labels)]))
+    return float(
+        np.mean(
+            [np.nanmean([d[k - 1] for k in np.unique(np.asarray(label)) if k > 0]) for d, label in zip(dice, labels)]
+        )
+    )
 
 
 def main(argv=None) -> int:
@@ -49,8 +54,16 @@ def main(argv=None) -> int:
     unlabelled = load_dataset("synthetic_ct", Path(args.data_root), part="unlabelled")
     labelled = load_dataset("synthetic_ct", Path(args.data_root), part="labelled")
     torch.manual_seed(args.seed)
-    config = Vox2Vec3dConfig(base_channels=8, num_levels=5, patch_size=patch, pairs_per_step=args.pairs, max_voxels_per_pair=args.voxels)
-    protocol = PretrainProtocol(in_channels=1, epochs=1, steps_per_epoch=args.steps, optimizer={"name": "adam", "lr": 3e-4}, schedule={"name": "constant"})
+    config = Vox2Vec3dConfig(
+        base_channels=8, num_levels=5, patch_size=patch, pairs_per_step=args.pairs, max_voxels_per_pair=args.voxels
+    )
+    protocol = PretrainProtocol(
+        in_channels=1,
+        epochs=1,
+        steps_per_epoch=args.steps,
+        optimizer={"name": "adam", "lr": 3e-4},
+        schedule={"name": "constant"},
+    )
     model = Vox2Vec3d(config, protocol)
     optimizer = model.configure_optimizers()["optimizer"]
     if args.encoder and Path(args.encoder).exists():
@@ -67,24 +80,51 @@ def main(argv=None) -> int:
             optimizer.step()
             losses.append(float(loss.detach()))
         pretrain_s = time.time() - start
-        print(f"pretraining: {args.steps} steps in {pretrain_s:.0f} s ({pretrain_s / args.steps:.2f} s/step); loss {np.mean(losses[:10]):.3f} -> {np.mean(losses[-10:]):.3f}")
+        print(
+            f"pretraining: {args.steps} steps in {pretrain_s:.0f} s ({pretrain_s / args.steps:.2f} s/step); loss {np.mean(losses[:10]):.3f} -> {np.mean(losses[-10:]):.3f}"
+        )
         if args.encoder:
             torch.save(model.backbone.state_dict(), args.encoder)
     split = {s: labelled.indices(s) for s in ("train", "val", "test")}
-    settings = {"patch_size": list(patch), "epochs": args.eval_epochs, "steps_per_epoch": args.eval_steps, "patches_per_step": args.patches, "validations": 2, "lr": args.lr,
-                "freeze_epochs": args.eval_epochs // 2, "warmup_epochs": 1}
+    settings = {
+        "patch_size": list(patch),
+        "epochs": args.eval_epochs,
+        "steps_per_epoch": args.eval_steps,
+        "patches_per_step": args.patches,
+        "validations": 2,
+        "lr": args.lr,
+        "freeze_epochs": args.eval_epochs // 2,
+        "warmup_epochs": 1,
+    }
     test_labels = [labelled.labels[i] for i in split["test"]]
-    runs = {"vox2vec": ("vox2vec probe", model.backbone, "probe"), "random": ("random-init probe", FPN3d(1, 8, 5), "probe"), "scratch": ("from scratch", FPN3d(1, 8, 5), "scratch")}
+    runs = {
+        "vox2vec": ("vox2vec probe", model.backbone, "probe"),
+        "random": ("random-init probe", FPN3d(1, 8, 5), "probe"),
+        "scratch": ("from scratch", FPN3d(1, 8, 5), "scratch"),
+    }
     runs = [runs[name] for name in args.runs.split(",")]
     print("| encoder | head | seconds | test Dice, organs present | test Dice, 13 organs (absent = 1 if empty) |")
     print("|---|---|---:|---:|---:|")
     for name, encoder, mode in runs:
         torch.manual_seed(args.seed)
         start = time.time()
-        results = train_fpn_segmentation(encoder, mode, labelled.images, labelled.labels, labelled.annotated, split["train"], split["val"], split["test"], settings, args.seed)
+        results = train_fpn_segmentation(
+            encoder,
+            mode,
+            labelled.images,
+            labelled.labels,
+            labelled.annotated,
+            split["train"],
+            split["val"],
+            split["test"],
+            settings,
+            args.seed,
+        )
         seconds = time.time() - start
         for head, result in results.items():
-            print(f"| {name} | {head} | {seconds:.0f} | {present_mean(result['dice'], test_labels):.3f} | {result['mean_dice']:.3f} |")
+            print(
+                f"| {name} | {head} | {seconds:.0f} | {present_mean(result['dice'], test_labels):.3f} | {result['mean_dice']:.3f} |"
+            )
     return 0
 
 

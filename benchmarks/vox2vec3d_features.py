@@ -12,6 +12,7 @@ patch-wise one at patch borders.
     python benchmarks/vox2vec3d_features.py --suite vox2vec3d --data-root data
     python benchmarks/vox2vec3d_features.py --suite vox2vec3d --set pretrain.epochs=30   # a longer pretraining's encoder
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,25 +58,45 @@ def main(argv=None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite", default="vox2vec3d")
-    parser.add_argument("--set", action="append", default=[], dest="settings", metavar="KEY.PATH=VALUE", help="suite overrides, as run_benchmark.py's --set")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        dest="settings",
+        metavar="KEY.PATH=VALUE",
+        help="suite overrides, as run_benchmark.py's --set",
+    )
     parser.add_argument("--out", default="results", help="results folder of the suite's run (its checkpoints are read)")
     parser.add_argument("--data-root", default="data")
-    parser.add_argument("--per-class", type=int, default=300, help="voxels sampled per organ and for the background per training CT")
+    parser.add_argument(
+        "--per-class", type=int, default=300, help="voxels sampled per organ and for the background per training CT"
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     plan = build_ct_plan(load_suite(args.suite, settings=args.settings))
     probe = next(job for job in plan.eval_jobs if job.protocol == "probe")
-    control = next(job for job in plan.eval_jobs if job.protocol == "random_probe" and job.pretrain.key == probe.pretrain.key)
+    control = next(
+        job for job in plan.eval_jobs if job.protocol == "random_probe" and job.pretrain.key == probe.pretrain.key
+    )
     path = Path(args.out) / "checkpoints" / probe.pretrain.key / "encoder.pt"
     if not path.exists():
         print(f"no stored encoder at {path}; run 'python run_benchmark.py --suite {args.suite}' first", file=sys.stderr)
         return 2
-    dataset = load_dataset(probe.task["dataset"]["name"], Path(args.data_root), **(probe.task["dataset"].get("params") or {}))
+    dataset = load_dataset(
+        probe.task["dataset"]["name"], Path(args.data_root), **(probe.task["dataset"].get("params") or {})
+    )
     encoders = {"vox2vec (stored encoder)": load_encoder(path)[0], "random-init FPN": random_fpn(control)}
     rng = np.random.default_rng(args.seed)
     train, test = dataset.indices("train"), dataset.indices("test")
-    samples = {int(i): sample_voxels(np.asarray(dataset.labels[i]), body_mask(np.asarray(dataset.images[i])), args.per_class, rng) for i in train}
-    print(f"{len(train)} training CTs ({sum(len(s) for s in samples.values())} voxels), {len(test)} test CTs; exact multinomial logistic regression on the voxel vector")
+    samples = {
+        int(i): sample_voxels(
+            np.asarray(dataset.labels[i]), body_mask(np.asarray(dataset.images[i])), args.per_class, rng
+        )
+        for i in train
+    }
+    print(
+        f"{len(train)} training CTs ({sum(len(s) for s in samples.values())} voxels), {len(test)} test CTs; exact multinomial logistic regression on the voxel vector"
+    )
     print("| FPN | test Dice, 13 organs (official convention) | test Dice, organs present | fit (s) |")
     print("|---|---:|---:|---:|")
     for name, encoder in encoders.items():
@@ -86,13 +107,17 @@ def main(argv=None) -> int:
             features.append(embedding[tuple(voxels.T)].numpy())
             targets.append(np.asarray(dataset.labels[i])[tuple(voxels.T)])
         scaler = StandardScaler().fit(np.concatenate(features))
-        classifier = LogisticRegression(max_iter=2000).fit(scaler.transform(np.concatenate(features)), np.concatenate(targets))
+        classifier = LogisticRegression(max_iter=2000).fit(
+            scaler.transform(np.concatenate(features)), np.concatenate(targets)
+        )
         fitted = time.time() - start
         all_organs, present = [], []
         for i in test:
             volume, labels = np.asarray(dataset.images[i]), np.array(dataset.labels[i])
             embedding = embed(encoder, volume)
-            predicted = classifier.predict(scaler.transform(embedding.reshape(-1, embedding.shape[-1]).numpy())).reshape(volume.shape)
+            predicted = classifier.predict(
+                scaler.transform(embedding.reshape(-1, embedding.shape[-1]).numpy())
+            ).reshape(volume.shape)
             predicted[~body_mask(volume)] = 0
             one_hot = torch.from_numpy(np.stack([predicted == k for k in range(1, 14)]).astype(np.float32))
             scores = dice_scores(one_hot, torch.from_numpy(labels))

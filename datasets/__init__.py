@@ -1,4 +1,5 @@
 """Dataset loaders, one file each; importing this package registers them all."""
+
 # importing a loader's module registers it (datasets.base.register_dataset)
 from datasets import (  # noqa: F401
     amos,

@@ -4,6 +4,7 @@ Every dataset loader (synthetic or real) returns an :class:`ImageDataset`: uint8
 native resolution, multi-label targets, patient ids and a patient-disjoint train/val/test split.
 Training code never decodes image files: it reads these arrays (memory-mapped from the on-disk cache).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,7 +26,12 @@ def memmap_reference(array):
     process maps again (ddp_spawn pickles the training objects into every process: a mapped cache of several GB
     would otherwise be copied into each); anything else is itself. A view into a mapped file stays an array
     (numpy does not track a view's offset)."""
-    if isinstance(array, np.memmap) and isinstance(array.base, mmap.mmap) and array.filename and array.flags.c_contiguous:
+    if (
+        isinstance(array, np.memmap)
+        and isinstance(array.base, mmap.mmap)
+        and array.filename
+        and array.flags.c_contiguous
+    ):
         return ("memmap", array.filename, array.offset, array.dtype.str, array.shape)
     return array
 
@@ -54,19 +60,25 @@ class ImageDataset:
     def __post_init__(self) -> None:
         n = len(self.images)
         if self.images.ndim != 4 or self.images.dtype != np.uint8:
-            raise DatasetError(f"{self.name}: images must be uint8 N x C x H x W, got {self.images.dtype} {self.images.shape}")
+            raise DatasetError(
+                f"{self.name}: images must be uint8 N x C x H x W, got {self.images.dtype} {self.images.shape}"
+            )
         for field, arr in (("labels", self.labels), ("patient_ids", self.patient_ids), ("split", self.split)):
             if len(arr) != n:
                 raise DatasetError(f"{self.name}: {field} has {len(arr)} rows but there are {n} images")
         if self.labels.shape[1] != len(self.class_names):
-            raise DatasetError(f"{self.name}: {self.labels.shape[1]} label columns but {len(self.class_names)} class names")
+            raise DatasetError(
+                f"{self.name}: {self.labels.shape[1]} label columns but {len(self.class_names)} class names"
+            )
         unknown = set(np.unique(self.split)) - set(SPLITS)
         if unknown:
             raise DatasetError(f"{self.name}: unknown split names {sorted(unknown)}; expected {SPLITS}")
         for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
             shared = np.intersect1d(self.patient_ids[self.split == a], self.patient_ids[self.split == b])
             if len(shared):
-                raise DatasetError(f"{self.name}: {len(shared)} patients appear in both {a} and {b} (e.g. {shared[:3].tolist()})")
+                raise DatasetError(
+                    f"{self.name}: {len(shared)} patients appear in both {a} and {b} (e.g. {shared[:3].tolist()})"
+                )
 
     @property
     def channels(self) -> int:
@@ -136,7 +148,9 @@ _VERSIONS: Dict[str, int] = {}
 _FOLDERS: Dict[str, tuple] = {}
 
 
-def register_dataset(name: str, description: str, version: int = 1, folder: Optional[str] = None, source: Optional[str] = None) -> Callable[[DatasetLoader], DatasetLoader]:
+def register_dataset(
+    name: str, description: str, version: int = 1, folder: Optional[str] = None, source: Optional[str] = None
+) -> Callable[[DatasetLoader], DatasetLoader]:
     """``version`` changes whenever the loader would return different arrays for the same files/parameters;
     it is part of every job hash that uses the dataset, so cached checkpoints and records are never stale.
     ``folder``: the folder under the data root that a real dataset is read from; ``source``: where it comes from
@@ -159,8 +173,10 @@ def where_to_put(name: str, data_root: Path) -> str:
     """What a missing real dataset's message says to do: the folder to create (or symlink) under the data root, the
     archive it comes from, and the per-dataset alternative ``--data NAME=PATH``."""
     folder, source = _FOLDERS[name]
-    return (f"put it in {Path(data_root) / folder} (from {source}: move or symlink the unpacked folder there, "
-            f"e.g. ln -s /path/to/it {Path(data_root) / folder}), or give its folder with --data {name}=PATH")
+    return (
+        f"put it in {Path(data_root) / folder} (from {source}: move or symlink the unpacked folder there, "
+        f"e.g. ln -s /path/to/it {Path(data_root) / folder}), or give its folder with --data {name}=PATH"
+    )
 
 
 def find_folder(name: str, data_root: Path, holds: Callable[[Path], bool]) -> Optional[Path]:

@@ -14,6 +14,7 @@ images, so an interrupted ``prepare`` continues where it stopped. A cache (compl
 different fingerprint is never overwritten: the error says to delete it or use another data root. Unreadable files
 are collected and reported together (the first ones by name), and then nothing is finalised.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -95,7 +96,9 @@ def resize_square(image: np.ndarray, size: int) -> np.ndarray:
     array = np.asarray(image)
     if array.dtype != np.uint8:
         lo, hi = float(array.min()), float(array.max())
-        array = np.zeros(array.shape, np.uint8) if hi <= lo else np.round((array - lo) / (hi - lo) * 255).astype(np.uint8)
+        array = (
+            np.zeros(array.shape, np.uint8) if hi <= lo else np.round((array - lo) / (hi - lo) * 255).astype(np.uint8)
+        )
     pil = Image.fromarray(array)
     method = Image.Resampling.BOX if min(pil.size) >= size else Image.Resampling.BILINEAR
     return np.asarray(pil.resize((size, size), method), dtype=np.uint8)
@@ -157,8 +160,12 @@ def build_cache(
         manifest = json.loads(manifest_path.read_text())
         if manifest.get("input_fingerprint") != input_fingerprint:
             if manifest.get("fingerprint_version", 1) < FINGERPRINT_VERSION:
-                raise DatasetError(f"the cache {cache_dir} was made by an older medssl-bench, which did not check the label files' content; delete that folder to rebuild it")
-            raise DatasetError(f"the cache {cache_dir} was built from different input files (fingerprint {manifest.get('input_fingerprint')}, now {input_fingerprint}); delete that folder to rebuild it, or point --data-root at the copy it was made from")
+                raise DatasetError(
+                    f"the cache {cache_dir} was made by an older medssl-bench, which did not check the label files' content; delete that folder to rebuild it"
+                )
+            raise DatasetError(
+                f"the cache {cache_dir} was built from different input files (fingerprint {manifest.get('input_fingerprint')}, now {input_fingerprint}); delete that folder to rebuild it, or point --data-root at the copy it was made from"
+            )
         return cache_dir
     arrays = make_arrays()
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -180,7 +187,11 @@ def build_cache(
         done = np.load(done_path)
     else:
         images = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=(n, channels, size, size))
-        mask_array = np.lib.format.open_memmap(mask_partial, mode="w+", dtype=np.uint8, shape=(n, size, size)) if masks is not None else None
+        mask_array = (
+            np.lib.format.open_memmap(mask_partial, mode="w+", dtype=np.uint8, shape=(n, size, size))
+            if masks is not None
+            else None
+        )
         done = np.zeros(n, dtype=bool)
     failures: List[str] = []
     bar = progress_bar(int((~done).sum()), f"caching {n} images at {size} px", progress)
@@ -205,7 +216,9 @@ def build_cache(
             bar.stop()
     if failures:
         shown = "\n  ".join(failures[:10])
-        raise DatasetError(f"{len(failures)} of {n} images could not be read (the others are cached in {cache_dir} and kept for the next attempt); fix or remove these files and run again:\n  {shown}")
+        raise DatasetError(
+            f"{len(failures)} of {n} images could not be read (the others are cached in {cache_dir} and kept for the next attempt); fix or remove these files and run again:\n  {shown}"
+        )
     digest = hashlib.sha256()
     for start in range(0, n, 1024):
         digest.update(np.ascontiguousarray(images[start : start + 1024]).tobytes())
@@ -259,9 +272,15 @@ def _reuse_partial(cache_dir: Path, entries: List[str], size: int, channels: int
         old_done = np.load(done_path)
         old_images = np.load(partial, mmap_mode="r")
     except (OSError, ValueError):
-        raise DatasetError(f"{cache_dir} holds a partial cache of different input files that cannot be matched file by file; delete that folder to start over") from None
+        raise DatasetError(
+            f"{cache_dir} holds a partial cache of different input files that cannot be matched file by file; delete that folder to start over"
+        ) from None
     position = {entry: i for i, entry in enumerate(old_entries)}
-    keep = [(new, position[entry]) for new, entry in enumerate(entries) if entry in position and not has_masks and old_done[position[entry]]]
+    keep = [
+        (new, position[entry])
+        for new, entry in enumerate(entries)
+        if entry in position and not has_masks and old_done[position[entry]]
+    ]
     fresh = cache_dir / "images.rebuild.npy"
     images = np.lib.format.open_memmap(fresh, mode="w+", dtype=np.uint8, shape=(len(entries), channels, size, size))
     done = np.zeros(len(entries), dtype=bool)
@@ -298,7 +317,19 @@ def cached_dataset(
     key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
     if _LAYOUT_ONLY:  # the layout is fine; whether the cache matches these files is checked when it is read
         raise LayoutChecked(name, inputs)
-    cache = build_cache(root / CACHE_DIRNAME / name / key, sources, decode, int(params["size"]), inputs, make_arrays, class_names, params, progress=progress, masks=masks, channels=channels)
+    cache = build_cache(
+        root / CACHE_DIRNAME / name / key,
+        sources,
+        decode,
+        int(params["size"]),
+        inputs,
+        make_arrays,
+        class_names,
+        params,
+        progress=progress,
+        masks=masks,
+        channels=channels,
+    )
     return read_cache(cache, name, mask_name=mask_name)
 
 

@@ -7,6 +7,7 @@
   as torchxrayvision does for VinDr-CXR. The result is returned at full bit depth; ``datasets.cache`` scales it
   to 0-255.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -32,7 +33,12 @@ def decode_dicom(path: Path) -> np.ndarray:
     pixels = ds.pixel_array
     if pixels.ndim == 3:  # multi-frame or colour: the first frame / channel
         pixels = pixels[..., 0] if getattr(ds, "SamplesPerPixel", 1) > 1 else pixels[0]
-    if ds.get("BitsStored", 8) == 8 and ds.get("PhotometricInterpretation") == "MONOCHROME2" and "VOILUTSequence" not in ds and "WindowCenter" not in ds:
+    if (
+        ds.get("BitsStored", 8) == 8
+        and ds.get("PhotometricInterpretation") == "MONOCHROME2"
+        and "VOILUTSequence" not in ds
+        and "WindowCenter" not in ds
+    ):
         return pixels
     pixels = apply_voi_lut(apply_modality_lut(pixels, ds), ds).astype(np.float32)
     if ds.get("PhotometricInterpretation") == "MONOCHROME1":

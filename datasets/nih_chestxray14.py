@@ -15,6 +15,7 @@ Labels: the 14 findings, split on ``|`` and matched exactly (``Pleural_Thickenin
 Finding`` is the all-zero vector), in the order of the official label files. The decoded images are cached once
 (``datasets.cache``); ``python run_benchmark.py prepare --dataset nih_chestxray14`` builds the cache up front.
 """
+
 from __future__ import annotations
 
 import csv
@@ -27,7 +28,22 @@ from datasets.base import DatasetError, ImageDataset, register_dataset, where_to
 from datasets.cache import cached_dataset
 from datasets.imageio import decode_image
 
-CLASS_NAMES = ["Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia", "Pneumothorax", "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia"]
+CLASS_NAMES = [
+    "Atelectasis",
+    "Cardiomegaly",
+    "Effusion",
+    "Infiltration",
+    "Mass",
+    "Nodule",
+    "Pneumonia",
+    "Pneumothorax",
+    "Consolidation",
+    "Edema",
+    "Emphysema",
+    "Fibrosis",
+    "Pleural_Thickening",
+    "Hernia",
+]
 NO_FINDING = "No Finding"
 ENTRY_FILES = ("Data_Entry_2017_v2020.csv", "Data_Entry_2017.csv")
 LOADER_VERSION = 1
@@ -37,7 +53,9 @@ def locate_root(data_root: Path) -> Path:
     for candidate in (Path(data_root) / "nih_chestxray14", Path(data_root)):
         if any((candidate / name).exists() for name in ENTRY_FILES):
             return candidate
-    raise DatasetError(f"NIH ChestX-ray14 not found: neither {Path(data_root) / 'nih_chestxray14'} nor {data_root} contains {' or '.join(ENTRY_FILES)}; {where_to_put('nih_chestxray14', data_root)}")
+    raise DatasetError(
+        f"NIH ChestX-ray14 not found: neither {Path(data_root) / 'nih_chestxray14'} nor {data_root} contains {' or '.join(ENTRY_FILES)}; {where_to_put('nih_chestxray14', data_root)}"
+    )
 
 
 def read_entries(path: Path) -> List[Tuple[str, List[str], int]]:
@@ -47,7 +65,9 @@ def read_entries(path: Path) -> List[Tuple[str, List[str], int]]:
         reader = csv.reader(fh)
         header = next(reader, [])
         if len(header) < 4 or header[0].strip() != "Image Index" or header[1].strip() != "Finding Labels":
-            raise DatasetError(f"{path}: expected a header starting 'Image Index,Finding Labels,Follow-up #,Patient ID', got {','.join(header[:4])!r}")
+            raise DatasetError(
+                f"{path}: expected a header starting 'Image Index,Finding Labels,Follow-up #,Patient ID', got {','.join(header[:4])!r}"
+            )
         for line_no, fields in enumerate(reader, start=2):
             if not fields or not fields[0].strip():
                 continue
@@ -56,7 +76,9 @@ def read_entries(path: Path) -> List[Tuple[str, List[str], int]]:
             findings = [f.strip() for f in fields[1].split("|") if f.strip() and f.strip() != NO_FINDING]
             unknown = [f for f in findings if f not in CLASS_NAMES]
             if unknown:
-                raise DatasetError(f"{path}, line {line_no}: unknown finding(s) {unknown}; expected {CLASS_NAMES} or '{NO_FINDING}'")
+                raise DatasetError(
+                    f"{path}, line {line_no}: unknown finding(s) {unknown}; expected {CLASS_NAMES} or '{NO_FINDING}'"
+                )
             try:
                 patient = int(fields[3])
             except ValueError:
@@ -96,10 +118,14 @@ def check_layout(root: Path) -> Tuple[List[str], Dict]:
     listed = [n for names in lists.values() for n in names]
     not_in_entries = [n for n in listed if n not in known]
     if not_in_entries:
-        problems.append(f"{len(not_in_entries)} listed images have no row in {entry_file.name if entry_file else 'Data_Entry'}: {', '.join(not_in_entries[:5])}")
+        problems.append(
+            f"{len(not_in_entries)} listed images have no row in {entry_file.name if entry_file else 'Data_Entry'}: {', '.join(not_in_entries[:5])}"
+        )
     missing = [n for n in listed if n not in files]
     if files and missing:
-        problems.append(f"{len(missing)} of {len(listed)} listed images are missing on disk, e.g. {', '.join(missing[:5])}")
+        problems.append(
+            f"{len(missing)} of {len(listed)} listed images are missing on disk, e.g. {', '.join(missing[:5])}"
+        )
     if lists and not set(lists.get("train_val_list.txt", [])).isdisjoint(lists.get("test_list.txt", [])):
         problems.append("train_val_list.txt and test_list.txt share images")
     return problems, {"entries": entries, "lists": lists, "files": files, "entry_file": entry_file}
@@ -112,9 +138,16 @@ def carve_validation(patients: np.ndarray, val_fraction: float, seed: int) -> np
     return np.random.default_rng([seed, 11]).permutation(unique)[:n_val]
 
 
-@register_dataset("nih_chestxray14", "NIH ChestX-ray14, 14 findings, official train_val/test lists (needs --data-root)", version=LOADER_VERSION,
-                  folder="nih_chestxray14", source="Kaggle nih-chest-xrays/data, which unpacks as archive/, or the NIH Box download")
-def load_nih_chestxray14(data_root: Path, size: int = 256, val_fraction: float = 0.1, seed: int = 0, progress: bool = False) -> ImageDataset:
+@register_dataset(
+    "nih_chestxray14",
+    "NIH ChestX-ray14, 14 findings, official train_val/test lists (needs --data-root)",
+    version=LOADER_VERSION,
+    folder="nih_chestxray14",
+    source="Kaggle nih-chest-xrays/data, which unpacks as archive/, or the NIH Box download",
+)
+def load_nih_chestxray14(
+    data_root: Path, size: int = 256, val_fraction: float = 0.1, seed: int = 0, progress: bool = False
+) -> ImageDataset:
     if not 0 < val_fraction < 1:
         raise DatasetError(f"val_fraction must be between 0 and 1, got {val_fraction}")
     root = locate_root(data_root)
@@ -135,4 +168,14 @@ def load_nih_chestxray14(data_root: Path, size: int = 256, val_fraction: float =
     params = {"size": size, "val_fraction": val_fraction, "seed": seed, "loader_version": LOADER_VERSION}
     sources = [found["files"][name] for name in names]
     arrays = {"labels": labels, "patient_ids": patients, "split": split}
-    return cached_dataset("nih_chestxray14", root, sources, [found["entry_file"], root / "train_val_list.txt", root / "test_list.txt"], decode_image, params, lambda: arrays, CLASS_NAMES, progress=progress)
+    return cached_dataset(
+        "nih_chestxray14",
+        root,
+        sources,
+        [found["entry_file"], root / "train_val_list.txt", root / "test_list.txt"],
+        decode_image,
+        params,
+        lambda: arrays,
+        CLASS_NAMES,
+        progress=progress,
+    )

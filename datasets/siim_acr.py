@@ -17,6 +17,7 @@ Only images with a mask row are used (some stage-1 DICOMs have none). The compet
 masks, so train / val / test are carved from the labelled images by patient (70 / 10 / 20 %, seeded). One label,
 ``Pneumothorax`` (mask not empty); the masks are stored with the cached images for the segmentation task.
 """
+
 from __future__ import annotations
 
 import csv
@@ -39,7 +40,9 @@ def locate_root(data_root: Path) -> Path:
     for candidate in candidates:
         if any((candidate / name).exists() for name in MASK_FILES):
             return candidate
-    raise DatasetError(f"SIIM-ACR not found: none of {', '.join(str(c) for c in candidates)} contains {' or '.join(MASK_FILES)}; {where_to_put('siim_acr', data_root)}")
+    raise DatasetError(
+        f"SIIM-ACR not found: none of {', '.join(str(c) for c in candidates)} contains {' or '.join(MASK_FILES)}; {where_to_put('siim_acr', data_root)}"
+    )
 
 
 def read_rle_rows(path: Path) -> Dict[str, List[List[int]]]:
@@ -57,9 +60,13 @@ def read_rle_rows(path: Path) -> Dict[str, List[List[int]]]:
             try:
                 numbers = [] if code in ("-1", "") else [int(v) for v in code.split()]
             except ValueError:
-                raise DatasetError(f"{path}, line {line_no}: EncodedPixels is neither -1 nor a list of integers") from None
+                raise DatasetError(
+                    f"{path}, line {line_no}: EncodedPixels is neither -1 nor a list of integers"
+                ) from None
             if len(numbers) % 2:
-                raise DatasetError(f"{path}, line {line_no}: EncodedPixels has an odd count of numbers ({len(numbers)})")
+                raise DatasetError(
+                    f"{path}, line {line_no}: EncodedPixels has an odd count of numbers ({len(numbers)})"
+                )
             rows.setdefault(fields[0].strip(), []).append(numbers)
     return rows
 
@@ -96,7 +103,9 @@ def find_images(root: Path) -> Tuple[Dict[str, Path], str]:
     for folder in DICOM_FOLDERS:
         for path in sorted(root.glob(f"{folder}/*/*/*.dcm")):
             if path.stem in dicoms:
-                raise DatasetError(f"SIIM-ACR at {root}: image {path.stem} is stored twice ({dicoms[path.stem]} and {path}); keep one")
+                raise DatasetError(
+                    f"SIIM-ACR at {root}: image {path.stem} is stored twice ({dicoms[path.stem]} and {path}); keep one"
+                )
             dicoms[path.stem] = path
     if dicoms:
         return dicoms, "dicom"
@@ -125,18 +134,27 @@ def width_height(path: Path, kind: str) -> Tuple[int, int]:
     return int(header.Columns), int(header.Rows)
 
 
-@register_dataset("siim_acr", "SIIM-ACR pneumothorax radiographs with masks (needs --data-root)", version=LOADER_VERSION,
-                  folder="siim_acr", source="Kaggle siim-train-test, which unpacks as siim-train-test/siim/")
+@register_dataset(
+    "siim_acr",
+    "SIIM-ACR pneumothorax radiographs with masks (needs --data-root)",
+    version=LOADER_VERSION,
+    folder="siim_acr",
+    source="Kaggle siim-train-test, which unpacks as siim-train-test/siim/",
+)
 def load_siim_acr(data_root: Path, size: int = 256, seed: int = 0, progress: bool = False) -> ImageDataset:
     root = locate_root(data_root)
     mask_file = next(root / name for name in MASK_FILES if (root / name).exists())
     rows = read_rle_rows(mask_file)
     files, kind = find_images(root)
     if not files:
-        raise DatasetError(f"SIIM-ACR at {root}: no images under dicom-images-train/<study>/<series>/*.dcm (or dicom-images-test/) or dataset*/train/*.png")
+        raise DatasetError(
+            f"SIIM-ACR at {root}: no images under dicom-images-train/<study>/<series>/*.dcm (or dicom-images-test/) or dataset*/train/*.png"
+        )
     missing = sorted(set(rows) - set(files))
     if missing:
-        raise DatasetError(f"SIIM-ACR at {root}: {len(missing)} of {len(rows)} images in {mask_file.name} have no {kind} file, e.g. {', '.join(missing[:5])}")
+        raise DatasetError(
+            f"SIIM-ACR at {root}: {len(missing)} of {len(rows)} images in {mask_file.name} have no {kind} file, e.g. {', '.join(missing[:5])}"
+        )
     names = sorted(rows)
     relative = is_relative_encoding(rows)
     decode = decode_dicom if kind == "dicom" else decode_image
@@ -156,4 +174,16 @@ def load_siim_acr(data_root: Path, size: int = 256, seed: int = 0, progress: boo
 
     params = {"size": size, "seed": seed, "loader_version": LOADER_VERSION}
     sources = [files[n] for n in names]
-    return cached_dataset("siim_acr", root, sources, [mask_file], decode, params, arrays, CLASS_NAMES, progress=progress, masks=mask, mask_name="Pneumothorax")
+    return cached_dataset(
+        "siim_acr",
+        root,
+        sources,
+        [mask_file],
+        decode,
+        params,
+        arrays,
+        CLASS_NAMES,
+        progress=progress,
+        masks=mask,
+        mask_name="Pneumothorax",
+    )

@@ -5,6 +5,7 @@ Every file the project writes goes through :func:`write_atomic` (a temporary fil
 :func:`write_all` (appends to an open descriptor, checking how many bytes each ``os.write`` took). A full disk or
 quota is one :class:`DiskFull` error naming the folder, and the temporary file is removed.
 """
+
 from __future__ import annotations
 
 import errno
@@ -21,8 +22,10 @@ class DiskFull(RuntimeError):
 
 
 def disk_full(folder: Path, what: str, err: OSError) -> DiskFull:
-    return DiskFull(f"{folder} is full ({err.strerror or 'no space left'}): {what} could not be written; free space there (or choose another folder) "
-                    "and run the same command again, nothing finished is lost")
+    return DiskFull(
+        f"{folder} is full ({err.strerror or 'no space left'}): {what} could not be written; free space there (or choose another folder) "
+        "and run the same command again, nothing finished is lost"
+    )
 
 
 def temporary_name(path: Path) -> Path:
@@ -43,7 +46,11 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> Path:
         tmp.unlink(missing_ok=True)
         # writers that wrap the error (safetensors' SafetensorError) keep the system's words
         if getattr(err, "errno", None) in FULL or "No space left" in str(err):
-            raise disk_full(path.parent, path.name, err if isinstance(err, OSError) else OSError(errno.ENOSPC, "No space left on device")) from None
+            raise disk_full(
+                path.parent,
+                path.name,
+                err if isinstance(err, OSError) else OSError(errno.ENOSPC, "No space left on device"),
+            ) from None
         raise
     return path
 

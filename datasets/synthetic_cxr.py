@@ -29,6 +29,7 @@ random stream, so ``render_phantom(..., with_findings=False)`` renders the same 
 Splits are patient-disjoint (70 / 10 / 20 % of patients), fixed by the dataset seed.
 The generated arrays are cached under ``<data_root>/synthetic_cxr/<parameter hash>/`` on first use.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -85,7 +86,9 @@ def _patient_anatomy(seed: int, patient: int) -> Dict[str, float]:
     }
 
 
-def render_phantom(seed: int, index: int, patient: int, size: int, with_findings: bool = True) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+def render_phantom(
+    seed: int, index: int, patient: int, size: int, with_findings: bool = True
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Return (image float32 in [0,1], labels uint8 [K], pneumothorax mask uint8) for one image.
 
     Findings are drawn from their own random stream, so ``with_findings=False`` renders the very same film
@@ -103,7 +106,11 @@ def render_phantom(seed: int, index: int, patient: int, size: int, with_findings
     scale = anatomy["thorax"] * rng.uniform(0.92, 1.08)
     shift = rng.uniform(-0.06, 0.06, size=2)
     contrast, offset, gamma = rng.uniform(0.75, 1.25), rng.uniform(-0.1, 0.1), rng.uniform(0.7, 1.4)
-    gradient, blur, noise = rng.uniform(-0.08, 0.08, size=2), rng.uniform(0.4, 0.6) * size / 128, rng.uniform(0.015, 0.025)
+    gradient, blur, noise = (
+        rng.uniform(-0.08, 0.08, size=2),
+        rng.uniform(0.4, 0.6) * size / 128,
+        rng.uniform(0.015, 0.025),
+    )
     lin = np.linspace(-1, 1, size, dtype=np.float32)
     gx, gy = np.meshgrid(lin, lin)
     x = (np.cos(angle) * gx + np.sin(angle) * gy - shift[0]) / scale
@@ -138,9 +145,11 @@ def render_phantom(seed: int, index: int, patient: int, size: int, with_findings
         lung = lungs[0] if side < 0 else lungs[1]
         cx = side * anatomy["lung_gap"]
         depth = finding_rng.uniform(0.3, 0.5)
-        inner = _ellipse(x, y, cx - side * 0.08 * depth, lung_cy + 0.15 * depth, lung_w * (1 - depth), lung_h * (1 - 0.6 * depth))
+        inner = _ellipse(
+            x, y, cx - side * 0.08 * depth, lung_cy + 0.15 * depth, lung_w * (1 - depth), lung_h * (1 - 0.6 * depth)
+        )
         ptx_mask = lung & (inner >= 1)
-        pleural_line = 0.2 * np.exp(-((np.sqrt(inner) - 1) / 0.05) ** 2) * lung
+        pleural_line = 0.2 * np.exp(-(((np.sqrt(inner) - 1) / 0.05) ** 2)) * lung
     lung_image = np.where(ptx_mask, 0.06, lung_density) + pleural_line * (~ptx_mask)
     image = np.where(lung_any, lung_image, image)
 
@@ -164,7 +173,9 @@ def render_phantom(seed: int, index: int, patient: int, size: int, with_findings
 
     # Heart: a soft-tissue ellipse overlapping the medial left lung (the image's right side).
     heart_half_width = anatomy["heart_half_width"] * (anatomy["enlargement"] if present["Cardiomegaly"] else 1.0)
-    heart = _ellipse(x, y, 0.06 + 0.3 * heart_half_width, anatomy["heart_y"], heart_half_width, anatomy["heart_height"]) < 1
+    heart = (
+        _ellipse(x, y, 0.06 + 0.3 * heart_half_width, anatomy["heart_y"], heart_half_width, anatomy["heart_height"]) < 1
+    )
     image = np.where(heart, np.maximum(image, 0.56), image)
 
     # Below the diaphragm everything is soft tissue.
@@ -179,13 +190,21 @@ def render_phantom(seed: int, index: int, patient: int, size: int, with_findings
         return float(gx[r, c]), float(gy[r, c])
 
     def blob(cx: float, cy: float, radius: float, strength: float) -> np.ndarray:
-        return strength * np.exp(-(((gx - cx) ** 2 + (gy - cy) ** 2) / radius**2) ** 2)
+        return strength * np.exp(-((((gx - cx) ** 2 + (gy - cy) ** 2) / radius**2) ** 2))
 
     if present["Nodule"]:
         for _ in range(finding_rng.integers(1, 4)):
-            image += blob(*point_in(lungs[finding_rng.integers(2)], 0.08), finding_rng.uniform(0.05, 0.07), finding_rng.uniform(0.25, 0.32))
+            image += blob(
+                *point_in(lungs[finding_rng.integers(2)], 0.08),
+                finding_rng.uniform(0.05, 0.07),
+                finding_rng.uniform(0.25, 0.32),
+            )
     if present["Mass"]:
-        image += blob(*point_in(lungs[finding_rng.integers(2)], 0.15), finding_rng.uniform(0.11, 0.15), finding_rng.uniform(0.25, 0.32))
+        image += blob(
+            *point_in(lungs[finding_rng.integers(2)], 0.15),
+            finding_rng.uniform(0.11, 0.15),
+            finding_rng.uniform(0.25, 0.32),
+        )
     if present["Consolidation"]:
         lung = lungs[finding_rng.integers(2)]
         cx, cy = point_in(lung, 0.1)
@@ -235,9 +254,35 @@ def generate(n_images: int, size: int, seed: int, images_per_patient: float = 2.
     return images, labels, masks, patient_ids, split_by_patient(patient_ids, seed, salt=3)
 
 
-@register_dataset("synthetic_cxr", "synthetic chest X-ray phantoms (6 findings + pneumothorax masks); generated on first use", version=GENERATOR_VERSION)
-def load_synthetic_cxr(data_root: Path, n_images: int = 2000, size: int = 128, seed: int = 0, images_per_patient: float = 2.0, progress: bool = False) -> ImageDataset:
+@register_dataset(
+    "synthetic_cxr",
+    "synthetic chest X-ray phantoms (6 findings + pneumothorax masks); generated on first use",
+    version=GENERATOR_VERSION,
+)
+def load_synthetic_cxr(
+    data_root: Path,
+    n_images: int = 2000,
+    size: int = 128,
+    seed: int = 0,
+    images_per_patient: float = 2.0,
+    progress: bool = False,
+) -> ImageDataset:
     if n_images < 20:
-        raise DatasetError(f"synthetic_cxr needs at least 20 images for patient-disjoint splits, got n_images={n_images}")
-    params = {"n_images": n_images, "size": size, "seed": seed, "images_per_patient": images_per_patient, "version": GENERATOR_VERSION}
-    return load_generated("synthetic_cxr", data_root, params, lambda: generate(n_images, size, seed, images_per_patient, progress), CLASS_NAMES, mask_name="Pneumothorax")
+        raise DatasetError(
+            f"synthetic_cxr needs at least 20 images for patient-disjoint splits, got n_images={n_images}"
+        )
+    params = {
+        "n_images": n_images,
+        "size": size,
+        "seed": seed,
+        "images_per_patient": images_per_patient,
+        "version": GENERATOR_VERSION,
+    }
+    return load_generated(
+        "synthetic_cxr",
+        data_root,
+        params,
+        lambda: generate(n_images, size, seed, images_per_patient, progress),
+        CLASS_NAMES,
+        mask_name="Pneumothorax",
+    )

@@ -20,6 +20,7 @@ Findings (multi-label targets; each visible at 64 px and above; drawn from their
 Diabetic-retinopathy findings share a per-patient risk, as in screening data. Splits are patient-disjoint
 (70 / 10 / 20 % of patients). Generated on first use into ``<data_root>/synthetic_fundus/<parameter hash>/``.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -58,7 +59,9 @@ def _smooth_noise(rng: np.random.Generator, size: int, sigma: float) -> np.ndarr
     return field / (field.std() + 1e-8)
 
 
-def _vessel_tree(rng: np.random.Generator, disc: Tuple[float, float], macula: Tuple[float, float], size: int, side: float) -> np.ndarray:
+def _vessel_tree(
+    rng: np.random.Generator, disc: Tuple[float, float], macula: Tuple[float, float], size: int, side: float
+) -> np.ndarray:
     """Vessel density in [0, 1]: four arcades leaving the disc, each branching twice, drawn as blurred polylines."""
     canvas = np.zeros((size, size), dtype=np.float32)
 
@@ -78,7 +81,14 @@ def _vessel_tree(rng: np.random.Generator, disc: Tuple[float, float], macula: Tu
         if depth > 0:
             for fork in rng.uniform(0.3, 0.8, size=2):
                 k = int(fork * (steps - 1))
-                branch(path[k], angles[k] + rng.choice([-1, 1]) * rng.uniform(0.4, 0.9), length * 0.55, width_px * 0.65, depth - 1, bend * 0.5)
+                branch(
+                    path[k],
+                    angles[k] + rng.choice([-1, 1]) * rng.uniform(0.4, 0.9),
+                    length * 0.55,
+                    width_px * 0.65,
+                    depth - 1,
+                    bend * 0.5,
+                )
 
     start = np.array(disc, dtype=np.float64)
     towards_macula = np.arctan2(macula[1] - disc[1], macula[0] - disc[0])
@@ -89,7 +99,9 @@ def _vessel_tree(rng: np.random.Generator, disc: Tuple[float, float], macula: Tu
     return canvas
 
 
-def render_fundus(seed: int, index: int, patient: int, eye: int, size: int, with_findings: bool = True) -> Tuple[np.ndarray, np.ndarray]:
+def render_fundus(
+    seed: int, index: int, patient: int, eye: int, size: int, with_findings: bool = True
+) -> Tuple[np.ndarray, np.ndarray]:
     """(image float32 3 x S x S in [0, 1], labels uint8 [K]) of one photograph; ``eye`` 0 = right, 1 = left."""
     anatomy = _patient_anatomy(seed, patient)
     rng = np.random.default_rng([seed, 12, index])  # vessels and acquisition of this photograph
@@ -103,7 +115,7 @@ def render_fundus(seed: int, index: int, patient: int, eye: int, size: int, with
     lin = np.linspace(-1, 1, size, dtype=np.float32)
     gx, gy = np.meshgrid(lin, lin)
     x, y = gx - shift[0], gy - shift[1]
-    radius = np.sqrt(x ** 2 + y ** 2)
+    radius = np.sqrt(x**2 + y**2)
     fov = radius < 0.92
 
     disc = (side * anatomy["disc_x"], anatomy["disc_y"])
@@ -118,10 +130,12 @@ def render_fundus(seed: int, index: int, patient: int, eye: int, size: int, with
 
     # Macula: darker, redder centre.
     macula_dist = np.sqrt((x - macula[0]) ** 2 + (y - macula[1]) ** 2)
-    image *= 1.0 - 0.28 * np.exp(-(macula_dist / 0.12) ** 2)[None]
+    image *= 1.0 - 0.28 * np.exp(-((macula_dist / 0.12) ** 2))[None]
 
     # Vessels: dark red, slightly more on green (haemoglobin absorbs green).
-    vessels = _vessel_tree(rng, (disc[0] + shift[0], disc[1] + shift[1]), (macula[0] + shift[0], macula[1] + shift[1]), size, side)
+    vessels = _vessel_tree(
+        rng, (disc[0] + shift[0], disc[1] + shift[1]), (macula[0] + shift[0], macula[1] + shift[1]), size, side
+    )
     image *= 1.0 - vessels[None] * np.array([0.35, 0.55, 0.45], dtype=np.float32)[:, None, None]
 
     # Optic disc with its cup.
@@ -133,16 +147,30 @@ def render_fundus(seed: int, index: int, patient: int, eye: int, size: int, with
     image = image * (1 - disc_mask[None]) + disc_colour * disc_mask[None]
     image = image + cup_mask[None] * np.array([0.08, 0.24, 0.36], dtype=np.float32)[:, None, None]
 
-    def spots(n: int, centre: Tuple[float, float], spread: float, radius_range: Tuple[float, float], colour, strength: float, softness: float = 1.0) -> None:
+    def spots(
+        n: int,
+        centre: Tuple[float, float],
+        spread: float,
+        radius_range: Tuple[float, float],
+        colour,
+        strength: float,
+        softness: float = 1.0,
+    ) -> None:
         nonlocal image
         for _ in range(n):
             for _attempt in range(20):  # keep lesions inside the field of view and off the disc
                 cx, cy = finding_rng.normal(centre[0], spread), finding_rng.normal(centre[1], spread)
-                if cx ** 2 + cy ** 2 < 0.8 ** 2 and (cx - disc[0]) ** 2 + (cy - disc[1]) ** 2 > (1.6 * anatomy["disc_radius"]) ** 2:
+                if (
+                    cx**2 + cy**2 < 0.8**2
+                    and (cx - disc[0]) ** 2 + (cy - disc[1]) ** 2 > (1.6 * anatomy["disc_radius"]) ** 2
+                ):
                     break
             r = finding_rng.uniform(*radius_range)
-            blob = np.exp(-(((x - cx) ** 2 + (y - cy) ** 2) / r ** 2) ** softness)
-            image = image * (1 - strength * blob[None]) + strength * blob[None] * np.asarray(colour, dtype=np.float32)[:, None, None]
+            blob = np.exp(-((((x - cx) ** 2 + (y - cy) ** 2) / r**2) ** softness))
+            image = (
+                image * (1 - strength * blob[None])
+                + strength * blob[None] * np.asarray(colour, dtype=np.float32)[:, None, None]
+            )
 
     if present["Microaneurysms"]:
         spots(int(finding_rng.integers(4, 13)), macula, 0.22, (0.012, 0.018), (0.35, 0.04, 0.03), 0.9)
@@ -180,9 +208,19 @@ def generate(n_images: int, size: int, seed: int, progress: bool = False):
     return images, labels, None, patient_ids, split_by_patient(patient_ids, seed, salt=5)
 
 
-@register_dataset("synthetic_fundus", "synthetic colour fundus photographs (5 findings, 2 eyes per patient); generated on first use", version=GENERATOR_VERSION)
-def load_synthetic_fundus(data_root: Path, n_images: int = 2000, size: int = 128, seed: int = 0, progress: bool = False) -> ImageDataset:
+@register_dataset(
+    "synthetic_fundus",
+    "synthetic colour fundus photographs (5 findings, 2 eyes per patient); generated on first use",
+    version=GENERATOR_VERSION,
+)
+def load_synthetic_fundus(
+    data_root: Path, n_images: int = 2000, size: int = 128, seed: int = 0, progress: bool = False
+) -> ImageDataset:
     if n_images < 20:
-        raise DatasetError(f"synthetic_fundus needs at least 20 images for patient-disjoint splits, got n_images={n_images}")
+        raise DatasetError(
+            f"synthetic_fundus needs at least 20 images for patient-disjoint splits, got n_images={n_images}"
+        )
     params = {"n_images": n_images, "size": size, "seed": seed, "version": GENERATOR_VERSION}
-    return load_generated("synthetic_fundus", data_root, params, lambda: generate(n_images, size, seed, progress), CLASS_NAMES)
+    return load_generated(
+        "synthetic_fundus", data_root, params, lambda: generate(n_images, size, seed, progress), CLASS_NAMES
+    )

@@ -17,6 +17,7 @@ label file or None) and hands them to :func:`load_volumes`, which
   working spacing, each case's shape and voxels per organ. A cache whose manifest is missing is rebuilt; an
   interrupted build keeps the cases already written.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,8 +32,21 @@ from datasets.base import SPLITS, DatasetError, progress_bar, split_by_patient
 from datasets.cache import CACHE_DIRNAME, LayoutChecked, fingerprint, save_array, save_json
 
 # BTCV's label table (vox2vec/eval/btcv.py), the one every CT dataset is mapped to; 0 is background.
-ORGANS = ("spleen", "right kidney", "left kidney", "gallbladder", "esophagus", "liver", "stomach", "aorta",
-          "inferior vena cava", "portal and splenic vein", "pancreas", "right adrenal gland", "left adrenal gland")
+ORGANS = (
+    "spleen",
+    "right kidney",
+    "left kidney",
+    "gallbladder",
+    "esophagus",
+    "liver",
+    "stomach",
+    "aorta",
+    "inferior vena cava",
+    "portal and splenic vein",
+    "pancreas",
+    "right adrenal gland",
+    "left adrenal gland",
+)
 FOREGROUND_HU = -500  # CropForegroundd: the bounding box of voxels at or above this (body, not exterior air)
 PREPROCESSING_VERSION = 1  # bump when the preprocessing gives other arrays for the same files
 
@@ -59,7 +73,9 @@ class VolumeDataset:
     spacing: Tuple[float, float, float]
     annotated: List[int]  # organ ids (1-13) the dataset labels at all
     source_spacing: List[Tuple[float, float, float]]
-    organ_voxels: Optional[np.ndarray] = None  # cases x 13 voxel counts at the working spacing (from the cache manifest)
+    organ_voxels: Optional[np.ndarray] = (
+        None  # cases x 13 voxel counts at the working spacing (from the cache manifest)
+    )
     fingerprint: Optional[str] = None  # the source files' names and sizes with the preprocessing (the cache's name)
 
     class_names = ORGANS
@@ -75,12 +91,25 @@ class VolumeDataset:
 
     def summary(self) -> Dict[str, object]:
         spacing = np.array(self.source_spacing)
-        voxels = {name: int(count) for name, count in zip(ORGANS, self.organ_voxels.sum(0))} if self.organ_voxels is not None else {}
-        return {"name": self.name, "volumes": len(self.images), "patients": int(len(np.unique(self.patient_ids))),
-                "source_spacing_mm": {"min": spacing.min(0).round(3).tolist(), "max": spacing.max(0).round(3).tolist()},
-                "working_spacing_mm": list(self.spacing), "shapes": {"min": np.min([v.shape for v in self.images], 0).tolist(), "max": np.max([v.shape for v in self.images], 0).tolist()},
-                "splits": {s: int((self.split == s).sum()) for s in SPLITS}, "voxels_per_organ": voxels,
-                "not_annotated": [ORGANS[k - 1] for k in range(1, 14) if k not in self.annotated]}
+        voxels = (
+            {name: int(count) for name, count in zip(ORGANS, self.organ_voxels.sum(0))}
+            if self.organ_voxels is not None
+            else {}
+        )
+        return {
+            "name": self.name,
+            "volumes": len(self.images),
+            "patients": int(len(np.unique(self.patient_ids))),
+            "source_spacing_mm": {"min": spacing.min(0).round(3).tolist(), "max": spacing.max(0).round(3).tolist()},
+            "working_spacing_mm": list(self.spacing),
+            "shapes": {
+                "min": np.min([v.shape for v in self.images], 0).tolist(),
+                "max": np.max([v.shape for v in self.images], 0).tolist(),
+            },
+            "splits": {s: int((self.split == s).sum()) for s in SPLITS},
+            "voxels_per_organ": voxels,
+            "not_annotated": [ORGANS[k - 1] for k in range(1, 14) if k not in self.annotated],
+        }
 
 
 def check_cases(name: str, cases: Sequence[Case]) -> None:
@@ -99,17 +128,27 @@ def check_cases(name: str, cases: Sequence[Case]) -> None:
                 headers[kind] = nibabel.load(str(path))
                 headers[kind].header.get_data_shape()
             except Exception as err:  # noqa: BLE001 - any reader failure is this file's problem
-                problems.append(f"case {case.case_id}: {kind} file {path} cannot be read ({type(err).__name__}: {str(err).splitlines()[0][:120] if str(err) else ''})")
+                problems.append(
+                    f"case {case.case_id}: {kind} file {path} cannot be read ({type(err).__name__}: {str(err).splitlines()[0][:120] if str(err) else ''})"
+                )
         if len(headers) == 2:
             image, label = headers["image"], headers["label"]
             if image.shape[:3] != label.shape[:3]:
-                problems.append(f"case {case.case_id}: label {case.label} has shape {label.shape[:3]} but its image has {image.shape[:3]}")
+                problems.append(
+                    f"case {case.case_id}: label {case.label} has shape {label.shape[:3]} but its image has {image.shape[:3]}"
+                )
             elif not np.allclose(image.affine, label.affine, atol=1e-3):
-                problems.append(f"case {case.case_id}: label {case.label} is placed differently from its image (affines differ)")
+                problems.append(
+                    f"case {case.case_id}: label {case.label} is placed differently from its image (affines differ)"
+                )
     if problems:
         broken = len({line.split(":")[0] for line in problems})
         shown = problems[:10] + ([f"... and {len(problems) - 10} more"] if len(problems) > 10 else [])
-        raise DatasetError(f"{name}: {broken} of {len(cases)} cases cannot be used; fix or remove them:\n  " + "\n  ".join(shown) if len(problems) > 1 else f"{name}: {problems[0]}")
+        raise DatasetError(
+            f"{name}: {broken} of {len(cases)} cases cannot be used; fix or remove them:\n  " + "\n  ".join(shown)
+            if len(problems) > 1
+            else f"{name}: {problems[0]}"
+        )
 
 
 def preprocessing(spacing: Sequence[float], labelled: bool):
@@ -123,16 +162,25 @@ def preprocessing(spacing: Sequence[float], labelled: bool):
     logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message=".*NvImgCodecPydicomReader.*")
     keys = ["image", "label"] if labelled else ["image"]
-    return mt.Compose([
-        mt.LoadImaged(keys, reader="NibabelReader", image_only=False),
-        mt.EnsureChannelFirstd(keys),
-        mt.Orientationd(keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
-        mt.CropForegroundd(keys, source_key="image", select_fn=lambda x: x >= FOREGROUND_HU, allow_smaller=True),
-        mt.Spacingd(keys, pixdim=tuple(float(s) for s in spacing), mode=("bilinear", "nearest") if labelled else "bilinear", padding_mode="border"),
-    ])
+    return mt.Compose(
+        [
+            mt.LoadImaged(keys, reader="NibabelReader", image_only=False),
+            mt.EnsureChannelFirstd(keys),
+            mt.Orientationd(keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
+            mt.CropForegroundd(keys, source_key="image", select_fn=lambda x: x >= FOREGROUND_HU, allow_smaller=True),
+            mt.Spacingd(
+                keys,
+                pixdim=tuple(float(s) for s in spacing),
+                mode=("bilinear", "nearest") if labelled else "bilinear",
+                padding_mode="border",
+            ),
+        ]
+    )
 
 
-def preprocess_case(case: Case, chain, remap: Optional[Dict[int, int]]) -> Tuple[np.ndarray, Optional[np.ndarray], Tuple[float, float, float]]:
+def preprocess_case(
+    case: Case, chain, remap: Optional[Dict[int, int]]
+) -> Tuple[np.ndarray, Optional[np.ndarray], Tuple[float, float, float]]:
     """(int16 HU volume, uint8 organ labels or None, the source voxel spacing) of one case through ``chain``
     (:func:`preprocessing`)."""
     import nibabel
@@ -171,19 +219,33 @@ def official_fold_split(case_ids: Sequence[str], fold: int, folds: int = 5, rand
     return np.array([part[c] for c in case_ids])
 
 
-def load_volumes(name: str, root: Path, cases: Sequence[Case], spacing: Sequence[float], remap: Optional[Dict[int, int]], annotated: Sequence[int], seed: int = 0,
-                 progress: bool = False, split_fractions=(0.7, 0.1, 0.2), fold: Optional[int] = None) -> VolumeDataset:
+def load_volumes(
+    name: str,
+    root: Path,
+    cases: Sequence[Case],
+    spacing: Sequence[float],
+    remap: Optional[Dict[int, int]],
+    annotated: Sequence[int],
+    seed: int = 0,
+    progress: bool = False,
+    split_fractions=(0.7, 0.1, 0.2),
+    fold: Optional[int] = None,
+) -> VolumeDataset:
     """Check, preprocess (once) and return ``cases`` as a :class:`VolumeDataset`; see the module docstring. The
     split is patient-disjoint by ``seed`` (70 / 10 / 20 %), or with ``fold`` the official 5-fold one
     (:func:`official_fold_split`; one case per patient, as in BTCV)."""
     if not cases:
-        raise DatasetError(f"{name}: no cases found under {root}; check --data-root and the dataset's folder layout (README \"Real datasets\")")
+        raise DatasetError(
+            f'{name}: no cases found under {root}; check --data-root and the dataset\'s folder layout (README "Real datasets")'
+        )
     spacing = tuple(float(s) for s in spacing)
     if len(spacing) != 3 or min(spacing) <= 0:
         raise DatasetError(f"{name}: spacing must be three positive numbers in mm (x, y, z), got {list(spacing)}")
     check_cases(name, cases)
     files = [c.image for c in cases] + [c.label for c in cases if c.label is not None]
-    ident = fingerprint(files, root, {"spacing": spacing, "remap": sorted((remap or {}).items()), "version": PREPROCESSING_VERSION})
+    ident = fingerprint(
+        files, root, {"spacing": spacing, "remap": sorted((remap or {}).items()), "version": PREPROCESSING_VERSION}
+    )
     cache_dir = root / CACHE_DIRNAME / f"volumes-{ident}"
     manifest_path = cache_dir / "manifest.json"
     if cache_module._LAYOUT_ONLY and not manifest_path.exists():  # a run checking every dataset's layout first
@@ -203,13 +265,18 @@ def load_volumes(name: str, root: Path, cases: Sequence[Case], spacing: Sequence
                     failures.append(str(err))
                     continue
                 except Exception as err:  # noqa: BLE001 - a file that passed the header check but cannot be decoded (cut .nii.gz)
-                    failures.append(f"case {case.case_id}: {case.image} cannot be decoded ({type(err).__name__}: {str(err).strip().splitlines()[-1][:160] if str(err).strip() else ''})")
+                    failures.append(
+                        f"case {case.case_id}: {case.image} cannot be decoded ({type(err).__name__}: {str(err).strip().splitlines()[-1][:160] if str(err).strip() else ''})"
+                    )
                     continue
                 save_array(image_file, np.ascontiguousarray(volume))
                 if labels is not None:
                     save_array(label_file, np.ascontiguousarray(labels))
-                meta = {"source_spacing": source, "shape": list(volume.shape),
-                        "voxels": {str(k): int((labels == k).sum()) for k in range(1, 14)} if labels is not None else {}}
+                meta = {
+                    "source_spacing": source,
+                    "shape": list(volume.shape),
+                    "voxels": {str(k): int((labels == k).sum()) for k in range(1, 14)} if labels is not None else {},
+                }
                 save_json(meta_file, meta)  # last: a case counts as cached only with its arrays complete
             entries.append(json.loads(meta_file.read_text()))
             if bar is not None:
@@ -217,7 +284,10 @@ def load_volumes(name: str, root: Path, cases: Sequence[Case], spacing: Sequence
         if bar is not None:
             bar.stop()
         if failures:
-            raise DatasetError(f"{name}: {len(failures)} of {len(cases)} cases cannot be used (the others are cached and kept); fix or remove them:\n  " + "\n  ".join(failures[:10]))
+            raise DatasetError(
+                f"{name}: {len(failures)} of {len(cases)} cases cannot be used (the others are cached and kept); fix or remove them:\n  "
+                + "\n  ".join(failures[:10])
+            )
         manifest = {"dataset": name, "spacing": spacing, "cases": [c.case_id for c in cases], "entries": entries}
         save_json(manifest_path, manifest, indent=1)
     manifest = json.loads(manifest_path.read_text())
@@ -226,8 +296,29 @@ def load_volumes(name: str, root: Path, cases: Sequence[Case], spacing: Sequence
     labels = [np.load(cache_dir / f"{c.case_id}.label.npy", mmap_mode="r") for c in cases] if labelled else None
     patient_ids = np.array([c.patient_id for c in cases], dtype=np.int64)
     if fold is not None and len(np.unique(patient_ids)) != len(cases):
-        raise DatasetError(f"{name}: the official fold split takes one case per patient; this dataset has {len(cases)} cases of {len(np.unique(patient_ids))} patients")
-    split = official_fold_split([c.case_id for c in cases], fold) if fold is not None else split_by_patient(patient_ids, seed, split_fractions)
-    organ_voxels = np.array([[e["voxels"][str(k)] for k in range(1, 14)] for e in manifest["entries"]], dtype=np.int64) if labelled else None
-    return VolumeDataset(name, [c.case_id for c in cases], patient_ids, split, images, labels, spacing,
-                         sorted(int(k) for k in annotated), [tuple(e["source_spacing"]) for e in manifest["entries"]], organ_voxels, ident)
+        raise DatasetError(
+            f"{name}: the official fold split takes one case per patient; this dataset has {len(cases)} cases of {len(np.unique(patient_ids))} patients"
+        )
+    split = (
+        official_fold_split([c.case_id for c in cases], fold)
+        if fold is not None
+        else split_by_patient(patient_ids, seed, split_fractions)
+    )
+    organ_voxels = (
+        np.array([[e["voxels"][str(k)] for k in range(1, 14)] for e in manifest["entries"]], dtype=np.int64)
+        if labelled
+        else None
+    )
+    return VolumeDataset(
+        name,
+        [c.case_id for c in cases],
+        patient_ids,
+        split,
+        images,
+        labels,
+        spacing,
+        sorted(int(k) for k in annotated),
+        [tuple(e["source_spacing"]) for e in manifest["entries"]],
+        organ_voxels,
+        ident,
+    )

@@ -8,6 +8,7 @@ Grayscale-aware: the intensity transforms are brightness, contrast, gamma, blur,
 colour jitter or grayscale conversion is applied to 1-channel images (DEVELOPERS decision for X-rays). For
 3-channel images saturation/hue are not implemented: brightness/contrast act on all channels jointly.
 """
+
 from __future__ import annotations
 
 import dataclasses

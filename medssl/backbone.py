@@ -9,6 +9,7 @@ torchvision's initialised 3-channel stem (Kaiming normal, fan-out), so the netwo
 does on an RGB-converted X-ray. PyTorch's own ``Conv2d`` default (Kaiming uniform, a = sqrt(5)) would be a
 different start, about twice the spread. Other channel counts get torchvision's initialisation afresh.
 """
+
 from __future__ import annotations
 
 import torch
@@ -71,7 +72,9 @@ class ResNetTrunk(nn.Module):
     def stage_channels(self) -> tuple:
         """Widths of the five maps of :meth:`stages` (ResNet-18/34: 64, 64, 128, 256, 512; ResNet-50: 64, 256, 512,
         1024, 2048), read from the layers, so decoders built on the trunk fit any depth."""
-        return (self.conv1.out_channels,) + tuple(self._stage_width(layer) for layer in (self.layer1, self.layer2, self.layer3, self.layer4))
+        return (self.conv1.out_channels,) + tuple(
+            self._stage_width(layer) for layer in (self.layer1, self.layer2, self.layer3, self.layer4)
+        )
 
     @staticmethod
     def _stage_width(layer: nn.Sequential) -> int:

@@ -8,6 +8,7 @@ finds the launcher from its environment variables); only global rank 0 writes en
 writes the reports, the other processes stop after the last pretraining. Evaluations are cheap next to 300 epochs
 of pretraining and single-device; to spread them over a cluster use ``--shard`` instead.
 """
+
 from __future__ import annotations
 
 import os
@@ -42,13 +43,24 @@ def single_node_launch(nodes: int, devices: int, script: str, args: List[str]) -
     shared memory, so a small ``/dev/shm`` (Docker's 64 MB) does not matter."""
     if nodes != 1 or devices <= 1 or launched_processes()[2] is not None:
         return None
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(devices), script, *args]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        str(devices),
+        script,
+        *args,
+    ]
 
 
 def check_batch_split(batch_size: int, processes: int, what: str = "") -> None:
     """The suite's batch size is the global batch: it must split evenly over the processes."""
     if processes > 1 and batch_size % processes:
-        raise ConfigError(f"{what + ': ' if what else ''}batch size {batch_size} does not split evenly over {processes} devices; use a device count that divides it")
+        raise ConfigError(
+            f"{what + ': ' if what else ''}batch size {batch_size} does not split evenly over {processes} devices; use a device count that divides it"
+        )
 
 
 def check_multi_node(nodes: int, devices: int) -> int:
@@ -60,11 +72,17 @@ def check_multi_node(nodes: int, devices: int) -> int:
         if launcher is None or world == 1:
             return 0
         if world != devices:
-            raise ConfigError(f"{launcher} started {world} processes but --devices is {devices}; pass --devices {world} (one process per device)")
+            raise ConfigError(
+                f"{launcher} started {world} processes but --devices is {devices}; pass --devices {world} (one process per device)"
+            )
         return rank
     example = f"srun --nodes {nodes} --ntasks-per-node {devices} python run_benchmark.py ... --nodes {nodes} --devices {devices}"
     if launcher is None:
-        raise ConfigError(f"--nodes {nodes} needs one process per device on every node, started by srun or torchrun, e.g. {example}")
+        raise ConfigError(
+            f"--nodes {nodes} needs one process per device on every node, started by srun or torchrun, e.g. {example}"
+        )
     if world != nodes * devices:
-        raise ConfigError(f"--nodes {nodes} --devices {devices} means {nodes * devices} processes, but {launcher} started {world}; e.g. {example}")
+        raise ConfigError(
+            f"--nodes {nodes} --devices {devices} means {nodes * devices} processes, but {launcher} started {world}; e.g. {example}"
+        )
     return rank

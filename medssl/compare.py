@@ -28,6 +28,7 @@ A cell's value is the mean over its pretraining runs of each run's mean over eva
 tests of every run pair go to a long CSV. The bootstrap of each record is cached next to the records
 (``results/<suite>/bootstrap/``): it is derived from the stored predictions only, so deleting it changes nothing.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -53,6 +54,7 @@ CellKey = Tuple[str, str, str, float]  # (method, task, protocol, fraction)
 @dataclasses.dataclass
 class CellRuns:
     """The finished runs of one method in one table cell."""
+
     values: Dict[RunKey, float] = dataclasses.field(default_factory=dict)
     keys: Dict[RunKey, str] = dataclasses.field(default_factory=dict)
     bootstrap: Dict[RunKey, np.ndarray] = dataclasses.field(default_factory=dict)  # metric under each resample
@@ -166,15 +168,25 @@ class BootstrapCache:
     def _resample_weights(self, task: str, predictions: Dict[str, np.ndarray]) -> Tuple[str, np.ndarray]:
         labels = predictions["labels"]
         groups = predictions.get("patient_ids", np.arange(len(labels)))
-        ident = stable_hash([task, np.asarray(predictions["test_indices"]).tolist(), np.asarray(groups).tolist(),
-                             self.settings["resamples"], self.settings["seed"]], 16)
+        ident = stable_hash(
+            [
+                task,
+                np.asarray(predictions["test_indices"]).tolist(),
+                np.asarray(groups).tolist(),
+                self.settings["resamples"],
+                self.settings["seed"],
+            ],
+            16,
+        )
         if ident not in self._weights:
             unit_of_item = np.unique(groups, return_inverse=True)[1]
             n_units = int(unit_of_item.max()) + 1
             unit_labels = np.zeros((n_units, labels.shape[1]), dtype=bool)
             np.logical_or.at(unit_labels, unit_of_item, labels.astype(bool))
             seed = int(stable_hash([task, self.settings["seed"]], 8), 16)
-            unit_weights = stats.bootstrap_weights(n_units, int(self.settings["resamples"]), seed, stats.macro_auc_strata(unit_labels))
+            unit_weights = stats.bootstrap_weights(
+                n_units, int(self.settings["resamples"]), seed, stats.macro_auc_strata(unit_labels)
+            )
             # multiplicities as small integers: 2,000 resamples of NIH's 25,596 test images take 100 MB, not 400
             self._weights[ident] = unit_weights[:, unit_of_item].astype(np.uint16)
         return ident, self._weights[ident]
@@ -182,7 +194,9 @@ class BootstrapCache:
     @staticmethod
     def _metric(metric: str, predictions: Dict[str, np.ndarray], weights: np.ndarray) -> np.ndarray:
         if metric == "macro_auc":
-            return stats.macro_from_class_aucs(stats.weighted_auc_matrix(predictions["labels"], predictions["scores"], weights))
+            return stats.macro_from_class_aucs(
+                stats.weighted_auc_matrix(predictions["labels"], predictions["scores"], weights)
+            )
         return weights @ predictions["per_image_dice"].astype(np.float64) / weights.sum(axis=1)
 
     def resampled(self, key: str, task: str, metric: str) -> Optional[np.ndarray]:
@@ -196,8 +210,12 @@ class BootstrapCache:
         path = self.directory / f"{key}-{ident}.npy"
         if path.exists():
             return np.load(path)
-        values = np.concatenate([self._metric(metric, predictions, weights[start : start + RESAMPLE_CHUNK].astype(np.float64))
-                                 for start in range(0, len(weights), RESAMPLE_CHUNK)])
+        values = np.concatenate(
+            [
+                self._metric(metric, predictions, weights[start : start + RESAMPLE_CHUNK].astype(np.float64))
+                for start in range(0, len(weights), RESAMPLE_CHUNK)
+            ]
+        )
         self.directory.mkdir(parents=True, exist_ok=True)
         write_atomic(path, lambda tmp: save_npy(tmp, values))
         return values
@@ -206,7 +224,9 @@ class BootstrapCache:
 def recomputed_value(record: Dict, predictions: Dict[str, np.ndarray]) -> Optional[float]:
     """A record's metric recomputed from its stored per-image predictions (None where they cannot give it)."""
     if record.get("metric") == "macro_auc" and "scores" in predictions:
-        return multilabel_auc(predictions["labels"], predictions["scores"], [str(c) for c in predictions["class_names"]])["macro_auc"]
+        return multilabel_auc(
+            predictions["labels"], predictions["scores"], [str(c) for c in predictions["class_names"]]
+        )["macro_auc"]
     if record.get("metric") == "mean_dice" and "per_image_dice" in predictions:
         return float(np.mean(predictions["per_image_dice"]))
     return None
@@ -217,29 +237,39 @@ def record_problems(plan: Plan, records: List[Dict], store: Optional[ResultStore
     than once (the last one is used); a record whose predictions file is missing (its cell loses the test-image
     statistics), cannot be read, or gives another value than the record says (one of them was changed)."""
     jobs = {job.key: job for job in plan.eval_jobs}
-    problems = [f"a record without a key is skipped (fields: {', '.join(sorted(r)[:5])} ...)" for r in records if "key" not in r]
+    problems = [
+        f"a record without a key is skipped (fields: {', '.join(sorted(r)[:5])} ...)" for r in records if "key" not in r
+    ]
     values: Dict[str, List[float]] = {}
     for record in records:
         if record.get("key") in jobs:
             values.setdefault(record["key"], []).append(record.get("value"))
     for key, stored in values.items():
         if len(stored) > 1:
-            problems.append(f"record {key} ({jobs[key].describe()}) is stored {len(stored)} times, values {', '.join(f'{v:.4f}' for v in stored)}; the last one is used")
+            problems.append(
+                f"record {key} ({jobs[key].describe()}) is stored {len(stored)} times, values {', '.join(f'{v:.4f}' for v in stored)}; the last one is used"
+            )
     if store is None:
         return problems
     latest = {r["key"]: r for r in records if r.get("key") in jobs}
     for key, record in latest.items():
         path = store.predictions_dir / f"{key}.npz"
         if not path.exists():
-            problems.append(f"record {key} ({jobs[key].describe()}): {path} is missing, so its cell has no test-image statistics")
+            problems.append(
+                f"record {key} ({jobs[key].describe()}): {path} is missing, so its cell has no test-image statistics"
+            )
             continue
         try:
             value = recomputed_value(record, store.load_predictions(key))
         except Exception as err:  # noqa: BLE001 - a damaged file is named, never a traceback
-            problems.append(f"record {key} ({jobs[key].describe()}): {path} cannot be read ({type(err).__name__}); its cell has no test-image statistics")
+            problems.append(
+                f"record {key} ({jobs[key].describe()}): {path} cannot be read ({type(err).__name__}); its cell has no test-image statistics"
+            )
             continue
         if value is not None and not math.isclose(value, float(record["value"]), rel_tol=0, abs_tol=1e-6):
-            problems.append(f"record {key} ({jobs[key].describe()}) says {float(record['value']):.6f} but its predictions give {value:.6f}: the record or {path.name} was changed")
+            problems.append(
+                f"record {key} ({jobs[key].describe()}) says {float(record['value']):.6f} but its predictions give {value:.6f}: the record or {path.name} was changed"
+            )
     return problems
 
 
@@ -300,14 +330,31 @@ def compare_runs(a: CellRuns, b: CellRuns, confidence: float = 0.95) -> Dict[str
     ``image_test``."""
     seeds = a.evaluation_seeds() & b.evaluation_seeds()
     mine, theirs = a.replicate_values(seeds), b.replicate_values(seeds)
-    out = {"n_method": len(mine), "n_versus": len(theirs), "unit_method": a.unit, "unit_versus": b.unit, "difference": math.nan,
-           "ci_low": math.nan, "ci_high": math.nan, "df": math.nan, "p": math.nan, "p_images": math.nan, "image_test": ""}
+    out = {
+        "n_method": len(mine),
+        "n_versus": len(theirs),
+        "unit_method": a.unit,
+        "unit_versus": b.unit,
+        "difference": math.nan,
+        "ci_low": math.nan,
+        "ci_high": math.nan,
+        "df": math.nan,
+        "p": math.nan,
+        "p_images": math.nan,
+        "image_test": "",
+    }
     if not seeds:
         return out
     resampled_a, resampled_b = a.resampled_mean(seeds), b.resampled_mean(seeds)
     image_resamples = resampled_a - resampled_b if resampled_a is not None and resampled_b is not None else None
     test = stats.two_sample_run_test(mine, theirs, image_resamples, confidence)
-    out.update(difference=100 * test["estimate"], df=test["df"], p=test["p"], ci_low=100 * test["ci_low"], ci_high=100 * test["ci_high"])
+    out.update(
+        difference=100 * test["estimate"],
+        df=test["df"],
+        p=test["p"],
+        ci_low=100 * test["ci_low"],
+        ci_high=100 * test["ci_high"],
+    )
     if image_resamples is not None:
         out.update(p_images=stats.bootstrap_p_value(image_resamples, test["estimate"]), image_test="bootstrap")
     dice_a, dice_b = a.per_image_mean(seeds), b.per_image_mean(seeds)
@@ -336,7 +383,9 @@ def above_every_baseline(plan: Plan, column: List[Comparison]) -> bool:
     reference = statistics_settings(plan.suite)["reference"]
     by_method = {c.method: c for c in column if c.versus == reference}
     wanted = baselines(plan)
-    return bool(wanted) and all(m in by_method and by_method[m].significant and by_method[m].difference < 0 for m in wanted)
+    return bool(wanted) and all(
+        m in by_method and by_method[m].significant and by_method[m].difference < 0 for m in wanted
+    )
 
 
 def by_column(comparisons: List[Comparison]) -> Dict[Tuple[str, float], List[Comparison]]:
@@ -352,7 +401,9 @@ def dagger_columns(plan: Plan, comparisons: List[Comparison]) -> List[Tuple[str,
     return [column for column, group in by_column(comparisons).items() if above_every_baseline(plan, group)]
 
 
-def _column_comparisons(plan: Plan, cells: Dict[CellKey, CellRuns], protocol: str, column: Tuple[str, float], versus: str, family: str) -> List[Comparison]:
+def _column_comparisons(
+    plan: Plan, cells: Dict[CellKey, CellRuns], protocol: str, column: Tuple[str, float], versus: str, family: str
+) -> List[Comparison]:
     """Every other method of the suite against ``versus`` in one table column, adjusted as one family."""
     task, fraction = column
     settings = statistics_settings(plan.suite)
@@ -380,10 +431,16 @@ def _adjust(members: List[Comparison], settings: Dict) -> None:
         comparison.significant = bool(np.isfinite(p) and p < settings["alpha"])
 
 
-def comparisons_versus(plan: Plan, cells: Dict[CellKey, CellRuns], protocol: str, versus: str, family: str) -> List[Comparison]:
+def comparisons_versus(
+    plan: Plan, cells: Dict[CellKey, CellRuns], protocol: str, versus: str, family: str
+) -> List[Comparison]:
     """Every method against one row (the reference, or e.g. the random-init encoder) in every column of a table,
     p-values adjusted within each column."""
-    return [c for column in columns(plan, protocol) for c in _column_comparisons(plan, cells, protocol, column, versus, family)]
+    return [
+        c
+        for column in columns(plan, protocol)
+        for c in _column_comparisons(plan, cells, protocol, column, versus, family)
+    ]
 
 
 def comparisons(plan: Plan, cells: Dict[CellKey, CellRuns], protocol: str) -> List[Comparison]:
@@ -397,13 +454,17 @@ def per_class_delong(plan: Plan, records, store: ResultStore) -> List[Dict]:
     by_key = {r["key"]: r for r in records}
     jobs = {}
     for job in plan.eval_jobs:
-        if job.key in by_key and by_key[job.key].get("metric") == "macro_auc" and (store.predictions_dir / f"{job.key}.npz").exists():
+        if (
+            job.key in by_key
+            and by_key[job.key].get("metric") == "macro_auc"
+            and (store.predictions_dir / f"{job.key}.npz").exists()
+        ):
             jobs[(job.pretrain.method, job.task["name"], job.protocol, job.fraction, *job.run)] = job.key
     reference_seeds = sorted({k[4] for k in jobs if k[0] == settings["reference"]})
     pairs = []
     for (method, task, protocol, fraction, pretrain_seed, seed), key in sorted(jobs.items()):
         # an external encoder (no pretraining seed) is compared with each pretraining run of the reference
-        for reference_seed in (reference_seeds if pretrain_seed == FIXED_RUN else [pretrain_seed]):
+        for reference_seed in reference_seeds if pretrain_seed == FIXED_RUN else [pretrain_seed]:
             reference_key = jobs.get((settings["reference"], task, protocol, fraction, reference_seed, seed))
             if method != settings["reference"] and reference_key is not None:
                 pairs.append((method, task, protocol, fraction, reference_seed, seed, key, reference_key))
@@ -415,16 +476,34 @@ def per_class_delong(plan: Plan, records, store: ResultStore) -> List[Dict]:
             continue
         if "labels" not in mine or not np.array_equal(mine["test_indices"], theirs["test_indices"]):
             continue
-        class_names = [str(name) for name in mine["class_names"]] if "class_names" in mine else [str(k) for k in range(mine["labels"].shape[1])]
+        class_names = (
+            [str(name) for name in mine["class_names"]]
+            if "class_names" in mine
+            else [str(k) for k in range(mine["labels"].shape[1])]
+        )
         block = []
         for k in range(mine["labels"].shape[1]):
             column = mine["labels"][:, k]
             if column.min() == column.max():
                 continue
             test = stats.delong_test(column, theirs["scores"][:, k], mine["scores"][:, k])
-            block.append({"protocol": protocol, "task": task, "fraction": fraction, "pretrain_seed": pretrain_seed, "seed": seed,
-                          "method": settings["reference"], "versus": method, "class": class_names[k],
-                          "auc_method": test["auc_a"], "auc_versus": test["auc_b"], "difference": test["difference"], "z": test["z"], "p": test["p"]})
+            block.append(
+                {
+                    "protocol": protocol,
+                    "task": task,
+                    "fraction": fraction,
+                    "pretrain_seed": pretrain_seed,
+                    "seed": seed,
+                    "method": settings["reference"],
+                    "versus": method,
+                    "class": class_names[k],
+                    "auc_method": test["auc_a"],
+                    "auc_versus": test["auc_b"],
+                    "difference": test["difference"],
+                    "z": test["z"],
+                    "p": test["p"],
+                }
+            )
         for row, p in zip(block, stats.adjust_p_values([r["p"] for r in block], "bh")):
             row["p_bh_over_classes"] = float(p)
         rows += block
@@ -433,11 +512,12 @@ def per_class_delong(plan: Plan, records, store: ResultStore) -> List[Dict]:
 
 def cell_variance_components(runs: CellRuns) -> Dict[str, float]:
     """The cell's sd between pretraining runs and between evaluation seeds of one encoder (metric units)."""
-    return stats.variance_components({seed: [runs.values[r] for r in group] for seed, group in runs.by_pretraining().items()})
+    return stats.variance_components(
+        {seed: [runs.values[r] for r in group] for seed, group in runs.by_pretraining().items()}
+    )
 
 
 def cell_intervals(plan: Plan, cells: Dict[CellKey, CellRuns]) -> Dict[CellKey, Tuple[float, float]]:
     confidence = statistics_settings(plan.suite)["confidence"]
     replicated = over_pretraining(plan)
     return {key: cell_interval(runs, confidence, replicated) for key, runs in cells.items()}
-

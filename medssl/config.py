@@ -5,6 +5,7 @@ pretraining data), the method roster, the downstream tasks with their label frac
 seeds. Every pretraining run and every evaluation is identified by a hash of exactly the settings that
 determine its result, so a changed setting never reuses a stale checkpoint or record.
 """
+
 from __future__ import annotations
 
 import copy
@@ -58,7 +59,9 @@ def check_size(value: Any, what: str) -> None:
         count += 1
         if count > MAX_VALUES or depth > MAX_DEPTH:
             limit = f"more than {MAX_VALUES} values" if count > MAX_VALUES else f"deeper than {MAX_DEPTH} levels"
-            raise ConfigError(f"{what}: expands to {limit} (YAML aliases *name repeat what they point to); write the value out")
+            raise ConfigError(
+                f"{what}: expands to {limit} (YAML aliases *name repeat what they point to); write the value out"
+            )
         children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
         stack.extend((child, depth + 1) for child in children)
 
@@ -88,14 +91,18 @@ def apply_settings(suite: Dict[str, Any], assignments: Sequence[str]) -> Dict[st
         try:
             value = read_yaml(raw, f"--set {key.strip()}")
         except yaml.YAMLError:
-            raise ConfigError(f"--set {text!r}: the value is not valid YAML; quote it for the shell, e.g. --set 'tasks.0.fractions=[1,100]'") from None
+            raise ConfigError(
+                f"--set {text!r}: the value is not valid YAML; quote it for the shell, e.g. --set 'tasks.0.fractions=[1,100]'"
+            ) from None
         node: Any = suite
         for depth, part in enumerate(parts):
             where = ".".join(parts[: depth + 1])
             last = depth == len(parts) - 1
             if isinstance(node, list):
                 if not part.isdigit() or int(part) >= len(node):
-                    raise ConfigError(f"--set {key}: {'.'.join(parts[:depth]) or 'the suite'} is a list of {len(node)}; address an item by its position 0-{len(node) - 1}, got {part!r}")
+                    raise ConfigError(
+                        f"--set {key}: {'.'.join(parts[:depth]) or 'the suite'} is a list of {len(node)}; address an item by its position 0-{len(node) - 1}, got {part!r}"
+                    )
                 index: Any = int(part)
             elif isinstance(node, dict):
                 index = part
@@ -108,7 +115,9 @@ def apply_settings(suite: Dict[str, Any], assignments: Sequence[str]) -> Dict[st
             else:
                 node = node[index]
                 if node is None:
-                    raise ConfigError(f"--set {key}: {where} is empty in the suite; set the whole section, e.g. --set '{where}={{...}}'")
+                    raise ConfigError(
+                        f"--set {key}: {where} is empty in the suite; set the whole section, e.g. --set '{where}={{...}}'"
+                    )
     return suite
 
 
@@ -119,14 +128,18 @@ def load_suite(name_or_path: str, settings: Sequence[str] = ()) -> Dict[str, Any
     if path.suffix not in (".yaml", ".yml"):
         path = SUITES_DIR / f"{name_or_path}.yaml"
     if not path.exists():
-        raise ConfigError(f"unknown suite {name_or_path!r}; known suites: {', '.join(suite_names())} (or pass a path to a .yaml file)")
+        raise ConfigError(
+            f"unknown suite {name_or_path!r}; known suites: {', '.join(suite_names())} (or pass a path to a .yaml file)"
+        )
     try:
         with open(path) as fh:
             suite = read_yaml(fh, str(path))
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}: not valid YAML{where} ({getattr(err, 'problem', None) or err}); fix the file (indentation, colons, brackets)") from None
+        raise ConfigError(
+            f"{path}: not valid YAML{where} ({getattr(err, 'problem', None) or err}); fix the file (indentation, colons, brackets)"
+        ) from None
     if suite is None:
         raise ConfigError(f"{path}: the suite file is empty; copy one of benchmarks/suites/*.yaml as a start")
     if settings:
@@ -135,13 +148,18 @@ def load_suite(name_or_path: str, settings: Sequence[str] = ()) -> Dict[str, Any
         suite = apply_settings(suite, settings)
     source = f"{path} with --set {' '.join(settings)}" if settings else str(path)
     if isinstance(suite, dict) and "primary" in (suite.get("statistics") or {}):
-        raise ConfigError(f"{source}: statistics.primary is no longer a setting: the marks' test always takes the pretraining run as its unit "
-                          "(README \"Statistics\"); delete the line")
+        raise ConfigError(
+            f"{source}: statistics.primary is no longer a setting: the marks' test always takes the pretraining run as its unit "
+            '(README "Statistics"); delete the line'
+        )
     from medssl.schema import check_suite
 
     problems = check_suite(suite)
     if problems:
-        raise ConfigError(f"{source}: " + ("\n  ".join([f"{len(problems)} problems:", *problems]) if len(problems) > 1 else problems[0]))
+        raise ConfigError(
+            f"{source}: "
+            + ("\n  ".join([f"{len(problems)} problems:", *problems]) if len(problems) > 1 else problems[0])
+        )
     suite.setdefault("name", path.stem)
     _validate(suite, source)
     return suite
@@ -154,8 +172,16 @@ MONITOR_DEFAULTS = {"every_epochs": 1, "fraction": 10, "seed": 0, "l2": [1e-3, 1
 # reference: the method every other row is tested against (the suite's proposed method); variants: rows that are
 # ablations of the reference, not baselines (default: every suite method named "<reference>-..."); adjust: holm or
 # bh, across each table. The test behind the marks is not a setting: it takes the pretraining run as its unit.
-STATISTICS_DEFAULTS = {"reference": "coboom", "variants": None, "adjust": "holm", "alpha": 0.05,
-                       "resamples": 2000, "confidence": 0.95, "seed": 0}
+STATISTICS_DEFAULTS = {
+    "reference": "coboom",
+    "variants": None,
+    "adjust": "holm",
+    "alpha": 0.05,
+    "resamples": 2000,
+    "confidence": 0.95,
+    "seed": 0,
+}
+
 
 def _validate(suite: Dict[str, Any], path) -> None:
     """What the schema (``medssl/schema.py``) cannot say: rules across keys."""
@@ -164,8 +190,12 @@ def _validate(suite: Dict[str, Any], path) -> None:
         from medssl.schema import function_defaults
 
         for task in suite["tasks"]:
-            if task.get("folds") is not None and "fold" not in function_defaults(loader_function(task["dataset"]["name"])):
-                raise ConfigError(f"{path}: task {task['name']!r} lists folds but dataset {task['dataset']['name']!r} has no official fold split; remove folds (its split is by patient)")
+            if task.get("folds") is not None and "fold" not in function_defaults(
+                loader_function(task["dataset"]["name"])
+            ):
+                raise ConfigError(
+                    f"{path}: task {task['name']!r} lists folds but dataset {task['dataset']['name']!r} has no official fold split; remove folds (its split is by patient)"
+                )
         return
     try:
         check_optimizer(suite["pretrain"]["optimizer"] or {})
@@ -173,11 +203,17 @@ def _validate(suite: Dict[str, Any], path) -> None:
         raise ConfigError(f"{path}: {err}") from None
     for task in suite["tasks"]:
         if task.get("type", "classification") == "segmentation" and "segmentation" not in suite["evaluation"]:
-            raise ConfigError(f"{path}: task {task['name']!r} is a segmentation task but the suite has no evaluation.segmentation settings (epochs, lr, batch_size)")
+            raise ConfigError(
+                f"{path}: task {task['name']!r} is a segmentation task but the suite has no evaluation.segmentation settings (epochs, lr, batch_size)"
+            )
         if "knn" in task["protocols"] and task.get("type", "classification") == "segmentation":
-            raise ConfigError(f"{path}: task {task['name']!r} lists the knn protocol, which classifies images; remove it from this segmentation task")
+            raise ConfigError(
+                f"{path}: task {task['name']!r} lists the knn protocol, which classifies images; remove it from this segmentation task"
+            )
         if "knn" in task["protocols"] and "knn" not in suite["evaluation"]:
-            raise ConfigError(f"{path}: task {task['name']!r} lists the knn protocol but the suite has no evaluation.knn settings; add e.g. knn: {{k: 20, temperature: 0.07}}")
+            raise ConfigError(
+                f"{path}: task {task['name']!r} lists the knn protocol but the suite has no evaluation.knn settings; add e.g. knn: {{k: 20, temperature: 0.07}}"
+            )
 
 
 def check_optimizer(optimizer: Dict[str, Any]) -> None:
@@ -185,8 +221,10 @@ def check_optimizer(optimizer: Dict[str, Any]) -> None:
     decay (its way of excluding biases and norms), so without it every weight would train by plain SGD at the LARS
     lr, silently."""
     if optimizer.get("name", "lars") == "lars" and float(optimizer.get("weight_decay") or 0.0) == 0.0:
-        raise ConfigError("pretrain.optimizer is lars without weight_decay: lightly's LARS applies its trust ratio only where weight decay is "
-                          "non-zero, so every weight would train by plain SGD at the LARS lr; set weight_decay (the CoBooM paper's 1.5e-6) or use sgd")
+        raise ConfigError(
+            "pretrain.optimizer is lars without weight_decay: lightly's LARS applies its trust ratio only where weight decay is "
+            "non-zero, so every weight would train by plain SGD at the LARS lr; set weight_decay (the CoBooM paper's 1.5e-6) or use sgd"
+        )
 
 
 def validate_fractions(fractions: Sequence[float]) -> List[float]:
@@ -235,12 +273,16 @@ def check_seeds(seeds: Sequence[int], what: str) -> List[int]:
     return seeds
 
 
-def apply_overrides(suite: Dict[str, Any], methods=None, seeds=None, fractions=None, pretrain_seeds=None) -> Dict[str, Any]:
+def apply_overrides(
+    suite: Dict[str, Any], methods=None, seeds=None, fractions=None, pretrain_seeds=None
+) -> Dict[str, Any]:
     """Narrow a suite from the command line; the result hashes the same as a suite written that way. ``fractions``
     keeps, in each task, those of its own fractions that are listed (a fraction no task has is an error)."""
     suite = copy.deepcopy(suite)
     if fractions is not None and suite.get("track") == "ct":
-        raise ConfigError("--fractions: a CT suite has no label fractions (every labelled training CT is used); leave --fractions out")
+        raise ConfigError(
+            "--fractions: a CT suite has no label fractions (every labelled training CT is used); leave --fractions out"
+        )
     if methods is not None:
         if not methods:
             raise ConfigError("--methods is empty; name at least one of the suite's methods")
@@ -258,8 +300,10 @@ def apply_overrides(suite: Dict[str, Any], methods=None, seeds=None, fractions=N
         offered = {float(f) for task in suite["tasks"] for f in task["fractions"]}
         missing = sorted(wanted - offered)
         if missing:
-            raise ConfigError(f"--fractions {', '.join(f'{f:g}' for f in missing)}: no task of suite {suite.get('name', '?')!r} has "
-                              f"{'this fraction' if len(missing) == 1 else 'these fractions'}; its tasks have {', '.join(f'{f:g}' for f in sorted(offered))}")
+            raise ConfigError(
+                f"--fractions {', '.join(f'{f:g}' for f in missing)}: no task of suite {suite.get('name', '?')!r} has "
+                f"{'this fraction' if len(missing) == 1 else 'these fractions'}; its tasks have {', '.join(f'{f:g}' for f in sorted(offered))}"
+            )
         for task in suite["tasks"]:
             task["fractions"] = [f for f in task["fractions"] if float(f) in wanted]
         suite["tasks"] = [task for task in suite["tasks"] if task["fractions"]]

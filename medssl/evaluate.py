@@ -13,6 +13,7 @@ any choice (spec, "Decisions").
 Both protocols train for ``epochs`` epochs but at least ``min_steps`` optimiser steps, so the smallest label
 fractions are not under-trained for lack of batches, and validate ``validations`` times per run (default 10).
 """
+
 from __future__ import annotations
 
 import copy
@@ -45,7 +46,9 @@ def check_finite_features(features: np.ndarray) -> None:
     fail inside L-BFGS ("value cannot be converted to type float without overflow") or score noise."""
     finite = np.isfinite(features).all(axis=1)
     if not finite.all():
-        raise EvaluationDiverged(f"the encoder's features are not finite for {int((~finite).sum())} of {len(features)} images: its weights have diverged; pretrain it again with a lower lr or --precision 32")
+        raise EvaluationDiverged(
+            f"the encoder's features are not finite for {int((~finite).sum())} of {len(features)} images: its weights have diverged; pretrain it again with a lower lr or --precision 32"
+        )
 
 
 class FiniteLoss:
@@ -61,7 +64,9 @@ class FiniteLoss:
 
     def check(self, epoch: int) -> None:
         if self.finite is not None and not bool(self.finite):
-            raise EvaluationDiverged(f"{self.what} reached a non-finite loss by epoch {epoch}; lower its lr (evaluation settings) or use --precision 32")
+            raise EvaluationDiverged(
+                f"{self.what} reached a non-finite loss by epoch {epoch}; lower its lr (evaluation settings) or use --precision 32"
+            )
 
 
 def epochs_for(n_train: int, batch_size: int, settings: Dict[str, Any]) -> int:
@@ -76,7 +81,9 @@ def is_validation_epoch(epoch: int, epochs: int, settings: Dict[str, Any]) -> bo
 
 
 @torch.no_grad()
-def extract_features(encoder: ResNetTrunk, images: np.ndarray, image_size: int, mean, std, device: str = "cpu", batch_size: int = 256) -> np.ndarray:
+def extract_features(
+    encoder: ResNetTrunk, images: np.ndarray, image_size: int, mean, std, device: str = "cpu", batch_size: int = 256
+) -> np.ndarray:
     encoder = encoder.to(device).eval()
     normalize = Normalize(mean, std).to(device)
     source = MappedImages.of(images)
@@ -93,10 +100,28 @@ def _predict(model: nn.Module, inputs, batch_size: int = 512) -> np.ndarray:
     model.eval()
     device = next(model.parameters()).device
     with torch.no_grad():
-        return torch.cat([torch.sigmoid(model(inputs[i : i + batch_size].to(device)).float()) for i in range(0, len(inputs), batch_size)]).cpu().numpy()
+        return (
+            torch.cat(
+                [
+                    torch.sigmoid(model(inputs[i : i + batch_size].to(device)).float())
+                    for i in range(0, len(inputs), batch_size)
+                ]
+            )
+            .cpu()
+            .numpy()
+        )
 
 
-def linear_probe(features: np.ndarray, labels: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray, test_idx: np.ndarray, class_names, settings: Dict[str, Any], seed: int) -> Dict[str, Any]:
+def linear_probe(
+    features: np.ndarray,
+    labels: np.ndarray,
+    train_idx: np.ndarray,
+    val_idx: np.ndarray,
+    test_idx: np.ndarray,
+    class_names,
+    settings: Dict[str, Any],
+    seed: int,
+) -> Dict[str, Any]:
     """Fit a linear classifier on frozen, standardised features and score the test split.
 
     ``solver: lbfgs`` (default): L2-regularised logistic regression fitted exactly (full batch, L-BFGS) for each
@@ -115,13 +140,23 @@ def linear_probe(features: np.ndarray, labels: np.ndarray, train_idx: np.ndarray
     y_train = torch.from_numpy(labels[train_idx]).float()
     solver = settings.get("solver", "lbfgs")
     if solver == "lbfgs":
-        return _lbfgs_probe(x_train, y_train, x_val, labels[val_idx], x_test, class_names, [float(v) for v in settings.get("l2", DEFAULT_L2_GRID)])
+        return _lbfgs_probe(
+            x_train,
+            y_train,
+            x_val,
+            labels[val_idx],
+            x_test,
+            class_names,
+            [float(v) for v in settings.get("l2", DEFAULT_L2_GRID)],
+        )
     if solver != "adamw":
         raise ValueError(f"unknown linear-probe solver {solver!r}; choose lbfgs or adamw")
     head = nn.Linear(features.shape[1], labels.shape[1])
     batch_size = int(settings.get("batch_size", 256))
     epochs = epochs_for(len(train_idx), batch_size, settings)
-    optimizer = torch.optim.AdamW(head.parameters(), lr=float(settings["lr"]), weight_decay=float(settings.get("weight_decay", 0.0)))
+    optimizer = torch.optim.AdamW(
+        head.parameters(), lr=float(settings["lr"]), weight_decay=float(settings.get("weight_decay", 0.0))
+    )
     generator = torch.Generator().manual_seed(seed)
     best = (-math.inf, -1, None)
     for epoch in range(epochs):
@@ -142,7 +177,16 @@ def linear_probe(features: np.ndarray, labels: np.ndarray, train_idx: np.ndarray
 DEFAULT_L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 
 
-def knn_classify(features: np.ndarray, labels: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray, test_idx: np.ndarray, class_names, settings: Dict[str, Any], chunk: int = 1024) -> Dict[str, Any]:
+def knn_classify(
+    features: np.ndarray,
+    labels: np.ndarray,
+    train_idx: np.ndarray,
+    val_idx: np.ndarray,
+    test_idx: np.ndarray,
+    class_names,
+    settings: Dict[str, Any],
+    chunk: int = 1024,
+) -> Dict[str, Any]:
     """Weighted cosine kNN on frozen features, the evaluation of lightly's ``knn_predict`` and solo-learn's
     ``WeightedKNNClassifier`` (Wu et al., CVPR 2018): features L2-normalised, the ``k`` most similar training images
     vote with weight exp(cosine / ``temperature``). Multi-label: a class's score is the weighted share of neighbours
@@ -179,11 +223,22 @@ def _lbfgs_probe(x_train, y_train, x_val, val_labels, x_test, class_names, l2_gr
     nn.init.zeros_(head.bias)
     best = (-math.inf, None, None)
     for l2 in sorted(l2_grid, reverse=True):
-        optimizer = torch.optim.LBFGS(head.parameters(), lr=1.0, max_iter=500, tolerance_grad=1e-6, tolerance_change=1e-9, history_size=20, line_search_fn="strong_wolfe")
+        optimizer = torch.optim.LBFGS(
+            head.parameters(),
+            lr=1.0,
+            max_iter=500,
+            tolerance_grad=1e-6,
+            tolerance_change=1e-9,
+            history_size=20,
+            line_search_fn="strong_wolfe",
+        )
 
         def closure():
             optimizer.zero_grad()
-            loss = F.binary_cross_entropy_with_logits(head(x_train), y_train, reduction="sum") / len(x_train) + 0.5 * l2 * head.weight.pow(2).sum()
+            loss = (
+                F.binary_cross_entropy_with_logits(head(x_train), y_train, reduction="sum") / len(x_train)
+                + 0.5 * l2 * head.weight.pow(2).sum()
+            )
             loss.backward()
             return loss
 
@@ -192,20 +247,42 @@ def _lbfgs_probe(x_train, y_train, x_val, val_labels, x_test, class_names, l2_gr
         if val_auc > best[0]:
             best = (val_auc, l2, copy.deepcopy(head.state_dict()))
     head.load_state_dict(best[2])
-    return {"val_value": best[0], "best_epoch": None, "epochs": None, "selected_l2": best[1], "test_scores": _predict(head, x_test)}
+    return {
+        "val_value": best[0],
+        "best_epoch": None,
+        "epochs": None,
+        "selected_l2": best[1],
+        "test_scores": _predict(head, x_test),
+    }
 
 
 class FineTuner(pl.LightningModule):
     """Encoder + linear head trained end to end; keeps the weights of the best validation epoch."""
 
-    def __init__(self, encoder: ResNetTrunk, n_classes: int, meta: Dict[str, Any], image_size: int, settings: Dict[str, Any], val_images: torch.Tensor, val_labels: np.ndarray, class_names, total_steps: int):
+    def __init__(
+        self,
+        encoder: ResNetTrunk,
+        n_classes: int,
+        meta: Dict[str, Any],
+        image_size: int,
+        settings: Dict[str, Any],
+        val_images: torch.Tensor,
+        val_labels: np.ndarray,
+        class_names,
+        total_steps: int,
+    ):
         super().__init__()
         self.encoder = encoder
         self.head = nn.Linear(encoder.feature_dim, n_classes)
         self.normalize = Normalize(meta["mean"], meta["std"])
         self.image_size = int(image_size)
         self.settings = settings
-        self.augment = AugmentConfig.from_dict(settings.get("augment", {"crop_scale": (0.7, 1.0), "blur_p": 0.0, "intensity_p": 0.5, "brightness": 0.2, "contrast": 0.2}))
+        self.augment = AugmentConfig.from_dict(
+            settings.get(
+                "augment",
+                {"crop_scale": (0.7, 1.0), "blur_p": 0.0, "intensity_p": 0.5, "brightness": 0.2, "contrast": 0.2},
+            )
+        )
         self.val_images, self.val_labels, self.class_names = val_images, val_labels, class_names
         self.total_steps = total_steps
         self.best_val, self.best_epoch, self.best_state = -math.inf, -1, None
@@ -235,13 +312,35 @@ class FineTuner(pl.LightningModule):
         self.train()
 
     def configure_optimizers(self):
-        optimizer = torch.optim.AdamW(self.parameters(), lr=float(self.settings["lr"]), weight_decay=float(self.settings.get("weight_decay", 1e-4)))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, self.total_steps) / self.total_steps)))
+        optimizer = torch.optim.AdamW(
+            self.parameters(),
+            lr=float(self.settings["lr"]),
+            weight_decay=float(self.settings.get("weight_decay", 1e-4)),
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, self.total_steps) / self.total_steps))
+        )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
-def fine_tune(encoder: ResNetTrunk, meta: Dict[str, Any], image_size: int, images: np.ndarray, labels: np.ndarray, train_idx, val_idx, test_idx, class_names, settings: Dict[str, Any], seed: int, device: str = "cpu", progress: bool = False, precision: str = "auto",
-              log_dir: Optional[Path] = None, logger: Optional[str] = None) -> Dict[str, Any]:
+def fine_tune(
+    encoder: ResNetTrunk,
+    meta: Dict[str, Any],
+    image_size: int,
+    images: np.ndarray,
+    labels: np.ndarray,
+    train_idx,
+    val_idx,
+    test_idx,
+    class_names,
+    settings: Dict[str, Any],
+    seed: int,
+    device: str = "cpu",
+    progress: bool = False,
+    precision: str = "auto",
+    log_dir: Optional[Path] = None,
+    logger: Optional[str] = None,
+) -> Dict[str, Any]:
     """Fine-tune ``encoder`` with a linear head; ``logger`` (csv or tensorboard) keeps the run's logs under
     ``log_dir/logs`` (training loss per step, validation AUC)."""
     quiet_lightning()
@@ -250,15 +349,35 @@ def fine_tune(encoder: ResNetTrunk, meta: Dict[str, Any], image_size: int, image
     epochs = epochs_for(len(train_idx), batch_size, settings)
     steps = epochs * batches_per_epoch(len(train_idx), batch_size)
     cuda = device.startswith("cuda")
-    loader = ShuffledBatches(MappedImages(images, train_idx), batch_size, torch.Generator().manual_seed(seed), labels=labels[train_idx], drop_last=False, pin=cuda, resident="auto" if cuda else False)
+    loader = ShuffledBatches(
+        MappedImages(images, train_idx),
+        batch_size,
+        torch.Generator().manual_seed(seed),
+        labels=labels[train_idx],
+        drop_last=False,
+        pin=cuda,
+        resident="auto" if cuda else False,
+    )
     val_images = MappedImages(images, val_idx)
-    module = FineTuner(encoder, labels.shape[1], meta, image_size, settings, val_images, labels[val_idx], class_names, steps)
+    module = FineTuner(
+        encoder, labels.shape[1], meta, image_size, settings, val_images, labels[val_idx], class_names, steps
+    )
     module.train()  # Lightning keeps the modes it is given; the encoder may arrive in eval mode from feature extraction
     if device.startswith("cuda"):
         module = module.to(memory_format=torch.channels_last)
-    trainer = pl.Trainer(max_epochs=epochs, accelerator="gpu" if device.startswith("cuda") else "cpu", devices=lightning_devices(device), precision=precision_for(device, precision),
-                         logger=lightning_logger(logger, log_dir) if log_dir is not None else False, log_every_n_steps=max(1, min(50, steps // epochs)), enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
-                         callbacks=[SparseMetricsProgressBar(leave=False)] if progress else [])
+    trainer = pl.Trainer(
+        max_epochs=epochs,
+        accelerator="gpu" if device.startswith("cuda") else "cpu",
+        devices=lightning_devices(device),
+        precision=precision_for(device, precision),
+        logger=lightning_logger(logger, log_dir) if log_dir is not None else False,
+        log_every_n_steps=max(1, min(50, steps // epochs)),
+        enable_checkpointing=False,
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=[SparseMetricsProgressBar(leave=False)] if progress else [],
+    )
     trainer.fit(module, loader)
     module.load_state_dict(module.best_state)
     module = module.to(device)

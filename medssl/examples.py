@@ -1,4 +1,5 @@
 """A picture of sample images of a dataset, with their labels and masks (README figure)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,7 +18,9 @@ def draw_examples(dataset_name: str, data_root: Path, path: Path, n: int = 12, s
     dataset = load_dataset(dataset_name, data_root, **params)
     if hasattr(dataset, "case_ids"):
         return draw_volumes(dataset, path, plt, n=min(n, 4), seed=seed)
-    pick = np.sort(np.random.default_rng(seed).choice(len(dataset.images), size=min(n, len(dataset.images)), replace=False))
+    pick = np.sort(
+        np.random.default_rng(seed).choice(len(dataset.images), size=min(n, len(dataset.images)), replace=False)
+    )
     cols = min(6, len(pick))
     rows = int(np.ceil(len(pick) / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols, 3.0 * rows), squeeze=False)
@@ -46,7 +49,9 @@ def draw_volumes(dataset, path: Path, plt, n: int = 4, seed: int = 0) -> Path:
 
     from datasets.volumes import ORGANS
 
-    pick = np.sort(np.random.default_rng(seed).choice(len(dataset.images), size=min(n, len(dataset.images)), replace=False))
+    pick = np.sort(
+        np.random.default_rng(seed).choice(len(dataset.images), size=min(n, len(dataset.images)), replace=False)
+    )
     colours = ListedColormap(plt.get_cmap("tab20")(np.linspace(0, 1, 20))[: len(ORGANS)])
     fig, axes = plt.subplots(2, len(pick), figsize=(3.2 * len(pick), 6.0), squeeze=False)
     for column, i in enumerate(pick):
@@ -58,19 +63,33 @@ def draw_volumes(dataset, path: Path, plt, n: int = 4, seed: int = 0) -> Path:
             return int(where[:, axis].mean()) if len(where) else image.shape[axis] // 2
 
         # RAS arrays shown radiologically: patient's right on the left of the picture, anterior / superior up
-        views = [(image[:, :, centre(6, 2)], labels[:, :, centre(6, 2)], "axial"), (image[:, centre(2, 1), :], labels[:, centre(2, 1), :], "coronal")]
+        views = [
+            (image[:, :, centre(6, 2)], labels[:, :, centre(6, 2)], "axial"),
+            (image[:, centre(2, 1), :], labels[:, centre(2, 1), :], "coronal"),
+        ]
         for row, (hu, organ, name) in enumerate(views):
             ax = axes[row][column]
             spacing = dataset.spacing
             aspect = spacing[1] / spacing[0] if name == "axial" else spacing[2] / spacing[0]
             ax.imshow(hu.T[::-1, ::-1], cmap="gray", vmin=-200, vmax=300, aspect=aspect)
             overlay = np.ma.masked_equal(organ.T[::-1, ::-1].astype(float), 0)
-            ax.imshow(overlay - 1, cmap=colours, vmin=0, vmax=len(ORGANS) - 1, alpha=0.45, aspect=aspect, interpolation="nearest")
+            ax.imshow(
+                overlay - 1,
+                cmap=colours,
+                vmin=0,
+                vmax=len(ORGANS) - 1,
+                alpha=0.45,
+                aspect=aspect,
+                interpolation="nearest",
+            )
             ax.set_title(f"{dataset.case_ids[i]} {name}", fontsize=8)
             ax.axis("off")
     handles = [plt.Rectangle((0, 0), 1, 1, color=colours(k)) for k in range(len(ORGANS))]
     fig.legend(handles, ORGANS, loc="lower center", ncol=7, fontsize=7, frameon=False)
-    fig.suptitle(f"{dataset.name}: axial (through the liver) and coronal (through the right kidney) slices, labels overlaid", fontsize=9)
+    fig.suptitle(
+        f"{dataset.name}: axial (through the liver) and coronal (through the right kidney) slices, labels overlaid",
+        fontsize=9,
+    )
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=80)

@@ -18,6 +18,7 @@ safetensors holds tensors only (no pickled code); its header carries the same de
 as one JSON string (entry ``medssl``), so the file is byte-identical each time the same trunk is exported and
 ``--encoder`` finds its normalisation without the sidecar.
 """
+
 from __future__ import annotations
 
 import json
@@ -47,46 +48,93 @@ def _write_atomic(path: Path, write) -> None:
     write_atomic(path, shared)
 
 
-def write_trunk(state: Dict[str, torch.Tensor], mean: List[float], std: List[float], path: Path, description: Dict[str, Any]) -> List[Path]:
+def write_trunk(
+    state: Dict[str, torch.Tensor], mean: List[float], std: List[float], path: Path, description: Dict[str, Any]
+) -> List[Path]:
     """``path`` (.safetensors) and its JSON sidecar for one trunk state dict."""
     from safetensors.torch import save_file
 
     tensors = {name: tensor.detach().cpu().contiguous().clone() for name, tensor in state.items()}
-    described = {**description, "channels": int(tensors["conv1.weight"].shape[1]), "mean": [float(v) for v in mean], "std": [float(v) for v in std]}
+    described = {
+        **description,
+        "channels": int(tensors["conv1.weight"].shape[1]),
+        "mean": [float(v) for v in mean],
+        "std": [float(v) for v in std],
+    }
     # one header entry: safetensors keeps its metadata in a hash map, so several entries come out in a different
     # order each time and the same trunk got another SHA-256; the normalisation travels with the weights, so a
     # lost sidecar does not mean ImageNet's
     header = {HEADER_KEY: json.dumps(described, sort_keys=True)}
     _write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=header))
     sidecar = path.with_suffix(".json")
-    payload = {**described, "file": path.name, "sha256": provenance.file_sha256(path), "git_commit": provenance.git_commit()}
+    payload = {
+        **described,
+        "file": path.name,
+        "sha256": provenance.file_sha256(path),
+        "git_commit": provenance.git_commit(),
+    }
     _write_atomic(sidecar, lambda tmp: tmp.write_text(json.dumps(payload, indent=1) + "\n"))
     return [path, sidecar]
 
 
-def export_method(plan: Plan, method: str, data_root: Path, checkpoints: Path, export_dir: Path, device: str = "cpu", precision: str = "auto", progress: bool = True,
-                  logger=None) -> List[Path]:
+def export_method(
+    plan: Plan,
+    method: str,
+    data_root: Path,
+    checkpoints: Path,
+    export_dir: Path,
+    device: str = "cpu",
+    precision: str = "auto",
+    progress: bool = True,
+    logger=None,
+) -> List[Path]:
     """Export every pretraining of ``method`` in ``plan`` (pretraining what is missing); returns the files written."""
     from medssl.runner import DatasetCache
 
     if method not in plan.suite["methods"]:
-        raise ConfigError(f"method {method!r} is not in suite {plan.suite['name']!r}; its methods: {', '.join(plan.suite['methods'])} (or add it with --set 'methods=[...]')")
+        raise ConfigError(
+            f"method {method!r} is not in suite {plan.suite['name']!r}; its methods: {', '.join(plan.suite['methods'])} (or add it with --set 'methods=[...]')"
+        )
     jobs = [job for job in plan.pretrain_jobs if job.method == method]
     if any(job.external is not None for job in jobs):
-        raise ConfigError(f"{method!r} is an external encoder: its weights are a file already ({jobs[0].external['path']})")
+        raise ConfigError(
+            f"{method!r} is an external encoder: its weights are a file already ({jobs[0].external['path']})"
+        )
     export_dir.mkdir(parents=True, exist_ok=True)
     datasets = DatasetCache(data_root)
     written: List[Path] = []
     for job in jobs:
-        encoder_path = run_pretraining(job, datasets.get(job.config["corpus"]), checkpoints, device=device, progress=progress, precision=precision, logger=logger)
+        encoder_path = run_pretraining(
+            job,
+            datasets.get(job.config["corpus"]),
+            checkpoints,
+            device=device,
+            progress=progress,
+            precision=precision,
+            logger=logger,
+        )
         trunk, meta = load_encoder(encoder_path)
-        description = {"method": method, "suite": plan.suite["name"], "pretraining_key": job.key, "pretraining_hash": job.hash, "pretraining_seed": job.seed,
-                       "corpus": job.corpus, "backbone": meta["backbone"], "image_size": int(plan.suite["pretrain"]["image_size"]),
-                       "key_names": "torchvision", "encoder_sha256": json.loads(encoder_path.with_name(ENCODER_SIDECAR).read_text())["sha256"]}
+        description = {
+            "method": method,
+            "suite": plan.suite["name"],
+            "pretraining_key": job.key,
+            "pretraining_hash": job.hash,
+            "pretraining_seed": job.seed,
+            "corpus": job.corpus,
+            "backbone": meta["backbone"],
+            "image_size": int(plan.suite["pretrain"]["image_size"]),
+            "key_names": "torchvision",
+            "encoder_sha256": json.loads(encoder_path.with_name(ENCODER_SIDECAR).read_text())["sha256"],
+        }
         state = trunk.state_dict()
         written += write_trunk(state, meta["mean"], meta["std"], export_dir / f"{job.key}.safetensors", description)
         if meta["in_channels"] == 1:
             three = {**state, "conv1.weight": adapt_stem(state["conv1.weight"], 3)}
-            written += write_trunk(three, meta["mean"] * 3, meta["std"] * 3, export_dir / f"{job.key}-3ch.safetensors",
-                                   {**description, "conversion": "conv1 repeated over 3 input channels and divided by 3"})
+            written += write_trunk(
+                three,
+                meta["mean"] * 3,
+                meta["std"] * 3,
+                export_dir / f"{job.key}-3ch.safetensors",
+                {**description, "conversion": "conv1 repeated over 3 input channels and divided by 3"},
+            )
     return written

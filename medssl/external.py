@@ -30,6 +30,7 @@ else those of the safetensors header ``export`` writes, else ImageNet's (torchvi
 Identity: the file's SHA-256 (with the resolved normalisation and prefix) keys the row's evaluations, so a changed
 file is evaluated again and an unchanged one never; the record stores it with the path.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -105,14 +106,22 @@ def read_weights(path: Path, data: Optional[bytes] = None) -> Dict[str, torch.Te
             payload = _torch_load(data)
     except Exception as err:  # noqa: BLE001 - whatever the reader raises, the user needs the file's name
         blocked = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)", str(err))
-        detail = f"it names {blocked.group(1)}, which a weights-only load refuses to import" if blocked else (str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__)
-        raise ConfigError(f"{path}: not a state dict or checkpoint that torch.load or safetensors can read ({detail}); give a .pth/.pt/.ckpt/.safetensors file of ResNet weights") from None
+        detail = (
+            f"it names {blocked.group(1)}, which a weights-only load refuses to import"
+            if blocked
+            else (str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__)
+        )
+        raise ConfigError(
+            f"{path}: not a state dict or checkpoint that torch.load or safetensors can read ({detail}); give a .pth/.pt/.ckpt/.safetensors file of ResNet weights"
+        ) from None
     for wrapper in WRAPPERS:
         if isinstance(payload, dict) and isinstance(payload.get(wrapper), dict):
             payload = payload[wrapper]
             break
     if not isinstance(payload, dict):
-        raise ConfigError(f"{path}: holds a {type(payload).__name__}, not a state dict (name -> tensor); save model.state_dict() instead")
+        raise ConfigError(
+            f"{path}: holds a {type(payload).__name__}, not a state dict (name -> tensor); save model.state_dict() instead"
+        )
     tensors = {str(k): v for k, v in payload.items() if isinstance(v, torch.Tensor)}
     if not tensors:
         raise ConfigError(f"{path}: holds no tensors; give a .pth/.pt/.ckpt/.safetensors file of ResNet weights")
@@ -125,7 +134,7 @@ def _renamed(keys: Sequence[str], prefix: str) -> Dict[str, str]:
     for key in keys:
         if not key.startswith(prefix):
             continue
-        rest = key[len(prefix):]
+        rest = key[len(prefix) :]
         head, _, tail = rest.partition(".")
         if head in SEQUENTIAL_NAMES and tail:
             rest = f"{SEQUENTIAL_NAMES[head]}.{tail}"
@@ -141,39 +150,63 @@ def _depth(names: Sequence[str]) -> Optional[str]:
     return {(False, 2): "resnet18", (False, 6): "resnet34", (True, 6): "resnet50"}.get((bottleneck, count))
 
 
-def find_trunk(tensors: Dict[str, torch.Tensor], path: Path, prefix: Optional[str] = None) -> Tuple[str, str, Dict[str, torch.Tensor]]:
+def find_trunk(
+    tensors: Dict[str, torch.Tensor], path: Path, prefix: Optional[str] = None
+) -> Tuple[str, str, Dict[str, torch.Tensor]]:
     """(architecture, prefix used, torchvision-named trunk tensors) of a file's tensors; strict for the trunk."""
     keys = list(tensors)
     while keys and all(k.startswith("module.") for k in keys):
-        keys = [k[len("module."):] for k in keys]
-        tensors = {k[len("module."):]: v for k, v in tensors.items()}
+        keys = [k[len("module.") :] for k in keys]
+        tensors = {k[len("module.") :]: v for k, v in tensors.items()}
     candidates = [prefix] if prefix is not None else list(PREFIXES)
     found = {p: _renamed(keys, p) for p in candidates}
     score = {p: sum(1 for n in names if n.split(".")[0] in TRUNK_MODULES) for p, names in found.items()}
     chosen = max(candidates, key=lambda p: (score[p], -candidates.index(p)))
     if score[chosen] == 0:
         where = f"prefix {prefix!r}" if prefix is not None else "prefixes " + ", ".join(repr(p) for p in PREFIXES)
-        raise ConfigError(f"{path}: no ResNet trunk found (no conv1/bn1/layer1-4 keys under {where}; the file's first keys: {', '.join(keys[:4])}); "
-                          "give the prefix of the trunk's keys: NAME=PATH,prefix=...")
+        raise ConfigError(
+            f"{path}: no ResNet trunk found (no conv1/bn1/layer1-4 keys under {where}; the file's first keys: {', '.join(keys[:4])}); "
+            "give the prefix of the trunk's keys: NAME=PATH,prefix=..."
+        )
     names = found[chosen]
     arch = _depth(list(names))
     if arch is None:
-        raise ConfigError(f"{path}: the trunk under prefix {chosen!r} is not a ResNet-18, -34 or -50 (the backbones this suite builds: {', '.join(FEATURE_DIMS)})")
+        raise ConfigError(
+            f"{path}: the trunk under prefix {chosen!r} is not a ResNet-18, -34 or -50 (the backbones this suite builds: {', '.join(FEATURE_DIMS)})"
+        )
     stem = tensors[names["conv1.weight"]] if "conv1.weight" in names else None
     reference = ResNetTrunk(arch, int(stem.shape[1]) if stem is not None and stem.dim() == 4 else 3).state_dict()
     missing = [k for k in reference if k not in names and not k.endswith("num_batches_tracked")]
     unexpected = [n for n in names if n.split(".")[0] in TRUNK_MODULES and n not in reference]
-    wrong_shape = [f"{n} {tuple(tensors[names[n]].shape)} (expected {tuple(reference[n].shape)})" for n in names if n in reference and tensors[names[n]].shape != reference[n].shape]
+    wrong_shape = [
+        f"{n} {tuple(tensors[names[n]].shape)} (expected {tuple(reference[n].shape)})"
+        for n in names
+        if n in reference and tensors[names[n]].shape != reference[n].shape
+    ]
     if missing or unexpected or wrong_shape:
-        parts = [f"{label} {', '.join(items[:5])}{' ...' if len(items) > 5 else ''}" for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape)) if items]
+        parts = [
+            f"{label} {', '.join(items[:5])}{' ...' if len(items) > 5 else ''}"
+            for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape))
+            if items
+        ]
         raise ConfigError(f"{path}: not a {arch} trunk torchvision can load (prefix {chosen!r}): " + "; ".join(parts))
     trunk = {n: tensors[names[n]] for n in reference if n in names}
     # load_state_dict would cast integer, bool or complex weights and keep NaN ones: a row of noise
-    kinds = [f"{n} ({trunk[n].dtype})" for n in trunk if not n.endswith("num_batches_tracked") and not trunk[n].is_floating_point()]
+    kinds = [
+        f"{n} ({trunk[n].dtype})"
+        for n in trunk
+        if not n.endswith("num_batches_tracked") and not trunk[n].is_floating_point()
+    ]
     broken = [n for n in trunk if trunk[n].is_floating_point() and not torch.isfinite(trunk[n]).all()]
     if kinds or broken:
-        parts = [f"{label} {', '.join(items[:4])}{' ...' if len(items) > 4 else ''}" for label, items in (("not floating-point:", kinds), ("non-finite values in", broken)) if items]
-        raise ConfigError(f"{path}: the trunk's weights are not usable ({'; '.join(parts)}); give the file of a trained ResNet")
+        parts = [
+            f"{label} {', '.join(items[:4])}{' ...' if len(items) > 4 else ''}"
+            for label, items in (("not floating-point:", kinds), ("non-finite values in", broken))
+            if items
+        ]
+        raise ConfigError(
+            f"{path}: the trunk's weights are not usable ({'; '.join(parts)}); give the file of a trained ResNet"
+        )
     return arch, chosen, trunk
 
 
@@ -195,7 +228,9 @@ def _numbers(text: str, option: str, where: str) -> List[float]:
     try:
         values = [float(v) for v in text.split(":")]
     except ValueError:
-        raise ConfigError(f"{where}: {option}={text!r} is not a number or colon-separated numbers such as 0.485:0.456:0.406") from None
+        raise ConfigError(
+            f"{where}: {option}={text!r} is not a number or colon-separated numbers such as 0.485:0.456:0.406"
+        ) from None
     if option == "std" and any(v <= 0 for v in values):
         raise ConfigError(f"{where}: std must be positive, got {text}")
     return values
@@ -228,9 +263,13 @@ def parse_encoder_option(text: str, reserved: Sequence[str] = ()) -> Tuple[str, 
 
 def check_encoder_name(name: str, reserved: Sequence[str]) -> None:
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", name):
-        raise ConfigError(f"encoder name {name!r}: use letters, digits and _ . + - (it names a table row and a results folder)")
+        raise ConfigError(
+            f"encoder name {name!r}: use letters, digits and _ . + - (it names a table row and a results folder)"
+        )
     if name in reserved:
-        raise ConfigError(f"encoder name {name!r} is the name of a method; choose another row name, e.g. {name}-external")
+        raise ConfigError(
+            f"encoder name {name!r} is the name of a method; choose another row name, e.g. {name}-external"
+        )
 
 
 def sidecar_of(path: Path) -> Optional[Path]:
@@ -259,9 +298,13 @@ def resolve_spec(name: str, spec: Dict[str, Any]) -> Dict[str, Any]:
     if "sha256" not in spec:
         if path.is_dir():
             files = sorted(p.name for p in path.iterdir() if p.suffix in SUFFIXES)[:3]
-            raise ConfigError(f"encoder {name}: {path} is a folder; give the weights file in it (--encoder {name}=PATH/FILE{', e.g. ' + files[0] if files else ''})")
+            raise ConfigError(
+                f"encoder {name}: {path} is a folder; give the weights file in it (--encoder {name}=PATH/FILE{', e.g. ' + files[0] if files else ''})"
+            )
         if not path.is_file():
-            raise ConfigError(f"encoder {name}: {path} does not exist; give the path of a .pth/.pt/.ckpt/.safetensors file (--encoder {name}=PATH)")
+            raise ConfigError(
+                f"encoder {name}: {path} does not exist; give the path of a .pth/.pt/.ckpt/.safetensors file (--encoder {name}=PATH)"
+            )
         spec["path"] = str(path.resolve())
         spec["sha256"] = cached_sha256(path)
     if "normalisation" not in spec:
@@ -273,7 +316,9 @@ def resolve_spec(name: str, spec: Dict[str, Any]) -> Dict[str, Any]:
                 spec["mean"], spec["std"] = [float(v) for v in saved["mean"]], [float(v) for v in saved["std"]]
                 source = f"sidecar {sidecar.name}"
             except (OSError, ValueError, KeyError, TypeError):
-                raise ConfigError(f"encoder {name}: {sidecar} has no readable mean and std lists; fix it, delete it, or give mean=...,std=... with the encoder") from None
+                raise ConfigError(
+                    f"encoder {name}: {sidecar} has no readable mean and std lists; fix it, delete it, or give mean=...,std=... with the encoder"
+                ) from None
         if source is None and path.suffix == ".safetensors" and path.is_file():
             saved = header_normalisation(path)
             if saved is not None:
@@ -285,10 +330,14 @@ def resolve_spec(name: str, spec: Dict[str, Any]) -> Dict[str, Any]:
     spec["mean"], spec["std"] = [float(v) for v in _as_list(spec["mean"])], [float(v) for v in _as_list(spec["std"])]
     if not all(math.isfinite(v) for v in spec["mean"]) or not all(math.isfinite(v) and v > 0 for v in spec["std"]):
         origin = spec["normalisation"] if spec["normalisation"] != "given" else "--encoder"
-        raise ConfigError(f"encoder {name}: mean {spec['mean']} and std {spec['std']} ({origin}) must be finite numbers and every std above 0")
+        raise ConfigError(
+            f"encoder {name}: mean {spec['mean']} and std {spec['std']} ({origin}) must be finite numbers and every std above 0"
+        )
     spec["stem"] = str(spec.get("stem", STEMS[0]))
     if spec["stem"] not in STEMS:
-        raise ConfigError(f"encoder {name}: stem={spec['stem']!r}; choose replicate (the grey image fed as three channels, each normalised) or sum (conv1 summed over its channels)")
+        raise ConfigError(
+            f"encoder {name}: stem={spec['stem']!r}; choose replicate (the grey image fed as three channels, each normalised) or sum (conv1 summed over its channels)"
+        )
     return spec
 
 
@@ -298,7 +347,14 @@ def _as_list(value) -> list:
 
 def identity(spec: Dict[str, Any]) -> Dict[str, Any]:
     """What an external row's results depend on (hashed into its evaluations' keys): not where the file lies."""
-    return {"sha256": spec["sha256"], "mean": spec["mean"], "std": spec["std"], "prefix": spec.get("prefix"), "stem": spec.get("stem", STEMS[0]), "external_version": EXTERNAL_VERSION}
+    return {
+        "sha256": spec["sha256"],
+        "mean": spec["mean"],
+        "std": spec["std"],
+        "prefix": spec.get("prefix"),
+        "stem": spec.get("stem", STEMS[0]),
+        "external_version": EXTERNAL_VERSION,
+    }
 
 
 def channel_statistics(values: Sequence[float], channels: int, what: str, name: str) -> List[float]:
@@ -309,7 +365,9 @@ def channel_statistics(values: Sequence[float], channels: int, what: str, name: 
         return values * channels
     if len(values) == 3 and channels == 1:
         return [sum(values) / 3]
-    raise ConfigError(f"encoder {name}: {what} has {len(values)} values but the suite's images have {channels} channels; give 1 or {channels}")
+    raise ConfigError(
+        f"encoder {name}: {what} has {len(values)} values but the suite's images have {channels} channels; give 1 or {channels}"
+    )
 
 
 def load_external(name: str, spec: Dict[str, Any], in_channels: int) -> Tuple[ResNetTrunk, Dict[str, Any]]:
@@ -317,22 +375,40 @@ def load_external(name: str, spec: Dict[str, Any], in_channels: int) -> Tuple[Re
     entry resolved by :func:`resolve_spec`; ConfigError naming the file for any problem."""
     path = Path(spec["path"])
     if not path.is_file():
-        raise ConfigError(f"encoder {name}: {path} does not exist; give the path of its weights file (--encoder {name}=PATH)")
+        raise ConfigError(
+            f"encoder {name}: {path} does not exist; give the path of its weights file (--encoder {name}=PATH)"
+        )
     data = path.read_bytes()
     if hashlib.sha256(data).hexdigest() != spec["sha256"]:  # the bytes that are loaded, not a cached hash of the path
-        raise ConfigError(f"encoder {name}: {path} has changed since this run was planned (SHA-256 differs); run the command again")
+        raise ConfigError(
+            f"encoder {name}: {path} has changed since this run was planned (SHA-256 differs); run the command again"
+        )
     arch, prefix, trunk_state = find_trunk(read_weights(path, data), path, spec.get("prefix"))
     stem = trunk_state["conv1.weight"]
     # replicated grey input: the trunk keeps its three channels and Normalize broadcasts the image to them
-    channels = 3 if stem.shape[1] == 3 and in_channels == 1 and spec.get("stem", STEMS[0]) == "replicate" else in_channels
+    channels = (
+        3 if stem.shape[1] == 3 and in_channels == 1 and spec.get("stem", STEMS[0]) == "replicate" else in_channels
+    )
     try:
         trunk_state["conv1.weight"] = adapt_stem(stem, channels)
     except ValueError as err:
         raise ConfigError(f"{path}: {err} (the suite's images have {in_channels} channels)") from None
     trunk = ResNetTrunk(arch, channels)
     trunk.load_state_dict(trunk_state, strict=False)  # only num_batches_tracked may be absent (find_trunk checked)
-    meta = {"method": name, "backbone": arch, "in_channels": channels, "image_size": None,
-            "mean": channel_statistics(spec["mean"], channels, "mean", name), "std": channel_statistics(spec["std"], channels, "std", name),
-            "external": {"path": str(path), "sha256": spec["sha256"], "prefix": prefix, "file_channels": int(stem.shape[1]), "normalisation": spec["normalisation"],
-                         "stem": spec.get("stem", STEMS[0])}}
+    meta = {
+        "method": name,
+        "backbone": arch,
+        "in_channels": channels,
+        "image_size": None,
+        "mean": channel_statistics(spec["mean"], channels, "mean", name),
+        "std": channel_statistics(spec["std"], channels, "std", name),
+        "external": {
+            "path": str(path),
+            "sha256": spec["sha256"],
+            "prefix": prefix,
+            "file_channels": int(stem.shape[1]),
+            "normalisation": spec["normalisation"],
+            "stem": spec.get("stem", STEMS[0]),
+        },
+    }
     return trunk, meta

@@ -11,6 +11,7 @@
 Files are deterministic for the same records (no timestamps in the PNG metadata), so ``report`` regenerates them
 byte for byte.
 """
+
 from __future__ import annotations
 
 import html
@@ -50,9 +51,15 @@ def _label(method: str) -> str:
     return method_label(method)
 
 
-def label_efficiency_figure(plan: Plan, runs: Dict[CellKey, CellRuns], intervals: Dict[CellKey, Tuple[float, float]], path: Path):
-    panels = [(protocol, task) for protocol in PROTOCOLS for task in dict.fromkeys(t for t, _ in columns(plan, protocol))
-              if len([f for t, f in columns(plan, protocol) if t == task]) > 1]
+def label_efficiency_figure(
+    plan: Plan, runs: Dict[CellKey, CellRuns], intervals: Dict[CellKey, Tuple[float, float]], path: Path
+):
+    panels = [
+        (protocol, task)
+        for protocol in PROTOCOLS
+        for task in dict.fromkeys(t for t, _ in columns(plan, protocol))
+        if len([f for t, f in columns(plan, protocol) if t == task]) > 1
+    ]
     if not panels:
         return None
     plt = _pyplot()
@@ -66,7 +73,15 @@ def label_efficiency_figure(plan: Plan, runs: Dict[CellKey, CellRuns], intervals
             if not present:
                 continue
             xs = [f for f, _ in present]
-            ax.plot(xs, [100 * runs[k].mean for _, k in present], marker="o", markersize=3, linewidth=1.2, color=colours[i % 20], label=_label(method))
+            ax.plot(
+                xs,
+                [100 * runs[k].mean for _, k in present],
+                marker="o",
+                markersize=3,
+                linewidth=1.2,
+                color=colours[i % 20],
+                label=_label(method),
+            )
             low = [100 * intervals[k][0] for _, k in present]
             high = [100 * intervals[k][1] for _, k in present]
             if all(math.isfinite(v) for v in low + high):
@@ -98,23 +113,50 @@ def ablation_figure(plan: Plan, runs: Dict[CellKey, CellRuns], path: Path):
 
     settings = statistics_settings(plan.suite)
     variants = [m for m in plan.suite["methods"] if m == settings["reference"] or m in settings["variants"]]
-    cols = [(protocol, task, f) for protocol in PROTOCOLS for task, f in columns(plan, protocol)
-            if sum((m, task, protocol, f) in runs for m in variants) > 1]
+    cols = [
+        (protocol, task, f)
+        for protocol in PROTOCOLS
+        for task, f in columns(plan, protocol)
+        if sum((m, task, protocol, f) in runs for m in variants) > 1
+    ]
     if len(variants) < 2 or not cols:
         return None
     replicated = over_pretraining(plan)
-    long = pd.DataFrame([{"column": f"{PROTOCOL_SHORT[p]}\n{task} {fraction_label(f)}", "method": _label(method), "value": 100 * value}
-                         for p, task, f in cols for method in variants if (method, task, p, f) in runs
-                         for value in runs[(method, task, p, f)].replicates(replicated)])
+    long = pd.DataFrame(
+        [
+            {
+                "column": f"{PROTOCOL_SHORT[p]}\n{task} {fraction_label(f)}",
+                "method": _label(method),
+                "value": 100 * value,
+            }
+            for p, task, f in cols
+            for method in variants
+            if (method, task, p, f) in runs
+            for value in runs[(method, task, p, f)].replicates(replicated)
+        ]
+    )
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(cols) + 1.5), 3.6))
-    sns.barplot(data=long, x="column", y="value", hue="method", hue_order=[_label(m) for m in variants], errorbar="sd", capsize=0.1, err_kws={"linewidth": 1}, ax=ax)
+    sns.barplot(
+        data=long,
+        x="column",
+        y="value",
+        hue="method",
+        hue_order=[_label(m) for m in variants],
+        errorbar="sd",
+        capsize=0.1,
+        err_kws={"linewidth": 1},
+        ax=ax,
+    )
     finite = [100 * runs[(m, t, p, f)].mean for m in variants for p, t, f in cols if (m, t, p, f) in runs]
     ax.set_ylim(max(0.0, min(finite) - 5), min(100.0, max(finite) + 5))
     ax.set_xlabel("")
     ax.tick_params(axis="x", labelsize=8)
     ax.set_ylabel("test metric (%)")
-    ax.set_title(f"Ablation of {_label(settings['reference'])}: mean ± sd over {'pretraining runs' if replicated else 'evaluation seeds'}", fontsize=10)
+    ax.set_title(
+        f"Ablation of {_label(settings['reference'])}: mean ± sd over {'pretraining runs' if replicated else 'evaluation seeds'}",
+        fontsize=10,
+    )
     ax.legend(fontsize=8, frameon=False)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
@@ -127,7 +169,9 @@ def ablation_figure(plan: Plan, runs: Dict[CellKey, CellRuns], path: Path):
 FIGURE_FILES = ("label_efficiency.png", "ablation.png")
 
 
-def write_figures(plan: Plan, runs: Dict[CellKey, CellRuns], intervals: Dict[CellKey, Tuple[float, float]], reports_dir: Path) -> List[Path]:
+def write_figures(
+    plan: Plan, runs: Dict[CellKey, CellRuns], intervals: Dict[CellKey, Tuple[float, float]], reports_dir: Path
+) -> List[Path]:
     """The figures of ``FIGURE_FILES`` that the runs call for (the ablation figure needs two CoBooM variants)."""
     reports_dir.mkdir(parents=True, exist_ok=True)
     efficiency, ablation = (reports_dir / name for name in FIGURE_FILES)
@@ -154,8 +198,12 @@ def markdown_to_html(markdown: str) -> str:
             while i < len(lines) and lines[i].startswith("|"):
                 block.append([c.strip() for c in lines[i].strip().strip("|").split("|")])
                 i += 1
-            out.append("<table><thead><tr>" + "".join(f"<th>{_inline(c)}</th>" for c in block[0]) + "</tr></thead><tbody>")
-            out += ["<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in row) + "</tr>" for row in block[2:]]  # row 1: alignment
+            out.append(
+                "<table><thead><tr>" + "".join(f"<th>{_inline(c)}</th>" for c in block[0]) + "</tr></thead><tbody>"
+            )
+            out += [
+                "<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in row) + "</tr>" for row in block[2:]
+            ]  # row 1: alignment
             out.append("</tbody></table>")
             continue
         if line.startswith("### "):
@@ -166,21 +214,45 @@ def markdown_to_html(markdown: str) -> str:
     return "\n".join(out)
 
 
-_ORDER = ["table1.md", "table2.md", "table3.md", "statistics.md", "random_init_margins.md", "finetune_gap.md", "segmentation.md", "pretraining.md"]
-_STYLE = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}table{border-collapse:collapse;margin:1em 0;font-size:13px}"
-          "th,td{border:1px solid #ccc;padding:3px 6px;text-align:right}th:first-child,td:first-child{text-align:left}img{max-width:100%}")
+_ORDER = [
+    "table1.md",
+    "table2.md",
+    "table3.md",
+    "statistics.md",
+    "random_init_margins.md",
+    "finetune_gap.md",
+    "segmentation.md",
+    "pretraining.md",
+]
+_STYLE = (
+    "body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}table{border-collapse:collapse;margin:1em 0;font-size:13px}"
+    "th,td{border:1px solid #ccc;padding:3px 6px;text-align:right}th:first-child,td:first-child{text-align:left}img{max-width:100%}"
+)
 
 
-def write_html(plan: Plan, reports_dir: Path, files: List[Path], order: Sequence[str] = tuple(_ORDER), figure_files: Sequence[str] = FIGURE_FILES,
-               summary: str = "") -> Path:
+def write_html(
+    plan: Plan,
+    reports_dir: Path,
+    files: List[Path],
+    order: Sequence[str] = tuple(_ORDER),
+    figure_files: Sequence[str] = FIGURE_FILES,
+    summary: str = "",
+) -> Path:
     """index.html: ``summary`` (a line saying which differences the tables mark), the Markdown reports named in
     ``order``, then the figures of ``figure_files`` (defaults: the image track's; the CT track passes its own,
     medssl/report3d.py)."""
     names = {p.name: p for p in files}
-    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>medssl-bench: {html.escape(plan.suite['name'])}</title><style>{_STYLE}</style></head><body>",
-             f"<h1>medssl-bench — suite <code>{html.escape(plan.suite['name'])}</code></h1>",
-             "<p>Generated by <code>python run_benchmark.py report</code> from the stored results; LaTeX tables: "
-             + ", ".join(f"<a href='{n}'>{n}</a>" for n in ("table1.tex", "table2.tex", "table3.tex", "ct_table.tex") if (reports_dir / n).exists()) + ".</p>"]
+    parts = [
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>medssl-bench: {html.escape(plan.suite['name'])}</title><style>{_STYLE}</style></head><body>",
+        f"<h1>medssl-bench — suite <code>{html.escape(plan.suite['name'])}</code></h1>",
+        "<p>Generated by <code>python run_benchmark.py report</code> from the stored results; LaTeX tables: "
+        + ", ".join(
+            f"<a href='{n}'>{n}</a>"
+            for n in ("table1.tex", "table2.tex", "table3.tex", "ct_table.tex")
+            if (reports_dir / n).exists()
+        )
+        + ".</p>",
+    ]
     if summary:
         parts.append(f"<p><b>Marks.</b> {_inline(summary)}</p>")
     for name in order:

@@ -7,6 +7,7 @@ until the GPU has caught up, so a training step with such operations cannot run 
 (``torch.cuda.set_sync_debug_mode``); :class:`HostSyncCounter` finds the same operations on the CPU, where they
 cost nothing but reveal themselves just the same, so tests can keep the training step free of them.
 """
+
 from __future__ import annotations
 
 import collections
@@ -19,8 +20,23 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 # aten operations that read a value back (``_local_scalar_dense`` is what .item(), float(), int() and bool() call)
 # or whose output shape depends on the data
-SYNCING_OPERATIONS = frozenset({"_local_scalar_dense", "nonzero", "nonzero_static", "masked_select", "bincount", "unique", "_unique", "_unique2",
-                                "unique_consecutive", "unique_dim", "repeat_interleave", "histc", "argwhere"})
+SYNCING_OPERATIONS = frozenset(
+    {
+        "_local_scalar_dense",
+        "nonzero",
+        "nonzero_static",
+        "masked_select",
+        "bincount",
+        "unique",
+        "_unique",
+        "_unique2",
+        "unique_consecutive",
+        "unique_dim",
+        "repeat_interleave",
+        "histc",
+        "argwhere",
+    }
+)
 PROJECT = Path(__file__).resolve().parent.parent
 # where lightly's own losses index by a constant boolean mask (NT-Xent drops the diagonal of the view-to-same-view
 # similarities, VICReg's covariance its diagonal): the syncs left in a training step, lightly's code as it is
@@ -29,7 +45,11 @@ LIGHTLY_CONSTANT_MASKS = frozenset({"lightly/loss/ntx_ent_loss.py", "lightly/los
 
 def _boolean_index(func, args) -> bool:
     """``x[mask]`` with a boolean mask is ``aten.index`` with a bool index tensor: it calls nonzero on the device."""
-    return func._schema.name == "aten::index" and len(args) > 1 and any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in args[1])
+    return (
+        func._schema.name == "aten::index"
+        and len(args) > 1
+        and any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in args[1])
+    )
 
 
 class HostSyncCounter(TorchDispatchMode):
@@ -64,7 +84,7 @@ class HostSyncCounter(TorchDispatchMode):
                 return f"{path.relative_to(PROJECT)}:{frame.lineno}"
             except ValueError:
                 parts = path.parts
-                return f"{'/'.join(parts[parts.index('site-packages') + 1:]) if 'site-packages' in parts else path.name}:{frame.lineno}"
+                return f"{'/'.join(parts[parts.index('site-packages') + 1 :]) if 'site-packages' in parts else path.name}:{frame.lineno}"
         return "?"
 
     @property

@@ -1,4 +1,5 @@
 """Evaluation metrics with explicit conventions (shared/specs/stats.md, sections 3-4)."""
+
 from __future__ import annotations
 
 from typing import Dict, List

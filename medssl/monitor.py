@@ -13,6 +13,7 @@ It is a diagnostic: nothing is selected on it, the random number generators are 
 encoder's train/eval mode is restored, so a run with and without the monitor trains the same weights (tested).
 That is why the monitor settings are not part of the pretraining hash.
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict, Optional
@@ -36,7 +37,9 @@ class ProbeMonitor:
         labels = np.asarray(dataset.labels)
         train = dataset.indices("train")
         fraction = float(self.settings["fraction"])
-        self.train_idx = label_fraction_indices(train, labels, dataset.patient_ids, [fraction], int(self.settings["seed"]))[fraction]
+        self.train_idx = label_fraction_indices(
+            train, labels, dataset.patient_ids, [fraction], int(self.settings["seed"])
+        )[fraction]
         self.val_idx = dataset.indices("val")
 
     def probe(self, encoder: torch.nn.Module, device: str) -> Dict[str, float]:
@@ -47,12 +50,23 @@ class ProbeMonitor:
         labels = np.asarray(self.dataset.labels)[rows]
         train, val = np.searchsorted(rows, self.train_idx), np.searchsorted(rows, self.val_idx)
         with torch.random.fork_rng(devices=[torch.cuda.current_device()] if device.startswith("cuda") else []):
-            features = extract_features(encoder, self.dataset.images[rows], self.image_size, self.mean, self.std, device=device)
+            features = extract_features(
+                encoder, self.dataset.images[rows], self.image_size, self.mean, self.std, device=device
+            )
             encoder.train(was_training)
             if not np.isfinite(features).all():
                 # a diagnostic must not stop the run: the evaluations refuse these features, saying why
                 return {"probe_auc": None, "feature_rank": None, "probe_error": "non-finite features"}
-            result = linear_probe(features, labels, train, val, val, self.dataset.class_names, {"solver": "lbfgs", "l2": self.settings["l2"]}, seed=int(self.settings["seed"]))
+            result = linear_probe(
+                features,
+                labels,
+                train,
+                val,
+                val,
+                self.dataset.class_names,
+                {"solver": "lbfgs", "l2": self.settings["l2"]},
+                seed=int(self.settings["seed"]),
+            )
         auc = multilabel_auc(labels[val], result["test_scores"], self.dataset.class_names)["macro_auc"]
         return {"probe_auc": round(auc, 6), "feature_rank": round(effective_rank(features[val]), 3)}
 

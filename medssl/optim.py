@@ -6,6 +6,7 @@ SimCLR step and 92 per MLVICX step, each of which stops the CPU until the GPU ha
 makes the same decision on the device with ``torch.where``; its arithmetic is lightly's operation for operation, so
 its updates are bit-identical (``tests/test_host_syncs.py`` checks that on CPU).
 """
+
 from __future__ import annotations
 
 from typing import Callable, Optional
@@ -25,7 +26,12 @@ class SyncFreeLARS(LARS):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            weight_decay, momentum, dampening, nesterov = group["weight_decay"], group["momentum"], group["dampening"], group["nesterov"]
+            weight_decay, momentum, dampening, nesterov = (
+                group["weight_decay"],
+                group["momentum"],
+                group["dampening"],
+                group["nesterov"],
+            )
             for p in group["params"]:
                 if p.grad is None:
                     continue

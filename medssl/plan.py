@@ -6,6 +6,7 @@ An encoder the user brings (the suite's ``encoders``, ``--encoder NAME=PATH``: m
 method, with one "pretraining" per corpus that trains nothing and has no seed (``PretrainJob.external``): its weights
 are fixed, its evaluations are keyed by the file's SHA-256, and the tables pair it with every pretraining run of the
 other rows (medssl/compare.py)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -72,7 +73,9 @@ class Plan:
     suite: Dict[str, Any]
     pretrain_jobs: List[PretrainJob]
     eval_jobs: List[EvalJob]
-    unrecorded: List[str] = dataclasses.field(default_factory=list)  # suite methods left out of a report: no records yet
+    unrecorded: List[str] = dataclasses.field(
+        default_factory=list
+    )  # suite methods left out of a report: no records yet
 
 
 def corpora(suite: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
@@ -88,7 +91,9 @@ def evaluation_settings(suite: Dict[str, Any], protocol: str, task: Optional[Dic
     """The evaluation settings a job uses: ``evaluation.<protocol>`` for classification, ``evaluation.segmentation``
     for both protocols of a segmentation task (the protocol then only says whether the encoder is frozen)."""
     evaluation = suite["evaluation"]
-    return evaluation["segmentation"] if task is not None and task_type(task) == "segmentation" else evaluation[protocol]
+    return (
+        evaluation["segmentation"] if task is not None and task_type(task) == "segmentation" else evaluation[protocol]
+    )
 
 
 def evaluation_seeds(suite: Dict[str, Any], protocol: str, task: Optional[Dict[str, Any]] = None) -> List[int]:
@@ -151,33 +156,61 @@ def build_plan(suite: Dict[str, Any]) -> Plan:
     method_params = suite.get("method_params", {}) or {}
     unknown_params = sorted(set(method_params) - set(method_names()))
     if unknown_params:
-        raise ConfigError(f"method_params given for unknown methods {unknown_params}; known methods: {', '.join(method_names())}")
+        raise ConfigError(
+            f"method_params given for unknown methods {unknown_params}; known methods: {', '.join(method_names())}"
+        )
     jobs: Dict[tuple, PretrainJob] = {}
     for method in suite["methods"]:
         if method in encoders:
             for corpus_name, corpus in corpora(suite).items():
-                jobs[(method, corpus_name, None)] = external_job(method, encoders[method], corpus_name, with_version(corpus))
+                jobs[(method, corpus_name, None)] = external_job(
+                    method, encoders[method], corpus_name, with_version(corpus)
+                )
             continue
         cls, params = method_settings(method, method_params.get(method))
         if cls.track != "2d":
-            raise ConfigError(f"{method} trains on CT volumes and this suite on 2D images; list it in a CT suite (track: ct), e.g. --suite vox2vec3d")
+            raise ConfigError(
+                f"{method} trains on CT volumes and this suite on 2D images; list it in a CT suite (track: ct), e.g. --suite vox2vec3d"
+            )
         for corpus_name, corpus in corpora(suite).items():
             for seed in pretrain["seeds"]:
                 if cls.needs_pretraining:
-                    config = {"method": method, "params": params, "corpus": with_version(corpus), "protocol": protocol, "seed": int(seed), "version": PROTOCOL_VERSION}
-                    if cls.version > 1:  # version 1 is left out so that hashes made before methods had versions stay valid
+                    config = {
+                        "method": method,
+                        "params": params,
+                        "corpus": with_version(corpus),
+                        "protocol": protocol,
+                        "seed": int(seed),
+                        "version": PROTOCOL_VERSION,
+                    }
+                    if (
+                        cls.version > 1
+                    ):  # version 1 is left out so that hashes made before methods had versions stay valid
                         config["method_version"] = cls.version
                 else:  # nothing is trained: only what shapes the random initialisation and its BatchNorm statistics
                     statistics = {k: pretrain[k] for k in UNTRAINED_PROTOCOL_KEYS}
-                    config = {"method": method, "params": params, "corpus": with_version(corpus), "protocol": statistics, "seed": int(seed), "version": PROTOCOL_VERSION}
-                config["trunk_version"] = TRUNK_VERSION  # the trunk's initialisation shapes every encoder, trained or not
-                jobs[(method, corpus_name, int(seed))] = PretrainJob(method, corpus_name, int(seed), config, stable_hash(config), pretrain.get("monitor"))
+                    config = {
+                        "method": method,
+                        "params": params,
+                        "corpus": with_version(corpus),
+                        "protocol": statistics,
+                        "seed": int(seed),
+                        "version": PROTOCOL_VERSION,
+                    }
+                config["trunk_version"] = (
+                    TRUNK_VERSION  # the trunk's initialisation shapes every encoder, trained or not
+                )
+                jobs[(method, corpus_name, int(seed))] = PretrainJob(
+                    method, corpus_name, int(seed), config, stable_hash(config), pretrain.get("monitor")
+                )
     eval_jobs: List[EvalJob] = []
     for method in suite["methods"]:
         for task in suite["tasks"]:
             corpus_name = task.get("pretrain", next(iter(corpora(suite))))
             if corpus_name not in corpora(suite):
-                raise ConfigError(f"task {task['name']!r} pretrains on unknown corpus {corpus_name!r}; corpora: {sorted(corpora(suite))}")
+                raise ConfigError(
+                    f"task {task['name']!r} pretrains on unknown corpus {corpus_name!r}; corpora: {sorted(corpora(suite))}"
+                )
             # the fraction and protocol lists only say which jobs exist; they are not part of any job's identity
             task_identity = {k: v for k, v in task.items() if k not in ("fractions", "protocols")}
             task_identity["dataset"] = with_version(task["dataset"])
@@ -185,11 +218,30 @@ def build_plan(suite: Dict[str, Any]) -> Plan:
                 # which seeds run is not part of a job's identity: adding a seed must not invalidate the others
                 settings = {k: v for k, v in evaluation_settings(suite, protocol_name, task).items() if k != "seeds"}
                 for fraction in task["fractions"]:
-                    for pretrain_seed in (pretrain["seeds"] if method not in encoders else [None]):
+                    for pretrain_seed in pretrain["seeds"] if method not in encoders else [None]:
                         job = jobs[(method, corpus_name, None if pretrain_seed is None else int(pretrain_seed))]
                         for seed in evaluation_seeds(suite, protocol_name, task):
-                            config = {"pretrain": job.hash, "task": task_identity, "protocol": protocol_name, "settings": settings, "image_size": pretrain["image_size"], "fraction": float(fraction), "seed": int(seed), "version": PROTOCOL_VERSION}
-                            eval_jobs.append(EvalJob(job, task, protocol_name, float(fraction), int(seed), config, stable_hash(config, 16)))
+                            config = {
+                                "pretrain": job.hash,
+                                "task": task_identity,
+                                "protocol": protocol_name,
+                                "settings": settings,
+                                "image_size": pretrain["image_size"],
+                                "fraction": float(fraction),
+                                "seed": int(seed),
+                                "version": PROTOCOL_VERSION,
+                            }
+                            eval_jobs.append(
+                                EvalJob(
+                                    job,
+                                    task,
+                                    protocol_name,
+                                    float(fraction),
+                                    int(seed),
+                                    config,
+                                    stable_hash(config, 16),
+                                )
+                            )
     return Plan(suite, list(jobs.values()), eval_jobs)
 
 
@@ -201,17 +253,33 @@ def recorded_plan(plan: Plan, records: List[Dict[str, Any]]) -> Optional[Plan]:
     # methods outside the suite's roster that a run added with --methods (registered ones) are shown after its own,
     # then external encoders of earlier runs (--encoder), as their latest records describe them
     # (a CT method's records in the folder, a suite of the other track with this name, are not this suite's rows)
-    added = [m for m in dict.fromkeys(record["method"] for record in records) if m not in plan.suite["methods"] and m in method_names() and method_class(m).track == "2d"]
-    external = {record["method"]: record["external"] for record in records if record["method"] not in plan.suite["methods"] and record.get("external")}
+    added = [
+        m
+        for m in dict.fromkeys(record["method"] for record in records)
+        if m not in plan.suite["methods"] and m in method_names() and method_class(m).track == "2d"
+    ]
+    external = {
+        record["method"]: record["external"]
+        for record in records
+        if record["method"] not in plan.suite["methods"] and record.get("external")
+    }
     if added or external:
         plan = build_plan({**with_encoders(plan.suite, external), "methods": list(plan.suite["methods"]) + added})
         added += list(external)
-    methods = [m for m in plan.suite["methods"] if any(job.key in keys for job in plan.eval_jobs if job.pretrain.method == m)]
+    methods = [
+        m for m in plan.suite["methods"] if any(job.key in keys for job in plan.eval_jobs if job.pretrain.method == m)
+    ]
     if not methods:
         return None
     if methods == plan.suite["methods"]:
         return plan
-    narrowed = build_plan({**plan.suite, "methods": methods, "encoders": {k: v for k, v in (plan.suite.get("encoders") or {}).items() if k in methods}})
+    narrowed = build_plan(
+        {
+            **plan.suite,
+            "methods": methods,
+            "encoders": {k: v for k, v in (plan.suite.get("encoders") or {}).items() if k in methods},
+        }
+    )
     narrowed.unrecorded = [m for m in plan.suite["methods"] if m not in methods and m not in added]
     return narrowed
 
@@ -223,7 +291,9 @@ def parse_shard(text: str) -> tuple:
     except ValueError:
         raise ConfigError(f"--shard {text!r}: write K/N, e.g. 2/8 for the second of eight shards") from None
     if count < 1 or not 1 <= index <= count:
-        raise ConfigError(f"--shard {text!r}: need 1 <= K <= N, e.g. 1/{max(count, 1)} ... {max(count, 1)}/{max(count, 1)}")
+        raise ConfigError(
+            f"--shard {text!r}: need 1 <= K <= N, e.g. 1/{max(count, 1)} ... {max(count, 1)}/{max(count, 1)}"
+        )
     return index, count
 
 
@@ -233,4 +303,8 @@ def shard_plan(plan: Plan, index: int, count: int) -> Plan:
     shards ever pretrain or evaluate the same thing; the split depends only on the plan."""
     keys = sorted(job.key for job in plan.pretrain_jobs)
     mine = {key for position, key in enumerate(keys) if position % count == index - 1}
-    return Plan(plan.suite, [j for j in plan.pretrain_jobs if j.key in mine], [j for j in plan.eval_jobs if j.pretrain.key in mine])
+    return Plan(
+        plan.suite,
+        [j for j in plan.pretrain_jobs if j.key in mine],
+        [j for j in plan.eval_jobs if j.pretrain.key in mine],
+    )

@@ -1,4 +1,5 @@
 """Training precision: which autocast mode each device runs natively."""
+
 from __future__ import annotations
 
 import torch
@@ -37,7 +38,9 @@ def fixed_precision(device: str) -> str:
 def autocast(device: str, precision: str):
     """``torch.autocast`` for a Lightning precision string: bf16/fp16 autocast on the device, or nothing for fp32."""
     dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
-    return torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu", dtype=dtype, enabled=dtype is not None)
+    return torch.autocast(
+        device_type="cuda" if device.startswith("cuda") else "cpu", dtype=dtype, enabled=dtype is not None
+    )
 
 
 def lightning_devices(device: str, count: int = 1):

@@ -11,6 +11,7 @@ A ``last.ckpt`` that does not load is set aside (``last.ckpt.corrupt``) and the 
 is read with ``torch.load(weights_only=True)``: a crafted checkpoint cannot run code. A non-finite loss stops the
 pretraining (:class:`DivergenceGuard`) and nothing is cached.
 """
+
 from __future__ import annotations
 
 import copy
@@ -49,7 +50,9 @@ ENCODER_SIDECAR = "encoder.json"  # the encoder's metadata and the SHA-256 of en
 DATA_FILE = "data.json"  # the corpus's name and data fingerprint, written when the pretraining starts
 
 
-DIVERGENCE_ADVICE = "no encoder is cached. Lower the learning rate (pretrain.optimizer.lr) or use fp32 (--precision 32), then run again"
+DIVERGENCE_ADVICE = (
+    "no encoder is cached. Lower the learning rate (pretrain.optimizer.lr) or use fp32 (--precision 32), then run again"
+)
 
 
 class PretrainingFailed(RuntimeError):
@@ -61,7 +64,9 @@ class CorruptCheckpoint(RuntimeError):
     """A stored checkpoint that fails its checksum or does not load."""
 
 
-def channel_statistics(images: np.ndarray, rows: Optional[np.ndarray] = None, max_images: int = 1000, seed: int = 0) -> Dict[str, list]:
+def channel_statistics(
+    images: np.ndarray, rows: Optional[np.ndarray] = None, max_images: int = 1000, seed: int = 0
+) -> Dict[str, list]:
     """Per-channel mean/std in [0,1] units of a seeded sample of the pretraining images (``rows`` of ``images``,
     sorted; all of them by default); only the sample is read."""
     rows = np.arange(len(images)) if rows is None else np.asarray(rows)
@@ -99,8 +104,12 @@ class RandomStates(pl.Callback):
 
     def state_dict(self) -> Dict[str, Any]:
         name, keys, position, has_gauss, cached_gaussian = np.random.get_state()
-        state = {"torch": torch.get_rng_state(), "loader": self.loader_generator.get_state(), "python": random.getstate(),
-                 "numpy": [name, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached_gaussian]}
+        state = {
+            "torch": torch.get_rng_state(),
+            "loader": self.loader_generator.get_state(),
+            "python": random.getstate(),
+            "numpy": [name, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached_gaussian],
+        }
         if torch.cuda.is_available():
             state["cuda"] = torch.cuda.get_rng_state_all()
         return state
@@ -176,10 +185,27 @@ class EpochHistory(pl.Callback):
 
     def on_train_start(self, trainer: pl.Trainer, module) -> None:
         if trainer.global_rank == 0 and trainer.current_epoch > 0:
-            self._write({"resumed": True, "epoch": trainer.current_epoch, "step": trainer.global_step,
-                         "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
-        if self.monitor is not None and trainer.global_rank == 0 and trainer.current_epoch == 0 and not self.path.exists():
-            self._write({"epoch": -1, "step": 0, **self.monitor.probe(self._trunk_with_corpus_statistics(module), str(module.device))})
+            self._write(
+                {
+                    "resumed": True,
+                    "epoch": trainer.current_epoch,
+                    "step": trainer.global_step,
+                    "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                }
+            )
+        if (
+            self.monitor is not None
+            and trainer.global_rank == 0
+            and trainer.current_epoch == 0
+            and not self.path.exists()
+        ):
+            self._write(
+                {
+                    "epoch": -1,
+                    "step": 0,
+                    **self.monitor.probe(self._trunk_with_corpus_statistics(module), str(module.device)),
+                }
+            )
 
     def _trunk_with_corpus_statistics(self, module):
         """A copy of the trunk with the BatchNorm statistics of one pass over the corpus (seed 0)."""
@@ -197,7 +223,9 @@ class EpochHistory(pl.Callback):
                 row[name[len("train/") : -len("_epoch")]] = round(float(value), 6)
         row.update({k: round(float(v), 6) for k, v in module.epoch_statistics().items()})
         if self.monitor is not None and self.monitor.due(trainer.current_epoch, trainer.max_epochs - 1):
-            trunk = self._trunk_with_corpus_statistics(module) if module.reestimate_exported_batchnorm else module.backbone
+            trunk = (
+                self._trunk_with_corpus_statistics(module) if module.reestimate_exported_batchnorm else module.backbone
+            )
             row.update(self.monitor.probe(trunk, str(module.device)))
         self._write(row)
 
@@ -212,7 +240,11 @@ def ddp_strategy(launch: str, model):
         return "auto"
     from pytorch_lightning.strategies import DDPStrategy
 
-    return DDPStrategy(start_method="spawn" if launch == "ddp_spawn" else "popen", broadcast_buffers=False, find_unused_parameters=bool(model.ddp_find_unused_parameters))
+    return DDPStrategy(
+        start_method="spawn" if launch == "ddp_spawn" else "popen",
+        broadcast_buffers=False,
+        find_unused_parameters=bool(model.ddp_find_unused_parameters),
+    )
 
 
 def plain_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
@@ -220,7 +252,9 @@ def plain_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
     that one process runs in train mode (the monitor's statistics pass, on rank 0 only) must not wait for the
     others in SyncBatchNorm's all-reduce, which they never join."""
     if isinstance(module, torch.nn.SyncBatchNorm):
-        plain = torch.nn.BatchNorm2d(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
+        plain = torch.nn.BatchNorm2d(
+            module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats
+        )
         plain.load_state_dict(module.state_dict())
         plain.train(module.training)
         return plain.to(next(iter(module.state_dict().values())).device)
@@ -234,7 +268,9 @@ def read_history(run_dir: Path) -> list:
     if not path.exists():
         return []
     rows = read_lines(path)
-    latest = {row["epoch"]: row for row in rows if not row.get("resumed")}  # a resumed epoch may appear twice; the last one counts
+    latest = {
+        row["epoch"]: row for row in rows if not row.get("resumed")
+    }  # a resumed epoch may appear twice; the last one counts
     return [latest[e] for e in sorted(latest)]
 
 
@@ -287,11 +323,15 @@ def load_encoder(path: Path) -> tuple:
     checksum or does not load. Loaded with ``weights_only=True``: tensors and plain types only, never code."""
     path = Path(path)
     if encoder_status(path) != "done":
-        raise CorruptCheckpoint(f"{path} is damaged (it fails its SHA-256 check or does not load); delete the folder {path.parent} and run again to redo that pretraining")
+        raise CorruptCheckpoint(
+            f"{path} is damaged (it fails its SHA-256 check or does not load); delete the folder {path.parent} and run again to redo that pretraining"
+        )
     try:
         return _read_encoder(path)
     except Exception as err:  # noqa: BLE001 - any failure to read our own file is reported with its name
-        raise CorruptCheckpoint(f"{path} cannot be loaded ({type(err).__name__}: {str(err).splitlines()[0][:200]}); delete the folder {path.parent} and run again") from None
+        raise CorruptCheckpoint(
+            f"{path} cannot be loaded ({type(err).__name__}: {str(err).splitlines()[0][:200]}); delete the folder {path.parent} and run again"
+        ) from None
 
 
 def readable_checkpoint(path: Path) -> bool:
@@ -305,7 +345,10 @@ def readable_checkpoint(path: Path) -> bool:
     except Exception as err:  # noqa: BLE001
         aside = path.with_name(path.name + ".corrupt")
         os.replace(path, aside)
-        warnings.warn(f"{path} cannot be loaded ({type(err).__name__}); moved to {aside.name}, starting this pretraining over", stacklevel=2)
+        warnings.warn(
+            f"{path} cannot be loaded ({type(err).__name__}); moved to {aside.name}, starting this pretraining over",
+            stacklevel=2,
+        )
         return False
 
 
@@ -359,11 +402,25 @@ def resume_from(run_dir: Path) -> Optional[str]:
 
 def epoch_checkpoint(run_dir: Path) -> pl.callbacks.ModelCheckpoint:
     """Lightning's ``last.ckpt`` in the run's folder, rewritten after every epoch: the resume point."""
-    return pl.callbacks.ModelCheckpoint(dirpath=run_dir, filename="last", save_top_k=1, every_n_epochs=1, enable_version_counter=False)
+    return pl.callbacks.ModelCheckpoint(
+        dirpath=run_dir, filename="last", save_top_k=1, every_n_epochs=1, enable_version_counter=False
+    )
 
 
-def run_pretraining(job: PretrainJob, dataset: ImageDataset, checkpoints_dir: Path, device: str = "cpu", progress: bool = True, max_time_s: Optional[float] = None, callbacks: Sequence[pl.Callback] = (), precision: str = "auto",
-                    devices: int = 1, compile_loss: bool = False, nodes: int = 1, logger: Optional[str] = None) -> Path:
+def run_pretraining(
+    job: PretrainJob,
+    dataset: ImageDataset,
+    checkpoints_dir: Path,
+    device: str = "cpu",
+    progress: bool = True,
+    max_time_s: Optional[float] = None,
+    callbacks: Sequence[pl.Callback] = (),
+    precision: str = "auto",
+    devices: int = 1,
+    compile_loss: bool = False,
+    nodes: int = 1,
+    logger: Optional[str] = None,
+) -> Path:
     """Pretrain ``job`` (or resume it) and save its encoder; returns the encoder file (at once if it exists).
 
     ``devices`` > 1 trains with Lightning's DDP in spawned processes (``ddp_spawn``, one per device; CPU processes
@@ -382,25 +439,72 @@ def run_pretraining(job: PretrainJob, dataset: ImageDataset, checkpoints_dir: Pa
     if encoder_status(encoder_path) == "done":
         return encoder_path
     run_dir.mkdir(parents=True, exist_ok=True)
-    if started_by_launcher(nodes, devices):  # every process started by srun/torchrun comes here; Lightning's ddp joins them
-        return _train_and_export(job, dataset, run_dir, device, progress, max_time_s, callbacks, precision, devices, compile_loss, nodes, logger)
+    if started_by_launcher(
+        nodes, devices
+    ):  # every process started by srun/torchrun comes here; Lightning's ddp joins them
+        return _train_and_export(
+            job,
+            dataset,
+            run_dir,
+            device,
+            progress,
+            max_time_s,
+            callbacks,
+            precision,
+            devices,
+            compile_loss,
+            nodes,
+            logger,
+        )
     # one process per pretraining on this machine: another run sharing this checkpoints folder (another suite with the
     # same pretraining, or the same command started twice) waits here and then reuses the encoder instead of
     # training into the same last.ckpt
-    with exclusive_lock(run_dir / ".lock", wait=True, on_wait=lambda holder: print(f"waiting for {job.key}: being pretrained by {holder}", flush=True)):
+    with exclusive_lock(
+        run_dir / ".lock",
+        wait=True,
+        on_wait=lambda holder: print(f"waiting for {job.key}: being pretrained by {holder}", flush=True),
+    ):
         status = encoder_status(encoder_path)
         if status == "done":
             return encoder_path
         if status == "corrupt":
-            warnings.warn(f"{encoder_path} is damaged (fails its SHA-256 check or does not load); redoing that pretraining", stacklevel=2)
+            warnings.warn(
+                f"{encoder_path} is damaged (fails its SHA-256 check or does not load); redoing that pretraining",
+                stacklevel=2,
+            )
             encoder_path.unlink()
         if hasattr(dataset, "case_ids"):  # CT volumes (datasets/volumes.py): a CT method's pretraining
             return _train_volumes_and_export(job, dataset, run_dir, device, progress, max_time_s, callbacks, logger)
-        return _train_and_export(job, dataset, run_dir, device, progress, max_time_s, callbacks, precision, devices, compile_loss, nodes, logger)
+        return _train_and_export(
+            job,
+            dataset,
+            run_dir,
+            device,
+            progress,
+            max_time_s,
+            callbacks,
+            precision,
+            devices,
+            compile_loss,
+            nodes,
+            logger,
+        )
 
 
-def _train_and_export(job: PretrainJob, dataset: ImageDataset, run_dir: Path, device: str, progress: bool, max_time_s: Optional[float], callbacks: Sequence[pl.Callback],
-                      precision: str, devices: int, compile_loss: bool, nodes: int, logger: Optional[str]) -> Path:
+def _train_and_export(
+    job: PretrainJob,
+    dataset: ImageDataset,
+    run_dir: Path,
+    device: str,
+    progress: bool,
+    max_time_s: Optional[float],
+    callbacks: Sequence[pl.Callback],
+    precision: str,
+    devices: int,
+    compile_loss: bool,
+    nodes: int,
+    logger: Optional[str],
+) -> Path:
     encoder_path = run_dir / ENCODER_FILE
     write_run_files(job, dataset, run_dir)
     indices = corpus_indices(job, dataset)
@@ -409,7 +513,9 @@ def _train_and_export(job: PretrainJob, dataset: ImageDataset, run_dir: Path, de
     pretrain = job.config.get("protocol", {})
     batch_size = int(pretrain.get("batch_size", 1))
     if job.trains and len(images) < batch_size:
-        raise ConfigError(f"{job.key}: {len(images)} pretraining images are fewer than one batch of {batch_size}; lower batch_size or use more data")
+        raise ConfigError(
+            f"{job.key}: {len(images)} pretraining images are fewer than one batch of {batch_size}; lower batch_size or use more data"
+        )
     processes = devices * nodes
     # processes started by srun/torchrun exist already and each maps the cache itself; otherwise Lightning spawns one
     # per device
@@ -447,10 +553,20 @@ def _train_and_export(job: PretrainJob, dataset: ImageDataset, run_dir: Path, de
             # are re-mapped from the cache); run_benchmark.py launches through torchrun instead
             torch.multiprocessing.set_sharing_strategy("file_system")
         cuda = device.startswith("cuda")
-        loader = ShuffledBatches(images, batch_size, generator, drop_last=True, pin=cuda, resident="auto" if cuda else False)
+        loader = ShuffledBatches(
+            images, batch_size, generator, drop_last=True, pin=cuda, resident="auto" if cuda else False
+        )
         # the guard first: at an epoch's end it must stop a diverged run before the history and checkpoint see it
         guard = DivergenceGuard(job.method, check_every=1 if device == "cpu" else max(1, min(50, steps_per_epoch)))
-        callbacks = [guard] + list(callbacks) + [RandomStates(generator, job.seed), epoch_checkpoint(run_dir), EpochHistory(run_dir / "history.jsonl", monitor, images, batch_size)]
+        callbacks = (
+            [guard]
+            + list(callbacks)
+            + [
+                RandomStates(generator, job.seed),
+                epoch_checkpoint(run_dir),
+                EpochHistory(run_dir / "history.jsonl", monitor, images, batch_size),
+            ]
+        )
         if progress:
             callbacks.append(SparseMetricsProgressBar(leave=False))
         trainer = pl.Trainer(
@@ -482,11 +598,17 @@ def _train_and_export(job: PretrainJob, dataset: ImageDataset, run_dir: Path, de
             raise PretrainingFailed(text.split("PretrainingFailed: ", 1)[1].strip().splitlines()[0]) from None
         # ddp_spawn trains in child processes and returns the weights but not the loop's progress: count the
         # epochs that rank 0 wrote to the history instead
-        finished = trainer.current_epoch if strategy != "ddp_spawn" else 1 + max((row["epoch"] for row in read_history(run_dir)), default=-1)
+        finished = (
+            trainer.current_epoch
+            if strategy != "ddp_spawn"
+            else 1 + max((row["epoch"] for row in read_history(run_dir)), default=-1)
+        )
         if trainer.global_rank != 0:
             return encoder_path
         if finished < protocol.epochs:
-            raise RuntimeError(f"{job.key}: pretraining stopped at epoch {finished} of {protocol.epochs}; run again to resume")
+            raise RuntimeError(
+                f"{job.key}: pretraining stopped at epoch {finished} of {protocol.epochs}; run again to resume"
+            )
     # after fit Lightning has moved the model back to the CPU: statistics passes run on the training device
     model.to(torch.device(device))
     model.finish_encoder(images, batch_size, job.seed)
@@ -516,21 +638,36 @@ def _finished_state(job: PretrainJob, model) -> Dict[str, torch.Tensor]:
     state = model.encoder_state_dict()
     broken = [name for name, tensor in state.items() if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
     if broken:
-        raise PretrainingFailed(f"{job.method} ({job.key}) ended with non-finite weights in {', '.join(broken[:3])}{' ...' if len(broken) > 3 else ''}; {DIVERGENCE_ADVICE}")
+        raise PretrainingFailed(
+            f"{job.method} ({job.key}) ended with non-finite weights in {', '.join(broken[:3])}{' ...' if len(broken) > 3 else ''}; {DIVERGENCE_ADVICE}"
+        )
     return state
 
 
 def _save_encoder(job: PretrainJob, run_dir: Path, state: Dict[str, torch.Tensor], meta: Dict[str, Any]) -> Path:
     encoder_path = run_dir / ENCODER_FILE
+
     def save(tmp: Path) -> None:  # a per-process temporary name: two runs sharing a checkpoints folder never mix files
         torch.save({"state_dict": state, "meta": meta}, tmp)
-        _write_json(run_dir / ENCODER_SIDECAR, {"sha256": file_sha256(tmp), "key": job.key, "method": job.method, "hash": job.hash})
+        _write_json(
+            run_dir / ENCODER_SIDECAR,
+            {"sha256": file_sha256(tmp), "key": job.key, "method": job.method, "hash": job.hash},
+        )
 
     write_atomic(encoder_path, save)  # renamed last: an encoder.pt is never visible before its checksum
     return encoder_path
 
 
-def _train_volumes_and_export(job: PretrainJob, dataset, run_dir: Path, device: str, progress: bool, max_time_s: Optional[float], callbacks: Sequence[pl.Callback], logger: Optional[str]) -> Path:
+def _train_volumes_and_export(
+    job: PretrainJob,
+    dataset,
+    run_dir: Path,
+    device: str,
+    progress: bool,
+    max_time_s: Optional[float],
+    callbacks: Sequence[pl.Callback],
+    logger: Optional[str],
+) -> Path:
     """A CT method's pretraining (``track = "ct"``; medssl/track3d.py): ``steps_per_epoch`` steps per epoch drawn by
     :class:`~methods.vox2vec3d.VolumeSteps` from the corpus's CTs (its ``splits``), on one device in fp32 as the
     official code trains, with the image track's divergence guard, per-epoch checkpoint (a resumed run repeats the
@@ -542,31 +679,74 @@ def _train_volumes_and_export(job: PretrainJob, dataset, run_dir: Path, device: 
     write_run_files(job, dataset, run_dir)
     volumes = [dataset.images[i] for i in corpus_indices(job, dataset)]
     pretrain = job.config["protocol"]
-    protocol = PretrainProtocol(backbone="fpn3d", in_channels=1, epochs=int(pretrain["epochs"]), steps_per_epoch=int(pretrain["steps_per_epoch"]),
-                                optimizer=pretrain["optimizer"], schedule=pretrain.get("schedule", {"name": "constant"}))
+    protocol = PretrainProtocol(
+        backbone="fpn3d",
+        in_channels=1,
+        epochs=int(pretrain["epochs"]),
+        steps_per_epoch=int(pretrain["steps_per_epoch"]),
+        optimizer=pretrain["optimizer"],
+        schedule=pretrain.get("schedule", {"name": "constant"}),
+    )
     quiet_lightning()
     pl.seed_everything(job.seed, workers=True, verbose=False)
     model = build_method(job.method, protocol, job.config.get("params"))
     config = model.config
     try:
-        steps = VolumeSteps(volumes, config.patch_size, config.pairs_per_step, config.max_voxels_per_pair, protocol.steps_per_epoch, job.seed)
+        steps = VolumeSteps(
+            volumes,
+            config.patch_size,
+            config.pairs_per_step,
+            config.max_voxels_per_pair,
+            protocol.steps_per_epoch,
+            job.seed,
+        )
     except ValueError as err:
         raise ConfigError(f"{job.key}: {err}") from None
     start = time.time()
     guard = DivergenceGuard(job.method, check_every=1 if device == "cpu" else max(1, min(50, protocol.steps_per_epoch)))
-    callbacks = [guard, *callbacks, EpochOfSteps(steps), epoch_checkpoint(run_dir), EpochHistory(run_dir / "history.jsonl")]
+    callbacks = [
+        guard,
+        *callbacks,
+        EpochOfSteps(steps),
+        epoch_checkpoint(run_dir),
+        EpochHistory(run_dir / "history.jsonl"),
+    ]
     if progress:
         callbacks.append(SparseMetricsProgressBar(leave=False))
-    trainer = pl.Trainer(max_epochs=protocol.epochs, accelerator="gpu" if device.startswith("cuda") else "cpu", devices=lightning_devices(device, 1), precision="32-true",
-                         callbacks=callbacks, logger=lightning_logger(logger or "csv", run_dir), enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
-                         log_every_n_steps=max(1, min(50, protocol.steps_per_epoch)), max_time={"seconds": max_time_s} if max_time_s else None,
-                         plugins=[AtomicCheckpointIO()])
+    trainer = pl.Trainer(
+        max_epochs=protocol.epochs,
+        accelerator="gpu" if device.startswith("cuda") else "cpu",
+        devices=lightning_devices(device, 1),
+        precision="32-true",
+        callbacks=callbacks,
+        logger=lightning_logger(logger or "csv", run_dir),
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        log_every_n_steps=max(1, min(50, protocol.steps_per_epoch)),
+        max_time={"seconds": max_time_s} if max_time_s else None,
+        plugins=[AtomicCheckpointIO()],
+    )
     trainer.fit(model, steps, ckpt_path=resume_from(run_dir), weights_only=True)
     if trainer.current_epoch < protocol.epochs:
-        raise RuntimeError(f"{job.key}: pretraining stopped at epoch {trainer.current_epoch} of {protocol.epochs}; run again to resume")
+        raise RuntimeError(
+            f"{job.key}: pretraining stopped at epoch {trainer.current_epoch} of {protocol.epochs}; run again to resume"
+        )
     state = _finished_state(job, model)
-    meta = {"method": job.method, "hash": job.hash, "backbone": "fpn3d", "in_channels": 1,
-            "architecture": architecture(job.config["params"]),
-            "spacing": list(dataset.spacing), "pretrain_images": len(volumes), "wall_time_s": round(time.time() - start, 2), "precision": "32-true", "devices": 1, "nodes": 1,
-            "history": read_history(run_dir), "resumed": resumes(run_dir), "data_fingerprint": dataset.fingerprint}
+    meta = {
+        "method": job.method,
+        "hash": job.hash,
+        "backbone": "fpn3d",
+        "in_channels": 1,
+        "architecture": architecture(job.config["params"]),
+        "spacing": list(dataset.spacing),
+        "pretrain_images": len(volumes),
+        "wall_time_s": round(time.time() - start, 2),
+        "precision": "32-true",
+        "devices": 1,
+        "nodes": 1,
+        "history": read_history(run_dir),
+        "resumed": resumes(run_dir),
+        "data_fingerprint": dataset.fingerprint,
+    }
     return _save_encoder(job, run_dir, state, meta)

@@ -5,6 +5,7 @@ The bar shows the loss that the step logged; showing it means turning the device
 sync that stops the CPU until the GPU has caught up. Reading it every ``metrics_every`` steps (and at each epoch's
 end) keeps the training loop free to run ahead; the bar's position still moves every step.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,7 +20,9 @@ class SparseMetricsProgressBar(RichProgressBar):
         super().__init__(**kwargs)
         self.metrics_every = max(1, int(metrics_every))
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if not self.is_disabled and self.train_progress_bar_id is None:
             self._initialize_train_progress_bar_id()  # a run resumed mid-epoch (as Lightning's own bar does)
         self._update(self.train_progress_bar_id, batch_idx + 1)
@@ -43,7 +46,9 @@ def check_logger(kind: Optional[str]) -> None:
         import importlib.util
 
         if importlib.util.find_spec("tensorboardX") is None and importlib.util.find_spec("tensorboard") is None:
-            raise ConfigError("--logger tensorboard needs the tensorboardX (or tensorboard) package: pip install tensorboardX, or use --logger csv")
+            raise ConfigError(
+                "--logger tensorboard needs the tensorboardX (or tensorboard) package: pip install tensorboardX, or use --logger csv"
+            )
 
 
 def lightning_logger(kind: Optional[str], directory: Path, name: str = "logs"):

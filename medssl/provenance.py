@@ -1,5 +1,6 @@
 """What every result record carries about where it came from: code version, packages, hardware and the SHA-256 of
 the files it read."""
+
 from __future__ import annotations
 
 import functools
@@ -12,17 +13,36 @@ from typing import Dict
 from datasets.cache import file_digest as file_sha256  # noqa: F401  (one SHA-256 of a file for the whole project)
 from medssl.config import REPO_ROOT
 
-PACKAGES = ("torch", "torchvision", "lightly", "pytorch-lightning", "numpy", "scikit-learn", "scipy", "pandas", "monai", "nibabel")
+PACKAGES = (
+    "torch",
+    "torchvision",
+    "lightly",
+    "pytorch-lightning",
+    "numpy",
+    "scikit-learn",
+    "scipy",
+    "pandas",
+    "monai",
+    "nibabel",
+)
 
 
 @functools.lru_cache(maxsize=1)
 def git_commit() -> str:
     """HEAD commit, with ``-dirty`` when tracked files differ from it; ``unknown`` outside a git checkout."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
         # results and reports are outputs, not code: writing or clearing them does not make the code "dirty"
         outputs = [":(exclude)results", ":(exclude)reports", ":(exclude)docs/*.png"]
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *outputs], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *outputs],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
         return commit + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -58,8 +78,15 @@ def hardware(device: str = "cpu") -> Dict[str, object]:
 
     from medssl.precision import cpu_supports_bf16
 
-    info: Dict[str, object] = {"platform": platform.platform(), "cpu": platform.processor() or platform.machine(), "cpu_model": cpu_model(),
-                               "cpu_bf16": cpu_supports_bf16(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": device}
+    info: Dict[str, object] = {
+        "platform": platform.platform(),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_model": cpu_model(),
+        "cpu_bf16": cpu_supports_bf16(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": device,
+    }
     if device.startswith("cuda") and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
         info["gpu_count"] = torch.cuda.device_count()
@@ -71,5 +98,11 @@ def record_provenance(device: str, precision: str, wall_time_s: float) -> Dict[s
     """The fields every result record ends with: code, packages, hardware, precision, duration, time of writing."""
     import datetime as _dt
 
-    return {"git_commit": git_commit(), "packages": package_versions(), "hardware": hardware(device), "precision": precision,
-            "wall_time_s": round(wall_time_s, 2), "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    return {
+        "git_commit": git_commit(),
+        "packages": package_versions(),
+        "hardware": hardware(device),
+        "precision": precision,
+        "wall_time_s": round(wall_time_s, 2),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }

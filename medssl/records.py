@@ -7,6 +7,7 @@ next record; per-image test
 predictions go to ``predictions/<key>.npz`` for the paired statistics. Shards (``records.<shard>.jsonl``) are
 merged when reading.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -25,9 +26,31 @@ import numpy as np
 from datasets.storage import DiskFull, write_all, write_atomic
 
 RECORD_FIELDS = (
-    "key", "suite", "method", "pretrain_hash", "task", "dataset", "protocol", "fraction", "seed", "metric", "value",
-    "per_class", "excluded_classes", "n_train", "n_val", "n_test", "best_epoch", "val_value",
-    "config_hash", "config", "git_commit", "packages", "hardware", "wall_time_s", "created",
+    "key",
+    "suite",
+    "method",
+    "pretrain_hash",
+    "task",
+    "dataset",
+    "protocol",
+    "fraction",
+    "seed",
+    "metric",
+    "value",
+    "per_class",
+    "excluded_classes",
+    "n_train",
+    "n_val",
+    "n_test",
+    "best_epoch",
+    "val_value",
+    "config_hash",
+    "config",
+    "git_commit",
+    "packages",
+    "hardware",
+    "wall_time_s",
+    "created",
 )
 
 
@@ -64,7 +87,10 @@ def _set_aside_partial_line(fd: int, path: Path) -> None:
     aside = path.with_name(f"{path.name}.partial-{start}")
     aside.write_bytes(fragment)
     os.ftruncate(fd, start)
-    warnings.warn(f"{path}: its last line was cut off by an interrupted write; moved it to {aside.name} (not a record) and went on", stacklevel=2)
+    warnings.warn(
+        f"{path}: its last line was cut off by an interrupted write; moved it to {aside.name} (not a record) and went on",
+        stacklevel=2,
+    )
 
 
 def append_line(path: Path, record: Dict) -> None:
@@ -135,7 +161,9 @@ def exclusive_lock(path: Path, wait: bool = False, on_wait: Optional[Callable[[s
             fcntl.flock(fd, fcntl.LOCK_EX)
         os.ftruncate(fd, 0)
         started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, started {started}: {' '.join(sys.argv)}\n".encode(), 0)
+        os.pwrite(
+            fd, f"pid {os.getpid()} on {socket.gethostname()}, started {started}: {' '.join(sys.argv)}\n".encode(), 0
+        )
         yield
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)

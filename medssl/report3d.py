@@ -17,6 +17,7 @@
 * ``ct_organs.png``: per-organ Dice of every row (seaborn bars, sd over runs); ``pretraining.md``: loss per epoch and
   wall time of each pretraining; ``index.html``: all of it on one page.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,13 +32,22 @@ from medssl import figures, stats
 from medssl.records import ResultStore
 from medssl.track3d import HEADS, RANDOM_INIT, TRAINED, CTPlan, evaluation_seeds
 
-CT_REPORT_FILES = ("ct_table.md", "ct_table.csv", "ct_table.tex", "ct_statistics.md", "ct_statistics.csv", "ct_organs.png", "pretraining.md")
+CT_REPORT_FILES = (
+    "ct_table.md",
+    "ct_table.csv",
+    "ct_table.tex",
+    "ct_statistics.md",
+    "ct_statistics.csv",
+    "ct_organs.png",
+    "pretraining.md",
+)
 Row = Tuple[str, str, str]  # (method or random-init, protocol, head)
 
 
 @dataclasses.dataclass
 class RowRuns:
     """The finished runs of one row on one task: per run (pretraining seed, fold, seed) the test values."""
+
     values: Dict[tuple, float] = dataclasses.field(default_factory=dict)  # mean Dice over organs and CTs
     organs: Dict[tuple, Dict[str, Optional[float]]] = dataclasses.field(default_factory=dict)  # per-organ mean over CTs
     per_ct: Dict[tuple, Dict[str, float]] = dataclasses.field(default_factory=dict)  # case id -> mean Dice over organs
@@ -90,8 +100,11 @@ def collect(plan: CTPlan, records: Iterable[Dict], store: Optional[ResultStore])
                 predictions = store.load_predictions(record["key"])
                 per_ct = np.nanmean(predictions["dice"].astype(np.float64), axis=1)
             except Exception as err:  # noqa: BLE001 - missing or damaged: the row keeps its value, loses its per-CT tests
-                print(f"warning: record {record['key']} ({job.describe()} {head}): its predictions cannot be read ({type(err).__name__}); "
-                      "its row has no per-CT statistics", file=sys.stderr)
+                print(
+                    f"warning: record {record['key']} ({job.describe()} {head}): its predictions cannot be read ({type(err).__name__}); "
+                    "its row has no per-CT statistics",
+                    file=sys.stderr,
+                )
                 continue
             runs.per_ct[job.run] = {str(case): float(value) for case, value in zip(predictions["case_ids"], per_ct)}
     return out
@@ -127,7 +140,9 @@ def _best(cells: Dict[Row, Dict[str, Tuple[float, float]]], column: str) -> floa
 def _runs_phrase(plan: CTPlan, task: Dict) -> str:
     folds = task.get("folds") or []
     seeds = evaluation_seeds(plan.suite)
-    parts = [f"{len(plan.suite['pretrain']['seeds'])} pretraining seed{'s' if len(plan.suite['pretrain']['seeds']) > 1 else ''}"]
+    parts = [
+        f"{len(plan.suite['pretrain']['seeds'])} pretraining seed{'s' if len(plan.suite['pretrain']['seeds']) > 1 else ''}"
+    ]
     if folds:
         parts.append(f"{len(folds)} fold{'s' if len(folds) > 1 else ''} of the official split")
     parts.append(f"{len(seeds)} evaluation seed{'s' if len(seeds) > 1 else ''}")
@@ -143,16 +158,37 @@ def render_tables(plan: CTPlan, runs: Dict[Tuple[str, Row], RowRuns], organs: Li
         cells = {row: table_cells(runs[(task["name"], row)], organs) for row in rows}
         columns = organs + ["mean"]
         best = {column: _best(cells, column) for column in columns}
-        md += [f"### {task['name']}: test Dice per organ ({task['dataset']['name']})", "",
-               f"Mean ± sd over the runs ({_runs_phrase(plan, task)}) of the test Dice: per organ over the test CTs; Mean = over the 13 organs per CT, "
-               "then over CTs. Official convention: an organ absent from a CT scores 1 if predicted empty, about 0 otherwise. Best per column in bold (none where all rows are equal).", "",
-               "| Row | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
+        md += [
+            f"### {task['name']}: test Dice per organ ({task['dataset']['name']})",
+            "",
+            f"Mean ± sd over the runs ({_runs_phrase(plan, task)}) of the test Dice: per organ over the test CTs; Mean = over the 13 organs per CT, "
+            "then over CTs. Official convention: an organ absent from a CT scores 1 if predicted empty, about 0 otherwise. Best per column in bold (none where all rows are equal).",
+            "",
+            "| Row | " + " | ".join(columns) + " |",
+            "|---|" + "---:|" * len(columns),
+        ]
         for row in rows:
-            md.append(f"| {row_label(row)} | " + " | ".join(_text(cells[row][c], not math.isnan(cells[row][c][0]) and cells[row][c][0] == best[c]) for c in columns) + " |")
-            csv += [f"{task['name']},{row_label(row)},{c},{_number(cells[row][c][0])},{_number(cells[row][c][1])},{len(runs[(task['name'], row)].values)}" for c in columns]
+            md.append(
+                f"| {row_label(row)} | "
+                + " | ".join(
+                    _text(cells[row][c], not math.isnan(cells[row][c][0]) and cells[row][c][0] == best[c])
+                    for c in columns
+                )
+                + " |"
+            )
+            csv += [
+                f"{task['name']},{row_label(row)},{c},{_number(cells[row][c][0])},{_number(cells[row][c][1])},{len(runs[(task['name'], row)].values)}"
+                for c in columns
+            ]
         md.append("")
-        tex += ["\\begin{table}", f"\\caption{{{_tex(task['name'])}: test Dice per organ, mean $\\pm$ sd over runs; best in bold.}}",
-                "\\begin{tabular}{l" + "r" * len(columns) + "}", "\\hline", "Row & " + " & ".join(_tex(c) for c in columns) + " \\\\", "\\hline"]
+        tex += [
+            "\\begin{table}",
+            f"\\caption{{{_tex(task['name'])}: test Dice per organ, mean $\\pm$ sd over runs; best in bold.}}",
+            "\\begin{tabular}{l" + "r" * len(columns) + "}",
+            "\\hline",
+            "Row & " + " & ".join(_tex(c) for c in columns) + " \\\\",
+            "\\hline",
+        ]
         for row in rows:
             entries = []
             for c in columns:
@@ -191,9 +227,18 @@ def ranking_pairs(plan: CTPlan, task: Dict) -> List[Tuple[Row, Row, str]]:
     pairs = []
     scratch = (RANDOM_INIT, "scratch", "linear")
     for method in plan.suite["methods"]:
-        linear, nonlinear, tuned = (method, "probe", "linear"), (method, "probe", "nonlinear"), (method, "finetune", "linear")
-        pairs += [(tuned, scratch, ">="), (scratch, nonlinear, ">"), (nonlinear, linear, ">"),
-                  (linear, (RANDOM_INIT, "random_probe", "linear"), ">"), (nonlinear, (RANDOM_INIT, "random_probe", "nonlinear"), ">")]
+        linear, nonlinear, tuned = (
+            (method, "probe", "linear"),
+            (method, "probe", "nonlinear"),
+            (method, "finetune", "linear"),
+        )
+        pairs += [
+            (tuned, scratch, ">="),
+            (scratch, nonlinear, ">"),
+            (nonlinear, linear, ">"),
+            (linear, (RANDOM_INIT, "random_probe", "linear"), ">"),
+            (nonlinear, (RANDOM_INIT, "random_probe", "nonlinear"), ">"),
+        ]
     available = set(rows_of(plan, task))
     return [(a, b, relation) for a, b, relation in pairs if a in available and b in available]
 
@@ -214,12 +259,25 @@ def ranking_tests(plan: CTPlan, runs: Dict[Tuple[str, Row], RowRuns]) -> List[Ra
                 continue
             x, y = [means_a[c] for c in cases], [means_b[c] for c in cases]
             result = stats.wilcoxon_signed_rank(x, y)
-            family.append(RankingTest(task["name"], first, second, relation, len(cases), float(np.mean(np.subtract(x, y))), result["statistic"], result["p"]))
+            family.append(
+                RankingTest(
+                    task["name"],
+                    first,
+                    second,
+                    relation,
+                    len(cases),
+                    float(np.mean(np.subtract(x, y))),
+                    result["statistic"],
+                    result["p"],
+                )
+            )
         for test, adjusted in zip(family, stats.adjust_p_values([t.p for t in family], adjust)):
             test.p_adjusted = float(adjusted)
             significant = adjusted < alpha
             if test.relation == ">=":
-                test.verdict = "holds" if test.difference >= 0 or not significant else "does not hold (significantly lower)"
+                test.verdict = (
+                    "holds" if test.difference >= 0 or not significant else "does not hold (significantly lower)"
+                )
             elif test.difference > 0:
                 test.verdict = "holds" if significant else "direction holds, not significant"
             else:
@@ -233,17 +291,26 @@ def render_statistics(plan: CTPlan, tests: List[RankingTest]) -> Tuple[str, str]
     alpha, adjust = float(settings.get("alpha", 0.05)), settings.get("adjust", "holm")
     if not tests:
         return "", ""
-    md = ["### The official ranking, tested over test CTs", "",
-          "Per test CT its mean Dice over the 13 organs, averaged over the row's runs that tested it; paired two-sided Wilcoxon signed-rank test "
-          f"per comparison, p adjusted ({'Holm' if adjust == 'holm' else 'Benjamini-Hochberg'}) across each task's comparisons, alpha {alpha:g}. "
-          "The unit is the test CT: conditional on these pretraining runs. '≥' holds unless the first row is significantly lower; '>' holds when it is "
-          "significantly higher.", "",
-          "| Task | Comparison | CTs | mean difference (Dice) | W | p | p adjusted | verdict |", "|---|---|---:|---:|---:|---:|---:|---|"]
+    md = [
+        "### The official ranking, tested over test CTs",
+        "",
+        "Per test CT its mean Dice over the 13 organs, averaged over the row's runs that tested it; paired two-sided Wilcoxon signed-rank test "
+        f"per comparison, p adjusted ({'Holm' if adjust == 'holm' else 'Benjamini-Hochberg'}) across each task's comparisons, alpha {alpha:g}. "
+        "The unit is the test CT: conditional on these pretraining runs. '≥' holds unless the first row is significantly lower; '>' holds when it is "
+        "significantly higher.",
+        "",
+        "| Task | Comparison | CTs | mean difference (Dice) | W | p | p adjusted | verdict |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
+    ]
     csv = ["task,first,relation,second,n_cts,difference,statistic,p,p_adjusted,verdict"]
     for t in tests:
-        md.append(f"| {t.task} | {row_label(t.first)} {'≥' if t.relation == '>=' else '>'} {row_label(t.second)} | {t.n_cts} | {t.difference:+.3f} | {t.statistic:g} | "
-                  f"{t.p:.3g} | {t.p_adjusted:.3g} | {t.verdict} |")
-        csv.append(f"{t.task},{row_label(t.first)},{t.relation},{row_label(t.second)},{t.n_cts},{t.difference:.6f},{t.statistic:g},{t.p:.6g},{t.p_adjusted:.6g},{t.verdict}")
+        md.append(
+            f"| {t.task} | {row_label(t.first)} {'≥' if t.relation == '>=' else '>'} {row_label(t.second)} | {t.n_cts} | {t.difference:+.3f} | {t.statistic:g} | "
+            f"{t.p:.3g} | {t.p_adjusted:.3g} | {t.verdict} |"
+        )
+        csv.append(
+            f"{t.task},{row_label(t.first)},{t.relation},{row_label(t.second)},{t.n_cts},{t.difference:.6f},{t.statistic:g},{t.p:.6g},{t.p_adjusted:.6g},{t.verdict}"
+        )
     return "\n".join(md) + "\n", "\n".join(csv) + "\n"
 
 
@@ -253,13 +320,21 @@ def render_pretraining(plan: CTPlan, pretraining: Dict[str, Dict]) -> str:
     rows = [(job, pretraining[job.key]) for job in plan.pretrain_jobs if job.key in pretraining]
     if not rows:
         return ""
-    lines = ["### Pretraining", "", "Mean InfoNCE loss per epoch (first → last) and wall time of each pretraining.", "",
-             "| Method | corpus | seed | epochs | steps | loss: first → last epoch | wall time (min) |", "|---|---|---:|---:|---:|---|---:|"]
+    lines = [
+        "### Pretraining",
+        "",
+        "Mean InfoNCE loss per epoch (first → last) and wall time of each pretraining.",
+        "",
+        "| Method | corpus | seed | epochs | steps | loss: first → last epoch | wall time (min) |",
+        "|---|---|---:|---:|---:|---|---:|",
+    ]
     for job, row in rows:
         epochs = [r for r in row["history"] if r["epoch"] >= 0]
         losses = f"{epochs[0].get('loss', math.nan):.3f} → {epochs[-1].get('loss', math.nan):.3f}" if epochs else "–"
-        lines.append(f"| {method_label(job.method)} | {job.corpus} | {job.seed} | {len(epochs)} | "
-                     f"{epochs[-1]['step'] if epochs else 0} | {losses} | {row['wall_time_s'] / 60:.1f} |")
+        lines.append(
+            f"| {method_label(job.method)} | {job.corpus} | {job.seed} | {len(epochs)} | "
+            f"{epochs[-1]['step'] if epochs else 0} | {losses} | {row['wall_time_s'] / 60:.1f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -271,9 +346,17 @@ def organ_figure(plan: CTPlan, runs: Dict[Tuple[str, Row], RowRuns], organs: Lis
     task = next((t for t in plan.suite["tasks"] if any((t["name"], row) in runs for row in rows_of(plan, t))), None)
     if task is None:
         return None
-    frame = pd.DataFrame([{"organ": organ, "Dice": value, "row": row_label(row)} for row in rows_of(plan, task) if (task["name"], row) in runs
-                          for run, values in sorted(runs[(task["name"], row)].organs.items()) for organ in organs
-                          for value in [values.get(organ)] if value is not None])
+    frame = pd.DataFrame(
+        [
+            {"organ": organ, "Dice": value, "row": row_label(row)}
+            for row in rows_of(plan, task)
+            if (task["name"], row) in runs
+            for run, values in sorted(runs[(task["name"], row)].organs.items())
+            for organ in organs
+            for value in [values.get(organ)]
+            if value is not None
+        ]
+    )
     plt = figures._pyplot()
     fig, ax = plt.subplots(figsize=(15, 4.8))
     sns.barplot(data=frame, x="organ", y="Dice", hue="row", errorbar="sd", ax=ax)
@@ -290,7 +373,9 @@ def organ_figure(plan: CTPlan, runs: Dict[Tuple[str, Row], RowRuns], organs: Lis
     return path
 
 
-def write_ct_report_files(plan: CTPlan, records: Iterable[Dict], reports_dir: Path, pretraining: Optional[Dict[str, Dict]]) -> List[Path]:
+def write_ct_report_files(
+    plan: CTPlan, records: Iterable[Dict], reports_dir: Path, pretraining: Optional[Dict[str, Dict]]
+) -> List[Path]:
     """Every CT report file into ``reports_dir`` (medssl.report.write_reports swaps the folder in)."""
     from datasets.volumes import ORGANS
 
@@ -299,8 +384,14 @@ def write_ct_report_files(plan: CTPlan, records: Iterable[Dict], reports_dir: Pa
     organs = list(ORGANS)
     table_md, table_csv, table_tex = render_tables(plan, runs, organs)
     statistics_md, statistics_csv = render_statistics(plan, ranking_tests(plan, runs))
-    outputs = {"ct_table.md": table_md, "ct_table.csv": table_csv, "ct_table.tex": table_tex, "ct_statistics.md": statistics_md, "ct_statistics.csv": statistics_csv,
-               "pretraining.md": render_pretraining(plan, pretraining or {})}
+    outputs = {
+        "ct_table.md": table_md,
+        "ct_table.csv": table_csv,
+        "ct_table.tex": table_tex,
+        "ct_statistics.md": statistics_md,
+        "ct_statistics.csv": statistics_csv,
+        "pretraining.md": render_pretraining(plan, pretraining or {}),
+    }
     written = []
     for name, text in outputs.items():
         if text.strip():
@@ -309,11 +400,21 @@ def write_ct_report_files(plan: CTPlan, records: Iterable[Dict], reports_dir: Pa
     figure = organ_figure(plan, runs, organs, reports_dir / "ct_organs.png")
     if figure is not None:
         written.append(figure)
-    written.append(figures.write_html(plan, reports_dir, written, order=("ct_table.md", "ct_statistics.md", "pretraining.md"), figure_files=("ct_organs.png",)))
+    written.append(
+        figures.write_html(
+            plan,
+            reports_dir,
+            written,
+            order=("ct_table.md", "ct_statistics.md", "pretraining.md"),
+            figure_files=("ct_organs.png",),
+        )
+    )
     return written
 
 
 def write_ct_reports(plan: CTPlan, store: ResultStore, reports_dir: Path) -> List[Path]:
     from medssl.report import write_reports
 
-    return write_reports(plan, store, reports_dir, store.pretraining_records(), writer=write_ct_report_files, produces=CT_REPORT_FILES)
+    return write_reports(
+        plan, store, reports_dir, store.pretraining_records(), writer=write_ct_report_files, produces=CT_REPORT_FILES
+    )

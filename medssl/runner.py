@@ -6,6 +6,7 @@ dataset is checked (layout, then channels, masks and label fractions); a pretrai
 reported and skipped with its evaluations while the other jobs go on (``failed`` in the returned summary), and so is
 an evaluation that raises (``failed_evaluations``).
 """
+
 from __future__ import annotations
 
 import copy
@@ -59,8 +60,19 @@ class DatasetCache:
         return self._cache[key]
 
 
-def make_record(job: EvalJob, suite_name: str, dataset: ImageDataset, result: Dict[str, Any], metrics: Dict[str, Any], n_split: Dict[str, int], device: str, wall_time: float, precision: str,
-                meta: Dict[str, Any], data: Dict[str, Any]) -> Dict[str, Any]:
+def make_record(
+    job: EvalJob,
+    suite_name: str,
+    dataset: ImageDataset,
+    result: Dict[str, Any],
+    metrics: Dict[str, Any],
+    n_split: Dict[str, int],
+    device: str,
+    wall_time: float,
+    precision: str,
+    meta: Dict[str, Any],
+    data: Dict[str, Any],
+) -> Dict[str, Any]:
     """One evaluation's record; an external encoder's carries its file (path, SHA-256, normalisation, architecture);
     ``data``: :func:`data_stamp`."""
     return {
@@ -90,51 +102,131 @@ def make_record(job: EvalJob, suite_name: str, dataset: ImageDataset, result: Di
         "config_hash": job.key,
         "config": job.config,
         "pretrain_config": job.pretrain.config,
-        **({"external": {**job.pretrain.external, "architecture": meta["backbone"], "file_channels": meta["external"]["file_channels"], "prefix_found": meta["external"]["prefix"]}}
-           if job.pretrain.external else {}),
+        **(
+            {
+                "external": {
+                    **job.pretrain.external,
+                    "architecture": meta["backbone"],
+                    "file_channels": meta["external"]["file_channels"],
+                    "prefix_found": meta["external"]["prefix"],
+                }
+            }
+            if job.pretrain.external
+            else {}
+        ),
         **provenance.record_provenance(device, precision, wall_time),
     }
 
 
-def test_predictions(dataset: ImageDataset, test_idx: np.ndarray, scores: Optional[np.ndarray] = None) -> Dict[str, np.ndarray]:
+def test_predictions(
+    dataset: ImageDataset, test_idx: np.ndarray, scores: Optional[np.ndarray] = None
+) -> Dict[str, np.ndarray]:
     """What the paired statistics need from one evaluation (medssl/compare.py): per-image test scores (if any) with
     the labels, patient ids (the bootstrap's resampling unit) and class names, so reports never reread the dataset."""
-    out = {"test_indices": test_idx.astype(np.int32), "labels": np.asarray(dataset.labels)[test_idx].astype(np.uint8),
-           "patient_ids": np.asarray(dataset.patient_ids)[test_idx].astype(np.int64), "class_names": np.asarray(dataset.class_names, dtype=str)}
+    out = {
+        "test_indices": test_idx.astype(np.int32),
+        "labels": np.asarray(dataset.labels)[test_idx].astype(np.uint8),
+        "patient_ids": np.asarray(dataset.patient_ids)[test_idx].astype(np.int64),
+        "class_names": np.asarray(dataset.class_names, dtype=str),
+    }
     if scores is not None:
         out["scores"] = np.asarray(scores, dtype=np.float32)
     return out
 
 
-def evaluate_classification(job: EvalJob, encoder, meta, dataset: ImageDataset, features, train_idx, split, image_size: int, device: str, progress: bool, precision: str,
-                            log_dir: Optional[Path] = None, logger: Optional[str] = None):
+def evaluate_classification(
+    job: EvalJob,
+    encoder,
+    meta,
+    dataset: ImageDataset,
+    features,
+    train_idx,
+    split,
+    image_size: int,
+    device: str,
+    progress: bool,
+    precision: str,
+    log_dir: Optional[Path] = None,
+    logger: Optional[str] = None,
+):
     """Linear probe or kNN (on ``features``, extracted once per encoder and task) or fine-tuning; macro AUC on the test split.
     Returns (result, metrics, predictions, log summary, precision used)."""
     labels = np.asarray(dataset.labels)
     settings = job.config["settings"]
     if job.protocol == "linear":
-        result = linear_probe(features, labels, train_idx, split["val"], split["test"], dataset.class_names, settings, job.seed)
+        result = linear_probe(
+            features, labels, train_idx, split["val"], split["test"], dataset.class_names, settings, job.seed
+        )
     elif job.protocol == "knn":
         result = knn_classify(features, labels, train_idx, split["val"], split["test"], dataset.class_names, settings)
     else:
-        result = fine_tune(copy.deepcopy(encoder), meta, image_size, dataset.images, labels, train_idx, split["val"], split["test"], dataset.class_names, settings, job.seed, device=device, progress=progress, precision=precision,
-                           log_dir=log_dir, logger=logger)
+        result = fine_tune(
+            copy.deepcopy(encoder),
+            meta,
+            image_size,
+            dataset.images,
+            labels,
+            train_idx,
+            split["val"],
+            split["test"],
+            dataset.class_names,
+            settings,
+            job.seed,
+            device=device,
+            progress=progress,
+            precision=precision,
+            log_dir=log_dir,
+            logger=logger,
+        )
     auc = multilabel_auc(labels[split["test"]], result["test_scores"], dataset.class_names)
-    metrics = {"metric": "macro_auc", "value": auc["macro_auc"], "per_class": auc["per_class_auc"], "excluded_classes": auc["excluded_classes"]}
+    metrics = {
+        "metric": "macro_auc",
+        "value": auc["macro_auc"],
+        "per_class": auc["per_class_auc"],
+        "excluded_classes": auc["excluded_classes"],
+    }
     # linear probes and kNN run in fp32 on cached features whatever the fine-tuning precision
     used = precision_for(device, precision) if job.protocol == "finetune" else "32-true"
-    return result, metrics, test_predictions(dataset, split["test"], result["test_scores"]), f"test macro AUC {auc['macro_auc']:.4f}", used
+    return (
+        result,
+        metrics,
+        test_predictions(dataset, split["test"], result["test_scores"]),
+        f"test macro AUC {auc['macro_auc']:.4f}",
+        used,
+    )
 
 
-def evaluate_segmentation(job: EvalJob, encoder, meta, dataset: ImageDataset, train_idx, split, image_size: int, device: str):
+def evaluate_segmentation(
+    job: EvalJob, encoder, meta, dataset: ImageDataset, train_idx, split, image_size: int, device: str
+):
     """U-Net decoder on the frozen (``linear``) or trained (``finetune``) encoder; per-image Dice on the test split.
     Returns (result, metrics, predictions, log summary, precision used)."""
-    result = train_segmentation(copy.deepcopy(encoder), meta, image_size, dataset.images, np.asarray(dataset.masks), train_idx, split["val"], split["test"],
-                                job.config["settings"], job.seed, freeze_encoder=job.protocol == "linear", device=device)
+    result = train_segmentation(
+        copy.deepcopy(encoder),
+        meta,
+        image_size,
+        dataset.images,
+        np.asarray(dataset.masks),
+        train_idx,
+        split["val"],
+        split["test"],
+        job.config["settings"],
+        job.seed,
+        freeze_encoder=job.protocol == "linear",
+        device=device,
+    )
     test = result["test"]
-    metrics = {"metric": "mean_dice", "value": test["mean_dice"], "per_class": {}, "excluded_classes": [],
-               "extra": {k: test[k] for k in ("dice_positive", "n_positive", "dice_global", "false_positive_rate_empty")}}
-    predictions = {**test_predictions(dataset, split["test"]), "per_image_dice": test["per_image_dice"].astype(np.float32)}
+    metrics = {
+        "metric": "mean_dice",
+        "value": test["mean_dice"],
+        "per_class": {},
+        "excluded_classes": [],
+        "extra": {k: test[k] for k in ("dice_positive", "n_positive", "dice_global", "false_positive_rate_empty")},
+    }
+    predictions = {
+        **test_predictions(dataset, split["test"]),
+        "per_image_dice": test["per_image_dice"].astype(np.float32),
+    }
     summary = f"test mean Dice {test['mean_dice']:.4f} (positive images {test['dice_positive']:.4f})"
     return result, metrics, predictions, summary, fixed_precision(device)
 
@@ -177,7 +269,11 @@ def check_datasets(jobs: Sequence, data_root: Path, finished: Sequence = ()) -> 
                 problems.append(message if message.startswith(f"{spec['name']}") else f"{spec['name']}: {message}")
     problems = list(dict.fromkeys(problems))  # the folds of one dataset (CT suites) share one layout problem
     if problems:
-        raise DatasetError(f"{len(problems)} of the suite's datasets cannot be used; nothing has been run:\n  " + "\n  ".join(problems) if len(problems) > 1 else problems[0])
+        raise DatasetError(
+            f"{len(problems)} of the suite's datasets cannot be used; nothing has been run:\n  " + "\n  ".join(problems)
+            if len(problems) > 1
+            else problems[0]
+        )
     return fingerprints
 
 
@@ -189,10 +285,15 @@ def job_datasets(job) -> Dict[str, Dict[str, Any]]:
 def data_stamp(job, datasets: DatasetCache) -> Dict[str, Dict[str, Any]]:
     """What a record stores of the data its job read: each dataset's name and data fingerprint (the corpus's is the
     one its encoder was trained from: :func:`check_unchanged` refused the run otherwise)."""
-    return {role: {"name": spec["name"], "fingerprint": datasets.get(spec).fingerprint} for role, spec in job_datasets(job).items()}
+    return {
+        role: {"name": spec["name"], "fingerprint": datasets.get(spec).fingerprint}
+        for role, spec in job_datasets(job).items()
+    }
 
 
-def check_unchanged(jobs: Sequence, store: ResultStore, checkpoints: Path, fingerprints: Dict[str, Optional[str]]) -> None:
+def check_unchanged(
+    jobs: Sequence, store: ResultStore, checkpoints: Path, fingerprints: Dict[str, Optional[str]]
+) -> None:
     """Before any work: no stored record and no started or finished pretraining of ``jobs`` was computed from other
     data than the data root holds now (an edited label table, added or replaced images). Their job keys hash the
     configuration only, so they would be reused as if nothing had changed; instead one error names each changed
@@ -215,11 +316,23 @@ def check_unchanged(jobs: Sequence, store: ResultStore, checkpoints: Path, finge
         used = checkpoints / job.pretrain.key / DATA_FILE
         if used.exists():
             corpus = job.pretrain.config["corpus"]
-            compare(corpus["name"], json.loads(used.read_text()).get("fingerprint"), fingerprints.get(dataset_identity(corpus)), "pretrainings", job.pretrain.key)
+            compare(
+                corpus["name"],
+                json.loads(used.read_text()).get("fingerprint"),
+                fingerprints.get(dataset_identity(corpus)),
+                "pretrainings",
+                job.pretrain.key,
+            )
     if changed:
-        lines = [f"{name} has changed since results were computed from it (data fingerprint {c['then']} then, {c['now']} now): "
-                 f"{len(c['evaluations'])} stored evaluations in {store.directory}, {len(c['pretrainings'])} pretrainings in {checkpoints}" for name, c in changed.items()]
-        raise DatasetError("; ".join(lines) + ". Nothing has been run: to compute from the changed data use a new --out, to keep using the stored results restore the data as it was")
+        lines = [
+            f"{name} has changed since results were computed from it (data fingerprint {c['then']} then, {c['now']} now): "
+            f"{len(c['evaluations'])} stored evaluations in {store.directory}, {len(c['pretrainings'])} pretrainings in {checkpoints}"
+            for name, c in changed.items()
+        ]
+        raise DatasetError(
+            "; ".join(lines)
+            + ". Nothing has been run: to compute from the changed data use a new --out, to keep using the stored results restore the data as it was"
+        )
 
 
 def check_data(pending: Sequence, jobs: Sequence, data_root: Path, store: ResultStore, checkpoints: Path) -> None:
@@ -242,20 +355,39 @@ def check_split_sizes(task: Dict[str, Any], dataset: ImageDataset) -> List[str]:
     target = int(round(smallest / 100 * len(train)))
     if target < MIN_TRAIN_IMAGES:
         needed = 100 * (MIN_TRAIN_IMAGES - 0.5) / max(len(train), 1)
-        raise ConfigError(f"task {name!r}: label fraction {smallest:g}% of {len(train)} training images is {target} image{'s' if target != 1 else ''}; "
-                          f"every protocol needs at least {MIN_TRAIN_IMAGES} (use a fraction of at least {needed:.2g}% or more data)")
+        raise ConfigError(
+            f"task {name!r}: label fraction {smallest:g}% of {len(train)} training images is {target} image{'s' if target != 1 else ''}; "
+            f"every protocol needs at least {MIN_TRAIN_IMAGES} (use a fraction of at least {needed:.2g}% or more data)"
+        )
     for split in ("val", "test"):
         if not len(dataset.indices(split)):
-            raise ConfigError(f"task {name!r}: {dataset.name} has no {split} images, so nothing can be {'selected' if split == 'val' else 'scored'}; use more patients")
+            raise ConfigError(
+                f"task {name!r}: {dataset.name} has no {split} images, so nothing can be {'selected' if split == 'val' else 'scored'}; use more patients"
+            )
     if task_type(task) == "segmentation":
         return []
     labels = np.asarray(dataset.labels)
-    scored = {split: multilabel_auc(labels[dataset.indices(split)], np.zeros((len(dataset.indices(split)), labels.shape[1])), dataset.class_names) for split in ("val", "test")}
+    scored = {
+        split: multilabel_auc(
+            labels[dataset.indices(split)],
+            np.zeros((len(dataset.indices(split)), labels.shape[1])),
+            dataset.class_names,
+        )
+        for split in ("val", "test")
+    }
     for split, auc in scored.items():
         if not auc["per_class_auc"]:
-            raise ConfigError(f"task {name!r}: no class of {dataset.name} has both a positive and a negative {split} image, so its macro AUC is undefined; use more patients")
+            raise ConfigError(
+                f"task {name!r}: no class of {dataset.name} has both a positive and a negative {split} image, so its macro AUC is undefined; use more patients"
+            )
     excluded = scored["test"]["excluded_classes"]
-    return [f"task {name!r}: {len(excluded)} of {len(dataset.class_names)} classes have no positive (or no negative) test image and are left out of its macro AUC: {', '.join(excluded)}"] if excluded else []
+    return (
+        [
+            f"task {name!r}: {len(excluded)} of {len(dataset.class_names)} classes have no positive (or no negative) test image and are left out of its macro AUC: {', '.join(excluded)}"
+        ]
+        if excluded
+        else []
+    )
 
 
 def check_tasks(jobs: List[EvalJob], datasets: DatasetCache) -> List[str]:
@@ -272,12 +404,18 @@ def check_tasks(jobs: List[EvalJob], datasets: DatasetCache) -> List[str]:
         corpus, dataset = datasets.get(job.pretrain.config["corpus"]), datasets.get(task["dataset"])
         volumes = [d.name for d in (corpus, dataset) if hasattr(d, "case_ids")]
         if volumes:
-            raise ConfigError(f"task {task['name']!r}: {volumes[0]} holds CT volumes, but this suite's methods and protocols take 2D images; "
-                              "use an image dataset, or run it in a CT suite (track: ct), e.g. --suite vox2vec3d")
+            raise ConfigError(
+                f"task {task['name']!r}: {volumes[0]} holds CT volumes, but this suite's methods and protocols take 2D images; "
+                "use an image dataset, or run it in a CT suite (track: ct), e.g. --suite vox2vec3d"
+            )
         if dataset.channels != corpus.channels:
-            raise ConfigError(f"task {task['name']!r} has {dataset.channels}-channel images but its pretraining corpus {corpus.name!r} has {corpus.channels}-channel images; pair each task with a corpus of its kind (tasks[].pretrain)")
+            raise ConfigError(
+                f"task {task['name']!r} has {dataset.channels}-channel images but its pretraining corpus {corpus.name!r} has {corpus.channels}-channel images; pair each task with a corpus of its kind (tasks[].pretrain)"
+            )
         if task_type(task) == "segmentation" and dataset.masks is None:
-            raise ConfigError(f"task {task['name']!r} is a segmentation task but dataset {dataset.name!r} has no masks; use a dataset with masks (synthetic_cxr, siim_acr)")
+            raise ConfigError(
+                f"task {task['name']!r} is a segmentation task but dataset {dataset.name!r} has no masks; use a dataset with masks (synthetic_cxr, siim_acr)"
+            )
         notes += check_split_sizes(task, dataset)
     return notes
 
@@ -290,24 +428,53 @@ def check_external_encoders(jobs, datasets: DatasetCache) -> None:
             load_external(pjob.method, pjob.external, datasets.get(pjob.config["corpus"]).channels)
 
 
-def store_pretraining(store: ResultStore, pjob: PretrainJob, encoder_path: Path, device: str, keep_checkpoints: bool) -> None:
+def store_pretraining(
+    store: ResultStore, pjob: PretrainJob, encoder_path: Path, device: str, keep_checkpoints: bool
+) -> None:
     """After a pretraining is finished (or reused): its summary line in ``pretraining.jsonl`` (wall time, history,
     precision, data fingerprint, provenance), and its ``last.ckpt`` deleted unless ``keep_checkpoints``. Both
     tracks call it (medssl/track3d.py)."""
     _, meta = load_encoder(encoder_path)
     if not keep_checkpoints:
         discard_resume_point(encoder_path.parent)
-    store.append_pretraining({"key": pjob.key, "method": pjob.method, "hash": pjob.hash, "seed": pjob.seed, "config": pjob.config, "wall_time_s": meta["wall_time_s"],
-                              "pretrain_images": meta["pretrain_images"], "history": meta["history"], "precision": meta.get("precision"),
-                              "data_fingerprint": meta.get("data_fingerprint"), "git_commit": provenance.git_commit(), "hardware": provenance.hardware(device)})
+    store.append_pretraining(
+        {
+            "key": pjob.key,
+            "method": pjob.method,
+            "hash": pjob.hash,
+            "seed": pjob.seed,
+            "config": pjob.config,
+            "wall_time_s": meta["wall_time_s"],
+            "pretrain_images": meta["pretrain_images"],
+            "history": meta["history"],
+            "precision": meta.get("precision"),
+            "data_fingerprint": meta.get("data_fingerprint"),
+            "git_commit": provenance.git_commit(),
+            "hardware": provenance.hardware(device),
+        }
+    )
 
 
 def _log(message: str) -> None:
     print(message, flush=True)  # flushed: progress stays visible when the output goes to a file
 
 
-def run_plan(plan: Plan, data_root: Path, out_dir: Path, device: str = "cpu", progress: bool = True, log: Callable[[str], None] = _log, store: Optional[ResultStore] = None, precision: str = "auto", devices: int = 1, compile_loss: bool = False,
-             nodes: int = 1, global_rank: int = 0, logger: Optional[str] = None, keep_checkpoints: bool = False) -> Dict[str, int]:
+def run_plan(
+    plan: Plan,
+    data_root: Path,
+    out_dir: Path,
+    device: str = "cpu",
+    progress: bool = True,
+    log: Callable[[str], None] = _log,
+    store: Optional[ResultStore] = None,
+    precision: str = "auto",
+    devices: int = 1,
+    compile_loss: bool = False,
+    nodes: int = 1,
+    global_rank: int = 0,
+    logger: Optional[str] = None,
+    keep_checkpoints: bool = False,
+) -> Dict[str, int]:
     """Pretrain what the pending evaluations need, then evaluate and store records. In a multi-node run
     (``medssl.cluster``) every process joins the pretrainings and only global rank 0 stores and evaluates.
     ``logger`` (csv or tensorboard): Lightning logs of every pretraining (default csv) and fine-tuning (default none)
@@ -319,7 +486,9 @@ def run_plan(plan: Plan, data_root: Path, out_dir: Path, device: str = "cpu", pr
     store = store or ResultStore(Path(out_dir) / suite["name"])
     done = store.keys()
     pending = [job for job in plan.eval_jobs if job.key not in done]
-    log(f"{len(plan.eval_jobs)} evaluations in the plan, {len(plan.eval_jobs) - len(pending)} already done, {len(pending)} to run")
+    log(
+        f"{len(plan.eval_jobs)} evaluations in the plan, {len(plan.eval_jobs) - len(pending)} already done, {len(pending)} to run"
+    )
     checkpoints = Path(out_dir) / "checkpoints"
     check_data(pending, plan.eval_jobs, data_root, store, checkpoints)
     if not pending:
@@ -340,7 +509,22 @@ def run_plan(plan: Plan, data_root: Path, out_dir: Path, device: str = "cpu", pr
         log(f"{verb} {key}" + ("" if pjob.trains else " (random initialisation)"))
         try:
             # a reused encoder has just passed its SHA-256 check: run_pretraining would hash it again to return it
-            encoders[key] = checkpoints / key / ENCODER_FILE if verb == "reusing" else run_pretraining(pjob, datasets.get(corpus), checkpoints, device=device, progress=progress and global_rank == 0, precision=precision, devices=devices, compile_loss=compile_loss, nodes=nodes, logger=logger)
+            encoders[key] = (
+                checkpoints / key / ENCODER_FILE
+                if verb == "reusing"
+                else run_pretraining(
+                    pjob,
+                    datasets.get(corpus),
+                    checkpoints,
+                    device=device,
+                    progress=progress and global_rank == 0,
+                    precision=precision,
+                    devices=devices,
+                    compile_loss=compile_loss,
+                    nodes=nodes,
+                    logger=logger,
+                )
+            )
         except PretrainingFailed as err:
             skipped = sum(1 for job in pending if job.pretrain.key == key)
             failed.append(f"{key}: {err} ({skipped} evaluations not run)")
@@ -362,7 +546,11 @@ def run_plan(plan: Plan, data_root: Path, out_dir: Path, device: str = "cpu", pr
         task = jobs[0].task
         dataset = datasets.get(task["dataset"])
         pjob = jobs[0].pretrain
-        encoder, meta = load_external(pjob.method, pjob.external, dataset.channels) if pjob.external is not None else load_encoder(encoders[pretrain_key])
+        encoder, meta = (
+            load_external(pjob.method, pjob.external, dataset.channels)
+            if pjob.external is not None
+            else load_encoder(encoders[pretrain_key])
+        )
         labels = np.asarray(dataset.labels)
         split = {s: dataset.indices(s) for s in ("train", "val", "test")}
         # every encoder is evaluated at the suite's resolution (the random-init encoder has no training resolution)
@@ -373,25 +561,65 @@ def run_plan(plan: Plan, data_root: Path, out_dir: Path, device: str = "cpu", pr
             start = time.time()
             if job.seed not in subsets:
                 fractions = sorted({float(f) for f in task["fractions"]})
-                subsets[job.seed] = label_fraction_indices(split["train"], labels, dataset.patient_ids, fractions, job.seed)
+                subsets[job.seed] = label_fraction_indices(
+                    split["train"], labels, dataset.patient_ids, fractions, job.seed
+                )
             train_idx = subsets[job.seed][job.fraction]
             n_split = {"train": int(len(train_idx)), "val": int(len(split["val"])), "test": int(len(split["test"]))}
             try:
                 if task_type(task) == "segmentation":
-                    result, metrics, predictions, summary, used = evaluate_segmentation(job, encoder, meta, dataset, train_idx, split, image_size, device)
+                    result, metrics, predictions, summary, used = evaluate_segmentation(
+                        job, encoder, meta, dataset, train_idx, split, image_size, device
+                    )
                 else:
                     if job.protocol in ("linear", "knn") and features is None:
-                        features = extract_features(encoder, dataset.images, image_size, meta["mean"], meta["std"], device=device)
-                    result, metrics, predictions, summary, used = evaluate_classification(job, encoder, meta, dataset, features, train_idx, split, image_size, device, progress, precision,
-                                                                                          checkpoints / pretrain_key / "finetune" / job.key, logger)
+                        features = extract_features(
+                            encoder, dataset.images, image_size, meta["mean"], meta["std"], device=device
+                        )
+                    result, metrics, predictions, summary, used = evaluate_classification(
+                        job,
+                        encoder,
+                        meta,
+                        dataset,
+                        features,
+                        train_idx,
+                        split,
+                        image_size,
+                        device,
+                        progress,
+                        precision,
+                        checkpoints / pretrain_key / "finetune" / job.key,
+                        logger,
+                    )
             except Exception as err:  # noqa: BLE001 - one evaluation that cannot be computed must not stop the others
                 reason = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:300] if str(err).strip() else ''}"
                 failed_evaluations.append(f"{job.describe()} ({job.key}): {reason}")
                 log(f"  FAILED: {job.describe()}: {reason}")
                 continue
-            record = make_record(job, suite["name"], dataset, result, metrics, n_split, device, time.time() - start, used, meta, data_stamp(job, datasets))
+            record = make_record(
+                job,
+                suite["name"],
+                dataset,
+                result,
+                metrics,
+                n_split,
+                device,
+                time.time() - start,
+                used,
+                meta,
+                data_stamp(job, datasets),
+            )
             store.append(record, predictions=predictions)
             ran += 1
-            chosen = f"l2 {result['selected_l2']:g}" if result.get("selected_l2") is not None else (f"epoch {result['best_epoch']}" if result["best_epoch"] is not None else "nothing tuned")
+            chosen = (
+                f"l2 {result['selected_l2']:g}"
+                if result.get("selected_l2") is not None
+                else (f"epoch {result['best_epoch']}" if result["best_epoch"] is not None else "nothing tuned")
+            )
             log(f"  {job.describe()}: {summary} (val {result['val_value']:.4f}, {chosen})")
-    return {"ran": ran, "skipped": len(plan.eval_jobs) - len(pending), "failed": failed, "failed_evaluations": failed_evaluations}
+    return {
+        "ran": ran,
+        "skipped": len(plan.eval_jobs) - len(pending),
+        "failed": failed,
+        "failed_evaluations": failed_evaluations,
+    }

@@ -14,6 +14,7 @@
 * Training: AdamW, cosine schedule, ``epochs`` but at least ``min_steps`` steps (as fine-tuning), horizontal flip of
   image and mask together as the only augmentation (the mask must stay aligned).
 """
+
 from __future__ import annotations
 
 import copy
@@ -48,9 +49,14 @@ def segmentation_metrics(probabilities: np.ndarray, truth: np.ndarray, threshold
     predicted = (probabilities >= threshold).reshape(len(truth), -1)
     flat_truth = truth.reshape(len(truth), -1) > 0
     pooled = predicted.sum() + flat_truth.sum()
-    return {"mean_dice": float(dice.mean()), "dice_positive": float(dice[positive].mean()) if positive.any() else float("nan"), "n_positive": int(positive.sum()),
-            "dice_global": float(2 * (predicted & flat_truth).sum() / pooled) if pooled else 1.0,
-            "false_positive_rate_empty": float(predicted[~positive].any(1).mean()) if (~positive).any() else float("nan"), "per_image_dice": dice}
+    return {
+        "mean_dice": float(dice.mean()),
+        "dice_positive": float(dice[positive].mean()) if positive.any() else float("nan"),
+        "n_positive": int(positive.sum()),
+        "dice_global": float(2 * (predicted & flat_truth).sum() / pooled) if pooled else 1.0,
+        "false_positive_rate_empty": float(predicted[~positive].any(1).mean()) if (~positive).any() else float("nan"),
+        "per_image_dice": dice,
+    }
 
 
 class SegmentationModel(nn.Module):
@@ -92,7 +98,9 @@ def mask_targets(masks, indices: np.ndarray, size: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict_masks(model: SegmentationModel, images: np.ndarray, indices: np.ndarray, device: str, batch_size: int = 64) -> np.ndarray:
+def predict_masks(
+    model: SegmentationModel, images: np.ndarray, indices: np.ndarray, device: str, batch_size: int = 64
+) -> np.ndarray:
     model.eval()
     source = MappedImages.of(images)
     out = []
@@ -103,7 +111,20 @@ def predict_masks(model: SegmentationModel, images: np.ndarray, indices: np.ndar
     return torch.cat(out).numpy()
 
 
-def train_segmentation(encoder: ResNetTrunk, meta: Dict[str, Any], image_size: int, images: np.ndarray, masks: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray, test_idx: np.ndarray, settings: Dict[str, Any], seed: int, freeze_encoder: bool, device: str = "cpu") -> Dict[str, Any]:
+def train_segmentation(
+    encoder: ResNetTrunk,
+    meta: Dict[str, Any],
+    image_size: int,
+    images: np.ndarray,
+    masks: np.ndarray,
+    train_idx: np.ndarray,
+    val_idx: np.ndarray,
+    test_idx: np.ndarray,
+    settings: Dict[str, Any],
+    seed: int,
+    freeze_encoder: bool,
+    device: str = "cpu",
+) -> Dict[str, Any]:
     """Train decoder (and encoder unless frozen) on ``train_idx``; returns validation and test results."""
     torch.manual_seed(seed)
     model = SegmentationModel(encoder, meta["mean"], meta["std"], image_size, freeze_encoder).to(device)
@@ -111,8 +132,12 @@ def train_segmentation(encoder: ResNetTrunk, meta: Dict[str, Any], image_size: i
     epochs = epochs_for(len(train_idx), batch_size, settings)
     steps = epochs * batches_per_epoch(len(train_idx), batch_size)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=float(settings["lr"]), weight_decay=float(settings.get("weight_decay", 1e-4)))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, steps) / steps)))
+    optimizer = torch.optim.AdamW(
+        trainable, lr=float(settings["lr"]), weight_decay=float(settings.get("weight_decay", 1e-4))
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, steps) / steps))
+    )
     generator = torch.Generator().manual_seed(seed)
     source, masks = MappedImages.of(images), MappedImages.of(masks)  # one reader each for the whole training
     val_truth = mask_targets(masks, val_idx, image_size).numpy()
@@ -141,5 +166,7 @@ def train_segmentation(encoder: ResNetTrunk, meta: Dict[str, Any], image_size: i
             if value > best[0]:
                 best = (value, epoch, copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()}))
     model.load_state_dict(best[2])
-    test = segmentation_metrics(predict_masks(model, source, test_idx, device), mask_targets(masks, test_idx, image_size).numpy())
+    test = segmentation_metrics(
+        predict_masks(model, source, test_idx, device), mask_targets(masks, test_idx, image_size).numpy()
+    )
     return {"val_value": best[0], "best_epoch": best[1], "epochs": epochs, "test": test}

@@ -12,6 +12,7 @@
   if nothing is predicted and 0 otherwise = MONAI's ``DiceMetric(include_background=True, ignore_empty=False)``;
   the official formula adds 1e-5 to numerator and denominator, a difference below 1e-5 / (|P| + |G|) (tested).
 """
+
 from __future__ import annotations
 
 from typing import Callable, Sequence
@@ -53,16 +54,31 @@ def dice_scores(probabilities: torch.Tensor, labels: torch.Tensor, threshold: fl
     return metric(predicted, truth)[0].cpu().numpy()
 
 
-def predict_volume(predictor: Callable[[torch.Tensor], torch.Tensor], volume: torch.Tensor, patch_size: Sequence[int], body: torch.Tensor, batch_size: int = 2,
-                   device: str = "cpu", overlap: float = 0.5) -> torch.Tensor:
+def predict_volume(
+    predictor: Callable[[torch.Tensor], torch.Tensor],
+    volume: torch.Tensor,
+    patch_size: Sequence[int],
+    body: torch.Tensor,
+    batch_size: int = 2,
+    device: str = "cpu",
+    overlap: float = 0.5,
+) -> torch.Tensor:
     """Sigmoid probabilities (C x X x Y x Z, on the CPU) of a whole windowed volume (1 x X x Y x Z in [0, 1]) by
     MONAI's sliding window (``batch_size`` windows at a time, neighbours overlapping by ``overlap``, official 0.5);
     ``predictor`` maps a batch of patches to logits; zero outside ``body``."""
     from monai.inferers import sliding_window_inference
 
     with torch.no_grad():
-        logits = sliding_window_inference(volume[None], roi_size=tuple(int(p) for p in patch_size), sw_batch_size=batch_size, predictor=predictor,
-                                          overlap=overlap, mode="constant", sw_device=device, device="cpu")
+        logits = sliding_window_inference(
+            volume[None],
+            roi_size=tuple(int(p) for p in patch_size),
+            sw_batch_size=batch_size,
+            predictor=predictor,
+            overlap=overlap,
+            mode="constant",
+            sw_device=device,
+            device="cpu",
+        )
     return torch.sigmoid(logits[0]) * body.float()
 
 
@@ -72,10 +88,14 @@ def window(volume_hu, low: float = -1350.0, high: float = 1000.0) -> torch.Tenso
     from monai.transforms import ScaleIntensityRange
 
     x = torch.as_tensor(np.asarray(volume_hu, dtype=np.float32))[None]
-    return torch.as_tensor(ScaleIntensityRange(a_min=low, a_max=high, b_min=0.0, b_max=1.0, clip=True)(x), dtype=torch.float32)
+    return torch.as_tensor(
+        ScaleIntensityRange(a_min=low, a_max=high, b_min=0.0, b_max=1.0, clip=True)(x), dtype=torch.float32
+    )
 
 
-def sample_patch_start(labels: np.ndarray, patch: Sequence[int], rng: np.random.Generator, class_share: float = 0.5) -> np.ndarray:
+def sample_patch_start(
+    labels: np.ndarray, patch: Sequence[int], rng: np.random.Generator, class_share: float = 0.5
+) -> np.ndarray:
     """A training patch's corner (official eval sampling): with probability ``class_share`` the patch contains a
     voxel of one organ present in the CT (organ and voxel at random), else it lies anywhere in the volume."""
     from methods.vox2vec3d import sample_box
@@ -87,14 +107,32 @@ def sample_patch_start(labels: np.ndarray, patch: Sequence[int], rng: np.random.
     return np.array([rng.integers(0, s - p + 1) for s, p in zip(labels.shape, patch)])
 
 
-def mean_dice(model_fn, volumes, labels, bodies, patch: Sequence[int], annotated: Sequence[int], device: str = "cpu", heads: int = 1, overlap: float = 0.5,
-              batch_size: int = 2) -> np.ndarray:
+def mean_dice(
+    model_fn,
+    volumes,
+    labels,
+    bodies,
+    patch: Sequence[int],
+    annotated: Sequence[int],
+    device: str = "cpu",
+    heads: int = 1,
+    overlap: float = 0.5,
+    batch_size: int = 2,
+) -> np.ndarray:
     """Per CT and organ (n x 13) Dice of ``model_fn``'s sliding-window prediction; organs the dataset does not
     annotate are NaN. With ``heads`` > 1, ``model_fn`` returns the logits of that many heads side by side (13
     channels each, one encoder pass for all of them) and the result is n x heads x 13."""
     out = []
     for volume, label, body in zip(volumes, labels, bodies):
-        probabilities = predict_volume(model_fn, window(volume), patch, torch.as_tensor(body)[None], batch_size=batch_size, device=device, overlap=overlap)
+        probabilities = predict_volume(
+            model_fn,
+            window(volume),
+            patch,
+            torch.as_tensor(body)[None],
+            batch_size=batch_size,
+            device=device,
+            overlap=overlap,
+        )
         truth = torch.from_numpy(np.array(label))
         scores = np.stack([dice_scores(part, truth) for part in probabilities.split(NUM_ORGANS)])
         scores[:, [k - 1 for k in range(1, NUM_ORGANS + 1) if k not in annotated]] = np.nan
@@ -102,7 +140,19 @@ def mean_dice(model_fn, volumes, labels, bodies, patch: Sequence[int], annotated
     return np.array(out)
 
 
-def train_fpn_segmentation(encoder, mode: str, volumes, labels, annotated: Sequence[int], train_idx, val_idx, test_idx, settings, seed: int, device: str = "cpu"):
+def train_fpn_segmentation(
+    encoder,
+    mode: str,
+    volumes,
+    labels,
+    annotated: Sequence[int],
+    train_idx,
+    val_idx,
+    test_idx,
+    settings,
+    seed: int,
+    device: str = "cpu",
+):
     """Train segmentation heads on a FPN3d ``encoder`` and score them; returns ``{head: result}``.
 
     ``mode``: ``probe`` (the official probing: the encoder frozen in eval mode, so BatchNorm keeps its pretraining
@@ -126,7 +176,12 @@ def train_fpn_segmentation(encoder, mode: str, volumes, labels, annotated: Seque
     torch.manual_seed(seed)
     rng = np.random.default_rng([seed, 21])
     patch = tuple(int(p) for p in settings["patch_size"])
-    epochs, steps, per_step, lr = int(settings["epochs"]), int(settings["steps_per_epoch"]), int(settings.get("patches_per_step", 7)), float(settings.get("lr", 3e-4))
+    epochs, steps, per_step, lr = (
+        int(settings["epochs"]),
+        int(settings["steps_per_epoch"]),
+        int(settings.get("patches_per_step", 7)),
+        float(settings.get("lr", 3e-4)),
+    )
     freeze, warmup = int(settings.get("freeze_epochs", 0)), max(1, int(settings.get("warmup_epochs", 1)))
     encoder = encoder.to(device)
     heads = nn.ModuleDict({"linear": FPNLinearHead(encoder.level_channels, NUM_ORGANS)})
@@ -134,7 +189,9 @@ def train_fpn_segmentation(encoder, mode: str, volumes, labels, annotated: Seque
         heads["nonlinear"] = FPNNonLinearHead(encoder.level_channels, NUM_ORGANS)
     heads = heads.to(device)
     trains_encoder = mode != "probe"
-    groups = [{"params": list(heads.parameters()), "lr": lr}] + ([{"params": list(encoder.parameters()), "lr": lr}] if trains_encoder else [])
+    groups = [{"params": list(heads.parameters()), "lr": lr}] + (
+        [{"params": list(encoder.parameters()), "lr": lr}] if trains_encoder else []
+    )
     optimizer = torch.optim.Adam(groups)
     windowed, bodies, organs = {}, {}, {}
 
@@ -146,7 +203,10 @@ def train_fpn_segmentation(encoder, mode: str, volumes, labels, annotated: Seque
         return windowed[i], bodies[i], organs[i]
 
     selector = "nonlinear" if mode == "probe" else "linear"
-    inference = {"overlap": float(settings.get("inference_overlap", 0.5)), "batch_size": int(settings.get("inference_batch", 2))}
+    inference = {
+        "overlap": float(settings.get("inference_overlap", 0.5)),
+        "batch_size": int(settings.get("inference_batch", 2)),
+    }
 
     def all_heads(x: torch.Tensor) -> torch.Tensor:
         levels = encoder(x)
@@ -158,7 +218,9 @@ def train_fpn_segmentation(encoder, mode: str, volumes, labels, annotated: Seque
     for epoch in range(epochs):
         encoder_trains = trains_encoder and (mode == "scratch" or epoch >= freeze)
         if mode == "finetune":
-            optimizer.param_groups[1]["lr"] = lr * min(1.0, 0.1 + 0.9 * (epoch - freeze) / warmup) if encoder_trains else 0.0
+            optimizer.param_groups[1]["lr"] = (
+                lr * min(1.0, 0.1 + 0.9 * (epoch - freeze) / warmup) if encoder_trains else 0.0
+            )
         encoder.train(encoder_trains)
         encoder.requires_grad_(encoder_trains)
         heads.train()
@@ -180,18 +242,49 @@ def train_fpn_segmentation(encoder, mode: str, volumes, labels, annotated: Seque
         finite.check(epoch)
         if (epoch + 1) % every == 0 or epoch == epochs - 1:
             encoder.eval(), heads.eval()
-            val = np.nanmean(np.nanmean(mean_dice(lambda x: heads[selector](encoder(x)), [volumes[i] for i in val_idx], [labels[i] for i in val_idx],
-                                                  [prepared(int(i))[1][0].numpy() for i in val_idx], patch, annotated, device, **inference), axis=1))
+            val = np.nanmean(
+                np.nanmean(
+                    mean_dice(
+                        lambda x: heads[selector](encoder(x)),
+                        [volumes[i] for i in val_idx],
+                        [labels[i] for i in val_idx],
+                        [prepared(int(i))[1][0].numpy() for i in val_idx],
+                        patch,
+                        annotated,
+                        device,
+                        **inference,
+                    ),
+                    axis=1,
+                )
+            )
             if val > best[0]:
-                state = {"heads": {k: v.detach().cpu().clone() for k, v in heads.state_dict().items()}, "encoder": {k: v.detach().cpu().clone() for k, v in encoder.state_dict().items()}}
+                state = {
+                    "heads": {k: v.detach().cpu().clone() for k, v in heads.state_dict().items()},
+                    "encoder": {k: v.detach().cpu().clone() for k, v in encoder.state_dict().items()},
+                }
                 best = (float(val), epoch, state)
     heads.load_state_dict(best[2]["heads"])
     encoder.load_state_dict(best[2]["encoder"])
     encoder.eval(), heads.eval()
     results = {}
-    tested = mean_dice(all_heads, [volumes[i] for i in test_idx], [labels[i] for i in test_idx], [prepared(int(i))[1][0].numpy() for i in test_idx], patch, annotated, device,
-                       heads=len(heads), **inference)
+    tested = mean_dice(
+        all_heads,
+        [volumes[i] for i in test_idx],
+        [labels[i] for i in test_idx],
+        [prepared(int(i))[1][0].numpy() for i in test_idx],
+        patch,
+        annotated,
+        device,
+        heads=len(heads),
+        **inference,
+    )
     for position, name in enumerate(heads):
         dice = tested[:, position] if len(heads) > 1 else tested
-        results[name] = {"val_value": best[0], "best_epoch": best[1], "epochs": epochs, "dice": dice, "mean_dice": float(np.nanmean(np.nanmean(dice, axis=1)))}
+        results[name] = {
+            "val_value": best[0],
+            "best_epoch": best[1],
+            "epochs": epochs,
+            "dice": dice,
+            "mean_dice": float(np.nanmean(np.nanmean(dice, axis=1))),
+        }
     return results

@@ -10,6 +10,7 @@ stratum of size n gets the key (r + u) / n, u ~ U(0,1)), so every prefix holds e
 size. The official CoBooM fraction files were drawn unseeded and their "5%" file had the size of the 1% file; here
 sizes are asserted.
 """
+
 from __future__ import annotations
 
 from typing import Dict, Iterable
@@ -37,7 +38,9 @@ def patient_order(labels: np.ndarray, patient_ids: np.ndarray, seed: int) -> np.
     return patients[np.argsort(keys, kind="stable")]
 
 
-def label_fraction_indices(train_indices: np.ndarray, labels: np.ndarray, patient_ids: np.ndarray, fractions: Iterable[float], seed: int) -> Dict[float, np.ndarray]:
+def label_fraction_indices(
+    train_indices: np.ndarray, labels: np.ndarray, patient_ids: np.ndarray, fractions: Iterable[float], seed: int
+) -> Dict[float, np.ndarray]:
     """Map each fraction (percent) to sorted dataset indices of its nested, patient-grouped training subset."""
     train_indices = np.asarray(train_indices)
     train_patients = np.asarray(patient_ids)[train_indices]
@@ -53,7 +56,9 @@ def label_fraction_indices(train_indices: np.ndarray, labels: np.ndarray, patien
     for fraction in sorted(float(f) for f in fractions):
         target = int(round(fraction / 100 * n))
         if target < 1:
-            raise ConfigError(f"label fraction {fraction:g}% of {n} training images is less than one image; use a larger fraction or dataset")
+            raise ConfigError(
+                f"label fraction {fraction:g}% of {n} training images is less than one image; use a larger fraction or dataset"
+            )
         n_patients = int(np.searchsorted(patient_end, target)) + 1
         take = int(patient_end[n_patients - 1])
         assert take >= target and take - target < largest_patient, (fraction, take, target)

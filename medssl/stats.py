@@ -24,6 +24,7 @@
   are stratified (positives and negatives of a single AUC separately; images by their rarest finding for a macro
   AUC) and seeded; the same resamples serve both models of a paired comparison. Percentile intervals.
 """
+
 from __future__ import annotations
 
 import math
@@ -69,7 +70,9 @@ def delong_covariance(labels: np.ndarray, scores: np.ndarray):
     return auc, s10 / m + s01 / n
 
 
-def delong_test(labels: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray, confidence: float = 0.95) -> Dict[str, float]:
+def delong_test(
+    labels: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray, confidence: float = 0.95
+) -> Dict[str, float]:
     """Paired DeLong test of AUC(a) - AUC(b) on the same images: two-sided p and the CI of the difference."""
     auc, cov = delong_covariance(labels, np.stack([scores_a, scores_b]))
     difference = float(auc[0] - auc[1])
@@ -80,8 +83,15 @@ def delong_test(labels: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray, 
     else:
         z = difference / sd
     quantile = scipy_stats.norm.ppf(0.5 + confidence / 2)
-    return {"auc_a": float(auc[0]), "auc_b": float(auc[1]), "difference": difference, "z": z,
-            "p": float(2 * scipy_stats.norm.sf(abs(z))), "ci_low": difference - quantile * sd, "ci_high": difference + quantile * sd}
+    return {
+        "auc_a": float(auc[0]),
+        "auc_b": float(auc[1]),
+        "difference": difference,
+        "z": z,
+        "p": float(2 * scipy_stats.norm.sf(abs(z))),
+        "ci_low": difference - quantile * sd,
+        "ci_high": difference + quantile * sd,
+    }
 
 
 def delong_ci(labels: np.ndarray, scores: np.ndarray, confidence: float = 0.95) -> Dict[str, float]:
@@ -99,17 +109,39 @@ def paired_t_test(a: Sequence[float], b: Sequence[float], confidence: float = 0.
         raise ValueError(f"paired samples must have the same length, got {a.shape} and {b.shape}")
     difference = float(np.mean(a - b)) if len(a) else math.nan
     if len(a) < 2:
-        return {"difference": difference, "t": math.nan, "df": len(a) - 1, "p": math.nan, "ci_low": math.nan, "ci_high": math.nan}
+        return {
+            "difference": difference,
+            "t": math.nan,
+            "df": len(a) - 1,
+            "p": math.nan,
+            "ci_low": math.nan,
+            "ci_high": math.nan,
+        }
     if np.all(a - b == a[0] - b[0]):  # constant differences: the t statistic is undefined
         p = 1.0 if difference == 0 else 0.0
-        return {"difference": difference, "t": math.nan, "df": len(a) - 1, "p": p, "ci_low": difference, "ci_high": difference}
+        return {
+            "difference": difference,
+            "t": math.nan,
+            "df": len(a) - 1,
+            "p": p,
+            "ci_low": difference,
+            "ci_high": difference,
+        }
     result = scipy_stats.ttest_rel(a, b)
     interval = result.confidence_interval(confidence)
-    return {"difference": difference, "t": float(result.statistic), "df": int(result.df), "p": float(result.pvalue),
-            "ci_low": float(interval.low), "ci_high": float(interval.high)}
+    return {
+        "difference": difference,
+        "t": float(result.statistic),
+        "df": int(result.df),
+        "p": float(result.pvalue),
+        "ci_low": float(interval.low),
+        "ci_high": float(interval.high),
+    }
 
 
-def pretraining_run_test(run_values: Sequence[float], image_resamples: Optional[np.ndarray] = None, confidence: float = 0.95) -> Dict[str, float]:
+def pretraining_run_test(
+    run_values: Sequence[float], image_resamples: Optional[np.ndarray] = None, confidence: float = 0.95
+) -> Dict[str, float]:
     """One-sample t-test and CI of mean(run_values), each value one replicate of a table cell (a pretraining run,
     evaluation seeds averaged within it; or an evaluation seed of fixed weights): the cells' confidence intervals.
 
@@ -122,7 +154,15 @@ def pretraining_run_test(run_values: Sequence[float], image_resamples: Optional[
     values = np.asarray(run_values, dtype=np.float64)
     n = len(values)
     estimate = float(values.mean()) if n else math.nan
-    out = {"estimate": estimate, "n": n, "se": math.nan, "df": float(n - 1) if n >= 2 else math.nan, "p": math.nan, "ci_low": math.nan, "ci_high": math.nan}
+    out = {
+        "estimate": estimate,
+        "n": n,
+        "se": math.nan,
+        "df": float(n - 1) if n >= 2 else math.nan,
+        "p": math.nan,
+        "ci_low": math.nan,
+        "ci_high": math.nan,
+    }
     if n < 2:
         return out
     variance = float(values.var(ddof=1)) / n + image_variance(image_resamples)
@@ -135,7 +175,12 @@ def _t_result(estimate: float, variance: float, df: float, confidence: float) ->
         return {"se": 0.0, "p": 1.0 if estimate == 0.0 else 0.0, "ci_low": estimate, "ci_high": estimate}
     se = math.sqrt(variance)
     half = float(scipy_stats.t.ppf(0.5 + confidence / 2, df)) * se
-    return {"se": se, "p": float(2 * scipy_stats.t.sf(abs(estimate) / se, df)), "ci_low": estimate - half, "ci_high": estimate + half}
+    return {
+        "se": se,
+        "p": float(2 * scipy_stats.t.sf(abs(estimate) / se, df)),
+        "ci_low": estimate - half,
+        "ci_high": estimate + half,
+    }
 
 
 def image_variance(image_resamples: Optional[np.ndarray]) -> float:
@@ -155,8 +200,9 @@ def welch_df(part_a: float, n_a: int, part_b: float, n_b: int) -> float:
     return float((part_a + part_b) ** 2 / denominator) if denominator > 0 else float(n_a + n_b - 2)
 
 
-def two_sample_run_test(a: Sequence[float], b: Sequence[float], image_resamples: Optional[np.ndarray] = None,
-                        confidence: float = 0.95) -> Dict[str, float]:
+def two_sample_run_test(
+    a: Sequence[float], b: Sequence[float], image_resamples: Optional[np.ndarray] = None, confidence: float = 0.95
+) -> Dict[str, float]:
     """Welch's two-sample t-test of mean(a) - mean(b), plus the test-image variance of the same difference.
 
     ``a`` and ``b`` are the replicates of two table rows: a trained method's pretraining runs (each the mean over its
@@ -175,7 +221,16 @@ def two_sample_run_test(a: Sequence[float], b: Sequence[float], image_resamples:
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     n_a, n_b = len(a), len(b)
     estimate = float(a.mean() - b.mean()) if n_a and n_b else math.nan
-    out = {"estimate": estimate, "n_a": n_a, "n_b": n_b, "se": math.nan, "df": math.nan, "p": math.nan, "ci_low": math.nan, "ci_high": math.nan}
+    out = {
+        "estimate": estimate,
+        "n_a": n_a,
+        "n_b": n_b,
+        "se": math.nan,
+        "df": math.nan,
+        "p": math.nan,
+        "ci_low": math.nan,
+        "ci_high": math.nan,
+    }
     if n_a < 2 or n_b < 2:
         return out
     part_a, part_b = float(a.var(ddof=1)) / n_a, float(b.var(ddof=1)) / n_b
@@ -194,7 +249,9 @@ def variance_components(values_by_run: Dict[int, Sequence[float]]) -> Dict[str, 
     evaluation = float(np.mean(within))
     if len(groups) < 2:
         return {"pretraining": math.nan, "evaluation": math.sqrt(evaluation)}
-    between = float(np.var([g.mean() for g in groups], ddof=1)) - evaluation * float(np.mean([1.0 / len(g) for g in groups]))
+    between = float(np.var([g.mean() for g in groups], ddof=1)) - evaluation * float(
+        np.mean([1.0 / len(g) for g in groups])
+    )
     return {"pretraining": math.sqrt(max(between, 0.0)), "evaluation": math.sqrt(evaluation)}
 
 
@@ -206,9 +263,19 @@ def wilcoxon_signed_rank(a: Sequence[float], b: Sequence[float], alternative: st
     difference = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
     nonzero = difference[difference != 0]
     if len(nonzero) == 0:
-        return {"statistic": 0.0, "p": 1.0, "n_nonzero": 0, "median_difference": float(np.median(difference)) if len(difference) else math.nan}
+        return {
+            "statistic": 0.0,
+            "p": 1.0,
+            "n_nonzero": 0,
+            "median_difference": float(np.median(difference)) if len(difference) else math.nan,
+        }
     result = scipy_stats.wilcoxon(nonzero, zero_method="wilcox", alternative=alternative, method="auto")
-    return {"statistic": float(result.statistic), "p": float(result.pvalue), "n_nonzero": int(len(nonzero)), "median_difference": float(np.median(difference))}
+    return {
+        "statistic": float(result.statistic),
+        "p": float(result.pvalue),
+        "n_nonzero": int(len(nonzero)),
+        "median_difference": float(np.median(difference)),
+    }
 
 
 def adjust_p_values(p_values: Sequence[float], method: str = "holm") -> np.ndarray:
@@ -225,7 +292,9 @@ def adjust_p_values(p_values: Sequence[float], method: str = "holm") -> np.ndarr
 
 
 # -------------------------------------------------------------------------------------------------------- bootstrap
-def bootstrap_weights(n_items: int, n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0, strata: Optional[np.ndarray] = None) -> np.ndarray:
+def bootstrap_weights(
+    n_items: int, n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0, strata: Optional[np.ndarray] = None
+) -> np.ndarray:
     """Multiplicities (n_resamples x n_items) of resampling with replacement, within each stratum if given."""
     rng = np.random.default_rng(seed)
     strata = np.zeros(n_items, dtype=np.int64) if strata is None else np.asarray(strata)
@@ -299,8 +368,14 @@ def bootstrap_p_value(differences: np.ndarray, observed: float) -> float:
     return float(2 * scipy_stats.norm.sf(abs(observed) / sd))
 
 
-def bootstrap_ci(statistic: Callable[[np.ndarray], np.ndarray], n_items: int, n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
-                 strata: Optional[np.ndarray] = None, confidence: float = 0.95) -> Dict[str, float]:
+def bootstrap_ci(
+    statistic: Callable[[np.ndarray], np.ndarray],
+    n_items: int,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+    strata: Optional[np.ndarray] = None,
+    confidence: float = 0.95,
+) -> Dict[str, float]:
     """Percentile CI of ``statistic(weights)``, a function of a (B x N) multiplicity matrix returning B values
     (row of ones = the observed statistic)."""
     observed = float(np.asarray(statistic(np.ones((1, n_items))))[0])

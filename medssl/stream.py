@@ -13,6 +13,7 @@ training (NIH ChestX-ray14 at 256 px: ~7 GB per process, MIMIC-CXR ~25 GB) is wh
   whole split kept on the GPU when it fits (``resident``). Under DDP every process takes its share of each global
   batch, so the global batch is the one a single process would train on.
 """
+
 from __future__ import annotations
 
 import os
@@ -97,7 +98,9 @@ class MappedImages:
         for position in order:
             start = self._file[2] + int(rows[position]) * row_bytes
             if os.preadv(self._descriptor, [memoryview(out[position]).cast("B")], start) != row_bytes:
-                raise OSError(f"{self._file[1]}: row {int(rows[position])} is cut short (the cache file is truncated); delete the cache folder and run again to rebuild it")
+                raise OSError(
+                    f"{self._file[1]}: row {int(rows[position])} is cut short (the cache file is truncated); delete the cache folder and run again to rebuild it"
+                )
         return out
 
     def __getstate__(self):
@@ -121,21 +124,37 @@ def _process_share() -> tuple:
 
 class ShuffledBatches:
     """The batches of one epoch per ``iter()``: ``images`` (and ``labels``, when given: batches are then
-    ``(images, labels)`` tuples, else ``[images]``) in the order of ``DataLoader(..., shuffle=True,
-    drop_last=drop_last, generator=generator)`` (without ``drop_last``, a last batch of one image joins the one
-before it: :func:`training_batches`); ``batch_size`` is the global batch, split over DDP's processes.
+        ``(images, labels)`` tuples, else ``[images]``) in the order of ``DataLoader(..., shuffle=True,
+        drop_last=drop_last, generator=generator)`` (without ``drop_last``, a last batch of one image joins the one
+    before it: :func:`training_batches`); ``batch_size`` is the global batch, split over DDP's processes.
 
-    ``pin``: batches in page-locked memory (for a non-blocking copy to the GPU). ``resident``: ``"auto"`` keeps the
-    split on the current CUDA device when it takes at most a quarter of its free memory and gathers batches there
-    (no host reads or copies during training); True forces it on ``resident_device``; False never."""
+        ``pin``: batches in page-locked memory (for a non-blocking copy to the GPU). ``resident``: ``"auto"`` keeps the
+        split on the current CUDA device when it takes at most a quarter of its free memory and gathers batches there
+        (no host reads or copies during training); True forces it on ``resident_device``; False never."""
 
-    def __init__(self, images: MappedImages, batch_size: int, generator: torch.Generator, labels: Optional[np.ndarray] = None, drop_last: bool = True,
-                 pin: bool = False, resident: Union[bool, str] = False, resident_device: Optional[str] = None, prefetch: int = 2):
+    def __init__(
+        self,
+        images: MappedImages,
+        batch_size: int,
+        generator: torch.Generator,
+        labels: Optional[np.ndarray] = None,
+        drop_last: bool = True,
+        pin: bool = False,
+        resident: Union[bool, str] = False,
+        resident_device: Optional[str] = None,
+        prefetch: int = 2,
+    ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.images, self.batch_size, self.generator = images, int(batch_size), generator
         self.labels = None if labels is None else torch.from_numpy(np.ascontiguousarray(labels))
-        self.drop_last, self.pin, self.resident, self.resident_device, self.prefetch = drop_last, pin, resident, resident_device, max(1, prefetch)
+        self.drop_last, self.pin, self.resident, self.resident_device, self.prefetch = (
+            drop_last,
+            pin,
+            resident,
+            resident_device,
+            max(1, prefetch),
+        )
         self._on_device: Optional[torch.Tensor] = None
 
     def __len__(self) -> int:

@@ -18,6 +18,7 @@ through the image suites' flow, suite -> plan -> pretrain -> checkpoint -> evalu
   test CTs (medssl/report3d.py). A job counts as done when all of its records exist; finished records are never
   redone.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -35,8 +36,18 @@ from medssl.records import ResultStore
 from methods import track_methods
 
 TRAINED = ("probe", "finetune")  # protocols that evaluate the pretrained FPN
-HEADS = {"probe": ("linear", "nonlinear"), "random_probe": ("linear", "nonlinear"), "finetune": ("linear",), "scratch": ("linear",)}
-MODES = {"probe": "probe", "random_probe": "probe", "finetune": "finetune", "scratch": "scratch"}  # train_fpn_segmentation's modes
+HEADS = {
+    "probe": ("linear", "nonlinear"),
+    "random_probe": ("linear", "nonlinear"),
+    "finetune": ("linear",),
+    "scratch": ("linear",),
+}
+MODES = {
+    "probe": "probe",
+    "random_probe": "probe",
+    "finetune": "finetune",
+    "scratch": "scratch",
+}  # train_fpn_segmentation's modes
 RANDOM_INIT = "random-init"  # the method field of the records of rows that start from a random FPN
 NO_FOLD = -1  # the fold slot of a run on a task without folds
 
@@ -115,36 +126,66 @@ def evaluation_seeds(suite: Dict[str, Any]) -> List[int]:
 
 def build_ct_plan(suite: Dict[str, Any]) -> CTPlan:
     pretrain = suite["pretrain"]
-    protocol = {"epochs": int(pretrain["epochs"]), "steps_per_epoch": int(pretrain["steps_per_epoch"]), "optimizer": pretrain["optimizer"],
-                "schedule": pretrain.get("schedule") or {"name": "constant"}}
+    protocol = {
+        "epochs": int(pretrain["epochs"]),
+        "steps_per_epoch": int(pretrain["steps_per_epoch"]),
+        "optimizer": pretrain["optimizer"],
+        "schedule": pretrain.get("schedule") or {"name": "constant"},
+    }
     method_params = suite.get("method_params") or {}
     jobs: Dict[tuple, PretrainJob] = {}
     params_of: Dict[str, Dict[str, Any]] = {}
     for method in suite["methods"]:
         cls, params_of[method] = method_settings(method, method_params.get(method))
         if cls.track != "ct":
-            raise ConfigError(f"{method} trains on 2D images and this suite on CT volumes (track: ct); its methods: {', '.join(track_methods('ct'))}")
+            raise ConfigError(
+                f"{method} trains on 2D images and this suite on CT volumes (track: ct); its methods: {', '.join(track_methods('ct'))}"
+            )
         for corpus_name, corpus in corpora(suite).items():
             for seed in pretrain["seeds"]:
-                config = {"track": "ct", "method": method, "params": params_of[method], "corpus": with_version(corpus), "protocol": protocol, "seed": int(seed),
-                          "method_version": cls.version, "version": PROTOCOL_VERSION}
-                jobs[(method, corpus_name, int(seed))] = PretrainJob(method, corpus_name, int(seed), config, stable_hash(config))
+                config = {
+                    "track": "ct",
+                    "method": method,
+                    "params": params_of[method],
+                    "corpus": with_version(corpus),
+                    "protocol": protocol,
+                    "seed": int(seed),
+                    "method_version": cls.version,
+                    "version": PROTOCOL_VERSION,
+                }
+                jobs[(method, corpus_name, int(seed))] = PretrainJob(
+                    method, corpus_name, int(seed), config, stable_hash(config)
+                )
     settings = {k: v for k, v in suite["evaluation"]["segmentation3d"].items() if k != "seeds"}
     eval_jobs: Dict[str, CTJob] = {}
     for method in suite["methods"]:
         for task in suite["tasks"]:
             corpus_name = task.get("pretrain", next(iter(corpora(suite))))
             if corpus_name not in corpora(suite):
-                raise ConfigError(f"task {task['name']!r} pretrains on unknown corpus {corpus_name!r}; corpora: {sorted(corpora(suite))}")
+                raise ConfigError(
+                    f"task {task['name']!r} pretrains on unknown corpus {corpus_name!r}; corpora: {sorted(corpora(suite))}"
+                )
             for fold in task.get("folds") or [None]:
                 this = fold_task(task, fold)
                 identity = {"name": task["name"], "dataset": with_version(this["dataset"])}
                 for protocol_name in task["protocols"]:
                     for pretrain_seed in pretrain["seeds"]:
                         job = jobs[(method, corpus_name, int(pretrain_seed))]
-                        source = {"pretrain": job.hash} if protocol_name in TRAINED else {"architecture": architecture(params_of[method]), "init_seed": int(pretrain_seed)}
+                        source = (
+                            {"pretrain": job.hash}
+                            if protocol_name in TRAINED
+                            else {"architecture": architecture(params_of[method]), "init_seed": int(pretrain_seed)}
+                        )
                         for seed in evaluation_seeds(suite):
-                            config = {"track": "ct", **source, "task": identity, "protocol": protocol_name, "settings": settings, "seed": int(seed), "version": PROTOCOL_VERSION}
+                            config = {
+                                "track": "ct",
+                                **source,
+                                "task": identity,
+                                "protocol": protocol_name,
+                                "settings": settings,
+                                "seed": int(seed),
+                                "version": PROTOCOL_VERSION,
+                            }
                             key = stable_hash(config, 16)
                             # two methods with one architecture share their random-init rows
                             eval_jobs.setdefault(key, CTJob(job, this, protocol_name, fold, int(seed), config, key))
@@ -156,28 +197,54 @@ def check_ct_tasks(jobs: List[CTJob], datasets) -> None:
     CTs, and no volume is smaller than a pretraining or evaluation patch (each problem named, with what to do)."""
     seen = set()
     for job in jobs:
-        ident = (job.pretrain.key, stable_hash(job.task["dataset"]), job.trained)  # a random-init job does not check the pretraining patch
+        ident = (
+            job.pretrain.key,
+            stable_hash(job.task["dataset"]),
+            job.trained,
+        )  # a random-init job does not check the pretraining patch
         if ident in seen:
             continue
         seen.add(ident)
         corpus, dataset = datasets.get(job.pretrain.config["corpus"]), datasets.get(job.task["dataset"])
         for what, data in (("pretraining corpus", corpus), (f"task {job.task['name']!r}", dataset)):
             if not hasattr(data, "case_ids"):
-                raise ConfigError(f"{what}: {data.name} holds 2D images; a CT suite (track: ct) reads CT datasets (synthetic_ct, btcv, amos, flare22)")
+                raise ConfigError(
+                    f"{what}: {data.name} holds 2D images; a CT suite (track: ct) reads CT datasets (synthetic_ct, btcv, amos, flare22)"
+                )
         if dataset.labels is None:
-            raise ConfigError(f"task {job.task['name']!r}: {dataset.name} has no organ labels; use labelled CTs (synthetic_ct part: labelled, btcv)")
+            raise ConfigError(
+                f"task {job.task['name']!r}: {dataset.name} has no organ labels; use labelled CTs (synthetic_ct part: labelled, btcv)"
+            )
         empty = [s for s in ("train", "val", "test") if not len(dataset.indices(s))]
         if empty:
-            raise ConfigError(f"task {job.task['name']!r}: {dataset.name} has no {' or '.join(empty)} CTs; use more labelled patients")
+            raise ConfigError(
+                f"task {job.task['name']!r}: {dataset.name} has no {' or '.join(empty)} CTs; use more labelled patients"
+            )
         # each patch against the volumes it is cut from: evaluation patches from the task's CTs, pretraining ones from the corpus's
-        patches = [(f"task {job.task['name']!r}", dataset, "evaluation patch_size", tuple(job.config["settings"]["patch_size"]))]
+        patches = [
+            (
+                f"task {job.task['name']!r}",
+                dataset,
+                "evaluation patch_size",
+                tuple(job.config["settings"]["patch_size"]),
+            )
+        ]
         if job.trained:
-            patches.append(("pretraining corpus", corpus, "pretraining patch_size", tuple(job.pretrain.config["params"]["patch_size"])))
+            patches.append(
+                (
+                    "pretraining corpus",
+                    corpus,
+                    "pretraining patch_size",
+                    tuple(job.pretrain.config["params"]["patch_size"]),
+                )
+            )
         for what, data, setting, patch in patches:
             small = [data.case_ids[i] for i, v in enumerate(data.images) if any(s < p for s, p in zip(v.shape, patch))]
             if small:
-                raise ConfigError(f"{what}: {len(small)} CTs of {data.name} are smaller than the {setting} {list(patch)} at {list(data.spacing)} mm "
-                                  f"(e.g. {small[0]}, shape {list(data.images[data.case_ids.index(small[0])].shape)}); use a smaller patch or a finer spacing")
+                raise ConfigError(
+                    f"{what}: {len(small)} CTs of {data.name} are smaller than the {setting} {list(patch)} at {list(data.spacing)} mm "
+                    f"(e.g. {small[0]}, shape {list(data.images[data.case_ids.index(small[0])].shape)}); use a smaller patch or a finer spacing"
+                )
 
 
 def random_fpn(job: CTJob) -> torch.nn.Module:
@@ -188,26 +255,69 @@ def random_fpn(job: CTJob) -> torch.nn.Module:
     return FPN3d(**job.config["architecture"])
 
 
-def ct_record(job: CTJob, head: str, suite_name: str, dataset, result: Dict[str, Any], device: str, wall_time: float, data: Dict[str, Any]) -> Dict[str, Any]:
+def ct_record(
+    job: CTJob,
+    head: str,
+    suite_name: str,
+    dataset,
+    result: Dict[str, Any],
+    device: str,
+    wall_time: float,
+    data: Dict[str, Any],
+) -> Dict[str, Any]:
     dice = np.asarray(result["dice"], dtype=np.float64)
     annotated = set(dataset.annotated)
-    per_organ = {name: (float(np.mean(dice[:, k])) if k + 1 in annotated else None) for k, name in enumerate(dataset.class_names)}
+    per_organ = {
+        name: (float(np.mean(dice[:, k])) if k + 1 in annotated else None) for k, name in enumerate(dataset.class_names)
+    }
     split = {s: int(len(dataset.indices(s))) for s in ("train", "val", "test")}
-    return {"key": job.record_key(head), "suite": suite_name, "method": job.method, "head": head, "pretrain_hash": job.pretrain.hash if job.trained else None,
-            "pretrain_seed": job.pretrain.seed, "task": job.task["name"], "dataset": dataset.name, "data": data, "protocol": job.protocol, "fold": job.fold, "fraction": 100.0,
-            "seed": job.seed, "metric": "mean_dice", "value": float(result["mean_dice"]), "per_class": per_organ,
-            "excluded_classes": [name for k, name in enumerate(dataset.class_names) if k + 1 not in annotated],
-            "n_train": split["train"], "n_val": split["val"], "n_test": split["test"], "best_epoch": result["best_epoch"], "epochs": result["epochs"],
-            "val_value": result["val_value"], "selected_l2": None, "config_hash": job.key, "config": job.config,
-            "pretrain_config": job.pretrain.config if job.trained else None, **provenance.record_provenance(device, "32-true", wall_time)}
+    return {
+        "key": job.record_key(head),
+        "suite": suite_name,
+        "method": job.method,
+        "head": head,
+        "pretrain_hash": job.pretrain.hash if job.trained else None,
+        "pretrain_seed": job.pretrain.seed,
+        "task": job.task["name"],
+        "dataset": dataset.name,
+        "data": data,
+        "protocol": job.protocol,
+        "fold": job.fold,
+        "fraction": 100.0,
+        "seed": job.seed,
+        "metric": "mean_dice",
+        "value": float(result["mean_dice"]),
+        "per_class": per_organ,
+        "excluded_classes": [name for k, name in enumerate(dataset.class_names) if k + 1 not in annotated],
+        "n_train": split["train"],
+        "n_val": split["val"],
+        "n_test": split["test"],
+        "best_epoch": result["best_epoch"],
+        "epochs": result["epochs"],
+        "val_value": result["val_value"],
+        "selected_l2": None,
+        "config_hash": job.key,
+        "config": job.config,
+        "pretrain_config": job.pretrain.config if job.trained else None,
+        **provenance.record_provenance(device, "32-true", wall_time),
+    }
 
 
 def _log(message: str) -> None:
     print(message, flush=True)
 
 
-def run_ct_plan(plan: CTPlan, data_root: Path, out_dir: Path, device: str = "cpu", progress: bool = True, log: Callable[[str], None] = _log,
-                store: Optional[ResultStore] = None, logger: Optional[str] = None, keep_checkpoints: bool = False) -> Dict[str, Any]:
+def run_ct_plan(
+    plan: CTPlan,
+    data_root: Path,
+    out_dir: Path,
+    device: str = "cpu",
+    progress: bool = True,
+    log: Callable[[str], None] = _log,
+    store: Optional[ResultStore] = None,
+    logger: Optional[str] = None,
+    keep_checkpoints: bool = False,
+) -> Dict[str, Any]:
     """Pretrain what the pending evaluations need, evaluate, append the records (see the module docstring); a
     finished pretraining's ``last.ckpt`` is deleted unless ``keep_checkpoints``."""
     from medssl.evaluate import EvaluationDiverged
@@ -218,7 +328,9 @@ def run_ct_plan(plan: CTPlan, data_root: Path, out_dir: Path, device: str = "cpu
     store = store or ResultStore(Path(out_dir) / plan.suite["name"])
     done = store.keys()
     pending = [job for job in plan.eval_jobs if not all(key in done for key in job.record_keys)]
-    log(f"{len(plan.eval_jobs)} evaluations in the plan, {len(plan.eval_jobs) - len(pending)} already done, {len(pending)} to run")
+    log(
+        f"{len(plan.eval_jobs)} evaluations in the plan, {len(plan.eval_jobs) - len(pending)} already done, {len(pending)} to run"
+    )
     checkpoints = Path(out_dir) / "checkpoints"
     check_data(pending, plan.eval_jobs, data_root, store, checkpoints)
     if not pending:
@@ -232,9 +344,22 @@ def run_ct_plan(plan: CTPlan, data_root: Path, out_dir: Path, device: str = "cpu
         log(f"{verb} {pjob.key}")
         try:
             # a reused encoder has just passed its SHA-256 check: run_pretraining would hash it again to return it
-            encoders[pjob.key] = checkpoints / pjob.key / ENCODER_FILE if verb == "reusing" else run_pretraining(pjob, datasets.get(pjob.config["corpus"]), checkpoints, device=device, progress=progress, logger=logger)
+            encoders[pjob.key] = (
+                checkpoints / pjob.key / ENCODER_FILE
+                if verb == "reusing"
+                else run_pretraining(
+                    pjob,
+                    datasets.get(pjob.config["corpus"]),
+                    checkpoints,
+                    device=device,
+                    progress=progress,
+                    logger=logger,
+                )
+            )
         except PretrainingFailed as err:
-            failed.append(f"{pjob.key}: {err} ({sum(1 for job in pending if job.trained and job.pretrain.key == pjob.key)} evaluations not run)")
+            failed.append(
+                f"{pjob.key}: {err} ({sum(1 for job in pending if job.trained and job.pretrain.key == pjob.key)} evaluations not run)"
+            )
             log(f"  FAILED: {err}")
             continue
         store_pretraining(store, pjob, encoders[pjob.key], device, keep_checkpoints)
@@ -247,8 +372,19 @@ def run_ct_plan(plan: CTPlan, data_root: Path, out_dir: Path, device: str = "cpu
         split = {s: dataset.indices(s) for s in ("train", "val", "test")}
         start = time.time()
         try:
-            results = train_fpn_segmentation(encoder, MODES[job.protocol], dataset.images, dataset.labels, dataset.annotated, split["train"], split["val"], split["test"],
-                                             job.config["settings"], job.seed, device=device)
+            results = train_fpn_segmentation(
+                encoder,
+                MODES[job.protocol],
+                dataset.images,
+                dataset.labels,
+                dataset.annotated,
+                split["train"],
+                split["val"],
+                split["test"],
+                job.config["settings"],
+                job.seed,
+                device=device,
+            )
         except EvaluationDiverged as err:
             failed_evaluations.append(f"{job.describe()} ({job.key}): {err}")
             log(f"  FAILED: {job.describe()}: {err}")
@@ -257,9 +393,23 @@ def run_ct_plan(plan: CTPlan, data_root: Path, out_dir: Path, device: str = "cpu
         for head, result in results.items():
             if job.record_key(head) in done:
                 continue
-            predictions = {"case_ids": np.asarray([dataset.case_ids[i] for i in split["test"]], dtype=str), "patient_ids": np.asarray(dataset.patient_ids)[split["test"]],
-                           "dice": np.asarray(result["dice"], dtype=np.float32), "class_names": np.asarray(dataset.class_names, dtype=str)}
-            store.append(ct_record(job, head, plan.suite["name"], dataset, result, device, wall_time, data_stamp(job, datasets)), predictions=predictions)
-            log(f"  {job.describe()} {head}: test mean Dice {result['mean_dice']:.4f} (val {result['val_value']:.4f}, epoch {result['best_epoch']})")
+            predictions = {
+                "case_ids": np.asarray([dataset.case_ids[i] for i in split["test"]], dtype=str),
+                "patient_ids": np.asarray(dataset.patient_ids)[split["test"]],
+                "dice": np.asarray(result["dice"], dtype=np.float32),
+                "class_names": np.asarray(dataset.class_names, dtype=str),
+            }
+            store.append(
+                ct_record(job, head, plan.suite["name"], dataset, result, device, wall_time, data_stamp(job, datasets)),
+                predictions=predictions,
+            )
+            log(
+                f"  {job.describe()} {head}: test mean Dice {result['mean_dice']:.4f} (val {result['val_value']:.4f}, epoch {result['best_epoch']})"
+            )
         ran += 1
-    return {"ran": ran, "skipped": len(plan.eval_jobs) - len(pending), "failed": failed, "failed_evaluations": failed_evaluations}
+    return {
+        "ran": ran,
+        "skipped": len(plan.eval_jobs) - len(pending),
+        "failed": failed,
+        "failed_evaluations": failed_evaluations,
+    }

@@ -5,6 +5,7 @@ the encoder stage of the same stride (when ``skips``), then two conv3x3-BN-ReLU.
 as smp's default, which the DiRA/CAiD U-Net and PCRLv2's decoder (without skips) use. The decoder returns every
 block's output, so methods with deep supervision (PCRLv2) can use the intermediate levels.
 """
+
 from __future__ import annotations
 
 from typing import List, Optional, Sequence
@@ -17,13 +18,19 @@ DECODER_CHANNELS = (256, 128, 64, 32, 16)
 
 
 def conv_bn_relu(in_channels: int, out_channels: int) -> List[nn.Module]:
-    return [nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)]
+    return [
+        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    ]
 
 
 class DecoderBlock(nn.Module):
     def __init__(self, in_channels: int, skip_channels: int, out_channels: int):
         super().__init__()
-        self.convs = nn.Sequential(*conv_bn_relu(in_channels + skip_channels, out_channels), *conv_bn_relu(out_channels, out_channels))
+        self.convs = nn.Sequential(
+            *conv_bn_relu(in_channels + skip_channels, out_channels), *conv_bn_relu(out_channels, out_channels)
+        )
 
     def forward(self, x: torch.Tensor, skip: Optional[torch.Tensor] = None) -> torch.Tensor:
         size = skip.shape[-2:] if skip is not None else (x.shape[-2] * 2, x.shape[-1] * 2)
@@ -39,7 +46,9 @@ class UNetDecoder(nn.Module):
     def __init__(self, stage_channels: Sequence[int], channels: Sequence[int] = DECODER_CHANNELS, skips: bool = True):
         super().__init__()
         if len(channels) != len(stage_channels):
-            raise ValueError(f"one decoder block per encoder stage: {len(stage_channels)} stages, {len(channels)} blocks")
+            raise ValueError(
+                f"one decoder block per encoder stage: {len(stage_channels)} stages, {len(channels)} blocks"
+            )
         skip_channels = list(reversed(stage_channels[:-1])) + [0]
         blocks, prev = [], stage_channels[-1]
         for width, skip in zip(channels, skip_channels):

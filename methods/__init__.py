@@ -4,6 +4,7 @@ Adding a method = one file in ``methods/`` with an :class:`~methods.base.SSLMeth
 ``REGISTRY`` below (or a call to :func:`register_method` from your own code). Variants of one method (ablations)
 are entries that point at the same class with different config values.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,17 +25,49 @@ REGISTRY: Dict[str, MethodEntry] = {
     "supervised": MethodEntry("methods.supervised:Supervised", {}, "random initialisation, no pretraining", "Sup."),
     "simclr": MethodEntry("methods.simclr:SimCLR", {}, "SimCLR, NT-Xent contrastive (Chen et al. 2020)", "SimCLR"),
     "byol": MethodEntry("methods.byol:BYOL", {}, "BYOL, EMA self-distillation (Grill et al. 2020)", "BYOL"),
-    "swav": MethodEntry("methods.swav:SwAV", {}, "SwAV, swapped cluster assignments with multi-crop (Caron et al. 2020)", "SwAV"),
-    "vicreg": MethodEntry("methods.vicreg:VICReg", {}, "VICReg, variance-invariance-covariance regularisation (Bardes et al. 2022)", "VICReg"),
+    "swav": MethodEntry(
+        "methods.swav:SwAV", {}, "SwAV, swapped cluster assignments with multi-crop (Caron et al. 2020)", "SwAV"
+    ),
+    "vicreg": MethodEntry(
+        "methods.vicreg:VICReg",
+        {},
+        "VICReg, variance-invariance-covariance regularisation (Bardes et al. 2022)",
+        "VICReg",
+    ),
     "caid": MethodEntry("methods.caid:CAiD", {}, "CAiD, MoCo-v2 + context restoration (Taher et al. 2022)", "CAiD"),
-    "pcrlv2": MethodEntry("methods.pcrlv2:PCRLv2", {}, "PCRLv2, multi-scale pixel restoration + alignment (Zhou et al. 2023)", "PCRLv2"),
-    "dira": MethodEntry("methods.dira:DiRA", {}, "DiRA, MoCo-v2 + restoration + adversary (Haghighi et al. 2022)", "DiRA"),
-    "mlvicx": MethodEntry("methods.mlvicx:MLVICX", {}, "MLVICX, multi-level VICReg with context attention (Singh & Mishra 2024)", "MLVICX"),
-    "vox2vec2d": MethodEntry("methods.vox2vec2d:Vox2Vec2d", {}, "vox2vec, pixel-level FPN contrast, 2D variant (Goncharov et al. 2023)", "vox2vec"),
-    "vox2vec3d": MethodEntry("methods.vox2vec3d:Vox2Vec3d", {}, "vox2vec, voxel-level FPN3d contrast on CT (Goncharov et al. 2023; CT suites only)", "vox2vec"),
-    "coboom": MethodEntry("methods.coboom:CoBooM", {}, "CoBooM with DiversiFuse and decoder (Singh & Mishra 2024)", "CoBooM w/ Dec."),
-    "coboom-nodec": MethodEntry("methods.coboom:CoBooM", {"use_decoder": False}, "CoBooM without decoder", "CoBooM w/o Dec."),
-    "coboom-nodf": MethodEntry("methods.coboom:CoBooM", {"use_decoder": False, "use_diversifuse": False}, "CoBooM without DiversiFuse and decoder", "CoBooM w/o DF"),
+    "pcrlv2": MethodEntry(
+        "methods.pcrlv2:PCRLv2", {}, "PCRLv2, multi-scale pixel restoration + alignment (Zhou et al. 2023)", "PCRLv2"
+    ),
+    "dira": MethodEntry(
+        "methods.dira:DiRA", {}, "DiRA, MoCo-v2 + restoration + adversary (Haghighi et al. 2022)", "DiRA"
+    ),
+    "mlvicx": MethodEntry(
+        "methods.mlvicx:MLVICX", {}, "MLVICX, multi-level VICReg with context attention (Singh & Mishra 2024)", "MLVICX"
+    ),
+    "vox2vec2d": MethodEntry(
+        "methods.vox2vec2d:Vox2Vec2d",
+        {},
+        "vox2vec, pixel-level FPN contrast, 2D variant (Goncharov et al. 2023)",
+        "vox2vec",
+    ),
+    "vox2vec3d": MethodEntry(
+        "methods.vox2vec3d:Vox2Vec3d",
+        {},
+        "vox2vec, voxel-level FPN3d contrast on CT (Goncharov et al. 2023; CT suites only)",
+        "vox2vec",
+    ),
+    "coboom": MethodEntry(
+        "methods.coboom:CoBooM", {}, "CoBooM with DiversiFuse and decoder (Singh & Mishra 2024)", "CoBooM w/ Dec."
+    ),
+    "coboom-nodec": MethodEntry(
+        "methods.coboom:CoBooM", {"use_decoder": False}, "CoBooM without decoder", "CoBooM w/o Dec."
+    ),
+    "coboom-nodf": MethodEntry(
+        "methods.coboom:CoBooM",
+        {"use_decoder": False, "use_diversifuse": False},
+        "CoBooM without DiversiFuse and decoder",
+        "CoBooM w/o DF",
+    ),
 }
 
 
@@ -43,10 +76,19 @@ class UnknownMethodError(KeyError):
         return str(self.args[0])
 
 
-def register_method(name: str, cls: Type[SSLMethod], overrides: Optional[Dict[str, Any]] = None, description: str = "", label: str = "", replace: bool = False) -> None:
+def register_method(
+    name: str,
+    cls: Type[SSLMethod],
+    overrides: Optional[Dict[str, Any]] = None,
+    description: str = "",
+    label: str = "",
+    replace: bool = False,
+) -> None:
     if name in REGISTRY and not replace:
         raise ValueError(f"method {name!r} is already registered; pass replace=True to override it")
-    REGISTRY[name] = MethodEntry(cls, dict(overrides or {}), description or (cls.__doc__ or "").strip().split("\n")[0], label or name)
+    REGISTRY[name] = MethodEntry(
+        cls, dict(overrides or {}), description or (cls.__doc__ or "").strip().split("\n")[0], label or name
+    )
 
 
 def method_names() -> List[str]:

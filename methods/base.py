@@ -6,6 +6,7 @@ Everything else is shared and therefore identical across methods: the ResNet tru
 augmentation, the optimiser (LARS or SGD/AdamW) with per-step warm-up + cosine schedule, the parameter groups that
 exclude biases and normalisation layers from weight decay, the EMA hook, logging and the exported encoder.
 """
+
 from __future__ import annotations
 
 import copy
@@ -36,7 +37,9 @@ class PretrainProtocol:
     epochs: int = 1
     steps_per_epoch: int = 1
     # the CoBooM paper's optimiser (official LARSSGD: lr 0.02 at batch 64, weight decay 1.5e-6, trust 0.001)
-    optimizer: Dict[str, Any] = dataclasses.field(default_factory=lambda: {"name": "lars", "lr": 0.02, "weight_decay": 1.5e-6})
+    optimizer: Dict[str, Any] = dataclasses.field(
+        default_factory=lambda: {"name": "lars", "lr": 0.02, "weight_decay": 1.5e-6}
+    )
     schedule: Dict[str, Any] = dataclasses.field(default_factory=lambda: {"name": "warmup_cosine", "warmup_epochs": 0})
     augment: Dict[str, Any] = dataclasses.field(default_factory=dict)
     mean: Sequence[float] = (0.5,)
@@ -54,7 +57,9 @@ class MethodConfig:
 
 
 @torch.no_grad()
-def estimate_batchnorm_statistics(network: nn.Module, inputs, images: torch.Tensor, batch_size: int, generator: torch.Generator) -> None:
+def estimate_batchnorm_statistics(
+    network: nn.Module, inputs, images: torch.Tensor, batch_size: int, generator: torch.Generator
+) -> None:
     """Replace the running statistics of ``network``'s BatchNorm layers by their cumulative average (BatchNorm's
     ``momentum=None``) over one pass of ``images`` in batches of ``batch_size`` (order from ``generator``), each
     batch turned into network inputs by ``inputs``; weights are unchanged, momenta restored, eval mode on exit.
@@ -146,7 +151,9 @@ class SSLMethod(pl.LightningModule):
 
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
-            estimate_batchnorm_statistics(trunk, training_views, images, batch_size, torch.Generator().manual_seed(seed))
+            estimate_batchnorm_statistics(
+                trunk, training_views, images, batch_size, torch.Generator().manual_seed(seed)
+            )
 
     def momentum_pairs(self) -> List[tuple]:
         """(online module, EMA module) pairs updated after every optimiser step."""
@@ -164,7 +171,9 @@ class SSLMethod(pl.LightningModule):
     def make_views(self, images: torch.Tensor) -> List[torch.Tensor]:
         """The inputs of ``compute_loss``: the ``n_views`` augmented, normalised views first; methods may append
         more (local views, restoration targets, pixel coordinates) and document their layout."""
-        return self.in_memory_format([self.normalize(augment_view(images, self.protocol.image_size, cfg)) for cfg in self.view_augment])
+        return self.in_memory_format(
+            [self.normalize(augment_view(images, self.protocol.image_size, cfg)) for cfg in self.view_augment]
+        )
 
     def in_memory_format(self, tensors: List[torch.Tensor]) -> List[torch.Tensor]:
         """4-D image tensors in channels-last layout when the protocol asks for it (faster convolutions on GPU)."""
@@ -198,8 +207,16 @@ class SSLMethod(pl.LightningModule):
     def log_losses(self, losses: Dict[str, torch.Tensor], batch_size: int) -> None:
         """Keep a step's loss terms for medssl.pretrain.DivergenceGuard and log them (progress bar: the loss)."""
         self.last_loss_terms = {k: v.detach() for k, v in losses.items()}
-        self.log_dict({f"train/{k}": v.detach().float() for k, v in losses.items()}, prog_bar=False, on_step=True, on_epoch=True, batch_size=batch_size)
-        self.log("loss", losses["loss"].detach().float(), prog_bar=True, on_step=True, on_epoch=False, batch_size=batch_size)
+        self.log_dict(
+            {f"train/{k}": v.detach().float() for k, v in losses.items()},
+            prog_bar=False,
+            on_step=True,
+            on_epoch=True,
+            batch_size=batch_size,
+        )
+        self.log(
+            "loss", losses["loss"].detach().float(), prog_bar=True, on_step=True, on_epoch=False, batch_size=batch_size
+        )
 
     def full_precision(self):
         """A context with autocast off, for loss terms that lose accuracy in bf16/fp16: softmax over similarity
@@ -234,7 +251,12 @@ class SSLMethod(pl.LightningModule):
             # lightly's LARS (its updates, without host syncs: medssl.optim) skips the trust ratio for groups with
             # weight_decay 0: that is how biases and norms are excluded (check_optimizer refused a LARS without
             # weight decay, which would be plain SGD everywhere)
-            optimizer = SyncFreeLARS(groups, lr=lr, momentum=float(opt.pop("momentum", 0.9)), trust_coefficient=float(opt.pop("trust_coefficient", 0.001)))
+            optimizer = SyncFreeLARS(
+                groups,
+                lr=lr,
+                momentum=float(opt.pop("momentum", 0.9)),
+                trust_coefficient=float(opt.pop("trust_coefficient", 0.001)),
+            )
         elif name == "sgd":
             optimizer = torch.optim.SGD(groups, lr=lr, momentum=float(opt.pop("momentum", 0.9)))
         elif name == "adamw":

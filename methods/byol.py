@@ -8,6 +8,7 @@ z_target(view b)) (eq. 2) **summed** over the two directions, as the paper's sym
 256 -> 4096 -> 256 (predictor) as in lightly's defaults and the paper. Augmentations are the suite's, with BYOL's
 asymmetric blur (p = 1.0 / 0.1) and solarisation (p = 0 / 0.2); no colour jitter on grayscale images.
 """
+
 import dataclasses
 
 import torch

@@ -7,6 +7,7 @@ distortions and restoration target), so CAiD is :class:`methods.dira.DiRA` with 
 and inherits its documented choices: ResNet-18 U-Net, restoration target after the input's flip, 1-channel input.
 The paper's Barlow Twins and SimSiam variants are not released and not implemented.
 """
+
 import dataclasses
 
 from methods.dira import DiRA, DiRAConfig

@@ -49,6 +49,7 @@ Ablations (section 5, "Ablation Studies") are config switches of this one class:
 (registered as ``coboom-nodec``) and ``use_diversifuse: false`` + ``use_decoder: false`` (``coboom-nodf``), where
 z'_theta = p_theta(GAP(y_d)) from the quantized map directly.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -129,7 +130,11 @@ class VectorQuantizer(nn.Module):
                 self.share_codebook()
         self._known_initialized = self._known_initialized or self.training
         with torch.no_grad():
-            distances = (vectors.pow(2).sum(1, keepdim=True) - 2 * vectors @ self.codebook.t() + self.codebook.pow(2).sum(1)[None])
+            distances = (
+                vectors.pow(2).sum(1, keepdim=True)
+                - 2 * vectors @ self.codebook.t()
+                + self.codebook.pow(2).sum(1)[None]
+            )
             indices = distances.argmin(1)
         # F.embedding, not self.codebook[indices]: the indexing backward accumulates rows with index_put_, whose
         # multi-threaded CPU kernel adds in a run-dependent order (two 2-thread runs diverged after ~50 steps)
@@ -153,7 +158,10 @@ class VectorQuantizer(nn.Module):
             return {"codebook_perplexity": float("nan"), "codebook_dead_share": float("nan")}
         probs = counts / total
         entropy = -(probs[probs > 0] * probs[probs > 0].log()).sum()
-        return {"codebook_perplexity": float(entropy.exp()), "codebook_dead_share": float((counts == 0).double().mean())}
+        return {
+            "codebook_perplexity": float(entropy.exp()),
+            "codebook_dead_share": float((counts == 0).double().mean()),
+        }
 
     @torch.no_grad()
     def reseed_dead(self) -> int:
@@ -173,14 +181,23 @@ class Decoder(nn.Module):
         super().__init__()
         layers, prev = [], in_channels
         for width in widths:
-            layers += [nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False), nn.Conv2d(prev, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+            layers += [
+                nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
+                nn.Conv2d(prev, width, 3, padding=1, bias=False),
+                nn.BatchNorm2d(width),
+                nn.ReLU(inplace=True),
+            ]
             prev = width
         layers.append(nn.Conv2d(prev, out_channels, 1))
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor, size: int) -> torch.Tensor:
         out = self.net(x)
-        return out if out.shape[-1] == size else F.interpolate(out, size=(size, size), mode="bilinear", align_corners=False)
+        return (
+            out
+            if out.shape[-1] == size
+            else F.interpolate(out, size=(size, size), mode="bilinear", align_corners=False)
+        )
 
 
 class CoBooM(SSLMethod):
@@ -197,7 +214,9 @@ class CoBooM(SSLMethod):
         self.prediction_head = mlp_head(c.output_dim, c.hidden_dim, c.output_dim, c.head_layers)  # q_theta
         self.fusion_head = mlp_head(dim, c.hidden_dim, c.output_dim, c.head_layers)  # p_theta
         self.quantizer = VectorQuantizer(c.codebook_size, dim, c.codebook_init)
-        self.diversifuse = nn.MultiheadAttention(dim, c.attention_heads, batch_first=True) if c.use_diversifuse else None
+        self.diversifuse = (
+            nn.MultiheadAttention(dim, c.attention_heads, batch_first=True) if c.use_diversifuse else None
+        )
         self.decoder = Decoder(dim, self.protocol.in_channels) if c.use_decoder else None
         self.make_ema_targets("backbone", "projection_head")
 
@@ -244,7 +263,9 @@ class CoBooM(SSLMethod):
             terms["commitment"] = terms["commitment"] + commitment_loss / 2
             if self.decoder is not None:
                 recon = self.decoder(fused_map, self.protocol.image_size)
-                terms["reconstruction"] = terms["reconstruction"] + F.mse_loss(recon.float(), recon_targets[b].float()) / 2
+                terms["reconstruction"] = (
+                    terms["reconstruction"] + F.mse_loss(recon.float(), recon_targets[b].float()) / 2
+                )
         quantization = terms["codebook"] + c.commitment_weight * terms["commitment"]
         loss = c.alpha * (terms["l1"] + terms["l2"]) + quantization + c.gamma * terms["reconstruction"]
         out = {"loss": loss, "quantization": quantization}

@@ -41,6 +41,7 @@
   ``last.ckpt`` would restart with random negatives; MoCo's own code saves its queue), and its write position is
   mirrored on the host (:class:`HostPointerQueue`; lightly reads it back from the device at every step).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -101,7 +102,10 @@ def _offsets(sizes: torch.Tensor, side: int, generator) -> torch.Tensor:
     """``random.randint(3, side - size - 3)`` per block, the 3-px margin scaled with the side."""
     margin = int(round(3 * side / OFFICIAL_SIDE))
     high = (side - sizes - margin).clamp(min=margin)
-    return margin + (torch.rand(sizes.shape, generator=generator, device=sizes.device) * (high - margin + 1)).floor().long()
+    return (
+        margin
+        + (torch.rand(sizes.shape, generator=generator, device=sizes.device) * (high - margin + 1)).floor().long()
+    )
 
 
 def _blocks(n: int, count: int, low: int, high: int, h: int, w: int, generator, device, complement: bool = False):
@@ -162,8 +166,12 @@ def swap_patches(x: torch.Tensor, generator: Optional[torch.Generator] = None) -
     for k in range(SWAPS):  # 10 batched steps, never a loop over images
         for into, outof, mask in ((first, second, masks[0]), (second, first, masks[1])):
             inside = mask[:, k]
-            source_rows = torch.where(inside, rows - into[0][:, k, None, None] + outof[0][:, k, None, None], source_rows)
-            source_cols = torch.where(inside, cols - into[1][:, k, None, None] + outof[1][:, k, None, None], source_cols)
+            source_rows = torch.where(
+                inside, rows - into[0][:, k, None, None] + outof[0][:, k, None, None], source_rows
+            )
+            source_cols = torch.where(
+                inside, cols - into[1][:, k, None, None] + outof[1][:, k, None, None], source_cols
+            )
     index = (source_rows * w + source_cols).reshape(n, 1, h * w).expand(n, c, h * w)
     return x.reshape(n, c, h * w).gather(2, index).reshape(n, c, h, w)
 
@@ -251,7 +259,11 @@ class DiRA(SSLMethod):
         self.projection_head = MoCoProjectionHead(dim, c.hidden_dim, c.output_dim)
         self.decoder = UNetDecoder(self.backbone.stage_channels, skips=True)
         self.restoration_head = nn.Conv2d(self.decoder.channels[-1], self.protocol.in_channels, 3, padding=1)
-        self.criterion = NTXentLoss(temperature=c.temperature, memory_bank_size=(c.queue_size, c.output_dim), gather_distributed=gather_across_processes())
+        self.criterion = NTXentLoss(
+            temperature=c.temperature,
+            memory_bank_size=(c.queue_size, c.output_dim),
+            gather_distributed=gather_across_processes(),
+        )
         self.criterion.memory_bank = HostPointerQueue.replacing(self.criterion.memory_bank)
         self.make_ema_targets("backbone", "projection_head")
         self.discriminator = PatchDiscriminator(self.protocol.in_channels) if c.adversarial_weight > 0 else None
@@ -309,7 +321,9 @@ class DiRA(SSLMethod):
             loss = loss + c.adversarial_weight * adversarial
             out["adversarial"] = adversarial
             if self.training:  # the discriminator's step runs after this one under the same precision
-                half = torch.get_autocast_dtype(self.device.type) if torch.is_autocast_enabled(self.device.type) else None
+                half = (
+                    torch.get_autocast_dtype(self.device.type) if torch.is_autocast_enabled(self.device.type) else None
+                )
                 self._pending_adversary = (restored.detach(), target.detach(), half)
         out["loss"] = loss
         return out
@@ -320,7 +334,9 @@ class DiRA(SSLMethod):
             self.discriminator_step(*self._pending_adversary)
             self._pending_adversary = None
 
-    def discriminator_step(self, restored: torch.Tensor, target: torch.Tensor, half: Optional[torch.dtype] = None) -> torch.Tensor:
+    def discriminator_step(
+        self, restored: torch.Tensor, target: torch.Tensor, half: Optional[torch.dtype] = None
+    ) -> torch.Tensor:
         """One LSGAN step of the discriminator on (real = target, fake = restored), under autocast to ``half`` when
         given (the generator step's mixed precision; float16 with a gradient scaler); returns its loss."""
         if self.discriminator_optimizer is None:
@@ -332,9 +348,14 @@ class DiRA(SSLMethod):
             for parameter in parameters:
                 parameter.requires_grad_(True)
             try:
-                with torch.autocast(device_type=self.device.type, dtype=half or torch.float32, enabled=half is not None):
+                with torch.autocast(
+                    device_type=self.device.type, dtype=half or torch.float32, enabled=half is not None
+                ):
                     real, fake = self.discriminator(target), self.discriminator(restored)
-                loss = 0.5 * (F.mse_loss(real.float(), torch.ones_like(real, dtype=torch.float32)) + F.mse_loss(fake.float(), torch.zeros_like(fake, dtype=torch.float32)))
+                loss = 0.5 * (
+                    F.mse_loss(real.float(), torch.ones_like(real, dtype=torch.float32))
+                    + F.mse_loss(fake.float(), torch.zeros_like(fake, dtype=torch.float32))
+                )
                 self.discriminator_optimizer.zero_grad(set_to_none=True)
                 (self.discriminator_scaler.scale(loss) if self.discriminator_scaler else loss).backward()
             finally:
@@ -350,7 +371,9 @@ class DiRA(SSLMethod):
         return loss.detach()
 
     def make_discriminator_optimizer(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.discriminator.parameters(), lr=self.config.discriminator_lr, betas=(0.5, 0.999), fused=True)
+        return torch.optim.Adam(
+            self.discriminator.parameters(), lr=self.config.discriminator_lr, betas=(0.5, 0.999), fused=True
+        )
 
     def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         if self.discriminator_optimizer is not None:

@@ -26,6 +26,7 @@ Follows the official ``models/mlvicx.py`` (spec section 2) on the suite's ResNet
   views, cumulative average, as the random-init row gets its statistics (``methods/supervised.py``); the
   weights are untouched. The learning-signal monitor probes the trunk the same way.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -59,11 +60,17 @@ class ContextBottleneck(nn.Module):
     def __init__(self, channels: int, reduction: int = 2, kernel_size: int = 7):
         super().__init__()
         hidden = max(1, channels // reduction)
-        self.channel_mlp = nn.Sequential(nn.Conv2d(channels, hidden, 1, bias=False), nn.ReLU(inplace=True), nn.Conv2d(hidden, channels, 1, bias=False))
+        self.channel_mlp = nn.Sequential(
+            nn.Conv2d(channels, hidden, 1, bias=False),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, channels, 1, bias=False),
+        )
         self.spatial = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        channel_gate = torch.sigmoid(self.channel_mlp(F.adaptive_avg_pool2d(x, 1)) + self.channel_mlp(F.adaptive_max_pool2d(x, 1)))
+        channel_gate = torch.sigmoid(
+            self.channel_mlp(F.adaptive_avg_pool2d(x, 1)) + self.channel_mlp(F.adaptive_max_pool2d(x, 1))
+        )
         x = x * channel_gate
         spatial_gate = torch.sigmoid(self.spatial(torch.cat([x.mean(1, keepdim=True), x.amax(1, keepdim=True)], dim=1)))
         return x * spatial_gate
@@ -71,11 +78,13 @@ class ContextBottleneck(nn.Module):
 
 def expander(in_dim: int, hidden_dim: int, out_dim: int) -> ProjectionHead:
     """Linear-BN-ReLU, Linear-BN-ReLU, Linear-BN (the official MLVICX heads end in BatchNorm)."""
-    return ProjectionHead([
-        (in_dim, hidden_dim, nn.BatchNorm1d(hidden_dim), nn.ReLU()),
-        (hidden_dim, hidden_dim, nn.BatchNorm1d(hidden_dim), nn.ReLU()),
-        (hidden_dim, out_dim, nn.BatchNorm1d(out_dim), None),
-    ])
+    return ProjectionHead(
+        [
+            (in_dim, hidden_dim, nn.BatchNorm1d(hidden_dim), nn.ReLU()),
+            (hidden_dim, hidden_dim, nn.BatchNorm1d(hidden_dim), nn.ReLU()),
+            (hidden_dim, out_dim, nn.BatchNorm1d(out_dim), None),
+        ]
+    )
 
 
 class MLVICX(SSLMethod):
@@ -87,11 +96,15 @@ class MLVICX(SSLMethod):
     def build(self) -> None:
         c = self.config
         self.context = nn.ModuleList(ContextBottleneck(ch) for ch in self.backbone.stage_channels)
-        self.dense_projections = nn.ModuleList(nn.Conv2d(ch, c.dense_channels, 1) for ch in self.backbone.stage_channels)
+        self.dense_projections = nn.ModuleList(
+            nn.Conv2d(ch, c.dense_channels, 1) for ch in self.backbone.stage_channels
+        )
         self.global_head = expander(self.backbone.feature_dim, c.hidden_dim, c.output_dim)
         self.dense_head = expander(c.dense_channels * c.dense_grid**2, c.hidden_dim, c.output_dim)
         self.dense_size = max(c.dense_grid, int(round(self.protocol.image_size * c.dense_size_ratio)))
-        self.criterion = VICRegLoss(c.invariance_weight, c.variance_weight, c.covariance_weight, gather_distributed=gather_across_processes())
+        self.criterion = VICRegLoss(
+            c.invariance_weight, c.variance_weight, c.covariance_weight, gather_distributed=gather_across_processes()
+        )
 
     def attended_stages(self, x: torch.Tensor) -> List[torch.Tensor]:
         """The trunk's five stages, each followed by its context bottleneck, which feeds the next stage."""
@@ -105,7 +118,10 @@ class MLVICX(SSLMethod):
     def embed(self, view: torch.Tensor):
         maps = self.attended_stages(view)
         size = (self.dense_size, self.dense_size)
-        dense = sum(proj(F.interpolate(m, size=size, mode="bilinear", align_corners=False)) for proj, m in zip(self.dense_projections, maps))
+        dense = sum(
+            proj(F.interpolate(m, size=size, mode="bilinear", align_corners=False))
+            for proj, m in zip(self.dense_projections, maps)
+        )
         dense = torch.flatten(F.adaptive_avg_pool2d(dense, self.config.dense_grid), 1)
         return self.global_head(pooled(maps[-1])).float(), self.dense_head(dense).float()
 

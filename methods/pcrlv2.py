@@ -27,6 +27,7 @@ Follows the official ``train_2d.py`` (spec section 5) on the suite's ResNet-18 e
   the normalised tensor: the holes hold the corpus mean, not black.
 * All similarity terms are computed in fp32 with autocast off.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -67,7 +68,12 @@ class LevelHeads(nn.Module):
         super().__init__()
         self.restore = nn.Sequential(*conv_bn_relu(channels, channels), nn.Conv2d(channels, out_channels, 1))
         self.project = nn.BatchNorm1d(channels)
-        self.predict = nn.Sequential(nn.Linear(channels, 2 * channels), nn.BatchNorm1d(2 * channels), nn.ReLU(inplace=True), nn.Linear(2 * channels, channels))
+        self.predict = nn.Sequential(
+            nn.Linear(channels, 2 * channels),
+            nn.BatchNorm1d(2 * channels),
+            nn.ReLU(inplace=True),
+            nn.Linear(2 * channels, channels),
+        )
 
 
 class PCRLv2(SSLMethod):
@@ -86,7 +92,10 @@ class PCRLv2(SSLMethod):
         self.final_head = nn.Conv2d(self.decoder.channels[-1], self.protocol.in_channels, 3, padding=1)
         spatial = {"rotate_degrees": c.rotate_degrees}
         self.global_augment = [dataclasses.replace(cfg, **spatial) for cfg in self.view_augment]
-        self.local_augment = [dataclasses.replace(self.view_augment[i % self.n_views], crop_scale=tuple(c.local_crop_scale), **spatial) for i in range(c.n_local_views)]
+        self.local_augment = [
+            dataclasses.replace(self.view_augment[i % self.n_views], crop_scale=tuple(c.local_crop_scale), **spatial)
+            for i in range(c.n_local_views)
+        ]
         self.local_size = max(8, int(round(self.protocol.image_size * c.local_size_ratio)))
 
     def make_views(self, images):
@@ -94,7 +103,10 @@ class PCRLv2(SSLMethod):
         x = to_unit_float(images)
         size, c = self.protocol.image_size, self.config
         crops = [random_resized_crop(x, size, cfg) for cfg in self.global_augment]
-        global_views = [cutout(self.normalize(photometric(crop, cfg)), c.cutout_holes, c.cutout_fraction) for crop, cfg in zip(crops, self.global_augment)]
+        global_views = [
+            cutout(self.normalize(photometric(crop, cfg)), c.cutout_holes, c.cutout_fraction)
+            for crop, cfg in zip(crops, self.global_augment)
+        ]
         local_views = [self.normalize(augment_view(x, self.local_size, cfg)) for cfg in self.local_augment]
         return self.in_memory_format(global_views + [self.normalize(crops[0])] + local_views)
 
@@ -142,7 +154,9 @@ class PCRLv2(SSLMethod):
                 local_embeddings = [(pro[j * n : (j + 1) * n], pre[j * n : (j + 1) * n]) for pro, pre in local_batch]
                 for embeddings in global_embeddings:
                     pair_levels = self.sampled_levels()
-                    local_term = local_term + sum(self.alignment(local_embeddings, embeddings, i) for i in pair_levels) / len(pair_levels)
+                    local_term = local_term + sum(
+                        self.alignment(local_embeddings, embeddings, i) for i in pair_levels
+                    ) / len(pair_levels)
             local_term = local_term / (2 * len(local_views))
         size, target = first.shape[-1], target.float()
         # sides that are not a multiple of 32 (e.g. 48 px): the skip-free decoder overshoots the input size

@@ -5,6 +5,7 @@ the batch. Defaults follow the lightly column of the project spec (section 7): t
 512 -> 2048 -> 128 for ResNet-18. solo-learn's ImageNet-100 recipe uses temperature 0.2 and a 4096 -> 512 head;
 both are config fields. The loss runs in fp32 under mixed precision. With more than one process the loss gathers all views so negatives span the global batch.
 """
+
 import dataclasses
 
 from lightly.loss import NTXentLoss

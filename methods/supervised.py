@@ -16,6 +16,7 @@ learning steps: one pass over the pretraining corpus through the suite's augment
 gradients, with BatchNorm's cumulative average (``momentum=None``), so the statistics do not depend on the order
 of the batches. ``batchnorm_statistics: init`` keeps PyTorch's initial values.
 """
+
 import dataclasses
 
 import torch
@@ -31,7 +32,9 @@ class SupervisedConfig(MethodConfig):
 
     def __post_init__(self):
         if self.batchnorm_statistics not in BATCHNORM_STATISTICS:
-            raise ValueError(f"supervised: batchnorm_statistics must be one of {BATCHNORM_STATISTICS}, not {self.batchnorm_statistics!r}")
+            raise ValueError(
+                f"supervised: batchnorm_statistics must be one of {BATCHNORM_STATISTICS}, not {self.batchnorm_statistics!r}"
+            )
 
 
 class Supervised(SSLMethod):

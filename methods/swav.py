@@ -20,6 +20,7 @@ one frozen step). A queue longer than the corpus would hold the same images twic
 Sinkhorn gathers across processes, so it sees as many queued embeddings as one process would. The prototype
 scores, Sinkhorn and the loss run in fp32 under mixed precision.
 """
+
 import dataclasses
 import math
 from typing import Optional, Tuple
@@ -63,7 +64,12 @@ class SwAV(SSLMethod):
         self.prototypes = SwaVPrototypes(c.output_dim, c.n_prototypes)
         self.frozen_prototype_steps = self.steps_of(c.freeze_prototypes_share)
         self.queue_start_step = self.steps_of(c.queue_start_share)
-        self.criterion = SwaVLoss(temperature=c.temperature, sinkhorn_iterations=c.sinkhorn_iterations, sinkhorn_epsilon=c.sinkhorn_epsilon, sinkhorn_gather_distributed=gather_across_processes())
+        self.criterion = SwaVLoss(
+            temperature=c.temperature,
+            sinkhorn_iterations=c.sinkhorn_iterations,
+            sinkhorn_epsilon=c.sinkhorn_epsilon,
+            sinkhorn_gather_distributed=gather_across_processes(),
+        )
         local = {**self.protocol.augment, **self.view_overrides, "crop_scale": list(c.local_crop_scale)}
         self.local_augment = view_configs(local, c.n_local_views)
         self.local_size = max(8, int(round(self.protocol.image_size * c.local_size_ratio)))

@@ -9,6 +9,7 @@ over the branches (the official formulas, which lightly reproduces; spec section
 Augmentations: the suite's, with the asymmetric blur (p = 1.0 / 0.1) and solarisation (p = 0 / 0.2) that VICReg
 takes from BYOL; no colour jitter on grayscale images. The loss runs in fp32 under mixed precision.
 """
+
 import dataclasses
 
 from lightly.loss import VICRegLoss
@@ -34,7 +35,9 @@ class VICReg(SSLMethod):
     def build(self) -> None:
         c = self.config
         self.projection_head = VICRegProjectionHead(self.backbone.feature_dim, c.hidden_dim, c.output_dim, c.num_layers)
-        self.criterion = VICRegLoss(c.invariance_weight, c.variance_weight, c.covariance_weight, gather_distributed=gather_across_processes())
+        self.criterion = VICRegLoss(
+            c.invariance_weight, c.variance_weight, c.covariance_weight, gather_distributed=gather_across_processes()
+        )
 
     def compute_loss(self, views, images):
         z1, z2 = (self.projection_head(self.backbone(v)).float() for v in views)

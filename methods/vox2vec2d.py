@@ -21,6 +21,7 @@ overlapping crops against all other sampled voxels (InfoNCE, temperature 0.1; sp
 * Evaluation uses the ResNet-18 trunk; the FPN decoder and projector are pretraining heads. The 3D method on CT
   volumes is a separate entry.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -71,7 +72,10 @@ def sample_levels(levels: List[torch.Tensor], coords: torch.Tensor) -> torch.Ten
     mantissa), which would pair slightly different pixels of the two views."""
     grid = coords[:, :, None, :].float()
     with torch.autocast(device_type=grid.device.type, enabled=False):
-        sampled = [F.grid_sample(level.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)[..., 0] for level in levels]
+        sampled = [
+            F.grid_sample(level.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)[..., 0]
+            for level in levels
+        ]
     vectors = torch.cat(sampled, dim=1)  # N x C x P
     return vectors.transpose(1, 2).reshape(-1, vectors.shape[1])
 
@@ -83,11 +87,13 @@ class Vox2Vec2d(SSLMethod):
     def build(self) -> None:
         c = self.config
         self.pyramid = PyramidDecoder(self.backbone.stage_channels)
-        self.projection_head = ProjectionHead([
-            (self.pyramid.dim, c.hidden_dim, nn.BatchNorm1d(c.hidden_dim), nn.ReLU()),
-            (c.hidden_dim, c.hidden_dim, nn.BatchNorm1d(c.hidden_dim), nn.ReLU()),
-            (c.hidden_dim, c.output_dim, None, None),
-        ])
+        self.projection_head = ProjectionHead(
+            [
+                (self.pyramid.dim, c.hidden_dim, nn.BatchNorm1d(c.hidden_dim), nn.ReLU()),
+                (c.hidden_dim, c.hidden_dim, nn.BatchNorm1d(c.hidden_dim), nn.ReLU()),
+                (c.hidden_dim, c.output_dim, None, None),
+            ]
+        )
         self.criterion = NTXentLoss(temperature=c.temperature, gather_distributed=gather_across_processes())
         self.view_augment = [dataclasses.replace(cfg, hflip_p=0.0, rotate_degrees=0.0) for cfg in self.view_augment]
 
@@ -97,7 +103,10 @@ class Vox2Vec2d(SSLMethod):
         boxes = []
         for cfg in self.view_augment:
             box = draw_crop_boxes(n, cfg, device=device)
-            for centre, half, a in ((box.centre_x, box.half_width, anchor[:, 0]), (box.centre_y, box.half_height, anchor[:, 1])):
+            for centre, half, a in (
+                (box.centre_x, box.half_width, anchor[:, 0]),
+                (box.centre_y, box.half_height, anchor[:, 1]),
+            ):
                 low = torch.maximum(-(1 - half), a - half)
                 high = torch.minimum(1 - half, a + half)
                 centre.copy_(low + (high - low) * torch.rand(n, device=device))
@@ -121,7 +130,15 @@ class Vox2Vec2d(SSLMethod):
         views, coords = [], []
         for box, cfg in zip(boxes, self.view_augment):
             views.append(self.normalize(photometric(apply_crop_boxes(x, self.protocol.image_size, box), cfg)))
-            coords.append(torch.stack([(points_x - box.centre_x[:, None]) / box.half_width[:, None], (points_y - box.centre_y[:, None]) / box.half_height[:, None]], dim=-1))
+            coords.append(
+                torch.stack(
+                    [
+                        (points_x - box.centre_x[:, None]) / box.half_width[:, None],
+                        (points_y - box.centre_y[:, None]) / box.half_height[:, None],
+                    ],
+                    dim=-1,
+                )
+            )
         return self.in_memory_format(views) + coords
 
     def pixel_embeddings(self, view: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:

@@ -33,6 +33,7 @@ The encoder evaluated downstream is the FPN (all of its levels). Deviation for D
 GPU): each process samples its own CT and the negatives are gathered across processes. Registered as ``vox2vec3d``
 with ``track = "ct"``: only CT suites (``track: ct``, medssl/track3d.py) list it.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -59,8 +60,14 @@ class ResBlock3d(nn.Module):
     def __init__(self, channels: int, kernel_size: int = 3):
         super().__init__()
         padding = kernel_size // 2
-        self.layers = nn.Sequential(nn.BatchNorm3d(channels), nn.ReLU(inplace=True), nn.Conv3d(channels, channels, kernel_size, padding=padding),
-                                    nn.BatchNorm3d(channels), nn.ReLU(inplace=True), nn.Conv3d(channels, channels, kernel_size, padding=padding))
+        self.layers = nn.Sequential(
+            nn.BatchNorm3d(channels),
+            nn.ReLU(inplace=True),
+            nn.Conv3d(channels, channels, kernel_size, padding=padding),
+            nn.BatchNorm3d(channels),
+            nn.ReLU(inplace=True),
+            nn.Conv3d(channels, channels, kernel_size, padding=padding),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.layers(x)
@@ -121,7 +128,15 @@ def voxel_embeddings(levels: Sequence[torch.Tensor], patch_index: torch.Tensor, 
 class Projector(nn.Module):
     def __init__(self, dim: int, output_dim: int = 128):
         super().__init__()
-        self.layers = nn.Sequential(nn.Linear(dim, dim), nn.BatchNorm1d(dim), nn.ReLU(inplace=True), nn.Linear(dim, dim), nn.BatchNorm1d(dim), nn.ReLU(inplace=True), nn.Linear(dim, output_dim))
+        self.layers = nn.Sequential(
+            nn.Linear(dim, dim),
+            nn.BatchNorm1d(dim),
+            nn.ReLU(inplace=True),
+            nn.Linear(dim, dim),
+            nn.BatchNorm1d(dim),
+            nn.ReLU(inplace=True),
+            nn.Linear(dim, output_dim),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.layers(x), dim=1)
@@ -133,7 +148,9 @@ class FPNLinearHead(nn.Module):
 
     def __init__(self, level_channels: Sequence[int], num_classes: int):
         super().__init__()
-        self.layers = nn.ModuleList(nn.Conv3d(c, num_classes, kernel_size=1, bias=i == 0) for i, c in enumerate(level_channels))
+        self.layers = nn.ModuleList(
+            nn.Conv3d(c, num_classes, kernel_size=1, bias=i == 0) for i, c in enumerate(level_channels)
+        )
 
     def forward(self, levels: Sequence[torch.Tensor]) -> torch.Tensor:
         maps = [layer(x) for x, layer in zip(levels, self.layers)]
@@ -152,7 +169,10 @@ class FPNNonLinearHead(nn.Module):
         super().__init__()
         self.bottom = ResBlock3d(level_channels[-1], kernel_size=1)
         finer = list(reversed(level_channels[:-1]))
-        self.up = nn.ModuleList(nn.Sequential(nn.Conv3d(2 * c, c, kernel_size=1), nn.Upsample(scale_factor=2, mode="nearest")) for c in finer)
+        self.up = nn.ModuleList(
+            nn.Sequential(nn.Conv3d(2 * c, c, kernel_size=1), nn.Upsample(scale_factor=2, mode="nearest"))
+            for c in finer
+        )
         self.skip = nn.ModuleList(nn.Conv3d(c, c, kernel_size=1) for c in finer)
         self.blocks = nn.ModuleList(ResBlock3d(c, kernel_size=1) for c in finer)
         self.final = nn.Conv3d(level_channels[0], num_classes, kernel_size=1)
@@ -171,11 +191,17 @@ def body_mask(volume: np.ndarray) -> np.ndarray:
 
     air = volume < BODY_THRESHOLD_HU
     components, _ = ndimage.label(air)
-    border = np.unique(np.concatenate([components[0].ravel(), components[-1].ravel(), components[:, 0].ravel(), components[:, -1].ravel()]))
+    border = np.unique(
+        np.concatenate(
+            [components[0].ravel(), components[-1].ravel(), components[:, 0].ravel(), components[:, -1].ravel()]
+        )
+    )
     return ~np.isin(components, border[border > 0])
 
 
-def sample_box(shape: Sequence[int], patch: Sequence[int], anchor: Sequence[int], rng: np.random.Generator) -> np.ndarray:
+def sample_box(
+    shape: Sequence[int], patch: Sequence[int], anchor: Sequence[int], rng: np.random.Generator
+) -> np.ndarray:
     """Start corner of a ``patch``-sized box inside ``shape``, uniform among those containing ``anchor``."""
     low = [max(0, a - p + 1) for a, p in zip(anchor, patch)]
     high = [min(a, s - p) for a, s, p in zip(anchor, shape, patch)]
@@ -190,7 +216,9 @@ def random_body_voxel(body: np.ndarray, rng: np.random.Generator, tries: int = 1
     raise ValueError("no body voxel found: the volume holds no voxel above -500 HU inside the body")
 
 
-def sample_pair(volume: np.ndarray, body: np.ndarray, patch: Sequence[int], max_voxels: int, rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def sample_pair(
+    volume: np.ndarray, body: np.ndarray, patch: Sequence[int], max_voxels: int, rng: np.random.Generator
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(patch 1, patch 2, positives in patch 1's coordinates, the same voxels in patch 2's), raw HU."""
     if any(s < p for s, p in zip(volume.shape, patch)):
         raise ValueError(f"a volume of shape {volume.shape} is smaller than the patch {tuple(patch)}")
@@ -199,7 +227,9 @@ def sample_pair(volume: np.ndarray, body: np.ndarray, patch: Sequence[int], max_
     low, high = np.maximum(first, second), np.minimum(first, second) + np.asarray(patch)
     inside = np.argwhere(body[low[0] : high[0], low[1] : high[1], low[2] : high[2]]) + low  # body voxels in both boxes
     chosen = inside[rng.choice(len(inside), size=min(max_voxels, len(inside)), replace=False)]
-    crop = lambda start: np.asarray(volume[start[0] : start[0] + patch[0], start[1] : start[1] + patch[1], start[2] : start[2] + patch[2]])
+    crop = lambda start: np.asarray(
+        volume[start[0] : start[0] + patch[0], start[1] : start[1] + patch[1], start[2] : start[2] + patch[2]]
+    )
     return crop(first), crop(second), chosen - first, chosen - second
 
 
@@ -220,10 +250,14 @@ def augment_view(patch_hu: np.ndarray, rng: np.random.Generator) -> torch.Tensor
         noise.set_random_state(seed=int(rng.integers(2**31)))
         x = noise(x)
     low, high = (rng.uniform(*RANDOM_LOW_HU), rng.uniform(*RANDOM_HIGH_HU)) if rng.uniform() < 0.8 else WINDOW_HU
-    return torch.as_tensor(ScaleIntensityRange(a_min=low, a_max=high, b_min=0.0, b_max=1.0, clip=True)(x), dtype=torch.float32)
+    return torch.as_tensor(
+        ScaleIntensityRange(a_min=low, a_max=high, b_min=0.0, b_max=1.0, clip=True)(x), dtype=torch.float32
+    )
 
 
-def sample_step(volume: np.ndarray, body: np.ndarray, patch: Sequence[int], pairs: int, max_voxels: int, rng: np.random.Generator) -> Dict[str, torch.Tensor]:
+def sample_step(
+    volume: np.ndarray, body: np.ndarray, patch: Sequence[int], pairs: int, max_voxels: int, rng: np.random.Generator
+) -> Dict[str, torch.Tensor]:
     """One training step's batch from one CT: ``pairs`` augmented view pairs and their positives."""
     first, second, voxels_first, voxels_second, owner = [], [], [], [], []
     for index in range(pairs):
@@ -233,8 +267,13 @@ def sample_step(volume: np.ndarray, body: np.ndarray, patch: Sequence[int], pair
         voxels_first.append(torch.from_numpy(va))
         voxels_second.append(torch.from_numpy(vb))
         owner.append(torch.full((len(va),), index, dtype=torch.long))
-    return {"views_first": torch.stack(first), "views_second": torch.stack(second), "voxels_first": torch.cat(voxels_first).long(),
-            "voxels_second": torch.cat(voxels_second).long(), "patch_index": torch.cat(owner)}
+    return {
+        "views_first": torch.stack(first),
+        "views_second": torch.stack(second),
+        "voxels_first": torch.cat(voxels_first).long(),
+        "voxels_second": torch.cat(voxels_second).long(),
+        "patch_index": torch.cat(owner),
+    }
 
 
 class VolumeSteps:
@@ -243,13 +282,23 @@ class VolumeSteps:
     resumed at an epoch's start therefore draws exactly the batches of the uninterrupted run (Lightning sets the
     epoch through :class:`EpochOfSteps`). Body masks are computed once per CT."""
 
-    def __init__(self, volumes: Sequence[np.ndarray], patch: Sequence[int], pairs: int, max_voxels: int, steps_per_epoch: int, seed: int):
+    def __init__(
+        self,
+        volumes: Sequence[np.ndarray],
+        patch: Sequence[int],
+        pairs: int,
+        max_voxels: int,
+        steps_per_epoch: int,
+        seed: int,
+    ):
         self.volumes, self.patch, self.pairs, self.max_voxels = list(volumes), tuple(patch), int(pairs), int(max_voxels)
         self.steps_per_epoch, self.seed, self.epoch = int(steps_per_epoch), int(seed), 0
         self._bodies: Dict[int, np.ndarray] = {}
         small = [i for i, v in enumerate(self.volumes) if any(s < p for s, p in zip(v.shape, self.patch))]
         if small:
-            raise ValueError(f"{len(small)} volumes are smaller than the patch {self.patch} (e.g. shape {self.volumes[small[0]].shape}); use a smaller patch_size or larger volumes")
+            raise ValueError(
+                f"{len(small)} volumes are smaller than the patch {self.patch} (e.g. shape {self.volumes[small[0]].shape}); use a smaller patch_size or larger volumes"
+            )
 
     def __len__(self) -> int:
         return self.steps_per_epoch
@@ -263,7 +312,9 @@ class VolumeSteps:
         for step in range(self.steps_per_epoch):
             rng = np.random.default_rng([self.seed, self.epoch, step])
             index = int(rng.integers(len(self.volumes)))
-            yield sample_step(np.asarray(self.volumes[index]), self.body(index), self.patch, self.pairs, self.max_voxels, rng)
+            yield sample_step(
+                np.asarray(self.volumes[index]), self.body(index), self.patch, self.pairs, self.max_voxels, rng
+            )
 
 
 class EpochOfSteps(pl.Callback):

@@ -1,4 +1,5 @@
 """Helpers of the multi-process tests."""
+
 import socket
 
 

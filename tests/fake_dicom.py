@@ -1,4 +1,5 @@
 """Writing small DICOM files like the real datasets' (for the loader tests)."""
+
 import io
 
 import numpy as np

@@ -1,4 +1,5 @@
 """Shared check of the loader tests: loading a broken fake copy fails with a message that names the problem."""
+
 import pytest
 
 from datasets import DatasetError, load_dataset

@@ -1,4 +1,5 @@
 """The README's "Add a method" recipe works: a method defined in a test file runs through the smoke suite."""
+
 import dataclasses
 
 import torch
@@ -31,7 +32,23 @@ def test_registered_method_runs_through_smoke_suite(tmp_path, capsys):
     register_method("mymethod", MyMethod, label="Mine", replace=True)
     try:
         (tmp_path / "data").mkdir()
-        args = ["--suite", "smoke", "--methods", "mymethod", "--seeds", "0", "--fractions", "100", "--data-root", str(tmp_path / "data"), "--out", str(tmp_path / "out"), "--reports", str(tmp_path / "rep"), "--no-progress"]
+        args = [
+            "--suite",
+            "smoke",
+            "--methods",
+            "mymethod",
+            "--seeds",
+            "0",
+            "--fractions",
+            "100",
+            "--data-root",
+            str(tmp_path / "data"),
+            "--out",
+            str(tmp_path / "out"),
+            "--reports",
+            str(tmp_path / "rep"),
+            "--no-progress",
+        ]
         assert main(args) == 0
         records = ResultStore(tmp_path / "out" / "smoke").records()
         assert {(r["method"], r["protocol"]) for r in records} == {("mymethod", "linear"), ("mymethod", "finetune")}

@@ -1,4 +1,5 @@
 """Command-line behaviour: plan printing, clear one-line errors with non-zero exit codes."""
+
 import subprocess
 import sys
 
@@ -10,7 +11,9 @@ ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "run_benchmark.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "run_benchmark.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_dry_run_lists_every_job(tmp_path, capsys):
@@ -35,7 +38,24 @@ def test_dry_run_checks_the_data_layout_without_generating_phantoms(tmp_path, ca
 
 
 def test_dry_run_respects_overrides(tmp_path, capsys):
-    assert main(["--suite", "smoke", "--dry-run", "--methods", "simclr", "--seeds", "0", "--fractions", "30", "--out", str(tmp_path)]) == 0
+    assert (
+        main(
+            [
+                "--suite",
+                "smoke",
+                "--dry-run",
+                "--methods",
+                "simclr",
+                "--seeds",
+                "0",
+                "--fractions",
+                "30",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     assert "1 pretraining jobs, 2 evaluation jobs" in capsys.readouterr().out
 
 
@@ -50,16 +70,40 @@ def test_dry_run_respects_overrides(tmp_path, capsys):
         (["report", "--suite", "smoke", "--out", "/does/not/exist"], "no stored results"),
         (["--suite", "smoke", "--device", "cpu", "--devices", "0"], "--devices must be at least 1"),
         (["--suite", "smoke", "--dry-run", "--shard", "3/2"], "need 1 <= K <= N"),
-        (["report", "--suite", "smoke", "--shard", "1/2"], "'report' does not take --shard 1/2; 'python run_benchmark.py report --help' lists its options"),
-        (["--suite", "smoke", "--dry-run", "--encoder", "simclr=/tmp/x.pth"], "encoder name 'simclr' is the name of a method"),
-        (["--suite", "smoke", "--dry-run", "--encoder", "mine=/does/not/exist.pth"], "encoder mine: /does/not/exist.pth does not exist"),
-        (["--suite", "smoke", "--dry-run", "--set", "pretrain.epochs"], "--set 'pretrain.epochs': write KEY.PATH=VALUE"),
-        (["--suite", "smoke", "--dry-run", "--set", "tasks.0.protocols=[knn]"], "lists the knn protocol but the suite has no evaluation.knn settings"),
-        (["--suite", "smoke", "--dry-run", "--seeds=-1"], "--seeds: seeds must be integers from 0 to 4294967295, got [-1]"),
+        (
+            ["report", "--suite", "smoke", "--shard", "1/2"],
+            "'report' does not take --shard 1/2; 'python run_benchmark.py report --help' lists its options",
+        ),
+        (
+            ["--suite", "smoke", "--dry-run", "--encoder", "simclr=/tmp/x.pth"],
+            "encoder name 'simclr' is the name of a method",
+        ),
+        (
+            ["--suite", "smoke", "--dry-run", "--encoder", "mine=/does/not/exist.pth"],
+            "encoder mine: /does/not/exist.pth does not exist",
+        ),
+        (
+            ["--suite", "smoke", "--dry-run", "--set", "pretrain.epochs"],
+            "--set 'pretrain.epochs': write KEY.PATH=VALUE",
+        ),
+        (
+            ["--suite", "smoke", "--dry-run", "--set", "tasks.0.protocols=[knn]"],
+            "lists the knn protocol but the suite has no evaluation.knn settings",
+        ),
+        (
+            ["--suite", "smoke", "--dry-run", "--seeds=-1"],
+            "--seeds: seeds must be integers from 0 to 4294967295, got [-1]",
+        ),
         (["--suite", "smoke", "--dry-run", "--methods", ""], "--methods is empty"),
         (["--suite", "smoke", "--dry-run", "--seeds", " , "], "--seeds is empty"),
-        (["--suite", "smoke", "--dry-run", "--fractions", "0.001"], "--fractions 0.001: no task of suite 'smoke' has this fraction; its tasks have 30, 100"),
-        (["--suite", "smoke", "--dry-run", "--pretrain-seeds", "a"], "cannot read 'a' as a comma-separated list of int"),
+        (
+            ["--suite", "smoke", "--dry-run", "--fractions", "0.001"],
+            "--fractions 0.001: no task of suite 'smoke' has this fraction; its tasks have 30, 100",
+        ),
+        (
+            ["--suite", "smoke", "--dry-run", "--pretrain-seeds", "a"],
+            "cannot read 'a' as a comma-separated list of int",
+        ),
     ],
 )
 def test_bad_input_gives_one_line_error(args, message, capsys):
@@ -71,7 +115,9 @@ def test_bad_input_gives_one_line_error(args, message, capsys):
 
 def test_help_and_list_in_a_fresh_process():
     result = run_cli("--help")
-    assert result.returncode == 0 and all(command in result.stdout for command in ("run", "report", "export", "examples", "prepare"))
+    assert result.returncode == 0 and all(
+        command in result.stdout for command in ("run", "report", "export", "examples", "prepare")
+    )
     result = run_cli("--list")
     assert result.returncode == 0
     for word in ("quick", "smoke", "miccai2024", "coboom-nodf", "synthetic_cxr"):
@@ -99,28 +145,78 @@ def test_batch_larger_than_pretraining_data_is_a_clear_error(tmp_path, capsys):
     path = tmp_path / "big_batch.yaml"
     path.write_text(yaml.safe_dump(suite))
     (tmp_path / "data").mkdir()
-    args = ["--suite", str(path), "--methods", "simclr", "--data-root", str(tmp_path / "data"), "--out", str(tmp_path / "out"), "--no-progress"]
+    args = [
+        "--suite",
+        str(path),
+        "--methods",
+        "simclr",
+        "--data-root",
+        str(tmp_path / "data"),
+        "--out",
+        str(tmp_path / "out"),
+        "--no-progress",
+    ]
     assert main(args) == 2
     assert "fewer than one batch of 4096" in capsys.readouterr().err
 
 
 def test_a_batch_that_does_not_split_over_the_devices_is_refused(tmp_path, capsys):
-    args = ["--suite", "smoke", "--methods", "simclr", "--device", "cpu", "--devices", "3", "--data-root", str(tmp_path), "--out", str(tmp_path / "r"), "--no-progress"]
+    args = [
+        "--suite",
+        "smoke",
+        "--methods",
+        "simclr",
+        "--device",
+        "cpu",
+        "--devices",
+        "3",
+        "--data-root",
+        str(tmp_path),
+        "--out",
+        str(tmp_path / "r"),
+        "--no-progress",
+    ]
     assert main(args) == 2
     assert "batch size 16 does not split evenly over 3 devices" in capsys.readouterr().err
 
 
 def test_random_init_batchnorm_comparison_needs_the_suite_run_first(tmp_path):
-    done = subprocess.run([sys.executable, "benchmarks/random_init_batchnorm.py", "--suite", "smoke", "--out", str(tmp_path), "--reports", str(tmp_path)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/random_init_batchnorm.py",
+            "--suite",
+            "smoke",
+            "--out",
+            str(tmp_path),
+            "--reports",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 2
     assert f"no stored linear-probe records of 'supervised' in {tmp_path}/smoke; run the suite first" in done.stderr
     assert not (tmp_path / "smoke-bn-init").exists()
 
 
 def test_exported_batchnorm_comparison_needs_a_reestimating_method_and_the_suite_run_first(tmp_path):
-    script = [sys.executable, "benchmarks/exported_batchnorm.py", "--suite", "smoke", "--out", str(tmp_path), "--reports", str(tmp_path)]
+    script = [
+        sys.executable,
+        "benchmarks/exported_batchnorm.py",
+        "--suite",
+        "smoke",
+        "--out",
+        str(tmp_path),
+        "--reports",
+        str(tmp_path),
+    ]
     done = subprocess.run(script + ["--method", "simclr"], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 2 and "method 'simclr' exports the statistics of its training: there is nothing to compare" in done.stderr
+    assert (
+        done.returncode == 2
+        and "method 'simclr' exports the statistics of its training: there is nothing to compare" in done.stderr
+    )
     done = subprocess.run(script + ["--method", "mlvicx"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and "run the suite first: no stored records or last.ckpt for mlvicx-cxr-" in done.stderr

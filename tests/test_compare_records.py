@@ -1,4 +1,5 @@
 """benchmarks/compare_records.py: two result folders matched by record key."""
+
 import sys
 from pathlib import Path
 
@@ -13,8 +14,18 @@ def _store(path, values, precision):
     store = ResultStore(path)
     for key, (method, value) in values.items():
         record = {f: None for f in RECORD_FIELDS}
-        record.update(key=key, method=method, task="CXR", protocol="linear", fraction=10.0, seed=0, value=value, precision="32-true",
-                      hardware={"cpu": "x86_64", "device": "cpu"}, pretrain_hash=f"h-{method}")
+        record.update(
+            key=key,
+            method=method,
+            task="CXR",
+            protocol="linear",
+            fraction=10.0,
+            seed=0,
+            value=value,
+            precision="32-true",
+            hardware={"cpu": "x86_64", "device": "cpu"},
+            pretrain_hash=f"h-{method}",
+        )
         store.append(record)
     for method in {m for m, _ in values.values()}:
         store.append_pretraining({"key": f"{method}-cxr-h-{method}", "hash": f"h-{method}", "precision": precision})
@@ -22,11 +33,22 @@ def _store(path, values, precision):
 
 
 def test_records_are_matched_by_key_and_differences_reported_in_points(tmp_path):
-    first = _store(tmp_path / "a", {"k1": ("simclr", 0.70), "k2": ("simclr", 0.66), "k3": ("supervised", 0.55), "only-a": ("byol", 0.6)}, "bf16-mixed")
-    second = _store(tmp_path / "b", {"k1": ("simclr", 0.70), "k2": ("simclr", 0.63), "k3": ("supervised", 0.55)}, "32-true")
+    first = _store(
+        tmp_path / "a",
+        {"k1": ("simclr", 0.70), "k2": ("simclr", 0.66), "k3": ("supervised", 0.55), "only-a": ("byol", 0.6)},
+        "bf16-mixed",
+    )
+    second = _store(
+        tmp_path / "b", {"k1": ("simclr", 0.70), "k2": ("simclr", 0.63), "k3": ("supervised", 0.55)}, "32-true"
+    )
     text = compare(first, second)
-    assert text.startswith(f"3 evaluations in both {first} (x86_64 (cpu), pretraining precision bf16-mixed) and {second} (x86_64 (cpu), pretraining precision 32-true); 2 identical.")
-    assert "| simclr | CXR | linear | 2 | 1 | 1.50 | 3.00 |" in text and "| supervised | CXR | linear | 1 | 1 | 0.00 | 0.00 |" in text
+    assert text.startswith(
+        f"3 evaluations in both {first} (x86_64 (cpu), pretraining precision bf16-mixed) and {second} (x86_64 (cpu), pretraining precision 32-true); 2 identical."
+    )
+    assert (
+        "| simclr | CXR | linear | 2 | 1 | 1.50 | 3.00 |" in text
+        and "| supervised | CXR | linear | 1 | 1 | 0.00 | 0.00 |" in text
+    )
     assert "share no evaluation" in compare(first, _store(tmp_path / "c", {"other": ("simclr", 0.7)}, "32-true"))
 
 

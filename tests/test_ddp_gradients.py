@@ -8,6 +8,7 @@ Each process computes its loss on its half, back-propagates through lightly's ga
 gradients over processes as DDP does. BatchNorm layers run on fixed statistics (eval mode) so that only the loss's
 cross-process terms are compared (per-process BatchNorm statistics are a separate matter: SyncBatchNorm).
 """
+
 import os
 
 import pytest
@@ -42,7 +43,9 @@ def _gradients(model, views):
 def _fill_swav_queue(model, rank, world):
     """A full queue of fixed embeddings: one process holds all of it, process ``rank`` of ``world`` its share."""
     torch.manual_seed(2)
-    full = torch.nn.functional.normalize(torch.randn(model.n_views, model.config.queue_length, model.config.output_dim), dim=-1)
+    full = torch.nn.functional.normalize(
+        torch.randn(model.n_views, model.config.queue_length, model.config.output_dim), dim=-1
+    )
     model.setup("fit")
     model.queue.copy_(full.chunk(world, dim=1)[rank])
     model.queue_filled.fill_(model.queue.shape[1])
@@ -72,10 +75,18 @@ def _worker(rank, name, views, port, out, params, prepare):
         dist.destroy_process_group()
 
 
-
-@pytest.mark.parametrize("name, params, prepare", [("simclr", {}, None), ("vicreg", {}, None), ("swav", {}, None),
-                                                    ("swav", {"queue_length": 12}, _fill_swav_queue), ("mlvicx", {}, None), ("vox2vec2d", {}, None)],
-                         ids=["simclr", "vicreg", "swav", "swav-queue", "mlvicx", "vox2vec2d"])
+@pytest.mark.parametrize(
+    "name, params, prepare",
+    [
+        ("simclr", {}, None),
+        ("vicreg", {}, None),
+        ("swav", {}, None),
+        ("swav", {"queue_length": 12}, _fill_swav_queue),
+        ("mlvicx", {}, None),
+        ("vox2vec2d", {}, None),
+    ],
+    ids=["simclr", "vicreg", "swav", "swav-queue", "mlvicx", "vox2vec2d"],
+)
 def test_two_processes_match_one_process(name, params, prepare, tmp_path):
     model = _model(name, **params)
     if prepare is not None:
@@ -84,7 +95,9 @@ def test_two_processes_match_one_process(name, params, prepare, tmp_path):
     views = [v.detach() for v in model.make_views(fixed_batch(n=8, size=48))]
     expected, expected_loss = _gradients(model, views)
     out = tmp_path / "grads.pt"
-    mp.start_processes(_worker, args=(name, views, free_port(), out, params, prepare), nprocs=WORLD, start_method="spawn")
+    mp.start_processes(
+        _worker, args=(name, views, free_port(), out, params, prepare), nprocs=WORLD, start_method="spawn"
+    )
     got = torch.load(out)
     # without the gather each process would score its half against fewer negatives / batch statistics: other loss
     assert torch.allclose(got["loss"], expected_loss, rtol=1e-5, atol=1e-6), (float(got["loss"]), float(expected_loss))
@@ -96,14 +109,16 @@ def test_two_processes_match_one_process(name, params, prepare, tmp_path):
     assert worst < 1e-5, f"largest gradient difference {worst:.2e} of the largest gradient"
 
 
-
 def _moco_worker(rank, views, port, out_dir):
     _init_group(rank, port)
     try:
         model = _model("dira")
         model.compute_loss([v.chunk(WORLD)[rank] for v in views], None)  # enqueues the keys (shuffle-BN path)
         model.discriminator_step(*model._pending_adversary)
-        torch.save({"queue": model.criterion.memory_bank.bank.clone(), "discriminator": model.discriminator.state_dict()}, out_dir / f"rank{rank}.pt")
+        torch.save(
+            {"queue": model.criterion.memory_bank.bank.clone(), "discriminator": model.discriminator.state_dict()},
+            out_dir / f"rank{rank}.pt",
+        )
     finally:
         dist.destroy_process_group()
 
@@ -119,10 +134,14 @@ def test_moco_queue_and_discriminator_are_shared_across_processes(tmp_path):
     mp.start_processes(_moco_worker, args=(views, free_port(), tmp_path), nprocs=WORLD, start_method="spawn")
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
     for got in ranks:
-        assert torch.allclose(got["queue"], model.criterion.memory_bank.bank, atol=1e-5), "queue differs from one process's"
+        assert torch.allclose(got["queue"], model.criterion.memory_bank.bank, atol=1e-5), (
+            "queue differs from one process's"
+        )
     # Equal across processes, bit for bit (each process saw different images, so without the all-reduce they
     # differ). Not compared with one process: Adam's first step is about lr * sign(gradient), and the biases
     # before InstanceNorm have gradients of pure rounding noise, whose sign differs between the two computations.
     for key, value in ranks[0]["discriminator"].items():
         assert torch.equal(value, ranks[1]["discriminator"][key]), f"discriminators diverged at {key}"
-    assert not torch.equal(ranks[0]["discriminator"]["net.0.weight"], _model("dira").discriminator.net[0].weight), "the discriminator did not step"
+    assert not torch.equal(ranks[0]["discriminator"]["net.0.weight"], _model("dira").discriminator.net[0].weight), (
+        "the discriminator did not step"
+    )

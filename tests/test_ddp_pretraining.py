@@ -1,6 +1,7 @@
 """--devices 2 on CPU: Lightning DDP (ddp_spawn, gloo) pretrains one method, the history is written once, and the
 encoder comes back to the main process and is saved as with one device. CoBooM runs collectives inside its forward
 pass (one codebook for all processes); MLVICX re-estimates its exported statistics in the main process afterwards."""
+
 import hashlib
 import json
 from pathlib import Path
@@ -46,14 +47,18 @@ def test_two_process_pretraining_saves_a_trained_encoder(method, tmp_path, synth
     corpus = job.config["corpus"]
     dataset = load_dataset(corpus["name"], synthetic_root, **corpus["params"])
     (tmp_path / "ranks").mkdir()
-    path = run_pretraining(job, dataset, tmp_path, progress=False, devices=2, callbacks=[RecordEachRank(tmp_path / "ranks")])
+    path = run_pretraining(
+        job, dataset, tmp_path, progress=False, devices=2, callbacks=[RecordEachRank(tmp_path / "ranks")]
+    )
     encoder, meta = load_encoder(path)
     assert meta["devices"] == 2
     torch.manual_seed(job.seed)
     fresh = ResNetTrunk().state_dict()
     trained = encoder.state_dict()
     assert all(torch.isfinite(v).all() for v in trained.values())
-    assert any(not torch.equal(fresh[k], v) for k, v in trained.items() if k.endswith("weight")), "the weights came back trained"
+    assert any(not torch.equal(fresh[k], v) for k, v in trained.items() if k.endswith("weight")), (
+        "the weights came back trained"
+    )
     rows = [json.loads(line) for line in (path.parent / "history.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [-1, 0], "one history row per epoch, written by rank 0 only"
     # every process draws its own views: at each batch position the generator states differ between the ranks,
@@ -80,8 +85,14 @@ def test_monitor_statistics_pass_never_waits_for_other_processes():
     history = EpochHistory(Path("unused.jsonl"), images=fixed_batch(n=8), batch_size=4)
     trunk = history._trunk_with_corpus_statistics(model)
     assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in trunk.modules())
-    assert any(isinstance(m, torch.nn.SyncBatchNorm) for m in model.backbone.modules()), "the training model keeps its SyncBatchNorm"
-    weights = {k: v for k, v in trunk.state_dict().items() if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
+    assert any(isinstance(m, torch.nn.SyncBatchNorm) for m in model.backbone.modules()), (
+        "the training model keeps its SyncBatchNorm"
+    )
+    weights = {
+        k: v
+        for k, v in trunk.state_dict().items()
+        if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))
+    }
     assert all(torch.equal(v, model.backbone.state_dict()[k]) for k, v in weights.items())
 
 
@@ -130,12 +141,27 @@ def test_devices_2_launches_through_torchrun_and_pretrains_the_other_methods(tmp
     (tmp_path / "data").mkdir()
     path = tmp_path / "ddp-roster.yaml"
     path.write_text(yaml.safe_dump(suite))
-    command = [sys.executable, "run_benchmark.py", "--suite", str(path), "--device", "cpu", "--devices", "2", "--data-root", str(tmp_path / "data"),
-               "--out", str(tmp_path / "results"), "--no-progress"]
+    command = [
+        sys.executable,
+        "run_benchmark.py",
+        "--suite",
+        str(path),
+        "--device",
+        "cpu",
+        "--devices",
+        "2",
+        "--data-root",
+        str(tmp_path / "data"),
+        "--out",
+        str(tmp_path / "results"),
+        "--no-progress",
+    ]
     done = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     store = ResultStore(tmp_path / "results" / "ddp-roster")
-    assert sorted(r["method"] for r in store.records()) == sorted(OTHER_METHODS), "each evaluation stored once, by rank 0"
+    assert sorted(r["method"] for r in store.records()) == sorted(OTHER_METHODS), (
+        "each evaluation stored once, by rank 0"
+    )
     for method in OTHER_METHODS:
         encoder_dir = next((tmp_path / "results" / "checkpoints").glob(f"{method}-cxr-*"))
         encoder, meta = load_encoder(encoder_dir / "encoder.pt")

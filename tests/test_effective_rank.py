@@ -1,4 +1,5 @@
 """Effective rank (centred RankMe) used by the pretraining monitor to show dimensional collapse."""
+
 import numpy as np
 import pytest
 

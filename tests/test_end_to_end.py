@@ -1,4 +1,5 @@
 """The whole path on the smoke suite: pretrain -> checkpoint -> evaluate -> records -> tables, then resume."""
+
 import json
 
 import pytest
@@ -11,7 +12,17 @@ from run_benchmark import main
 def smoke_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
     (root / "data").mkdir()
-    common = ["--suite", "smoke", "--data-root", str(root / "data"), "--out", str(root / "results"), "--reports", str(root / "reports"), "--no-progress"]
+    common = [
+        "--suite",
+        "smoke",
+        "--data-root",
+        str(root / "data"),
+        "--out",
+        str(root / "results"),
+        "--reports",
+        str(root / "reports"),
+        "--no-progress",
+    ]
     # a first, partial run (as if the full run had been interrupted after these methods)
     assert main(common + ["--methods", "supervised,simclr"]) == 0
     partial = ResultStore(root / "results" / "smoke").records()
@@ -21,7 +32,9 @@ def smoke_run(tmp_path_factory):
 
 def report_options(common):
     """The run's options that 'report' takes (not --data-root, --no-progress)."""
-    return [a for i, a in enumerate(common) if a not in ("--data-root", "--no-progress") and common[i - 1] != "--data-root"]
+    return [
+        a for i, a in enumerate(common) if a not in ("--data-root", "--no-progress") and common[i - 1] != "--data-root"
+    ]
 
 
 def test_records_carry_provenance_and_metrics(smoke_run):
@@ -46,7 +59,12 @@ def test_a_rerun_says_it_reuses_a_finished_pretraining(smoke_run, tmp_path, caps
     shutil.copytree(root / "results", tmp_path / "results")
     out = [a if a != str(root / "results") else str(tmp_path / "results") for a in common]
     capsys.readouterr()
-    assert main(out + ["--methods", "simclr", "--fractions", "100", "--seeds", "2", "--reports", str(tmp_path / "reports")]) == 0
+    assert (
+        main(
+            out + ["--methods", "simclr", "--fractions", "100", "--seeds", "2", "--reports", str(tmp_path / "reports")]
+        )
+        == 0
+    )
     log = capsys.readouterr().out
     assert "reusing simclr-" in log and "pretraining simclr-" not in log
 
@@ -68,8 +86,16 @@ def test_report_command_reproduces_tables_byte_for_byte(smoke_run):
     root, common, _ = smoke_run
     written = {p.name: p.read_bytes() for p in (root / "reports" / "smoke").iterdir()}
     assert set(written) == {f"table{n}.{ext}" for n in (1, 2) for ext in ("md", "csv", "tex")} | {
-        "random_init_margins.md", "pretraining.md", "finetune_gap.md", "statistics.md", "statistics.csv", "statistics_per_class.csv",
-        "label_efficiency.png", "ablation.png", "index.html"} - {"ablation.png"}  # the smoke suite has no CoBooM ablations
+        "random_init_margins.md",
+        "pretraining.md",
+        "finetune_gap.md",
+        "statistics.md",
+        "statistics.csv",
+        "statistics_per_class.csv",
+        "label_efficiency.png",
+        "ablation.png",
+        "index.html",
+    } - {"ablation.png"}  # the smoke suite has no CoBooM ablations
     out = report_options(common)
     out[out.index("--reports") + 1] = str(root / "regenerated")
     assert main(["report"] + out) == 0

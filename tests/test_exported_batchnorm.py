@@ -15,6 +15,7 @@ which settles them within its 31 steps (0.7^31 < 2e-5 of the initial values rema
 passes per step), at a third of the cost. At 32 px SwAV's 14-px local crops leave layer3 a 1x1 map, whose
 statistics differ from the global views' by an artefact of the size (17x there, 5x at 48 px).
 """
+
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -48,9 +49,11 @@ def variance_ratios(trunk: torch.nn.Module, inputs: torch.Tensor) -> dict:
     ratios, hooks = {}, []
     for name, module in trunk.named_modules():
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+
             def record(module, args, name=name):
                 seen = args[0].float().transpose(0, 1).flatten(1).var(dim=1).mean()
                 ratios[name] = float(seen / module.running_var.float().mean())
+
             hooks.append(module.register_forward_pre_hook(record))
     trunk.eval()
     with torch.no_grad():
@@ -65,7 +68,12 @@ def corpus(synthetic_root):
     suite = load_suite("smoke")
     params = {"n_images": 320, "size": SIZE, "seed": 0}
     suite["pretrain"]["datasets"]["cxr"]["params"] = params
-    suite["pretrain"].update(image_size=SIZE, batch_size=8, epochs=1, optimizer={"name": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4})
+    suite["pretrain"].update(
+        image_size=SIZE,
+        batch_size=8,
+        epochs=1,
+        optimizer={"name": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4},
+    )
     suite["pretrain"].pop("monitor", None)
     suite["methods"] = track_methods("2d")
     suite["method_params"] = {name: SMALL_HEADS[name] for name in REGISTRY if name in SMALL_HEADS}

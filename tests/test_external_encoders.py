@@ -1,5 +1,6 @@
 """Issue 20: encoders brought from files as table rows, export to torchvision, kNN, per-command CLI, --set, deeper
 ResNets, Lightning loggers."""
+
 import argparse
 import json
 import os
@@ -51,8 +52,12 @@ class LightlyStyleModel(pl.LightningModule):
 def lightning_file(path):
     torch.manual_seed(1)
     model = LightlyStyleModel(argparse.Namespace(lr=1e-3, arch="resnet18"))
-    trainer = pl.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
-    trainer.fit(model, torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.rand(4, 3, 32, 32)), batch_size=4))
+    trainer = pl.Trainer(
+        max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False
+    )
+    trainer.fit(
+        model, torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.rand(4, 3, 32, 32)), batch_size=4)
+    )
     trainer.save_checkpoint(path)
     return path, model
 
@@ -63,7 +68,9 @@ def records(out):
 
 def test_lightning_checkpoint_trunk_is_found_and_loaded_as_trained(tmp_path):
     path, model = lightning_file(tmp_path / "lightly.ckpt")
-    with pytest.raises(pickle.UnpicklingError):  # the reason for the inert stand-ins: the plain weights-only reader refuses it
+    with pytest.raises(
+        pickle.UnpicklingError
+    ):  # the reason for the inert stand-ins: the plain weights-only reader refuses it
         torch.load(path, weights_only=True)
     arch, prefix, trunk = find_trunk(read_weights(path), path)
     assert (arch, prefix) == ("resnet18", "backbone.")
@@ -85,11 +92,16 @@ def test_three_channel_encoder_reads_grayscale_replicated_and_normalised_per_cha
     net.load_state_dict(torch.load(path))
     net.fc = nn.Identity()
     encoder, meta = load_external("tv", resolve_spec("tv", {"path": str(path)}), in_channels=1)
-    assert meta["in_channels"] == 3 and meta["mean"] == [0.485, 0.456, 0.406] and meta["external"]["stem"] == "replicate"
+    assert (
+        meta["in_channels"] == 3 and meta["mean"] == [0.485, 0.456, 0.406] and meta["external"]["stem"] == "replicate"
+    )
     gray = np.random.default_rng(0).integers(0, 256, size=(3, 1, 48, 48), dtype=np.uint8)
     ours = extract_features(encoder, gray, 48, meta["mean"], meta["std"])
     rgb = torch.from_numpy(gray).float().div(255).repeat(1, 3, 1, 1)
-    mean, std = torch.tensor([0.485, 0.456, 0.406])[None, :, None, None], torch.tensor([0.229, 0.224, 0.225])[None, :, None, None]
+    mean, std = (
+        torch.tensor([0.485, 0.456, 0.406])[None, :, None, None],
+        torch.tensor([0.229, 0.224, 0.225])[None, :, None, None],
+    )
     with torch.no_grad():
         reference = net.eval()((rgb - mean) / std).numpy()
     assert np.allclose(ours, reference, atol=1e-4)
@@ -101,7 +113,9 @@ def test_three_channel_stem_on_grayscale_is_summed(tmp_path):
     path = torchvision_file(tmp_path / "tv.pth")
     net = torchvision.models.resnet18()
     net.load_state_dict(torch.load(path))
-    encoder, meta = load_external("tv", resolve_spec("tv", {"path": str(path), "mean": [0.5], "std": [0.25], "stem": "sum"}), in_channels=1)
+    encoder, meta = load_external(
+        "tv", resolve_spec("tv", {"path": str(path), "mean": [0.5], "std": [0.25], "stem": "sum"}), in_channels=1
+    )
     gray = torch.rand(2, 1, 64, 64)
     net.fc = nn.Identity()
     net.eval(), encoder.eval()
@@ -113,19 +127,40 @@ def test_external_rows_in_the_smoke_tables_keyed_by_sha256(tmp_path, synthetic_r
     tv = torchvision_file(tmp_path / "tv.pth")
     lit, _ = lightning_file(tmp_path / "lightly.ckpt")
     out = tmp_path / "out"
-    args = ["--suite", "smoke", "--methods", "supervised", "--encoder", f"tv={tv}", "--encoder", f"lit={lit},prefix=backbone.", *KNN,
-            "--data-root", str(synthetic_root), "--out", str(out), "--no-progress", "--logger", "tensorboard"]
+    args = [
+        "--suite",
+        "smoke",
+        "--methods",
+        "supervised",
+        "--encoder",
+        f"tv={tv}",
+        "--encoder",
+        f"lit={lit},prefix=backbone.",
+        *KNN,
+        "--data-root",
+        str(synthetic_root),
+        "--out",
+        str(out),
+        "--no-progress",
+        "--logger",
+        "tensorboard",
+    ]
     assert main(args) == 0
     first = records(out)
     per_row = {m: sum(r["method"] == m for r in first) for m in ("supervised", "tv", "lit")}
     assert per_row == {"supervised": 12, "tv": 12, "lit": 12}  # 3 protocols x 2 fractions x 2 seeds
     external = {r["method"]: r["external"] for r in first if r.get("external")}
-    assert external["tv"]["sha256"] == __import__("hashlib").sha256(tv.read_bytes()).hexdigest() and external["lit"]["prefix_found"] == "backbone."
+    assert (
+        external["tv"]["sha256"] == __import__("hashlib").sha256(tv.read_bytes()).hexdigest()
+        and external["lit"]["prefix_found"] == "backbone."
+    )
     report = next(out.glob("reports/smoke--methods-supervised--set-*"))
     for table in ("table1.md", "table2.md", "table3.md"):
         text = (report / table).read_text()
         assert "| tv |" in text and "| lit |" in text
-        assert "encoders brought from files (tv, lit): over their evaluation seeds" in text.splitlines()[0]  # the caption says what their sd is over
+        assert (
+            "encoders brought from files (tv, lit): over their evaluation seeds" in text.splitlines()[0]
+        )  # the caption says what their sd is over
     assert "Table 3. Weighted kNN" in (report / "table3.md").read_text()
     # tensorboard logs of fine-tuning next to the (external) pretraining's folder
     assert list((out / "checkpoints").glob("tv-cxr-*/finetune/*/logs/version_0/events.out.tfevents.*"))
@@ -144,15 +179,24 @@ def test_external_rows_in_the_smoke_tables_keyed_by_sha256(tmp_path, synthetic_r
     assert "| tv |" in table and "| lit |" in table
     latest_tv = [r for r in records(out) if r["method"] == "tv"][-1]
     cell = next(line for line in table.splitlines() if line.startswith("| tv |"))
-    assert cell.split("|")[3].strip().startswith(f"{100 * np.mean([r['value'] for r in records(out)[-12:] if r['protocol'] == 'linear' and r['fraction'] == 100]):.1f}")
+    assert (
+        cell.split("|")[3]
+        .strip()
+        .startswith(
+            f"{100 * np.mean([r['value'] for r in records(out)[-12:] if r['protocol'] == 'linear' and r['fraction'] == 100]):.1f}"
+        )
+    )
     assert latest_tv["external"]["sha256"] != external["tv"]["sha256"]
 
 
-@pytest.mark.parametrize("content, message", [
-    (b"not a checkpoint at all", "not a state dict or checkpoint that torch.load or safetensors can read"),
-    ("missing", "missing layer4.1.bn2.weight"),
-    ("no-trunk", "no ResNet trunk found"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"not a checkpoint at all", "not a state dict or checkpoint that torch.load or safetensors can read"),
+        ("missing", "missing layer4.1.bn2.weight"),
+        ("no-trunk", "no ResNet trunk found"),
+    ],
+)
 def test_bad_encoder_files_are_refused_with_their_name(tmp_path, synthetic_root, capsys, content, message):
     path = tmp_path / "enc.pth"
     if content == "missing":
@@ -164,7 +208,24 @@ def test_bad_encoder_files_are_refused_with_their_name(tmp_path, synthetic_root,
     else:
         path.write_bytes(content)
     out = tmp_path / "out"
-    assert main(["--suite", "smoke", "--methods", "supervised", "--encoder", f"mine={path}", "--data-root", str(synthetic_root), "--out", str(out), "--no-progress"]) == 2
+    assert (
+        main(
+            [
+                "--suite",
+                "smoke",
+                "--methods",
+                "supervised",
+                "--encoder",
+                f"mine={path}",
+                "--data-root",
+                str(synthetic_root),
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert err.startswith(f"error: {path}: ") and message in err and err.count("\n") == 1
     assert not (out / "checkpoints").exists() or not list((out / "checkpoints").iterdir())  # refused before any work
@@ -184,9 +245,31 @@ def test_export_loads_into_torchvision_and_back_as_the_same_encoder(tmp_path, sy
     trunk = ResNetTrunk("resnet18", in_channels=1)
     trunk.load_state_dict(one)  # strict: the as-trained file is the trunk, key for key
     sidecar = json.loads(exported[1].with_suffix(".json").read_text())
-    assert sidecar["method"] == "simclr" and sidecar["channels"] == 1 and sidecar["image_size"] == 32 and len(sidecar["mean"]) == 1
+    assert (
+        sidecar["method"] == "simclr"
+        and sidecar["channels"] == 1
+        and sidecar["image_size"] == 32
+        and len(sidecar["mean"]) == 1
+    )
     # evaluated as an external encoder, the export scores exactly what the method's own row scores
-    assert main(["--methods", "simclr", "--encoder", f"exported={exported[1]}", "--fractions", "100", "--seeds", "0", "--set", "tasks.0.protocols=[linear]", *common]) == 0
+    assert (
+        main(
+            [
+                "--methods",
+                "simclr",
+                "--encoder",
+                f"exported={exported[1]}",
+                "--fractions",
+                "100",
+                "--seeds",
+                "0",
+                "--set",
+                "tasks.0.protocols=[linear]",
+                *common,
+            ]
+        )
+        == 0
+    )
     values = {r["method"]: r["value"] for r in records(out)}
     assert values["exported"] == values["simclr"]
 
@@ -196,7 +279,15 @@ def test_knn_scores_are_weighted_neighbour_votes():
 
     features = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.1], [0.9, 0.0], [0.0, 1.0]], dtype=np.float32)
     labels = np.array([[1, 0], [0, 1], [1, 1], [1, 0], [0, 1]], dtype=np.uint8)
-    result = knn_classify(features, labels, np.array([0, 1, 2]), np.array([3, 4]), np.array([3, 4]), ["a", "b"], {"k": 2, "temperature": 0.5})
+    result = knn_classify(
+        features,
+        labels,
+        np.array([0, 1, 2]),
+        np.array([3, 4]),
+        np.array([3, 4]),
+        ["a", "b"],
+        {"k": 2, "temperature": 0.5},
+    )
     cos = lambda u, v: float(np.dot(u, v) / np.linalg.norm(u) / np.linalg.norm(v))
     query = features[3]
     nearest = [0, 2]  # the two most similar training images
@@ -234,9 +325,19 @@ def test_each_command_has_its_own_help(command, capsys):
     assert exit_.value.code == 0
     text = capsys.readouterr().out
     assert text.startswith(f"usage: run_benchmark.py {command}")
-    own = {"run": "--dry-run", "report": "--reports", "export": "--export-dir", "examples": "--image", "prepare": "--size"}
+    own = {
+        "run": "--dry-run",
+        "report": "--reports",
+        "export": "--export-dir",
+        "examples": "--image",
+        "prepare": "--size",
+    }
     assert own[command] in text
-    assert ("--dry-run" in text) == (command == "run") and ("--size" in text) == (command == "prepare") and ("--set" in text) == (command in ("run", "report", "export"))
+    assert (
+        ("--dry-run" in text) == (command == "run")
+        and ("--size" in text) == (command == "prepare")
+        and ("--set" in text) == (command in ("run", "report", "export"))
+    )
 
 
 def test_set_hashes_like_the_edited_suite(tmp_path):
@@ -263,9 +364,20 @@ def test_decoder_methods_build_on_resnet50(method):
     from methods import build_method
     from methods.base import PretrainProtocol
 
-    protocol = PretrainProtocol(backbone="resnet50", image_size=32, epochs=1, steps_per_epoch=1, optimizer={"name": "adamw", "lr": 1e-3, "weight_decay": 0.0})
-    params = {"pcrlv2": {"n_local_views": 1}, "mlvicx": {"hidden_dim": 32, "output_dim": 32, "dense_channels": 8}, "coboom": {"hidden_dim": 32, "output_dim": 32, "codebook_size": 8},
-              "dira": {"hidden_dim": 32, "output_dim": 16, "queue_size": 16}, "vox2vec2d": {"hidden_dim": 32, "output_dim": 16, "points_per_image": 4}}[method]
+    protocol = PretrainProtocol(
+        backbone="resnet50",
+        image_size=32,
+        epochs=1,
+        steps_per_epoch=1,
+        optimizer={"name": "adamw", "lr": 1e-3, "weight_decay": 0.0},
+    )
+    params = {
+        "pcrlv2": {"n_local_views": 1},
+        "mlvicx": {"hidden_dim": 32, "output_dim": 32, "dense_channels": 8},
+        "coboom": {"hidden_dim": 32, "output_dim": 32, "codebook_size": 8},
+        "dira": {"hidden_dim": 32, "output_dim": 16, "queue_size": 16},
+        "vox2vec2d": {"hidden_dim": 32, "output_dim": 16, "points_per_image": 4},
+    }[method]
     model = build_method(method, protocol, params)
     images = (torch.rand(4, 1, 40, 40) * 255).to(torch.uint8)
     loss = model.compute_loss(model.make_views(images), images)["loss"]
@@ -276,14 +388,42 @@ def test_resnet50_segmentation_on_a_tiny_suite(tmp_path, synthetic_root):
     out = tmp_path / "out"
     suite = yaml.safe_load((ROOT / "benchmarks" / "suites" / "smoke.yaml").read_text())
     data = {"name": "synthetic_cxr", "params": {"n_images": 48, "size": 32, "seed": 0}}
-    suite.update(name="tiny50", methods=["supervised"], method_params={},
-                 tasks=[{"name": "PTX", "type": "segmentation", "dataset": data, "pretrain": "cxr", "protocols": ["linear", "finetune"], "fractions": [100]}])
+    suite.update(
+        name="tiny50",
+        methods=["supervised"],
+        method_params={},
+        tasks=[
+            {
+                "name": "PTX",
+                "type": "segmentation",
+                "dataset": data,
+                "pretrain": "cxr",
+                "protocols": ["linear", "finetune"],
+                "fractions": [100],
+            }
+        ],
+    )
     suite["pretrain"].update(backbone="resnet50", datasets={"cxr": {**data, "splits": ["train", "val"]}})
     suite["evaluation"].update(seeds=[0], segmentation={"epochs": 1, "lr": 1e-3, "batch_size": 8})
     (tmp_path / "tiny50.yaml").write_text(yaml.safe_dump(suite))
-    assert main(["--suite", str(tmp_path / "tiny50.yaml"), "--data-root", str(synthetic_root), "--out", str(out), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "--suite",
+                str(tmp_path / "tiny50.yaml"),
+                "--data-root",
+                str(synthetic_root),
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     found = [json.loads(line) for line in (out / "tiny50" / "records.jsonl").read_text().splitlines()]
-    assert {r["protocol"] for r in found} == {"linear", "finetune"} and all(r["metric"] == "mean_dice" and 0 <= r["value"] <= 1 for r in found)
+    assert {r["protocol"] for r in found} == {"linear", "finetune"} and all(
+        r["metric"] == "mean_dice" and 0 <= r["value"] <= 1 for r in found
+    )
     assert all(r["pretrain_config"]["protocol"]["backbone"] == "resnet50" for r in found)
 
 
@@ -348,8 +488,18 @@ def test_exports_are_byte_identical_and_carry_their_normalisation(tmp_path):
 
     torch.manual_seed(0)
     state = ResNetTrunk("resnet18", in_channels=1).state_dict()
-    description = {"method": "simclr", "suite": "smoke", "pretraining_key": "k", "pretraining_hash": "h", "pretraining_seed": 0, "corpus": "cxr",
-                   "backbone": "resnet18", "image_size": 32, "key_names": "torchvision", "encoder_sha256": "0" * 64}
+    description = {
+        "method": "simclr",
+        "suite": "smoke",
+        "pretraining_key": "k",
+        "pretraining_hash": "h",
+        "pretraining_seed": 0,
+        "corpus": "cxr",
+        "backbone": "resnet18",
+        "image_size": 32,
+        "key_names": "torchvision",
+        "encoder_sha256": "0" * 64,
+    }
     files = [write_trunk(state, [0.41], [0.27], tmp_path / f"e{i}.safetensors", description)[0] for i in range(3)]
     assert len({f.read_bytes() for f in files}) == 1
     files[0].with_suffix(".json").unlink()
@@ -357,11 +507,20 @@ def test_exports_are_byte_identical_and_carry_their_normalisation(tmp_path):
     assert spec["mean"] == [0.41] and spec["std"] == [0.27] and spec["normalisation"] == "safetensors header"
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda sd: sd["layer1.0.conv1.weight"].fill_(float("nan")), "non-finite values in layer1.0.conv1.weight"),
-    (lambda sd: sd.__setitem__("conv1.weight", sd["conv1.weight"].to(torch.int64)), r"not floating-point: conv1.weight \(torch.int64\)"),
-    (lambda sd: sd.__setitem__("bn1.weight", sd["bn1.weight"] > 0), r"not floating-point: bn1.weight \(torch.bool\)"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda sd: sd["layer1.0.conv1.weight"].fill_(float("nan")), "non-finite values in layer1.0.conv1.weight"),
+        (
+            lambda sd: sd.__setitem__("conv1.weight", sd["conv1.weight"].to(torch.int64)),
+            r"not floating-point: conv1.weight \(torch.int64\)",
+        ),
+        (
+            lambda sd: sd.__setitem__("bn1.weight", sd["bn1.weight"] > 0),
+            r"not floating-point: bn1.weight \(torch.bool\)",
+        ),
+    ],
+)
 def test_unusable_weights_are_refused_naming_the_keys(tmp_path, change, message):
     """NaN, integer or bool weights loaded (cast) and gave rows of noise (issue 32)."""
     path = torchvision_file(tmp_path / "tv.pth")

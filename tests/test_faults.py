@@ -1,5 +1,6 @@
 """Faults, typos and hostile files (issue 18): each test reproduces one drill that lost work, produced a wrong result
 silently or ran foreign code before the fix. README "What survives what" lists the same drills."""
+
 import copy
 import json
 import os
@@ -44,7 +45,16 @@ def tiny_suite(tmp_path, name="tiny", **changes):
 
 def cli(tmp_path, suite_path, *extra):
     (tmp_path / "data").mkdir(exist_ok=True)
-    return ["--suite", str(suite_path), "--data-root", str(tmp_path / "data"), "--out", str(tmp_path / "results"), "--no-progress", *extra]
+    return [
+        "--suite",
+        str(suite_path),
+        "--data-root",
+        str(tmp_path / "data"),
+        "--out",
+        str(tmp_path / "results"),
+        "--no-progress",
+        *extra,
+    ]
 
 
 # 1. resume: tests/test_pretrain_resume.py::test_interrupted_pretraining_resumes (killed between and within epochs)
@@ -80,7 +90,9 @@ def test_crafted_checkpoints_cannot_run_code(tmp_path):
     from medssl.pretrain import ENCODER_SIDECAR
     from medssl.provenance import file_sha256
 
-    (run_dir / ENCODER_SIDECAR).write_text(json.dumps({"sha256": file_sha256(encoder)}))  # even with a matching checksum
+    (run_dir / ENCODER_SIDECAR).write_text(
+        json.dumps({"sha256": file_sha256(encoder)})
+    )  # even with a matching checksum
     with pytest.raises(CorruptCheckpoint, match=str(encoder)):
         load_encoder(encoder)
     (run_dir / "last.ckpt").write_bytes(pickle.dumps(RunsCode(marker)))
@@ -89,25 +101,51 @@ def test_crafted_checkpoints_cannot_run_code(tmp_path):
     with pytest.warns(UserWarning, match="cannot be loaded"):
         assert not readable_checkpoint(run_dir / "last.ckpt")
     assert not marker.exists(), "loading a checkpoint ran a shell command"
-    sources = [p for folder in ("medssl", "methods", "datasets", "benchmarks") for p in (ROOT / folder).glob("*.py")] + [ROOT / "run_benchmark.py"]
-    unsafe = [f"{p.name}: {line.strip()}" for p in sources for line in p.read_text().splitlines() if "torch.load(" in line and "weights_only=True" not in line]
+    sources = [
+        p for folder in ("medssl", "methods", "datasets", "benchmarks") for p in (ROOT / folder).glob("*.py")
+    ] + [ROOT / "run_benchmark.py"]
+    unsafe = [
+        f"{p.name}: {line.strip()}"
+        for p in sources
+        for line in p.read_text().splitlines()
+        if "torch.load(" in line and "weights_only=True" not in line
+    ]
     assert not unsafe, f"every torch.load must pass weights_only=True: {unsafe}"
 
 
 # 4. suite schema -----------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("key, value, message", [
-    ("method_param", {}, "method_param: unknown key; did you mean 'method_params'?"),
-    ("pretrain.optimizer.weigth_decay", 1e-4, "pretrain.optimizer.weigth_decay: unknown key; did you mean 'weight_decay'?"),
-    ("tasks.0.typ", "segmentation", "tasks[0].typ: unknown key; did you mean 'type'?"),
-    ("pretrain.epochs", "one", "pretrain.epochs: expected an integer, got 'one'"),
-    ("pretrain.optimizer.name", "adamx", "pretrain.optimizer.name: expected one of lars, sgd, adam, adamw, got 'adamx'; did you mean 'adam'?"),
-    ("pretrain.augment.blurp", 0.5, "pretrain.augment.blurp: unknown key; did you mean 'blur_p'?"),
-    ("pretrain.batch_size", 0, "pretrain.batch_size: expected an integer >= 1, got 0"),
-    ("method_params.simclr", {"temprature": 0.1}, "method_params.simclr.temprature: unknown key; did you mean 'temperature'?"),
-    ("tasks.0.dataset.params", {"n_image": 96}, "tasks[0].dataset.params.n_image: unknown key; did you mean 'n_images'?"),
-    ("tasks.0.fractions", [0.001, 200], "tasks[0].fractions[1]: expected a number <= 100, got 200"),
-    ("evaluation.seeds", [-1], "evaluation.seeds[0]: expected an integer >= 0, got -1"),
-])
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("method_param", {}, "method_param: unknown key; did you mean 'method_params'?"),
+        (
+            "pretrain.optimizer.weigth_decay",
+            1e-4,
+            "pretrain.optimizer.weigth_decay: unknown key; did you mean 'weight_decay'?",
+        ),
+        ("tasks.0.typ", "segmentation", "tasks[0].typ: unknown key; did you mean 'type'?"),
+        ("pretrain.epochs", "one", "pretrain.epochs: expected an integer, got 'one'"),
+        (
+            "pretrain.optimizer.name",
+            "adamx",
+            "pretrain.optimizer.name: expected one of lars, sgd, adam, adamw, got 'adamx'; did you mean 'adam'?",
+        ),
+        ("pretrain.augment.blurp", 0.5, "pretrain.augment.blurp: unknown key; did you mean 'blur_p'?"),
+        ("pretrain.batch_size", 0, "pretrain.batch_size: expected an integer >= 1, got 0"),
+        (
+            "method_params.simclr",
+            {"temprature": 0.1},
+            "method_params.simclr.temprature: unknown key; did you mean 'temperature'?",
+        ),
+        (
+            "tasks.0.dataset.params",
+            {"n_image": 96},
+            "tasks[0].dataset.params.n_image: unknown key; did you mean 'n_images'?",
+        ),
+        ("tasks.0.fractions", [0.001, 200], "tasks[0].fractions[1]: expected a number <= 100, got 200"),
+        ("evaluation.seeds", [-1], "evaluation.seeds[0]: expected an integer >= 0, got -1"),
+    ],
+)
 def test_suite_typos_are_refused_before_any_work(tmp_path, capsys, key, value, message):
     suite = tiny_suite(tmp_path, **{key: value})
     assert main(cli(tmp_path, suite, "--dry-run")) == 2
@@ -116,8 +154,14 @@ def test_suite_typos_are_refused_before_any_work(tmp_path, capsys, key, value, m
     assert not (tmp_path / "results").exists()
 
 
-@pytest.mark.parametrize("text, message", [("", "the suite file is empty"), ("pretrain: [a, b\nmethods: x\n", "not valid YAML at line 2"),
-                                           ("- just\n- a list\n", "a suite is a mapping of sections")])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("", "the suite file is empty"),
+        ("pretrain: [a, b\nmethods: x\n", "not valid YAML at line 2"),
+        ("- just\n- a list\n", "a suite is a mapping of sections"),
+    ],
+)
 def test_empty_or_broken_yaml_is_one_clear_error(tmp_path, capsys, text, message):
     path = tmp_path / "broken.yaml"
     path.write_text(text)
@@ -135,19 +179,37 @@ def test_every_shipped_suite_passes_the_schema():
 
 # 5. missing data -----------------------------------------------------------------------------------------------
 def test_every_missing_dataset_is_reported_before_any_work(tmp_path, capsys):
-    suite = tiny_suite(tmp_path, **{"pretrain.datasets": {"nih": {"name": "nih_chestxray14", "splits": ["train", "val"]},
-                                                           "fundus": {"name": "eyepacs", "splits": ["train", "val"]}},
-                                    "tasks.0.dataset": {"name": "nih_chestxray14"}, "tasks.0.pretrain": "nih"})
+    suite = tiny_suite(
+        tmp_path,
+        **{
+            "pretrain.datasets": {
+                "nih": {"name": "nih_chestxray14", "splits": ["train", "val"]},
+                "fundus": {"name": "eyepacs", "splits": ["train", "val"]},
+            },
+            "tasks.0.dataset": {"name": "nih_chestxray14"},
+            "tasks.0.pretrain": "nih",
+        },
+    )
     with open(suite) as fh:
         data = yaml.safe_load(fh)
-    data["tasks"].append({"name": "Fundus", "dataset": {"name": "mured"}, "pretrain": "fundus", "protocols": ["linear"], "fractions": [100]})
+    data["tasks"].append(
+        {
+            "name": "Fundus",
+            "dataset": {"name": "mured"},
+            "pretrain": "fundus",
+            "protocols": ["linear"],
+            "fractions": [100],
+        }
+    )
     suite.write_text(yaml.safe_dump(data))
     assert main(cli(tmp_path, suite)) == 2
     err = capsys.readouterr().err
     assert "3 of the suite's datasets cannot be used; nothing has been run" in err
     for name in ("NIH ChestX-ray14 not found", "EyePACS not found", "MuReD not found"):
         assert name in err
-    assert not (tmp_path / "results" / "checkpoints").exists() or not any((tmp_path / "results" / "checkpoints").iterdir())
+    assert not (tmp_path / "results" / "checkpoints").exists() or not any(
+        (tmp_path / "results" / "checkpoints").iterdir()
+    )
 
 
 def test_impossible_label_fraction_is_refused_before_pretraining(tmp_path, capsys):
@@ -165,11 +227,20 @@ def test_a_fraction_of_one_image_is_refused_before_pretraining(tmp_path, capsys)
     err = capsys.readouterr().err
     assert "label fraction 1% of" in err and "is 1 image; every protocol needs at least 2" in err
     assert not any((tmp_path / "results" / "checkpoints").glob("*/encoder.pt"))
-    suite = tiny_suite(tmp_path, **{"methods": ["supervised"], "tasks.0.fractions": [3], "tasks.0.protocols": ["linear", "knn", "finetune"],
-                                    "evaluation.knn": {"k": 20, "temperature": 0.07}})
+    suite = tiny_suite(
+        tmp_path,
+        **{
+            "methods": ["supervised"],
+            "tasks.0.fractions": [3],
+            "tasks.0.protocols": ["linear", "knn", "finetune"],
+            "evaluation.knn": {"k": 20, "temperature": 0.07},
+        },
+    )
     assert main(cli(tmp_path, suite)) == 0
     records = ResultStore(tmp_path / "results" / "tiny").records()
-    assert sorted(r["protocol"] for r in records) == ["finetune", "knn", "linear"] and {r["n_train"] for r in records} == {2}
+    assert sorted(r["protocol"] for r in records) == ["finetune", "knn", "linear"] and {
+        r["n_train"] for r in records
+    } == {2}
 
 
 def test_an_evaluation_that_fails_is_reported_and_the_others_are_stored(tmp_path, capsys, monkeypatch):
@@ -179,7 +250,14 @@ def test_an_evaluation_that_fails_is_reported_and_the_others_are_stored(tmp_path
         raise FloatingPointError("the solver gave up")
 
     monkeypatch.setattr(runner, "knn_classify", broken)
-    suite = tiny_suite(tmp_path, **{"methods": ["supervised"], "tasks.0.protocols": ["knn", "linear"], "evaluation.knn": {"k": 20, "temperature": 0.07}})
+    suite = tiny_suite(
+        tmp_path,
+        **{
+            "methods": ["supervised"],
+            "tasks.0.protocols": ["knn", "linear"],
+            "evaluation.knn": {"k": 20, "temperature": 0.07},
+        },
+    )
     assert main(cli(tmp_path, suite)) == 1
     err = capsys.readouterr().err
     assert "1 evaluation failed; everything else is stored" in err and "FloatingPointError: the solver gave up" in err
@@ -198,7 +276,19 @@ def test_a_one_image_last_batch_trains_in_fine_tuning_and_segmentation(synthetic
     settings, meta = {"epochs": 1, "lr": 1e-3, "batch_size": 8}, {"mean": [0.5], "std": [0.25]}
     tuned = fine_tune(ResNetTrunk(), meta, 32, ds.images, ds.labels, train, val, test, ds.class_names, settings, seed=0)
     assert np.isfinite(tuned["test_scores"]).all()
-    segmented = train_segmentation(ResNetTrunk(), meta, 32, ds.images, np.asarray(ds.masks), train, val, test, settings, seed=0, freeze_encoder=False)
+    segmented = train_segmentation(
+        ResNetTrunk(),
+        meta,
+        32,
+        ds.images,
+        np.asarray(ds.masks),
+        train,
+        val,
+        test,
+        settings,
+        seed=0,
+        freeze_encoder=False,
+    )
     assert 0 <= segmented["test"]["mean_dice"] <= 1
 
 
@@ -238,7 +328,9 @@ def test_a_torn_last_line_never_swallows_the_next_record(tmp_path):
     with pytest.warns(UserWarning, match="cut off"):
         append_line(path, {"key": "c"})
     assert [json.loads(line)["key"] for line in path.read_text().splitlines()] == ["a", "c"]
-    assert [p.read_text() for p in tmp_path.glob("records.jsonl.partial-*")] == ['{"key": "b", "val'], "the fragment is set aside"
+    assert [p.read_text() for p in tmp_path.glob("records.jsonl.partial-*")] == ['{"key": "b", "val'], (
+        "the fragment is set aside"
+    )
     with open(path, "a") as fh:
         fh.write('{"key": "d"}')  # whole record, only the newline lost: kept
     append_line(path, {"key": "e"})
@@ -293,7 +385,10 @@ def test_unwritable_results_folder_is_refused_before_any_work(tmp_path, capsys):
 
 # 11. command-line lists ----------------------------------------------------------------------------------------
 def test_repeated_command_line_values_run_once(capsys, tmp_path):
-    assert main(["--suite", "smoke", "--methods", "simclr,simclr", "--seeds", "0,0", "--out", str(tmp_path), "--dry-run"]) == 0
+    assert (
+        main(["--suite", "smoke", "--methods", "simclr,simclr", "--seeds", "0,0", "--out", str(tmp_path), "--dry-run"])
+        == 0
+    )
     out = capsys.readouterr().out
     assert "1 pretraining jobs, 4 evaluation jobs" in out
 
@@ -317,7 +412,9 @@ def test_prepare_resumes_with_the_fixed_file(tmp_path, monkeypatch):
     assert main(args) == 0
     assert decoded == [broken.name], "only the fixed file is decoded again"
     dataset = load_dataset("nih_chestxray14", tmp_path, size=16)
-    assert sum(bool(np.all(image == 123)) for image in np.asarray(dataset.images)) == 1, "the fixed image is in the cache"
+    assert sum(bool(np.all(image == 123)) for image in np.asarray(dataset.images)) == 1, (
+        "the fixed image is in the cache"
+    )
 
 
 # 13. reports are swapped in whole ------------------------------------------------------------------------------
@@ -352,8 +449,17 @@ def test_a_failed_report_write_leaves_the_old_reports_whole(tmp_path, monkeypatc
 def nih_suite(tmp_path, **changes):
     """The tiny suite on a fake NIH ChestX-ray14 (tests/test_nih_chestxray14.py): random init, linear probe."""
     nih = {"name": "nih_chestxray14", "params": {"size": 16, "val_fraction": 0.25}}
-    return tiny_suite(tmp_path, **{"methods": ["supervised"], "pretrain.datasets": {"nih": {**nih, "splits": ["train", "val"]}},
-                                   "pretrain.image_size": 16, "tasks.0.dataset": nih, "tasks.0.pretrain": "nih", **changes})
+    return tiny_suite(
+        tmp_path,
+        **{
+            "methods": ["supervised"],
+            "pretrain.datasets": {"nih": {**nih, "splits": ["train", "val"]}},
+            "pretrain.image_size": 16,
+            "tasks.0.dataset": nih,
+            "tasks.0.pretrain": "nih",
+            **changes,
+        },
+    )
 
 
 def test_results_from_changed_labels_are_refused_not_reused(tmp_path, capsys):
@@ -370,7 +476,11 @@ def test_results_from_changed_labels_are_refused_not_reused(tmp_path, capsys):
     capsys.readouterr()
     assert main(cli(tmp_path, suite)) == 2
     err = capsys.readouterr().err
-    assert "nih_chestxray14 has changed since results were computed from it" in err and "1 stored evaluations" in err and "use a new --out" in err
+    assert (
+        "nih_chestxray14 has changed since results were computed from it" in err
+        and "1 stored evaluations" in err
+        and "use a new --out" in err
+    )
     assert main(cli(tmp_path, suite, "--dry-run")) == 2, "a dry run says so too"
     assert len(ResultStore(tmp_path / "results" / "tiny").records()) == len(records), "the stored results are kept"
 
@@ -382,7 +492,9 @@ def test_a_label_edit_that_keeps_the_file_size_is_not_served_from_the_old_cache(
     before = load_dataset("nih_chestxray14", tmp_path, size=16)
     labels = root / "Data_Entry_2017.csv"
     text = labels.read_text()
-    swapped = text.replace("Cardiomegaly,0", "@,0").replace("Infiltration,", "Cardiomegaly,").replace("@,0", "Infiltration,0")
+    swapped = (
+        text.replace("Cardiomegaly,0", "@,0").replace("Infiltration,", "Cardiomegaly,").replace("@,0", "Infiltration,0")
+    )
     assert len(swapped) == len(text) and swapped != text
     labels.write_text(swapped)
     with pytest.raises(DatasetError, match="different input files"):
@@ -399,8 +511,24 @@ def test_report_with_other_settings_than_the_run_names_the_stored_ones(tmp_path,
     reports = ["--reports", str(tmp_path / "reports")]
     assert main(["report", "--suite", str(suite), "--out", str(tmp_path / "results"), *reports]) == 2
     err = capsys.readouterr().err
-    assert "none of the 1 results stored in" in err and "the runs stored there used: --set pretrain.image_size=24" in err
-    assert main(["report", "--suite", str(suite), "--out", str(tmp_path / "results"), "--set", "pretrain.image_size=24", *reports]) == 0
+    assert (
+        "none of the 1 results stored in" in err and "the runs stored there used: --set pretrain.image_size=24" in err
+    )
+    assert (
+        main(
+            [
+                "report",
+                "--suite",
+                str(suite),
+                "--out",
+                str(tmp_path / "results"),
+                "--set",
+                "pretrain.image_size=24",
+                *reports,
+            ]
+        )
+        == 0
+    )
 
 
 def test_a_dataset_in_a_folder_of_its_own_is_read_with_data(tmp_path, capsys):
@@ -415,14 +543,34 @@ def test_a_dataset_in_a_folder_of_its_own_is_read_with_data(tmp_path, capsys):
     assert f"put it in {tmp_path / 'data' / 'nih_chestxray14'}" in err and "--data nih_chestxray14=PATH" in err
     assert main(cli(tmp_path, suite, "--data", f"nih_chestxray14={archive}")) == 0
     out = capsys.readouterr().out
-    assert "note: task 'CXR': 8 of 14 classes have no positive (or no negative) test image and are left out of its macro AUC: Cardiomegaly" in out
+    assert (
+        "note: task 'CXR': 8 of 14 classes have no positive (or no negative) test image and are left out of its macro AUC: Cardiomegaly"
+        in out
+    )
     reports = tmp_path / "results" / "reports" / "tiny"
     footnote = "Macro AUC leaves out classes without a positive (or without a negative) test image: CXR: Cardiomegaly, Effusion"
     assert footnote in (reports / "table1.md").read_text() and footnote in (reports / "index.html").read_text()
     assert main(cli(tmp_path, suite, "--data", "nih=/nowhere")) == 2
     assert "unknown dataset 'nih'" in capsys.readouterr().err
-    assert main(["prepare", "--dataset", "nih_chestxray14", "--size", "16", "--data", f"nih_chestxray14={archive}", "--no-progress"]) == 0
-    assert "warning: 8 classes have no positive test image (left out of the test macro AUC): Cardiomegaly, Effusion" in capsys.readouterr().out
+    assert (
+        main(
+            [
+                "prepare",
+                "--dataset",
+                "nih_chestxray14",
+                "--size",
+                "16",
+                "--data",
+                f"nih_chestxray14={archive}",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    assert (
+        "warning: 8 classes have no positive test image (left out of the test macro AUC): Cardiomegaly, Effusion"
+        in capsys.readouterr().out
+    )
 
 
 def test_a_finished_pretraining_drops_its_resume_point_unless_kept(tmp_path):
@@ -441,4 +589,4 @@ def test_the_readme_names_every_real_dataset_folder():
 
     readme = (ROOT / "README.md").read_text()
     for name, (folder, source) in dataset_folders().items():
-        assert f"| `{name}` | `{folder}/` | {source} |" in readme, f"README \"Real datasets\" lacks {name}'s folder row"
+        assert f"| `{name}` | `{folder}/` | {source} |" in readme, f'README "Real datasets" lacks {name}\'s folder row'

@@ -1,4 +1,5 @@
 """EyePACS, MuReD and ODIR-5K loaders on tiny fake copies in their real layouts (spec sections 3-5)."""
+
 import shutil
 
 import numpy as np
@@ -25,12 +26,16 @@ def test_fundus_decoding_crops_the_black_frame_and_pads_to_a_square(tmp_path):
     assert out.shape == (50, 50, 3)  # 50 x 30 field of view, padded vertically
     assert out[25, 25].tolist() == [180, 90, 40] and out[0, 25].max() == 0
     fundus(tmp_path / "b.jpeg", 60, 40, border=5)  # JPEG ringing at the frame must not widen the crop much
-    assert decode_fundus(tmp_path / "b.jpeg").shape[0] <= 56  # ringing stays within a JPEG block of the frame (full frame: 60)
+    assert (
+        decode_fundus(tmp_path / "b.jpeg").shape[0] <= 56
+    )  # ringing stays within a JPEG block of the frame (full frame: 60)
 
 
 def test_eyepacs_grades_and_patient_split(tmp_path):
     root = tmp_path / "eyepacs"
-    rows = ["image,level"] + [f"{p}_{eye},{(p + (eye == 'right')) % 5}" for p in range(10, 20) for eye in ("left", "right")]
+    rows = ["image,level"] + [
+        f"{p}_{eye},{(p + (eye == 'right')) % 5}" for p in range(10, 20) for eye in ("left", "right")
+    ]
     (root / "train").mkdir(parents=True)
     (root / "trainLabels.csv").write_text("\n".join(rows) + "\n")
     for row in rows[1:]:
@@ -88,7 +93,9 @@ def test_odir_uses_per_eye_targets_not_patient_columns(tmp_path):
         keywords = '"laser spot，moderate non proliferative retinopathy"' if pid == 1 else "cataract"
         for eye, target in (("left", left_target), ("right", right_target)):
             label = "['N']" if eye == "right" else "['C']"
-            lines.append(f"{pid},69,Female,{pid}_left.jpg,{pid}_right.jpg,{keywords},normal fundus,{','.join(map(str, patient))},../input/x/{pid}_{eye}.jpg,\"{label}\",\"{target}\",{pid}_{eye}.jpg")
+            lines.append(
+                f'{pid},69,Female,{pid}_left.jpg,{pid}_right.jpg,{keywords},normal fundus,{",".join(map(str, patient))},../input/x/{pid}_{eye}.jpg,"{label}","{target}",{pid}_{eye}.jpg'
+            )
             fundus(root / "preprocessed_images" / f"{pid}_{eye}.jpg", 32, 32)
     (root / "full_df.csv").write_text("\n".join(lines) + "\n")
     ds = load_dataset("odir", tmp_path, size=16)
@@ -111,8 +118,23 @@ def test_odir_bad_inputs_name_the_problem(tmp_path):
     expect_load_error(tmp_path, "eyepacs", "EyePACS not found")
 
 
-ODIR_COLUMNS = ["ID", "Patient Age", "Patient Sex", "Left-Fundus", "Right-Fundus", "Left-Diagnostic Keywords", "Right-Diagnostic Keywords",
-                "N", "D", "G", "C", "A", "H", "M", "O"]
+ODIR_COLUMNS = [
+    "ID",
+    "Patient Age",
+    "Patient Sex",
+    "Left-Fundus",
+    "Right-Fundus",
+    "Left-Diagnostic Keywords",
+    "Right-Diagnostic Keywords",
+    "N",
+    "D",
+    "G",
+    "C",
+    "A",
+    "H",
+    "M",
+    "O",
+]
 
 
 def odir_patient_copy(folder):
@@ -122,7 +144,9 @@ def odir_patient_copy(folder):
     rows = []
     for pid in (0, 1, 4, 7):  # some ids are missing, as in the real file
         patient = [0, 0, 0, 1, 0, 0, 0, 0] if pid % 2 == 0 else [1, 0, 0, 0, 0, 0, 0, 0]
-        rows.append([pid, 60, "Male", f"{pid}_left.jpg", f"{pid}_right.jpg", "cataract，lens dust", "normal fundus", *patient])
+        rows.append(
+            [pid, 60, "Male", f"{pid}_left.jpg", f"{pid}_right.jpg", "cataract，lens dust", "normal fundus", *patient]
+        )
         for eye in ("left", "right"):
             fundus(folder / "Training Images" / f"{pid}_{eye}.jpg", 32, 32)
     pd.DataFrame(rows, columns=ODIR_COLUMNS).to_excel(folder / "data.xlsx", sheet_name="Sheet1", index=False)
@@ -144,11 +168,15 @@ def test_prepare_passes_loader_parameters_and_reads_a_folder_of_its_own(tmp_path
     odir_patient_copy(tmp_path / "ocular-disease-recognition-odir5k" / "ODIR-5K" / "ODIR-5K")
     (tmp_path / "data").mkdir()
     own = ["--data-root", str(tmp_path / "data"), "--data", f"odir={tmp_path / 'ocular-disease-recognition-odir5k'}"]
-    assert main(["prepare", "--dataset", "odir", "--size", "16", "--param", "labels=patient", *own, "--no-progress"]) == 0
+    assert (
+        main(["prepare", "--dataset", "odir", "--size", "16", "--param", "labels=patient", *own, "--no-progress"]) == 0
+    )
     assert "odir: 8 images of 4 patients at 16 px" in capsys.readouterr().out
     assert main(["prepare", "--dataset", "odir", "--param", "label=patient", *own]) == 2
     assert "takes KEY=VALUE with KEY one of seed, labels" in capsys.readouterr().err
-    assert main(["prepare", "--dataset", "odir", "--param", "labels=patient", "--data-root", str(tmp_path / "data")]) == 2
+    assert (
+        main(["prepare", "--dataset", "odir", "--param", "labels=patient", "--data-root", str(tmp_path / "data")]) == 2
+    )
     err = capsys.readouterr().err
     assert f"put it in {tmp_path / 'data' / 'odir'}" in err and "--data odir=PATH" in err
 
@@ -163,7 +191,9 @@ def test_odir_patient_labels_from_data_xlsx(tmp_path):
     assert ds.images.shape == (8, 3, 16, 16) and ds.patient_ids.tolist() == [0, 0, 1, 1, 4, 4, 7, 7]
     assert ds.labels[:2].tolist() == [[0, 0, 0, 1, 0, 0, 0, 0]] * 2, "both eyes carry the patient's labels"
     assert ds.labels[2].tolist() == [1, 0, 0, 0, 0, 0, 0, 0]
-    expect_load_error(tmp_path, "odir", "holds full_df.csv.*labels=patient reads data.xlsx")  # per-eye labels need full_df.csv
+    expect_load_error(
+        tmp_path, "odir", "holds full_df.csv.*labels=patient reads data.xlsx"
+    )  # per-eye labels need full_df.csv
     expect_load_error(tmp_path, "odir", "labels must be 'eye'", labels="image")
     (folder / "data.xlsx").write_bytes(b"not a workbook")
     expect_load_error(tmp_path, "odir", "data.xlsx: cannot be read as an Excel workbook", labels="patient")

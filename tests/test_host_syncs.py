@@ -3,6 +3,7 @@
 and no operation with a data-dependent output size (CoBooM's codebook usage). Counted on the CPU with
 medssl.host_sync.HostSyncCounter, which sees the operations that stop a GPU run; the replacements compute what
 lightly's and the old code computed."""
+
 import copy
 
 import pytest
@@ -20,8 +21,13 @@ from tests.test_methods import SMALL_HEADS, SSL_METHODS, fixed_batch
 
 
 def _protocol():
-    return PretrainProtocol(image_size=32, epochs=1, steps_per_epoch=8, optimizer={"name": "lars", "lr": 0.1, "weight_decay": 1e-4},
-                            augment={"crop_scale": [0.5, 1.0], "blur_p": 0.5, "blur_sigma": [0.1, 2.0]})
+    return PretrainProtocol(
+        image_size=32,
+        epochs=1,
+        steps_per_epoch=8,
+        optimizer={"name": "lars", "lr": 0.1, "weight_decay": 1e-4},
+        augment={"crop_scale": [0.5, 1.0], "blur_p": 0.5, "blur_sigma": [0.1, 2.0]},
+    )
 
 
 @pytest.mark.parametrize("name", SSL_METHODS)
@@ -53,10 +59,16 @@ def test_sync_free_lars_updates_exactly_as_lightly_lars():
         net[2].bias.zero_()  # a zero weight norm: no trust ratio for this tensor
 
     def groups(m):
-        return [{"params": [m[0].weight, m[2].weight, m[2].bias], "weight_decay": 1e-4}, {"params": [m[0].bias, m[1].weight, m[1].bias], "weight_decay": 0.0}]
+        return [
+            {"params": [m[0].weight, m[2].weight, m[2].bias], "weight_decay": 1e-4},
+            {"params": [m[0].bias, m[1].weight, m[1].bias], "weight_decay": 0.0},
+        ]
 
     ours, theirs = copy.deepcopy(net), copy.deepcopy(net)
-    optimizers = {id(ours): SyncFreeLARS(groups(ours), lr=0.1, momentum=0.9), id(theirs): LARS(groups(theirs), lr=0.1, momentum=0.9)}
+    optimizers = {
+        id(ours): SyncFreeLARS(groups(ours), lr=0.1, momentum=0.9),
+        id(theirs): LARS(groups(theirs), lr=0.1, momentum=0.9),
+    }
     for _ in range(5):
         x = torch.randn(16, 10)
         for model in (ours, theirs):
@@ -163,9 +175,21 @@ def test_compile_covers_the_whole_loss_once_and_survives_pickling(name):
         torch.manual_seed(1)
         losses[label] = []
         for step in range(2):
-            losses[label].append(lightning_order_step(model, config["optimizer"], config["lr_scheduler"]["scheduler"], fixed_batch(8), "cpu", "32-true", step))
+            losses[label].append(
+                lightning_order_step(
+                    model,
+                    config["optimizer"],
+                    config["lr_scheduler"]["scheduler"],
+                    fixed_batch(8),
+                    "cpu",
+                    "32-true",
+                    step,
+                )
+            )
             graphs_after.append(len(graphs))
-    assert graphs_after[2] > 0 and graphs_after[3] == graphs_after[2], f"graphs captured after each compiled step: {graphs_after[2:]}"
+    assert graphs_after[2] > 0 and graphs_after[3] == graphs_after[2], (
+        f"graphs captured after each compiled step: {graphs_after[2:]}"
+    )
     captured = " ".join(str(g.code) for g in graphs)
     assert "projection_head" in captured, "the heads are compiled, not only the trunk"
     torch.testing.assert_close(torch.stack(losses["compiled"]), torch.stack(losses["eager"]), rtol=1e-5, atol=1e-6)

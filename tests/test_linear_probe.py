@@ -1,4 +1,5 @@
 """The linear probe: exact L2-regularised logistic regression, regularisation chosen on validation only."""
+
 import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
@@ -40,7 +41,12 @@ def test_regularisation_is_chosen_on_validation_not_test():
     swapped = linear_probe(x, y, train, test, val, CLASSES, settings, seed=0)  # same fit, other selection split
     assert result["selected_l2"] in settings["l2"] and result["val_value"] > 0.8
     for chosen, selection_split in ((result, val), (swapped, test)):
-        per_l2 = {l2: linear_probe(x, y, train, selection_split, selection_split, CLASSES, {"solver": "lbfgs", "l2": [l2]}, seed=0)["val_value"] for l2 in settings["l2"]}
+        per_l2 = {
+            l2: linear_probe(
+                x, y, train, selection_split, selection_split, CLASSES, {"solver": "lbfgs", "l2": [l2]}, seed=0
+            )["val_value"]
+            for l2 in settings["l2"]
+        }
         assert chosen["val_value"] == pytest.approx(max(per_l2.values()), abs=1e-3)
 
 
@@ -81,5 +87,9 @@ def test_probe_monitor_reports_non_finite_features_without_stopping_the_run(synt
     with torch.no_grad():
         trunk.layer4[1].conv2.weight.fill_(1e38)
     trunk.train()
-    assert monitor.probe(trunk, "cpu") == {"probe_auc": None, "feature_rank": None, "probe_error": "non-finite features"}
+    assert monitor.probe(trunk, "cpu") == {
+        "probe_auc": None,
+        "feature_rank": None,
+        "probe_error": "non-finite features",
+    }
     assert trunk.training

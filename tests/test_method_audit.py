@@ -1,6 +1,7 @@
 """One test per finding of the method audit (shared/specs/method-audit.md, "Changes results" 1-6 and "Smaller" 7-10):
 each failed on the code before the fix. The general exported-BatchNorm check of every method is in
 test_exported_batchnorm.py."""
+
 import os
 
 import pytest
@@ -103,7 +104,13 @@ def test_coboom_blurs_both_views_always():
 
 def coboom_whole_image_views(hflip_p):
     protocol = tiny_protocol()
-    protocol.augment = {"crop_scale": [1.0, 1.0], "crop_ratio": [1.0, 1.0], "hflip_p": hflip_p, "intensity_p": 0.0, "blur_p": 0.0}
+    protocol.augment = {
+        "crop_scale": [1.0, 1.0],
+        "crop_ratio": [1.0, 1.0],
+        "hflip_p": hflip_p,
+        "intensity_p": 0.0,
+        "blur_p": 0.0,
+    }
     model = build_method("coboom", protocol, SMALL_HEADS["coboom"])
     model.view_augment = [type(cfg)(**{**cfg.__dict__, "blur_p": 0.0}) for cfg in model.view_augment]
     return model
@@ -139,7 +146,6 @@ def test_similarity_loss_is_fp32_under_cpu_bf16_autocast():
     assert abs(float(got) - float(exact)) <= 1e-4 * float(exact)
 
 
-
 def _layer4_gradient(trunk, images):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         features = trunk(images)
@@ -163,6 +169,7 @@ def test_trunk_gradients_under_cpu_bf16_are_exact_on_views_of_16_px():
         x = torch.randn(2, 256, 4, 4)
         conv = trunk.layer4[0].conv1
         assert torch.equal(conv(x), F.conv2d(x, conv.weight, stride=2, padding=1))
+
 
 def capture_outputs(module, store, key):
     module.register_forward_hook(lambda m, args, out: store.setdefault(key, []).append(out.detach()))
@@ -189,9 +196,16 @@ def test_method_losses_under_bf16_autocast_equal_their_fp32_value(name):
         checks = {"loss": fp32(p[0], z[1]) + fp32(p[1], z[0])}
     else:
         fused = seen["fused"]  # pair (a, b) = (0, 1) then (1, 0): fused[0] comes from view 1's target map
-        checks = {"l1": (fp32(p[0], z[1]) + fp32(p[1], z[0])) / 2, "l2": (fp32(p[0], fused[0]) + fp32(p[1], fused[1])) / 2}
+        checks = {
+            "l1": (fp32(p[0], z[1]) + fp32(p[1], z[0])) / 2,
+            "l2": (fp32(p[0], fused[0]) + fp32(p[1], fused[1])) / 2,
+        }
     for term, expected in checks.items():
-        assert abs(float(out[term].detach()) - float(expected)) <= 1e-4 * abs(float(expected)), (term, float(out[term].detach()), float(expected))
+        assert abs(float(out[term].detach()) - float(expected)) <= 1e-4 * abs(float(expected)), (
+            term,
+            float(out[term].detach()),
+            float(expected),
+        )
 
 
 # 5 -------------------------------------------------------------------------------------------------------------
@@ -212,7 +226,10 @@ def _codebook_worker(rank, world, port, out_dir):
         quantizer.usage.zero_()
         quantizer.usage[:4] += 1
         quantizer.reseed_dead()
-        torch.save({"initialised": initialised, "usage": usage, "reseeded": quantizer.codebook.detach().clone()}, out_dir / f"rank{rank}.pt")
+        torch.save(
+            {"initialised": initialised, "usage": usage, "reseeded": quantizer.codebook.detach().clone()},
+            out_dir / f"rank{rank}.pt",
+        )
     finally:
         dist.destroy_process_group()
 
@@ -373,7 +390,9 @@ def test_dira_discriminator_trains_in_its_own_step_under_the_generators_precisio
     with torch.autocast("cpu", dtype=torch.bfloat16):
         losses = model.compute_loss(model.make_views(images), images)
     losses["loss"].backward()
-    assert all(p.grad is None for p in model.discriminator.parameters()), "the generator loss must not reach the discriminator"
+    assert all(p.grad is None for p in model.discriminator.parameters()), (
+        "the generator loss must not reach the discriminator"
+    )
     assert model.restoration_head.weight.grad is not None
     seen = []
     hook = model.discriminator.net[0].register_forward_hook(lambda module, args, out: seen.append(out.dtype))

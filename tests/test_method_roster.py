@@ -1,5 +1,6 @@
 """Method-specific behaviour of the roster beyond the shared checks of test_methods.py: loss formulas against hand
 computations, queues, prototypes, the adversary, restoration targets and pixel correspondences."""
+
 import math
 
 import numpy as np
@@ -57,7 +58,9 @@ def test_nt_xent_over_pixels_matches_hand_computation():
     for anchors, others in ((e1, e2), (e2, e1)):
         for i in range(2):
             pos = anchors[i] @ others[i] / t
-            negs = [anchors[i] @ anchors[j] / t for j in range(2) if j != i] + [anchors[i] @ others[j] / t for j in range(2) if j != i]
+            negs = [anchors[i] @ anchors[j] / t for j in range(2) if j != i] + [
+                anchors[i] @ others[j] / t for j in range(2) if j != i
+            ]
             expected += -(pos - torch.logsumexp(torch.stack([pos] + negs), 0)) / 4
     assert float(model.criterion(e1, e2)) == pytest.approx(float(expected), rel=1e-5)
 
@@ -95,7 +98,9 @@ def test_dira_restoration_target_is_the_view_after_crop_and_flip_before_intensit
     unnormalised = query * model.normalize.std + model.normalize.mean
     assert torch.allclose(unnormalised, target, atol=1e-5)
     # with intensity augmentation on, the input changes but the target does not carry it
-    model = build_method("dira", no_photometric_protocol(intensity_p=1.0, brightness=0.5), {**SMALL_HEADS["dira"], "distortions": False})
+    model = build_method(
+        "dira", no_photometric_protocol(intensity_p=1.0, brightness=0.5), {**SMALL_HEADS["dira"], "distortions": False}
+    )
     torch.manual_seed(0)
     query, _, target = model.make_views(images)
     assert not torch.allclose(query * model.normalize.std + model.normalize.mean, target, atol=1e-3)
@@ -108,7 +113,9 @@ def test_dira_discriminator_trains_on_its_own_and_caid_has_none():
     assert not optimised & {id(p) for p in model.discriminator.parameters()}
     before = [p.detach().clone() for p in model.discriminator.parameters()]
     train_steps(model, fixed_batch(), steps=1)
-    assert any(not torch.equal(a, b) for a, b in zip(before, model.discriminator.parameters())), "the discriminator did not step"
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.discriminator.parameters())), (
+        "the discriminator did not step"
+    )
     out = model.compute_loss(model.make_views(fixed_batch()), fixed_batch())
     assert {"discriminative", "restoration", "adversarial"} <= set(out)
     caid = build_method("caid", tiny_protocol(), SMALL_HEADS["caid"])
@@ -156,7 +163,9 @@ def test_vox2vec2d_pixel_pairs_show_the_same_image_point():
     torch.manual_seed(0)
     first, second, coords_first, coords_second = model.make_views(images)
     assert coords_first.abs().max() <= 1 and coords_second.abs().max() <= 1, "sampled pixels must lie inside both crops"
-    sample = lambda view, coords: F.grid_sample(view, coords[:, :, None, :], padding_mode="border", align_corners=False)[..., 0]
+    sample = lambda view, coords: F.grid_sample(
+        view, coords[:, :, None, :], padding_mode="border", align_corners=False
+    )[..., 0]
     assert torch.allclose(sample(first, coords_first), sample(second, coords_second), atol=0.05)
     assert not torch.allclose(first, second)
 

@@ -1,4 +1,5 @@
 """Per-method CPU tests on tiny inputs: shapes, finite and decreasing loss, EMA, CoBooM specifics."""
+
 import copy
 import dataclasses
 
@@ -14,7 +15,14 @@ SMALL_HEADS = {
     "coboom": {"hidden_dim": 64, "output_dim": 32, "codebook_size": 32},
     "coboom-nodec": {"hidden_dim": 64, "output_dim": 32, "codebook_size": 32},
     "coboom-nodf": {"hidden_dim": 64, "output_dim": 32, "codebook_size": 32},
-    "swav": {"hidden_dim": 64, "output_dim": 32, "n_prototypes": 16, "n_local_views": 2, "queue_length": 0, "freeze_prototypes_share": 0.0},
+    "swav": {
+        "hidden_dim": 64,
+        "output_dim": 32,
+        "n_prototypes": 16,
+        "n_local_views": 2,
+        "queue_length": 0,
+        "freeze_prototypes_share": 0.0,
+    },
     "vicreg": {"hidden_dim": 64, "output_dim": 64},
     "caid": {"hidden_dim": 64, "output_dim": 32, "queue_size": 64},
     "dira": {"hidden_dim": 64, "output_dim": 32, "queue_size": 64},
@@ -26,7 +34,13 @@ SSL_METHODS = sorted(SMALL_HEADS)
 
 
 def tiny_protocol(steps=8, lr=1e-3, optimizer="adamw"):
-    return PretrainProtocol(image_size=32, epochs=1, steps_per_epoch=steps, optimizer={"name": optimizer, "lr": lr, "weight_decay": 0.0}, augment={"crop_scale": [0.5, 1.0], "blur_p": 0.0})
+    return PretrainProtocol(
+        image_size=32,
+        epochs=1,
+        steps_per_epoch=steps,
+        optimizer={"name": optimizer, "lr": lr, "weight_decay": 0.0},
+        augment={"crop_scale": [0.5, 1.0], "blur_p": 0.0},
+    )
 
 
 def fixed_batch(n=8, size=48, seed=0):
@@ -138,10 +152,16 @@ def test_random_init_gets_the_batchnorm_statistics_of_the_corpus():
         conv = torch.cat([model.backbone.conv1(model.make_views(images[b])[0]) for b in order])
     torch.testing.assert_close(norm.running_mean, conv.mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
     # only buffers change: the weights stay the seeded random initialisation
-    assert all(torch.equal(weights[k], v) for k, v in model.backbone.state_dict().items() if "running" not in k and "num_batches" not in k)
+    assert all(
+        torch.equal(weights[k], v)
+        for k, v in model.backbone.state_dict().items()
+        if "running" not in k and "num_batches" not in k
+    )
     untouched = build_method("supervised", tiny_protocol(), {"batchnorm_statistics": "init"})
     untouched.finish_encoder(images, 8, seed=0)
-    assert torch.equal(untouched.backbone.bn1.running_mean, torch.zeros(64)) and torch.equal(untouched.backbone.bn1.running_var, torch.ones(64))
+    assert torch.equal(untouched.backbone.bn1.running_mean, torch.zeros(64)) and torch.equal(
+        untouched.backbone.bn1.running_var, torch.ones(64)
+    )
     with pytest.raises(ValueError, match="batchnorm_statistics"):
         build_method("supervised", tiny_protocol(), {"batchnorm_statistics": "imagenet"})
 

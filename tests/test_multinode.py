@@ -1,4 +1,5 @@
 """The multi-node path: two "nodes" of one CPU process each, started by torchrun on this machine (gloo)."""
+
 import json
 import subprocess
 import sys
@@ -14,17 +15,56 @@ from tests.distributed import free_port
 ROOT = Path(__file__).resolve().parent.parent
 
 
-
 def test_two_nodes_pretrain_together_and_rank_zero_evaluates(tmp_path):
     port = free_port()
     (tmp_path / "data").mkdir()
-    suite_args = ["--suite", "smoke", "--methods", "simclr", "--seeds", "0", "--fractions", "100", "--device", "cpu", "--nodes", "2", "--devices", "1",
-                  "--data-root", str(tmp_path / "data"), "--out", str(tmp_path / "results"), "--reports", str(tmp_path / "reports"), "--no-progress"]
+    suite_args = [
+        "--suite",
+        "smoke",
+        "--methods",
+        "simclr",
+        "--seeds",
+        "0",
+        "--fractions",
+        "100",
+        "--device",
+        "cpu",
+        "--nodes",
+        "2",
+        "--devices",
+        "1",
+        "--data-root",
+        str(tmp_path / "data"),
+        "--out",
+        str(tmp_path / "results"),
+        "--reports",
+        str(tmp_path / "reports"),
+        "--no-progress",
+    ]
 
     def node(rank):
-        launcher = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(rank), "--nproc-per-node", "1",
-                    "--master-addr", "127.0.0.1", "--master-port", str(port)]
-        return subprocess.Popen(launcher + ["run_benchmark.py"] + suite_args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        launcher = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nnodes",
+            "2",
+            "--node-rank",
+            str(rank),
+            "--nproc-per-node",
+            "1",
+            "--master-addr",
+            "127.0.0.1",
+            "--master-port",
+            str(port),
+        ]
+        return subprocess.Popen(
+            launcher + ["run_benchmark.py"] + suite_args,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
 
     nodes = [node(0), node(1)]
     outputs = [p.communicate(timeout=600)[0] for p in nodes]

@@ -1,4 +1,5 @@
 """NIH ChestX-ray14 loader and the preprocessing cache, on tiny fake copies in the real layouts (spec section 1)."""
+
 import json
 
 import numpy as np
@@ -12,12 +13,18 @@ from run_benchmark import main
 
 # (image, labels, patient); patients 1-4 in train_val, 5-6 in test
 ROWS = [
-    ("00000001_000.png", "Cardiomegaly", 1), ("00000001_001.png", "Cardiomegaly|Emphysema", 1),
-    ("00000002_000.png", "No Finding", 2), ("00000002_001.png", "Pleural_Thickening", 2),
-    ("00000003_000.png", "Effusion|Mass", 3), ("00000003_001.png", "No Finding", 3),
-    ("00000004_000.png", "Hernia", 4), ("00000004_001.png", "Nodule|Pneumothorax", 4),
-    ("00000005_000.png", "Infiltration", 5), ("00000005_001.png", "No Finding", 5),
-    ("00000006_000.png", "Atelectasis|Consolidation|Edema|Fibrosis|Pneumonia", 6), ("00000006_001.png", "No Finding", 6),
+    ("00000001_000.png", "Cardiomegaly", 1),
+    ("00000001_001.png", "Cardiomegaly|Emphysema", 1),
+    ("00000002_000.png", "No Finding", 2),
+    ("00000002_001.png", "Pleural_Thickening", 2),
+    ("00000003_000.png", "Effusion|Mass", 3),
+    ("00000003_001.png", "No Finding", 3),
+    ("00000004_000.png", "Hernia", 4),
+    ("00000004_001.png", "Nodule|Pneumothorax", 4),
+    ("00000005_000.png", "Infiltration", 5),
+    ("00000005_001.png", "No Finding", 5),
+    ("00000006_000.png", "Atelectasis|Consolidation|Edema|Fibrosis|Pneumonia", 6),
+    ("00000006_001.png", "No Finding", 6),
 ]
 RGBA_IMAGE = "00000002_001.png"
 
@@ -27,11 +34,18 @@ def make_fake_nih(root, variant="kaggle"):
     'box': Data_Entry_2017_v2020.csv with 'Patient Sex', flat images/."""
     root.mkdir(parents=True, exist_ok=True)
     if variant == "kaggle":
-        lines = ["Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y],"]
-        lines += [f"{name},{labels},{name[9:12].lstrip('0') or 0},{patient},58,M,PA,2682,2749,0.143,0.143," for name, labels, patient in ROWS]
+        lines = [
+            "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y],"
+        ]
+        lines += [
+            f"{name},{labels},{name[9:12].lstrip('0') or 0},{patient},58,M,PA,2682,2749,0.143,0.143,"
+            for name, labels, patient in ROWS
+        ]
         (root / "Data_Entry_2017.csv").write_text("\n".join(lines) + "\n")
     else:
-        lines = ["Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Sex,View Position,OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]"]
+        lines = [
+            "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Sex,View Position,OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]"
+        ]
         lines += [f"{name},{labels},0,{patient},58,F,AP,2500,2048,0.139,0.139" for name, labels, patient in ROWS]
         (root / "Data_Entry_2017_v2020.csv").write_text("\n".join(lines) + "\n")
     (root / "train_val_list.txt").write_text("\n".join(name for name, _, p in ROWS if p <= 4) + "\n")
@@ -98,7 +112,10 @@ def test_interrupted_cache_build_resumes_to_the_same_content(tmp_path, monkeypat
     monkeypatch.setattr(nih, "decode_image", lambda path: calls.append(path) or real_decode(path))
     load_dataset("nih_chestxray14", tmp_path / "b", size=16)
     assert len(calls) == 5 + 8, "the resumed build decodes only the images not cached before the interruption"
-    hashes = [json.loads((c / "manifest.json").read_text())["content_hash"] for c in (next((tmp_path / r).rglob("manifest.json")).parent for r in ("a", "b"))]
+    hashes = [
+        json.loads((c / "manifest.json").read_text())["content_hash"]
+        for c in (next((tmp_path / r).rglob("manifest.json")).parent for r in ("a", "b"))
+    ]
     assert hashes[0] == hashes[1]
 
 
@@ -106,14 +123,23 @@ def test_bad_layouts_are_reported_and_prepare_exits_nonzero(tmp_path, capsys):
     root = make_fake_nih(tmp_path / "nih_chestxray14")
     (root / "images_002/images/00000005_000.png").unlink()
     (root / "test_list.txt").unlink()
-    assert main(["prepare", "--dataset", "nih_chestxray14", "--data-root", str(tmp_path), "--size", "16", "--no-progress"]) == 2
+    assert (
+        main(["prepare", "--dataset", "nih_chestxray14", "--data-root", str(tmp_path), "--size", "16", "--no-progress"])
+        == 2
+    )
     err = capsys.readouterr().err
     assert "missing" in err and "test_list.txt" in err and "00000005_000.png" not in err  # the test list is gone
     (root / "test_list.txt").write_text("00000005_000.png\n00000006_000.png\n")
-    assert main(["prepare", "--dataset", "nih_chestxray14", "--data-root", str(tmp_path), "--size", "16", "--no-progress"]) == 2
+    assert (
+        main(["prepare", "--dataset", "nih_chestxray14", "--data-root", str(tmp_path), "--size", "16", "--no-progress"])
+        == 2
+    )
     assert "00000005_000.png" in capsys.readouterr().err
     assert not list(root.rglob("manifest.json")), "nothing is cached from a broken layout"
-    assert main(["prepare", "--dataset", "nih_chestxray14", "--data-root", str(tmp_path / "nowhere"), "--no-progress"]) == 2
+    assert (
+        main(["prepare", "--dataset", "nih_chestxray14", "--data-root", str(tmp_path / "nowhere"), "--no-progress"])
+        == 2
+    )
 
 
 def test_corrupt_image_is_named_and_the_rest_is_kept(tmp_path):

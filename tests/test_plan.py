@@ -1,4 +1,5 @@
 """Job identity: a key changes exactly when something that determines the job's result changes."""
+
 import copy
 
 import pytest
@@ -82,7 +83,11 @@ def test_statistics_settings_are_checked_and_do_not_change_job_keys(tmp_path):
     with_stats = copy.deepcopy(suite)
     with_stats["statistics"] = {"reference": "simclr", "adjust": "bh"}
     assert [j.key for j in build_plan(with_stats).eval_jobs] == [j.key for j in build_plan(suite).eval_jobs]
-    for bad, message in (({"referense": "simclr"}, "statistics.referense: unknown key; did you mean .reference."), ({"adjust": "bonferroni"}, "holm"), ({"primary": "images"}, "pretraining run as its unit")):
+    for bad, message in (
+        ({"referense": "simclr"}, "statistics.referense: unknown key; did you mean .reference."),
+        ({"adjust": "bonferroni"}, "holm"),
+        ({"primary": "images"}, "pretraining run as its unit"),
+    ):
         broken = copy.deepcopy(suite)
         broken["statistics"] = bad
         path = tmp_path / "bad.yaml"
@@ -102,7 +107,10 @@ def test_quick_long_is_quick_with_more_steps_only():
     # SwAV's prototype freeze and queue start are shares of training, so the same settings scale with the length
     assert long["method_params"] == quick["method_params"]
     # the random-init floor is the same job in both suites
-    floor = [{job.key for job in build_plan(s).pretrain_jobs if job.method == "supervised" and job.corpus == "cxr"} for s in (quick, long)]
+    floor = [
+        {job.key for job in build_plan(s).pretrain_jobs if job.method == "supervised" and job.corpus == "cxr"}
+        for s in (quick, long)
+    ]
     assert floor[0] == floor[1]
 
 

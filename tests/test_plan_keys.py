@@ -4,6 +4,7 @@ A key is what marks a result as done: a refactoring that changes one silently re
 A change of keys is intended only with a method or protocol version bump; then rewrite the file with
 ``python -m tests.test_plan_keys`` and say why in the commit.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,7 +36,9 @@ def test_job_keys_of_shipped_suites_are_unchanged(name):
     for stage in ("pretrain", "evaluate"):
         gone = sorted(set(expected[name][stage]) - set(got[stage]))
         new = sorted(set(got[stage]) - set(expected[name][stage]))
-        assert not gone and not new, f"{name} {stage} keys changed: {len(gone)} gone (e.g. {gone[:3]}), {len(new)} new (e.g. {new[:3]})"
+        assert not gone and not new, (
+            f"{name} {stage} keys changed: {len(gone)} gone (e.g. {gone[:3]}), {len(new)} new (e.g. {new[:3]})"
+        )
 
 
 if __name__ == "__main__":

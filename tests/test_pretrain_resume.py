@@ -1,4 +1,5 @@
 """An interrupted pretraining resumes from its last finished epoch instead of starting again."""
+
 import json
 
 import pytest
@@ -38,18 +39,29 @@ def test_interrupted_pretraining_resumes(tmp_path, synthetic_root):
     with pytest.raises(RuntimeError, match="simulated crash"):
         run_pretraining(job, dataset, tmp_path, progress=False, callbacks=[Crash(1)])
     assert (run_dir / "last.ckpt").exists() and not (run_dir / ENCODER_FILE).exists()
-    assert [row["epoch"] for row in history()] == [-1, 0]  # -1: the learning-signal probe of the random initialisation (smoke suite monitors)
+    assert [row["epoch"] for row in history()] == [
+        -1,
+        0,
+    ]  # -1: the learning-signal probe of the random initialisation (smoke suite monitors)
     with pytest.raises(RuntimeError, match="simulated crash"):
         run_pretraining(job, dataset, tmp_path, progress=False, callbacks=[Crash(2, batch=1)])
     path = run_pretraining(job, dataset, tmp_path, progress=False)
     rows = history()
-    assert [row["epoch"] for row in rows if not row.get("resumed")] == [-1, 0, 1, 2], "each resumed run trains only the missing epochs"
+    assert [row["epoch"] for row in rows if not row.get("resumed")] == [-1, 0, 1, 2], (
+        "each resumed run trains only the missing epochs"
+    )
     assert [row["epoch"] for row in rows if row.get("resumed")] == [1, 2], "history.jsonl records each resume"
     encoder, meta = load_encoder(path)
-    assert meta["method"] == "simclr" and [h["epoch"] for h in meta["history"]] == [-1, 0, 1, 2] and len(meta["resumed"]) == 2
+    assert (
+        meta["method"] == "simclr"
+        and [h["epoch"] for h in meta["history"]] == [-1, 0, 1, 2]
+        and len(meta["resumed"]) == 2
+    )
     assert run_pretraining(job, dataset, tmp_path, progress=False) == path  # finished: reused, not retrained
     # bit-identical to the same pretraining run without the interruptions (README "Reproducibility")
-    uninterrupted = load_encoder(run_pretraining(job, dataset, tmp_path / "uninterrupted", progress=False))[0].state_dict()
+    uninterrupted = load_encoder(run_pretraining(job, dataset, tmp_path / "uninterrupted", progress=False))[
+        0
+    ].state_dict()
     resumed = encoder.state_dict()
     assert uninterrupted.keys() == resumed.keys() and all(torch.equal(uninterrupted[k], resumed[k]) for k in resumed)
 

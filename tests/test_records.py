@@ -8,7 +8,18 @@ from medssl.records import RECORD_FIELDS, ResultStore
 
 def make_record(key="k1", value=0.7):
     record = {field: None for field in RECORD_FIELDS}
-    record.update(key=key, suite="s", method="simclr", task="CXR", protocol="linear", fraction=10.0, seed=0, value=value, per_class={"Mass": 0.6}, packages={"torch": "x"})
+    record.update(
+        key=key,
+        suite="s",
+        method="simclr",
+        task="CXR",
+        protocol="linear",
+        fraction=10.0,
+        seed=0,
+        value=value,
+        per_class={"Mass": 0.6},
+        packages={"torch": "x"},
+    )
     return record
 
 

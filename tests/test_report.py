@@ -1,4 +1,5 @@
 """Tables from a hand-made results file: layout, mean +- sd, bold best, significance marks, byte-for-byte regeneration."""
+
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
@@ -10,7 +11,11 @@ from medssl.report import write_reports
 
 def rows_by_method(table: str) -> dict:
     """The body rows of a Markdown report table, keyed by their first cell (the method's label)."""
-    return {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("| ") and "Method" not in line}
+    return {
+        line.split("|")[1].strip(): line
+        for line in table.splitlines()
+        if line.startswith("| ") and "Method" not in line
+    }
 
 
 def hand_made_store(tmp_path, plan, values):
@@ -20,14 +25,27 @@ def hand_made_store(tmp_path, plan, values):
         if value is None:
             continue
         record = {f: None for f in RECORD_FIELDS}
-        record.update(key=job.key, method=job.pretrain.method, task=job.task["name"], protocol=job.protocol, fraction=job.fraction, seed=job.seed, value=value + 0.01 * job.seed)
+        record.update(
+            key=job.key,
+            method=job.pretrain.method,
+            task=job.task["name"],
+            protocol=job.protocol,
+            fraction=job.fraction,
+            seed=job.seed,
+            value=value + 0.01 * job.seed,
+        )
         store.append(record)
     return store
 
 
 def test_report_layout_bold_and_byte_identical(tmp_path):
     plan = build_plan(load_suite("smoke"))
-    values = {(m, p, f): v for (m, v) in [("supervised", 0.60), ("simclr", 0.70), ("byol", 0.65), ("coboom", 0.72)] for p in ("linear", "finetune") for f in (30.0, 100.0)}
+    values = {
+        (m, p, f): v
+        for (m, v) in [("supervised", 0.60), ("simclr", 0.70), ("byol", 0.65), ("coboom", 0.72)]
+        for p in ("linear", "finetune")
+        for f in (30.0, 100.0)
+    }
     values[("simclr", "linear", 100.0)] = 0.80  # SimCLR wins this one column
     del values[("byol", "finetune", 30.0)]  # a missing cell
     store = hand_made_store(tmp_path, plan, values)
@@ -69,20 +87,41 @@ def store_with_predictions(tmp_path, plan, quality, noise_of=None, n_images=400)
     store = ResultStore(tmp_path / "results")
     for job in plan.eval_jobs:
         stream = sorted(quality).index((noise_of or {}).get(job.pretrain.method, job.pretrain.method))
-        noise = np.random.default_rng(stream).normal(size=labels.shape) + np.random.default_rng([job.pretrain.seed, job.seed, stream]).normal(size=labels.shape) / 3
+        noise = (
+            np.random.default_rng(stream).normal(size=labels.shape)
+            + np.random.default_rng([job.pretrain.seed, job.seed, stream]).normal(size=labels.shape) / 3
+        )
         scores = labels * quality[job.pretrain.method] + noise
         value = float(np.mean([roc_auc_score(labels[:, k], scores[:, k]) for k in range(2)]))
         record = {f: None for f in RECORD_FIELDS}
-        record.update(key=job.key, method=job.pretrain.method, task=job.task["name"], protocol=job.protocol, fraction=job.fraction,
-                      seed=job.seed, value=value, metric="macro_auc")
-        store.append(record, predictions={"test_indices": np.arange(n_images, dtype=np.int32), "scores": scores.astype(np.float32), "labels": labels,
-                                          "patient_ids": np.arange(n_images) // 2, "class_names": np.array(["A", "B"])})
+        record.update(
+            key=job.key,
+            method=job.pretrain.method,
+            task=job.task["name"],
+            protocol=job.protocol,
+            fraction=job.fraction,
+            seed=job.seed,
+            value=value,
+            metric="macro_auc",
+        )
+        store.append(
+            record,
+            predictions={
+                "test_indices": np.arange(n_images, dtype=np.int32),
+                "scores": scores.astype(np.float32),
+                "labels": labels,
+                "patient_ids": np.arange(n_images) // 2,
+                "class_names": np.array(["A", "B"]),
+            },
+        )
     return store
 
 
 def test_marks_follow_the_paired_tests(tmp_path):
     plan = replicated_plan()  # reference = CoBooM, no ablations in the suite
-    store = store_with_predictions(tmp_path, plan, {"supervised": 0.0, "simclr": 3.0, "byol": 3.0, "coboom": 3.0}, {"simclr": "coboom"})
+    store = store_with_predictions(
+        tmp_path, plan, {"supervised": 0.0, "simclr": 3.0, "byol": 3.0, "coboom": 3.0}, {"simclr": "coboom"}
+    )
     written = {p.name: p.read_bytes() for p in write_reports(plan, store, tmp_path / "r1")}
     again = {p.name: p.read_bytes() for p in write_reports(plan, ResultStore(tmp_path / "results"), tmp_path / "r2")}
     assert written == again  # tables, statistics, figures and HTML all byte-identical
@@ -93,7 +132,11 @@ def test_marks_follow_the_paired_tests(tmp_path):
     # SimCLR and CoBooM tie exactly: both bold, no mark between them; CoBooM beats nothing significantly, so no dagger.
     assert rows["SimCLR"].count("**") == 4 and rows["CoBooM w/ Dec."].count("**") == 4
     assert "†" not in rows["CoBooM w/ Dec."]
-    assert "differs from CoBooM w/ Dec." in table1 and "Welch's t-test over pretraining runs" in table1 and "within each column" in table1
+    assert (
+        "differs from CoBooM w/ Dec." in table1
+        and "Welch's t-test over pretraining runs" in table1
+        and "within each column" in table1
+    )
     assert "mean ± sd over 3 pretraining runs (each run: one evaluation seed)" in table1
     latex = written["table1.tex"].decode()
     assert "\\toprule" in latex and "\\textbf{" in latex and "Sup. & " in latex and "$^{*}$" in latex
@@ -122,8 +165,11 @@ def _cells(plan, values_by_method):
     """CellRuns of every column of Table 1 from {method: [value of each pretraining run]} (one evaluation seed)."""
     from medssl.compare import CellRuns, columns
 
-    return {(method, task, "linear", fraction): CellRuns(values={(seed, 0): v for seed, v in enumerate(values)})
-            for method, values in values_by_method.items() for task, fraction in columns(plan, "linear")}
+    return {
+        (method, task, "linear", fraction): CellRuns(values={(seed, 0): v for seed, v in enumerate(values)})
+        for method, values in values_by_method.items()
+        for task, fraction in columns(plan, "linear")
+    }
 
 
 def test_dagger_needs_every_baseline_below_not_the_one_with_the_best_test_mean():
@@ -134,15 +180,36 @@ def test_dagger_needs_every_baseline_below_not_the_one_with_the_best_test_mean()
     from medssl.report import table_marks
 
     plan = replicated_plan()
-    cells = _cells(plan, {"supervised": [0.50, 0.51, 0.49], "simclr": [0.50, 0.80, 0.68], "byol": [0.67, 0.665, 0.675], "coboom": [0.75, 0.752, 0.748]})
+    cells = _cells(
+        plan,
+        {
+            "supervised": [0.50, 0.51, 0.49],
+            "simclr": [0.50, 0.80, 0.68],
+            "byol": [0.67, 0.665, 0.675],
+            "coboom": [0.75, 0.752, 0.748],
+        },
+    )
     found = compare.comparisons(plan, cells, "linear")
     marks = table_marks(plan, found)
     assert not any("†" in mark for mark in marks.values())
     byol = [c for c in found if c.method == "byol"]
-    assert byol and all(c.significant and c.difference < 0 for c in byol)  # the old rule's single test would have marked
-    cells = _cells(plan, {"supervised": [0.50, 0.51, 0.49], "simclr": [0.60, 0.61, 0.59], "byol": [0.67, 0.665, 0.675], "coboom": [0.75, 0.752, 0.748]})
-    assert all(marks.get(("coboom", task, fraction)) == "†" for task, fraction in compare.columns(plan, "linear")
-               for marks in [table_marks(plan, compare.comparisons(plan, cells, "linear"))])
+    assert byol and all(
+        c.significant and c.difference < 0 for c in byol
+    )  # the old rule's single test would have marked
+    cells = _cells(
+        plan,
+        {
+            "supervised": [0.50, 0.51, 0.49],
+            "simclr": [0.60, 0.61, 0.59],
+            "byol": [0.67, 0.665, 0.675],
+            "coboom": [0.75, 0.752, 0.748],
+        },
+    )
+    assert all(
+        marks.get(("coboom", task, fraction)) == "†"
+        for task, fraction in compare.columns(plan, "linear")
+        for marks in [table_marks(plan, compare.comparisons(plan, cells, "linear"))]
+    )
 
 
 def test_random_init_margins_mark_significant_gains_only(tmp_path):
@@ -155,7 +222,10 @@ def test_random_init_margins_mark_significant_gains_only(tmp_path):
     assert list(rows) == ["SimCLR", "BYOL", "CoBooM w/ Dec."]
     assert rows["SimCLR"].count("\\*") == 2 and rows["CoBooM w/ Dec."].count("\\*") == 2
     assert "\\*" not in rows["BYOL"]
-    assert "the difference from Sup. is significant: Welch's t-test over pretraining runs" in margins and "Holm adjustment within each column" in margins
+    assert (
+        "the difference from Sup. is significant: Welch's t-test over pretraining runs" in margins
+        and "Holm adjustment within each column" in margins
+    )
 
 
 def test_one_pretraining_run_prints_no_comparison_marks(tmp_path):
@@ -168,7 +238,10 @@ def test_one_pretraining_run_prints_no_comparison_marks(tmp_path):
     for name in ("table1.md", "table2.md", "random_init_margins.md"):
         assert "\\*" not in written[name] and "†" not in written[name]
         assert "No comparison marks: the test behind them takes the pretraining run as its unit" in written[name]
-    assert "over 2 evaluation seeds of one pretraining run (the spread between pretraining runs is not measured)" in written["table1.md"]
+    assert (
+        "over 2 evaluation seeds of one pretraining run (the spread between pretraining runs is not measured)"
+        in written["table1.md"]
+    )
     # the image-level test (conditional on the one run) still finds the difference; it is listed, not marked
     row = next(line for line in written["statistics.md"].splitlines() if line.startswith("| CXR | 30% | Sup. | "))
     assert "| <0.001 | – |  |" in row and "| pretraining runs, n = 1 vs 1 |" in row
@@ -178,7 +251,12 @@ def test_report_removes_its_files_that_the_records_no_longer_produce(tmp_path):
     """A report regenerated after a suite lost a protocol must not leave the old tables beside the new ones (the
     same way a stale ablation.png stayed in reports/quick-long after its CoBooM ablation rows were dropped)."""
     suite = load_suite("smoke")
-    values = {(m, p, f): v for (m, v) in [("supervised", 0.60), ("simclr", 0.70), ("coboom", 0.72)] for p in ("linear", "finetune") for f in (30.0, 100.0)}
+    values = {
+        (m, p, f): v
+        for (m, v) in [("supervised", 0.60), ("simclr", 0.70), ("coboom", 0.72)]
+        for p in ("linear", "finetune")
+        for f in (30.0, 100.0)
+    }
     reports = tmp_path / "r"
     plan = build_plan(suite)
     assert "table2.md" in {p.name for p in write_reports(plan, hand_made_store(tmp_path / "a", plan, values), reports)}
@@ -199,5 +277,8 @@ def test_a_report_without_the_reference_says_why_it_has_no_marks(tmp_path):
     plan = build_plan(suite)
     store = store_with_predictions(tmp_path, plan, {"supervised": 0.0, "simclr": 3.0})
     table = {p.name: p for p in write_reports(plan, store, tmp_path / "r")}["table1.md"].read_text()
-    assert "every row is compared with the suite's reference method, CoBooM w/ Dec., which is not among these rows" in table
+    assert (
+        "every row is compared with the suite's reference method, CoBooM w/ Dec., which is not among these rows"
+        in table
+    )
     assert "--set statistics.reference=NAME" in table and "\\*" not in table

@@ -1,4 +1,5 @@
 """Segmentation protocol: the SIIM Dice rule, frozen vs fine-tuned encoders, learning on phantom pneumothorax masks."""
+
 import numpy as np
 import torch
 
@@ -14,7 +15,9 @@ def test_dice_follows_the_siim_rule():
     dice = per_image_dice(np.stack([empty, empty, half, full]), np.stack([empty, half, half, half]))
     assert dice.tolist() == [1.0, 0.0, 1.0, 2 * 2 / 6]
     metrics = segmentation_metrics(np.stack([empty, full]).astype(float), np.stack([empty, half]))
-    assert metrics["mean_dice"] == (1.0 + 2 / 3) / 2 and metrics["dice_positive"] == 2 / 3 and metrics["n_positive"] == 1
+    assert (
+        metrics["mean_dice"] == (1.0 + 2 / 3) / 2 and metrics["dice_positive"] == 2 / 3 and metrics["n_positive"] == 1
+    )
 
 
 def test_frozen_encoder_stays_fixed_and_finetuning_changes_it(synthetic_root):
@@ -26,8 +29,12 @@ def test_frozen_encoder_stays_fixed_and_finetuning_changes_it(synthetic_root):
     torch.manual_seed(0)
     encoder = ResNetTrunk()
     before = {k: v.clone() for k, v in encoder.state_dict().items()}
-    result = train_segmentation(encoder, meta, 32, ds.images, masks, train, val, test, settings, seed=0, freeze_encoder=True)
-    assert all(torch.equal(before[k], v) for k, v in encoder.state_dict().items()), "weights and BN statistics must not move"
+    result = train_segmentation(
+        encoder, meta, 32, ds.images, masks, train, val, test, settings, seed=0, freeze_encoder=True
+    )
+    assert all(torch.equal(before[k], v) for k, v in encoder.state_dict().items()), (
+        "weights and BN statistics must not move"
+    )
     assert len(result["test"]["per_image_dice"]) == len(test) and 0 <= result["test"]["mean_dice"] <= 1
     tuned = ResNetTrunk()
     tuned.load_state_dict(before)
@@ -42,6 +49,18 @@ def test_decoder_learns_phantom_pneumothorax_masks(synthetic_root):
     positives = train[masks[train].reshape(len(train), -1).any(1)]
     settings = {"epochs": 40, "lr": 3e-3, "batch_size": 16, "validations": 4}
     torch.manual_seed(0)
-    result = train_segmentation(ResNetTrunk(), {"mean": [0.5], "std": [0.25]}, 32, ds.images, masks, positives, positives, positives, settings, seed=0, freeze_encoder=False)
+    result = train_segmentation(
+        ResNetTrunk(),
+        {"mean": [0.5], "std": [0.25]},
+        32,
+        ds.images,
+        masks,
+        positives,
+        positives,
+        positives,
+        settings,
+        seed=0,
+        freeze_encoder=False,
+    )
     # fitting the rims it was trained on: far above predicting nothing (Dice 0 on positive images)
     assert result["test"]["dice_positive"] > 0.5, result["test"]["dice_positive"]

@@ -1,5 +1,6 @@
 """A segmentation task through the whole path: plan -> decoder training -> Dice records with per-image Dice -> tables
 and Wilcoxon statistics."""
+
 import copy
 
 import numpy as np
@@ -12,8 +13,14 @@ from medssl.records import ResultStore
 from medssl.report import write_reports
 from medssl.runner import run_plan
 
-PTX_TASK = {"name": "PTX", "type": "segmentation", "dataset": {"name": "synthetic_cxr", "params": {"n_images": 96, "size": 32, "seed": 0}},
-            "pretrain": "cxr", "protocols": ["linear", "finetune"], "fractions": [100]}
+PTX_TASK = {
+    "name": "PTX",
+    "type": "segmentation",
+    "dataset": {"name": "synthetic_cxr", "params": {"n_images": 96, "size": 32, "seed": 0}},
+    "pretrain": "cxr",
+    "protocols": ["linear", "finetune"],
+    "fractions": [100],
+}
 
 
 def segmentation_suite():
@@ -62,14 +69,23 @@ def test_segmentation_records_tables_and_statistics(tmp_path, synthetic_root):
     records = store.records()
     assert {r["metric"] for r in records} == {"mean_dice"}
     for record in records:
-        assert 0 <= record["value"] <= 1 and set(record["extra_metrics"]) == {"dice_positive", "n_positive", "dice_global", "false_positive_rate_empty"}
+        assert 0 <= record["value"] <= 1 and set(record["extra_metrics"]) == {
+            "dice_positive",
+            "n_positive",
+            "dice_global",
+            "false_positive_rate_empty",
+        }
         predictions = store.load_predictions(record["key"])
-        assert len(predictions["per_image_dice"]) == record["n_test"] and predictions["per_image_dice"].mean() == pytest.approx(record["value"], abs=1e-6)
+        assert len(predictions["per_image_dice"]) == record["n_test"] and predictions[
+            "per_image_dice"
+        ].mean() == pytest.approx(record["value"], abs=1e-6)
     written = {p.name: p for p in write_reports(plan, store, tmp_path / "reports")}
     table1 = written["table1.md"].read_text()
     assert "mean Dice per image" in table1 and "| PTX 100% |" in table1
     statistics = written["statistics.csv"].read_text().splitlines()
-    assert len(statistics) == 1 + 2 and all(",wilcoxon," in line for line in statistics[1:])  # Sup. vs SimCLR, per table
+    assert len(statistics) == 1 + 2 and all(
+        ",wilcoxon," in line for line in statistics[1:]
+    )  # Sup. vs SimCLR, per table
     # the details file shows, per cell, the tables' Dice next to the Dice over images with a mask (seed means)
     details = written["segmentation.md"].read_text()
     for method in suite["methods"]:
@@ -89,5 +105,7 @@ def test_segmentation_on_a_dataset_without_masks_is_a_clear_error(tmp_path, synt
     suite["methods"] = ["supervised"]
     suite["tasks"] = [{**copy.deepcopy(PTX_TASK), "name": "Fundus", "dataset": fundus, "pretrain": "fundus"}]
     plan = build_plan(suite)
-    with pytest.raises(ConfigError, match="'Fundus' is a segmentation task but dataset 'synthetic_fundus' has no masks"):
+    with pytest.raises(
+        ConfigError, match="'Fundus' is a segmentation task but dataset 'synthetic_fundus' has no masks"
+    ):
         run_plan(plan, synthetic_root, tmp_path / "results", progress=False, log=lambda _: None)

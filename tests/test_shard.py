@@ -1,4 +1,5 @@
 """--shard K/N: disjoint, complete, deterministic parts of the job grid; shards' records are merged by 'report'."""
+
 import pytest
 
 from medssl.config import ConfigError, load_suite
@@ -30,8 +31,23 @@ def test_bad_shard_specifications():
 
 def test_sharded_run_then_report(tmp_path, capsys):
     (tmp_path / "data").mkdir()
-    common = ["--suite", "smoke", "--methods", "supervised,simclr", "--fractions", "100", "--seeds", "0", "--data-root", str(tmp_path / "data"),
-              "--out", str(tmp_path / "results"), "--reports", str(tmp_path / "reports"), "--no-progress"]
+    common = [
+        "--suite",
+        "smoke",
+        "--methods",
+        "supervised,simclr",
+        "--fractions",
+        "100",
+        "--seeds",
+        "0",
+        "--data-root",
+        str(tmp_path / "data"),
+        "--out",
+        str(tmp_path / "results"),
+        "--reports",
+        str(tmp_path / "reports"),
+        "--no-progress",
+    ]
     assert main(common + ["--shard", "1/2"]) == 0
     assert "when every shard has, write the tables with" in capsys.readouterr().out
     assert not (tmp_path / "reports").exists()
@@ -41,8 +57,12 @@ def test_sharded_run_then_report(tmp_path, capsys):
     assert len(store.records()) == 4 and len(store.keys()) == 4
     assert main(common + ["--shard", "1/2"]) == 0  # a finished shard redoes nothing
     assert "0 to run" in capsys.readouterr().out
-    report = [a for i, a in enumerate(common) if a not in ("--data-root", "--no-progress") and common[i - 1] != "--data-root"]  # what 'report' takes
+    report = [
+        a for i, a in enumerate(common) if a not in ("--data-root", "--no-progress") and common[i - 1] != "--data-root"
+    ]  # what 'report' takes
     assert main(["report"] + report) == 0
-    table = (tmp_path / "reports" / "smoke--methods-supervised-simclr--seeds-0--fractions-100" / "table1.md").read_text()  # a narrowed report's own folder
+    table = (
+        tmp_path / "reports" / "smoke--methods-supervised-simclr--seeds-0--fractions-100" / "table1.md"
+    ).read_text()  # a narrowed report's own folder
     assert "| Sup. |" in table and "| SimCLR |" in table and "–" not in table.split("\n\n")[1]
     assert main(["report"] + report + ["--shard", "1/2"]) == 2

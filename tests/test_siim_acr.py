@@ -1,4 +1,5 @@
 """SIIM-ACR loader on tiny fake copies: JPEG-compressed DICOMs, the leading-space header, multi-row relative RLE."""
+
 import numpy as np
 import pytest
 from fake_dicom import write_dicom
@@ -39,7 +40,13 @@ def make_fake_siim(root):
     root.mkdir(parents=True)
     (root / "train-rle.csv").write_text("\n".join(lines) + "\n")
     for i, (uid, (patient, _)) in enumerate(list(IMAGES.items()) + [("1.2.3.4.99", ("P9", None))]):  # 99: no CSV row
-        write_dicom(root / "dicom-images-train" / f"study{i}" / f"series{i}" / f"{uid}.dcm", np.full((SIDE, SIDE), 30 * i, np.uint8), uid, patient, jpeg=True)
+        write_dicom(
+            root / "dicom-images-train" / f"study{i}" / f"series{i}" / f"{uid}.dcm",
+            np.full((SIDE, SIDE), 30 * i, np.uint8),
+            uid,
+            patient,
+            jpeg=True,
+        )
     return root
 
 
@@ -61,17 +68,31 @@ def test_stage_2_labels_find_the_stage_1_test_images(tmp_path):
     """stage_2_train.csv labels the stage-1 test images too, which Kaggle's download keeps in dicom-images-test/
     (issue 31): they are found there; the same image in both folders is refused, naming both files."""
     root = tmp_path / "siim"
-    lines = ["ImageId,EncodedPixels"] + [f"{uid},{code.strip()}" for uid, (_, codes) in IMAGES.items() for code in codes]
+    lines = ["ImageId,EncodedPixels"] + [
+        f"{uid},{code.strip()}" for uid, (_, codes) in IMAGES.items() for code in codes
+    ]
     root.mkdir(parents=True)
     (root / "stage_2_train.csv").write_text("\n".join(lines) + "\n")
     for i, (uid, (patient, _)) in enumerate(IMAGES.items()):
         folder = "dicom-images-train" if i < 3 else "dicom-images-test"
-        write_dicom(root / folder / f"study{i}" / f"series{i}" / f"{uid}.dcm", np.full((SIDE, SIDE), 30 * i, np.uint8), uid, patient, jpeg=True)
+        write_dicom(
+            root / folder / f"study{i}" / f"series{i}" / f"{uid}.dcm",
+            np.full((SIDE, SIDE), 30 * i, np.uint8),
+            uid,
+            patient,
+            jpeg=True,
+        )
     ds = load_dataset("siim_acr", tmp_path, size=SIDE)
     assert ds.images.shape == (6, 1, SIDE, SIDE) and ds.labels[:, 0].tolist() == [0, 1, 0, 1, 0, 1]
     assert np.array_equal(ds.masks[sorted(IMAGES).index("1.2.3.4.4")], EXPECTED["1.2.3.4.4"])
     uid = "1.2.3.4.5"
-    write_dicom(root / "dicom-images-train" / "again" / "again" / f"{uid}.dcm", np.zeros((SIDE, SIDE), np.uint8), uid, "P4", jpeg=True)
+    write_dicom(
+        root / "dicom-images-train" / "again" / "again" / f"{uid}.dcm",
+        np.zeros((SIDE, SIDE), np.uint8),
+        uid,
+        "P4",
+        jpeg=True,
+    )
     with pytest.raises(DatasetError, match=f"image {uid} is stored twice"):
         load_dataset("siim_acr", tmp_path, size=SIDE)
 
@@ -91,7 +112,9 @@ def test_encoding_detection_and_decoding():
     assert is_relative_encoding({"x": [[50, 3, 10, 2]]})  # 10 < 50 + 3: a gap after the first run, not a start
     assert not is_relative_encoding({"x": [[5, 3, 18, 2]], "y": [[7, 1]]})
     assert is_relative_encoding({"y": [[7, 1]]}), "single runs read the same either way; relative is stage 1's"
-    assert np.array_equal(rle_to_mask([50, 3, 10, 2], SIDE, SIDE, relative=True), rle_to_mask([50, 3, 63, 2], SIDE, SIDE, relative=False))
+    assert np.array_equal(
+        rle_to_mask([50, 3, 10, 2], SIDE, SIDE, relative=True), rle_to_mask([50, 3, 63, 2], SIDE, SIDE, relative=False)
+    )
 
 
 def test_missing_images_and_malformed_rle_are_clear_errors(tmp_path):

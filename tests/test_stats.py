@@ -1,4 +1,5 @@
 """Statistics against the reference values of ../shared/specs/stats.md (cases D1, T1-T3, the four-image Dice case)."""
+
 import math
 from fractions import Fraction
 
@@ -66,7 +67,9 @@ def test_paired_t_test_case_t1():
     assert result["t"] == pytest.approx(5.184165895963049, abs=1e-9)
     assert result["df"] == 4 and result["p"] == pytest.approx(0.006587412545490016, abs=1e-12)
     assert result["difference"] == pytest.approx(0.0108, abs=1e-12)
-    assert (result["ci_low"], result["ci_high"]) == pytest.approx((0.00501592446347325, 0.016584075536526768), abs=1e-12)
+    assert (result["ci_low"], result["ci_high"]) == pytest.approx(
+        (0.00501592446347325, 0.016584075536526768), abs=1e-12
+    )
     assert math.isnan(stats.paired_t_test([0.5], [0.4])["p"])
     assert stats.paired_t_test([0.5, 0.6], [0.5, 0.6])["p"] == 1.0  # identical runs
     with pytest.raises(ValueError, match="same length"):
@@ -77,7 +80,9 @@ def test_wilcoxon_case_t2():
     d = np.array([0.12, -0.03, 0.05, 0.08, 0.02, 0.07, -0.01, 0.04, 0.09, 0.06])
     two_sided = stats.wilcoxon_signed_rank(d, np.zeros_like(d))
     assert two_sided["statistic"] == 4 and two_sided["p"] == pytest.approx(14 / 1024, abs=1e-15)
-    assert stats.wilcoxon_signed_rank(d, np.zeros_like(d), alternative="greater")["p"] == pytest.approx(7 / 1024, abs=1e-15)
+    assert stats.wilcoxon_signed_rank(d, np.zeros_like(d), alternative="greater")["p"] == pytest.approx(
+        7 / 1024, abs=1e-15
+    )
     # zero differences (both images empty and both predicted empty: Dice 1 and 1) are dropped, as R does
     with_zeros = stats.wilcoxon_signed_rank(np.r_[d, 0, 0], np.zeros(12))
     assert with_zeros["n_nonzero"] == 10 and with_zeros["p"] == pytest.approx(two_sided["p"])
@@ -123,7 +128,9 @@ def test_weighted_auc_equals_sklearn_on_explicit_resamples():
                 assert math.isnan(matrix[b, k])
             else:
                 assert matrix[b, k] == pytest.approx(roc_auc_score(labels[rows, k], scores[rows, k]), abs=1e-12)
-    assert stats.weighted_auc_matrix(labels, scores, np.ones((1, 120)))[0] == pytest.approx([roc_auc_score(labels[:, k], scores[:, k]) for k in range(3)])
+    assert stats.weighted_auc_matrix(labels, scores, np.ones((1, 120)))[0] == pytest.approx(
+        [roc_auc_score(labels[:, k], scores[:, k]) for k in range(3)]
+    )
 
 
 def test_stratified_weights_keep_each_stratum_size():
@@ -144,7 +151,13 @@ def test_bootstrap_ci_covers_the_true_auc_at_about_the_nominal_rate():
     trials = 200
     for trial in range(trials):
         scores = np.r_[rng.normal(1, 1, 60), rng.normal(0, 1, 90)]
-        ci = stats.bootstrap_ci(lambda w: stats.weighted_auc_matrix(labels, scores, w)[:, 0], 150, 2000, seed=trial, strata=labels.astype(int))
+        ci = stats.bootstrap_ci(
+            lambda w: stats.weighted_auc_matrix(labels, scores, w)[:, 0],
+            150,
+            2000,
+            seed=trial,
+            strata=labels.astype(int),
+        )
         covered += ci["ci_low"] <= true_auc <= ci["ci_high"]
     assert 0.90 <= covered / trials <= 0.99, covered / trials
 
@@ -154,7 +167,9 @@ def test_bootstrap_p_value_uses_the_bootstrap_standard_error():
     p = stats.bootstrap_p_value(differences, 0.02)
     assert p == pytest.approx(2 * scipy_stats.norm.sf(2.0), rel=0.05)
     assert stats.bootstrap_p_value(np.zeros(10), 0.0) == 1.0 and math.isnan(stats.bootstrap_p_value(np.array([]), 0.1))
-    assert stats.macro_from_class_aucs(np.array([[0.5, np.nan, 0.7], [np.nan, np.nan, np.nan]])).tolist()[0] == pytest.approx(0.6)
+    assert stats.macro_from_class_aucs(np.array([[0.5, np.nan, 0.7], [np.nan, np.nan, np.nan]])).tolist()[
+        0
+    ] == pytest.approx(0.6)
 
 
 def test_per_image_dice_comparisons_use_wilcoxon_over_seed_averaged_images():
@@ -170,7 +185,9 @@ def test_per_image_dice_comparisons_use_wilcoxon_over_seed_averaged_images():
     result = compare_runs(a, b)
     expected = stats.wilcoxon_signed_rank(np.mean([a.per_image[(0, s)] for s in (0, 1)], axis=0), base)["p"]
     assert result["image_test"] == "wilcoxon" and result["p_images"] == expected and result["p_images"] < 1e-6
-    assert result["n_method"] == 1 and result["difference"] == pytest.approx(10.5) and math.isnan(result["p"])  # one run: no test
+    assert (
+        result["n_method"] == 1 and result["difference"] == pytest.approx(10.5) and math.isnan(result["p"])
+    )  # one run: no test
     b.values.pop((0, 1))  # only the evaluation seeds both rows have enter (same label subsets)
     assert compare_runs(a, b)["difference"] == pytest.approx(10.0)
 
@@ -180,11 +197,17 @@ def test_pretraining_run_test_is_a_t_test_over_runs_plus_the_image_variance():
     runs = np.array([0.02, 0.05, 0.03])
     plain = stats.pretraining_run_test(runs)
     reference = scipy_stats.ttest_1samp(runs, 0.0)
-    assert plain["p"] == pytest.approx(reference.pvalue) and plain["df"] == 2 and plain["estimate"] == pytest.approx(runs.mean())
+    assert (
+        plain["p"] == pytest.approx(reference.pvalue)
+        and plain["df"] == 2
+        and plain["estimate"] == pytest.approx(runs.mean())
+    )
     resamples = np.random.default_rng(0).normal(runs.mean(), 0.01, 4000)
     combined = stats.pretraining_run_test(runs, resamples)
     se = math.sqrt(runs.var(ddof=1) / 3 + resamples.var(ddof=1))
-    assert combined["se"] == pytest.approx(se) and combined["p"] == pytest.approx(2 * scipy_stats.t.sf(runs.mean() / se, 2))
+    assert combined["se"] == pytest.approx(se) and combined["p"] == pytest.approx(
+        2 * scipy_stats.t.sf(runs.mean() / se, 2)
+    )
     assert combined["p"] > plain["p"] and combined["ci_low"] < plain["ci_low"]
     one = stats.pretraining_run_test([0.2], resamples)  # one pretraining run: no test, however large the difference
     assert math.isnan(one["p"]) and math.isnan(one["ci_low"]) and one["estimate"] == 0.2
@@ -196,7 +219,9 @@ def test_variance_components_separate_pretraining_from_evaluation_spread():
     runs = {s: 0.7 + rng.normal(0, 0.04) + rng.normal(0, 0.01, 50) for s in range(40)}
     sds = stats.variance_components(runs)
     assert sds["pretraining"] == pytest.approx(0.04, rel=0.25) and sds["evaluation"] == pytest.approx(0.01, rel=0.05)
-    assert math.isnan(stats.variance_components({0: [0.5], 1: [0.6]})["pretraining"])  # one evaluation each: inseparable
+    assert math.isnan(
+        stats.variance_components({0: [0.5], 1: [0.6]})["pretraining"]
+    )  # one evaluation each: inseparable
     single = stats.variance_components({0: [0.5, 0.52, 0.54]})
     assert math.isnan(single["pretraining"]) and single["evaluation"] == pytest.approx(0.02)
 
@@ -227,7 +252,10 @@ def test_welch_two_sample_run_test_matches_scipy_and_adds_the_image_variance():
     se = math.sqrt(a.var(ddof=1) / 3 + b.var(ddof=1) / 4 + resamples.var(ddof=1))
     assert combined["se"] == pytest.approx(se) and combined["df"] == plain["df"] and combined["p"] > plain["p"]
     assert math.isnan(stats.two_sample_run_test([0.7], b)["p"])  # one pretraining run: no test, however large the gap
-    assert stats.two_sample_run_test([0.5, 0.5], [0.5, 0.5])["p"] == 1.0 and stats.two_sample_run_test([0.6, 0.6], [0.5, 0.5])["p"] == 0.0
+    assert (
+        stats.two_sample_run_test([0.5, 0.5], [0.5, 0.5])["p"] == 1.0
+        and stats.two_sample_run_test([0.6, 0.6], [0.5, 0.5])["p"] == 0.0
+    )
 
 
 @pytest.mark.parametrize("runs", [2, 3, 5])

@@ -1,5 +1,6 @@
 """Short writes, full disks and kills during a rename (issue 32): nothing lost, nothing half-written, one line
 that names the full folder. README "What survives what" lists the same drills."""
+
 import errno
 import json
 import os
@@ -43,7 +44,9 @@ def test_a_short_write_on_a_full_disk_loses_no_record_silently(tmp_path, monkeyp
     with pytest.raises(DiskFull, match=f"{tmp_path} is full"):
         append_line(path, record("b"))
     monkeypatch.setattr(os, "write", real_write)
-    assert [json.loads(line)["key"] for line in path.read_text().splitlines()] == ["a"], "no part of the cut record stays"
+    assert [json.loads(line)["key"] for line in path.read_text().splitlines()] == ["a"], (
+        "no part of the cut record stays"
+    )
     append_line(path, record("c"))
     assert [json.loads(line)["key"] for line in path.read_text().splitlines()] == ["a", "c"]
 
@@ -55,9 +58,35 @@ def test_a_full_disk_under_predictions_leaves_no_temporary_and_no_record(tmp_pat
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(np, "savez_compressed", full)
-    fields = {name: 0 for name in ("suite", "method", "pretrain_hash", "task", "dataset", "protocol", "fraction", "seed", "metric", "value", "per_class",
-                                   "excluded_classes", "n_train", "n_val", "n_test", "best_epoch", "val_value", "config_hash", "config", "git_commit",
-                                   "packages", "hardware", "wall_time_s", "created")}
+    fields = {
+        name: 0
+        for name in (
+            "suite",
+            "method",
+            "pretrain_hash",
+            "task",
+            "dataset",
+            "protocol",
+            "fraction",
+            "seed",
+            "metric",
+            "value",
+            "per_class",
+            "excluded_classes",
+            "n_train",
+            "n_val",
+            "n_test",
+            "best_epoch",
+            "val_value",
+            "config_hash",
+            "config",
+            "git_commit",
+            "packages",
+            "hardware",
+            "wall_time_s",
+            "created",
+        )
+    }
     with pytest.raises(DiskFull, match="predictions is full"):
         store.append({"key": "k", **fields}, predictions={"scores": np.zeros(3)})
     assert not list((tmp_path / "suite" / "predictions").iterdir()) and not store.records()
@@ -77,7 +106,12 @@ def test_a_full_disk_while_writing_reports_is_one_line(tmp_path, capsys, monkeyp
     monkeypatch.setattr(Path, "write_text", full)
     assert main(["report", "--suite", str(suite), "--out", str(tmp_path / "results")]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and "is full (No space left on device)" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert (
+        err.startswith("error: ")
+        and "is full (No space left on device)" in err
+        and "Traceback" not in err
+        and len(err.strip().splitlines()) == 1
+    )
 
 
 def test_a_kill_while_last_ckpt_is_replaced_keeps_the_old_one(tmp_path, synthetic_root, monkeypatch):
@@ -109,7 +143,9 @@ def test_a_kill_while_last_ckpt_is_replaced_keeps_the_old_one(tmp_path, syntheti
     monkeypatch.undo()
     run_pretraining(job, dataset, tmp_path, progress=False)
     rows = [json.loads(line) for line in (tmp_path / job.key / "history.jsonl").read_text().splitlines()]
-    assert [row["epoch"] for row in rows if row.get("resumed")] == [1], "resumed after the first epoch, not started over"
+    assert [row["epoch"] for row in rows if row.get("resumed")] == [1], (
+        "resumed after the first epoch, not started over"
+    )
     assert [row["epoch"] for row in read_history(tmp_path / job.key)] == [-1, 0, 1, 2]
     assert not (tmp_path / job.key / "history.jsonl.discarded").exists(), "nothing was started over"
 
@@ -129,15 +165,56 @@ def test_a_diverged_evaluation_is_reported_not_stored_as_dice_zero(synthetic_roo
     train, val, test = ds.indices("train")[:16], ds.indices("val"), ds.indices("test")
     settings, meta = {"epochs": 1, "lr": float("inf"), "batch_size": 8}, {"mean": [0.5], "std": [0.25]}
     with pytest.raises(EvaluationDiverged, match="segmentation training reached a non-finite loss by epoch 0"):
-        train_segmentation(ResNetTrunk(), meta, 32, ds.images, np.asarray(ds.masks), train, val, test, settings, seed=0, freeze_encoder=False)
+        train_segmentation(
+            ResNetTrunk(),
+            meta,
+            32,
+            ds.images,
+            np.asarray(ds.masks),
+            train,
+            val,
+            test,
+            settings,
+            seed=0,
+            freeze_encoder=False,
+        )
     with pytest.raises(EvaluationDiverged, match="fine-tuning reached a non-finite loss"):
-        fine_tune(ResNetTrunk(), meta, 32, ds.images, ds.labels, train, val, test, ds.class_names, {**settings, "epochs": 2}, seed=0)
+        fine_tune(
+            ResNetTrunk(),
+            meta,
+            32,
+            ds.images,
+            ds.labels,
+            train,
+            val,
+            test,
+            ds.class_names,
+            {**settings, "epochs": 2},
+            seed=0,
+        )
     ct = load_dataset("synthetic_ct", synthetic_root, n_labelled=8, n_unlabelled=2, spacing=[8.0, 8.0, 8.0])
     torch.manual_seed(0)
-    ct_settings = {"patch_size": [16, 16, 8], "epochs": 1, "steps_per_epoch": 2, "patches_per_step": 2, "validations": 1, "lr": float("inf")}
+    ct_settings = {
+        "patch_size": [16, 16, 8],
+        "epochs": 1,
+        "steps_per_epoch": 2,
+        "patches_per_step": 2,
+        "validations": 1,
+        "lr": float("inf"),
+    }
     with pytest.raises(EvaluationDiverged, match=r"CT segmentation \(scratch\)"):
-        train_fpn_segmentation(FPN3d(base_channels=4, num_levels=3), "scratch", ct.images, ct.labels, ct.annotated, ct.indices("train"), ct.indices("val"),
-                               ct.indices("test"), ct_settings, seed=0)
+        train_fpn_segmentation(
+            FPN3d(base_channels=4, num_levels=3),
+            "scratch",
+            ct.images,
+            ct.labels,
+            ct.annotated,
+            ct.indices("train"),
+            ct.indices("val"),
+            ct.indices("test"),
+            ct_settings,
+            seed=0,
+        )
 
 
 def test_a_suite_name_that_leaves_the_results_folder_is_refused(tmp_path, capsys):
@@ -150,14 +227,18 @@ def test_a_suite_name_that_leaves_the_results_folder_is_refused(tmp_path, capsys
 def test_report_names_tampered_duplicated_and_damaged_records(tmp_path, capsys):
     """An edited value was printed as is, a duplicate key silently replaced the earlier record, a deleted or cut
     predictions file vanished from the statistics or raised, a line without a key raised KeyError (issue 32)."""
-    suite = tiny_suite(tmp_path, **{"methods": ["supervised"], "tasks.0.fractions": [30, 100], "evaluation.seeds": [0, 1]})
+    suite = tiny_suite(
+        tmp_path, **{"methods": ["supervised"], "tasks.0.fractions": [30, 100], "evaluation.seeds": [0, 1]}
+    )
     assert main(cli(tmp_path, suite)) == 0
     folder = tmp_path / "results" / "tiny"
     lines = (folder / "records.jsonl").read_text().splitlines()
     rows = [json.loads(line) for line in lines]
     edited = dict(rows[1], value=0.99)
     duplicate = dict(rows[0], value=0.123)
-    (folder / "records.jsonl").write_text("\n".join([lines[0], json.dumps(edited), *lines[2:], json.dumps(duplicate), json.dumps({"value": 1.0})]) + "\n")
+    (folder / "records.jsonl").write_text(
+        "\n".join([lines[0], json.dumps(edited), *lines[2:], json.dumps(duplicate), json.dumps({"value": 1.0})]) + "\n"
+    )
     (folder / "predictions" / f"{rows[2]['key']}.npz").unlink()
     cut = folder / "predictions" / f"{rows[3]['key']}.npz"
     cut.write_bytes(cut.read_bytes()[:100])
@@ -167,17 +248,28 @@ def test_report_names_tampered_duplicated_and_damaged_records(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"record {rows[0]['key']}" in err and "is stored 2 times, values" in err and "the last one is used" in err
     assert f"record {rows[1]['key']}" in err and "says 0.990000 but its predictions give" in err
-    assert f"{rows[2]['key']}.npz is missing" in err and f"{rows[3]['key']}.npz cannot be read" in err and "Traceback" not in err
+    assert (
+        f"{rows[2]['key']}.npz is missing" in err
+        and f"{rows[3]['key']}.npz cannot be read" in err
+        and "Traceback" not in err
+    )
 
 
-@pytest.mark.parametrize("setting, message", [
-    ("x=" + "[" * 20000 + "]" * 20000, "--set x: nested too deeply to read"),
-    ("x=[&a [1, 1, 1, 1, 1, 1, 1, 1, 1], " + ", ".join(f"&{b} [{', '.join([f'*{a}'] * 9)}]" for a, b in zip("abcdef", "bcdefg")) + "]",
-     "--set x: expands to more than 100000 values"),
-    ("tasks.0.fractions=[.nan, 100]", "tasks[0].fractions[0]: expected a finite number, got nan"),
-    ("evaluation.finetune.lr=.inf", "evaluation.finetune.lr: expected a finite number, got inf"),
-    ("pretrain.datasets.cxr.params.size=-4", "pretrain.datasets.cxr.params.size: expected an integer > 0, got -4"),
-])
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ("x=" + "[" * 20000 + "]" * 20000, "--set x: nested too deeply to read"),
+        (
+            "x=[&a [1, 1, 1, 1, 1, 1, 1, 1, 1], "
+            + ", ".join(f"&{b} [{', '.join([f'*{a}'] * 9)}]" for a, b in zip("abcdef", "bcdefg"))
+            + "]",
+            "--set x: expands to more than 100000 values",
+        ),
+        ("tasks.0.fractions=[.nan, 100]", "tasks[0].fractions[0]: expected a finite number, got nan"),
+        ("evaluation.finetune.lr=.inf", "evaluation.finetune.lr: expected a finite number, got inf"),
+        ("pretrain.datasets.cxr.params.size=-4", "pretrain.datasets.cxr.params.size: expected an integer > 0, got -4"),
+    ],
+)
 def test_hostile_set_values_are_one_line_errors_before_any_work(setting, message, capsys):
     """An alias bomb ran past 60 s into MemoryError, deep nesting raised RecursionError, NaN and inf passed the
     schema, loader parameters had no ranges (issue 32)."""
@@ -192,7 +284,10 @@ def test_a_ct_record_in_an_image_suites_folder_does_not_refuse_its_report():
     from medssl.plan import recorded_plan
 
     plan = build_plan(load_suite("smoke"))
-    records = [{"key": plan.eval_jobs[0].key, "method": plan.eval_jobs[0].pretrain.method}, {"key": "ct-record", "method": "vox2vec3d"}]
+    records = [
+        {"key": plan.eval_jobs[0].key, "method": plan.eval_jobs[0].pretrain.method},
+        {"key": "ct-record", "method": "vox2vec3d"},
+    ]
     narrowed = recorded_plan(plan, records)
     assert narrowed is not None and "vox2vec3d" not in narrowed.suite["methods"]
 
@@ -205,7 +300,9 @@ def test_a_full_export_folder_is_one_line_and_leaves_no_temporary(tmp_path, monk
 
     def full(tensors, filename, metadata=None):
         Path(filename).write_bytes(b"partial")
-        raise safetensors.SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: \"No space left on device\" })")
+        raise safetensors.SafetensorError(
+            'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })'
+        )
 
     monkeypatch.setattr(safetensors.torch, "save_file", full)
     with pytest.raises(DiskFull, match=f"{tmp_path} is full"):
@@ -216,6 +313,21 @@ def test_a_full_export_folder_is_one_line_and_leaves_no_temporary(tmp_path, monk
 def test_an_unwritable_export_folder_names_the_option(tmp_path, capsys):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    assert main(["export", "--suite", "smoke", "--method", "simclr", "--export-dir", str(blocker / "exports"), "--out", str(tmp_path / "out")]) == 2
+    assert (
+        main(
+            [
+                "export",
+                "--suite",
+                "smoke",
+                "--method",
+                "simclr",
+                "--export-dir",
+                str(blocker / "exports"),
+                "--out",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert err.startswith("error: cannot write to") and "--export-dir" in err

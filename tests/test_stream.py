@@ -1,6 +1,7 @@
 """medssl/stream.py: batches read from the cache file give what the DataLoader over an in-memory copy gave (same
 order, same generator draws, so stored encoders are reproduced), pickle as a file reference (ddp_spawn), and a cut
 cache file is named."""
+
 import pickle
 
 import numpy as np
@@ -26,7 +27,13 @@ def test_batches_and_generator_draws_are_the_dataloaders(cache_file, n, batch, d
     mapped = np.load(cache_file, mmap_mode="r")[:n] if n < 37 else np.load(cache_file, mmap_mode="r")
     rows = np.arange(n)
     old_generator, new_generator = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
-    old = DataLoader(TensorDataset(torch.from_numpy(np.array(mapped))), batch_size=batch, shuffle=True, drop_last=drop_last, generator=old_generator)
+    old = DataLoader(
+        TensorDataset(torch.from_numpy(np.array(mapped))),
+        batch_size=batch,
+        shuffle=True,
+        drop_last=drop_last,
+        generator=old_generator,
+    )
     new = ShuffledBatches(MappedImages(mapped, rows), batch, new_generator, drop_last=drop_last)
     assert len(new) == len(old)
     for _ in range(3):
@@ -42,7 +49,9 @@ def test_reads_any_order_and_pickles_as_a_file_reference(cache_file):
     images = MappedImages(array, [30, 2, 17, 5])
     positions = np.array([3, 0, 2, 0])
     assert np.array_equal(images[positions].numpy(), np.asarray(array)[[5, 30, 17, 30]])
-    assert np.array_equal(images[1].numpy(), array[2]) and np.array_equal(images[1:3].numpy(), np.asarray(array)[[2, 17]])
+    assert np.array_equal(images[1].numpy(), array[2]) and np.array_equal(
+        images[1:3].numpy(), np.asarray(array)[[2, 17]]
+    )
     payload = pickle.dumps(images)
     assert len(payload) < 2000, "the file's name travels, not its images"
     assert np.array_equal(pickle.loads(payload)[positions].numpy(), images[positions].numpy())
@@ -63,10 +72,22 @@ def test_a_last_batch_of_one_image_joins_the_one_before(cache_file):
     32 px; it joins the batch before it, with the same generator draws (issue 31)."""
     mapped = np.load(cache_file, mmap_mode="r")[:33]
     old_generator, new_generator = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
-    old = list(DataLoader(TensorDataset(torch.from_numpy(np.array(mapped))), batch_size=8, shuffle=True, drop_last=False, generator=old_generator))
+    old = list(
+        DataLoader(
+            TensorDataset(torch.from_numpy(np.array(mapped))),
+            batch_size=8,
+            shuffle=True,
+            drop_last=False,
+            generator=old_generator,
+        )
+    )
     new = ShuffledBatches(MappedImages(mapped, np.arange(33)), 8, new_generator, drop_last=False)
     got = [b[0] for b in new]
     assert len(new) == len(got) == 4 and [len(b) for b in got] == [8, 8, 8, 9]
-    assert torch.equal(torch.cat(got), torch.cat([b[0] for b in old])) and torch.equal(old_generator.get_state(), new_generator.get_state())
-    assert [len(b) for b in training_batches(torch.arange(9), 8)] == [9] and [len(b) for b in training_batches(torch.arange(1), 8)] == [1]
+    assert torch.equal(torch.cat(got), torch.cat([b[0] for b in old])) and torch.equal(
+        old_generator.get_state(), new_generator.get_state()
+    )
+    assert [len(b) for b in training_batches(torch.arange(9), 8)] == [9] and [
+        len(b) for b in training_batches(torch.arange(1), 8)
+    ] == [1]
     assert [batches_per_epoch(n, 8) for n in (1, 7, 8, 9, 10, 17)] == [1, 1, 1, 1, 2, 2]

@@ -1,4 +1,5 @@
 """benchmarks/suite_cost.py: counted pretraining FLOPs of a suite and GPU-hours at stated throughputs."""
+
 import re
 import sys
 from pathlib import Path
@@ -12,7 +13,21 @@ import suite_cost  # noqa: E402
 
 def test_cost_is_counted_flops_times_steps_over_the_stated_rate(capsys):
     # rates of a millionth of a TFLOP/s keep the tiny smoke suite's hours readable at one decimal
-    assert suite_cost.main(["--suite", "smoke", "--methods", "supervised,simclr", "--corpus-images", "cxr=96", "--sustained-tflops", "1e-6,2e-6"]) == 0
+    assert (
+        suite_cost.main(
+            [
+                "--suite",
+                "smoke",
+                "--methods",
+                "supervised,simclr",
+                "--corpus-images",
+                "cxr=96",
+                "--sustained-tflops",
+                "1e-6,2e-6",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if re.match(r"\| (supervised|simclr) \|", line)]
     assert len(rows) == 1 and "| simclr |" in rows[0]  # nothing to pretrain for the random-init row

@@ -39,7 +39,11 @@ def test_several_images_per_patient_and_patient_disjoint_splits(synthetic_root):
     _, counts = np.unique(ds.patient_ids, return_counts=True)
     assert counts.max() > 1
     splits = {s: set(ds.patient_ids[ds.split == s]) for s in ("train", "val", "test")}
-    assert not (splits["train"] & splits["val"]) and not (splits["train"] & splits["test"]) and not (splits["val"] & splits["test"])
+    assert (
+        not (splits["train"] & splits["val"])
+        and not (splits["train"] & splits["test"])
+        and not (splits["val"] & splits["test"])
+    )
     assert all(ds.labels.sum(0) > 0), "every finding occurs"
 
 

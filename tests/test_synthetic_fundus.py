@@ -14,7 +14,11 @@ def test_fundus_phantoms_are_deterministic_colour_and_two_eyes_per_patient(synth
     _, counts = np.unique(a.patient_ids, return_counts=True)
     assert (counts == 2).all()
     splits = {s: set(a.patient_ids[a.split == s]) for s in ("train", "val", "test")}
-    assert not (splits["train"] & splits["val"]) and not (splits["train"] & splits["test"]) and not (splits["val"] & splits["test"])
+    assert (
+        not (splits["train"] & splits["val"])
+        and not (splits["train"] & splits["test"])
+        and not (splits["val"] & splits["test"])
+    )
     # a patient's two eyes share the patient-level trait (disc cupping)
     k = CLASS_NAMES.index("Disc cupping")
     assert all(a.labels[i, k] == a.labels[i + 1, k] for i in range(0, 40, 2))

@@ -1,4 +1,5 @@
 """vox2vec 3D (issue 21): FPN3d as the official code, voxel embeddings, body mask, view sampling, augmentations, loss."""
+
 import numpy as np
 import pytest
 import torch
@@ -35,13 +36,21 @@ def test_fpn3d_levels_and_voxel_embeddings_are_nearest_upsampling():
     torch.manual_seed(0)
     net = FPN3d(1, 8, 5).eval()
     levels = net(torch.rand(2, 1, 32, 32, 16))
-    assert [tuple(level.shape[1:]) for level in levels] == [(8, 32, 32, 16), (16, 16, 16, 8), (32, 8, 8, 4), (64, 4, 4, 2), (128, 2, 2, 1)]
+    assert [tuple(level.shape[1:]) for level in levels] == [
+        (8, 32, 32, 16),
+        (16, 16, 16, 8),
+        (32, 8, 8, 4),
+        (64, 4, 4, 2),
+        (128, 2, 2, 1),
+    ]
     odd = net(torch.rand(1, 1, 30, 22, 10))  # ceil-mode pooling, decoder crops back to the skip's shape
     assert tuple(odd[0].shape[2:]) == (30, 22, 10)
     voxels = torch.tensor([[0, 0, 0], [31, 17, 9], [5, 30, 15]])
     patch = torch.tensor([0, 1, 1])
     vectors = voxel_embeddings(levels, patch, voxels)
-    upsampled = torch.cat([F.interpolate(level, scale_factor=2**i, mode="nearest") for i, level in enumerate(levels)], dim=1)
+    upsampled = torch.cat(
+        [F.interpolate(level, scale_factor=2**i, mode="nearest") for i, level in enumerate(levels)], dim=1
+    )
     expected = torch.stack([upsampled[p, :, v[0], v[1], v[2]] for p, v in zip(patch, voxels)])
     assert vectors.shape == (3, 248) and torch.allclose(vectors, expected)
 
@@ -94,8 +103,19 @@ def test_augmentations_are_seeded_and_end_in_the_unit_window():
 def tiny_method(epochs=2, steps=2):
     from methods.base import PretrainProtocol
 
-    protocol = PretrainProtocol(in_channels=1, epochs=epochs, steps_per_epoch=steps, optimizer={"name": "adam", "lr": 1e-3}, schedule={"name": "constant"})
-    return Vox2Vec3d(Vox2Vec3dConfig(base_channels=4, num_levels=4, patch_size=(16, 16, 8), pairs_per_step=2, max_voxels_per_pair=64), protocol)
+    protocol = PretrainProtocol(
+        in_channels=1,
+        epochs=epochs,
+        steps_per_epoch=steps,
+        optimizer={"name": "adam", "lr": 1e-3},
+        schedule={"name": "constant"},
+    )
+    return Vox2Vec3d(
+        Vox2Vec3dConfig(
+            base_channels=4, num_levels=4, patch_size=(16, 16, 8), pairs_per_step=2, max_voxels_per_pair=64
+        ),
+        protocol,
+    )
 
 
 def test_loss_is_finite_and_decreases_on_a_fixed_batch():
@@ -125,7 +145,9 @@ def test_evaluation_heads_official_sizes_and_the_linear_head_is_linear_in_the_em
     from methods.vox2vec3d import FPNLinearHead, FPNNonLinearHead
 
     channels = FPN3d(1, 16, 6).level_channels
-    assert count(FPNLinearHead(channels, 13)) == 13_117 and round(count(FPNNonLinearHead(channels, 13)) / 1e6, 2) == 0.97  # spec: 13 k, 0.97 M
+    assert (
+        count(FPNLinearHead(channels, 13)) == 13_117 and round(count(FPNNonLinearHead(channels, 13)) / 1e6, 2) == 0.97
+    )  # spec: 13 k, 0.97 M
     torch.manual_seed(0)
     net = FPN3d(1, 4, 4).eval()
     levels = net(torch.rand(1, 1, 16, 16, 8))
@@ -196,8 +218,16 @@ def fit(run_dir, callbacks=()):
     model = tiny_method()
     volume = phantom_volume()[0]
     steps = VolumeSteps([volume, volume[::-1].copy()], (16, 16, 8), pairs=2, max_voxels=64, steps_per_epoch=2, seed=0)
-    checkpoint = pl.callbacks.ModelCheckpoint(dirpath=run_dir, filename="last", every_n_epochs=1, save_top_k=1, enable_version_counter=False)
-    trainer = pl.Trainer(max_epochs=2, logger=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[EpochOfSteps(steps), checkpoint, *callbacks])
+    checkpoint = pl.callbacks.ModelCheckpoint(
+        dirpath=run_dir, filename="last", every_n_epochs=1, save_top_k=1, enable_version_counter=False
+    )
+    trainer = pl.Trainer(
+        max_epochs=2,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[EpochOfSteps(steps), checkpoint, *callbacks],
+    )
     resume = run_dir / "last.ckpt"
     trainer.fit(model, steps, ckpt_path=str(resume) if resume.exists() else None, weights_only=True)
     return model
@@ -223,8 +253,14 @@ def test_steps_refuse_volumes_smaller_than_the_patch():
 def test_every_step_clips_the_gradient_norm_at_the_configured_value(tmp_path, monkeypatch):
     seen = []
     original = Vox2Vec3d.clip_gradients
-    monkeypatch.setattr(Vox2Vec3d, "clip_gradients", lambda self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None: (
-        seen.append((gradient_clip_val, gradient_clip_algorithm)), original(self, optimizer, gradient_clip_val, gradient_clip_algorithm))[1])
+    monkeypatch.setattr(
+        Vox2Vec3d,
+        "clip_gradients",
+        lambda self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None: (
+            seen.append((gradient_clip_val, gradient_clip_algorithm)),
+            original(self, optimizer, gradient_clip_val, gradient_clip_algorithm),
+        )[1],
+    )
     fit(tmp_path)
     assert seen == [(1.0, "norm")] * 4  # 2 epochs x 2 steps, the official clipping
 
@@ -253,9 +289,20 @@ def test_fpn_segmentation_modes(mode):
     torch.manual_seed(0)
     encoder = FPN3d(1, 4, 3)
     before = {k: v.clone() for k, v in encoder.state_dict().items()}
-    settings = {"patch_size": [16, 16, 8], "epochs": 4, "steps_per_epoch": 3, "patches_per_step": 2, "validations": 2, "freeze_epochs": 2, "warmup_epochs": 1, "lr": 3e-3}
+    settings = {
+        "patch_size": [16, 16, 8],
+        "epochs": 4,
+        "steps_per_epoch": 3,
+        "patches_per_step": 2,
+        "validations": 2,
+        "freeze_epochs": 2,
+        "warmup_epochs": 1,
+        "lr": 3e-3,
+    }
     annotated = [k for k in range(1, 14) if k != 10]
-    results = train_fpn_segmentation(encoder, mode, volumes, labels, annotated, np.array([0, 1]), np.array([2]), np.array([3]), settings, seed=0)
+    results = train_fpn_segmentation(
+        encoder, mode, volumes, labels, annotated, np.array([0, 1]), np.array([2]), np.array([3]), settings, seed=0
+    )
     assert set(results) == ({"linear", "nonlinear"} if mode == "probe" else {"linear"})
     for result in results.values():
         assert result["dice"].shape == (1, 13) and np.isnan(result["dice"][0, 9]) and np.isfinite(result["mean_dice"])
@@ -271,6 +318,24 @@ def test_finetuning_keeps_the_encoder_frozen_until_its_epoch():
     torch.manual_seed(0)
     encoder = FPN3d(1, 4, 3)
     before = {k: v.clone() for k, v in encoder.state_dict().items()}
-    settings = {"patch_size": [16, 16, 8], "epochs": 2, "steps_per_epoch": 2, "patches_per_step": 2, "validations": 1, "freeze_epochs": 2}
-    train_fpn_segmentation(encoder, "finetune", volumes, labels, range(1, 14), np.array([0, 1]), np.array([2]), np.array([3]), settings, seed=0)
+    settings = {
+        "patch_size": [16, 16, 8],
+        "epochs": 2,
+        "steps_per_epoch": 2,
+        "patches_per_step": 2,
+        "validations": 1,
+        "freeze_epochs": 2,
+    }
+    train_fpn_segmentation(
+        encoder,
+        "finetune",
+        volumes,
+        labels,
+        range(1, 14),
+        np.array([0, 1]),
+        np.array([2]),
+        np.array([3]),
+        settings,
+        seed=0,
+    )
     assert all(torch.equal(before[k], v) for k, v in encoder.state_dict().items())
