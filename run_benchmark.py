@@ -63,7 +63,7 @@ def suite_options(parser: argparse.ArgumentParser, narrowing: bool = True) -> No
         default=[],
         metavar="NAME=PATH[,mean=M,std=S,prefix=P,stem=S]",
         help="add an encoder you bring as a table row, evaluated like every method (repeatable): a torchvision/timm ResNet state dict, "
-        'a Lightning checkpoint of a lightly or solo-learn model, or a .safetensors file (README "Evaluate your own encoder")',
+        "a Lightning checkpoint of a lightly or solo-learn model, or a .safetensors file (docs/own-encoder.md)",
     )
     if narrowing:
         parser.add_argument("--methods", help="comma-separated subset of the suite's methods, e.g. simclr,coboom")
@@ -71,7 +71,7 @@ def suite_options(parser: argparse.ArgumentParser, narrowing: bool = True) -> No
         parser.add_argument(
             "--pretrain-seeds",
             help="comma-separated pretraining seeds, e.g. 0 for a fast demonstration run (default: the suite's); "
-            'with one pretraining seed the tables carry no comparison marks (README "Statistics")',
+            "with one pretraining seed the tables carry no comparison marks (docs/statistics.md)",
         )
         parser.add_argument(
             "--fractions", help="comma-separated label fractions in percent, e.g. 1,10,100 (default: the suite's)"
@@ -93,7 +93,7 @@ def reports_option(parser: argparse.ArgumentParser) -> None:
 def data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data-root",
-        help='folder with the datasets, each in its folder (README "Real datasets"); synthetic data is generated there (default: ./data)',
+        help="folder with the datasets, each in its folder (docs/getting-started.md); synthetic data is generated there (default: ./data)",
     )
     parser.add_argument(
         "--data",
@@ -338,7 +338,7 @@ def list_everything() -> None:
     for name, text in describe_datasets().items():
         print(f"  {name:<14} {text}")
     print(
-        'Your own encoders (README "Evaluate your own encoder"): --encoder NAME=PATH[,mean=M,std=S,prefix=P,stem=S] adds a row. The ImageNet-supervised\n'
+        "Your own encoders (docs/own-encoder.md): --encoder NAME=PATH[,mean=M,std=S,prefix=P,stem=S] adds a row. The ImageNet-supervised\n"
         "  row from torchvision's weights file (download it where you have a network; nothing is downloaded here):\n"
         "    python run_benchmark.py --suite quick --encoder imagenet=resnet18-f37072fd.pth   (ImageNet's mean/std by default; a grey image is fed as three channels)"
     )

@@ -1,6 +1,6 @@
 """Two result folders side by side, record by record: which evaluations with the same key (the same configuration,
 hence the same pretraining seed and evaluation seed) gave the same value, and by how much the others differ, with
-where and how each side ran (README "Reproducibility").
+where and how each side ran (docs/reproducibility.md).
 
     python benchmarks/compare_records.py results/quick results/quick-seeds
 

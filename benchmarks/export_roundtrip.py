@@ -2,7 +2,7 @@
 
 Pairs the records of a method (its latest record per task, protocol, fraction and evaluation seed) with those of an
 external row evaluated on the same suite, and prints one Markdown line per pair with both values and whether they
-are equal. Used for README "Evaluate your own encoder":
+are equal. Used for docs/own-encoder.md:
 
     python run_benchmark.py export --suite quick --method dira
     python run_benchmark.py --suite quick --methods dira-export --encoder dira-export=results/exports/quick/dira-cxr-050d6f26d188.safetensors --out /tmp/demo

@@ -15,7 +15,7 @@ mean score (as mean Dice); the image bootstrap resamples the images with the sam
 A rejection is p < alpha before any multiplicity adjustment. Under mu_A = mu_B the rate is the type-I error; with
 mu_A - mu_B = k sd (sd of one replicate of the first row: sd_pretraining for a trained row), the power.
 
-    python benchmarks/pretraining_test_power.py --readme   # prints the tables and pastes them into README "Statistics"
+    python benchmarks/pretraining_test_power.py --readme   # prints the tables and pastes them into docs/statistics.md
 """
 
 from __future__ import annotations

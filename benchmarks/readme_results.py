@@ -1,4 +1,4 @@
-"""Paste a suite's generated report into README.md between its markers (no number is typed by hand).
+"""Paste a suite's generated report into README.md and docs/ between its markers (no number is typed by hand).
 
     python benchmarks/readme_results.py --suite quick      # or quick-long, quick-seeds, vox2vec3d
     python benchmarks/readme_results.py --paste NAME --source FILE   # FILE's text, headed by the command that wrote it
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -101,19 +102,31 @@ def block(suite: str) -> str:
     return "\n\n".join(parts)
 
 
+def marked_files():
+    """The pages that may hold markers: README.md and every page of docs/."""
+    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def relative_links(content: str, page: Path) -> str:
+    """Image links written from the repository root (``](reports/...``) made relative to ``page``'s folder."""
+    prefix = Path(os.path.relpath(ROOT, page.parent)).as_posix()
+    return content if prefix == "." else content.replace("](reports/", f"]({prefix}/reports/")
+
+
 def paste(name: str, content: str) -> bool:
-    """Replace what README.md holds between ``<!-- NAME:start -->`` and ``<!-- NAME:end -->`` with ``content``;
-    False (and a message) when the markers are missing."""
-    readme = ROOT / "README.md"
-    text = readme.read_text()
+    """Replace what README.md or a page of docs/ holds between ``<!-- NAME:start -->`` and ``<!-- NAME:end -->``
+    with ``content`` (every page that has the markers); False (and a message) when none has them."""
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    if start not in text or end not in text:
-        print(f"README.md has no {start} ... {end} markers", file=sys.stderr)
-        return False
-    readme.write_text(
-        re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: f"{start}\n{content}\n{end}", text, flags=re.S)
-    )
-    return True
+    pasted = False
+    for page in marked_files():
+        text = page.read_text()
+        if start in text and end in text:
+            block = f"{start}\n{relative_links(content, page)}\n{end}"
+            page.write_text(re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S))
+            pasted = True
+    if not pasted:
+        print(f"neither README.md nor docs/ has {start} ... {end} markers", file=sys.stderr)
+    return pasted
 
 
 def main() -> int:
@@ -133,7 +146,10 @@ def main() -> int:
         return 0 if paste(args.paste, header + args.source.read_text().strip()) else 2
     if not paste(f"{args.suite}-results", block(args.suite)):
         return 2
-    print(f"updated README.md from reports/{args.suite}/")
+    table1 = ROOT / "reports" / args.suite / "table1.md"
+    if table1.exists() and any(f"<!-- {args.suite}-table1:start -->" in page.read_text() for page in marked_files()):
+        paste(f"{args.suite}-table1", table1.read_text().strip())  # the README's front-door table
+    print(f"updated the pages that show reports/{args.suite}/")
     return 0
 
 

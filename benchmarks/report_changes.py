@@ -4,7 +4,7 @@ git revision against the ones in ``reports/<suite>/`` now, one Markdown table pe
     python benchmarks/report_changes.py --suite quick --before a9e13b7 --columns "CXR 10%,CXR 100%,Fundus 10%,PTX-seg 100%"
 
 Each cell reads ``before -> after (change)`` in the tables' metric points; a row or column missing on one side
-shows ``-``. Used for the README's account of what a re-run changed, so no number there is typed by hand.
+shows ``-``. Used for docs/changelog.md's account of what a re-run changed, so no number there is typed by hand.
 """
 
 from __future__ import annotations

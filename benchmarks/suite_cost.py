@@ -1,5 +1,5 @@
 """Pretraining compute of a suite per pretraining seed, counted, and what it comes to in GPU-hours at a stated
-sustained throughput (README "Statistics": the cost of miccai2024's three pretraining seeds).
+sustained throughput (docs/statistics.md: the cost of miccai2024's three pretraining seeds).
 
     python benchmarks/suite_cost.py --suite miccai2024 --corpus-images nih=86524,eyepacs=35126 --sustained-tflops 50,200
 

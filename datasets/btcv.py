@@ -40,7 +40,7 @@ def btcv_cases(root: Path, image_dir: str = "", label_dir: str = "") -> list:
                 )
             return cases
     raise DatasetError(
-        f'btcv: no img*.nii.gz under {root}/RawData/Training/img or {root}/imagesTr; put BTCV\'s RawData folder in {root} (README "Real datasets")'
+        f"btcv: no img*.nii.gz under {root}/RawData/Training/img or {root}/imagesTr; put BTCV's RawData folder in {root} (docs/getting-started.md)"
     )
 
 

@@ -11,7 +11,7 @@ Design choice (generator version 3): what stays the same between two augmented c
 anatomy and findings, not incidental "style". Version 2 also gave every patient its own rib pattern, soft-tissue
 texture and breast shadows and every film ECG electrodes, leads, a side marker and collimation borders; short
 self-supervised runs then learned to tell films apart by those cues and their linear probes fell below a random
-encoder's (README, "Quick suite"). Version 3 keeps texture-like traits nearly constant across patients, drops
+encoder's (docs/results.md). Version 3 keeps texture-like traits nearly constant across patients, drops
 the devices and markers, and makes acquisition variation (exposure, contrast, gamma) large, which the suite's
 intensity augmentations teach invariance to.
 

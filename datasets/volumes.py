@@ -236,7 +236,7 @@ def load_volumes(
     (:func:`official_fold_split`; one case per patient, as in BTCV)."""
     if not cases:
         raise DatasetError(
-            f'{name}: no cases found under {root}; check --data-root and the dataset\'s folder layout (README "Real datasets")'
+            f"{name}: no cases found under {root}; check --data-root and the dataset's folder layout (docs/getting-started.md)"
         )
     spacing = tuple(float(s) for s in spacing)
     if len(spacing) != 3 or min(spacing) <= 0:

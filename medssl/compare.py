@@ -8,11 +8,11 @@ pretraining run, so its replicates are its evaluation seeds.
 * **The test behind the marks** (:func:`medssl.stats.two_sample_run_test`) is Welch's two-sample t-test over the two
   rows' replicates, its variance plus the test-image bootstrap variance of the same difference (macro AUC from the
   stored scores, mean Dice from the per-image Dice; the same resampled images for both rows). The runs are not paired
-  by pretraining seed: two methods' runs with the same seed share nothing that survives pretraining (README
-  "Statistics": F = 1.13 on quick-seeds). Each row keeps its own spread, so a method with three times another's
+  by pretraining seed: two methods' runs with the same seed share nothing that survives pretraining (docs/statistics.md:
+  F = 1.13 on quick-seeds). Each row keeps its own spread, so a method with three times another's
   run sd, or a fixed-weight row whose only randomness is its evaluation seeds, keeps the test's size. A trained row
   with fewer than two pretraining runs gives no test and no mark: the encoders' own randomness, several points on
-  the quick suite (README "Reproducibility"), would be untested.
+  the quick suite (docs/reproducibility.md), would be untested.
 * **The family is the column**: p-values are adjusted (Holm by default, Benjamini-Hochberg as an option) over the
   comparisons with the reference in one column, the claims a reader makes about one experiment (one dataset at one
   label budget), as challengeR adjusts within each task.

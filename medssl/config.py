@@ -150,7 +150,7 @@ def load_suite(name_or_path: str, settings: Sequence[str] = ()) -> Dict[str, Any
     if isinstance(suite, dict) and "primary" in (suite.get("statistics") or {}):
         raise ConfigError(
             f"{source}: statistics.primary is no longer a setting: the marks' test always takes the pretraining run as its unit "
-            '(README "Statistics"); delete the line'
+            "(docs/statistics.md); delete the line"
         )
     from medssl.schema import check_suite
 

@@ -1,4 +1,4 @@
-"""A picture of sample images of a dataset, with their labels and masks (README figure)."""
+"""A picture of sample images of a dataset, with their labels and masks (figures of docs/getting-started.md)."""
 
 from __future__ import annotations
 

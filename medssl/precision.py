@@ -58,7 +58,7 @@ def lightning_devices(device: str, count: int = 1):
 def configure_cuda(device: str) -> None:
     """On CUDA: cuDNN picks the fastest convolution algorithms for the fixed input sizes of a run, and fp32 matrix
     products (the loss sections kept in fp32 under autocast) may use TF32 tensor cores. GPU runs are not bitwise
-    reproducible anyway (README "Reproducibility"); nothing changes on the CPU."""
+    reproducible anyway (docs/reproducibility.md); nothing changes on the CPU."""
     if device.startswith("cuda"):
         torch.backends.cudnn.benchmark = True
         torch.set_float32_matmul_precision("high")

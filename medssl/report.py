@@ -165,7 +165,7 @@ def none_reached(comparisons: List[Comparison]) -> str:
     best = min((c for c in comparisons if math.isfinite(c.p_adjusted)), key=lambda c: c.p_adjusted)
     return (
         f"smallest adjusted p {best.p_adjusted:.3f}, {method_label(best.method)} vs {method_label(best.versus)} at {best.task} "
-        f'{fraction_label(best.fraction)}: {replicates_text(best)}, df {best.df:.1f}; README "Statistics" gives the power'
+        f"{fraction_label(best.fraction)}: {replicates_text(best)}, df {best.df:.1f}; docs/statistics.md gives the power"
     )
 
 
@@ -548,7 +548,7 @@ def render_statistics(
         f"Comparisons with {reference} (medssl/compare.py), the tests behind the tables' marks. Difference = row method − {reference}, "
         f"metric points: the difference of the two cells' values (each the mean over its pretraining runs of each run's mean over the "
         f"evaluation seeds both rows have). Test: Welch's two-sample t-test over pretraining runs (runs of two methods are not paired: "
-        f'README "Statistics"; an encoder brought from a file has fixed weights, and its evaluation seeds are its replicates; two such '
+        f"docs/statistics.md; an encoder brought from a file has fixed weights, and its evaluation seeds are its replicates; two such "
         f"encoders are compared over evaluation seeds and test images only), its variance plus the variance of the same difference over "
         f"test images (paired bootstrap, {settings['resamples']} resamples of whole patients stratified by rarest finding), "
         f"Welch-Satterthwaite df over the replicates, {100 * settings['confidence']:g}% CI (unadjusted); none where a trained row has one pretraining run. "

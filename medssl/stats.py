@@ -207,7 +207,7 @@ def two_sample_run_test(
 
     ``a`` and ``b`` are the replicates of two table rows: a trained method's pretraining runs (each the mean over its
     evaluation seeds), or a fixed-weight encoder's evaluation seeds. They are not paired: runs of two methods with the
-    same pretraining seed share nothing that survives pretraining (README "Statistics" measures it). Variance of the
+    same pretraining seed share nothing that survives pretraining (docs/statistics.md measures it). Variance of the
     difference: s_a^2 / n_a + s_b^2 / n_b (each row its own spread: a method with three times another's sd keeps the
     test's size) + the variance of the difference over resampled test images (``image_resamples``: the difference
     under each resample, the same images for both rows; None = the test set taken as fixed). Degrees of freedom:

@@ -1,7 +1,9 @@
 """Method registry: one entry per name a suite can list.
 
 Adding a method = one file in ``methods/`` with an :class:`~methods.base.SSLMethod` subclass, plus one line in
-``REGISTRY`` below (or a call to :func:`register_method` from your own code). Variants of one method (ablations)
+``REGISTRY`` below (or a call to :func:`register_method` from your own code, or an entry
+``name=module:Class`` in the environment variable ``MEDSSL_METHODS``, comma-separated, which every process of a
+run, torchrun's and DDP's included, reads when it imports this package). Variants of one method (ablations)
 are entries that point at the same class with different config values.
 """
 
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import os
 from typing import Any, Dict, List, NamedTuple, Optional, Type
 
 from methods.base import MethodConfig, PretrainProtocol, SSLMethod
@@ -126,3 +129,27 @@ def build_method(name: str, protocol: PretrainProtocol, params: Optional[Dict[st
     model = cls(resolve_config(name, params), protocol)
     model.name = name
     return model
+
+
+ENVIRONMENT_VARIABLE = "MEDSSL_METHODS"
+
+
+def register_from_environment(value: Optional[str] = None) -> List[str]:
+    """Register the ``name=module:Class`` entries of ``MEDSSL_METHODS`` (or ``value``); the class is imported when
+    the method is first used. Returns the names registered."""
+    value = os.environ.get(ENVIRONMENT_VARIABLE, "") if value is None else value
+    names = []
+    for entry in filter(None, (part.strip() for part in value.split(","))):
+        name, _, target = entry.partition("=")
+        if not name or target.count(":") != 1:
+            raise ValueError(
+                f"{ENVIRONMENT_VARIABLE} entry {entry!r}: write name=module:Class, e.g. mine=my_methods:Mine"
+            )
+        REGISTRY[name.strip()] = MethodEntry(
+            target.strip(), {}, f"{target.strip()} ({ENVIRONMENT_VARIABLE})", name.strip()
+        )
+        names.append(name.strip())
+    return names
+
+
+register_from_environment()

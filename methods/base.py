@@ -100,6 +100,9 @@ class SSLMethod(pl.LightningModule):
     #: attention block after every stage): its BatchNorm running statistics were collected on inputs the plain trunk
     #: never produces, so they are re-estimated on the plain trunk before export and before every monitor probe
     reestimate_exported_batchnorm: bool = False
+    #: small settings (heads, queues, crops) under which every generic test (docs/add-a-method.md) trains the method in
+    #: seconds on a CPU: a registered method is in those tests by construction, without editing a test file
+    test_params: Dict[str, Any] = {}
     #: bump when a code change alters what the method trains: it is part of the pretraining hash, so cached
     #: encoders and results of the old code are not reused
     version: int = 1

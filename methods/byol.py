@@ -26,6 +26,7 @@ class BYOLConfig(MethodConfig):
 
 class BYOL(SSLMethod):
     Config = BYOLConfig
+    test_params = {"hidden_dim": 64, "output_dim": 32}
     version = 2  # 2: the two directions are summed (were averaged); the loss is computed in fp32 under CPU autocast
     view_overrides = {"blur_p": [1.0, 0.1], "solarize_p": [0.0, 0.2]}
 

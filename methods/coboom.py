@@ -202,6 +202,7 @@ class Decoder(nn.Module):
 
 class CoBooM(SSLMethod):
     Config = CoBooMConfig
+    test_params = {"hidden_dim": 64, "output_dim": 32, "codebook_size": 32}
     # 2: codebook lookup by F.embedding (bit-reproducible on multi-threaded CPUs); 3: official views (blur always),
     # mirrored reconstruction target, similarity terms in fp32, one codebook across DDP processes
     version = 3

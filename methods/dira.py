@@ -248,6 +248,7 @@ class PatchDiscriminator(nn.Module):
 
 class DiRA(SSLMethod):
     Config = DiRAConfig
+    test_params = {"hidden_dim": 64, "output_dim": 32, "queue_size": 64}
     sync_batchnorm = False  # shuffle-BN instead (module docstring)
     # 2: official distortions (zero fills, stopping rule, window sizes, 10 swaps); queue checkpointed
     # 3: the discriminator's step under the run's mixed precision, fused Adam, no gradient from the generator loss

@@ -89,6 +89,7 @@ def expander(in_dim: int, hidden_dim: int, out_dim: int) -> ProjectionHead:
 
 class MLVICX(SSLMethod):
     Config = MLVICXConfig
+    test_params = {"hidden_dim": 64, "output_dim": 64, "dense_channels": 16}
     reestimate_exported_batchnorm = True
     version = 2  # 2: the exported trunk's BatchNorm statistics are those of the plain trunk
     view_overrides = {"blur_p": [1.0, 0.1], "solarize_p": [0.0, 0.2]}

@@ -23,6 +23,7 @@ class SimCLRConfig(MethodConfig):
 
 class SimCLR(SSLMethod):
     Config = SimCLRConfig
+    test_params = {"hidden_dim": 64, "output_dim": 32}
     version = 2  # 2: NT-Xent in fp32 under mixed precision
 
     def build(self) -> None:

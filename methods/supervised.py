@@ -9,7 +9,7 @@ the running statistics stored in its BatchNorm layers. Every pretrained encoder 
 pretraining corpus, seen through the suite's augmentations. A freshly constructed torchvision ResNet carries
 PyTorch's initial values instead (mean 0, variance 1), so its BatchNorm layers are identities in eval mode and
 the frozen "random" encoder is a different network, one without normalisation. On the chest phantoms that
-network probes far better than the same weights with data statistics (README "Protocol details that matter"):
+network probes far better than the same weights with data statistics (docs/protocol.md):
 comparing against it measures the BatchNorm convention, not what pretraining learned. By default
 (``batchnorm_statistics: corpus``) the random encoder therefore gets what any method would get from zero
 learning steps: one pass over the pretraining corpus through the suite's augmentation in train mode, without

@@ -53,6 +53,14 @@ class SwAVConfig(MethodConfig):
 
 class SwAV(SSLMethod):
     Config = SwAVConfig
+    test_params = {
+        "hidden_dim": 64,
+        "output_dim": 32,
+        "n_prototypes": 16,
+        "n_local_views": 2,
+        "queue_length": 0,
+        "freeze_prototypes_share": 0.0,
+    }
     version = 2  # 2: prototype freeze and queue start as shares of training (were whole epochs)
 
     def build(self) -> None:

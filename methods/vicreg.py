@@ -30,6 +30,7 @@ class VICRegConfig(MethodConfig):
 
 class VICReg(SSLMethod):
     Config = VICRegConfig
+    test_params = {"hidden_dim": 64, "output_dim": 64}
     view_overrides = {"blur_p": [1.0, 0.1], "solarize_p": [0.0, 0.2]}
 
     def build(self) -> None:

@@ -82,6 +82,7 @@ def sample_levels(levels: List[torch.Tensor], coords: torch.Tensor) -> torch.Ten
 
 class Vox2Vec2d(SSLMethod):
     Config = Vox2Vec2dConfig
+    test_params = {"hidden_dim": 64, "output_dim": 32, "points_per_image": 8}
     version = 2  # 2: pyramid features sampled at fp32 coordinates under mixed precision (were cast to bf16)
 
     def build(self) -> None:

@@ -1,4 +1,4 @@
-"""The README's "Add a method" recipe works: a method defined in a test file runs through the smoke suite."""
+"""The recipe of docs/add-a-method.md works: a method defined in a test file runs through the smoke suite."""
 
 import dataclasses
 

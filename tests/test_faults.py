@@ -1,5 +1,5 @@
 """Faults, typos and hostile files (issue 18): each test reproduces one drill that lost work, produced a wrong result
-silently or ran foreign code before the fix. README "What survives what" lists the same drills."""
+silently or ran foreign code before the fix. docs/faults.md lists the same drills."""
 
 import copy
 import json
@@ -587,6 +587,6 @@ def test_a_finished_pretraining_drops_its_resume_point_unless_kept(tmp_path):
 def test_the_readme_names_every_real_dataset_folder():
     from datasets.base import dataset_folders
 
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs" / "getting-started.md").read_text()
     for name, (folder, source) in dataset_folders().items():
-        assert f"| `{name}` | `{folder}/` | {source} |" in readme, f'README "Real datasets" lacks {name}\'s folder row'
+        assert f"| `{name}` | `{folder}/` | {source} |" in readme, f"docs/getting-started.md lacks {name}'s folder row"

@@ -58,7 +58,7 @@ def test_interrupted_pretraining_resumes(tmp_path, synthetic_root):
         and len(meta["resumed"]) == 2
     )
     assert run_pretraining(job, dataset, tmp_path, progress=False) == path  # finished: reused, not retrained
-    # bit-identical to the same pretraining run without the interruptions (README "Reproducibility")
+    # bit-identical to the same pretraining run without the interruptions (docs/reproducibility.md)
     uninterrupted = load_encoder(run_pretraining(job, dataset, tmp_path / "uninterrupted", progress=False))[
         0
     ].state_dict()

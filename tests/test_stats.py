@@ -302,7 +302,7 @@ def test_the_dagger_is_not_tested_against_a_baseline_chosen_on_the_test_data():
 
 
 def test_pairing_by_seed_finds_no_shared_seed_effect_in_quick_seeds():
-    """The measurement behind the unpaired form (README "Statistics"): the quick-seeds records show no effect of the
+    """The measurement behind the unpaired form (docs/statistics.md): the quick-seeds records show no effect of the
     pretraining seed shared by the methods."""
     from pathlib import Path
 

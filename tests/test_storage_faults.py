@@ -1,5 +1,5 @@
 """Short writes, full disks and kills during a rename (issue 32): nothing lost, nothing half-written, one line
-that names the full folder. README "What survives what" lists the same drills."""
+that names the full folder. docs/faults.md lists the same drills."""
 
 import errno
 import json
