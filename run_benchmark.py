@@ -238,7 +238,7 @@ def parse_args(argv):
 def resolve_device(name: str) -> str:
     import torch
 
-    from medssl.config import ConfigError
+    from medssl.suite.config import ConfigError
 
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -256,7 +256,7 @@ def torch_device_count() -> int:
 
 
 def resolve_data_root(arg) -> Path:
-    from medssl.config import ConfigError
+    from medssl.suite.config import ConfigError
 
     if arg is None:
         root = Path("data")
@@ -274,7 +274,7 @@ def resolve_data_roots(args, create: bool = True):
     """--data-root (see :func:`resolve_data_root`; a dry run does not create ./data) with each --data DATASET=PATH."""
     from datasets import dataset_names
     from datasets.base import DataRoots
-    from medssl.config import ConfigError
+    from medssl.suite.config import ConfigError
 
     default = resolve_data_root(args.data_root) if create or args.data_root is not None else Path("data")
     folders = {}
@@ -297,7 +297,7 @@ def yaml_value(text: str, option: str):
     limits of --set values (``config.read_yaml``); text that is not YAML stays text."""
     import yaml
 
-    from medssl.config import read_yaml
+    from medssl.suite.config import read_yaml
 
     try:
         return read_yaml(text, option)
@@ -325,7 +325,7 @@ def split_without_positives(dataset) -> List[str]:
 
 def list_everything() -> None:
     from datasets import describe_datasets
-    from medssl.config import load_suite, suite_names
+    from medssl.suite.config import load_suite, suite_names
     from methods import REGISTRY
 
     print("Suites (benchmarks/suites/):")
@@ -345,8 +345,8 @@ def list_everything() -> None:
 
 
 def print_plan(plan, store, out_dir: Path) -> None:
-    from medssl.config import fraction_label
-    from medssl.pretrain import ENCODER_FILE, encoder_status
+    from medssl.pretrain.train import ENCODER_FILE, encoder_status
+    from medssl.suite.config import fraction_label
 
     done = store.keys()
     print(
@@ -375,9 +375,9 @@ def log_run(directory: Path, argv, summary, device: str, wall_time_s: float, pre
     """Append one line per invocation to OUT/<suite>/runs.jsonl: what ran, how long it took, where."""
     import datetime
 
-    from medssl import provenance
-    from medssl.precision import precision_for
-    from medssl.records import append_line
+    from medssl.record import provenance
+    from medssl.record.store import append_line
+    from medssl.runtime.precision import precision_for
 
     entry = {
         "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -399,7 +399,7 @@ def check_writable(*folders: Path) -> None:
     import os
     import tempfile
 
-    from medssl.config import ConfigError
+    from medssl.suite.config import ConfigError
 
     for folder in folders:
         try:
@@ -426,8 +426,8 @@ def narrowing_tag(narrowing) -> str:
 def write_suite_reports(full_plan, store, reports_root: Path) -> None:
     """The suite's reports from every stored record of it (rows of methods that have records), whatever part of the
     suite this command ran."""
-    from medssl.plan import recorded_plan
-    from medssl.report import write_reports
+    from medssl.plan.jobs import recorded_plan
+    from medssl.report.tables import write_reports
 
     plan = recorded_plan(full_plan, store.records())
     if plan is None:
@@ -439,7 +439,7 @@ def write_suite_reports(full_plan, store, reports_root: Path) -> None:
 def run_variants(directory: Path) -> List[str]:
     """The ``--set`` changes of the runs that stored results in ``directory`` (from its runs.jsonl), each written as
     on the command line, in the order first used; "no --set" for a run without any."""
-    from medssl.records import read_lines
+    from medssl.record.store import read_lines
 
     path = Path(directory) / "runs.jsonl"
     variants: List[str] = []
@@ -461,7 +461,7 @@ def run_variants(directory: Path) -> List[str]:
 def check_report_has_records(keys: List[str], store, suite_name: str) -> None:
     """A report whose jobs match none of the stored records (other --set changes, or an edited suite file: job keys
     hash the settings) is refused with the settings the stored runs used, instead of writing empty tables."""
-    from medssl.config import ConfigError
+    from medssl.suite.config import ConfigError
 
     done = store.keys()
     if any(key in done for key in keys):
@@ -484,9 +484,9 @@ def selected_suite(args) -> tuple:
     """(the suite with --set and --encoder applied, the same narrowed by --methods/--seeds/..., the tag of a
     narrowed or changed report): what 'run', 'report' and 'export' read. --set changes the suite (hashed as if
     written in it); the narrowing lists only select jobs."""
-    from medssl.config import apply_overrides, load_suite, parse_list, stable_hash
-    from medssl.external import parse_encoder_option
-    from medssl.plan import with_encoders
+    from medssl.evaluate.external import parse_encoder_option
+    from medssl.plan.jobs import with_encoders
+    from medssl.suite.config import apply_overrides, load_suite, parse_list, stable_hash
     from methods import method_names
 
     full_suite = load_suite(args.suite, settings=args.settings)
@@ -511,9 +511,9 @@ def main(argv=None) -> int:
     argv = list(argv if argv is not None else sys.argv[1:])
     from datasets import DatasetError
     from datasets.storage import FULL, DiskFull, disk_full
-    from medssl.config import ConfigError
-    from medssl.pretrain import CorruptCheckpoint
-    from medssl.records import Busy
+    from medssl.pretrain.train import CorruptCheckpoint
+    from medssl.record.store import Busy
+    from medssl.suite.config import ConfigError
 
     store = None
     args = None
@@ -523,7 +523,7 @@ def main(argv=None) -> int:
             list_everything()
             return 0
         if args.command == "examples":
-            from medssl.examples import draw_examples
+            from medssl.data.examples import draw_examples
 
             path = draw_examples(args.dataset, resolve_data_roots(args), Path(args.image))
             print(f"wrote {path}")
@@ -531,7 +531,7 @@ def main(argv=None) -> int:
         if args.command == "prepare":
             from datasets import load_dataset
             from datasets.base import loader_function
-            from medssl.schema import function_defaults
+            from medssl.suite.schema import function_defaults
 
             takes = function_defaults(loader_function(args.dataset))
             options = {"size": args.size} if "size" in takes else {}
@@ -571,9 +571,9 @@ def main(argv=None) -> int:
             for note in split_without_positives(dataset):
                 print(f"warning: {note}")
             return 0
-        from medssl.plan import build_plan, parse_shard, shard_plan
-        from medssl.progress import check_logger
-        from medssl.records import ResultStore
+        from medssl.plan.jobs import build_plan, parse_shard, shard_plan
+        from medssl.record.store import ResultStore
+        from medssl.runtime.progress import check_logger
 
         full_suite, suite, tag = selected_suite(args)
         if full_suite.get("track") == "ct":
@@ -581,7 +581,7 @@ def main(argv=None) -> int:
         plan = build_plan(suite)
         out_dir = Path(args.out or "results")
         if args.command == "export":
-            from medssl.export import export_method
+            from medssl.pretrain.export import export_method
 
             check_logger(args.logger)
             export_dir = Path(args.export_dir) if args.export_dir else out_dir / "exports" / suite["name"]
@@ -617,7 +617,7 @@ def main(argv=None) -> int:
             return 0
         if args.dry_run:
             print_plan(plan, store, out_dir)
-            from medssl.runner import check_data
+            from medssl.run.image import check_data
 
             done = store.keys()
             check_data(
@@ -629,11 +629,11 @@ def main(argv=None) -> int:
             )
             return 0
         check_logger(args.logger)
-        from medssl.cluster import check_batch_split, check_multi_node, single_node_launch
-        from medssl.runner import run_plan
+        from medssl.run.image import run_plan
+        from medssl.runtime.cluster import check_batch_split, check_multi_node, single_node_launch
 
         device = resolve_device(args.device)
-        from medssl.precision import lightning_devices
+        from medssl.runtime.precision import lightning_devices
 
         wanted = lightning_devices(device, args.devices)
         last = (wanted[-1] + 1) if isinstance(wanted, list) else args.devices
@@ -715,12 +715,12 @@ def main(argv=None) -> int:
 
 
 def run_ct_command(args, argv, full_suite, suite, tag: str) -> int:
-    """run / report of a CT suite (``track: ct``, medssl/track3d.py): one device, its own plan, records and tables."""
-    from medssl.config import ConfigError
-    from medssl.progress import check_logger
-    from medssl.records import ResultStore
-    from medssl.report3d import write_ct_reports
-    from medssl.track3d import build_ct_plan, run_ct_plan
+    """run / report of a CT suite (``track: ct``, medssl/run/ct.py): one device, its own plan, records and tables."""
+    from medssl.record.store import ResultStore
+    from medssl.report.ct import write_ct_reports
+    from medssl.run.ct import build_ct_plan, run_ct_plan
+    from medssl.runtime.progress import check_logger
+    from medssl.suite.config import ConfigError
 
     name = suite["name"]
     if args.encoder:
@@ -772,7 +772,7 @@ def run_ct_command(args, argv, full_suite, suite, tag: str) -> int:
             print(f"  {job.key:<40} seed={job.seed}")
         for job in plan.eval_jobs:
             print(f"  {job.key}  {job.describe()} [{'done' if all(k in done for k in job.record_keys) else 'pending'}]")
-        from medssl.runner import check_data
+        from medssl.run.image import check_data
 
         check_data(
             [job for job in plan.eval_jobs if not all(k in done for k in job.record_keys)],
@@ -826,7 +826,7 @@ def report_failures(summary) -> int:
 def write_tables(plan, full_plan, store, reports_root: Path, tag: str) -> None:
     """The suite's report (REPORTS/<suite>/, from every stored record of it) or, for a narrowed or --set run, the
     report of what was asked for (REPORTS/<suite>--<tag>/, which never replaces the suite's)."""
-    from medssl.report import write_reports
+    from medssl.report.tables import write_reports
 
     if not tag:
         write_suite_reports(full_plan, store, reports_root)

@@ -19,7 +19,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from medssl.records import ResultStore  # noqa: E402
+from medssl.record.store import ResultStore  # noqa: E402
 
 
 def _runs_on(store: ResultStore, records: List[Dict]) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from medssl.records import ResultStore  # noqa: E402
+from medssl.record.store import ResultStore  # noqa: E402
 
 
 def latest(store_and_row: str, tasks):

@@ -205,8 +205,8 @@ def stage_methods(summary: Summary, out: Path, device: str, dry: bool, precision
     from torch.utils.flop_counter import FlopCounterMode
 
     from benchmarks.throughput import lightning_order_step
-    from medssl.config import load_suite
-    from medssl.host_sync import LIGHTLY_CONSTANT_MASKS, HostSyncCounter
+    from medssl.runtime.host_sync import LIGHTLY_CONSTANT_MASKS, HostSyncCounter
+    from medssl.suite.config import load_suite
 
     suite = load_suite("miccai2024")
     sizes = DRY if dry else FULL
@@ -348,8 +348,8 @@ def stage_fp16(summary: Summary, device: str, sizes: dict) -> None:
     import torch
 
     from medssl import quiet_lightning
-    from medssl.config import load_suite
-    from medssl.stream import MappedImages, ShuffledBatches
+    from medssl.data.stream import MappedImages, ShuffledBatches
+    from medssl.suite.config import load_suite
 
     quiet_lightning()
     suite = load_suite("miccai2024")
@@ -412,9 +412,9 @@ def stage_data(summary: Summary, out: Path, device: str, sizes: dict, method_row
     import torch
 
     from benchmarks.throughput import random_images_file
-    from medssl.augment import augment_view, view_configs
-    from medssl.config import load_suite
-    from medssl.stream import MappedImages, ShuffledBatches
+    from medssl.data.stream import MappedImages, ShuffledBatches
+    from medssl.nn.augment import augment_view, view_configs
+    from medssl.suite.config import load_suite
 
     stage = "3 data"
     batches = 40 if device.startswith("cuda") else 4
@@ -482,7 +482,7 @@ def stage_data(summary: Summary, out: Path, device: str, sizes: dict, method_row
 # ----- 4 -------------------------------------------------------------------------------------------------------
 def e2e_suite(dry: bool) -> dict:
     """A temporary suite on synthetic chest phantoms with miccai2024's optimiser and augmentation."""
-    from medssl.config import load_suite
+    from medssl.suite.config import load_suite
 
     reference = load_suite("miccai2024")
     n, size, image_size, batch = (64, 48, 32, 16) if dry else (1024, 256, 224, 64)
@@ -552,7 +552,7 @@ def suite_twice(
     folder)``, then the second run must add nothing and the records must name ``precision`` and the device."""
     import yaml
 
-    from medssl.records import ResultStore
+    from medssl.record.store import ResultStore
 
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
@@ -629,8 +629,8 @@ def stage_compile(summary: Summary, out: Path, device: str, precision: str) -> N
     import torch
     import torch._dynamo
 
-    from medssl.config import load_suite
-    from medssl.precision import autocast
+    from medssl.runtime.precision import autocast
+    from medssl.suite.config import load_suite
 
     suite = load_suite("miccai2024")
     rows = []
@@ -705,7 +705,7 @@ def stage_compile(summary: Summary, out: Path, device: str, precision: str) -> N
 # ----- 6 -------------------------------------------------------------------------------------------------------
 def ct_suite(dry: bool) -> dict:
     """The vox2vec3d suite on fewer phantoms and steps (dry: 8 mm, FPN3d(1, 4, 3), 16 x 16 x 8 patches)."""
-    from medssl.config import load_suite
+    from medssl.suite.config import load_suite
 
     suite = load_suite("vox2vec3d")
     data = {"n_labelled": 10, "n_unlabelled": 4, **({"spacing": [8.0, 8.0, 8.0]} if dry else {})}
@@ -731,7 +731,7 @@ def ct_suite(dry: bool) -> dict:
 
 
 def stage_ct(summary: Summary, device: str, dry: bool, budget_s: float) -> None:
-    """The CT track (medssl/track3d.py) end to end on the device, twice; fp32 as the official code."""
+    """The CT track (medssl/run/ct.py) end to end on the device, twice; fp32 as the official code."""
     stage = "6 CT track"
 
     def checks(records: List[Dict], seconds: float, folder: Path) -> None:
@@ -751,7 +751,7 @@ def stage_ct(summary: Summary, device: str, dry: bool, budget_s: float) -> None:
 def main(argv=None) -> int:
     import torch
 
-    from medssl.precision import configure_cuda, precision_for
+    from medssl.runtime.precision import configure_cuda, precision_for
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(

@@ -11,7 +11,7 @@ subset, head initialisation), w_mi ~ N(0, sd_image) what method m does well or b
 (the test set's sampling variance of a difference), v ~ N(0, sd_noise) the run's own per-image noise. A fixed-weight
 row (an encoder brought from a file) has no a_ms: its replicates are its evaluation seeds. A run's metric is its
 mean score (as mean Dice); the image bootstrap resamples the images with the same multiplicities for every row
-(``medssl.stats.bootstrap_weights``) and the comparison is ``medssl.compare.compare_runs``, the reports' own code.
+(``medssl.report.stats.bootstrap_weights``) and the comparison is ``medssl.report.compare.compare_runs``, the reports' own code.
 A rejection is p < alpha before any multiplicity adjustment. Under mu_A = mu_B the rate is the type-I error; with
 mu_A - mu_B = k sd (sd of one replicate of the first row: sd_pretraining for a trained row), the power.
 
@@ -33,9 +33,9 @@ from scipy import stats as scipy_stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from medssl import stats  # noqa: E402
-from medssl.compare import CellRuns, compare_runs  # noqa: E402
-from medssl.plan import FIXED_RUN  # noqa: E402
+from medssl.plan.jobs import FIXED_RUN  # noqa: E402
+from medssl.report import stats  # noqa: E402
+from medssl.report.compare import CellRuns, compare_runs  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SETTINGS = {

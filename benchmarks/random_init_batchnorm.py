@@ -20,11 +20,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from medssl.config import load_suite  # noqa: E402
-from medssl.plan import build_plan, task_type  # noqa: E402
-from medssl.records import ResultStore  # noqa: E402
-from medssl.report import _header, aggregate, cell_text, replicates, table_rows  # noqa: E402
-from medssl.runner import run_plan  # noqa: E402
+from medssl.plan.jobs import build_plan, task_type  # noqa: E402
+from medssl.record.store import ResultStore  # noqa: E402
+from medssl.report.tables import _header, aggregate, cell_text, replicates, table_rows  # noqa: E402
+from medssl.run.image import run_plan  # noqa: E402
+from medssl.suite.config import load_suite  # noqa: E402
 
 
 def random_init_plan(suite, name: str, batchnorm_statistics: str):

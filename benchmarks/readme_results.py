@@ -90,7 +90,7 @@ def block(suite: str) -> str:
         )
     figures = [name for name in ("label_efficiency.png", "ablation.png", "ct_organs.png") if (reports / name).exists()]
     parts += [f"![{name[:-4].replace('_', ' ')}](reports/{suite}/{name})" for name in figures]
-    if (reports / "ct_table.md").exists():  # a CT suite (medssl/report3d.py)
+    if (reports / "ct_table.md").exists():  # a CT suite (medssl/report/ct.py)
         parts.append(
             f"CSV and LaTeX tables `reports/{suite}/ct_table.csv`/`.tex`, the tests as CSV `ct_statistics.csv`; all of it on one page: `reports/{suite}/index.html`."
         )

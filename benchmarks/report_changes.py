@@ -27,7 +27,7 @@ def column_name(task: str, fraction: str) -> str:
 
 
 def read_cells(text: str) -> Tuple[Dict[str, str], Dict[Tuple[str, str], float]]:
-    """(method -> row label, (method, column) -> mean) of a table CSV written by ``medssl.report``."""
+    """(method -> row label, (method, column) -> mean) of a table CSV written by ``medssl.report.tables``."""
     labels, cells = {}, {}
     for row in csv.DictReader(io.StringIO(text)):
         labels[row["method"]] = row["label"]

@@ -6,7 +6,7 @@ For each size it writes a synthetic cache in the NIH ChestX-ray14 loader's forma
 memory-mapped uint8 ``images.npy`` of N x 1 x 256 x 256, the 14 NIH labels, patient ids, NIH-like 70/10/20 split,
 manifest) and then, each in a fresh process so that its peak resident memory is its own:
 
-* pretraining: one epoch of the loader a run uses (``medssl.stream.ShuffledBatches`` over the train+val rows,
+* pretraining: one epoch of the loader a run uses (``medssl.data.stream.ShuffledBatches`` over the train+val rows,
   batch 64, in a background thread), plus ``--steps`` SimCLR training steps at 64 px fed from it;
 * fine-tuning: one epoch of the fine-tuning loader (train rows with labels, last batch kept) plus ``--steps``
   fine-tuning steps, then the test split read once for scoring;
@@ -100,8 +100,8 @@ def pretraining_epoch(folder: str, steps: int, threads: int) -> dict:
 
     from benchmarks.throughput import training_step
     from datasets.cache import read_cache
-    from medssl.config import load_suite
-    from medssl.stream import MappedImages, ShuffledBatches
+    from medssl.data.stream import MappedImages, ShuffledBatches
+    from medssl.suite.config import load_suite
 
     torch.set_num_threads(threads)
     dataset = read_cache(Path(folder), "nih_chestxray14")
@@ -138,9 +138,9 @@ def fine_tuning_epoch(folder: str, steps: int, threads: int) -> dict:
     import torch.nn.functional as F
 
     from datasets.cache import read_cache
-    from medssl.augment import AugmentConfig, augment_view
-    from medssl.backbone import ResNetTrunk
-    from medssl.stream import MappedImages, ShuffledBatches
+    from medssl.data.stream import MappedImages, ShuffledBatches
+    from medssl.nn.augment import AugmentConfig, augment_view
+    from medssl.nn.backbone import ResNetTrunk
 
     torch.set_num_threads(threads)
     dataset = read_cache(Path(folder), "nih_chestxray14")

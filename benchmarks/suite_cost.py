@@ -64,7 +64,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     import torch
 
-    from medssl.config import load_suite
+    from medssl.suite.config import load_suite
     from methods import method_class
 
     torch.set_num_threads(2)

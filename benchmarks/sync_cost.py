@@ -25,9 +25,9 @@ def use_old_paths(old: bool) -> None:
     """Switch the optimiser class a method builds and the blur the views use between the two versions."""
     from lightly.utils.lars import LARS
 
-    import medssl.augment as augment
+    import medssl.nn.augment as augment
     import methods.base as base
-    from medssl.optim import SyncFreeLARS
+    from medssl.nn.optim import SyncFreeLARS
 
     if not hasattr(augment, "_sync_free_blur"):
         augment._sync_free_blur = augment.gaussian_blur
@@ -69,8 +69,8 @@ def compare(name: str, suite: dict, device: str, precision: str, steps: int) -> 
 
 def main() -> int:
     from benchmarks.throughput import chosen_device
-    from medssl.config import load_suite
-    from medssl.precision import precision_for
+    from medssl.runtime.precision import precision_for
+    from medssl.suite.config import load_suite
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", default="simclr,mlvicx")

@@ -10,7 +10,7 @@ matrix products of forward and backward) and the peak memory (CUDA: peak allocat
 resident set, which includes ~0.5 GB of imported libraries). Then, on the suite's pretraining corpus cache:
 
 * cache read: uint8 batches gathered from the memory-mapped cache in shuffled order, images/s;
-* batched augmentation: the suite's views made by ``medssl.augment`` on a whole batch on the device;
+* batched augmentation: the suite's views made by ``medssl.nn.augment`` on a whole batch on the device;
 * per-sample torchvision: the same kinds of transforms (RandomResizedCrop, flip, brightness/contrast, blur) applied
   image by image with ``torchvision.transforms.v2``, as a CPU data-loader worker would.
 
@@ -68,7 +68,7 @@ def lightning_order_step(model, optimizer, scheduler, images, device: str, preci
     logging) under the run's autocast, zero_grad, backward, ``on_after_backward`` (SwAV's prototype freeze),
     the optimiser and scheduler steps, ``on_train_batch_end`` (EMA targets, DiRA's discriminator). Without a
     Trainer ``self.log`` does nothing and ``global_step`` reads 0. Returns the loss (on the device)."""
-    from medssl.precision import autocast
+    from medssl.runtime.precision import autocast
 
     with autocast(device, precision), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*self.log.*")  # no Trainer: logging does nothing
@@ -126,7 +126,7 @@ def method_throughput(name: str, suite_name: str, device: str, steps: int, preci
     import numpy as np
     import torch
 
-    from medssl.config import load_suite
+    from medssl.suite.config import load_suite
 
     torch.set_num_threads(threads)
     suite = load_suite(suite_name)
@@ -176,8 +176,8 @@ def resnet_step_flops(device: str, precision: str, image_size: int, batch: int, 
     """Achieved FLOP/s of a bare ResNet-18 training step (trunk + linear head, SGD) at the suite's size."""
     import torch
 
-    from medssl.backbone import ResNetTrunk
-    from medssl.precision import autocast
+    from medssl.nn.backbone import ResNetTrunk
+    from medssl.runtime.precision import autocast
 
     model = torch.nn.Sequential(ResNetTrunk(), torch.nn.Linear(512, 10)).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
@@ -208,17 +208,17 @@ def random_images_file(path: Path, shape: tuple):
 
 
 def data_path(suite_name: str, device: str, batches: int = 20, data_root: Path = ROOT / "data") -> dict:
-    """images/s of batch reads from the cache (``medssl.stream.MappedImages``, as training reads them), of batched
+    """images/s of batch reads from the cache (``medssl.data.stream.MappedImages``, as training reads them), of batched
     device-side augmentation and of a per-sample torchvision pipeline; ``source`` names what was read."""
     import numpy as np
     import torch
     from torchvision.transforms import v2
 
     from datasets import DatasetError, load_dataset
-    from medssl.augment import augment_view, view_configs
-    from medssl.config import load_suite
-    from medssl.plan import corpora
-    from medssl.stream import MappedImages
+    from medssl.data.stream import MappedImages
+    from medssl.nn.augment import augment_view, view_configs
+    from medssl.plan.jobs import corpora
+    from medssl.suite.config import load_suite
 
     suite = load_suite(suite_name)
     corpus = next(iter(corpora(suite).values()))
@@ -310,8 +310,8 @@ def chosen_device(name: str) -> str:
 def main() -> int:
     import torch
 
-    from medssl.config import load_suite
-    from medssl.precision import precision_for
+    from medssl.runtime.precision import precision_for
+    from medssl.suite.config import load_suite
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite", default="quick")

@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from datasets import load_dataset  # noqa: E402
-from medssl.segment3d import train_fpn_segmentation  # noqa: E402
+from medssl.evaluate.segment3d import train_fpn_segmentation  # noqa: E402
 from methods.base import PretrainProtocol  # noqa: E402
 from methods.vox2vec3d import FPN3d, VolumeSteps, Vox2Vec3d, Vox2Vec3dConfig  # noqa: E402
 

@@ -54,7 +54,7 @@ class ImageDataset:
     split: np.ndarray  # str, N, one of SPLITS
     masks: Optional[np.ndarray] = None  # uint8, N x H x W segmentation masks (0/1), if the dataset has them
     mask_name: Optional[str] = None
-    # what identifies the data read (datasets/cache.fingerprint); records and encoders store it (medssl/runner.py)
+    # what identifies the data read (datasets/cache.fingerprint); records and encoders store it (medssl/run/image.py)
     fingerprint: Optional[str] = None
 
     def __post_init__(self) -> None:

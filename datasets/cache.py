@@ -78,7 +78,7 @@ def file_digest(path: Path) -> str:
 def fingerprint(files: Sequence[Path], root: Path, params: Dict, contents: Sequence[Path] = ()) -> str:
     """Names (relative to ``root``) and byte sizes of the source files, the SHA-256 of each file in ``contents``
     (label tables: an edited label keeps the file's size as often as not), plus the parameters that shape the cache.
-    This is the dataset's **data fingerprint**: every record and encoder stores it (medssl/runner.py)."""
+    This is the dataset's **data fingerprint**: every record and encoder stores it (medssl/run/image.py)."""
     digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode())
     for path in sorted(files, key=lambda p: str(p)):
         digest.update(f"{Path(path).relative_to(root)}\t{os.path.getsize(path)}\n".encode())

@@ -21,10 +21,10 @@ from lightly.models.utils import deactivate_requires_grad, get_weight_decay_para
 from lightly.utils.dist import world_size
 from torch import nn
 
-from medssl.augment import Normalize, augment_view, resize, view_configs
-from medssl.backbone import ResNetTrunk
-from medssl.config import check_optimizer
-from medssl.optim import SyncFreeLARS
+from medssl.nn.augment import Normalize, augment_view, resize, view_configs
+from medssl.nn.backbone import ResNetTrunk
+from medssl.nn.optim import SyncFreeLARS
+from medssl.suite.config import check_optimizer
 
 
 @dataclasses.dataclass
@@ -86,7 +86,7 @@ class SSLMethod(pl.LightningModule):
     #: False for methods that produce an encoder without training (supervised-from-scratch)
     needs_pretraining: bool = True
     #: what the method trains on: "2d" (images; the suites of Tables 1/2) or "ct" (3D volumes; suites with
-    #: ``track: ct``, medssl/track3d.py). A suite of the other track refuses the method before any work
+    #: ``track: ct``, medssl/run/ct.py). A suite of the other track refuses the method before any work
     track: str = "2d"
     #: augmentation settings that override the suite's for this method (e.g. BYOL's asymmetric blur)
     view_overrides: Dict[str, Any] = {}
@@ -208,7 +208,7 @@ class SSLMethod(pl.LightningModule):
         return losses["loss"]
 
     def log_losses(self, losses: Dict[str, torch.Tensor], batch_size: int) -> None:
-        """Keep a step's loss terms for medssl.pretrain.DivergenceGuard and log them (progress bar: the loss)."""
+        """Keep a step's loss terms for medssl.pretrain.train.DivergenceGuard and log them (progress bar: the loss)."""
         self.last_loss_terms = {k: v.detach() for k, v in losses.items()}
         self.log_dict(
             {f"train/{k}": v.detach().float() for k, v in losses.items()},
@@ -251,7 +251,7 @@ class SSLMethod(pl.LightningModule):
         wd = float(opt.pop("weight_decay", 0.0))
         groups = [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
         if name == "lars":
-            # lightly's LARS (its updates, without host syncs: medssl.optim) skips the trust ratio for groups with
+            # lightly's LARS (its updates, without host syncs: medssl.nn.optim) skips the trust ratio for groups with
             # weight_decay 0: that is how biases and norms are excluded (check_optimizer refused a LARS without
             # weight decay, which would be plain SGD everywhere)
             optimizer = SyncFreeLARS(

@@ -62,7 +62,7 @@ from lightly.models.modules.heads import ProjectionHead
 from lightly.utils.dist import world_size
 from torch import nn
 
-from medssl.augment import apply_crop_boxes, draw_crop_boxes, photometric, to_unit_float
+from medssl.nn.augment import apply_crop_boxes, draw_crop_boxes, photometric, to_unit_float
 from methods.base import MethodConfig, SSLMethod, byol_similarity_loss, pooled
 
 

@@ -10,7 +10,7 @@
   across processes before the key encoder and restores the order after, with per-process BatchNorm statistics
   (``sync_batchnorm = False``: synchronised statistics would let a query and its key share them again). With one
   process there is nothing to shuffle (the official code requires DDP).
-* Restoration (section 3, "Restorative learning"): a U-Net on the same ResNet-18 encoder (``medssl.unet``,
+* Restoration (section 3, "Restorative learning"): a U-Net on the same ResNet-18 encoder (``medssl.nn.unet``,
   smp's decoder widths 256-16) with a sigmoid output restores view 1 from its distorted version; L_r = MSE,
   weight 10. Target = the view-1 crop **after** the same crop and flip as the input, before the intensity
   distortions (spec "Decisions"; the official target is taken before the flip, so input and target are mirrored
@@ -61,9 +61,9 @@ from lightly.models.utils import (
 from lightly.utils.dist import world_size
 from torch import nn
 
-from medssl.augment import photometric, random_resized_crop, to_unit_float
-from medssl.backbone import guard_strided_convs
-from medssl.unet import UNetDecoder
+from medssl.nn.augment import photometric, random_resized_crop, to_unit_float
+from medssl.nn.backbone import guard_strided_convs
+from medssl.nn.unet import UNetDecoder
 from methods.base import MethodConfig, SSLMethod, average_gradients_across_processes, gather_across_processes, pooled
 
 

@@ -3,7 +3,7 @@
 Follows the official ``train_2d.py`` (spec section 5) on the suite's ResNet-18 encoder:
 
 * Decoder: five blocks **without skip connections** (nearest x2, two conv3x3-BN-ReLU; widths 256-16, the
-  ``medssl.unet`` decoder with ``skips=False``). Every block i has a deep-supervision head (conv3x3-BN-ReLU,
+  ``medssl.nn.unet`` decoder with ``skips=False``). Every block i has a deep-supervision head (conv3x3-BN-ReLU,
   conv1x1 to the image channels, bilinear upsampling to the input size), a projection ``pro_i = BN1d(GAP(x_i))``
   and a predictor ``pre_i = MLP(C -> 2C, BN, ReLU, -> C)(pro_i)``; a final conv3x3 16 -> channels restores the image.
 * Multi-scale alignment (section 3.2): for a pair of views, one **random decoder level** i is drawn and
@@ -38,8 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medssl.augment import augment_view, cutout, photometric, random_resized_crop, to_unit_float
-from medssl.unet import UNetDecoder, conv_bn_relu
+from medssl.nn.augment import augment_view, cutout, photometric, random_resized_crop, to_unit_float
+from medssl.nn.unet import UNetDecoder, conv_bn_relu
 from methods.base import MethodConfig, SSLMethod
 
 

@@ -31,7 +31,7 @@ from lightly.models.modules.heads import SwaVProjectionHead, SwaVPrototypes
 from lightly.utils.dist import world_size
 from torch import nn
 
-from medssl.augment import augment_view, view_configs
+from medssl.nn.augment import augment_view, view_configs
 from methods.base import MethodConfig, SSLMethod, gather_across_processes
 
 

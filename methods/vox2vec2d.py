@@ -33,8 +33,8 @@ from lightly.loss import NTXentLoss
 from lightly.models.modules.heads import ProjectionHead
 from torch import nn
 
-from medssl.augment import CropBoxes, apply_crop_boxes, draw_crop_boxes, photometric, to_unit_float
-from medssl.unet import conv_bn_relu
+from medssl.nn.augment import CropBoxes, apply_crop_boxes, draw_crop_boxes, photometric, to_unit_float
+from medssl.nn.unet import conv_bn_relu
 from methods.base import MethodConfig, SSLMethod, gather_across_processes
 
 

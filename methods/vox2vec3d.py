@@ -31,7 +31,7 @@ Faithful to the official code (github mishgon/vox2vec; facts in ../shared/specs/
 
 The encoder evaluated downstream is the FPN (all of its levels). Deviation for DDP (the official code trains on one
 GPU): each process samples its own CT and the negatives are gathered across processes. Registered as ``vox2vec3d``
-with ``track = "ct"``: only CT suites (``track: ct``, medssl/track3d.py) list it.
+with ``track = "ct"``: only CT suites (``track: ct``, medssl/run/ct.py) list it.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ import dataclasses
 import torch
 from lightly.loss import NegativeCosineSimilarity
 
-from medssl.records import ResultStore
+from medssl.record.store import ResultStore
 from methods import REGISTRY, register_method
 from methods.base import MethodConfig, SSLMethod
 from run_benchmark import main

@@ -128,8 +128,8 @@ def test_help_and_list_in_a_fresh_process():
 
 def test_narrowing_the_suite_keeps_job_keys():
     """--methods/--seeds/--fractions select jobs; they must not change the keys of the jobs they keep."""
-    from medssl.config import apply_overrides, load_suite
-    from medssl.plan import build_plan
+    from medssl.plan.jobs import build_plan
+    from medssl.suite.config import apply_overrides, load_suite
 
     suite = load_suite("smoke")
     full = {j.key for j in build_plan(suite).eval_jobs}

@@ -3,7 +3,7 @@
 import sys
 from pathlib import Path
 
-from medssl.records import RECORD_FIELDS, ResultStore
+from medssl.record.store import RECORD_FIELDS, ResultStore
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 

@@ -1,4 +1,4 @@
-"""The CT track end to end on tiny phantoms (medssl/track3d.py, medssl/report3d.py): plan keys, bad input refused
+"""The CT track end to end on tiny phantoms (medssl/run/ct.py, medssl/report/ct.py): plan keys, bad input refused
 before any work, records and reports, reuse of finished work, resumed pretraining, and the ranking statistics."""
 
 import json
@@ -9,8 +9,8 @@ import torch
 import yaml
 
 import run_benchmark
-from medssl.config import load_suite
-from medssl.track3d import RANDOM_INIT, build_ct_plan
+from medssl.run.ct import RANDOM_INIT, build_ct_plan
+from medssl.suite.config import load_suite
 
 TINY = {
     "name": "tinyct",
@@ -248,7 +248,7 @@ def test_ct_pretraining_through_the_runner_resumes_bit_identically(tmp_path, syn
     import pytorch_lightning as pl
 
     from datasets import load_dataset
-    from medssl.pretrain import load_encoder, run_pretraining
+    from medssl.pretrain.train import load_encoder, run_pretraining
 
     class CrashInSecondEpoch(pl.Callback):
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
@@ -272,7 +272,7 @@ def test_ct_pretraining_through_the_runner_resumes_bit_identically(tmp_path, syn
 def test_ranking_tests_pair_test_cts_and_judge_each_relation():
     from scipy import stats as scipy_stats
 
-    from medssl.report3d import RowRuns, ranking_tests
+    from medssl.report.ct import RowRuns, ranking_tests
 
     plan = build_ct_plan(TINY)
     cases = [f"img{i:04d}" for i in range(10)]
@@ -313,7 +313,7 @@ def test_ranking_tests_pair_test_cts_and_judge_each_relation():
 
 
 def test_heads_sharing_one_encoder_pass_score_as_separate_passes():
-    from medssl.segment3d import mean_dice
+    from medssl.evaluate.segment3d import mean_dice
     from methods.vox2vec3d import FPN3d, FPNLinearHead, FPNNonLinearHead, body_mask
     from tests.test_vox2vec3d import toy_ct
 
@@ -363,8 +363,8 @@ def test_missing_btcv_and_amos_are_named_once_each_before_any_work(tmp_path, cap
 def test_each_patch_is_checked_against_the_volumes_it_is_cut_from(synthetic_root):
     """A task whose CTs are smaller than the pretraining patch, but not than the evaluation patch, is valid: the
     pretraining patch is cut from the corpus only."""
-    from medssl.runner import DatasetCache
-    from medssl.track3d import check_ct_tasks
+    from medssl.run.ct import check_ct_tasks
+    from medssl.run.image import DatasetCache
 
     coarse = {**TINY["tasks"][0]["dataset"]["params"], "spacing": [16.0, 16.0, 16.0]}
     suite = {
@@ -383,7 +383,7 @@ def test_each_patch_is_checked_against_the_volumes_it_is_cut_from(synthetic_root
 
 def test_a_ct_run_on_a_busy_results_folder_names_the_holder(tmp_path, synthetic_root, capsys):
     """A second CT run on a busy --out ended in AttributeError: 'NoneType' object has no attribute 'directory'."""
-    from medssl.records import ResultStore
+    from medssl.record.store import ResultStore
 
     suite = write_suite(tmp_path / "tinyct.yaml")
     with ResultStore(tmp_path / "out" / "tinyct").lock():

@@ -11,10 +11,10 @@ import pytorch_lightning as pl
 import torch
 
 from datasets import load_dataset
-from medssl.backbone import ResNetTrunk
-from medssl.config import load_suite
-from medssl.plan import build_plan
-from medssl.pretrain import load_encoder, rank_seed, run_pretraining
+from medssl.nn.backbone import ResNetTrunk
+from medssl.plan.jobs import build_plan
+from medssl.pretrain.train import load_encoder, rank_seed, run_pretraining
+from medssl.suite.config import load_suite
 from tests.test_methods import SMALL_HEADS, SSL_METHODS
 
 # under ddp_spawn: the methods with collectives in their step or a step that leaves parameters without gradient;
@@ -81,7 +81,7 @@ def test_monitor_statistics_pass_never_waits_for_other_processes():
     train mode on rank 0 only, where SyncBatchNorm would wait for processes that never join (a hang). The copy gets
     plain BatchNorm with the same weights and statistics (no process group is needed to see that: the old copy kept
     its SyncBatchNorm layers)."""
-    from medssl.pretrain import EpochHistory
+    from medssl.pretrain.train import EpochHistory
     from methods import build_method
     from tests.test_methods import fixed_batch, tiny_protocol
 
@@ -104,8 +104,8 @@ def test_monitor_statistics_pass_never_waits_for_other_processes():
 def test_device_number_and_cuda_settings_reach_lightning_and_torch():
     """--device cuda:1 once trained on GPU 0 (Lightning's devices=1 means 'the first one'); CUDA runs get cuDNN
     autotuning and TF32 fp32 matmuls, CPU runs nothing."""
-    from medssl.config import ConfigError
-    from medssl.precision import configure_cuda, lightning_devices
+    from medssl.runtime.precision import configure_cuda, lightning_devices
+    from medssl.suite.config import ConfigError
 
     assert lightning_devices("cuda:1") == [1] and lightning_devices("cuda:2", 2) == [2, 3]
     assert lightning_devices("cuda", 2) == 2 and lightning_devices("cpu") == 1
@@ -132,7 +132,7 @@ def test_devices_2_launches_through_torchrun_and_pretrains_the_other_methods(tmp
 
     import yaml
 
-    from medssl.records import ResultStore
+    from medssl.record.store import ResultStore
 
     root = Path(__file__).resolve().parent.parent
     suite = yaml.safe_load((root / "benchmarks" / "suites" / "smoke.yaml").read_text())

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from medssl.metrics import effective_rank
+from medssl.evaluate.metrics import effective_rank
 
 
 def test_isotropic_features_have_nearly_full_rank_and_collapsed_ones_rank_one():

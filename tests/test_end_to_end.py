@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from medssl.records import ResultStore
+from medssl.record.store import ResultStore
 from run_benchmark import main
 
 

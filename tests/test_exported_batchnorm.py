@@ -22,10 +22,10 @@ import torch
 from test_methods import SMALL_HEADS
 
 from datasets import load_dataset
-from medssl.augment import Normalize, resize
-from medssl.config import load_suite
-from medssl.plan import build_plan
-from medssl.pretrain import load_encoder, run_pretraining
+from medssl.nn.augment import Normalize, resize
+from medssl.plan.jobs import build_plan
+from medssl.pretrain.train import load_encoder, run_pretraining
+from medssl.suite.config import load_suite
 from methods import REGISTRY, track_methods
 
 SIZE = 48

@@ -16,10 +16,10 @@ from conftest import ROOT
 from scipy import stats as scipy_stats
 from torch import nn
 
-from medssl.backbone import ResNetTrunk
-from medssl.config import ConfigError, load_suite
-from medssl.external import find_trunk, load_external, read_weights, resolve_spec
-from medssl.plan import build_plan
+from medssl.evaluate.external import find_trunk, load_external, read_weights, resolve_spec
+from medssl.nn.backbone import ResNetTrunk
+from medssl.plan.jobs import build_plan
+from medssl.suite.config import ConfigError, load_suite
 from run_benchmark import COMMANDS, main
 
 # the smoke suite with a kNN protocol next to linear probing and fine-tuning
@@ -85,7 +85,7 @@ def test_three_channel_encoder_reads_grayscale_replicated_and_normalised_per_cha
     """The default for ImageNet weights on a 1-channel suite (issue 31): the features are torchvision's model's on the
     grey image replicated to three channels, each normalised with ImageNet's own mean and sd (exact); the old
     default (one channel, averaged statistics) was up to 0.2 sd off."""
-    from medssl.evaluate import extract_features
+    from medssl.evaluate.classify import extract_features
 
     path = torchvision_file(tmp_path / "tv.pth")
     net = torchvision.models.resnet18()
@@ -275,7 +275,7 @@ def test_export_loads_into_torchvision_and_back_as_the_same_encoder(tmp_path, sy
 
 
 def test_knn_scores_are_weighted_neighbour_votes():
-    from medssl.evaluate import knn_classify
+    from medssl.evaluate.classify import knn_classify
 
     features = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.1], [0.9, 0.0], [0.0, 1.0]], dtype=np.float32)
     labels = np.array([[1, 0], [0, 1], [1, 1], [1, 0], [0, 1]], dtype=np.uint8)
@@ -299,7 +299,7 @@ def test_knn_scores_are_weighted_neighbour_votes():
 def test_knn_scores_stay_finite_at_a_small_temperature():
     """exp(cosine / T) overflows float32 for T below about 0.011 (issue 31): the weights are shift-invariant
     shares, so the scores equal the float64 computation at T = 0.005."""
-    from medssl.evaluate import knn_classify
+    from medssl.evaluate.classify import knn_classify
 
     rng = np.random.default_rng(0)
     features = rng.normal(size=(40, 8)).astype(np.float32)
@@ -430,8 +430,8 @@ def test_resnet50_segmentation_on_a_tiny_suite(tmp_path, synthetic_root):
 def test_a_fixed_encoder_is_tested_over_its_own_evaluation_seeds():
     """An encoder brought from a file has fixed weights: its replicates are its evaluation seeds, and their spread is
     part of the test's standard error (issue 30: it was copied under each pretraining run and cancelled out)."""
-    from medssl.compare import CellRuns, compare_runs
-    from medssl.plan import FIXED_RUN
+    from medssl.plan.jobs import FIXED_RUN
+    from medssl.report.compare import CellRuns, compare_runs
 
     trained = CellRuns(values={(s, e): 0.70 + 0.02 * s + 0.01 * e for s in (0, 1, 2) for e in (0, 1)})
     fixed = CellRuns(values={(FIXED_RUN, e): 0.65 + 0.03 * e for e in (0, 1)})
@@ -484,7 +484,7 @@ def test_encoder_file_messages_name_the_folder_and_the_blocked_global(tmp_path):
 def test_exports_are_byte_identical_and_carry_their_normalisation(tmp_path):
     """The same trunk exported three times had three SHA-256s (the safetensors header's order varied), and an
     export killed before its sidecar was read with ImageNet's normalisation (issue 32)."""
-    from medssl.export import write_trunk
+    from medssl.pretrain.export import write_trunk
 
     torch.manual_seed(0)
     state = ResNetTrunk("resnet18", in_channels=1).state_dict()

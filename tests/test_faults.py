@@ -15,10 +15,10 @@ import torch
 import yaml
 
 from datasets import DatasetError, load_dataset
-from medssl.config import load_suite
-from medssl.plan import build_plan
-from medssl.pretrain import ENCODER_FILE, CorruptCheckpoint, encoder_status, load_encoder, run_pretraining
-from medssl.records import Busy, ResultStore, append_line, exclusive_lock
+from medssl.plan.jobs import build_plan
+from medssl.pretrain.train import ENCODER_FILE, CorruptCheckpoint, encoder_status, load_encoder, run_pretraining
+from medssl.record.store import Busy, ResultStore, append_line, exclusive_lock
+from medssl.suite.config import load_suite
 from run_benchmark import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,8 +87,8 @@ def test_crafted_checkpoints_cannot_run_code(tmp_path):
     run_dir.mkdir()
     encoder = run_dir / ENCODER_FILE
     torch.save({"state_dict": {}, "meta": RunsCode(marker)}, encoder)
-    from medssl.pretrain import ENCODER_SIDECAR
-    from medssl.provenance import file_sha256
+    from medssl.pretrain.train import ENCODER_SIDECAR
+    from medssl.record.provenance import file_sha256
 
     (run_dir / ENCODER_SIDECAR).write_text(
         json.dumps({"sha256": file_sha256(encoder)})
@@ -96,7 +96,7 @@ def test_crafted_checkpoints_cannot_run_code(tmp_path):
     with pytest.raises(CorruptCheckpoint, match=str(encoder)):
         load_encoder(encoder)
     (run_dir / "last.ckpt").write_bytes(pickle.dumps(RunsCode(marker)))
-    from medssl.pretrain import readable_checkpoint
+    from medssl.pretrain.train import readable_checkpoint
 
     with pytest.warns(UserWarning, match="cannot be loaded"):
         assert not readable_checkpoint(run_dir / "last.ckpt")
@@ -171,7 +171,7 @@ def test_empty_or_broken_yaml_is_one_clear_error(tmp_path, capsys, text, message
 
 
 def test_every_shipped_suite_passes_the_schema():
-    from medssl.config import suite_names
+    from medssl.suite.config import suite_names
 
     for name in suite_names():
         load_suite(name)
@@ -244,7 +244,7 @@ def test_a_fraction_of_one_image_is_refused_before_pretraining(tmp_path, capsys)
 
 
 def test_an_evaluation_that_fails_is_reported_and_the_others_are_stored(tmp_path, capsys, monkeypatch):
-    import medssl.runner as runner
+    import medssl.run.image as runner
 
     def broken(*args, **kwargs):
         raise FloatingPointError("the solver gave up")
@@ -267,9 +267,9 @@ def test_an_evaluation_that_fails_is_reported_and_the_others_are_stored(tmp_path
 def test_a_one_image_last_batch_trains_in_fine_tuning_and_segmentation(synthetic_root):
     """32 px, batches of 8, 33 training images: the last batch of one image made BatchNorm raise "Expected more
     than 1 value per channel when training" (issue 31); it joins the batch before it."""
-    from medssl.backbone import ResNetTrunk
-    from medssl.evaluate import fine_tune
-    from medssl.segment import train_segmentation
+    from medssl.evaluate.classify import fine_tune
+    from medssl.evaluate.segment2d import train_segmentation
+    from medssl.nn.backbone import ResNetTrunk
 
     ds = load_dataset("synthetic_cxr", synthetic_root, n_images=64, size=32, seed=0)
     train, val, test = ds.indices("train")[:33], ds.indices("val"), ds.indices("test")
@@ -419,8 +419,8 @@ def test_prepare_resumes_with_the_fixed_file(tmp_path, monkeypatch):
 
 # 13. reports are swapped in whole ------------------------------------------------------------------------------
 def test_a_failed_report_write_leaves_the_old_reports_whole(tmp_path, monkeypatch):
-    from medssl import figures
-    from medssl.report import write_reports
+    from medssl.report import figures
+    from medssl.report.tables import write_reports
 
     plan = build_plan(load_suite("smoke"))
     folder = tmp_path / "smoke"
@@ -432,7 +432,7 @@ def test_a_failed_report_write_leaves_the_old_reports_whole(tmp_path, monkeypatc
         raise KeyboardInterrupt
 
     monkeypatch.setattr(figures, "write_figures", killed)
-    monkeypatch.setattr("medssl.report.render_statistics", lambda *a, **k: "NEW\n")
+    monkeypatch.setattr("medssl.report.tables.render_statistics", lambda *a, **k: "NEW\n")
     with pytest.raises(KeyboardInterrupt):
         write_reports(plan, [], folder)
     after = {p.name: p.read_bytes() for p in folder.iterdir()}

@@ -1,7 +1,7 @@
 """A training step never makes the host wait for the device (issue 19): no tensor read back as a Python number
 (LARS's trust-ratio test, the blur's kernel size, SwAV's queue fill, MoCo's queue pointer, CoBooM's codebook flag)
 and no operation with a data-dependent output size (CoBooM's codebook usage). Counted on the CPU with
-medssl.host_sync.HostSyncCounter, which sees the operations that stop a GPU run; the replacements compute what
+medssl.runtime.host_sync.HostSyncCounter, which sees the operations that stop a GPU run; the replacements compute what
 lightly's and the old code computed."""
 
 import copy
@@ -12,9 +12,9 @@ from lightly.models.modules.memory_bank import MemoryBankModule
 from lightly.utils.lars import LARS
 
 from benchmarks.throughput import lightning_order_step
-from medssl.augment import gaussian_blur
-from medssl.host_sync import LIGHTLY_CONSTANT_MASKS, HostSyncCounter
-from medssl.optim import SyncFreeLARS
+from medssl.nn.augment import gaussian_blur
+from medssl.nn.optim import SyncFreeLARS
+from medssl.runtime.host_sync import LIGHTLY_CONSTANT_MASKS, HostSyncCounter
 from methods import build_method
 from methods.base import PretrainProtocol
 from tests.test_methods import SMALL_HEADS, SSL_METHODS, fixed_batch

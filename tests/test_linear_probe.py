@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from medssl.evaluate import linear_probe
+from medssl.evaluate.classify import linear_probe
 
 CLASSES = ["a", "b"]
 
@@ -61,7 +61,7 @@ def test_unknown_solver_is_a_clear_error():
 def test_non_finite_features_are_a_diverged_evaluation(protocol):
     """An encoder whose weights diverged to huge finite values gives inf features: L-BFGS raised "value cannot be
     converted to type float without overflow" (a pretraining's monitor crashed with it), kNN scored NaN."""
-    from medssl.evaluate import EvaluationDiverged, knn_classify
+    from medssl.evaluate.classify import EvaluationDiverged, knn_classify
 
     x, y = make_features(n=60)
     x[7, 3] = np.inf
@@ -78,8 +78,8 @@ def test_probe_monitor_reports_non_finite_features_without_stopping_the_run(synt
     import torch
 
     from datasets import load_dataset
-    from medssl.backbone import ResNetTrunk
-    from medssl.monitor import ProbeMonitor
+    from medssl.nn.backbone import ResNetTrunk
+    from medssl.pretrain.monitor import ProbeMonitor
 
     dataset = load_dataset("synthetic_cxr", synthetic_root, n_images=64, size=32, seed=0)
     monitor = ProbeMonitor(dataset, 32, [0.5], [0.25], {"every_epochs": 1, "fraction": 100, "l2": [0.1]})

@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 import torchvision
 
-from medssl.config import ConfigError, load_suite
+from medssl.suite.config import ConfigError, load_suite
 from methods import build_method
 from methods.base import PretrainProtocol, byol_similarity_loss
 from methods.dira import inpaint, outpaint, restoration_distortion, swap_patches
@@ -156,7 +156,7 @@ def _layer4_gradient(trunk, images):
 def test_trunk_gradients_under_cpu_bf16_are_exact_on_views_of_16_px():
     """At 14 px layer4 receives a 1x1 map, where oneDNN's bf16 weight gradient of the stride-2 3x3 convolution was
     garbage (1e38 or NaN, different on every call): SwAV and PCRLv2 diverged or did not repeat under DDP."""
-    from medssl.backbone import OneDNNSafeConv2d, ResNetTrunk
+    from medssl.nn.backbone import OneDNNSafeConv2d, ResNetTrunk
 
     torch.manual_seed(0)
     trunk = ResNetTrunk("resnet18", in_channels=1)
@@ -267,8 +267,8 @@ class StopAfterEpoch(pl.Callback):
 
 def test_caid_resumed_from_last_ckpt_has_the_queue_it_was_stopped_with(tmp_path, synthetic_root):
     from datasets import load_dataset
-    from medssl.plan import build_plan
-    from medssl.pretrain import run_pretraining
+    from medssl.plan.jobs import build_plan
+    from medssl.pretrain.train import run_pretraining
 
     suite = load_suite("smoke")
     suite["pretrain"]["epochs"] = 2
@@ -325,7 +325,7 @@ def test_pcrlv2_local_views_share_one_forward_pass():
 
 # 9 -------------------------------------------------------------------------------------------------------------
 def test_grayscale_stem_starts_as_torchvision_rgb_stem_summed():
-    from medssl.backbone import ResNetTrunk
+    from medssl.nn.backbone import ResNetTrunk
 
     torch.manual_seed(3)
     reference = torchvision.models.resnet18(weights=None)
@@ -338,8 +338,8 @@ def test_grayscale_stem_starts_as_torchvision_rgb_stem_summed():
 
 
 def test_trunk_version_is_part_of_every_pretraining_hash():
-    from medssl.backbone import TRUNK_VERSION
-    from medssl.plan import build_plan
+    from medssl.nn.backbone import TRUNK_VERSION
+    from medssl.plan.jobs import build_plan
 
     jobs = build_plan(load_suite("smoke")).pretrain_jobs
     assert jobs and all(job.config["trunk_version"] == TRUNK_VERSION >= 2 for job in jobs)
@@ -365,7 +365,7 @@ def test_lars_without_weight_decay_is_refused(tmp_path):
 
 # short runs: SwAV's per-step schedules as shares of training ------------------------------------------------------
 def test_swav_freezes_prototypes_and_starts_its_queue_at_the_references_share_of_training():
-    from medssl.plan import build_plan
+    from medssl.plan.jobs import build_plan
 
     suite = load_suite("quick")
     params = next(job.config["params"] for job in build_plan(suite).pretrain_jobs if job.method == "swav")

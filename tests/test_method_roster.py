@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from test_methods import SMALL_HEADS, fixed_batch, tiny_protocol, train_steps
 
-from medssl.augment import apply_crop_boxes
+from medssl.nn.augment import apply_crop_boxes
 from methods import build_method
 from methods.dira import restoration_distortion
 
@@ -171,7 +171,7 @@ def test_vox2vec2d_pixel_pairs_show_the_same_image_point():
 
 
 def test_crop_boxes_with_rotation_turn_the_image_about_the_box_centre():
-    from medssl.augment import AugmentConfig, draw_crop_boxes
+    from medssl.nn.augment import AugmentConfig, draw_crop_boxes
 
     x = torch.zeros(2, 1, 33, 33)
     x[:, :, 16, 16] = 1.0  # centre

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from medssl.cluster import check_multi_node
-from medssl.config import ConfigError
-from medssl.records import ResultStore
+from medssl.record.store import ResultStore
+from medssl.runtime.cluster import check_multi_node
+from medssl.suite.config import ConfigError
 from tests.distributed import free_port
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from medssl.config import load_suite
-from medssl.plan import build_plan
-from medssl.track3d import build_ct_plan, is_ct_suite
+from medssl.plan.jobs import build_plan
+from medssl.run.ct import build_ct_plan, is_ct_suite
+from medssl.suite.config import load_suite
 
 ROOT = Path(__file__).resolve().parent.parent
 SNAPSHOT = Path(__file__).with_name("data") / "plan_keys.json"

@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from medssl.records import RECORD_FIELDS, ResultStore
+from medssl.record.store import RECORD_FIELDS, ResultStore
 
 
 def make_record(key="k1", value=0.7):

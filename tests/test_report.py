@@ -3,10 +3,10 @@
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from medssl.config import apply_overrides, load_suite
-from medssl.plan import build_plan
-from medssl.records import RECORD_FIELDS, ResultStore
-from medssl.report import write_reports
+from medssl.plan.jobs import build_plan
+from medssl.record.store import RECORD_FIELDS, ResultStore
+from medssl.report.tables import write_reports
+from medssl.suite.config import apply_overrides, load_suite
 
 
 def rows_by_method(table: str) -> dict:
@@ -163,7 +163,7 @@ def test_dagger_marks_the_reference_above_every_baseline(tmp_path):
 
 def _cells(plan, values_by_method):
     """CellRuns of every column of Table 1 from {method: [value of each pretraining run]} (one evaluation seed)."""
-    from medssl.compare import CellRuns, columns
+    from medssl.report.compare import CellRuns, columns
 
     return {
         (method, task, "linear", fraction): CellRuns(values={(seed, 0): v for seed, v in enumerate(values)})
@@ -176,8 +176,8 @@ def test_dagger_needs_every_baseline_below_not_the_one_with_the_best_test_mean()
     """BYOL has the baselines' best test mean and is clearly below CoBooM; SimCLR is a little lower on average but its
     runs spread so widely that CoBooM is not shown above it. Before issue 30 the † was tested against BYOL alone (the
     baseline chosen on the test data) and marked; now CoBooM must be above every baseline, and is not."""
-    from medssl import compare
-    from medssl.report import table_marks
+    from medssl.report import compare
+    from medssl.report.tables import table_marks
 
     plan = replicated_plan()
     cells = _cells(

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from datasets import load_dataset
-from medssl.config import load_suite
-from medssl.plan import build_plan
-from medssl.pretrain import load_encoder, run_pretraining
+from medssl.plan.jobs import build_plan
+from medssl.pretrain.train import load_encoder, run_pretraining
+from medssl.suite.config import load_suite
 from tests.test_methods import SMALL_HEADS, SSL_METHODS
 from tests.test_pretrain_resume import Crash
 

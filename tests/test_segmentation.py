@@ -4,8 +4,8 @@ import numpy as np
 import torch
 
 from datasets import load_dataset
-from medssl.backbone import ResNetTrunk
-from medssl.segment import per_image_dice, segmentation_metrics, train_segmentation
+from medssl.evaluate.segment2d import per_image_dice, segmentation_metrics, train_segmentation
+from medssl.nn.backbone import ResNetTrunk
 
 
 def test_dice_follows_the_siim_rule():

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import yaml
 
-from medssl.config import ConfigError, load_suite
-from medssl.plan import build_plan, evaluation_seeds
-from medssl.records import ResultStore
-from medssl.report import write_reports
-from medssl.runner import run_plan
+from medssl.plan.jobs import build_plan, evaluation_seeds
+from medssl.record.store import ResultStore
+from medssl.report.tables import write_reports
+from medssl.run.image import run_plan
+from medssl.suite.config import ConfigError, load_suite
 
 PTX_TASK = {
     "name": "PTX",

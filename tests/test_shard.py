@@ -2,9 +2,9 @@
 
 import pytest
 
-from medssl.config import ConfigError, load_suite
-from medssl.plan import build_plan, parse_shard, shard_plan
-from medssl.records import ResultStore
+from medssl.plan.jobs import build_plan, parse_shard, shard_plan
+from medssl.record.store import ResultStore
+from medssl.suite.config import ConfigError, load_suite
 from run_benchmark import main
 
 

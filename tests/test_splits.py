@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from medssl.config import ConfigError
-from medssl.splits import label_fraction_indices
+from medssl.data.splits import label_fraction_indices
+from medssl.suite.config import ConfigError
 
 FRACTIONS = [1, 5, 10, 30, 100]
 
@@ -53,7 +53,7 @@ def test_fractions_are_seeded_and_stratified():
 
 @pytest.mark.parametrize("fraction", [0, -5, 101, "ten"])
 def test_impossible_fractions_are_rejected(fraction):
-    from medssl.config import validate_fractions
+    from medssl.suite.config import validate_fractions
 
     with pytest.raises(ConfigError):
         validate_fractions([fraction])

@@ -8,8 +8,8 @@ import pytest
 from scipy import stats as scipy_stats
 from sklearn.metrics import roc_auc_score
 
-from medssl import stats
-from medssl.segment import segmentation_metrics
+from medssl.evaluate.segment2d import segmentation_metrics
+from medssl.report import stats
 
 D1_LABELS = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 0])
 D1_S1 = np.array([0.9, 0.8, 0.7, 0.4, 0.6, 0.4, 0.3, 0.2, 0.1, 0.1])
@@ -173,7 +173,7 @@ def test_bootstrap_p_value_uses_the_bootstrap_standard_error():
 
 
 def test_per_image_dice_comparisons_use_wilcoxon_over_seed_averaged_images():
-    from medssl.compare import CellRuns, compare_runs
+    from medssl.report.compare import CellRuns, compare_runs
 
     rng = np.random.default_rng(0)
     base = rng.random(40)

@@ -12,10 +12,10 @@ import pytest
 
 from datasets import load_dataset
 from datasets.storage import DiskFull
-from medssl.config import load_suite
-from medssl.plan import build_plan
-from medssl.pretrain import read_history, run_pretraining
-from medssl.records import ResultStore, append_line
+from medssl.plan.jobs import build_plan
+from medssl.pretrain.train import read_history, run_pretraining
+from medssl.record.store import ResultStore, append_line
+from medssl.suite.config import load_suite
 from run_benchmark import main
 from tests.test_faults import cli, tiny_suite
 
@@ -155,10 +155,10 @@ def test_a_diverged_evaluation_is_reported_not_stored_as_dice_zero(synthetic_roo
     evaluation's training is EvaluationDiverged, which the runners report and do not store."""
     import torch
 
-    from medssl.backbone import ResNetTrunk
-    from medssl.evaluate import EvaluationDiverged, fine_tune
-    from medssl.segment import train_segmentation
-    from medssl.segment3d import train_fpn_segmentation
+    from medssl.evaluate.classify import EvaluationDiverged, fine_tune
+    from medssl.evaluate.segment2d import train_segmentation
+    from medssl.evaluate.segment3d import train_fpn_segmentation
+    from medssl.nn.backbone import ResNetTrunk
     from methods.vox2vec3d import FPN3d
 
     ds = load_dataset("synthetic_cxr", synthetic_root, n_images=64, size=32, seed=0)
@@ -281,7 +281,7 @@ def test_hostile_set_values_are_one_line_errors_before_any_work(setting, message
 def test_a_ct_record_in_an_image_suites_folder_does_not_refuse_its_report():
     """A CT suite's records in the same folder made recorded_plan add vox2vec3d as a row, and the whole 2D report
     was refused ("trains on CT volumes") (issue 32)."""
-    from medssl.plan import recorded_plan
+    from medssl.plan.jobs import recorded_plan
 
     plan = build_plan(load_suite("smoke"))
     records = [
@@ -295,8 +295,8 @@ def test_a_ct_record_in_an_image_suites_folder_does_not_refuse_its_report():
 def test_a_full_export_folder_is_one_line_and_leaves_no_temporary(tmp_path, monkeypatch):
     import safetensors.torch
 
-    from medssl.backbone import ResNetTrunk
-    from medssl.export import write_trunk
+    from medssl.nn.backbone import ResNetTrunk
+    from medssl.pretrain.export import write_trunk
 
     def full(tensors, filename, metadata=None):
         Path(filename).write_bytes(b"partial")

@@ -1,4 +1,4 @@
-"""medssl/stream.py: batches read from the cache file give what the DataLoader over an in-memory copy gave (same
+"""medssl/data/stream.py: batches read from the cache file give what the DataLoader over an in-memory copy gave (same
 order, same generator draws, so stored encoders are reproduced), pickle as a file reference (ddp_spawn), and a cut
 cache file is named."""
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from medssl.stream import MappedImages, ShuffledBatches, batches_per_epoch, training_batches
+from medssl.data.stream import MappedImages, ShuffledBatches, batches_per_epoch, training_batches
 
 
 @pytest.fixture

@@ -161,7 +161,7 @@ def test_evaluation_heads_official_sizes_and_the_linear_head_is_linear_in_the_em
 
 
 def test_dice_matches_the_official_formula_with_absent_organs():
-    from medssl.segment3d import dice_scores
+    from medssl.evaluate.segment3d import dice_scores
 
     labels = torch.zeros(6, 6, 4, dtype=torch.long)
     labels[:3, :3] = 1  # organ 1: 36 voxels
@@ -180,7 +180,7 @@ def test_dice_matches_the_official_formula_with_absent_organs():
 
 
 def test_sliding_window_of_a_voxelwise_predictor_is_the_whole_volume_prediction():
-    from medssl.segment3d import predict_volume
+    from medssl.evaluate.segment3d import predict_volume
 
     torch.manual_seed(0)
     volume = torch.rand(1, 21, 18, 11)
@@ -191,7 +191,7 @@ def test_sliding_window_of_a_voxelwise_predictor_is_the_whole_volume_prediction(
 
 
 def test_segmentation_loss_is_the_official_formula():
-    from medssl.segment3d import one_hot_organs, segmentation_loss
+    from medssl.evaluate.segment3d import one_hot_organs, segmentation_loss
 
     torch.manual_seed(0)
     logits = torch.randn(2, 3, 6, 5, 4)
@@ -283,7 +283,7 @@ def toy_ct(n=4):
 
 @pytest.mark.parametrize("mode", ["probe", "finetune", "scratch"])
 def test_fpn_segmentation_modes(mode):
-    from medssl.segment3d import train_fpn_segmentation
+    from medssl.evaluate.segment3d import train_fpn_segmentation
 
     volumes, labels = toy_ct()
     torch.manual_seed(0)
@@ -312,7 +312,7 @@ def test_fpn_segmentation_modes(mode):
 
 
 def test_finetuning_keeps_the_encoder_frozen_until_its_epoch():
-    from medssl.segment3d import train_fpn_segmentation
+    from medssl.evaluate.segment3d import train_fpn_segmentation
 
     volumes, labels = toy_ct()
     torch.manual_seed(0)

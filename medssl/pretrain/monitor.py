@@ -2,10 +2,10 @@
 
 Like solo-learn's online linear evaluation, but exact and side-effect free: every ``every_epochs`` epochs (and after
 the last one) the online encoder is frozen in eval mode, features of the corpus's labelled images are extracted,
-an L2 logistic regression (``medssl.evaluate.linear_probe``) is fitted on a fixed ``fraction`` % of the corpus's
+an L2 logistic regression (``medssl.evaluate.classify.linear_probe``) is fitted on a fixed ``fraction`` % of the corpus's
 training split and scored on its validation split. The macro AUC goes to ``history.jsonl`` as ``probe_auc``, next
 to the loss, so a run shows when its representation starts to beat (or falls below) the random encoder of epoch 0.
-With it goes ``feature_rank``, the effective rank (centred RankMe, ``medssl.metrics.effective_rank``) of the same
+With it goes ``feature_rank``, the effective rank (centred RankMe, ``medssl.evaluate.metrics.effective_rank``) of the same
 validation features: it shows dimensional collapse, the usual reason a short non-contrastive run (BYOL, CoBooM)
 probes below its own initialisation.
 
@@ -22,14 +22,14 @@ import numpy as np
 import torch
 
 from datasets import ImageDataset
-from medssl.config import MONITOR_DEFAULTS
-from medssl.evaluate import extract_features, linear_probe
-from medssl.metrics import effective_rank, multilabel_auc
-from medssl.splits import label_fraction_indices
+from medssl.data.splits import label_fraction_indices
+from medssl.evaluate.classify import extract_features, linear_probe
+from medssl.evaluate.metrics import effective_rank, multilabel_auc
+from medssl.suite.config import MONITOR_DEFAULTS
 
 
 class ProbeMonitor:
-    """Called by ``medssl.pretrain.EpochHistory``, which writes its results into the epoch rows."""
+    """Called by ``medssl.pretrain.train.EpochHistory``, which writes its results into the epoch rows."""
 
     def __init__(self, dataset: ImageDataset, image_size: int, mean, std, settings: Optional[Dict[str, Any]] = None):
         self.settings = {**MONITOR_DEFAULTS, **(settings or {})}

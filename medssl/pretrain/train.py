@@ -32,16 +32,16 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 from datasets import ImageDataset
 from datasets.storage import write_atomic
 from medssl import quiet_lightning
-from medssl.backbone import ResNetTrunk
-from medssl.cluster import check_batch_split, started_by_launcher
-from medssl.config import ConfigError, stable_hash
-from medssl.monitor import ProbeMonitor
-from medssl.plan import PretrainJob
-from medssl.precision import lightning_devices, precision_for
-from medssl.progress import SparseMetricsProgressBar, lightning_logger
-from medssl.provenance import file_sha256
-from medssl.records import append_line, exclusive_lock, read_lines
-from medssl.stream import MappedImages, ShuffledBatches
+from medssl.data.stream import MappedImages, ShuffledBatches
+from medssl.nn.backbone import ResNetTrunk
+from medssl.plan.jobs import PretrainJob
+from medssl.pretrain.monitor import ProbeMonitor
+from medssl.record.provenance import file_sha256
+from medssl.record.store import append_line, exclusive_lock, read_lines
+from medssl.runtime.cluster import check_batch_split, started_by_launcher
+from medssl.runtime.precision import lightning_devices, precision_for
+from medssl.runtime.progress import SparseMetricsProgressBar, lightning_logger
+from medssl.suite.config import ConfigError, stable_hash
 from methods import build_method
 from methods.base import PretrainProtocol
 
@@ -170,7 +170,7 @@ class DivergenceGuard(pl.Callback):
 
 class EpochHistory(pl.Callback):
     """Appends one JSON line per finished epoch to ``history.jsonl`` (survives resumption). With a
-    :class:`~medssl.monitor.ProbeMonitor`, rows of monitored epochs carry ``probe_auc`` and ``feature_rank`` and an
+    :class:`~medssl.pretrain.monitor.ProbeMonitor`, rows of monitored epochs carry ``probe_auc`` and ``feature_rank`` and an
     ``epoch: -1`` row holds those of the random initialisation, probed with the BatchNorm statistics of the
     pretraining corpus (``images``, seen through the method's training views) as the suite's random-init row is
     (``methods/supervised.py``), on a copy: the training run itself is untouched. A method that re-estimates its
@@ -304,7 +304,7 @@ def encoder_status(path: Path) -> str:
 def _read_encoder(path: Path) -> tuple:
     payload = torch.load(path, map_location="cpu", weights_only=True)
     meta = payload["meta"]
-    if meta["backbone"] == "fpn3d":  # a CT method's encoder (medssl/track3d.py)
+    if meta["backbone"] == "fpn3d":  # a CT method's encoder (medssl/run/ct.py)
         from methods.vox2vec3d import FPN3d
 
         encoder = FPN3d(**meta["architecture"])
@@ -429,7 +429,7 @@ def run_pretraining(
     instead: ``SSLMethod.sync_batchnorm``), and the batch-level losses and queues gather across processes. That is why the
     device count is not part of the pretraining hash (CPU processes keep per-process BatchNorm statistics: torch has
     no CPU SyncBatchNorm; that mode is for tests). When srun or torchrun started ``nodes * devices`` processes (any
-    number of nodes, ``medssl.cluster``), this process is one of them: Lightning's ``ddp`` joins them and only global
+    number of nodes, ``medssl.runtime.cluster``), this process is one of them: Lightning's ``ddp`` joins them and only global
     rank 0 writes the encoder (the returned path exists once rank 0 has finished). ``compile_loss`` compiles each step's
     ``compute_loss`` with ``torch.compile`` (``SSLMethod.setup``). ``logger``: csv (default) or tensorboard, under
     the run's ``logs/``.
@@ -668,12 +668,12 @@ def _train_volumes_and_export(
     callbacks: Sequence[pl.Callback],
     logger: Optional[str],
 ) -> Path:
-    """A CT method's pretraining (``track = "ct"``; medssl/track3d.py): ``steps_per_epoch`` steps per epoch drawn by
+    """A CT method's pretraining (``track = "ct"``; medssl/run/ct.py): ``steps_per_epoch`` steps per epoch drawn by
     :class:`~methods.vox2vec3d.VolumeSteps` from the corpus's CTs (its ``splits``), on one device in fp32 as the
     official code trains, with the image track's divergence guard, per-epoch checkpoint (a resumed run repeats the
     uninterrupted one bit for bit: the steps are seeded by (seed, epoch, step)), history and checksummed export. The
     exported encoder is the whole FPN3d; its architecture is in the metadata."""
-    from medssl.track3d import architecture
+    from medssl.run.ct import architecture
     from methods.vox2vec3d import EpochOfSteps, VolumeSteps
 
     write_run_files(job, dataset, run_dir)

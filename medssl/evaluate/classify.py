@@ -1,6 +1,6 @@
 """Downstream evaluation of a pretrained encoder: linear probing and fine-tuning for multi-label classification.
 
-Both protocols train on a nested label fraction of the task's training split (medssl.splits), select the epoch
+Both protocols train on a nested label fraction of the task's training split (medssl.data.splits), select the epoch
 with the best **validation** macro AUC and report the test split at that epoch; the test split is never used for
 any choice (spec, "Decisions").
 
@@ -28,17 +28,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from medssl import quiet_lightning
-from medssl.augment import AugmentConfig, Normalize, augment_view, resize
-from medssl.backbone import ResNetTrunk
-from medssl.metrics import multilabel_auc
-from medssl.precision import autocast, fixed_precision, lightning_devices, precision_for
-from medssl.progress import SparseMetricsProgressBar, lightning_logger
-from medssl.stream import MappedImages, ShuffledBatches, batches_per_epoch, training_batches
+from medssl.data.stream import MappedImages, ShuffledBatches, batches_per_epoch, training_batches
+from medssl.evaluate.metrics import multilabel_auc
+from medssl.nn.augment import AugmentConfig, Normalize, augment_view, resize
+from medssl.nn.backbone import ResNetTrunk
+from medssl.runtime.precision import autocast, fixed_precision, lightning_devices, precision_for
+from medssl.runtime.progress import SparseMetricsProgressBar, lightning_logger
 
 
 class EvaluationDiverged(RuntimeError):
     """An evaluation's training reached a non-finite loss: its result would be noise (Dice 0, AUC 0.5), so it is
-    reported and not stored, as a diverged pretraining is (medssl/runner.py)."""
+    reported and not stored, as a diverged pretraining is (medssl/run/image.py)."""
 
 
 def check_finite_features(features: np.ndarray) -> None:

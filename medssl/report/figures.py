@@ -1,7 +1,7 @@
 """Report figures and the one-page HTML summary of a suite (``reports/<suite>/``).
 
 * ``label_efficiency.png``: metric vs label fraction per method, one panel per protocol and task, with the 95 %
-  interval of each cell's value (medssl/compare.py ``cell_interval``: over pretraining runs and test images, over
+  interval of each cell's value (medssl/report/compare.py ``cell_interval``: over pretraining runs and test images, over
   evaluation seeds and test images for a fixed-weight row beside them; with one pretraining run, conditional on it).
 * ``ablation.png``: the reference method and its ablations (CoBooM with/without decoder and DiversiFuse) side by
   side in every column, mean ± sd as the tables' cells (over pretraining runs; one run: over its evaluation seeds),
@@ -23,9 +23,9 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 
 from datasets.storage import write_atomic
-from medssl.compare import CellKey, CellRuns, columns, over_pretraining
-from medssl.config import PROTOCOLS, fraction_label, statistics_settings
-from medssl.plan import Plan
+from medssl.plan.jobs import Plan
+from medssl.report.compare import CellKey, CellRuns, columns, over_pretraining
+from medssl.suite.config import PROTOCOLS, fraction_label, statistics_settings
 
 PNG_METADATA = {"Software": None}
 PROTOCOL_NAMES = {"linear": "linear probing", "finetune": "fine-tuning", "knn": "kNN"}
@@ -46,7 +46,7 @@ def _save(fig, path: Path) -> Path:
 
 
 def _label(method: str) -> str:
-    from medssl.report import method_label
+    from medssl.report.tables import method_label
 
     return method_label(method)
 
@@ -240,7 +240,7 @@ def write_html(
 ) -> Path:
     """index.html: ``summary`` (a line saying which differences the tables mark), the Markdown reports named in
     ``order``, then the figures of ``figure_files`` (defaults: the image track's; the CT track passes its own,
-    medssl/report3d.py)."""
+    medssl/report/ct.py)."""
     names = {p.name: p for p in files}
     parts = [
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>medssl-bench: {html.escape(plan.suite['name'])}</title><style>{_STYLE}</style></head><body>",

@@ -16,15 +16,15 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 SUITES_DIR = REPO_ROOT / "benchmarks" / "suites"
 # Bump when a code change alters what a pretraining or evaluation with the same settings produces.
 PROTOCOL_VERSION = 2
 PROTOCOLS = ("linear", "finetune", "knn")  # knn: weighted cosine kNN on the frozen features (classification only)
 # classification: multi-label linear head, macro AUC; segmentation: U-Net decoder on the trunk, per-image Dice
-# (medssl/segment.py). Under "linear" a segmentation task freezes the encoder and trains only the decoder.
+# (medssl/evaluate/segment2d.py). Under "linear" a segmentation task freezes the encoder and trains only the decoder.
 TASK_TYPES = ("classification", "segmentation")
-# CT suites (``track: ct``, medssl/track3d.py): probe = frozen pretrained FPN with the linear and non-linear heads,
+# CT suites (``track: ct``, medssl/run/ct.py): probe = frozen pretrained FPN with the linear and non-linear heads,
 # finetune = pretrained FPN + linear head, scratch = the same FPN from random initialisation + linear head,
 # random_probe = both heads on a frozen random-init FPN (the control the probes must beat)
 CT_PROTOCOLS = ("probe", "finetune", "scratch", "random_probe")
@@ -152,7 +152,7 @@ def load_suite(name_or_path: str, settings: Sequence[str] = ()) -> Dict[str, Any
             f"{source}: statistics.primary is no longer a setting: the marks' test always takes the pretraining run as its unit "
             "(docs/statistics.md); delete the line"
         )
-    from medssl.schema import check_suite
+    from medssl.suite.schema import check_suite
 
     problems = check_suite(suite)
     if problems:
@@ -165,10 +165,10 @@ def load_suite(name_or_path: str, settings: Sequence[str] = ()) -> Dict[str, Any
     return suite
 
 
-# Defaults of the learning-signal monitor (medssl/monitor.py), the settings a suite may give under pretrain.monitor.
+# Defaults of the learning-signal monitor (medssl/pretrain/monitor.py), the settings a suite may give under pretrain.monitor.
 MONITOR_DEFAULTS = {"every_epochs": 1, "fraction": 10, "seed": 0, "l2": [1e-3, 1e-2, 1e-1, 1.0]}
 
-# Paired comparisons in the reports (medssl/compare.py), the settings a suite may give under ``statistics``.
+# Paired comparisons in the reports (medssl/report/compare.py), the settings a suite may give under ``statistics``.
 # reference: the method every other row is tested against (the suite's proposed method); variants: rows that are
 # ablations of the reference, not baselines (default: every suite method named "<reference>-..."); adjust: holm or
 # bh, across each table. The test behind the marks is not a setting: it takes the pretraining run as its unit.
@@ -184,10 +184,10 @@ STATISTICS_DEFAULTS = {
 
 
 def _validate(suite: Dict[str, Any], path) -> None:
-    """What the schema (``medssl/schema.py``) cannot say: rules across keys."""
+    """What the schema (``medssl/suite/schema.py``) cannot say: rules across keys."""
     if suite.get("track") == "ct":
         from datasets.base import loader_function
-        from medssl.schema import function_defaults
+        from medssl.suite.schema import function_defaults
 
         for task in suite["tasks"]:
             if task.get("folds") is not None and "fold" not in function_defaults(
@@ -259,7 +259,7 @@ def parse_list(text: Optional[str], kind=str, option: str = "the list") -> Optio
 def check_seeds(seeds: Sequence[int], what: str) -> List[int]:
     """A seed list from a suite or the command line: at least one, no repeats (a repeated seed would count one run
     twice), each a valid generator seed (0 <= seed < 2**32)."""
-    from medssl.schema import MAX_SEED
+    from medssl.suite.schema import MAX_SEED
 
     seeds = [int(s) for s in seeds]
     if not seeds:

@@ -5,7 +5,7 @@ In every table column (protocol, task, label fraction) every method is compared 
 evaluation seeds (the evaluation seeds both rows have); an encoder brought from a file has fixed weights and no
 pretraining run, so its replicates are its evaluation seeds.
 
-* **The test behind the marks** (:func:`medssl.stats.two_sample_run_test`) is Welch's two-sample t-test over the two
+* **The test behind the marks** (:func:`medssl.report.stats.two_sample_run_test`) is Welch's two-sample t-test over the two
   rows' replicates, its variance plus the test-image bootstrap variance of the same difference (macro AUC from the
   stored scores, mean Dice from the per-image Dice; the same resampled images for both rows). The runs are not paired
   by pretraining seed: two methods' runs with the same seed share nothing that survives pretraining (docs/statistics.md:
@@ -40,11 +40,11 @@ from scipy import stats as scipy_stats
 
 from datasets.cache import save_npy
 from datasets.storage import write_atomic
-from medssl import stats
-from medssl.config import stable_hash, statistics_settings
-from medssl.metrics import multilabel_auc
-from medssl.plan import FIXED_RUN, Plan
-from medssl.records import ResultStore
+from medssl.evaluate.metrics import multilabel_auc
+from medssl.plan.jobs import FIXED_RUN, Plan
+from medssl.record.store import ResultStore
+from medssl.report import stats
+from medssl.suite.config import stable_hash, statistics_settings
 
 RESAMPLE_CHUNK = 250  # resamples evaluated at once: bounds memory on large test sets
 RunKey = Tuple[int, int]  # (pretraining seed, evaluation seed)

@@ -2,7 +2,7 @@
 (SIIM-ACR pneumothorax; the phantoms' pneumothorax masks on the embedded default).
 
 * Protocols: ``linear`` freezes the encoder **in eval mode** (the frozen-encoder column of Table 1: only the decoder
-  learns) and ``finetune`` trains encoder and decoder (Table 2). The decoder is ``medssl.unet.UNetDecoder`` with
+  learns) and ``finetune`` trains encoder and decoder (Table 2). The decoder is ``medssl.nn.unet.UNetDecoder`` with
   skip connections and a conv3x3 head to one logit per pixel.
 * Loss: BCE + soft Dice (the usual pneumothorax recipe; empty masks contribute through BCE).
 * Metric: per-image Dice of the mask thresholded at 0.5, with the SIIM-ACR rule that an empty prediction on an empty
@@ -26,12 +26,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medssl.augment import Normalize, resize
-from medssl.backbone import ResNetTrunk
-from medssl.evaluate import FiniteLoss, epochs_for, is_validation_epoch
-from medssl.precision import autocast, fixed_precision
-from medssl.stream import MappedImages, batches_per_epoch, training_batches
-from medssl.unet import UNetDecoder
+from medssl.data.stream import MappedImages, batches_per_epoch, training_batches
+from medssl.evaluate.classify import FiniteLoss, epochs_for, is_validation_epoch
+from medssl.nn.augment import Normalize, resize
+from medssl.nn.backbone import ResNetTrunk
+from medssl.nn.unet import UNetDecoder
+from medssl.runtime.precision import autocast, fixed_precision
 
 
 def per_image_dice(predicted: np.ndarray, truth: np.ndarray) -> np.ndarray:

@@ -4,7 +4,7 @@ Rows are methods in suite order, columns are task x label fraction; a cell is th
 (sample sd, ddof=1) over pretraining runs, each run's value the mean over its evaluation seeds; with a single
 pretraining seed in the suite, over that run's evaluation seeds instead, and the caption says so. The count is
 shown when it differs from the suite's. The best mean of each column (at the displayed precision, so ties are all
-bold) is bold. Comparison marks need replicated pretraining (medssl/compare.py). Output is deterministic: the same
+bold) is bold. Comparison marks need replicated pretraining (medssl/report/compare.py). Output is deterministic: the same
 records give byte-identical files.
 """
 
@@ -22,11 +22,11 @@ from typing import Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 
-from medssl import compare, figures
-from medssl.compare import Comparison, over_pretraining
-from medssl.config import fraction_label, statistics_settings
-from medssl.plan import Plan, evaluation_seeds, task_type
-from medssl.records import ResultStore
+from medssl.plan.jobs import Plan, evaluation_seeds, task_type
+from medssl.record.store import ResultStore
+from medssl.report import compare, figures
+from medssl.report.compare import Comparison, over_pretraining
+from medssl.suite.config import fraction_label, statistics_settings
 from methods import REGISTRY
 
 TABLES = {
@@ -273,7 +273,7 @@ def metric_phrase(plan: Plan, protocol: str) -> str:
 
 
 def excluded_classes_note(plan: Plan, records: List[Dict], protocol: str) -> str:
-    """The classes a table's macro AUCs leave out (no positive or no negative test image: medssl/metrics.py), per
+    """The classes a table's macro AUCs leave out (no positive or no negative test image: medssl/evaluate/metrics.py), per
     task, from the records of its cells; empty when none is."""
     keys = {job.key for job in plan.eval_jobs if job.protocol == protocol}
     left: Dict[str, set] = {}
@@ -429,7 +429,7 @@ def render_pretraining(plan: Plan, pretraining: Dict[str, Dict]) -> str:
         return ""
     lines = [
         "Pretraining: final-epoch loss and diagnostics. Probe = validation macro AUC (%) of the learning-signal monitor "
-        "(medssl/monitor.py) at initialisation and after each monitored epoch; rank = effective rank (centred RankMe) of "
+        "(medssl/pretrain/monitor.py) at initialisation and after each monitored epoch; rank = effective rank (centred RankMe) of "
         "the same validation features, low when the representation has collapsed onto few directions; codebook "
         "perplexity = exp(entropy of code usage); dead = share of codes unused in the epoch.",
         "",
@@ -503,7 +503,7 @@ def _df_text(df: float) -> str:
 
 def render_variance_components(plan: Plan, runs: Dict[tuple, compare.CellRuns]) -> str:
     """Per method and column, the two random-effect sds of a cell: between pretraining runs and between evaluation
-    seeds of one encoder (medssl/stats.py ``variance_components``)."""
+    seeds of one encoder (medssl/report/stats.py ``variance_components``)."""
     lines = [
         "## Variance components",
         "",
@@ -545,7 +545,7 @@ def render_statistics(
     adjust = {"holm": "Holm", "bh": "Benjamini-Hochberg"}[settings["adjust"]]
     reference = method_label(settings["reference"])
     lines = [
-        f"Comparisons with {reference} (medssl/compare.py), the tests behind the tables' marks. Difference = row method − {reference}, "
+        f"Comparisons with {reference} (medssl/report/compare.py), the tests behind the tables' marks. Difference = row method − {reference}, "
         f"metric points: the difference of the two cells' values (each the mean over its pretraining runs of each run's mean over the "
         f"evaluation seeds both rows have). Test: Welch's two-sample t-test over pretraining runs (runs of two methods are not paired: "
         f"docs/statistics.md; an encoder brought from a file has fixed weights, and its evaluation seeds are its replicates; two such "
@@ -735,7 +735,7 @@ def write_reports(
     records no longer produce (``REPORT_FILES``) are thereby dropped; files of other origin in the folder are kept,
     and so is the per-class CSV when no store is given, since without predictions it cannot be rebuilt. ``writer``
     (default: the image track's files) writes the files into the folder it is given and returns them, ``produces``
-    names every file it can write: the CT track passes its own (medssl/report3d.py)."""
+    names every file it can write: the CT track passes its own (medssl/report/ct.py)."""
     final = Path(reports_dir)
     _recover_swap(final)
     staging = final.parent / f".{final.name}.writing-{os.getpid()}"

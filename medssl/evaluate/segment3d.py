@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medssl.evaluate import FiniteLoss
+from medssl.evaluate.classify import FiniteLoss
 
 NUM_ORGANS = 13
 

@@ -1,7 +1,7 @@
 """The shared encoder: torchvision ResNet-18 trunk (random initialisation) returning the last feature map.
 
 Parameter names are torchvision's (``conv1``, ``bn1``, ``layer1`` ... ``layer4``). A grayscale suite trains a
-1-channel ``conv1``, which torchvision's 3-channel ``resnet18`` cannot load as is: ``export`` (medssl/export.py) also
+1-channel ``conv1``, which torchvision's 3-channel ``resnet18`` cannot load as is: ``export`` (medssl/pretrain/export.py) also
 writes a 3-channel variant (:func:`adapt_stem`) that ``torchvision.models.resnet18().load_state_dict(sd,
 strict=False)`` loads with only ``fc`` missing. Grayscale inputs use a 1-channel stem: this equals the official repos' ``convert('RGB')`` (three identical channels) with the three
 filter slices summed, at a third of the stem's cost, and it starts as exactly that: the sum over input channels of
@@ -17,7 +17,7 @@ import torchvision
 from torch import nn
 
 FEATURE_DIMS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048}
-# Part of every pretraining hash (medssl/plan.py): bump when a change alters the trunk's architecture or its random
+# Part of every pretraining hash (medssl/plan/jobs.py): bump when a change alters the trunk's architecture or its random
 # initialisation, so encoders built by the old code are never reused. 2: the 1-channel stem initialised as torchvision.
 TRUNK_VERSION = 2
 

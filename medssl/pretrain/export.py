@@ -12,7 +12,7 @@ files go to the export folder, named by the pretraining's key:
   missing. Written only when the suite's images have one channel.
 * ``KEY.json`` / ``KEY-3ch.json``: method, suite, pretraining key and hash, backbone, image size, channels and the
   normalisation the encoder was trained with (per channel), plus each file's SHA-256. ``--encoder NAME=KEY.safetensors``
-  reads the normalisation from it (medssl/external.py).
+  reads the normalisation from it (medssl/evaluate/external.py).
 
 safetensors holds tensors only (no pickled code); its header carries the same description, normalisation included,
 as one JSON string (entry ``medssl``), so the file is byte-identical each time the same trunk is exported and
@@ -29,11 +29,11 @@ from typing import Any, Dict, List
 import torch
 
 from datasets.storage import write_atomic
-from medssl import provenance
-from medssl.backbone import adapt_stem
-from medssl.config import ConfigError
-from medssl.plan import Plan
-from medssl.pretrain import ENCODER_SIDECAR, load_encoder, run_pretraining
+from medssl.nn.backbone import adapt_stem
+from medssl.plan.jobs import Plan
+from medssl.pretrain.train import ENCODER_SIDECAR, load_encoder, run_pretraining
+from medssl.record import provenance
+from medssl.suite.config import ConfigError
 
 HEADER_KEY = "medssl"  # the safetensors metadata entry holding the sidecar's description as JSON
 
@@ -89,7 +89,7 @@ def export_method(
     logger=None,
 ) -> List[Path]:
     """Export every pretraining of ``method`` in ``plan`` (pretraining what is missing); returns the files written."""
-    from medssl.runner import DatasetCache
+    from medssl.run.image import DatasetCache
 
     if method not in plan.suite["methods"]:
         raise ConfigError(

@@ -37,7 +37,7 @@ SYNCING_OPERATIONS = frozenset(
         "argwhere",
     }
 )
-PROJECT = Path(__file__).resolve().parent.parent
+PROJECT = Path(__file__).resolve().parents[2]
 # where lightly's own losses index by a constant boolean mask (NT-Xent drops the diagonal of the view-to-same-view
 # similarities, VICReg's covariance its diagonal): the syncs left in a training step, lightly's code as it is
 LIGHTLY_CONSTANT_MASKS = frozenset({"lightly/loss/ntx_ent_loss.py", "lightly/loss/vicreg_loss.py"})

@@ -251,7 +251,7 @@ def _numbers_or_number(value, path, problems) -> None:
         number(low=0)(value, path, problems)
 
 
-# an external encoder (medssl/external.py): sha256 and normalisation are filled in when the suite is planned
+# an external encoder (medssl/evaluate/external.py): sha256 and normalisation are filled in when the suite is planned
 ENCODER_FIELDS: Dict[str, Check] = {
     "path": text(),
     "mean": _numbers_or_number,
@@ -274,7 +274,7 @@ def _encoders(value, path, problems) -> None:
 
 
 def _augment() -> Check:
-    from medssl.augment import AugmentConfig
+    from medssl.nn.augment import AugmentConfig
 
     pair = sequence(number(), length=2)
     fields = {
@@ -299,7 +299,7 @@ def _shared_checks() -> tuple:
 
 
 def suite_schema(encoder_names: Sequence[str] = ()) -> Check:
-    from medssl.config import MONITOR_DEFAULTS, PROTOCOLS, STATISTICS_DEFAULTS, TASK_TYPES
+    from medssl.suite.config import MONITOR_DEFAULTS, PROTOCOLS, STATISTICS_DEFAULTS, TASK_TYPES
 
     seeds, positive_int, rate, schedule = _shared_checks()
     fraction = number(low=0, high=100, low_open=True)
@@ -426,8 +426,8 @@ def suite_schema(encoder_names: Sequence[str] = ()) -> Check:
 
 
 def ct_suite_schema() -> Check:
-    """A CT suite (``track: ct``, medssl/track3d.py): steps instead of images, one segmentation protocol set."""
-    from medssl.config import CT_PROTOCOLS
+    """A CT suite (``track: ct``, medssl/run/ct.py): steps instead of images, one segmentation protocol set."""
+    from medssl.suite.config import CT_PROTOCOLS
 
     seeds, positive_int, rate, schedule = _shared_checks()
     patch = sequence(number(low=1, integer=True), length=3)

@@ -2,10 +2,10 @@
 per (pretraining, task, protocol, label fraction, seed). Each job's key is a hash of exactly what determines its
 result, so finished work is recognised and never redone, and a changed setting never reuses stale work.
 
-An encoder the user brings (the suite's ``encoders``, ``--encoder NAME=PATH``: medssl/external.py) is a row like a
+An encoder the user brings (the suite's ``encoders``, ``--encoder NAME=PATH``: medssl/evaluate/external.py) is a row like a
 method, with one "pretraining" per corpus that trains nothing and has no seed (``PretrainJob.external``): its weights
 are fixed, its evaluations are keyed by the file's SHA-256, and the tables pair it with every pretraining run of the
-other rows (medssl/compare.py)."""
+other rows (medssl/report/compare.py)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import dataclasses
 from typing import Any, Dict, List, Optional
 
 from datasets import DatasetError, dataset_version
-from medssl.backbone import TRUNK_VERSION
-from medssl.config import PROTOCOL_VERSION, ConfigError, fraction_label, stable_hash
-from medssl.external import check_encoder_name, identity, resolve_spec
+from medssl.evaluate.external import check_encoder_name, identity, resolve_spec
+from medssl.nn.backbone import TRUNK_VERSION
+from medssl.suite.config import PROTOCOL_VERSION, ConfigError, fraction_label, stable_hash
 from methods import UnknownMethodError, method_class, method_names, resolve_config
 
 PRETRAIN_PROTOCOL_KEYS = ("backbone", "image_size", "epochs", "batch_size", "optimizer", "schedule", "augment")
@@ -32,7 +32,7 @@ class PretrainJob:
     seed: int
     config: Dict[str, Any]
     hash: str
-    monitor: Optional[Dict[str, Any]] = None  # learning-signal probe settings; not hashed (medssl/monitor.py)
+    monitor: Optional[Dict[str, Any]] = None  # learning-signal probe settings; not hashed (medssl/pretrain/monitor.py)
     external: Optional[Dict[str, Any]] = None  # an encoder the user brings: its resolved ``encoders`` entry
 
     @property
@@ -59,7 +59,7 @@ class EvalJob:
 
     @property
     def record_keys(self) -> List[str]:
-        """The keys of the records this job stores: its own (a CT job stores one per head, medssl/track3d.py)."""
+        """The keys of the records this job stores: its own (a CT job stores one per head, medssl/run/ct.py)."""
         return [self.key]
 
     @property

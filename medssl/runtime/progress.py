@@ -36,7 +36,7 @@ LOGGERS = ("csv", "tensorboard")
 
 def check_logger(kind: Optional[str]) -> None:
     """Refuse a logger that cannot be made here before any work (TensorBoard's writer is a separate package)."""
-    from medssl.config import ConfigError
+    from medssl.suite.config import ConfigError
 
     if kind is None:
         return

@@ -10,12 +10,12 @@ through the image suites' flow, suite -> plan -> pretrain -> checkpoint -> evalu
   set the dataset's ``fold`` parameter: each fold is one more run of every row, as in the official README, whose
   +- is over folds.
 * **Run** (:func:`run_ct_plan`): every dataset checked before any work (layout; CT volumes, labels on the task,
-  volumes at least one patch), pretraining by :func:`medssl.pretrain.run_pretraining` (its CT branch: resumable,
-  guarded, checksummed), evaluation by :func:`medssl.segment3d.train_fpn_segmentation`. A probe gives two records
+  volumes at least one patch), pretraining by :func:`medssl.pretrain.train.run_pretraining` (its CT branch: resumable,
+  guarded, checksummed), evaluation by :func:`medssl.evaluate.segment3d.train_fpn_segmentation`. A probe gives two records
   (linear and non-linear head, selected together on the non-linear head's validation Dice, as the official code);
   every record holds the mean Dice over the 13 organs (official convention: an absent organ scores 1 when predicted
   empty), the per-organ means over the test CTs, and stores the per-CT, per-organ Dice for the paired tests over
-  test CTs (medssl/report3d.py). A job counts as done when all of its records exist; finished records are never
+  test CTs (medssl/report/ct.py). A job counts as done when all of its records exist; finished records are never
   redone.
 """
 
@@ -29,10 +29,10 @@ from typing import Any, Callable, Dict, List, Optional
 import numpy as np
 import torch
 
-from medssl import provenance
-from medssl.config import PROTOCOL_VERSION, ConfigError, stable_hash
-from medssl.plan import PretrainJob, corpora, method_settings, with_version
-from medssl.records import ResultStore
+from medssl.plan.jobs import PretrainJob, corpora, method_settings, with_version
+from medssl.record import provenance
+from medssl.record.store import ResultStore
+from medssl.suite.config import PROTOCOL_VERSION, ConfigError, stable_hash
 from methods import track_methods
 
 TRAINED = ("probe", "finetune")  # protocols that evaluate the pretrained FPN
@@ -320,10 +320,10 @@ def run_ct_plan(
 ) -> Dict[str, Any]:
     """Pretrain what the pending evaluations need, evaluate, append the records (see the module docstring); a
     finished pretraining's ``last.ckpt`` is deleted unless ``keep_checkpoints``."""
-    from medssl.evaluate import EvaluationDiverged
-    from medssl.pretrain import ENCODER_FILE, PretrainingFailed, load_encoder, run_pretraining
-    from medssl.runner import DatasetCache, check_data, data_stamp, pretraining_verb, store_pretraining
-    from medssl.segment3d import train_fpn_segmentation
+    from medssl.evaluate.classify import EvaluationDiverged
+    from medssl.evaluate.segment3d import train_fpn_segmentation
+    from medssl.pretrain.train import ENCODER_FILE, PretrainingFailed, load_encoder, run_pretraining
+    from medssl.run.image import DatasetCache, check_data, data_stamp, pretraining_verb, store_pretraining
 
     store = store or ResultStore(Path(out_dir) / plan.suite["name"])
     done = store.keys()

@@ -19,14 +19,13 @@ import numpy as np
 
 from datasets import DatasetError, ImageDataset, load_dataset
 from datasets.cache import LayoutChecked, layout_only
-from medssl import provenance
-from medssl.config import ConfigError, stable_hash
-from medssl.evaluate import extract_features, fine_tune, knn_classify, linear_probe
-from medssl.external import load_external
-from medssl.metrics import multilabel_auc
-from medssl.plan import EvalJob, Plan, PretrainJob, task_type
-from medssl.precision import configure_cuda, fixed_precision, precision_for
-from medssl.pretrain import (
+from medssl.data.splits import label_fraction_indices
+from medssl.evaluate.classify import extract_features, fine_tune, knn_classify, linear_probe
+from medssl.evaluate.external import load_external
+from medssl.evaluate.metrics import multilabel_auc
+from medssl.evaluate.segment2d import train_segmentation
+from medssl.plan.jobs import EvalJob, Plan, PretrainJob, task_type
+from medssl.pretrain.train import (
     DATA_FILE,
     ENCODER_FILE,
     PretrainingFailed,
@@ -35,9 +34,10 @@ from medssl.pretrain import (
     load_encoder,
     run_pretraining,
 )
-from medssl.records import ResultStore
-from medssl.segment import train_segmentation
-from medssl.splits import label_fraction_indices
+from medssl.record import provenance
+from medssl.record.store import ResultStore
+from medssl.runtime.precision import configure_cuda, fixed_precision, precision_for
+from medssl.suite.config import ConfigError, stable_hash
 
 
 def dataset_identity(spec: Dict[str, Any]) -> str:
@@ -121,7 +121,7 @@ def make_record(
 def test_predictions(
     dataset: ImageDataset, test_idx: np.ndarray, scores: Optional[np.ndarray] = None
 ) -> Dict[str, np.ndarray]:
-    """What the paired statistics need from one evaluation (medssl/compare.py): per-image test scores (if any) with
+    """What the paired statistics need from one evaluation (medssl/report/compare.py): per-image test scores (if any) with
     the labels, patient ids (the bootstrap's resampling unit) and class names, so reports never reread the dataset."""
     out = {
         "test_indices": test_idx.astype(np.int32),
@@ -348,7 +348,7 @@ MIN_TRAIN_IMAGES = 2
 def check_split_sizes(task: Dict[str, Any], dataset: ImageDataset) -> List[str]:
     """Every job of ``task`` can train and be scored: its smallest label fraction holds at least
     :data:`MIN_TRAIN_IMAGES` training images (a fraction's subset is never smaller than its target,
-    medssl/splits.py), validation and test images exist, and a classification task has a class the validation and
+    medssl/data/splits.py), validation and test images exist, and a classification task has a class the validation and
     test macro AUCs can score. Returns the notes a run prints: classes that the test macro AUC leaves out."""
     name, train = task["name"], dataset.indices("train")
     smallest = min(float(f) for f in task["fractions"])
@@ -433,7 +433,7 @@ def store_pretraining(
 ) -> None:
     """After a pretraining is finished (or reused): its summary line in ``pretraining.jsonl`` (wall time, history,
     precision, data fingerprint, provenance), and its ``last.ckpt`` deleted unless ``keep_checkpoints``. Both
-    tracks call it (medssl/track3d.py)."""
+    tracks call it (medssl/run/ct.py)."""
     _, meta = load_encoder(encoder_path)
     if not keep_checkpoints:
         discard_resume_point(encoder_path.parent)
@@ -476,7 +476,7 @@ def run_plan(
     keep_checkpoints: bool = False,
 ) -> Dict[str, int]:
     """Pretrain what the pending evaluations need, then evaluate and store records. In a multi-node run
-    (``medssl.cluster``) every process joins the pretrainings and only global rank 0 stores and evaluates.
+    (``medssl.runtime.cluster``) every process joins the pretrainings and only global rank 0 stores and evaluates.
     ``logger`` (csv or tensorboard): Lightning logs of every pretraining (default csv) and fine-tuning (default none)
     next to the pretraining's checkpoint, OUT/checkpoints/<pretraining>/logs/ and .../finetune/<evaluation>/logs/.
     A finished pretraining's ``last.ckpt`` is deleted once its encoder is stored, unless ``keep_checkpoints``."""

@@ -1,11 +1,11 @@
-"""Reports of a CT suite (``track: ct``, medssl/track3d.py), written to ``reports/<suite>/`` by ``run`` and ``report``.
+"""Reports of a CT suite (``track: ct``, medssl/run/ct.py), written to ``reports/<suite>/`` by ``run`` and ``report``.
 
 * ``ct_table.md`` / ``.csv`` / ``.tex``, one table per task: rows FPN3d from scratch, the method's linear probe,
   non-linear probe and fine-tuned FPN (the official README's rows), then the random-init linear and non-linear probes
   (the controls the probes must beat); columns the 13 organs and their mean. A cell is the mean +- sd over the
   row's runs (pretraining seeds x folds x evaluation seeds) of the test Dice, per organ averaged over the test CTs,
   the mean over the 13 organs per CT and then over CTs, with the official convention that an organ absent from a CT
-  scores 1 when predicted empty and about 0 otherwise (medssl/segment3d.py). Best per column in bold (none where
+  scores 1 when predicted empty and about 0 otherwise (medssl/evaluate/segment3d.py). Best per column in bold (none where
   every row has the same value).
 * ``ct_statistics.md`` / ``.csv``: the ranking the official README reports (fine-tune >= from scratch >
   non-linear probe > linear probe; each probe above the same probe of a random-init FPN), tested over the test CTs:
@@ -28,9 +28,9 @@ from typing import Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 
-from medssl import figures, stats
-from medssl.records import ResultStore
-from medssl.track3d import HEADS, RANDOM_INIT, TRAINED, CTPlan, evaluation_seeds
+from medssl.record.store import ResultStore
+from medssl.report import figures, stats
+from medssl.run.ct import HEADS, RANDOM_INIT, TRAINED, CTPlan, evaluation_seeds
 
 CT_REPORT_FILES = (
     "ct_table.md",
@@ -62,7 +62,7 @@ class RowRuns:
 
 
 def row_label(row: Row) -> str:
-    from medssl.report import method_label
+    from medssl.report.tables import method_label
 
     method, protocol, head = row
     kind = "linear probe" if head == "linear" else "non-linear probe"
@@ -315,7 +315,7 @@ def render_statistics(plan: CTPlan, tests: List[RankingTest]) -> Tuple[str, str]
 
 
 def render_pretraining(plan: CTPlan, pretraining: Dict[str, Dict]) -> str:
-    from medssl.report import method_label
+    from medssl.report.tables import method_label
 
     rows = [(job, pretraining[job.key]) for job in plan.pretrain_jobs if job.key in pretraining]
     if not rows:
@@ -376,7 +376,7 @@ def organ_figure(plan: CTPlan, runs: Dict[Tuple[str, Row], RowRuns], organs: Lis
 def write_ct_report_files(
     plan: CTPlan, records: Iterable[Dict], reports_dir: Path, pretraining: Optional[Dict[str, Dict]]
 ) -> List[Path]:
-    """Every CT report file into ``reports_dir`` (medssl.report.write_reports swaps the folder in)."""
+    """Every CT report file into ``reports_dir`` (medssl.report.tables.write_reports swaps the folder in)."""
     from datasets.volumes import ORGANS
 
     store = records if isinstance(records, ResultStore) else None
@@ -413,7 +413,7 @@ def write_ct_report_files(
 
 
 def write_ct_reports(plan: CTPlan, store: ResultStore, reports_dir: Path) -> List[Path]:
-    from medssl.report import write_reports
+    from medssl.report.tables import write_reports
 
     return write_reports(
         plan, store, reports_dir, store.pretraining_records(), writer=write_ct_report_files, produces=CT_REPORT_FILES

@@ -1,0 +1,1 @@
+"""Data for training and evaluation: batches streamed from the cache, label fractions and splits, example figures."""

@@ -1,0 +1,1 @@
+"""Stage 5, records: the result store and the provenance every record carries."""

@@ -1,0 +1,1 @@
+"""The runtime: precision, devices and launchers, host-sync counting, progress bars."""
