@@ -238,7 +238,7 @@ def parse_args(argv):
 def resolve_device(name: str) -> str:
     import torch
 
-    from medssl.suite.config import ConfigError
+    from medssl.suite.protocol import ConfigError
 
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -256,7 +256,7 @@ def torch_device_count() -> int:
 
 
 def resolve_data_root(arg) -> Path:
-    from medssl.suite.config import ConfigError
+    from medssl.suite.protocol import ConfigError
 
     if arg is None:
         root = Path("data")
@@ -274,7 +274,7 @@ def resolve_data_roots(args, create: bool = True):
     """--data-root (see :func:`resolve_data_root`; a dry run does not create ./data) with each --data DATASET=PATH."""
     from datasets import dataset_names
     from datasets.base import DataRoots
-    from medssl.suite.config import ConfigError
+    from medssl.suite.protocol import ConfigError
 
     default = resolve_data_root(args.data_root) if create or args.data_root is not None else Path("data")
     folders = {}
@@ -399,7 +399,7 @@ def check_writable(*folders: Path) -> None:
     import os
     import tempfile
 
-    from medssl.suite.config import ConfigError
+    from medssl.suite.protocol import ConfigError
 
     for folder in folders:
         try:
@@ -461,7 +461,7 @@ def run_variants(directory: Path) -> List[str]:
 def check_report_has_records(keys: List[str], store, suite_name: str) -> None:
     """A report whose jobs match none of the stored records (other --set changes, or an edited suite file: job keys
     hash the settings) is refused with the settings the stored runs used, instead of writing empty tables."""
-    from medssl.suite.config import ConfigError
+    from medssl.suite.protocol import ConfigError
 
     done = store.keys()
     if any(key in done for key in keys):
@@ -486,7 +486,8 @@ def selected_suite(args) -> tuple:
     written in it); the narrowing lists only select jobs."""
     from medssl.evaluate.external import parse_encoder_option
     from medssl.plan.jobs import with_encoders
-    from medssl.suite.config import apply_overrides, load_suite, parse_list, stable_hash
+    from medssl.suite.config import apply_overrides, load_suite, parse_list
+    from medssl.suite.protocol import stable_hash
     from methods import method_names
 
     full_suite = load_suite(args.suite, settings=args.settings)
@@ -513,7 +514,7 @@ def main(argv=None) -> int:
     from datasets.storage import FULL, DiskFull, disk_full
     from medssl.pretrain.train import CorruptCheckpoint
     from medssl.record.store import Busy
-    from medssl.suite.config import ConfigError
+    from medssl.suite.protocol import ConfigError
 
     store = None
     args = None
@@ -720,7 +721,7 @@ def run_ct_command(args, argv, full_suite, suite, tag: str) -> int:
     from medssl.report.ct import write_ct_reports
     from medssl.run.ct import build_ct_plan, run_ct_plan
     from medssl.runtime.progress import check_logger
-    from medssl.suite.config import ConfigError
+    from medssl.suite.protocol import ConfigError
 
     name = suite["name"]
     if args.encoder:

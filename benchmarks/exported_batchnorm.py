@@ -26,16 +26,19 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from medssl.data.loaded import DatasetCache  # noqa: E402
 from medssl.data.splits import label_fraction_indices  # noqa: E402
 from medssl.evaluate.classify import extract_features, linear_probe  # noqa: E402
 from medssl.evaluate.metrics import multilabel_auc  # noqa: E402
 from medssl.plan.jobs import build_plan, task_type  # noqa: E402
 from medssl.pretrain.train import ENCODER_FILE, load_encoder  # noqa: E402
 from medssl.record.store import ResultStore  # noqa: E402
-from medssl.report.tables import _header, aggregate, cell_text, method_label, replicates, table_rows  # noqa: E402
-from medssl.run.image import DatasetCache  # noqa: E402
+from medssl.report.tables import _header, aggregate, cell_text, replicates, table_rows  # noqa: E402
 from medssl.suite.config import load_suite  # noqa: E402
-from methods import method_class  # noqa: E402
+from methods import (  # noqa: E402
+    method_class,
+    method_label,
+)
 
 
 def linear_plan(suite, method: str):

@@ -32,6 +32,7 @@ from typing import Dict, Sequence, Tuple
 import numpy as np
 
 from datasets.base import DatasetError, register_dataset
+from datasets.btcv import btcv_cases
 from datasets.cache import stop_at_layout_check
 from datasets.volumes import ORGANS, Case, VolumeDataset, load_volumes
 
@@ -333,8 +334,6 @@ def load_synthetic_ct(
         )
     folder = generate(Path(data_root), seed, n_labelled, n_unlabelled)
     if part == "labelled":
-        from datasets.btcv import btcv_cases
-
         cases = btcv_cases(folder)
     else:
         # patient ids are the file numbers, as btcv_cases gives the labelled ones: unlabelled patients come after them

@@ -94,6 +94,12 @@ def register_method(
     )
 
 
+def method_label(name: str) -> str:
+    """The row name of a method in the report tables (the CoBooM paper's where it has one); unknown names as given."""
+    entry = REGISTRY.get(name)
+    return entry.label if entry is not None else name
+
+
 def method_names() -> List[str]:
     return list(REGISTRY)
 

@@ -23,8 +23,7 @@ from torch import nn
 
 from medssl.nn.augment import Normalize, augment_view, resize, view_configs
 from medssl.nn.backbone import ResNetTrunk
-from medssl.nn.optim import SyncFreeLARS
-from medssl.suite.config import check_optimizer
+from medssl.nn.optim import SyncFreeLARS, check_optimizer
 
 
 @dataclasses.dataclass

@@ -37,7 +37,7 @@ with ``track = "ct"``: only CT suites (``track: ct``, medssl/run/ct.py) list it.
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 import pytorch_lightning as pl
@@ -374,3 +374,8 @@ class Vox2Vec3d(SSLMethod):
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         self.clip_gradients(optimizer, gradient_clip_val=self.config.gradient_clip, gradient_clip_algorithm="norm")
+
+
+def architecture(params: Dict[str, Any]) -> Dict[str, int]:
+    """The FPN3d a CT method's settings describe (what a random-init row shares with it)."""
+    return {"in_channels": 1, "base_channels": int(params["base_channels"]), "num_levels": int(params["num_levels"])}

@@ -363,8 +363,8 @@ def test_missing_btcv_and_amos_are_named_once_each_before_any_work(tmp_path, cap
 def test_each_patch_is_checked_against_the_volumes_it_is_cut_from(synthetic_root):
     """A task whose CTs are smaller than the pretraining patch, but not than the evaluation patch, is valid: the
     pretraining patch is cut from the corpus only."""
+    from medssl.data.loaded import DatasetCache
     from medssl.run.ct import check_ct_tasks
-    from medssl.run.image import DatasetCache
 
     coarse = {**TINY["tasks"][0]["dataset"]["params"], "spacing": [16.0, 16.0, 16.0]}
     suite = {

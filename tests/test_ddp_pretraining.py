@@ -105,7 +105,7 @@ def test_device_number_and_cuda_settings_reach_lightning_and_torch():
     """--device cuda:1 once trained on GPU 0 (Lightning's devices=1 means 'the first one'); CUDA runs get cuDNN
     autotuning and TF32 fp32 matmuls, CPU runs nothing."""
     from medssl.runtime.precision import configure_cuda, lightning_devices
-    from medssl.suite.config import ConfigError
+    from medssl.suite.protocol import ConfigError
 
     assert lightning_devices("cuda:1") == [1] and lightning_devices("cuda:2", 2) == [2, 3]
     assert lightning_devices("cuda", 2) == 2 and lightning_devices("cpu") == 1

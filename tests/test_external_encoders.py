@@ -19,7 +19,8 @@ from torch import nn
 from medssl.evaluate.external import find_trunk, load_external, read_weights, resolve_spec
 from medssl.nn.backbone import ResNetTrunk
 from medssl.plan.jobs import build_plan
-from medssl.suite.config import ConfigError, load_suite
+from medssl.suite.config import load_suite
+from medssl.suite.protocol import ConfigError
 from run_benchmark import COMMANDS, main
 
 # the smoke suite with a kNN protocol next to linear probing and fine-tuning

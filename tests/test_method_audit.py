@@ -12,7 +12,8 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 import torchvision
 
-from medssl.suite.config import ConfigError, load_suite
+from medssl.suite.config import load_suite
+from medssl.suite.protocol import ConfigError
 from methods import build_method
 from methods.base import PretrainProtocol, byol_similarity_loss
 from methods.dira import inpaint, outpaint, restoration_distortion, swap_patches

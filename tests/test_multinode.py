@@ -9,7 +9,7 @@ import pytest
 
 from medssl.record.store import ResultStore
 from medssl.runtime.cluster import check_multi_node
-from medssl.suite.config import ConfigError
+from medssl.suite.protocol import ConfigError
 from tests.distributed import free_port
 
 ROOT = Path(__file__).resolve().parent.parent

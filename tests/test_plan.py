@@ -74,7 +74,8 @@ def test_statistics_settings_are_checked_and_do_not_change_job_keys(tmp_path):
     import pytest
     import yaml
 
-    from medssl.suite.config import ConfigError, statistics_settings
+    from medssl.suite.config import statistics_settings
+    from medssl.suite.protocol import ConfigError
 
     suite = load_suite("smoke")
     assert statistics_settings(suite)["reference"] == "coboom" and statistics_settings(suite)["variants"] == []
@@ -117,7 +118,8 @@ def test_quick_long_is_quick_with_more_steps_only():
 def test_pretraining_seeds_from_the_command_line_narrow_the_plan(tmp_path):
     """--pretrain-seeds 0 is the fast demonstration run of a replicated suite: the same jobs (same keys) as seed 0 of
     the full plan, nothing more; a repeated or empty seed list is refused before any work starts."""
-    from medssl.suite.config import ConfigError, apply_overrides
+    from medssl.suite.config import apply_overrides
+    from medssl.suite.protocol import ConfigError
 
     suite = apply_overrides(load_suite("smoke"), pretrain_seeds=[0, 1, 2])
     full = build_plan(suite)

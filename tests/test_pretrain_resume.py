@@ -68,7 +68,7 @@ def test_interrupted_pretraining_resumes(tmp_path, synthetic_root):
 
 def test_precision_choice():
     from medssl.runtime.precision import cpu_supports_bf16, precision_for
-    from medssl.suite.config import ConfigError
+    from medssl.suite.protocol import ConfigError
 
     assert precision_for("cpu", "32") == "32-true"
     assert precision_for("cpu", "bf16") == "bf16-mixed"
@@ -99,7 +99,7 @@ def test_probe_monitor_records_learning_signal_without_changing_training(tmp_pat
 def test_unknown_monitor_setting_is_a_clear_error(tmp_path):
     import yaml
 
-    from medssl.suite.config import ConfigError
+    from medssl.suite.protocol import ConfigError
 
     suite = load_suite("smoke")
     suite["pretrain"]["monitor"] = {"every": 1}

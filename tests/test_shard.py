@@ -4,7 +4,8 @@ import pytest
 
 from medssl.plan.jobs import build_plan, parse_shard, shard_plan
 from medssl.record.store import ResultStore
-from medssl.suite.config import ConfigError, load_suite
+from medssl.suite.config import load_suite
+from medssl.suite.protocol import ConfigError
 from run_benchmark import main
 
 

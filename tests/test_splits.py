@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from medssl.data.splits import label_fraction_indices
-from medssl.suite.config import ConfigError
+from medssl.suite.protocol import ConfigError
 
 FRACTIONS = [1, 5, 10, 30, 100]
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from datasets import load_dataset
+from datasets.volumes import ORGANS
 
 
 def draw_examples(dataset_name: str, data_root: Path, path: Path, n: int = 12, seed: int = 0, **params) -> Path:
@@ -46,8 +47,6 @@ def draw_volumes(dataset, path: Path, plt, n: int = 4, seed: int = 0) -> Path:
     """CT volumes (datasets/volumes.py): per case an axial slice through the liver's centre and a coronal slice
     through the kidneys', HU window [-200, 300], organ labels as coloured overlay."""
     from matplotlib.colors import ListedColormap
-
-    from datasets.volumes import ORGANS
 
     pick = np.sort(
         np.random.default_rng(seed).choice(len(dataset.images), size=min(n, len(dataset.images)), replace=False)

@@ -17,7 +17,7 @@ from typing import Dict, Iterable
 
 import numpy as np
 
-from medssl.suite.config import ConfigError
+from medssl.suite.protocol import ConfigError
 
 
 def patient_order(labels: np.ndarray, patient_ids: np.ndarray, seed: int) -> np.ndarray:

@@ -46,7 +46,7 @@ import torch
 
 from medssl.nn.backbone import FEATURE_DIMS, ResNetTrunk, adapt_stem
 from medssl.record.provenance import file_sha256
-from medssl.suite.config import ConfigError
+from medssl.suite.protocol import ConfigError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

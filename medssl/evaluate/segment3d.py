@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medssl.evaluate.classify import FiniteLoss
+from methods.vox2vec3d import FPNLinearHead, FPNNonLinearHead, body_mask, sample_box
 
 NUM_ORGANS = 13
 
@@ -98,7 +99,6 @@ def sample_patch_start(
 ) -> np.ndarray:
     """A training patch's corner (official eval sampling): with probability ``class_share`` the patch contains a
     voxel of one organ present in the CT (organ and voxel at random), else it lies anywhere in the volume."""
-    from methods.vox2vec3d import sample_box
 
     present = [k for k in np.unique(labels) if k > 0]
     if present and rng.uniform() < class_share:
@@ -169,7 +169,6 @@ def train_fpn_segmentation(
     passes, tested).
     Result per head: ``val_value``, ``best_epoch``, ``epochs``, ``dice`` (test CTs x 13, NaN for organs the dataset
     does not annotate) and ``mean_dice`` (organs averaged within each CT, then CTs)."""
-    from methods.vox2vec3d import FPNLinearHead, FPNNonLinearHead, body_mask
 
     if mode not in ("probe", "finetune", "scratch"):
         raise ValueError(f"mode must be probe, finetune or scratch, got {mode!r}")

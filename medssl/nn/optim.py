@@ -9,10 +9,12 @@ its updates are bit-identical (``tests/test_host_syncs.py`` checks that on CPU).
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Any, Callable, Dict, Optional
 
 import torch
 from lightly.utils.lars import LARS
+
+from medssl.suite.protocol import ConfigError
 
 
 class SyncFreeLARS(LARS):
@@ -53,3 +55,14 @@ class SyncFreeLARS(LARS):
                     d_p = d_p.add(buf, alpha=momentum) if nesterov else buf
                 p.add_(d_p, alpha=-group["lr"])
         return loss
+
+
+def check_optimizer(optimizer: Dict[str, Any]) -> None:
+    """LARS needs a non-zero weight decay: lightly's LARS applies the trust ratio only to parameter groups with weight
+    decay (its way of excluding biases and norms), so without it every weight would train by plain SGD at the LARS
+    lr, silently."""
+    if optimizer.get("name", "lars") == "lars" and float(optimizer.get("weight_decay") or 0.0) == 0.0:
+        raise ConfigError(
+            "pretrain.optimizer is lars without weight_decay: lightly's LARS applies its trust ratio only where weight decay is "
+            "non-zero, so every weight would train by plain SGD at the LARS lr; set weight_decay (the CoBooM paper's 1.5e-6) or use sgd"
+        )

@@ -15,7 +15,8 @@ from typing import Any, Dict, List, Optional
 from datasets import DatasetError, dataset_version
 from medssl.evaluate.external import check_encoder_name, identity, resolve_spec
 from medssl.nn.backbone import TRUNK_VERSION
-from medssl.suite.config import PROTOCOL_VERSION, ConfigError, fraction_label, stable_hash
+from medssl.suite.config import fraction_label
+from medssl.suite.protocol import PROTOCOL_VERSION, ConfigError, stable_hash
 from methods import UnknownMethodError, method_class, method_names, resolve_config
 
 PRETRAIN_PROTOCOL_KEYS = ("backbone", "image_size", "epochs", "batch_size", "optimizer", "schedule", "augment")

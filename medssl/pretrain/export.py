@@ -29,11 +29,12 @@ from typing import Any, Dict, List
 import torch
 
 from datasets.storage import write_atomic
+from medssl.data.loaded import DatasetCache
 from medssl.nn.backbone import adapt_stem
 from medssl.plan.jobs import Plan
 from medssl.pretrain.train import ENCODER_SIDECAR, load_encoder, run_pretraining
 from medssl.record import provenance
-from medssl.suite.config import ConfigError
+from medssl.suite.protocol import ConfigError
 
 HEADER_KEY = "medssl"  # the safetensors metadata entry holding the sidecar's description as JSON
 
@@ -89,7 +90,6 @@ def export_method(
     logger=None,
 ) -> List[Path]:
     """Export every pretraining of ``method`` in ``plan`` (pretraining what is missing); returns the files written."""
-    from medssl.run.image import DatasetCache
 
     if method not in plan.suite["methods"]:
         raise ConfigError(

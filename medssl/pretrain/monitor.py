@@ -25,7 +25,7 @@ from datasets import ImageDataset
 from medssl.data.splits import label_fraction_indices
 from medssl.evaluate.classify import extract_features, linear_probe
 from medssl.evaluate.metrics import effective_rank, multilabel_auc
-from medssl.suite.config import MONITOR_DEFAULTS
+from medssl.suite.protocol import MONITOR_DEFAULTS
 
 
 class ProbeMonitor:

@@ -28,6 +28,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.plugins.io import TorchCheckpointIO
+from pytorch_lightning.strategies import DDPStrategy
 
 from datasets import ImageDataset
 from datasets.storage import write_atomic
@@ -41,9 +42,10 @@ from medssl.record.store import append_line, exclusive_lock, read_lines
 from medssl.runtime.cluster import check_batch_split, started_by_launcher
 from medssl.runtime.precision import lightning_devices, precision_for
 from medssl.runtime.progress import SparseMetricsProgressBar, lightning_logger
-from medssl.suite.config import ConfigError, stable_hash
+from medssl.suite.protocol import ConfigError, stable_hash
 from methods import build_method
 from methods.base import PretrainProtocol
+from methods.vox2vec3d import EpochOfSteps, FPN3d, VolumeSteps, architecture
 
 ENCODER_FILE = "encoder.pt"
 ENCODER_SIDECAR = "encoder.json"  # the encoder's metadata and the SHA-256 of encoder.pt
@@ -238,7 +240,6 @@ def ddp_strategy(launch: str, model):
     unused parameters only for a method whose step leaves some without a gradient by design."""
     if launch == "auto":
         return "auto"
-    from pytorch_lightning.strategies import DDPStrategy
 
     return DDPStrategy(
         start_method="spawn" if launch == "ddp_spawn" else "popen",
@@ -305,8 +306,6 @@ def _read_encoder(path: Path) -> tuple:
     payload = torch.load(path, map_location="cpu", weights_only=True)
     meta = payload["meta"]
     if meta["backbone"] == "fpn3d":  # a CT method's encoder (medssl/run/ct.py)
-        from methods.vox2vec3d import FPN3d
-
         encoder = FPN3d(**meta["architecture"])
     else:
         encoder = ResNetTrunk(meta["backbone"], meta["in_channels"])
@@ -673,8 +672,6 @@ def _train_volumes_and_export(
     official code trains, with the image track's divergence guard, per-epoch checkpoint (a resumed run repeats the
     uninterrupted one bit for bit: the steps are seeded by (seed, epoch, step)), history and checksummed export. The
     exported encoder is the whole FPN3d; its architecture is in the metadata."""
-    from medssl.run.ct import architecture
-    from methods.vox2vec3d import EpochOfSteps, VolumeSteps
 
     write_run_files(job, dataset, run_dir)
     volumes = [dataset.images[i] for i in corpus_indices(job, dataset)]

@@ -11,6 +11,7 @@ from importlib import metadata
 from typing import Dict
 
 from datasets.cache import file_digest as file_sha256  # noqa: F401  (one SHA-256 of a file for the whole project)
+from medssl.runtime.precision import cpu_supports_bf16
 from medssl.suite.config import REPO_ROOT
 
 PACKAGES = (
@@ -75,8 +76,6 @@ def cpu_model() -> str:
 
 def hardware(device: str = "cpu") -> Dict[str, object]:
     import torch
-
-    from medssl.runtime.precision import cpu_supports_bf16
 
     info: Dict[str, object] = {
         "platform": platform.platform(),

@@ -44,7 +44,8 @@ from medssl.evaluate.metrics import multilabel_auc
 from medssl.plan.jobs import FIXED_RUN, Plan
 from medssl.record.store import ResultStore
 from medssl.report import stats
-from medssl.suite.config import stable_hash, statistics_settings
+from medssl.suite.config import statistics_settings
+from medssl.suite.protocol import stable_hash
 
 RESAMPLE_CHUNK = 250  # resamples evaluated at once: bounds memory on large test sets
 RunKey = Tuple[int, int]  # (pretraining seed, evaluation seed)

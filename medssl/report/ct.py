@@ -28,9 +28,12 @@ from typing import Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 
+from datasets.volumes import ORGANS
 from medssl.record.store import ResultStore
 from medssl.report import figures, stats
+from medssl.report.tables import write_reports
 from medssl.run.ct import HEADS, RANDOM_INIT, TRAINED, CTPlan, evaluation_seeds
+from methods import method_label
 
 CT_REPORT_FILES = (
     "ct_table.md",
@@ -62,7 +65,6 @@ class RowRuns:
 
 
 def row_label(row: Row) -> str:
-    from medssl.report.tables import method_label
 
     method, protocol, head = row
     kind = "linear probe" if head == "linear" else "non-linear probe"
@@ -315,7 +317,6 @@ def render_statistics(plan: CTPlan, tests: List[RankingTest]) -> Tuple[str, str]
 
 
 def render_pretraining(plan: CTPlan, pretraining: Dict[str, Dict]) -> str:
-    from medssl.report.tables import method_label
 
     rows = [(job, pretraining[job.key]) for job in plan.pretrain_jobs if job.key in pretraining]
     if not rows:
@@ -377,7 +378,6 @@ def write_ct_report_files(
     plan: CTPlan, records: Iterable[Dict], reports_dir: Path, pretraining: Optional[Dict[str, Dict]]
 ) -> List[Path]:
     """Every CT report file into ``reports_dir`` (medssl.report.tables.write_reports swaps the folder in)."""
-    from datasets.volumes import ORGANS
 
     store = records if isinstance(records, ResultStore) else None
     runs = collect(plan, list(records), store)
@@ -413,7 +413,6 @@ def write_ct_report_files(
 
 
 def write_ct_reports(plan: CTPlan, store: ResultStore, reports_dir: Path) -> List[Path]:
-    from medssl.report.tables import write_reports
 
     return write_reports(
         plan, store, reports_dir, store.pretraining_records(), writer=write_ct_report_files, produces=CT_REPORT_FILES

@@ -25,7 +25,9 @@ import numpy as np
 from datasets.storage import write_atomic
 from medssl.plan.jobs import Plan
 from medssl.report.compare import CellKey, CellRuns, columns, over_pretraining
-from medssl.suite.config import PROTOCOLS, fraction_label, statistics_settings
+from medssl.suite.config import fraction_label, statistics_settings
+from medssl.suite.protocol import PROTOCOLS
+from methods import method_label
 
 PNG_METADATA = {"Software": None}
 PROTOCOL_NAMES = {"linear": "linear probing", "finetune": "fine-tuning", "knn": "kNN"}
@@ -46,7 +48,6 @@ def _save(fig, path: Path) -> Path:
 
 
 def _label(method: str) -> str:
-    from medssl.report.tables import method_label
 
     return method_label(method)
 

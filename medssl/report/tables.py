@@ -27,18 +27,13 @@ from medssl.record.store import ResultStore
 from medssl.report import compare, figures
 from medssl.report.compare import Comparison, over_pretraining
 from medssl.suite.config import fraction_label, statistics_settings
-from methods import REGISTRY
+from methods import method_label
 
 TABLES = {
     "linear": ("table1", "Table 1. Linear probing"),
     "finetune": ("table2", "Table 2. Fine-tuning"),
     "knn": ("table3", "Table 3. Weighted kNN on frozen features"),
 }
-
-
-def method_label(name: str) -> str:
-    entry = REGISTRY.get(name)
-    return entry.label if entry is not None else name
 
 
 def aggregate(plan: Plan, records: Iterable[Dict]) -> Dict[tuple, Dict[tuple, float]]:

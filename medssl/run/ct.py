@@ -29,11 +29,16 @@ from typing import Any, Callable, Dict, List, Optional
 import numpy as np
 import torch
 
+from medssl.evaluate.classify import EvaluationDiverged
+from medssl.evaluate.segment3d import train_fpn_segmentation
 from medssl.plan.jobs import PretrainJob, corpora, method_settings, with_version
+from medssl.pretrain.train import ENCODER_FILE, PretrainingFailed, load_encoder, run_pretraining
 from medssl.record import provenance
 from medssl.record.store import ResultStore
-from medssl.suite.config import PROTOCOL_VERSION, ConfigError, stable_hash
+from medssl.run.image import DatasetCache, check_data, data_stamp, pretraining_verb, store_pretraining
+from medssl.suite.protocol import PROTOCOL_VERSION, ConfigError, stable_hash
 from methods import track_methods
+from methods.vox2vec3d import FPN3d, architecture
 
 TRAINED = ("probe", "finetune")  # protocols that evaluate the pretrained FPN
 HEADS = {
@@ -104,11 +109,6 @@ class CTPlan:
 
 def is_ct_suite(suite: Dict[str, Any]) -> bool:
     return suite.get("track") == "ct"
-
-
-def architecture(params: Dict[str, Any]) -> Dict[str, int]:
-    """The FPN3d a CT method's settings describe (what a random-init row shares with it)."""
-    return {"in_channels": 1, "base_channels": int(params["base_channels"]), "num_levels": int(params["num_levels"])}
 
 
 def fold_task(task: Dict[str, Any], fold: Optional[int]) -> Dict[str, Any]:
@@ -249,7 +249,6 @@ def check_ct_tasks(jobs: List[CTJob], datasets) -> None:
 
 def random_fpn(job: CTJob) -> torch.nn.Module:
     """The FPN3d of a random-init row, initialised from the pretraining seed (the same for every evaluation seed)."""
-    from methods.vox2vec3d import FPN3d
 
     torch.manual_seed(job.pretrain.seed)
     return FPN3d(**job.config["architecture"])
@@ -320,10 +319,6 @@ def run_ct_plan(
 ) -> Dict[str, Any]:
     """Pretrain what the pending evaluations need, evaluate, append the records (see the module docstring); a
     finished pretraining's ``last.ckpt`` is deleted unless ``keep_checkpoints``."""
-    from medssl.evaluate.classify import EvaluationDiverged
-    from medssl.evaluate.segment3d import train_fpn_segmentation
-    from medssl.pretrain.train import ENCODER_FILE, PretrainingFailed, load_encoder, run_pretraining
-    from medssl.run.image import DatasetCache, check_data, data_stamp, pretraining_verb, store_pretraining
 
     store = store or ResultStore(Path(out_dir) / plan.suite["name"])
     done = store.keys()

@@ -19,6 +19,7 @@ import numpy as np
 
 from datasets import DatasetError, ImageDataset, load_dataset
 from datasets.cache import LayoutChecked, layout_only
+from medssl.data.loaded import DatasetCache, dataset_identity
 from medssl.data.splits import label_fraction_indices
 from medssl.evaluate.classify import extract_features, fine_tune, knn_classify, linear_probe
 from medssl.evaluate.external import load_external
@@ -37,27 +38,7 @@ from medssl.pretrain.train import (
 from medssl.record import provenance
 from medssl.record.store import ResultStore
 from medssl.runtime.precision import configure_cuda, fixed_precision, precision_for
-from medssl.suite.config import ConfigError, stable_hash
-
-
-def dataset_identity(spec: Dict[str, Any]) -> str:
-    """What a dataset spec loads: its name and loader parameters (a corpus's ``splits`` and the hashed loader version
-    select or label, they do not load anything else), so a corpus and a task on the same data share one load."""
-    return stable_hash({"name": spec["name"], "params": spec.get("params") or {}})
-
-
-class DatasetCache:
-    """Loads each dataset once per run."""
-
-    def __init__(self, data_root):
-        self.data_root = data_root  # a folder or datasets.base.DataRoots
-        self._cache: Dict[str, ImageDataset] = {}
-
-    def get(self, spec: Dict[str, Any]) -> ImageDataset:
-        key = dataset_identity(spec)
-        if key not in self._cache:
-            self._cache[key] = load_dataset(spec["name"], self.data_root, **(spec.get("params") or {}))
-        return self._cache[key]
+from medssl.suite.protocol import ConfigError
 
 
 def make_record(

@@ -15,7 +15,7 @@ import os
 import sys
 from typing import List, Optional
 
-from medssl.suite.config import ConfigError
+from medssl.suite.protocol import ConfigError
 
 # torchrun sets WORLD_SIZE/RANK; srun sets SLURM_NTASKS/SLURM_PROCID (Lightning reads the same variables)
 _LAUNCHERS = (("WORLD_SIZE", "RANK", "torchrun"), ("SLURM_NTASKS", "SLURM_PROCID", "srun"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from medssl.suite.config import ConfigError
+from medssl.suite.protocol import ConfigError
 
 PRECISIONS = ("auto", "32", "bf16")
 

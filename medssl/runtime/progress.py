@@ -14,6 +14,8 @@ from typing import Any, Optional
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import RichProgressBar
 
+from medssl.suite.protocol import ConfigError
+
 
 class SparseMetricsProgressBar(RichProgressBar):
     def __init__(self, metrics_every: int = 25, **kwargs: Any):
@@ -36,7 +38,6 @@ LOGGERS = ("csv", "tensorboard")
 
 def check_logger(kind: Optional[str]) -> None:
     """Refuse a logger that cannot be made here before any work (TensorBoard's writer is a separate package)."""
-    from medssl.suite.config import ConfigError
 
     if kind is None:
         return

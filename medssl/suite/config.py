@@ -9,35 +9,18 @@ determine its result, so a changed setting never reuses a stale checkpoint or re
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 import yaml
 
+from datasets.base import loader_function
+from medssl.nn.optim import check_optimizer
+from medssl.suite.protocol import PROTOCOLS, STATISTICS_DEFAULTS, ConfigError
+from medssl.suite.schema import MAX_SEED, check_suite, function_defaults
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SUITES_DIR = REPO_ROOT / "benchmarks" / "suites"
-# Bump when a code change alters what a pretraining or evaluation with the same settings produces.
-PROTOCOL_VERSION = 2
-PROTOCOLS = ("linear", "finetune", "knn")  # knn: weighted cosine kNN on the frozen features (classification only)
-# classification: multi-label linear head, macro AUC; segmentation: U-Net decoder on the trunk, per-image Dice
-# (medssl/evaluate/segment2d.py). Under "linear" a segmentation task freezes the encoder and trains only the decoder.
-TASK_TYPES = ("classification", "segmentation")
-# CT suites (``track: ct``, medssl/run/ct.py): probe = frozen pretrained FPN with the linear and non-linear heads,
-# finetune = pretrained FPN + linear head, scratch = the same FPN from random initialisation + linear head,
-# random_probe = both heads on a frozen random-init FPN (the control the probes must beat)
-CT_PROTOCOLS = ("probe", "finetune", "scratch", "random_probe")
-
-
-class ConfigError(ValueError):
-    """The suite or the command line asks for something impossible; the message says what to change."""
-
-
-def stable_hash(obj: Any, length: int = 12) -> str:
-    """Hash of a JSON-serialisable object, independent of dict order."""
-    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
 def suite_names() -> List[str]:
@@ -152,8 +135,6 @@ def load_suite(name_or_path: str, settings: Sequence[str] = ()) -> Dict[str, Any
             f"{source}: statistics.primary is no longer a setting: the marks' test always takes the pretraining run as its unit "
             "(docs/statistics.md); delete the line"
         )
-    from medssl.suite.schema import check_suite
-
     problems = check_suite(suite)
     if problems:
         raise ConfigError(
@@ -165,30 +146,9 @@ def load_suite(name_or_path: str, settings: Sequence[str] = ()) -> Dict[str, Any
     return suite
 
 
-# Defaults of the learning-signal monitor (medssl/pretrain/monitor.py), the settings a suite may give under pretrain.monitor.
-MONITOR_DEFAULTS = {"every_epochs": 1, "fraction": 10, "seed": 0, "l2": [1e-3, 1e-2, 1e-1, 1.0]}
-
-# Paired comparisons in the reports (medssl/report/compare.py), the settings a suite may give under ``statistics``.
-# reference: the method every other row is tested against (the suite's proposed method); variants: rows that are
-# ablations of the reference, not baselines (default: every suite method named "<reference>-..."); adjust: holm or
-# bh, across each table. The test behind the marks is not a setting: it takes the pretraining run as its unit.
-STATISTICS_DEFAULTS = {
-    "reference": "coboom",
-    "variants": None,
-    "adjust": "holm",
-    "alpha": 0.05,
-    "resamples": 2000,
-    "confidence": 0.95,
-    "seed": 0,
-}
-
-
 def _validate(suite: Dict[str, Any], path) -> None:
     """What the schema (``medssl/suite/schema.py``) cannot say: rules across keys."""
     if suite.get("track") == "ct":
-        from datasets.base import loader_function
-        from medssl.suite.schema import function_defaults
-
         for task in suite["tasks"]:
             if task.get("folds") is not None and "fold" not in function_defaults(
                 loader_function(task["dataset"]["name"])
@@ -214,17 +174,6 @@ def _validate(suite: Dict[str, Any], path) -> None:
             raise ConfigError(
                 f"{path}: task {task['name']!r} lists the knn protocol but the suite has no evaluation.knn settings; add e.g. knn: {{k: 20, temperature: 0.07}}"
             )
-
-
-def check_optimizer(optimizer: Dict[str, Any]) -> None:
-    """LARS needs a non-zero weight decay: lightly's LARS applies the trust ratio only to parameter groups with weight
-    decay (its way of excluding biases and norms), so without it every weight would train by plain SGD at the LARS
-    lr, silently."""
-    if optimizer.get("name", "lars") == "lars" and float(optimizer.get("weight_decay") or 0.0) == 0.0:
-        raise ConfigError(
-            "pretrain.optimizer is lars without weight_decay: lightly's LARS applies its trust ratio only where weight decay is "
-            "non-zero, so every weight would train by plain SGD at the LARS lr; set weight_decay (the CoBooM paper's 1.5e-6) or use sgd"
-        )
 
 
 def validate_fractions(fractions: Sequence[float]) -> List[float]:
@@ -259,8 +208,6 @@ def parse_list(text: Optional[str], kind=str, option: str = "the list") -> Optio
 def check_seeds(seeds: Sequence[int], what: str) -> List[int]:
     """A seed list from a suite or the command line: at least one, no repeats (a repeated seed would count one run
     twice), each a valid generator seed (0 <= seed < 2**32)."""
-    from medssl.suite.schema import MAX_SEED
-
     seeds = [int(s) for s in seeds]
     if not seeds:
         raise ConfigError(f"{what}: give at least one seed, e.g. 0")

@@ -16,6 +16,11 @@ import math
 import re
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
+from datasets.base import dataset_names, loader_function
+from medssl.nn.augment import AugmentConfig
+from medssl.suite.protocol import CT_PROTOCOLS, MONITOR_DEFAULTS, PROTOCOLS, STATISTICS_DEFAULTS, TASK_TYPES
+from methods import REGISTRY, method_class
+
 # Seeds feed numpy's and torch's generators, which take 0 <= seed < 2**32.
 MAX_SEED = 2**32 - 1
 
@@ -188,8 +193,6 @@ def function_defaults(fn, skip: Sequence[str] = ("data_root", "progress")) -> Di
 
 # --- the suite ----------------------------------------------------------------------------------------------------
 def _dataset_spec(value, path, problems, splits: bool) -> None:
-    from datasets.base import dataset_names, loader_function
-
     fields: Dict[str, Check] = {"name": text(dataset_names()), "params": lambda v, p, pr: None}
     if splits:
         fields["splits"] = sequence(text(("train", "val", "test")), min_length=1, unique=True)
@@ -212,8 +215,6 @@ def _corpora(value, path, problems) -> None:
 
 
 def _method_params(value, path, problems) -> None:
-    from methods import REGISTRY, method_class
-
     if value is None:
         return
     if not isinstance(value, dict):
@@ -232,7 +233,6 @@ def _method_params(value, path, problems) -> None:
 
 def _methods(encoder_names: Sequence[str]) -> Check:
     """Registered methods, and the names of the suite's own ``encoders`` (rows placed among the methods)."""
-    from methods import REGISTRY
 
     def known(name, where, problems):
         if not isinstance(name, str) or (name not in REGISTRY and name not in encoder_names):
@@ -274,8 +274,6 @@ def _encoders(value, path, problems) -> None:
 
 
 def _augment() -> Check:
-    from medssl.nn.augment import AugmentConfig
-
     pair = sequence(number(), length=2)
     fields = {
         name: (pair if isinstance(default, tuple) else number(low=0))
@@ -299,8 +297,6 @@ def _shared_checks() -> tuple:
 
 
 def suite_schema(encoder_names: Sequence[str] = ()) -> Check:
-    from medssl.suite.config import MONITOR_DEFAULTS, PROTOCOLS, STATISTICS_DEFAULTS, TASK_TYPES
-
     seeds, positive_int, rate, schedule = _shared_checks()
     fraction = number(low=0, high=100, low_open=True)
     optimizer = mapping(
@@ -427,8 +423,6 @@ def suite_schema(encoder_names: Sequence[str] = ()) -> Check:
 
 def ct_suite_schema() -> Check:
     """A CT suite (``track: ct``, medssl/run/ct.py): steps instead of images, one segmentation protocol set."""
-    from medssl.suite.config import CT_PROTOCOLS
-
     seeds, positive_int, rate, schedule = _shared_checks()
     patch = sequence(number(low=1, integer=True), length=3)
     optimizer = mapping(
