@@ -24,6 +24,7 @@ from torch import nn
 from medssl.nn.augment import Normalize, augment_view, resize, view_configs
 from medssl.nn.backbone import ResNetTrunk
 from medssl.nn.optim import SyncFreeLARS, check_optimizer
+from methods.momentum import check_momentum_settings, cosine_momentum
 
 
 @dataclasses.dataclass
@@ -118,6 +119,12 @@ class SSLMethod(pl.LightningModule):
         augment = {**protocol.augment, **self.view_overrides}
         self.view_augment = view_configs(augment, self.n_views)
         self.build()
+        check_momentum_settings(
+            type(self).__name__,
+            config,
+            bool(self.momentum_pairs()),
+            type(self).ema_momentum is not SSLMethod.ema_momentum,
+        )
         if protocol.channels_last:
             self.to(memory_format=torch.channels_last)
         self._compiled_loss = None
@@ -227,15 +234,14 @@ class SSLMethod(pl.LightningModule):
         return torch.autocast(device_type=self.device.type, enabled=False)
 
     def ema_momentum(self, base: float, step: Optional[int] = None) -> float:
-        """BYOL's cosine increase of the EMA coefficient from ``base`` to 1 over training."""
-        step = self.global_step if step is None else step
-        progress = min(step, self.protocol.total_steps) / self.protocol.total_steps
-        return 1.0 - (1.0 - base) * (math.cos(math.pi * progress) + 1) / 2
+        """The EMA coefficient of the momentum targets at ``step`` (default: the current one): BYOL's cosine from
+        ``base`` (the config's ``ema_base``) to 1 over training. Override for another schedule (MoCo's constant)."""
+        return cosine_momentum(base, self.global_step if step is None else step, self.protocol.total_steps)
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         pairs = self.momentum_pairs()
         if pairs:
-            m = self.ema_momentum(getattr(self.config, "ema_base", 0.996))
+            m = self.ema_momentum(getattr(self.config, "ema_base", None))
             for online, target in pairs:
                 update_momentum(online, target, m)
 

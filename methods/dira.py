@@ -39,7 +39,7 @@
   restoration target stays in [0, 1] to match the sigmoid output.
 * The MoCo queue is part of the checkpoint (lightly registers it as a non-persistent buffer, so a run resumed from
   ``last.ckpt`` would restart with random negatives; MoCo's own code saves its queue), and its write position is
-  mirrored on the host (:class:`HostPointerQueue`; lightly reads it back from the device at every step).
+  mirrored on the host (:class:`methods.momentum.HostPointerQueue`; lightly reads it back from the device at every step).
 """
 
 from __future__ import annotations
@@ -51,20 +51,16 @@ import torch
 import torch.nn.functional as F
 from lightly.loss import NTXentLoss
 from lightly.models.modules.heads import MoCoProjectionHead
-from lightly.models.modules.memory_bank import MemoryBankModule
 from lightly.models.utils import (
-    batch_shuffle_distributed,
-    batch_unshuffle_distributed,
-    concat_all_gather,
     deactivate_requires_grad,
 )
-from lightly.utils.dist import world_size
 from torch import nn
 
 from medssl.nn.augment import photometric, random_resized_crop, to_unit_float
 from medssl.nn.backbone import guard_strided_convs
 from medssl.nn.unet import UNetDecoder
 from methods.base import MethodConfig, SSLMethod, average_gradients_across_processes, gather_across_processes, pooled
+from methods.momentum import HostPointerQueue, shuffled_keys
 
 
 @dataclasses.dataclass
@@ -187,44 +183,6 @@ def restoration_distortion(x: torch.Tensor, generator: Optional[torch.Generator]
     return torch.where((choice > 0.35) & (choice <= 0.65), swap_patches(x, generator), out)
 
 
-class HostPointerQueue(MemoryBankModule):
-    """lightly's memory bank (MoCo's queue of keys: same contents, order and overwrite rule) with its write position
-    kept on the host as well: lightly reads ``bank_ptr`` back from the device at every enqueue, which stops the CPU
-    until the GPU has caught up. The device copy is still updated (it is checkpointed) and read once after a load."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._host_pointer: Optional[int] = None
-
-    @classmethod
-    def replacing(cls, bank: MemoryBankModule) -> "HostPointerQueue":
-        """A queue holding ``bank``'s tensors (checkpointed), built without drawing from torch's global generator."""
-        with torch.random.fork_rng(devices=[]):
-            queue = cls(bank.size, gather_distributed=bank.gather_distributed, feature_dim_first=bank.feature_dim_first)
-        for name in ("bank", "bank_ptr"):
-            queue.register_buffer(name, getattr(bank, name), persistent=True)
-        return queue
-
-    def _load_from_state_dict(self, *args, **kwargs):
-        self._host_pointer = None
-        super()._load_from_state_dict(*args, **kwargs)
-
-    @torch.no_grad()
-    def _dequeue_and_enqueue(self, batch: torch.Tensor) -> None:
-        if self.gather_distributed and world_size() > 1:
-            batch = concat_all_gather(batch)
-        size = self.size[0]
-        pointer = int(self.bank_ptr) if self._host_pointer is None else self._host_pointer
-        if pointer + len(batch) >= size:
-            self.bank[pointer:] = batch[: size - pointer].detach()
-            pointer = 0
-        else:
-            self.bank[pointer : pointer + len(batch)] = batch.detach()
-            pointer += len(batch)
-        self.bank_ptr.fill_(pointer)
-        self._host_pointer = pointer
-
-
 class PatchDiscriminator(nn.Module):
     def __init__(self, in_channels: int, widths=(64, 128, 256, 512), strides=(2, 2, 2, 1)):
         super().__init__()
@@ -297,13 +255,9 @@ class DiRA(SSLMethod):
         restored = torch.sigmoid(self.restoration_head(self.decoder(stages)[-1]).float())
         return pooled(stages[-1]), restored
 
-    @torch.no_grad()
     def momentum_keys(self, key_input: torch.Tensor) -> torch.Tensor:
         """Keys of the EMA encoder + head, with MoCo's shuffle-BN across DDP processes."""
-        if world_size() == 1:
-            return self.projection_head_target(self.backbone_target(key_input)).float()
-        shuffled, restore = batch_shuffle_distributed(key_input)
-        return batch_unshuffle_distributed(self.projection_head_target(self.backbone_target(shuffled)).float(), restore)
+        return shuffled_keys(lambda x: self.projection_head_target(self.backbone_target(x)).float(), key_input)
 
     def compute_loss(self, views, images) -> Dict[str, Any]:
         c = self.config

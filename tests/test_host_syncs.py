@@ -91,7 +91,7 @@ def test_blur_sized_from_the_configured_range_is_the_batch_sized_blur():
 
 
 def test_moco_queue_with_a_host_pointer_fills_as_lightly_queue():
-    from methods.dira import HostPointerQueue
+    from methods.momentum import HostPointerQueue
 
     torch.manual_seed(0)
     lightly_queue = MemoryBankModule((10, 4))

@@ -45,3 +45,26 @@ def test_momentum_targets_are_not_optimised(name):
     for online, target in model.momentum_pairs():
         assert not optimised & {id(p) for p in target.parameters()}
         assert {id(p) for p in online.parameters()} <= optimised
+
+
+def test_a_momentum_method_without_ema_base_is_refused_when_built():
+    """A momentum field named otherwise (here ``momentum``) silently ran the default 0.996 -> 1 schedule."""
+    import dataclasses
+
+    from torch import nn
+
+    from methods.base import MethodConfig, SSLMethod
+
+    @dataclasses.dataclass
+    class MisnamedConfig(MethodConfig):
+        momentum: float = 0.99
+
+    class Misnamed(SSLMethod):
+        Config = MisnamedConfig
+
+        def build(self):
+            self.projection_head = nn.Linear(self.backbone.feature_dim, 8)
+            self.make_ema_targets("projection_head")
+
+    with pytest.raises(TypeError, match="no ema_base field"):
+        Misnamed(MisnamedConfig(), tiny_protocol())
