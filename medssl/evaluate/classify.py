@@ -32,8 +32,9 @@ from medssl.data.stream import MappedImages, ShuffledBatches, batches_per_epoch,
 from medssl.evaluate.metrics import multilabel_auc
 from medssl.nn.augment import AugmentConfig, Normalize, augment_view, resize
 from medssl.nn.backbone import ResNetTrunk
-from medssl.runtime.precision import autocast, fixed_precision, lightning_devices, precision_for
+from medssl.runtime.precision import autocast, fixed_precision, precision_for
 from medssl.runtime.progress import SparseMetricsProgressBar, lightning_logger
+from medssl.runtime.trainer import TrainerOptions, make_trainer
 
 
 class EvaluationDiverged(RuntimeError):
@@ -365,18 +366,17 @@ def fine_tune(
     module.train()  # Lightning keeps the modes it is given; the encoder may arrive in eval mode from feature extraction
     if device.startswith("cuda"):
         module = module.to(memory_format=torch.channels_last)
-    trainer = pl.Trainer(
-        max_epochs=epochs,
-        accelerator="gpu" if device.startswith("cuda") else "cpu",
-        devices=lightning_devices(device),
-        precision=precision_for(device, precision),
-        logger=lightning_logger(logger, log_dir) if log_dir is not None else False,
-        log_every_n_steps=max(1, min(50, steps // epochs)),
-        enable_checkpointing=False,
-        enable_progress_bar=progress,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        callbacks=[SparseMetricsProgressBar(leave=False)] if progress else [],
+    trainer = make_trainer(
+        TrainerOptions(
+            device=device,
+            epochs=epochs,
+            steps_per_epoch=steps // epochs,
+            precision=precision_for(device, precision),
+            progress=progress,
+            logger=lightning_logger(logger, log_dir) if log_dir is not None else False,
+            callbacks=[SparseMetricsProgressBar(leave=False)] if progress else [],
+            checkpoints=False,
+        )
     )
     trainer.fit(module, loader)
     module.load_state_dict(module.best_state)

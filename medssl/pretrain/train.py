@@ -27,7 +27,6 @@ from typing import Any, Dict, Optional, Sequence
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.strategies import DDPStrategy
 
 from datasets import ImageDataset
@@ -40,8 +39,9 @@ from medssl.pretrain.monitor import ProbeMonitor
 from medssl.record.provenance import file_sha256
 from medssl.record.store import append_line, exclusive_lock, read_lines
 from medssl.runtime.cluster import check_batch_split, started_by_launcher
-from medssl.runtime.precision import lightning_devices, precision_for
+from medssl.runtime.precision import precision_for
 from medssl.runtime.progress import SparseMetricsProgressBar, lightning_logger
+from medssl.runtime.trainer import TrainerOptions, make_trainer
 from medssl.suite.protocol import ConfigError, stable_hash
 from methods import build_method
 from methods.base import PretrainProtocol
@@ -377,15 +377,6 @@ def discard_resume_point(run_dir: Path) -> int:
     return size
 
 
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's checkpoint writer, but the temporary file is in the checkpoint's own folder and renamed over it.
-    Lightning's writes through an fsspec transaction whose temporary lives in ``$TMPDIR``: on another filesystem
-    its commit is a copy over the old ``last.ckpt``, so a kill during it left a truncated resume point."""
-
-    def save_checkpoint(self, checkpoint: Dict[str, Any], path, storage_options: Optional[Any] = None) -> None:
-        write_atomic(Path(path), lambda tmp: torch.save(checkpoint, tmp))
-
-
 def resume_from(run_dir: Path) -> Optional[str]:
     """The ``ckpt_path`` a pretraining continues from: its readable ``last.ckpt``, else None (it starts over), and
     then the rows of an earlier start in ``history.jsonl`` are set aside (``history.jsonl.discarded``), so the
@@ -568,24 +559,23 @@ def _train_and_export(
         )
         if progress:
             callbacks.append(SparseMetricsProgressBar(leave=False))
-        trainer = pl.Trainer(
-            max_epochs=protocol.epochs,
-            accelerator="gpu" if device.startswith("cuda") else "cpu",
-            devices=lightning_devices(device, devices),
-            num_nodes=nodes,
-            strategy=ddp_strategy(strategy, model),
-            use_distributed_sampler=False,  # ShuffledBatches gives each process its share of every global batch
-            # torch's SyncBatchNorm has no CPU kernel; MoCo-based methods shuffle keys across processes instead
-            sync_batchnorm=processes > 1 and device.startswith("cuda") and model.sync_batchnorm,
-            precision=amp,
-            callbacks=callbacks,
-            logger=lightning_logger(logger or "csv", run_dir),  # OUT/checkpoints/<key>/logs/version_N
-            enable_progress_bar=progress,
-            enable_model_summary=False,
-            num_sanity_val_steps=0,
-            log_every_n_steps=max(1, min(50, steps_per_epoch)),
-            max_time={"seconds": max_time_s} if max_time_s else None,
-            plugins=[AtomicCheckpointIO()],
+        trainer = make_trainer(
+            TrainerOptions(
+                device=device,
+                epochs=protocol.epochs,
+                steps_per_epoch=steps_per_epoch,
+                precision=amp,
+                progress=progress,
+                logger=lightning_logger(logger or "csv", run_dir),  # OUT/checkpoints/<key>/logs/version_N
+                callbacks=callbacks,
+                devices=devices,
+                nodes=nodes,
+                strategy=ddp_strategy(strategy, model),
+                # torch's SyncBatchNorm has no CPU kernel; MoCo-based methods shuffle keys across processes instead
+                sync_batchnorm=processes > 1 and device.startswith("cuda") and model.sync_batchnorm,
+                distributed_sampler=False,  # ShuffledBatches gives each process its share of every global batch
+                max_time_s=max_time_s,
+            )
         )
         try:
             trainer.fit(model, loader, ckpt_path=resume_from(run_dir), weights_only=True)
@@ -710,19 +700,17 @@ def _train_volumes_and_export(
     ]
     if progress:
         callbacks.append(SparseMetricsProgressBar(leave=False))
-    trainer = pl.Trainer(
-        max_epochs=protocol.epochs,
-        accelerator="gpu" if device.startswith("cuda") else "cpu",
-        devices=lightning_devices(device, 1),
-        precision="32-true",
-        callbacks=callbacks,
-        logger=lightning_logger(logger or "csv", run_dir),
-        enable_progress_bar=progress,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        log_every_n_steps=max(1, min(50, protocol.steps_per_epoch)),
-        max_time={"seconds": max_time_s} if max_time_s else None,
-        plugins=[AtomicCheckpointIO()],
+    trainer = make_trainer(
+        TrainerOptions(
+            device=device,
+            epochs=protocol.epochs,
+            steps_per_epoch=protocol.steps_per_epoch,
+            precision="32-true",
+            progress=progress,
+            logger=lightning_logger(logger or "csv", run_dir),
+            callbacks=callbacks,
+            max_time_s=max_time_s,
+        )
     )
     trainer.fit(model, steps, ckpt_path=resume_from(run_dir), weights_only=True)
     if trainer.current_epoch < protocol.epochs:
