@@ -631,6 +631,7 @@ def main(argv=None) -> int:
             return 0
         check_logger(args.logger)
         from medssl.run.image import run_plan
+        from medssl.run.options import RunOptions
         from medssl.runtime.cluster import check_batch_split, check_multi_node, single_node_launch
 
         device = resolve_device(args.device)
@@ -664,16 +665,18 @@ def main(argv=None) -> int:
                 plan,
                 data_root,
                 out_dir,
-                device=device,
-                progress=not args.no_progress,
+                RunOptions(
+                    device=device,
+                    progress=not args.no_progress,
+                    precision=args.precision,
+                    devices=args.devices,
+                    nodes=args.nodes,
+                    global_rank=global_rank,
+                    compile_loss=args.compile,
+                    logger=args.logger,
+                    keep_checkpoints=args.keep_checkpoints,
+                ),
                 store=store,
-                precision=args.precision,
-                devices=args.devices,
-                compile_loss=args.compile,
-                nodes=args.nodes,
-                global_rank=global_rank,
-                logger=args.logger,
-                keep_checkpoints=args.keep_checkpoints,
             )
         if global_rank != 0:
             return 0  # rank 0 evaluates, writes the records and the reports
@@ -720,6 +723,7 @@ def run_ct_command(args, argv, full_suite, suite, tag: str) -> int:
     from medssl.record.store import ResultStore
     from medssl.report.ct import write_ct_reports
     from medssl.run.ct import build_ct_plan, run_ct_plan
+    from medssl.run.options import RunOptions
     from medssl.runtime.progress import check_logger
     from medssl.suite.protocol import ConfigError
 
@@ -793,11 +797,13 @@ def run_ct_command(args, argv, full_suite, suite, tag: str) -> int:
             plan,
             data_root,
             out_dir,
-            device=device,
-            progress=not args.no_progress,
+            RunOptions(
+                device=device,
+                progress=not args.no_progress,
+                logger=args.logger,
+                keep_checkpoints=args.keep_checkpoints,
+            ),
             store=store,
-            logger=args.logger,
-            keep_checkpoints=args.keep_checkpoints,
         )
     for path in write_ct_reports(report_plan, store, report_dir):
         print(f"wrote {path}")

@@ -11,6 +11,7 @@ from medssl.plan.jobs import build_plan, evaluation_seeds
 from medssl.record.store import ResultStore
 from medssl.report.tables import write_reports
 from medssl.run.image import run_plan
+from medssl.run.options import RunOptions
 from medssl.suite.config import load_suite
 from medssl.suite.protocol import ConfigError
 
@@ -65,7 +66,9 @@ def test_segmentation_records_tables_and_statistics(tmp_path, synthetic_root):
     suite["statistics"] = {**(suite.get("statistics") or {}), "reference": "simclr"}  # the rows are compared with it
     plan = build_plan(suite)
     store = ResultStore(tmp_path / "results" / suite["name"])
-    summary = run_plan(plan, synthetic_root, tmp_path / "results", progress=False, log=lambda _: None, store=store)
+    summary = run_plan(
+        plan, synthetic_root, tmp_path / "results", RunOptions(progress=False, log=lambda _: None), store=store
+    )
     assert summary["ran"] == 8
     records = store.records()
     assert {r["metric"] for r in records} == {"mean_dice"}
@@ -109,4 +112,4 @@ def test_segmentation_on_a_dataset_without_masks_is_a_clear_error(tmp_path, synt
     with pytest.raises(
         ConfigError, match="'Fundus' is a segmentation task but dataset 'synthetic_fundus' has no masks"
     ):
-        run_plan(plan, synthetic_root, tmp_path / "results", progress=False, log=lambda _: None)
+        run_plan(plan, synthetic_root, tmp_path / "results", RunOptions(progress=False, log=lambda _: None))

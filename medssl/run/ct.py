@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -36,6 +36,7 @@ from medssl.pretrain.train import ENCODER_FILE, PretrainingFailed, load_encoder,
 from medssl.record import provenance
 from medssl.record.store import ResultStore
 from medssl.run.image import DatasetCache, check_data, data_stamp, pretraining_verb, store_pretraining
+from medssl.run.options import RunOptions
 from medssl.suite.protocol import PROTOCOL_VERSION, ConfigError, stable_hash
 from methods import track_methods
 from methods.vox2vec3d import FPN3d, architecture
@@ -302,24 +303,19 @@ def ct_record(
     }
 
 
-def _log(message: str) -> None:
-    print(message, flush=True)
-
-
 def run_ct_plan(
     plan: CTPlan,
     data_root: Path,
     out_dir: Path,
-    device: str = "cpu",
-    progress: bool = True,
-    log: Callable[[str], None] = _log,
+    options: Optional[RunOptions] = None,
     store: Optional[ResultStore] = None,
-    logger: Optional[str] = None,
-    keep_checkpoints: bool = False,
 ) -> Dict[str, Any]:
     """Pretrain what the pending evaluations need, evaluate, append the records (see the module docstring); a
-    finished pretraining's ``last.ckpt`` is deleted unless ``keep_checkpoints``."""
-
+    finished pretraining's ``last.ckpt`` is deleted unless ``options.keep_checkpoints``. The CT track trains in
+    fp32 on one device: ``options.precision``, ``devices`` and ``nodes`` are not used (the command line refuses
+    them for a CT suite)."""
+    o = options or RunOptions()
+    device, progress, logger, keep_checkpoints, log = o.device, o.progress, o.logger, o.keep_checkpoints, o.log
     store = store or ResultStore(Path(out_dir) / plan.suite["name"])
     done = store.keys()
     pending = [job for job in plan.eval_jobs if not all(key in done for key in job.record_keys)]

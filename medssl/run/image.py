@@ -13,7 +13,7 @@ import copy
 import json
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -37,6 +37,7 @@ from medssl.pretrain.train import (
 )
 from medssl.record import provenance
 from medssl.record.store import ResultStore
+from medssl.run.options import RunOptions
 from medssl.runtime.precision import configure_cuda, fixed_precision, precision_for
 from medssl.suite.protocol import ConfigError
 
@@ -436,38 +437,26 @@ def store_pretraining(
     )
 
 
-def _log(message: str) -> None:
-    print(message, flush=True)  # flushed: progress stays visible when the output goes to a file
-
-
 def run_plan(
     plan: Plan,
     data_root: Path,
     out_dir: Path,
-    device: str = "cpu",
-    progress: bool = True,
-    log: Callable[[str], None] = _log,
+    options: Optional[RunOptions] = None,
     store: Optional[ResultStore] = None,
-    precision: str = "auto",
-    devices: int = 1,
-    compile_loss: bool = False,
-    nodes: int = 1,
-    global_rank: int = 0,
-    logger: Optional[str] = None,
-    keep_checkpoints: bool = False,
-) -> Dict[str, int]:
+) -> Dict[str, Any]:
     """Pretrain what the pending evaluations need, then evaluate and store records. In a multi-node run
     (``medssl.runtime.cluster``) every process joins the pretrainings and only global rank 0 stores and evaluates.
-    ``logger`` (csv or tensorboard): Lightning logs of every pretraining (default csv) and fine-tuning (default none)
-    next to the pretraining's checkpoint, OUT/checkpoints/<pretraining>/logs/ and .../finetune/<evaluation>/logs/.
-    A finished pretraining's ``last.ckpt`` is deleted once its encoder is stored, unless ``keep_checkpoints``."""
-    suite = plan.suite
-    configure_cuda(device)
+    ``options.logger`` (csv or tensorboard): Lightning logs of every pretraining (default csv) and fine-tuning
+    (default none) next to the pretraining's checkpoint, OUT/checkpoints/<pretraining>/logs/ and
+    .../finetune/<evaluation>/logs/. A finished pretraining's ``last.ckpt`` is deleted once its encoder is stored,
+    unless ``options.keep_checkpoints``."""
+    o = options or RunOptions()
+    configure_cuda(o.device)
     provenance.git_commit()  # cached now: records name the code that was checked out when the run started
-    store = store or ResultStore(Path(out_dir) / suite["name"])
+    store = store or ResultStore(Path(out_dir) / plan.suite["name"])
     done = store.keys()
     pending = [job for job in plan.eval_jobs if job.key not in done]
-    log(
+    o.log(
         f"{len(plan.eval_jobs)} evaluations in the plan, {len(plan.eval_jobs) - len(pending)} already done, {len(pending)} to run"
     )
     checkpoints = Path(out_dir) / "checkpoints"
@@ -475,19 +464,37 @@ def run_plan(
     if not pending:
         return {"ran": 0, "skipped": len(plan.eval_jobs), "failed": []}
     datasets = DatasetCache(data_root)
-    needed: Dict[str, PretrainJob] = {job.pretrain.key: job.pretrain for job in pending}
     for note in check_tasks(pending, datasets):
-        log(f"note: {note}")
-    check_external_encoders(needed.values(), datasets)
+        o.log(f"note: {note}")
+    check_external_encoders({job.pretrain.key: job.pretrain for job in pending}.values(), datasets)
+    encoders, failed = _pretrain_needed(pending, datasets, checkpoints, store, o)
+    skipped = len(plan.eval_jobs) - len(pending)
+    if o.global_rank != 0:
+        return {"ran": 0, "skipped": skipped, "failed": failed}
+    groups: Dict[tuple, List[EvalJob]] = {}
+    for job in pending:
+        if job.pretrain.key in encoders:  # else its pretraining failed: listed in ``failed``
+            groups.setdefault((job.pretrain.key, job.task["name"]), []).append(job)
+    ran, failed_evaluations = 0, []
+    for jobs in groups.values():
+        group_ran, group_failed = _evaluate_task(
+            jobs, encoders[jobs[0].pretrain.key], plan.suite["name"], datasets, checkpoints, store, o
+        )
+        ran, failed_evaluations = ran + group_ran, failed_evaluations + group_failed
+    return {"ran": ran, "skipped": skipped, "failed": failed, "failed_evaluations": failed_evaluations}
+
+
+def _pretrain_needed(pending: List[EvalJob], datasets: DatasetCache, checkpoints: Path, store, o: RunOptions):
+    """The encoder file of each pretraining the pending evaluations need (None for an encoder brought from a file),
+    pretrained or reused, and the pretrainings that failed, each with the evaluations it leaves undone."""
     encoders: Dict[str, Optional[Path]] = {}
     failed: List[str] = []
-    for key, pjob in needed.items():
+    for key, pjob in {job.pretrain.key: job.pretrain for job in pending}.items():
         if pjob.external is not None:
             encoders[key] = None  # nothing to pretrain: the file is read for each task (its channels)
             continue
-        corpus = pjob.config["corpus"]
         verb = pretraining_verb(checkpoints / key)
-        log(f"{verb} {key}" + ("" if pjob.trains else " (random initialisation)"))
+        o.log(f"{verb} {key}" + ("" if pjob.trains else " (random initialisation)"))
         try:
             # a reused encoder has just passed its SHA-256 check: run_pretraining would hash it again to return it
             encoders[key] = (
@@ -495,112 +502,108 @@ def run_plan(
                 if verb == "reusing"
                 else run_pretraining(
                     pjob,
-                    datasets.get(corpus),
+                    datasets.get(pjob.config["corpus"]),
                     checkpoints,
-                    device=device,
-                    progress=progress and global_rank == 0,
-                    precision=precision,
-                    devices=devices,
-                    compile_loss=compile_loss,
-                    nodes=nodes,
-                    logger=logger,
+                    device=o.device,
+                    progress=o.progress and o.global_rank == 0,
+                    precision=o.precision,
+                    devices=o.devices,
+                    compile_loss=o.compile_loss,
+                    nodes=o.nodes,
+                    logger=o.logger,
                 )
             )
         except PretrainingFailed as err:
             skipped = sum(1 for job in pending if job.pretrain.key == key)
             failed.append(f"{key}: {err} ({skipped} evaluations not run)")
-            log(f"  FAILED: {err}")
+            o.log(f"  FAILED: {err}")
             continue
-        if global_rank != 0:
-            continue
-        store_pretraining(store, pjob, encoders[key], device, keep_checkpoints)
-    if global_rank != 0:
-        return {"ran": 0, "skipped": len(plan.eval_jobs) - len(pending), "failed": failed}
+        if o.global_rank == 0:
+            store_pretraining(store, pjob, encoders[key], o.device, o.keep_checkpoints)
+    return encoders, failed
 
-    groups: Dict[tuple, List[EvalJob]] = {}
-    for job in pending:
-        if job.pretrain.key not in encoders:
-            continue  # its pretraining failed: listed in ``failed``
-        groups.setdefault((job.pretrain.key, job.task["name"]), []).append(job)
-    ran, failed_evaluations = 0, []
-    for (pretrain_key, _task), jobs in groups.items():
-        task = jobs[0].task
-        dataset = datasets.get(task["dataset"])
-        pjob = jobs[0].pretrain
-        encoder, meta = (
-            load_external(pjob.method, pjob.external, dataset.channels)
-            if pjob.external is not None
-            else load_encoder(encoders[pretrain_key])
-        )
-        labels = np.asarray(dataset.labels)
-        split = {s: dataset.indices(s) for s in ("train", "val", "test")}
-        # every encoder is evaluated at the suite's resolution (the random-init encoder has no training resolution)
-        image_size = int(jobs[0].config["image_size"])
-        features = None
-        subsets: Dict[int, Dict[float, np.ndarray]] = {}
-        for job in jobs:
-            start = time.time()
-            if job.seed not in subsets:
-                fractions = sorted({float(f) for f in task["fractions"]})
-                subsets[job.seed] = label_fraction_indices(
-                    split["train"], labels, dataset.patient_ids, fractions, job.seed
+
+def _evaluate_task(
+    jobs: List[EvalJob],
+    encoder_file: Optional[Path],
+    suite_name: str,
+    datasets: DatasetCache,
+    checkpoints: Path,
+    store,
+    o: RunOptions,
+):
+    """The evaluations of one encoder on one task (features extracted once, label subsets drawn once per seed);
+    returns how many were stored and the ones that could not be computed, with their reason."""
+    task, pjob = jobs[0].task, jobs[0].pretrain
+    dataset = datasets.get(task["dataset"])
+    encoder, meta = (
+        load_external(pjob.method, pjob.external, dataset.channels)
+        if pjob.external is not None
+        else load_encoder(encoder_file)
+    )
+    labels = np.asarray(dataset.labels)
+    split = {s: dataset.indices(s) for s in ("train", "val", "test")}
+    # every encoder is evaluated at the suite's resolution (the random-init encoder has no training resolution)
+    image_size = int(jobs[0].config["image_size"])
+    features = None
+    subsets: Dict[int, Dict[float, np.ndarray]] = {}
+    ran, failures = 0, []
+    for job in jobs:
+        start = time.time()
+        if job.seed not in subsets:
+            fractions = sorted({float(f) for f in task["fractions"]})
+            subsets[job.seed] = label_fraction_indices(split["train"], labels, dataset.patient_ids, fractions, job.seed)
+        train_idx = subsets[job.seed][job.fraction]
+        n_split = {"train": int(len(train_idx)), "val": int(len(split["val"])), "test": int(len(split["test"]))}
+        try:
+            if task_type(task) == "segmentation":
+                result, metrics, predictions, summary, used = evaluate_segmentation(
+                    job, encoder, meta, dataset, train_idx, split, image_size, o.device
                 )
-            train_idx = subsets[job.seed][job.fraction]
-            n_split = {"train": int(len(train_idx)), "val": int(len(split["val"])), "test": int(len(split["test"]))}
-            try:
-                if task_type(task) == "segmentation":
-                    result, metrics, predictions, summary, used = evaluate_segmentation(
-                        job, encoder, meta, dataset, train_idx, split, image_size, device
+            else:
+                if job.protocol in ("linear", "knn") and features is None:
+                    features = extract_features(
+                        encoder, dataset.images, image_size, meta["mean"], meta["std"], device=o.device
                     )
-                else:
-                    if job.protocol in ("linear", "knn") and features is None:
-                        features = extract_features(
-                            encoder, dataset.images, image_size, meta["mean"], meta["std"], device=device
-                        )
-                    result, metrics, predictions, summary, used = evaluate_classification(
-                        job,
-                        encoder,
-                        meta,
-                        dataset,
-                        features,
-                        train_idx,
-                        split,
-                        image_size,
-                        device,
-                        progress,
-                        precision,
-                        checkpoints / pretrain_key / "finetune" / job.key,
-                        logger,
-                    )
-            except Exception as err:  # noqa: BLE001 - one evaluation that cannot be computed must not stop the others
-                reason = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:300] if str(err).strip() else ''}"
-                failed_evaluations.append(f"{job.describe()} ({job.key}): {reason}")
-                log(f"  FAILED: {job.describe()}: {reason}")
-                continue
-            record = make_record(
-                job,
-                suite["name"],
-                dataset,
-                result,
-                metrics,
-                n_split,
-                device,
-                time.time() - start,
-                used,
-                meta,
-                data_stamp(job, datasets),
-            )
-            store.append(record, predictions=predictions)
-            ran += 1
-            chosen = (
-                f"l2 {result['selected_l2']:g}"
-                if result.get("selected_l2") is not None
-                else (f"epoch {result['best_epoch']}" if result["best_epoch"] is not None else "nothing tuned")
-            )
-            log(f"  {job.describe()}: {summary} (val {result['val_value']:.4f}, {chosen})")
-    return {
-        "ran": ran,
-        "skipped": len(plan.eval_jobs) - len(pending),
-        "failed": failed,
-        "failed_evaluations": failed_evaluations,
-    }
+                result, metrics, predictions, summary, used = evaluate_classification(
+                    job,
+                    encoder,
+                    meta,
+                    dataset,
+                    features,
+                    train_idx,
+                    split,
+                    image_size,
+                    o.device,
+                    o.progress,
+                    o.precision,
+                    checkpoints / pjob.key / "finetune" / job.key,
+                    o.logger,
+                )
+        except Exception as err:  # noqa: BLE001 - one evaluation that cannot be computed must not stop the others
+            reason = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:300] if str(err).strip() else ''}"
+            failures.append(f"{job.describe()} ({job.key}): {reason}")
+            o.log(f"  FAILED: {job.describe()}: {reason}")
+            continue
+        record = make_record(
+            job,
+            suite_name,
+            dataset,
+            result,
+            metrics,
+            n_split,
+            o.device,
+            time.time() - start,
+            used,
+            meta,
+            data_stamp(job, datasets),
+        )
+        store.append(record, predictions=predictions)
+        ran += 1
+        chosen = (
+            f"l2 {result['selected_l2']:g}"
+            if result.get("selected_l2") is not None
+            else (f"epoch {result['best_epoch']}" if result["best_epoch"] is not None else "nothing tuned")
+        )
+        o.log(f"  {job.describe()}: {summary} (val {result['val_value']:.4f}, {chosen})")
+    return ran, failures
