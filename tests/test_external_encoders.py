@@ -16,12 +16,13 @@ from conftest import ROOT
 from scipy import stats as scipy_stats
 from torch import nn
 
+from medssl.cli.parser import COMMANDS
 from medssl.evaluate.external import find_trunk, load_external, read_weights, resolve_spec
 from medssl.nn.backbone import ResNetTrunk
 from medssl.plan.jobs import build_plan
 from medssl.suite.config import load_suite
 from medssl.suite.protocol import ConfigError
-from run_benchmark import COMMANDS, main
+from run_benchmark import main
 
 # the smoke suite with a kNN protocol next to linear probing and fine-tuning
 KNN = ["--set", "tasks.0.protocols=[linear, finetune, knn]", "--set", "evaluation.knn={k: 5, temperature: 0.1}"]

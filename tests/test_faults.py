@@ -339,7 +339,7 @@ def test_a_torn_last_line_never_swallows_the_next_record(tmp_path):
 
 # 9. corrupt checkpoints ----------------------------------------------------------------------------------------
 def test_corrupt_encoder_is_named_shown_and_redone(tmp_path, synthetic_root, capsys):
-    from run_benchmark import print_plan
+    from medssl.cli.output import print_plan
 
     suite = load_suite("smoke")
     job = next(j for j in build_plan(suite).pretrain_jobs if j.method == "simclr")
