@@ -33,7 +33,8 @@ from medssl.evaluate.metrics import multilabel_auc  # noqa: E402
 from medssl.plan.jobs import build_plan, task_type  # noqa: E402
 from medssl.pretrain.train import ENCODER_FILE, load_encoder  # noqa: E402
 from medssl.record.store import ResultStore  # noqa: E402
-from medssl.report.tables import _header, aggregate, cell_text, replicates, table_rows  # noqa: E402
+from medssl.report.cells import aggregate, cell_text, replicates, table_header  # noqa: E402
+from medssl.report.tables import table_rows  # noqa: E402
 from medssl.suite.config import load_suite  # noqa: E402
 from methods import (  # noqa: E402
     method_class,
@@ -131,7 +132,7 @@ def main() -> int:
         cell_text(r, n_seeds) if r["n"] else "–" for r in table_rows(plan, aggregate(plan, records), "linear")
     ]
     columns = [(t["name"], float(f)) for t in plan.suite["tasks"] for f in t["fractions"]]
-    header = _header(columns)
+    header = table_header(columns)
     label = method_label(args.method)
     text = (
         "\n".join(

@@ -22,7 +22,8 @@ sys.path.insert(0, str(ROOT))
 
 from medssl.plan.jobs import build_plan, task_type  # noqa: E402
 from medssl.record.store import ResultStore  # noqa: E402
-from medssl.report.tables import _header, aggregate, cell_text, replicates, table_rows  # noqa: E402
+from medssl.report.cells import aggregate, cell_text, replicates, table_header  # noqa: E402
+from medssl.report.tables import table_rows  # noqa: E402
 from medssl.run.image import run_plan  # noqa: E402
 from medssl.run.options import RunOptions  # noqa: E402
 from medssl.suite.config import load_suite  # noqa: E402
@@ -70,7 +71,7 @@ def main() -> int:
     run_plan(initial_plan, Path(args.data_root), Path(args.out), RunOptions(progress=False, log=lambda message: None))
     initial = ResultStore(Path(args.out) / initial_plan.suite["name"]).records()
     columns = [(t["name"], float(f)) for t in corpus_plan.suite["tasks"] for f in t["fractions"]]
-    header = _header(columns)
+    header = table_header(columns)
     lines = [
         f"Random-init floor and BatchNorm statistics — suite `{suite['name']}`: linear-probe macro AUC (%), mean ± sd over seeds.",
         "",

@@ -31,7 +31,7 @@ import numpy as np
 from datasets.volumes import ORGANS
 from medssl.record.store import ResultStore
 from medssl.report import figures, stats
-from medssl.report.tables import write_reports
+from medssl.report.folder import replace_folder
 from medssl.run.ct import HEADS, RANDOM_INIT, TRAINED, CTPlan, evaluation_seeds
 from methods import method_label
 
@@ -377,7 +377,7 @@ def organ_figure(plan: CTPlan, runs: Dict[Tuple[str, Row], RowRuns], organs: Lis
 def write_ct_report_files(
     plan: CTPlan, records: Iterable[Dict], reports_dir: Path, pretraining: Optional[Dict[str, Dict]]
 ) -> List[Path]:
-    """Every CT report file into ``reports_dir`` (medssl.report.tables.write_reports swaps the folder in)."""
+    """Every CT report file into ``reports_dir`` (medssl.report.folder.replace_folder swaps the folder in)."""
 
     store = records if isinstance(records, ResultStore) else None
     runs = collect(plan, list(records), store)
@@ -414,6 +414,7 @@ def write_ct_report_files(
 
 def write_ct_reports(plan: CTPlan, store: ResultStore, reports_dir: Path) -> List[Path]:
 
-    return write_reports(
-        plan, store, reports_dir, store.pretraining_records(), writer=write_ct_report_files, produces=CT_REPORT_FILES
+    pretraining = store.pretraining_records()
+    return replace_folder(
+        reports_dir, lambda folder: write_ct_report_files(plan, store, folder, pretraining), CT_REPORT_FILES
     )
