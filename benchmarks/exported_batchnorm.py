@@ -31,7 +31,7 @@ from medssl.data.splits import label_fraction_indices  # noqa: E402
 from medssl.evaluate.classify import extract_features, linear_probe  # noqa: E402
 from medssl.evaluate.metrics import multilabel_auc  # noqa: E402
 from medssl.plan.jobs import build_plan, task_type  # noqa: E402
-from medssl.pretrain.train import ENCODER_FILE, load_encoder  # noqa: E402
+from medssl.pretrain.encoder import ENCODER_FILE, load_encoder  # noqa: E402
 from medssl.record.store import ResultStore  # noqa: E402
 from medssl.report.cells import aggregate, cell_text, replicates, table_header  # noqa: E402
 from medssl.report.tables import table_rows  # noqa: E402

@@ -25,7 +25,7 @@ from medssl.record.store import ResultStore  # noqa: E402
 from medssl.report.cells import aggregate, cell_text, replicates, table_header  # noqa: E402
 from medssl.report.tables import table_rows  # noqa: E402
 from medssl.run.image import run_plan  # noqa: E402
-from medssl.run.options import RunOptions  # noqa: E402
+from medssl.runtime.options import RunOptions  # noqa: E402
 from medssl.suite.config import load_suite  # noqa: E402
 
 

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from datasets import load_dataset  # noqa: E402
 from medssl.evaluate.segment3d import dice_scores, window  # noqa: E402
-from medssl.pretrain.train import load_encoder  # noqa: E402
+from medssl.pretrain.encoder import load_encoder  # noqa: E402
 from medssl.run.ct import build_ct_plan, random_fpn  # noqa: E402
 from medssl.suite.config import load_suite  # noqa: E402
 from methods.vox2vec3d import body_mask, voxel_embeddings  # noqa: E402

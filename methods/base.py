@@ -214,7 +214,7 @@ class SSLMethod(pl.LightningModule):
         return losses["loss"]
 
     def log_losses(self, losses: Dict[str, torch.Tensor], batch_size: int) -> None:
-        """Keep a step's loss terms for medssl.pretrain.train.DivergenceGuard and log them (progress bar: the loss)."""
+        """Keep a step's loss terms for medssl.pretrain.callbacks.DivergenceGuard and log them (progress bar: the loss)."""
         self.last_loss_terms = {k: v.detach() for k, v in losses.items()}
         self.log_dict(
             {f"train/{k}": v.detach().float() for k, v in losses.items()},

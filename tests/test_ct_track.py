@@ -248,7 +248,9 @@ def test_ct_pretraining_through_the_runner_resumes_bit_identically(tmp_path, syn
     import pytorch_lightning as pl
 
     from datasets import load_dataset
-    from medssl.pretrain.train import load_encoder, run_pretraining
+    from medssl.pretrain.encoder import load_encoder
+    from medssl.pretrain.train import run_pretraining
+    from medssl.runtime.options import RunOptions
 
     class CrashInSecondEpoch(pl.Callback):
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
@@ -258,9 +260,9 @@ def test_ct_pretraining_through_the_runner_resumes_bit_identically(tmp_path, syn
     job = build_ct_plan(TINY).pretrain_jobs[0]
     corpus = load_dataset("synthetic_ct", synthetic_root, **TINY["pretrain"]["datasets"]["ct"]["params"])
     with pytest.raises(RuntimeError, match="simulated crash"):
-        run_pretraining(job, corpus, tmp_path / "crashed", progress=False, callbacks=[CrashInSecondEpoch()])
-    resumed, meta = load_encoder(run_pretraining(job, corpus, tmp_path / "crashed", progress=False))
-    whole, _ = load_encoder(run_pretraining(job, corpus, tmp_path / "whole", progress=False))
+        run_pretraining(job, corpus, tmp_path / "crashed", RunOptions(progress=False), callbacks=[CrashInSecondEpoch()])
+    resumed, meta = load_encoder(run_pretraining(job, corpus, tmp_path / "crashed", RunOptions(progress=False)))
+    whole, _ = load_encoder(run_pretraining(job, corpus, tmp_path / "whole", RunOptions(progress=False)))
     assert (
         meta["backbone"] == "fpn3d"
         and len(meta["resumed"]) == 1

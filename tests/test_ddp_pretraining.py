@@ -13,7 +13,10 @@ import torch
 from datasets import load_dataset
 from medssl.nn.backbone import ResNetTrunk
 from medssl.plan.jobs import build_plan
-from medssl.pretrain.train import load_encoder, rank_seed, run_pretraining
+from medssl.pretrain.callbacks import rank_seed
+from medssl.pretrain.encoder import load_encoder
+from medssl.pretrain.train import run_pretraining
+from medssl.runtime.options import RunOptions
 from medssl.suite.config import load_suite
 from tests.test_methods import SMALL_HEADS, SSL_METHODS
 
@@ -53,7 +56,7 @@ def test_two_process_pretraining_saves_a_trained_encoder(method, tmp_path, synth
     dataset = load_dataset(corpus["name"], synthetic_root, **corpus["params"])
     (tmp_path / "ranks").mkdir()
     path = run_pretraining(
-        job, dataset, tmp_path, progress=False, devices=2, callbacks=[RecordEachRank(tmp_path / "ranks")]
+        job, dataset, tmp_path, RunOptions(progress=False, devices=2), callbacks=[RecordEachRank(tmp_path / "ranks")]
     )
     encoder, meta = load_encoder(path)
     assert meta["devices"] == 2
@@ -81,7 +84,7 @@ def test_monitor_statistics_pass_never_waits_for_other_processes():
     train mode on rank 0 only, where SyncBatchNorm would wait for processes that never join (a hang). The copy gets
     plain BatchNorm with the same weights and statistics (no process group is needed to see that: the old copy kept
     its SyncBatchNorm layers)."""
-    from medssl.pretrain.train import EpochHistory
+    from medssl.pretrain.callbacks import EpochHistory
     from methods import build_method
     from tests.test_methods import fixed_batch, tiny_protocol
 

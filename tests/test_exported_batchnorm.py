@@ -24,7 +24,9 @@ from test_methods import SMALL_HEADS
 from datasets import load_dataset
 from medssl.nn.augment import Normalize, resize
 from medssl.plan.jobs import build_plan
-from medssl.pretrain.train import load_encoder, run_pretraining
+from medssl.pretrain.encoder import load_encoder
+from medssl.pretrain.train import run_pretraining
+from medssl.runtime.options import RunOptions
 from medssl.suite.config import load_suite
 from methods import REGISTRY, track_methods
 
@@ -84,7 +86,9 @@ def corpus(synthetic_root):
 def test_exported_encoder_batchnorm_matches_its_inputs(name, corpus, tmp_path):
     suite, dataset = corpus
     job = next(j for j in build_plan(suite).pretrain_jobs if j.method == name)
-    trunk, meta = load_encoder(run_pretraining(job, dataset, tmp_path, progress=False, callbacks=[SettleBatchNorm()]))
+    trunk, meta = load_encoder(
+        run_pretraining(job, dataset, tmp_path, RunOptions(progress=False), callbacks=[SettleBatchNorm()])
+    )
     images = torch.from_numpy(dataset.images[dataset.indices("train")][:256])
     ratios = variance_ratios(trunk, Normalize(meta["mean"], meta["std"])(resize(images, meta["image_size"])))
     assert len(ratios) == 20  # every BatchNorm layer of ResNet-18 was seen

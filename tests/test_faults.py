@@ -16,8 +16,10 @@ import yaml
 
 from datasets import DatasetError, load_dataset
 from medssl.plan.jobs import build_plan
-from medssl.pretrain.train import ENCODER_FILE, CorruptCheckpoint, encoder_status, load_encoder, run_pretraining
+from medssl.pretrain.encoder import ENCODER_FILE, CorruptCheckpoint, encoder_status, load_encoder
+from medssl.pretrain.train import run_pretraining
 from medssl.record.store import Busy, ResultStore, append_line, exclusive_lock
+from medssl.runtime.options import RunOptions
 from medssl.suite.config import load_suite
 from run_benchmark import main
 
@@ -87,7 +89,7 @@ def test_crafted_checkpoints_cannot_run_code(tmp_path):
     run_dir.mkdir()
     encoder = run_dir / ENCODER_FILE
     torch.save({"state_dict": {}, "meta": RunsCode(marker)}, encoder)
-    from medssl.pretrain.train import ENCODER_SIDECAR
+    from medssl.pretrain.encoder import ENCODER_SIDECAR
     from medssl.record.provenance import file_sha256
 
     (run_dir / ENCODER_SIDECAR).write_text(
@@ -96,7 +98,7 @@ def test_crafted_checkpoints_cannot_run_code(tmp_path):
     with pytest.raises(CorruptCheckpoint, match=str(encoder)):
         load_encoder(encoder)
     (run_dir / "last.ckpt").write_bytes(pickle.dumps(RunsCode(marker)))
-    from medssl.pretrain.train import readable_checkpoint
+    from medssl.pretrain.rundir import readable_checkpoint
 
     with pytest.warns(UserWarning, match="cannot be loaded"):
         assert not readable_checkpoint(run_dir / "last.ckpt")
@@ -344,7 +346,7 @@ def test_corrupt_encoder_is_named_shown_and_redone(tmp_path, synthetic_root, cap
     suite = load_suite("smoke")
     job = next(j for j in build_plan(suite).pretrain_jobs if j.method == "simclr")
     dataset = load_dataset("synthetic_cxr", synthetic_root, **suite["pretrain"]["datasets"]["cxr"]["params"])
-    path = run_pretraining(job, dataset, tmp_path / "checkpoints", progress=False)
+    path = run_pretraining(job, dataset, tmp_path / "checkpoints", RunOptions(progress=False))
     good = load_encoder(path)[0].state_dict()
     path.write_bytes(path.read_bytes()[:100_000])  # truncated
     assert encoder_status(path) == "corrupt"
@@ -354,7 +356,7 @@ def test_corrupt_encoder_is_named_shown_and_redone(tmp_path, synthetic_root, cap
     line = next(line for line in capsys.readouterr().out.splitlines() if job.key in line)
     assert "damaged: will be redone" in line, "--dry-run must not show a damaged encoder as done"
     with pytest.warns(UserWarning, match="damaged"):
-        redone = run_pretraining(job, dataset, tmp_path / "checkpoints", progress=False)
+        redone = run_pretraining(job, dataset, tmp_path / "checkpoints", RunOptions(progress=False))
     for name, tensor in load_encoder(redone)[0].state_dict().items():
         assert torch.equal(tensor, good[name]), name
 
@@ -366,7 +368,7 @@ def test_garbage_last_checkpoint_is_set_aside_and_training_starts_over(tmp_path,
     (tmp_path / job.key).mkdir()
     (tmp_path / job.key / "last.ckpt").write_bytes(b"not a checkpoint")
     with pytest.warns(UserWarning, match="last.ckpt cannot be loaded"):
-        path = run_pretraining(job, dataset, tmp_path, progress=False)
+        path = run_pretraining(job, dataset, tmp_path, RunOptions(progress=False))
     assert load_encoder(path)[1]["method"] == "simclr" and (tmp_path / job.key / "last.ckpt.corrupt").exists()
 
 

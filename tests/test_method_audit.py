@@ -270,6 +270,7 @@ def test_caid_resumed_from_last_ckpt_has_the_queue_it_was_stopped_with(tmp_path,
     from datasets import load_dataset
     from medssl.plan.jobs import build_plan
     from medssl.pretrain.train import run_pretraining
+    from medssl.runtime.options import RunOptions
 
     suite = load_suite("smoke")
     suite["pretrain"]["epochs"] = 2
@@ -279,9 +280,9 @@ def test_caid_resumed_from_last_ckpt_has_the_queue_it_was_stopped_with(tmp_path,
     dataset = load_dataset("synthetic_cxr", synthetic_root, **suite["pretrain"]["datasets"]["cxr"]["params"])
     first = RecordQueue()
     with pytest.raises(RuntimeError, match="simulated crash"):
-        run_pretraining(job, dataset, tmp_path, progress=False, callbacks=[first, StopAfterEpoch()])
+        run_pretraining(job, dataset, tmp_path, RunOptions(progress=False), callbacks=[first, StopAfterEpoch()])
     resumed = RecordQueue()
-    run_pretraining(job, dataset, tmp_path, progress=False, callbacks=[resumed])
+    run_pretraining(job, dataset, tmp_path, RunOptions(progress=False), callbacks=[resumed])
     bank, pointer = first.seen[0]  # last.ckpt was written at the end of epoch 0
     assert not torch.equal(bank, first.seen["start"][0]), "keys were enqueued in epoch 0"
     assert torch.equal(resumed.seen["start"][0], bank) and torch.equal(resumed.seen["start"][1], pointer)

@@ -8,7 +8,9 @@ import torch
 
 from datasets import load_dataset
 from medssl.plan.jobs import build_plan
-from medssl.pretrain.train import ENCODER_FILE, load_encoder, run_pretraining
+from medssl.pretrain.encoder import ENCODER_FILE, load_encoder
+from medssl.pretrain.train import run_pretraining
+from medssl.runtime.options import RunOptions
 from medssl.suite.config import load_suite
 
 
@@ -37,15 +39,15 @@ def test_interrupted_pretraining_resumes(tmp_path, synthetic_root):
     run_dir = tmp_path / job.key
     history = lambda: [row for row in map(json.loads, (run_dir / "history.jsonl").read_text().splitlines())]
     with pytest.raises(RuntimeError, match="simulated crash"):
-        run_pretraining(job, dataset, tmp_path, progress=False, callbacks=[Crash(1)])
+        run_pretraining(job, dataset, tmp_path, RunOptions(progress=False), callbacks=[Crash(1)])
     assert (run_dir / "last.ckpt").exists() and not (run_dir / ENCODER_FILE).exists()
     assert [row["epoch"] for row in history()] == [
         -1,
         0,
     ]  # -1: the learning-signal probe of the random initialisation (smoke suite monitors)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        run_pretraining(job, dataset, tmp_path, progress=False, callbacks=[Crash(2, batch=1)])
-    path = run_pretraining(job, dataset, tmp_path, progress=False)
+        run_pretraining(job, dataset, tmp_path, RunOptions(progress=False), callbacks=[Crash(2, batch=1)])
+    path = run_pretraining(job, dataset, tmp_path, RunOptions(progress=False))
     rows = history()
     assert [row["epoch"] for row in rows if not row.get("resumed")] == [-1, 0, 1, 2], (
         "each resumed run trains only the missing epochs"
@@ -57,9 +59,11 @@ def test_interrupted_pretraining_resumes(tmp_path, synthetic_root):
         and [h["epoch"] for h in meta["history"]] == [-1, 0, 1, 2]
         and len(meta["resumed"]) == 2
     )
-    assert run_pretraining(job, dataset, tmp_path, progress=False) == path  # finished: reused, not retrained
+    assert (
+        run_pretraining(job, dataset, tmp_path, RunOptions(progress=False)) == path
+    )  # finished: reused, not retrained
     # bit-identical to the same pretraining run without the interruptions (docs/reproducibility.md)
-    uninterrupted = load_encoder(run_pretraining(job, dataset, tmp_path / "uninterrupted", progress=False))[
+    uninterrupted = load_encoder(run_pretraining(job, dataset, tmp_path / "uninterrupted", RunOptions(progress=False)))[
         0
     ].state_dict()
     resumed = encoder.state_dict()
@@ -87,7 +91,7 @@ def test_probe_monitor_records_learning_signal_without_changing_training(tmp_pat
     assert monitored.hash == plain.hash and monitored.monitor
     weights = []
     for job, out in ((plain, tmp_path / "plain"), (monitored, tmp_path / "monitored")):
-        weights.append(load_encoder(run_pretraining(job, dataset, out, progress=False))[0].state_dict())
+        weights.append(load_encoder(run_pretraining(job, dataset, out, RunOptions(progress=False)))[0].state_dict())
         history = [json.loads(line) for line in (out / job.key / "history.jsonl").read_text().splitlines()]
     assert [row["epoch"] for row in history] == [-1, 0, 1]
     assert "probe_auc" in history[0] and "probe_auc" not in history[1] and 0.0 <= history[2]["probe_auc"] <= 1.0

@@ -8,7 +8,9 @@ import torch
 
 from datasets import load_dataset
 from medssl.plan.jobs import build_plan
-from medssl.pretrain.train import load_encoder, run_pretraining
+from medssl.pretrain.encoder import load_encoder
+from medssl.pretrain.train import run_pretraining
+from medssl.runtime.options import RunOptions
 from medssl.suite.config import load_suite
 from tests.test_methods import SMALL_HEADS, SSL_METHODS
 from tests.test_pretrain_resume import Crash
@@ -23,8 +25,12 @@ def test_pretraining_killed_mid_epoch_resumes_to_the_uninterrupted_weights(metho
     job = next(j for j in build_plan(suite).pretrain_jobs if j.method == method)
     dataset = load_dataset("synthetic_cxr", synthetic_root, **suite["pretrain"]["datasets"]["cxr"]["params"])
     with pytest.raises(RuntimeError, match="simulated crash"):
-        run_pretraining(job, dataset, tmp_path / "resumed", progress=False, callbacks=[Crash(1, batch=1)])
-    resumed = load_encoder(run_pretraining(job, dataset, tmp_path / "resumed", progress=False))[0].state_dict()
-    straight = load_encoder(run_pretraining(job, dataset, tmp_path / "straight", progress=False))[0].state_dict()
+        run_pretraining(job, dataset, tmp_path / "resumed", RunOptions(progress=False), callbacks=[Crash(1, batch=1)])
+    resumed = load_encoder(run_pretraining(job, dataset, tmp_path / "resumed", RunOptions(progress=False)))[
+        0
+    ].state_dict()
+    straight = load_encoder(run_pretraining(job, dataset, tmp_path / "straight", RunOptions(progress=False)))[
+        0
+    ].state_dict()
     differing = [k for k in straight if not torch.equal(straight[k], resumed[k])]
     assert not differing, f"{method}: {len(differing)} tensors differ after the resume, e.g. {differing[:3]}"

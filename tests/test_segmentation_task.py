@@ -11,7 +11,7 @@ from medssl.plan.jobs import build_plan, evaluation_seeds
 from medssl.record.store import ResultStore
 from medssl.report.tables import write_reports
 from medssl.run.image import run_plan
-from medssl.run.options import RunOptions
+from medssl.runtime.options import RunOptions
 from medssl.suite.config import load_suite
 from medssl.suite.protocol import ConfigError
 

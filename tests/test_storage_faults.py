@@ -13,8 +13,10 @@ import pytest
 from datasets import load_dataset
 from datasets.storage import DiskFull
 from medssl.plan.jobs import build_plan
-from medssl.pretrain.train import read_history, run_pretraining
+from medssl.pretrain.rundir import read_history
+from medssl.pretrain.train import run_pretraining
 from medssl.record.store import ResultStore, append_line
+from medssl.runtime.options import RunOptions
 from medssl.suite.config import load_suite
 from run_benchmark import main
 from tests.test_faults import cli, tiny_suite
@@ -139,9 +141,9 @@ def test_a_kill_while_last_ckpt_is_replaced_keeps_the_old_one(tmp_path, syntheti
         return real[kind](source, destination)
 
     with pytest.raises(Killed):
-        run_pretraining(job, dataset, tmp_path, progress=False)
+        run_pretraining(job, dataset, tmp_path, RunOptions(progress=False))
     monkeypatch.undo()
-    run_pretraining(job, dataset, tmp_path, progress=False)
+    run_pretraining(job, dataset, tmp_path, RunOptions(progress=False))
     rows = [json.loads(line) for line in (tmp_path / job.key / "history.jsonl").read_text().splitlines()]
     assert [row["epoch"] for row in rows if row.get("resumed")] == [1], (
         "resumed after the first epoch, not started over"

@@ -30,9 +30,10 @@ from medssl.data.examples import draw_examples
 from medssl.plan.jobs import build_plan, parse_shard, shard_plan
 from medssl.pretrain.export import export_method
 from medssl.record.store import ResultStore
-from medssl.run.image import check_data, run_plan
-from medssl.run.options import RunOptions
+from medssl.run.checks import check_data
+from medssl.run.image import run_plan
 from medssl.runtime.cluster import check_batch_split, check_multi_node, single_node_launch
+from medssl.runtime.options import RunOptions
 from medssl.runtime.precision import lightning_devices
 from medssl.runtime.progress import check_logger
 from medssl.suite.protocol import ConfigError
@@ -99,17 +100,10 @@ def export_command(args, plan, out_dir: Path) -> int:
     export_dir = Path(args.export_dir) if args.export_dir else out_dir / "exports" / plan.suite["name"]
     data_root = resolve_data_roots(args)
     check_writable(export_dir, out_dir / "checkpoints", *data_root.folders())
-    for path in export_method(
-        plan,
-        args.method,
-        data_root,
-        out_dir / "checkpoints",
-        export_dir,
-        device=resolve_device(args.device),
-        precision=args.precision,
-        progress=not args.no_progress,
-        logger=args.logger,
-    ):
+    options = RunOptions(
+        device=resolve_device(args.device), progress=not args.no_progress, precision=args.precision, logger=args.logger
+    )
+    for path in export_method(plan, args.method, data_root, out_dir / "checkpoints", export_dir, options):
         print(f"wrote {path}")
     return 0
 

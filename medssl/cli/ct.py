@@ -10,9 +10,9 @@ from medssl.cli.inputs import check_writable, reports_folder, resolve_data_roots
 from medssl.cli.output import check_report_has_records, log_run, report_failures
 from medssl.record.store import ResultStore
 from medssl.report.ct import write_ct_reports
+from medssl.run.checks import check_data
 from medssl.run.ct import build_ct_plan, run_ct_plan
-from medssl.run.image import check_data
-from medssl.run.options import RunOptions
+from medssl.runtime.options import RunOptions
 from medssl.runtime.progress import check_logger
 from medssl.suite.protocol import ConfigError
 

@@ -13,7 +13,7 @@ from medssl.cli.ct import ct_command
 from medssl.cli.inputs import selected_suite
 from medssl.cli.output import list_everything
 from medssl.cli.parser import UsageError, parse_args
-from medssl.pretrain.train import CorruptCheckpoint
+from medssl.pretrain.encoder import CorruptCheckpoint
 from medssl.record.store import Busy
 from medssl.suite.protocol import ConfigError
 

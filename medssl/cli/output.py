@@ -13,7 +13,7 @@ import numpy as np
 
 from datasets import describe_datasets
 from medssl.plan.jobs import recorded_plan
-from medssl.pretrain.train import ENCODER_FILE, encoder_status
+from medssl.pretrain.encoder import ENCODER_FILE, encoder_status
 from medssl.record import provenance
 from medssl.record.store import append_line, read_lines
 from medssl.report.tables import write_reports

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import torch
 
@@ -32,8 +32,10 @@ from datasets.storage import write_atomic
 from medssl.data.loaded import DatasetCache
 from medssl.nn.backbone import adapt_stem
 from medssl.plan.jobs import Plan
-from medssl.pretrain.train import ENCODER_SIDECAR, load_encoder, run_pretraining
+from medssl.pretrain.encoder import ENCODER_SIDECAR, load_encoder
+from medssl.pretrain.train import run_pretraining
 from medssl.record import provenance
+from medssl.runtime.options import RunOptions
 from medssl.suite.protocol import ConfigError
 
 HEADER_KEY = "medssl"  # the safetensors metadata entry holding the sidecar's description as JSON
@@ -84,12 +86,10 @@ def export_method(
     data_root: Path,
     checkpoints: Path,
     export_dir: Path,
-    device: str = "cpu",
-    precision: str = "auto",
-    progress: bool = True,
-    logger=None,
+    options: Optional[RunOptions] = None,
 ) -> List[Path]:
-    """Export every pretraining of ``method`` in ``plan`` (pretraining what is missing); returns the files written."""
+    """Export every pretraining of ``method`` in ``plan`` (pretraining what is missing, with ``options``); returns the
+    files written."""
 
     if method not in plan.suite["methods"]:
         raise ConfigError(
@@ -108,10 +108,7 @@ def export_method(
             job,
             datasets.get(job.config["corpus"]),
             checkpoints,
-            device=device,
-            progress=progress,
-            precision=precision,
-            logger=logger,
+            options,
         )
         trunk, meta = load_encoder(encoder_path)
         description = {

@@ -29,7 +29,7 @@ from medssl.suite.protocol import MONITOR_DEFAULTS
 
 
 class ProbeMonitor:
-    """Called by ``medssl.pretrain.train.EpochHistory``, which writes its results into the epoch rows."""
+    """Called by ``medssl.pretrain.callbacks.EpochHistory``, which writes its results into the epoch rows."""
 
     def __init__(self, dataset: ImageDataset, image_size: int, mean, std, settings: Optional[Dict[str, Any]] = None):
         self.settings = {**MONITOR_DEFAULTS, **(settings or {})}

@@ -29,14 +29,16 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import torch
 
+from medssl.data.loaded import DatasetCache
 from medssl.evaluate.classify import EvaluationDiverged
 from medssl.evaluate.segment3d import train_fpn_segmentation
 from medssl.plan.jobs import PretrainJob, corpora, method_settings, with_version
-from medssl.pretrain.train import ENCODER_FILE, PretrainingFailed, load_encoder, run_pretraining
+from medssl.pretrain.encoder import load_encoder
 from medssl.record import provenance
 from medssl.record.store import ResultStore
-from medssl.run.image import DatasetCache, check_data, data_stamp, pretraining_verb, store_pretraining
-from medssl.run.options import RunOptions
+from medssl.run.checks import check_data, data_stamp
+from medssl.run.pretraining import pretrain_needed
+from medssl.runtime.options import RunOptions
 from medssl.suite.protocol import PROTOCOL_VERSION, ConfigError, stable_hash
 from methods import track_methods
 from methods.vox2vec3d import FPN3d, architecture
@@ -315,11 +317,10 @@ def run_ct_plan(
     fp32 on one device: ``options.precision``, ``devices`` and ``nodes`` are not used (the command line refuses
     them for a CT suite)."""
     o = options or RunOptions()
-    device, progress, logger, keep_checkpoints, log = o.device, o.progress, o.logger, o.keep_checkpoints, o.log
     store = store or ResultStore(Path(out_dir) / plan.suite["name"])
     done = store.keys()
     pending = [job for job in plan.eval_jobs if not all(key in done for key in job.record_keys)]
-    log(
+    o.log(
         f"{len(plan.eval_jobs)} evaluations in the plan, {len(plan.eval_jobs) - len(pending)} already done, {len(pending)} to run"
     )
     checkpoints = Path(out_dir) / "checkpoints"
@@ -328,75 +329,17 @@ def run_ct_plan(
         return {"ran": 0, "skipped": len(plan.eval_jobs), "failed": []}
     datasets = DatasetCache(data_root)
     check_ct_tasks(pending, datasets)
-    encoders: Dict[str, Path] = {}
-    failed: List[str] = []
-    for pjob in {job.pretrain.key: job.pretrain for job in pending if job.trained}.values():
-        verb = pretraining_verb(checkpoints / pjob.key)
-        log(f"{verb} {pjob.key}")
-        try:
-            # a reused encoder has just passed its SHA-256 check: run_pretraining would hash it again to return it
-            encoders[pjob.key] = (
-                checkpoints / pjob.key / ENCODER_FILE
-                if verb == "reusing"
-                else run_pretraining(
-                    pjob,
-                    datasets.get(pjob.config["corpus"]),
-                    checkpoints,
-                    device=device,
-                    progress=progress,
-                    logger=logger,
-                )
-            )
-        except PretrainingFailed as err:
-            failed.append(
-                f"{pjob.key}: {err} ({sum(1 for job in pending if job.trained and job.pretrain.key == pjob.key)} evaluations not run)"
-            )
-            log(f"  FAILED: {err}")
-            continue
-        store_pretraining(store, pjob, encoders[pjob.key], device, keep_checkpoints)
+    encoders, failed = pretrain_needed([job for job in pending if job.trained], datasets, checkpoints, store, o)
     ran, failed_evaluations = 0, []
     for job in pending:
         if job.trained and job.pretrain.key not in encoders:
             continue  # its pretraining failed: listed in ``failed``
-        dataset = datasets.get(job.task["dataset"])
-        encoder = load_encoder(encoders[job.pretrain.key])[0] if job.trained else random_fpn(job)
-        split = {s: dataset.indices(s) for s in ("train", "val", "test")}
-        start = time.time()
         try:
-            results = train_fpn_segmentation(
-                encoder,
-                MODES[job.protocol],
-                dataset.images,
-                dataset.labels,
-                dataset.annotated,
-                split["train"],
-                split["val"],
-                split["test"],
-                job.config["settings"],
-                job.seed,
-                device=device,
-            )
+            evaluate_ct(job, encoders.get(job.pretrain.key), plan.suite["name"], datasets, done, store, o)
         except EvaluationDiverged as err:
             failed_evaluations.append(f"{job.describe()} ({job.key}): {err}")
-            log(f"  FAILED: {job.describe()}: {err}")
+            o.log(f"  FAILED: {job.describe()}: {err}")
             continue
-        wall_time = (time.time() - start) / len(results)
-        for head, result in results.items():
-            if job.record_key(head) in done:
-                continue
-            predictions = {
-                "case_ids": np.asarray([dataset.case_ids[i] for i in split["test"]], dtype=str),
-                "patient_ids": np.asarray(dataset.patient_ids)[split["test"]],
-                "dice": np.asarray(result["dice"], dtype=np.float32),
-                "class_names": np.asarray(dataset.class_names, dtype=str),
-            }
-            store.append(
-                ct_record(job, head, plan.suite["name"], dataset, result, device, wall_time, data_stamp(job, datasets)),
-                predictions=predictions,
-            )
-            log(
-                f"  {job.describe()} {head}: test mean Dice {result['mean_dice']:.4f} (val {result['val_value']:.4f}, epoch {result['best_epoch']})"
-            )
         ran += 1
     return {
         "ran": ran,
@@ -404,3 +347,50 @@ def run_ct_plan(
         "failed": failed,
         "failed_evaluations": failed_evaluations,
     }
+
+
+def evaluate_ct(
+    job: CTJob,
+    encoder_file: Optional[Path],
+    suite_name: str,
+    datasets: DatasetCache,
+    done,
+    store: ResultStore,
+    o: RunOptions,
+) -> None:
+    """One CT evaluation (a probe trains its two heads at once) and its records, each with the per-CT, per-organ test
+    Dice as its predictions; :class:`EvaluationDiverged` when its loss is not finite (nothing stored)."""
+    dataset = datasets.get(job.task["dataset"])
+    encoder = load_encoder(encoder_file)[0] if job.trained else random_fpn(job)
+    split = {s: dataset.indices(s) for s in ("train", "val", "test")}
+    start = time.time()
+    results = train_fpn_segmentation(
+        encoder,
+        MODES[job.protocol],
+        dataset.images,
+        dataset.labels,
+        dataset.annotated,
+        split["train"],
+        split["val"],
+        split["test"],
+        job.config["settings"],
+        job.seed,
+        device=o.device,
+    )
+    wall_time = (time.time() - start) / len(results)
+    for head, result in results.items():
+        if job.record_key(head) in done:
+            continue
+        predictions = {
+            "case_ids": np.asarray([dataset.case_ids[i] for i in split["test"]], dtype=str),
+            "patient_ids": np.asarray(dataset.patient_ids)[split["test"]],
+            "dice": np.asarray(result["dice"], dtype=np.float32),
+            "class_names": np.asarray(dataset.class_names, dtype=str),
+        }
+        store.append(
+            ct_record(job, head, suite_name, dataset, result, o.device, wall_time, data_stamp(job, datasets)),
+            predictions=predictions,
+        )
+        o.log(
+            f"  {job.describe()} {head}: test mean Dice {result['mean_dice']:.4f} (val {result['val_value']:.4f}, epoch {result['best_epoch']})"
+        )
