@@ -270,25 +270,22 @@ def test_a_one_image_last_batch_trains_in_fine_tuning_and_segmentation(synthetic
     """32 px, batches of 8, 33 training images: the last batch of one image made BatchNorm raise "Expected more
     than 1 value per channel when training" (issue 31); it joins the batch before it."""
     from medssl.evaluate.classify import fine_tune
+    from medssl.evaluate.inputs import EvalData, EvalRun
     from medssl.evaluate.segment2d import train_segmentation
     from medssl.nn.backbone import ResNetTrunk
 
     ds = load_dataset("synthetic_cxr", synthetic_root, n_images=64, size=32, seed=0)
     train, val, test = ds.indices("train")[:33], ds.indices("val"), ds.indices("test")
     settings, meta = {"epochs": 1, "lr": 1e-3, "batch_size": 8}, {"mean": [0.5], "std": [0.25]}
-    tuned = fine_tune(ResNetTrunk(), meta, 32, ds.images, ds.labels, train, val, test, ds.class_names, settings, seed=0)
+    tuned = fine_tune(
+        ResNetTrunk(), meta, EvalData(ds.images, ds.labels, train, val, test, 32, ds.class_names), EvalRun(settings, 0)
+    )
     assert np.isfinite(tuned["test_scores"]).all()
     segmented = train_segmentation(
         ResNetTrunk(),
         meta,
-        32,
-        ds.images,
-        np.asarray(ds.masks),
-        train,
-        val,
-        test,
-        settings,
-        seed=0,
+        EvalData(ds.images, np.asarray(ds.masks), train, val, test, 32),
+        EvalRun(settings, 0),
         freeze_encoder=False,
     )
     assert 0 <= segmented["test"]["mean_dice"] <= 1

@@ -4,6 +4,7 @@ import numpy as np
 import torch
 
 from datasets import load_dataset
+from medssl.evaluate.inputs import EvalData, EvalRun
 from medssl.evaluate.segment2d import per_image_dice, segmentation_metrics, train_segmentation
 from medssl.nn.backbone import ResNetTrunk
 
@@ -30,7 +31,7 @@ def test_frozen_encoder_stays_fixed_and_finetuning_changes_it(synthetic_root):
     encoder = ResNetTrunk()
     before = {k: v.clone() for k, v in encoder.state_dict().items()}
     result = train_segmentation(
-        encoder, meta, 32, ds.images, masks, train, val, test, settings, seed=0, freeze_encoder=True
+        encoder, meta, EvalData(ds.images, masks, train, val, test, 32), EvalRun(settings, 0), freeze_encoder=True
     )
     assert all(torch.equal(before[k], v) for k, v in encoder.state_dict().items()), (
         "weights and BN statistics must not move"
@@ -38,7 +39,9 @@ def test_frozen_encoder_stays_fixed_and_finetuning_changes_it(synthetic_root):
     assert len(result["test"]["per_image_dice"]) == len(test) and 0 <= result["test"]["mean_dice"] <= 1
     tuned = ResNetTrunk()
     tuned.load_state_dict(before)
-    train_segmentation(tuned, meta, 32, ds.images, masks, train, val, test, settings, seed=0, freeze_encoder=False)
+    train_segmentation(
+        tuned, meta, EvalData(ds.images, masks, train, val, test, 32), EvalRun(settings, 0), freeze_encoder=False
+    )
     assert not torch.equal(tuned.state_dict()["layer1.0.conv1.weight"], before["layer1.0.conv1.weight"])
 
 
@@ -52,14 +55,8 @@ def test_decoder_learns_phantom_pneumothorax_masks(synthetic_root):
     result = train_segmentation(
         ResNetTrunk(),
         {"mean": [0.5], "std": [0.25]},
-        32,
-        ds.images,
-        masks,
-        positives,
-        positives,
-        positives,
-        settings,
-        seed=0,
+        EvalData(ds.images, masks, positives, positives, positives, 32),
+        EvalRun(settings, 0),
         freeze_encoder=False,
     )
     # fitting the rims it was trained on: far above predicting nothing (Dice 0 on positive images)

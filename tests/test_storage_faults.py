@@ -158,6 +158,7 @@ def test_a_diverged_evaluation_is_reported_not_stored_as_dice_zero(synthetic_roo
     import torch
 
     from medssl.evaluate.classify import EvaluationDiverged, fine_tune
+    from medssl.evaluate.inputs import EvalData, EvalRun
     from medssl.evaluate.segment2d import train_segmentation
     from medssl.evaluate.segment3d import train_fpn_segmentation
     from medssl.nn.backbone import ResNetTrunk
@@ -170,29 +171,16 @@ def test_a_diverged_evaluation_is_reported_not_stored_as_dice_zero(synthetic_roo
         train_segmentation(
             ResNetTrunk(),
             meta,
-            32,
-            ds.images,
-            np.asarray(ds.masks),
-            train,
-            val,
-            test,
-            settings,
-            seed=0,
+            EvalData(ds.images, np.asarray(ds.masks), train, val, test, 32),
+            EvalRun(settings, 0),
             freeze_encoder=False,
         )
     with pytest.raises(EvaluationDiverged, match="fine-tuning reached a non-finite loss"):
         fine_tune(
             ResNetTrunk(),
             meta,
-            32,
-            ds.images,
-            ds.labels,
-            train,
-            val,
-            test,
-            ds.class_names,
-            {**settings, "epochs": 2},
-            seed=0,
+            EvalData(ds.images, ds.labels, train, val, test, 32, ds.class_names),
+            EvalRun({**settings, "epochs": 2}, 0),
         )
     ct = load_dataset("synthetic_ct", synthetic_root, n_labelled=8, n_unlabelled=2, spacing=[8.0, 8.0, 8.0])
     torch.manual_seed(0)

@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import copy
 import math
-from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
 import numpy as np
 import pytorch_lightning as pl
@@ -29,6 +28,7 @@ from torch import nn
 
 from medssl import quiet_lightning
 from medssl.data.stream import MappedImages, ShuffledBatches, batches_per_epoch, training_batches
+from medssl.evaluate.inputs import EvalData, EvalRun
 from medssl.evaluate.metrics import multilabel_auc
 from medssl.nn.augment import AugmentConfig, Normalize, augment_view, resize
 from medssl.nn.backbone import ResNetTrunk
@@ -324,44 +324,29 @@ class FineTuner(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
-def fine_tune(
-    encoder: ResNetTrunk,
-    meta: Dict[str, Any],
-    image_size: int,
-    images: np.ndarray,
-    labels: np.ndarray,
-    train_idx,
-    val_idx,
-    test_idx,
-    class_names,
-    settings: Dict[str, Any],
-    seed: int,
-    device: str = "cpu",
-    progress: bool = False,
-    precision: str = "auto",
-    log_dir: Optional[Path] = None,
-    logger: Optional[str] = None,
-) -> Dict[str, Any]:
-    """Fine-tune ``encoder`` with a linear head; ``logger`` (csv or tensorboard) keeps the run's logs under
-    ``log_dir/logs`` (training loss per step, validation AUC)."""
+def fine_tune(encoder: ResNetTrunk, meta: Dict[str, Any], data: EvalData, run: EvalRun) -> Dict[str, Any]:
+    """Fine-tune ``encoder`` with a linear head on ``data.train`` (labels: ``data.targets``), selecting the epoch by
+    validation macro AUC; returns the validation value, best epoch, epochs and test scores. ``run.logger`` (csv or
+    tensorboard) keeps the run's logs under ``run.log_dir/logs`` (training loss per step, validation AUC)."""
+    images, labels, device, settings, seed = data.images, data.targets, run.device, run.settings, run.seed
     quiet_lightning()
     pl.seed_everything(seed, workers=True, verbose=False)
     batch_size = int(settings.get("batch_size", 64))
-    epochs = epochs_for(len(train_idx), batch_size, settings)
-    steps = epochs * batches_per_epoch(len(train_idx), batch_size)
+    epochs = epochs_for(len(data.train), batch_size, settings)
+    steps = epochs * batches_per_epoch(len(data.train), batch_size)
     cuda = device.startswith("cuda")
     loader = ShuffledBatches(
-        MappedImages(images, train_idx),
+        MappedImages(images, data.train),
         batch_size,
         torch.Generator().manual_seed(seed),
-        labels=labels[train_idx],
+        labels=labels[data.train],
         drop_last=False,
         pin=cuda,
         resident="auto" if cuda else False,
     )
-    val_images = MappedImages(images, val_idx)
+    val_images = MappedImages(images, data.val)
     module = FineTuner(
-        encoder, labels.shape[1], meta, image_size, settings, val_images, labels[val_idx], class_names, steps
+        encoder, labels.shape[1], meta, data.image_size, settings, val_images, labels[data.val], data.class_names, steps
     )
     module.train()  # Lightning keeps the modes it is given; the encoder may arrive in eval mode from feature extraction
     if device.startswith("cuda"):
@@ -371,15 +356,15 @@ def fine_tune(
             device=device,
             epochs=epochs,
             steps_per_epoch=steps // epochs,
-            precision=precision_for(device, precision),
-            progress=progress,
-            logger=lightning_logger(logger, log_dir) if log_dir is not None else False,
-            callbacks=[SparseMetricsProgressBar(leave=False)] if progress else [],
+            precision=precision_for(device, run.precision),
+            progress=run.progress,
+            logger=lightning_logger(run.logger, run.log_dir) if run.log_dir is not None else False,
+            callbacks=[SparseMetricsProgressBar(leave=False)] if run.progress else [],
             checkpoints=False,
         )
     )
     trainer.fit(module, loader)
     module.load_state_dict(module.best_state)
     module = module.to(device)
-    test_scores = _predict(module, MappedImages(images, test_idx))
+    test_scores = _predict(module, MappedImages(images, data.test))
     return {"val_value": module.best_val, "best_epoch": module.best_epoch, "epochs": epochs, "test_scores": test_scores}

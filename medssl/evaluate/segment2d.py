@@ -28,6 +28,7 @@ from torch import nn
 
 from medssl.data.stream import MappedImages, batches_per_epoch, training_batches
 from medssl.evaluate.classify import FiniteLoss, epochs_for, is_validation_epoch
+from medssl.evaluate.inputs import EvalData, EvalRun
 from medssl.nn.augment import Normalize, resize
 from medssl.nn.backbone import ResNetTrunk
 from medssl.nn.unet import UNetDecoder
@@ -112,20 +113,13 @@ def predict_masks(
 
 
 def train_segmentation(
-    encoder: ResNetTrunk,
-    meta: Dict[str, Any],
-    image_size: int,
-    images: np.ndarray,
-    masks: np.ndarray,
-    train_idx: np.ndarray,
-    val_idx: np.ndarray,
-    test_idx: np.ndarray,
-    settings: Dict[str, Any],
-    seed: int,
-    freeze_encoder: bool,
-    device: str = "cpu",
+    encoder: ResNetTrunk, meta: Dict[str, Any], data: EvalData, run: EvalRun, freeze_encoder: bool
 ) -> Dict[str, Any]:
-    """Train decoder (and encoder unless frozen) on ``train_idx``; returns validation and test results."""
+    """Train the U-Net decoder (and the encoder unless ``freeze_encoder``) on ``data.train`` (masks:
+    ``data.targets``) with AdamW, a cosine schedule and horizontal flips, selecting the epoch by validation mean
+    Dice; returns the validation value, best epoch, epochs and the test metrics (per-image Dice included)."""
+    settings, seed, device, image_size = run.settings, run.seed, run.device, data.image_size
+    train_idx, val_idx, test_idx = data.train, data.val, data.test
     torch.manual_seed(seed)
     model = SegmentationModel(encoder, meta["mean"], meta["std"], image_size, freeze_encoder).to(device)
     batch_size = int(settings.get("batch_size", 32))
@@ -139,7 +133,10 @@ def train_segmentation(
         optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, steps) / steps))
     )
     generator = torch.Generator().manual_seed(seed)
-    source, masks = MappedImages.of(images), MappedImages.of(masks)  # one reader each for the whole training
+    source, masks = (
+        MappedImages.of(data.images),
+        MappedImages.of(data.targets),
+    )  # one reader each for the whole training
     val_truth = mask_targets(masks, val_idx, image_size).numpy()
     best = (-math.inf, -1, None)
     finite = FiniteLoss("segmentation training")

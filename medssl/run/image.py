@@ -10,6 +10,7 @@ an evaluation that raises (``failed_evaluations``).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -21,6 +22,7 @@ from medssl.data.loaded import DatasetCache
 from medssl.data.splits import label_fraction_indices
 from medssl.evaluate.classify import extract_features, fine_tune, knn_classify, linear_probe
 from medssl.evaluate.external import load_external
+from medssl.evaluate.inputs import EvalData, EvalRun
 from medssl.evaluate.metrics import multilabel_auc
 from medssl.evaluate.segment2d import train_segmentation
 from medssl.plan.jobs import EvalJob, Plan, task_type
@@ -33,21 +35,39 @@ from medssl.runtime.options import RunOptions
 from medssl.runtime.precision import configure_cuda, fixed_precision, precision_for
 
 
+@dataclasses.dataclass
+class Evaluation:
+    """What one evaluation gives its record.
+
+    Args:
+        result: the protocol's selection (``val_value``, ``best_epoch``, ``epochs``, ``selected_l2`` for a probe).
+        metrics: the test metric (``metric``, ``value``, ``per_class``, ``excluded_classes``, optional ``extra``).
+        predictions: the per-image test arrays the paired statistics read (:func:`test_predictions`).
+        summary: the log line's test part.
+        precision: the precision it ran in (probes and kNN: fp32 on cached features).
+    """
+
+    result: Dict[str, Any]
+    metrics: Dict[str, Any]
+    predictions: Dict[str, np.ndarray]
+    summary: str
+    precision: str
+
+
 def make_record(
     job: EvalJob,
     suite_name: str,
     dataset: ImageDataset,
-    result: Dict[str, Any],
-    metrics: Dict[str, Any],
-    n_split: Dict[str, int],
+    data: EvalData,
+    evaluation: Evaluation,
     device: str,
     wall_time: float,
-    precision: str,
     meta: Dict[str, Any],
-    data: Dict[str, Any],
+    stamp: Dict[str, Any],
 ) -> Dict[str, Any]:
     """One evaluation's record; an external encoder's carries its file (path, SHA-256, normalisation, architecture);
-    ``data``: :func:`data_stamp`."""
+    ``stamp``: the data fingerprints (:func:`medssl.run.checks.data_stamp`)."""
+    result, metrics = evaluation.result, evaluation.metrics
     return {
         "key": job.key,
         "suite": suite_name,
@@ -56,7 +76,7 @@ def make_record(
         "pretrain_seed": job.pretrain.seed,
         "task": job.task["name"],
         "dataset": dataset.name,
-        "data": data,
+        "data": stamp,
         "protocol": job.protocol,
         "fraction": job.fraction,
         "seed": job.seed,
@@ -65,9 +85,9 @@ def make_record(
         "per_class": metrics["per_class"],
         "excluded_classes": metrics["excluded_classes"],
         **({"extra_metrics": metrics["extra"]} if "extra" in metrics else {}),
-        "n_train": n_split["train"],
-        "n_val": n_split["val"],
-        "n_test": n_split["test"],
+        "n_train": int(len(data.train)),
+        "n_val": int(len(data.val)),
+        "n_test": int(len(data.test)),
         "best_epoch": result["best_epoch"],
         "epochs": result["epochs"],
         "val_value": result["val_value"],
@@ -87,7 +107,7 @@ def make_record(
             if job.pretrain.external
             else {}
         ),
-        **provenance.record_provenance(device, precision, wall_time),
+        **provenance.record_provenance(device, evaluation.precision, wall_time),
     }
 
 
@@ -108,86 +128,37 @@ def test_predictions(
 
 
 def evaluate_classification(
-    job: EvalJob,
-    encoder,
-    meta,
-    dataset: ImageDataset,
-    features,
-    train_idx,
-    split,
-    image_size: int,
-    device: str,
-    progress: bool,
-    precision: str,
-    log_dir: Optional[Path] = None,
-    logger: Optional[str] = None,
-):
-    """Linear probe or kNN (on ``features``, extracted once per encoder and task) or fine-tuning; macro AUC on the test split.
-    Returns (result, metrics, predictions, log summary, precision used)."""
-    labels = np.asarray(dataset.labels)
-    settings = job.config["settings"]
+    job: EvalJob, encoder, meta, data: EvalData, features, run: EvalRun, dataset: ImageDataset
+) -> Evaluation:
+    """Linear probe or kNN (on ``features``, extracted once per encoder and task) or fine-tuning; macro AUC on the
+    test split."""
+    labels, settings = data.targets, job.config["settings"]
     if job.protocol == "linear":
-        result = linear_probe(
-            features, labels, train_idx, split["val"], split["test"], dataset.class_names, settings, job.seed
-        )
+        result = linear_probe(features, labels, data.train, data.val, data.test, data.class_names, settings, job.seed)
     elif job.protocol == "knn":
-        result = knn_classify(features, labels, train_idx, split["val"], split["test"], dataset.class_names, settings)
+        result = knn_classify(features, labels, data.train, data.val, data.test, data.class_names, settings)
     else:
-        result = fine_tune(
-            copy.deepcopy(encoder),
-            meta,
-            image_size,
-            dataset.images,
-            labels,
-            train_idx,
-            split["val"],
-            split["test"],
-            dataset.class_names,
-            settings,
-            job.seed,
-            device=device,
-            progress=progress,
-            precision=precision,
-            log_dir=log_dir,
-            logger=logger,
-        )
-    auc = multilabel_auc(labels[split["test"]], result["test_scores"], dataset.class_names)
+        result = fine_tune(copy.deepcopy(encoder), meta, data, run)
+    auc = multilabel_auc(labels[data.test], result["test_scores"], data.class_names)
     metrics = {
         "metric": "macro_auc",
         "value": auc["macro_auc"],
         "per_class": auc["per_class_auc"],
         "excluded_classes": auc["excluded_classes"],
     }
-    # linear probes and kNN run in fp32 on cached features whatever the fine-tuning precision
-    used = precision_for(device, precision) if job.protocol == "finetune" else "32-true"
-    return (
+    return Evaluation(
         result,
         metrics,
-        test_predictions(dataset, split["test"], result["test_scores"]),
+        test_predictions(dataset, data.test, result["test_scores"]),
         f"test macro AUC {auc['macro_auc']:.4f}",
-        used,
+        # linear probes and kNN run in fp32 on cached features whatever the fine-tuning precision
+        precision_for(run.device, run.precision) if job.protocol == "finetune" else "32-true",
     )
 
 
-def evaluate_segmentation(
-    job: EvalJob, encoder, meta, dataset: ImageDataset, train_idx, split, image_size: int, device: str
-):
-    """U-Net decoder on the frozen (``linear``) or trained (``finetune``) encoder; per-image Dice on the test split.
-    Returns (result, metrics, predictions, log summary, precision used)."""
-    result = train_segmentation(
-        copy.deepcopy(encoder),
-        meta,
-        image_size,
-        dataset.images,
-        np.asarray(dataset.masks),
-        train_idx,
-        split["val"],
-        split["test"],
-        job.config["settings"],
-        job.seed,
-        freeze_encoder=job.protocol == "linear",
-        device=device,
-    )
+def evaluate_segmentation(job: EvalJob, encoder, meta, data: EvalData, run: EvalRun, dataset: ImageDataset):
+    """U-Net decoder on the frozen (``linear``) or trained (``finetune``) encoder; per-image Dice on the test split."""
+    result = train_segmentation(copy.deepcopy(encoder), meta, data, run, freeze_encoder=job.protocol == "linear")
     test = result["test"]
     metrics = {
         "metric": "mean_dice",
@@ -197,11 +168,11 @@ def evaluate_segmentation(
         "extra": {k: test[k] for k in ("dice_positive", "n_positive", "dice_global", "false_positive_rate_empty")},
     }
     predictions = {
-        **test_predictions(dataset, split["test"]),
+        **test_predictions(dataset, data.test),
         "per_image_dice": test["per_image_dice"].astype(np.float32),
     }
     summary = f"test mean Dice {test['mean_dice']:.4f} (positive images {test['dice_positive']:.4f})"
-    return result, metrics, predictions, summary, fixed_precision(device)
+    return Evaluation(result, metrics, predictions, summary, fixed_precision(run.device))
 
 
 def run_plan(
@@ -269,7 +240,8 @@ def _evaluate_task(
         if pjob.external is not None
         else load_encoder(encoder_file)
     )
-    labels = np.asarray(dataset.labels)
+    segmentation = task_type(task) == "segmentation"
+    targets = np.asarray(dataset.masks) if segmentation else np.asarray(dataset.labels)
     split = {s: dataset.indices(s) for s in ("train", "val", "test")}
     # every encoder is evaluated at the suite's resolution (the random-init encoder has no training resolution)
     image_size = int(jobs[0].config["image_size"])
@@ -280,58 +252,53 @@ def _evaluate_task(
         start = time.time()
         if job.seed not in subsets:
             fractions = sorted({float(f) for f in task["fractions"]})
+            labels = np.asarray(dataset.labels)
             subsets[job.seed] = label_fraction_indices(split["train"], labels, dataset.patient_ids, fractions, job.seed)
-        train_idx = subsets[job.seed][job.fraction]
-        n_split = {"train": int(len(train_idx)), "val": int(len(split["val"])), "test": int(len(split["test"]))}
+        data = EvalData(
+            dataset.images,
+            targets,
+            subsets[job.seed][job.fraction],
+            split["val"],
+            split["test"],
+            image_size,
+            dataset.class_names,
+        )
+        run = EvalRun(
+            job.config["settings"],
+            job.seed,
+            o.device,
+            o.progress,
+            o.precision,
+            checkpoints / pjob.key / "finetune" / job.key,
+            o.logger,
+        )
         try:
-            if task_type(task) == "segmentation":
-                result, metrics, predictions, summary, used = evaluate_segmentation(
-                    job, encoder, meta, dataset, train_idx, split, image_size, o.device
-                )
+            if segmentation:
+                evaluation = evaluate_segmentation(job, encoder, meta, data, run, dataset)
             else:
                 if job.protocol in ("linear", "knn") and features is None:
                     features = extract_features(
                         encoder, dataset.images, image_size, meta["mean"], meta["std"], device=o.device
                     )
-                result, metrics, predictions, summary, used = evaluate_classification(
-                    job,
-                    encoder,
-                    meta,
-                    dataset,
-                    features,
-                    train_idx,
-                    split,
-                    image_size,
-                    o.device,
-                    o.progress,
-                    o.precision,
-                    checkpoints / pjob.key / "finetune" / job.key,
-                    o.logger,
-                )
+                evaluation = evaluate_classification(job, encoder, meta, data, features, run, dataset)
         except Exception as err:  # noqa: BLE001 - one evaluation that cannot be computed must not stop the others
             reason = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:300] if str(err).strip() else ''}"
             failures.append(f"{job.describe()} ({job.key}): {reason}")
             o.log(f"  FAILED: {job.describe()}: {reason}")
             continue
-        record = make_record(
-            job,
-            suite_name,
-            dataset,
-            result,
-            metrics,
-            n_split,
-            o.device,
-            time.time() - start,
-            used,
-            meta,
-            data_stamp(job, datasets),
-        )
-        store.append(record, predictions=predictions)
+        stamp = data_stamp(job, datasets)
+        record = make_record(job, suite_name, dataset, data, evaluation, o.device, time.time() - start, meta, stamp)
+        store.append(record, predictions=evaluation.predictions)
         ran += 1
-        chosen = (
-            f"l2 {result['selected_l2']:g}"
-            if result.get("selected_l2") is not None
-            else (f"epoch {result['best_epoch']}" if result["best_epoch"] is not None else "nothing tuned")
+        o.log(
+            f"  {job.describe()}: {evaluation.summary} (val {evaluation.result['val_value']:.4f}, {chosen(evaluation)})"
         )
-        o.log(f"  {job.describe()}: {summary} (val {result['val_value']:.4f}, {chosen})")
     return ran, failures
+
+
+def chosen(evaluation: Evaluation) -> str:
+    """What the evaluation selected on the validation split, for the log."""
+    result = evaluation.result
+    if result.get("selected_l2") is not None:
+        return f"l2 {result['selected_l2']:g}"
+    return f"epoch {result['best_epoch']}" if result["best_epoch"] is not None else "nothing tuned"
