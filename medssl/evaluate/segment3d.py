@@ -140,6 +140,35 @@ def mean_dice(
     return np.array(out)
 
 
+class CTPatches:
+    """The CTs of one evaluation as its training reads them: windowed volume, body mask and labels as tensors, made
+    once per CT (labels copied out of the read-only cache), and the patches of one step."""
+
+    def __init__(self, volumes, labels, patch: Sequence[int]):
+        self.volumes, self.labels, self.patch = volumes, labels, tuple(patch)
+        self.made: dict = {}
+
+    def __getitem__(self, i: int):
+        if i not in self.made:
+            self.made[i] = (
+                window(self.volumes[i]),
+                torch.as_tensor(body_mask(np.asarray(self.volumes[i])))[None],
+                torch.from_numpy(np.array(self.labels[i])),
+            )
+        return self.made[i]
+
+    def step(self, train_idx, per_step: int, rng: np.random.Generator, device: str):
+        """(images, one-hot targets, body masks) of ``per_step`` patches from one random training CT."""
+        image, body, organ = self[int(train_idx[int(rng.integers(len(train_idx)))])]
+        starts = [sample_patch_start(organ.numpy(), self.patch, rng) for _ in range(per_step)]
+        p = self.patch
+        crop = lambda t, s: t[..., s[0] : s[0] + p[0], s[1] : s[1] + p[1], s[2] : s[2] + p[2]]
+        x = torch.stack([crop(image, s) for s in starts]).to(device)
+        y = one_hot_organs(torch.stack([crop(organ, s) for s in starts])).to(device)
+        b = torch.stack([crop(body, s) for s in starts]).to(device)
+        return x, y, b
+
+
 def train_fpn_segmentation(
     encoder,
     mode: str,
@@ -174,111 +203,28 @@ def train_fpn_segmentation(
         raise ValueError(f"mode must be probe, finetune or scratch, got {mode!r}")
     torch.manual_seed(seed)
     rng = np.random.default_rng([seed, 21])
-    patch = tuple(int(p) for p in settings["patch_size"])
-    epochs, steps, per_step, lr = (
-        int(settings["epochs"]),
-        int(settings["steps_per_epoch"]),
-        int(settings.get("patches_per_step", 7)),
-        float(settings.get("lr", 3e-4)),
-    )
-    freeze, warmup = int(settings.get("freeze_epochs", 0)), max(1, int(settings.get("warmup_epochs", 1)))
-    encoder = encoder.to(device)
-    heads = nn.ModuleDict({"linear": FPNLinearHead(encoder.level_channels, NUM_ORGANS)})
-    if mode == "probe":
-        heads["nonlinear"] = FPNNonLinearHead(encoder.level_channels, NUM_ORGANS)
-    heads = heads.to(device)
-    trains_encoder = mode != "probe"
-    groups = [{"params": list(heads.parameters()), "lr": lr}] + (
-        [{"params": list(encoder.parameters()), "lr": lr}] if trains_encoder else []
-    )
-    optimizer = torch.optim.Adam(groups)
-    windowed, bodies, organs = {}, {}, {}
-
-    def prepared(i: int):
-        """(windowed volume, body mask, labels) of CT ``i`` as tensors, made once (labels copied out of the cache)."""
-        if i not in windowed:
-            windowed[i], bodies[i] = window(volumes[i]), torch.as_tensor(body_mask(np.asarray(volumes[i])))[None]
-            organs[i] = torch.from_numpy(np.array(labels[i]))
-        return windowed[i], bodies[i], organs[i]
-
-    selector = "nonlinear" if mode == "probe" else "linear"
-    inference = {
-        "overlap": float(settings.get("inference_overlap", 0.5)),
-        "batch_size": int(settings.get("inference_batch", 2)),
-    }
-
-    def all_heads(x: torch.Tensor) -> torch.Tensor:
-        levels = encoder(x)
-        return torch.cat([head(levels) for head in heads.values()], dim=1)
-
+    training = FPNTraining(encoder.to(device), mode, settings, device)
+    cts = CTPatches(volumes, labels, settings["patch_size"])
+    score = lambda model_fn, idx, heads=1: training.dice(model_fn, cts, idx, annotated, heads)
+    epochs = int(settings["epochs"])
     every = max(1, epochs // max(1, int(settings.get("validations", 5))))
+    selector = "nonlinear" if mode == "probe" else "linear"
     best = (-np.inf, -1, None)
-    finite = FiniteLoss(f"CT segmentation ({mode})")
     for epoch in range(epochs):
-        encoder_trains = trains_encoder and (mode == "scratch" or epoch >= freeze)
-        if mode == "finetune":
-            optimizer.param_groups[1]["lr"] = (
-                lr * min(1.0, 0.1 + 0.9 * (epoch - freeze) / warmup) if encoder_trains else 0.0
-            )
-        encoder.train(encoder_trains)
-        encoder.requires_grad_(encoder_trains)
-        heads.train()
-        for _ in range(steps):
-            i = int(train_idx[int(rng.integers(len(train_idx)))])
-            image, body, organ = prepared(i)
-            starts = [sample_patch_start(organ.numpy(), patch, rng) for _ in range(per_step)]
-            crop = lambda t, s: t[..., s[0] : s[0] + patch[0], s[1] : s[1] + patch[1], s[2] : s[2] + patch[2]]
-            x = torch.stack([crop(image, s) for s in starts]).to(device)
-            y = one_hot_organs(torch.stack([crop(organ, s) for s in starts])).to(device)
-            b = torch.stack([crop(body, s) for s in starts]).to(device)
-            with torch.set_grad_enabled(encoder_trains):
-                levels = encoder(x)
-            loss = sum(segmentation_loss(head(levels), y, b) for head in heads.values())
-            finite.update(loss)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-        finite.check(epoch)
+        training.train_epoch(epoch, cts, train_idx, rng)
         if (epoch + 1) % every == 0 or epoch == epochs - 1:
-            encoder.eval(), heads.eval()
+            training.eval()
             val = np.nanmean(
-                np.nanmean(
-                    mean_dice(
-                        lambda x: heads[selector](encoder(x)),
-                        [volumes[i] for i in val_idx],
-                        [labels[i] for i in val_idx],
-                        [prepared(int(i))[1][0].numpy() for i in val_idx],
-                        patch,
-                        annotated,
-                        device,
-                        **inference,
-                    ),
-                    axis=1,
-                )
+                np.nanmean(score(lambda x: training.heads[selector](training.encoder(x)), val_idx), axis=1)
             )
             if val > best[0]:
-                state = {
-                    "heads": {k: v.detach().cpu().clone() for k, v in heads.state_dict().items()},
-                    "encoder": {k: v.detach().cpu().clone() for k, v in encoder.state_dict().items()},
-                }
-                best = (float(val), epoch, state)
-    heads.load_state_dict(best[2]["heads"])
-    encoder.load_state_dict(best[2]["encoder"])
-    encoder.eval(), heads.eval()
+                best = (float(val), epoch, training.snapshot())
+    training.restore(best[2])
+    training.eval()
+    tested = score(training.all_heads, test_idx, len(training.heads))
     results = {}
-    tested = mean_dice(
-        all_heads,
-        [volumes[i] for i in test_idx],
-        [labels[i] for i in test_idx],
-        [prepared(int(i))[1][0].numpy() for i in test_idx],
-        patch,
-        annotated,
-        device,
-        heads=len(heads),
-        **inference,
-    )
-    for position, name in enumerate(heads):
-        dice = tested[:, position] if len(heads) > 1 else tested
+    for position, name in enumerate(training.heads):
+        dice = tested[:, position] if len(training.heads) > 1 else tested
         results[name] = {
             "val_value": best[0],
             "best_epoch": best[1],
@@ -287,3 +233,80 @@ def train_fpn_segmentation(
             "mean_dice": float(np.nanmean(np.nanmean(dice, axis=1))),
         }
     return results
+
+
+class FPNTraining:
+    """The heads on a FPN3d encoder, their optimiser and the schedule of one ``mode`` (see
+    :func:`train_fpn_segmentation`)."""
+
+    def __init__(self, encoder, mode: str, settings, device: str):
+        self.encoder, self.mode, self.device = encoder, mode, device
+        self.patch = tuple(int(p) for p in settings["patch_size"])
+        self.steps, self.per_step = int(settings["steps_per_epoch"]), int(settings.get("patches_per_step", 7))
+        self.lr = float(settings.get("lr", 3e-4))
+        self.freeze, self.warmup = int(settings.get("freeze_epochs", 0)), max(1, int(settings.get("warmup_epochs", 1)))
+        self.inference = {
+            "overlap": float(settings.get("inference_overlap", 0.5)),
+            "batch_size": int(settings.get("inference_batch", 2)),
+        }
+        heads = nn.ModuleDict({"linear": FPNLinearHead(encoder.level_channels, NUM_ORGANS)})
+        if mode == "probe":
+            heads["nonlinear"] = FPNNonLinearHead(encoder.level_channels, NUM_ORGANS)
+        self.heads = heads.to(device)
+        self.trains_encoder = mode != "probe"
+        groups = [{"params": list(self.heads.parameters()), "lr": self.lr}] + (
+            [{"params": list(encoder.parameters()), "lr": self.lr}] if self.trains_encoder else []
+        )
+        self.optimizer = torch.optim.Adam(groups)
+        self.finite = FiniteLoss(f"CT segmentation ({mode})")
+
+    def train_epoch(self, epoch: int, cts: CTPatches, train_idx, rng: np.random.Generator) -> None:
+        encoder_trains = self.trains_encoder and (self.mode == "scratch" or epoch >= self.freeze)
+        if self.mode == "finetune":
+            self.optimizer.param_groups[1]["lr"] = (
+                self.lr * min(1.0, 0.1 + 0.9 * (epoch - self.freeze) / self.warmup) if encoder_trains else 0.0
+            )
+        self.encoder.train(encoder_trains)
+        self.encoder.requires_grad_(encoder_trains)
+        self.heads.train()
+        for _ in range(self.steps):
+            x, y, b = cts.step(train_idx, self.per_step, rng, self.device)
+            with torch.set_grad_enabled(encoder_trains):
+                levels = self.encoder(x)
+            loss = sum(segmentation_loss(head(levels), y, b) for head in self.heads.values())
+            self.finite.update(loss)
+            self.optimizer.zero_grad()
+            loss.backward()
+            self.optimizer.step()
+        self.finite.check(epoch)
+
+    def eval(self) -> None:
+        self.encoder.eval(), self.heads.eval()
+
+    def all_heads(self, x: torch.Tensor) -> torch.Tensor:
+        levels = self.encoder(x)
+        return torch.cat([head(levels) for head in self.heads.values()], dim=1)
+
+    def dice(self, model_fn, cts: CTPatches, idx, annotated: Sequence[int], heads: int = 1) -> np.ndarray:
+        """:func:`mean_dice` of ``model_fn`` on the CTs ``idx``."""
+        return mean_dice(
+            model_fn,
+            [cts.volumes[i] for i in idx],
+            [cts.labels[i] for i in idx],
+            [cts[int(i)][1][0].numpy() for i in idx],
+            self.patch,
+            annotated,
+            self.device,
+            heads=heads,
+            **self.inference,
+        )
+
+    def snapshot(self) -> dict:
+        return {
+            "heads": {k: v.detach().cpu().clone() for k, v in self.heads.state_dict().items()},
+            "encoder": {k: v.detach().cpu().clone() for k, v in self.encoder.state_dict().items()},
+        }
+
+    def restore(self, state: dict) -> None:
+        self.heads.load_state_dict(state["heads"])
+        self.encoder.load_state_dict(state["encoder"])
