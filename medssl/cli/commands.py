@@ -37,7 +37,7 @@ from medssl.runtime.options import RunOptions
 from medssl.runtime.precision import lightning_devices
 from medssl.runtime.progress import check_logger
 from medssl.suite.protocol import ConfigError
-from medssl.suite.schema import function_defaults
+from medssl.suite.checks import function_defaults
 
 # torchrun starts this script once per device (--devices N)
 SCRIPT = Path(__file__).resolve().parents[2] / "run_benchmark.py"

@@ -16,8 +16,9 @@ import yaml
 
 from datasets.base import loader_function
 from medssl.nn.optim import check_optimizer
+from medssl.suite.checks import MAX_SEED, function_defaults
 from medssl.suite.protocol import PROTOCOLS, STATISTICS_DEFAULTS, ConfigError
-from medssl.suite.schema import MAX_SEED, check_suite, function_defaults
+from medssl.suite.schema import check_suite
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SUITES_DIR = REPO_ROOT / "benchmarks" / "suites"

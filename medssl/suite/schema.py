@@ -9,186 +9,28 @@ loader's parameters) are read from that code, so a new method or loader needs no
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
-import inspect
-import math
-import re
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Sequence
 
 from datasets.base import dataset_names, loader_function
 from medssl.nn.augment import AugmentConfig
+from medssl.suite.checks import (
+    MAX_SEED,
+    Check,
+    Problems,
+    dataclass_defaults,
+    describe,
+    folder_name,
+    from_defaults,
+    function_defaults,
+    join_path,
+    mapping,
+    nearest,
+    number,
+    sequence,
+    text,
+)
 from medssl.suite.protocol import CT_PROTOCOLS, MONITOR_DEFAULTS, PROTOCOLS, STATISTICS_DEFAULTS, TASK_TYPES
 from methods import REGISTRY, method_class
-
-# Seeds feed numpy's and torch's generators, which take 0 <= seed < 2**32.
-MAX_SEED = 2**32 - 1
-
-
-class Problems:
-    """Collects schema violations as ``path: message`` lines."""
-
-    def __init__(self) -> None:
-        self.lines: List[str] = []
-
-    def add(self, path: str, message: str) -> None:
-        self.lines.append(f"{path or '(top level)'}: {message}")
-
-
-def _describe(value: Any) -> str:
-    return f"{value!r} ({type(value).__name__})"
-
-
-def nearest(name: str, known: Sequence[str]) -> str:
-    """' (did you mean X?)' for the closest known name, or '' when none is close."""
-    known = [str(k) for k in known]
-    match = (
-        difflib.get_close_matches(str(name), known, n=1, cutoff=0.6)
-        or [k for k in known if k.startswith(str(name)) or str(name).startswith(k)][:1]
-    )
-    return f"; did you mean {match[0]!r}?" if match else ""
-
-
-# --- leaf checkers: each takes (value, path, problems) -------------------------------------------------------------
-Check = Callable[[Any, str, Problems], None]
-
-
-def number(
-    low: Optional[float] = None, high: Optional[float] = None, integer: bool = False, low_open: bool = False
-) -> Check:
-    def check(value, path, problems):
-        kind = "an integer" if integer else "a number"
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
-            problems.add(path, f"expected {kind}, got {_describe(value)}")
-            return
-        if not math.isfinite(value):  # NaN passes every comparison below; inf is no setting's value
-            problems.add(path, f"expected a finite number, got {value!r}")
-            return
-        if low is not None and (value <= low if low_open else value < low):
-            problems.add(path, f"expected {kind} {'>' if low_open else '>='} {low:g}, got {value!r}")
-        if high is not None and value > high:
-            problems.add(path, f"expected {kind} <= {high:g}, got {value!r}")
-
-    return check
-
-
-def text(choices: Optional[Sequence[str]] = None) -> Check:
-    def check(value, path, problems):
-        if not isinstance(value, str):
-            problems.add(
-                path,
-                f"expected a string{' (one of ' + ', '.join(choices) + ')' if choices else ''}, got {_describe(value)}",
-            )
-        elif choices is not None and value not in choices:
-            problems.add(path, f"expected one of {', '.join(choices)}, got {value!r}{nearest(value, choices)}")
-
-    return check
-
-
-def folder_name(value, path, problems):
-    """A name that becomes a folder (results/<suite>/, reports/<suite>/): letters, digits and _ . + - only, so it
-    can never point outside the results folder (``../../x``)."""
-    if not isinstance(value, str):
-        problems.add(path, f"expected a string, got {_describe(value)}")
-    elif not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", value) or ".." in value:
-        problems.add(
-            path,
-            f"{value!r} names the suite's results and reports folders: use letters, digits and _ . + - (no / or ..)",
-        )
-
-
-def flag(value, path, problems):
-    if not isinstance(value, bool):
-        problems.add(path, f"expected true or false, got {_describe(value)}")
-
-
-def sequence(item: Check, min_length: int = 0, length: Optional[int] = None, unique: bool = False) -> Check:
-    def check(value, path, problems):
-        if not isinstance(value, (list, tuple)):
-            problems.add(path, f"expected a list, got {_describe(value)}")
-            return
-        if length is not None and len(value) != length:
-            problems.add(path, f"expected a list of {length} values, got {len(value)}")
-        elif len(value) < min_length:
-            problems.add(
-                path, f"expected a list of at least {min_length} value{'s' if min_length > 1 else ''}, got {len(value)}"
-            )
-        for position, element in enumerate(value):
-            item(element, f"{path}[{position}]", problems)
-        if unique:
-            repeated = sorted({str(v) for v in value if list(value).count(v) > 1})
-            if repeated:
-                problems.add(path, f"repeats {', '.join(repeated)}; list each once")
-
-    return check
-
-
-def mapping(fields: Dict[str, Check], required: Sequence[str] = (), what: str = "") -> Check:
-    """A dict whose keys are all known: unknown keys are named with the nearest known one."""
-
-    def check(value, path, problems):
-        if not isinstance(value, dict):
-            problems.add(
-                path, f"expected a mapping of {what or 'settings'} ({', '.join(fields)}), got {_describe(value)}"
-            )
-            return
-        for key in required:
-            if key not in value:
-                problems.add(_join(path, key), "missing (required)")
-        for key, element in value.items():
-            if key not in fields:
-                problems.add(_join(path, key), f"unknown key{nearest(key, list(fields))} (known: {', '.join(fields)})")
-            else:
-                fields[key](element, _join(path, key), problems)
-
-    return check
-
-
-def _join(path: str, key: Any) -> str:
-    return f"{path}.{key}" if path else str(key)
-
-
-def from_defaults(defaults: Dict[str, Any], what: str) -> Check:
-    """Settings whose names and types are those of ``defaults`` (a dataclass's or a function's): a setting of a
-    numeric default takes a finite number, a list or tuple default a list, a string one a string, a boolean one a
-    boolean. Ranges follow the default's sign: a positive default (a size, a temperature) takes a positive number, a
-    zero default (a seed, a weight decay) a non-negative one, a negative one (BTCV's ``fold: -1``) any."""
-
-    def check_one(default):
-        if isinstance(default, bool):
-            return flag
-        bound = {"low": 0, "low_open": default > 0} if isinstance(default, (int, float)) and default >= 0 else {}
-        if isinstance(default, int):
-            return number(integer=True, **bound)
-        if isinstance(default, float):
-            return number(**bound)
-        if isinstance(default, str):
-            return text()
-        if isinstance(default, (list, tuple)):
-            return sequence(lambda v, p, pr: None)
-        return lambda v, p, pr: None  # no default type to check against (None): the code checks the value
-
-    return mapping({name: check_one(default) for name, default in defaults.items()}, what=what)
-
-
-def dataclass_defaults(cls) -> Dict[str, Any]:
-    out = {}
-    for field in dataclasses.fields(cls):
-        if field.default is not dataclasses.MISSING:
-            out[field.name] = field.default
-        elif field.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-            out[field.name] = field.default_factory()  # type: ignore[misc]
-        else:
-            out[field.name] = None
-    return out
-
-
-def function_defaults(fn, skip: Sequence[str] = ("data_root", "progress")) -> Dict[str, Any]:
-    return {
-        name: (p.default if p.default is not inspect.Parameter.empty else None)
-        for name, p in inspect.signature(fn).parameters.items()
-        if name not in skip
-    }
 
 
 # --- the suite ----------------------------------------------------------------------------------------------------
@@ -199,7 +41,7 @@ def _dataset_spec(value, path, problems, splits: bool) -> None:
     mapping(fields, required=("name",), what="dataset settings")(value, path, problems)
     if isinstance(value, dict) and value.get("name") in dataset_names() and value.get("params") is not None:
         from_defaults(function_defaults(loader_function(value["name"])), f"{value['name']} parameters")(
-            value["params"], _join(path, "params"), problems
+            value["params"], join_path(path, "params"), problems
         )
 
 
@@ -207,21 +49,21 @@ def _corpora(value, path, problems) -> None:
     if not isinstance(value, dict) or not value:
         problems.add(
             path,
-            f"expected a mapping of named pretraining corpora, e.g. {{cxr: {{name: synthetic_cxr}}}}, got {_describe(value)}",
+            f"expected a mapping of named pretraining corpora, e.g. {{cxr: {{name: synthetic_cxr}}}}, got {describe(value)}",
         )
         return
     for name, spec in value.items():
-        _dataset_spec(spec, _join(path, name), problems, splits=True)
+        _dataset_spec(spec, join_path(path, name), problems, splits=True)
 
 
 def _method_params(value, path, problems) -> None:
     if value is None:
         return
     if not isinstance(value, dict):
-        problems.add(path, f"expected a mapping from method name to its settings, got {_describe(value)}")
+        problems.add(path, f"expected a mapping from method name to its settings, got {describe(value)}")
         return
     for method, params in value.items():
-        where = _join(path, method)
+        where = join_path(path, method)
         if method not in REGISTRY:
             problems.add(where, f"unknown method{nearest(method, list(REGISTRY))} (known: {', '.join(REGISTRY)})")
             continue
@@ -266,11 +108,11 @@ def _encoders(value, path, problems) -> None:
     if not isinstance(value, dict):
         problems.add(
             path,
-            f"expected a mapping from row name to an encoder file, e.g. {{imagenet: {{path: weights/resnet18.pth}}}}, got {_describe(value)}",
+            f"expected a mapping from row name to an encoder file, e.g. {{imagenet: {{path: weights/resnet18.pth}}}}, got {describe(value)}",
         )
         return
     for name, spec in value.items():
-        mapping(ENCODER_FIELDS, required=("path",), what="encoder settings")(spec, _join(path, name), problems)
+        mapping(ENCODER_FIELDS, required=("path",), what="encoder settings")(spec, join_path(path, name), problems)
 
 
 def _augment() -> Check:
@@ -296,7 +138,8 @@ def _shared_checks() -> tuple:
     return seeds, number(low=1, integer=True), number(low=0, low_open=True), schedule
 
 
-def suite_schema(encoder_names: Sequence[str] = ()) -> Check:
+def image_pretrain_schema() -> Check:
+    """``pretrain``: the corpora, the shared protocol every method trains with, and the optional probe monitor."""
     seeds, positive_int, rate, schedule = _shared_checks()
     fraction = number(low=0, high=100, low_open=True)
     optimizer = mapping(
@@ -322,7 +165,7 @@ def suite_schema(encoder_names: Sequence[str] = ()) -> Check:
     assert set(MONITOR_DEFAULTS) == {"every_epochs", "fraction", "seed", "l2"}, (
         "keep the monitor schema in step with MONITOR_DEFAULTS"
     )
-    pretrain = mapping(
+    return mapping(
         {
             "datasets": _corpora,
             "backbone": text(("resnet18", "resnet34", "resnet50")),
@@ -348,6 +191,11 @@ def suite_schema(encoder_names: Sequence[str] = ()) -> Check:
         ),
         what="pretraining settings",
     )
+
+
+def image_evaluation_schema() -> Check:
+    """``evaluation``: the evaluation seeds and each protocol's settings."""
+    seeds, positive_int, rate, _ = _shared_checks()
     common = {
         "epochs": number(low=0, integer=True),
         "lr": rate,
@@ -365,12 +213,17 @@ def suite_schema(encoder_names: Sequence[str] = ()) -> Check:
     knn = mapping(
         {"k": positive_int, "temperature": rate, "seeds": seeds}, required=("k", "temperature"), what="kNN settings"
     )
-    evaluation = mapping(
+    return mapping(
         {"seeds": seeds, "linear": linear, "finetune": finetune, "knn": knn, "segmentation": segmentation},
         required=("seeds", "linear", "finetune"),
         what="evaluation settings",
     )
-    task = mapping(
+
+
+def image_task_schema() -> Check:
+    """One entry of ``tasks``: a dataset, its protocols and label fractions."""
+    fraction = number(low=0, high=100, low_open=True)
+    return mapping(
         {
             "name": text(),
             "dataset": lambda v, p, pr: _dataset_spec(v, p, pr, splits=False),
@@ -382,6 +235,11 @@ def suite_schema(encoder_names: Sequence[str] = ()) -> Check:
         required=("name", "dataset", "protocols", "fractions"),
         what="task settings",
     )
+
+
+def statistics_schema() -> Check:
+    """``statistics``: the reference method, the adjustment and the bootstrap behind the marks."""
+    positive_int = number(low=1, integer=True)
     statistics = mapping(
         {
             "reference": text(),
@@ -403,18 +261,23 @@ def suite_schema(encoder_names: Sequence[str] = ()) -> Check:
         "confidence",
         "seed",
     }, "keep the statistics schema in step"
+    return statistics
+
+
+def suite_schema(encoder_names: Sequence[str] = ()) -> Check:
+    """An image suite (the default track): every section, each checked by its own schema."""
     return mapping(
         {
             "name": folder_name,
             "description": text(),
             "track": text(("2d", "ct")),
-            "pretrain": pretrain,
+            "pretrain": image_pretrain_schema(),
             "methods": _methods(encoder_names),
             "method_params": _method_params,
             "encoders": _encoders,
-            "tasks": sequence(task, min_length=1),
-            "evaluation": evaluation,
-            "statistics": statistics,
+            "tasks": sequence(image_task_schema(), min_length=1),
+            "evaluation": image_evaluation_schema(),
+            "statistics": statistics_schema(),
         },
         required=("pretrain", "methods", "tasks", "evaluation"),
         what="suite sections",
@@ -505,7 +368,7 @@ def check_suite(suite: Any) -> List[str]:
     problems = Problems()
     if not isinstance(suite, dict):
         problems.add(
-            "", f"a suite is a mapping of sections (pretrain, methods, tasks, evaluation), got {_describe(suite)}"
+            "", f"a suite is a mapping of sections (pretrain, methods, tasks, evaluation), got {describe(suite)}"
         )
         return problems.lines
     if suite.get("track") == "ct":
