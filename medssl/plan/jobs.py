@@ -150,10 +150,9 @@ def external_job(name: str, spec: Dict[str, Any], corpus_name: str, corpus: Dict
 
 
 def build_plan(suite: Dict[str, Any]) -> Plan:
+    """Every pretraining and evaluation job of an image suite, each keyed by the hash of what determines it."""
     rows, encoders = rows_and_encoders(suite)
     suite = {**suite, "methods": rows, **({"encoders": encoders} if encoders else {})}
-    pretrain = suite["pretrain"]
-    protocol = {k: pretrain[k] for k in PRETRAIN_PROTOCOL_KEYS}
     method_params = suite.get("method_params", {}) or {}
     unknown_params = sorted(set(method_params) - set(method_names()))
     if unknown_params:
@@ -174,76 +173,75 @@ def build_plan(suite: Dict[str, Any]) -> Plan:
                 f"{method} trains on CT volumes and this suite on 2D images; list it in a CT suite (track: ct), e.g. --suite vox2vec3d"
             )
         for corpus_name, corpus in corpora(suite).items():
-            for seed in pretrain["seeds"]:
-                if cls.needs_pretraining:
-                    config = {
-                        "method": method,
-                        "params": params,
-                        "corpus": with_version(corpus),
-                        "protocol": protocol,
-                        "seed": int(seed),
-                        "version": PROTOCOL_VERSION,
-                    }
-                    if (
-                        cls.version > 1
-                    ):  # version 1 is left out so that hashes made before methods had versions stay valid
-                        config["method_version"] = cls.version
-                else:  # nothing is trained: only what shapes the random initialisation and its BatchNorm statistics
-                    statistics = {k: pretrain[k] for k in UNTRAINED_PROTOCOL_KEYS}
-                    config = {
-                        "method": method,
-                        "params": params,
-                        "corpus": with_version(corpus),
-                        "protocol": statistics,
-                        "seed": int(seed),
-                        "version": PROTOCOL_VERSION,
-                    }
-                config["trunk_version"] = (
-                    TRUNK_VERSION  # the trunk's initialisation shapes every encoder, trained or not
-                )
+            for seed in suite["pretrain"]["seeds"]:
+                config = pretraining_config(method, cls, params, corpus, suite["pretrain"], int(seed))
                 jobs[(method, corpus_name, int(seed))] = PretrainJob(
-                    method, corpus_name, int(seed), config, stable_hash(config), pretrain.get("monitor")
+                    method, corpus_name, int(seed), config, stable_hash(config), suite["pretrain"].get("monitor")
                 )
-    eval_jobs: List[EvalJob] = []
-    for method in suite["methods"]:
-        for task in suite["tasks"]:
-            corpus_name = task.get("pretrain", next(iter(corpora(suite))))
-            if corpus_name not in corpora(suite):
-                raise ConfigError(
-                    f"task {task['name']!r} pretrains on unknown corpus {corpus_name!r}; corpora: {sorted(corpora(suite))}"
-                )
-            # the fraction and protocol lists only say which jobs exist; they are not part of any job's identity
-            task_identity = {k: v for k, v in task.items() if k not in ("fractions", "protocols")}
-            task_identity["dataset"] = with_version(task["dataset"])
-            for protocol_name in task["protocols"]:
-                # which seeds run is not part of a job's identity: adding a seed must not invalidate the others
-                settings = {k: v for k, v in evaluation_settings(suite, protocol_name, task).items() if k != "seeds"}
-                for fraction in task["fractions"]:
-                    for pretrain_seed in pretrain["seeds"] if method not in encoders else [None]:
-                        job = jobs[(method, corpus_name, None if pretrain_seed is None else int(pretrain_seed))]
-                        for seed in evaluation_seeds(suite, protocol_name, task):
-                            config = {
-                                "pretrain": job.hash,
-                                "task": task_identity,
-                                "protocol": protocol_name,
-                                "settings": settings,
-                                "image_size": pretrain["image_size"],
-                                "fraction": float(fraction),
-                                "seed": int(seed),
-                                "version": PROTOCOL_VERSION,
-                            }
-                            eval_jobs.append(
-                                EvalJob(
-                                    job,
-                                    task,
-                                    protocol_name,
-                                    float(fraction),
-                                    int(seed),
-                                    config,
-                                    stable_hash(config, 16),
-                                )
-                            )
+    eval_jobs = [job for method in suite["methods"] for job in evaluation_jobs(suite, method, jobs, encoders)]
     return Plan(suite, list(jobs.values()), eval_jobs)
+
+
+def pretraining_config(method: str, cls, params, corpus, pretrain: Dict[str, Any], seed: int) -> Dict[str, Any]:
+    """What a pretraining's key hashes: the method and its settings, the corpus, the shared protocol (for a method
+    that trains nothing only what shapes the random initialisation and its BatchNorm statistics), the seed and the
+    versions of the protocol, the method and the trunk."""
+    if cls.needs_pretraining:
+        protocol = {k: pretrain[k] for k in PRETRAIN_PROTOCOL_KEYS}
+    else:
+        protocol = {k: pretrain[k] for k in UNTRAINED_PROTOCOL_KEYS}
+    config = {
+        "method": method,
+        "params": params,
+        "corpus": with_version(corpus),
+        "protocol": protocol,
+        "seed": seed,
+        "version": PROTOCOL_VERSION,
+    }
+    if cls.needs_pretraining and cls.version > 1:
+        config["method_version"] = cls.version  # version 1 is left out: hashes made before methods had versions hold
+    config["trunk_version"] = TRUNK_VERSION  # the trunk's initialisation shapes every encoder, trained or not
+    return config
+
+
+def evaluation_jobs(
+    suite: Dict[str, Any], method: str, jobs: Dict[tuple, PretrainJob], encoders: Dict[str, Any]
+) -> List[EvalJob]:
+    """The evaluations of one row: every task x protocol x fraction x pretraining seed x evaluation seed."""
+    out: List[EvalJob] = []
+    pretrain = suite["pretrain"]
+    for task in suite["tasks"]:
+        corpus_name = task.get("pretrain", next(iter(corpora(suite))))
+        if corpus_name not in corpora(suite):
+            raise ConfigError(
+                f"task {task['name']!r} pretrains on unknown corpus {corpus_name!r}; corpora: {sorted(corpora(suite))}"
+            )
+        # the fraction and protocol lists only say which jobs exist; they are not part of any job's identity
+        task_identity = {k: v for k, v in task.items() if k not in ("fractions", "protocols")}
+        task_identity["dataset"] = with_version(task["dataset"])
+        for protocol_name in task["protocols"]:
+            # which seeds run is not part of a job's identity: adding a seed must not invalidate the others
+            settings = {k: v for k, v in evaluation_settings(suite, protocol_name, task).items() if k != "seeds"}
+            for fraction in task["fractions"]:
+                for pretrain_seed in pretrain["seeds"] if method not in encoders else [None]:
+                    job = jobs[(method, corpus_name, None if pretrain_seed is None else int(pretrain_seed))]
+                    for seed in evaluation_seeds(suite, protocol_name, task):
+                        config = {
+                            "pretrain": job.hash,
+                            "task": task_identity,
+                            "protocol": protocol_name,
+                            "settings": settings,
+                            "image_size": pretrain["image_size"],
+                            "fraction": float(fraction),
+                            "seed": int(seed),
+                            "version": PROTOCOL_VERSION,
+                        }
+                        out.append(
+                            EvalJob(
+                                job, task, protocol_name, float(fraction), int(seed), config, stable_hash(config, 16)
+                            )
+                        )
+    return out
 
 
 def recorded_plan(plan: Plan, records: List[Dict[str, Any]]) -> Optional[Plan]:
