@@ -155,24 +155,11 @@ def build_cache(
     returns image i's 0/1 mask at any resolution (resized here by nearest neighbour).
     """
     cache_dir = Path(cache_dir)
-    manifest_path = cache_dir / "manifest.json"
-    if manifest_path.exists():
-        manifest = json.loads(manifest_path.read_text())
-        if manifest.get("input_fingerprint") != input_fingerprint:
-            if manifest.get("fingerprint_version", 1) < FINGERPRINT_VERSION:
-                raise DatasetError(
-                    f"the cache {cache_dir} was made by an older medssl-bench, which did not check the label files' content; delete that folder to rebuild it"
-                )
-            raise DatasetError(
-                f"the cache {cache_dir} was built from different input files (fingerprint {manifest.get('input_fingerprint')}, now {input_fingerprint}); delete that folder to rebuild it, or point --data-root at the copy it was made from"
-            )
+    if complete_cache(cache_dir, input_fingerprint):
         return cache_dir
     arrays = make_arrays()
     cache_dir.mkdir(parents=True, exist_ok=True)
     n = len(sources)
-    partial = cache_dir / "images.partial.npy"
-    mask_partial = cache_dir / "masks.partial.npy"
-    done_path = cache_dir / "done.npy"
     entries = source_entries(sources, cache_dir)
     owner = cache_dir / "fingerprint.txt"
     if owner.exists() and owner.read_text().strip() != input_fingerprint:
@@ -181,57 +168,21 @@ def build_cache(
         _reuse_partial(cache_dir, entries, size, channels, masks is not None)
     owner.write_text(input_fingerprint)
     save_json(cache_dir / "sources.json", entries)
-    if partial.exists() and done_path.exists() and (masks is None or mask_partial.exists()):
-        images = np.load(partial, mmap_mode="r+")
-        mask_array = np.load(mask_partial, mmap_mode="r+") if masks is not None else None
-        done = np.load(done_path)
-    else:
-        images = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=(n, channels, size, size))
-        mask_array = (
-            np.lib.format.open_memmap(mask_partial, mode="w+", dtype=np.uint8, shape=(n, size, size))
-            if masks is not None
-            else None
-        )
-        done = np.zeros(n, dtype=bool)
-    failures: List[str] = []
-    bar = progress_bar(int((~done).sum()), f"caching {n} images at {size} px", progress)
-    try:
-        for count, i in enumerate(np.flatnonzero(~done)):
-            try:
-                images[i] = channels_first(resize_square(decode(Path(sources[i])), size))
-                if mask_array is not None:
-                    mask_array[i] = resize_mask(masks(i), size)
-                done[i] = True
-            except Exception as err:  # noqa: BLE001 - every unreadable file is reported together below
-                failures.append(f"{sources[i]}: {type(err).__name__}: {err}")
-            if (count + 1) % _CHECKPOINT_EVERY == 0:
-                _flush(images, mask_array)
-                save_array(done_path, done)
-            if bar is not None:
-                bar.advance(0)
-    finally:
-        _flush(images, mask_array)
-        save_array(done_path, done)
-        if bar is not None:
-            bar.stop()
+    images, mask_array, done = _partial_arrays(cache_dir, n, size, channels, masks is not None)
+    failures = _decode_pending(cache_dir, sources, decode, masks, size, progress, (images, mask_array, done))
     if failures:
         shown = "\n  ".join(failures[:10])
         raise DatasetError(
             f"{len(failures)} of {n} images could not be read (the others are cached in {cache_dir} and kept for the next attempt); fix or remove these files and run again:\n  {shown}"
         )
-    digest = hashlib.sha256()
-    for start in range(0, n, 1024):
-        digest.update(np.ascontiguousarray(images[start : start + 1024]).tobytes())
-    if mask_array is not None:
-        for start in range(0, n, 1024):
-            digest.update(np.ascontiguousarray(mask_array[start : start + 1024]).tobytes())
+    digest = _content_digest(images, mask_array)
     del images, mask_array
     for name in ("labels", "patient_ids", "split"):
         save_array(cache_dir / f"{name}.npy", np.asarray(arrays[name]))
         digest.update(np.ascontiguousarray(arrays[name]).tobytes())
     if masks is not None:
-        os.replace(mask_partial, cache_dir / "masks.npy")
-    os.replace(partial, cache_dir / "images.npy")
+        os.replace(cache_dir / "masks.partial.npy", cache_dir / "masks.npy")
+    os.replace(cache_dir / "images.partial.npy", cache_dir / "images.npy")
     split = np.asarray(arrays["split"])
     labels = np.asarray(arrays["labels"])
     manifest = {
@@ -246,9 +197,85 @@ def build_cache(
         "fingerprint_version": FINGERPRINT_VERSION,
         "content_hash": digest.hexdigest()[:16],
     }
-    save_json(manifest_path, manifest, indent=1)  # written last: its presence marks a complete cache
-    done_path.unlink(missing_ok=True)
+    save_json(cache_dir / "manifest.json", manifest, indent=1)  # written last: its presence marks a complete cache
+    (cache_dir / "done.npy").unlink(missing_ok=True)
     return cache_dir
+
+
+def _decode_pending(cache_dir: Path, sources, decode, masks, size: int, progress: bool, arrays) -> List[str]:
+    """Decode every image not yet done into the partial arrays, saving progress every ``_CHECKPOINT_EVERY`` images
+    (and when interrupted); returns the files that could not be read, all of them."""
+    images, mask_array, done = arrays
+    failures: List[str] = []
+    bar = progress_bar(int((~done).sum()), f"caching {len(sources)} images at {size} px", progress)
+    try:
+        for count, i in enumerate(np.flatnonzero(~done)):
+            try:
+                images[i] = channels_first(resize_square(decode(Path(sources[i])), size))
+                if mask_array is not None:
+                    mask_array[i] = resize_mask(masks(i), size)
+                done[i] = True
+            except Exception as err:  # noqa: BLE001 - every unreadable file is reported together below
+                failures.append(f"{sources[i]}: {type(err).__name__}: {err}")
+            if (count + 1) % _CHECKPOINT_EVERY == 0:
+                _flush(images, mask_array)
+                save_array(cache_dir / "done.npy", done)
+            if bar is not None:
+                bar.advance(0)
+    finally:
+        _flush(images, mask_array)
+        save_array(cache_dir / "done.npy", done)
+        if bar is not None:
+            bar.stop()
+    return failures
+
+
+def complete_cache(cache_dir: Path, input_fingerprint: str) -> bool:
+    """Whether ``cache_dir`` holds a complete cache of these inputs; :class:`DatasetError` when it holds one of other
+    inputs (or of an older fingerprint), which is never served."""
+    manifest_path = cache_dir / "manifest.json"
+    if not manifest_path.exists():
+        return False
+    manifest = json.loads(manifest_path.read_text())
+    if manifest.get("input_fingerprint") != input_fingerprint:
+        if manifest.get("fingerprint_version", 1) < FINGERPRINT_VERSION:
+            raise DatasetError(
+                f"the cache {cache_dir} was made by an older medssl-bench, which did not check the label files' content; delete that folder to rebuild it"
+            )
+        raise DatasetError(
+            f"the cache {cache_dir} was built from different input files (fingerprint {manifest.get('input_fingerprint')}, now {input_fingerprint}); delete that folder to rebuild it, or point --data-root at the copy it was made from"
+        )
+    return True
+
+
+def _partial_arrays(cache_dir: Path, n: int, size: int, channels: int, with_masks: bool):
+    """(images, masks or None, done flags) of a cache being built: those of an interrupted build, else new ones."""
+    partial, mask_partial, done_path = (
+        cache_dir / "images.partial.npy",
+        cache_dir / "masks.partial.npy",
+        cache_dir / "done.npy",
+    )
+    if partial.exists() and done_path.exists() and (not with_masks or mask_partial.exists()):
+        images = np.load(partial, mmap_mode="r+")
+        return images, (np.load(mask_partial, mmap_mode="r+") if with_masks else None), np.load(done_path)
+    images = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=(n, channels, size, size))
+    mask_array = (
+        np.lib.format.open_memmap(mask_partial, mode="w+", dtype=np.uint8, shape=(n, size, size))
+        if with_masks
+        else None
+    )
+    return images, mask_array, np.zeros(n, dtype=bool)
+
+
+def _content_digest(images: np.ndarray, mask_array: Optional[np.ndarray]):
+    """SHA-256 over the cached images (and masks), 1,024 at a time; the label arrays are added by the caller."""
+    digest = hashlib.sha256()
+    for start in range(0, len(images), 1024):
+        digest.update(np.ascontiguousarray(images[start : start + 1024]).tobytes())
+    if mask_array is not None:
+        for start in range(0, len(mask_array), 1024):
+            digest.update(np.ascontiguousarray(mask_array[start : start + 1024]).tobytes())
+    return digest
 
 
 def source_entries(sources: Sequence[Path], cache_dir: Path) -> List[str]:
