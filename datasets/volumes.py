@@ -219,6 +219,51 @@ def official_fold_split(case_ids: Sequence[str], fold: int, folds: int = 5, rand
     return np.array([part[c] for c in case_ids])
 
 
+def preprocess_cases(
+    name: str, cases: Sequence[Case], cache_dir: Path, spacing, remap: Optional[Dict[int, int]], progress: bool
+) -> List[Dict]:
+    """Preprocess every case not yet in ``cache_dir`` (each written whole: arrays, then its metadata, so an
+    interrupted build keeps the finished cases); returns every case's metadata, in order. The cases that cannot be
+    used are all named in one :class:`DatasetError`."""
+    chains = {labelled: preprocessing(spacing, labelled) for labelled in (False, True)}
+    bar = progress_bar(len(cases), f"preprocessing {name}", progress)
+    entries, failures = [], []
+    for case in cases:
+        image_file, label_file = cache_dir / f"{case.case_id}.image.npy", cache_dir / f"{case.case_id}.label.npy"
+        meta_file = cache_dir / f"{case.case_id}.json"
+        if not meta_file.exists():  # cases written by an interrupted build are kept
+            try:
+                volume, labels, source = preprocess_case(case, chains[case.label is not None], remap)
+            except DatasetError as err:
+                failures.append(str(err))
+                continue
+            except Exception as err:  # noqa: BLE001 - a file that passed the header check but cannot be decoded (cut .nii.gz)
+                failures.append(
+                    f"case {case.case_id}: {case.image} cannot be decoded ({type(err).__name__}: {str(err).strip().splitlines()[-1][:160] if str(err).strip() else ''})"
+                )
+                continue
+            save_array(image_file, np.ascontiguousarray(volume))
+            if labels is not None:
+                save_array(label_file, np.ascontiguousarray(labels))
+            meta = {
+                "source_spacing": source,
+                "shape": list(volume.shape),
+                "voxels": {str(k): int((labels == k).sum()) for k in range(1, 14)} if labels is not None else {},
+            }
+            save_json(meta_file, meta)  # last: a case counts as cached only with its arrays complete
+        entries.append(json.loads(meta_file.read_text()))
+        if bar is not None:
+            bar.advance(0)
+    if bar is not None:
+        bar.stop()
+    if failures:
+        raise DatasetError(
+            f"{name}: {len(failures)} of {len(cases)} cases cannot be used (the others are cached and kept); fix or remove them:\n  "
+            + "\n  ".join(failures[:10])
+        )
+    return entries
+
+
 def load_volumes(
     name: str,
     root: Path,
@@ -252,42 +297,7 @@ def load_volumes(
         raise LayoutChecked(name, ident)
     cache_dir.mkdir(parents=True, exist_ok=True)
     if not manifest_path.exists():
-        chains = {labelled: preprocessing(spacing, labelled) for labelled in (False, True)}
-        bar = progress_bar(len(cases), f"preprocessing {name}", progress)
-        entries, failures = [], []
-        for case in cases:
-            image_file, label_file = cache_dir / f"{case.case_id}.image.npy", cache_dir / f"{case.case_id}.label.npy"
-            meta_file = cache_dir / f"{case.case_id}.json"
-            if not meta_file.exists():  # cases written by an interrupted build are kept
-                try:
-                    volume, labels, source = preprocess_case(case, chains[case.label is not None], remap)
-                except DatasetError as err:
-                    failures.append(str(err))
-                    continue
-                except Exception as err:  # noqa: BLE001 - a file that passed the header check but cannot be decoded (cut .nii.gz)
-                    failures.append(
-                        f"case {case.case_id}: {case.image} cannot be decoded ({type(err).__name__}: {str(err).strip().splitlines()[-1][:160] if str(err).strip() else ''})"
-                    )
-                    continue
-                save_array(image_file, np.ascontiguousarray(volume))
-                if labels is not None:
-                    save_array(label_file, np.ascontiguousarray(labels))
-                meta = {
-                    "source_spacing": source,
-                    "shape": list(volume.shape),
-                    "voxels": {str(k): int((labels == k).sum()) for k in range(1, 14)} if labels is not None else {},
-                }
-                save_json(meta_file, meta)  # last: a case counts as cached only with its arrays complete
-            entries.append(json.loads(meta_file.read_text()))
-            if bar is not None:
-                bar.advance(0)
-        if bar is not None:
-            bar.stop()
-        if failures:
-            raise DatasetError(
-                f"{name}: {len(failures)} of {len(cases)} cases cannot be used (the others are cached and kept); fix or remove them:\n  "
-                + "\n  ".join(failures[:10])
-            )
+        entries = preprocess_cases(name, cases, cache_dir, spacing, remap, progress)
         manifest = {"dataset": name, "spacing": spacing, "cases": [c.case_id for c in cases], "entries": entries}
         save_json(manifest_path, manifest, indent=1)
     manifest = json.loads(manifest_path.read_text())
