@@ -100,76 +100,23 @@ def render_phantom(
     labels = {name: float(finding_rng.random() < min(0.9, p * anatomy["risk"])) for name, p in _PREVALENCE.items()}
     labels["Cardiomegaly"] = anatomy["cardiomegaly"]
     present = {name: bool(value) and with_findings for name, value in labels.items()}
-
-    # Image-level pose: the grid is rotated, scaled and shifted instead of the anatomy.
-    angle = np.deg2rad(rng.uniform(-6, 6))
-    scale = anatomy["thorax"] * rng.uniform(0.92, 1.08)
-    shift = rng.uniform(-0.06, 0.06, size=2)
-    contrast, offset, gamma = rng.uniform(0.75, 1.25), rng.uniform(-0.1, 0.1), rng.uniform(0.7, 1.4)
-    gradient, blur, noise = (
-        rng.uniform(-0.08, 0.08, size=2),
-        rng.uniform(0.4, 0.6) * size / 128,
-        rng.uniform(0.015, 0.025),
-    )
-    lin = np.linspace(-1, 1, size, dtype=np.float32)
-    gx, gy = np.meshgrid(lin, lin)
-    x = (np.cos(angle) * gx + np.sin(angle) * gy - shift[0]) / scale
-    y = (-np.sin(angle) * gx + np.cos(angle) * gy - shift[1]) / scale
+    film = _Film(rng, finding_rng, anatomy, size)
+    x, y = film.x, film.y
 
     body = _ellipse(x, y, 0, 0.1, anatomy["body_w"], anatomy["body_h"]) < 1
     texture = anatomy["texture"] * _smooth_noise(np.random.default_rng([seed, 4, patient]), size, 0.04)
     image = np.where(body, anatomy["tissue"] + texture, 0.04).astype(np.float32)
-
-    lung_w, lung_h = anatomy["lung_w"], anatomy["lung_height"]
-    lung_cy = -0.05
-    # Each hemidiaphragm is a dome peaking under the middle of its lung; lateral ends form the costophrenic angles.
-    diaphragm = lung_cy + 0.95 * lung_h - anatomy["dome"] * np.clip(1 - ((np.abs(x) - 0.36) / 0.34) ** 2, 0, 1)
-    lungs = []
-    for side in (-1, 1):
-        cx = side * anatomy["lung_gap"]
-        height = lung_h * (1 + side * anatomy["lung_asymmetry"])
-        shape = (_ellipse(x, y, cx, lung_cy, lung_w, height) < 1) & (y < diaphragm)
-        lungs.append(shape)
+    lungs, diaphragm = film.lung_fields()
     lung_any = lungs[0] | lungs[1]
 
     # Vascular markings: band-limited noise whose contrast fades from the hilum outwards.
     hilum_dist = np.sqrt((np.abs(x) - 0.18) ** 2 + (y - 0.0) ** 2)
     markings = np.clip(_smooth_noise(rng, size, 0.015), 0, None) * np.clip(1.0 - hilum_dist / 0.55, 0, 1)
     lung_density = anatomy["lung_air"] + 0.07 * markings
-
-    # Pneumothorax: the lung edge retracts from the apex and lateral wall; the gap holds only air.
-    ptx_mask = np.zeros_like(lung_any)
-    pleural_line = np.zeros_like(image)
-    if present["Pneumothorax"]:
-        side = finding_rng.choice([-1, 1])
-        lung = lungs[0] if side < 0 else lungs[1]
-        cx = side * anatomy["lung_gap"]
-        depth = finding_rng.uniform(0.3, 0.5)
-        inner = _ellipse(
-            x, y, cx - side * 0.08 * depth, lung_cy + 0.15 * depth, lung_w * (1 - depth), lung_h * (1 - 0.6 * depth)
-        )
-        ptx_mask = lung & (inner >= 1)
-        pleural_line = 0.2 * np.exp(-(((np.sqrt(inner) - 1) / 0.05) ** 2)) * lung
+    ptx_mask, pleural_line = film.pneumothorax(lungs, present["Pneumothorax"], image.shape)
     lung_image = np.where(ptx_mask, 0.06, lung_density) + pleural_line * (~ptx_mask)
     image = np.where(lung_any, lung_image, image)
-
-    # Posterior ribs: bright arcs that cross both lungs, sloping down laterally.
-    ribs = np.zeros_like(image)
-    spacing = rng.uniform(0.12, 0.13)
-    for k in range(10):
-        y0 = -0.62 + k * spacing
-        arc = y0 - 0.35 * (np.abs(x) - 0.35) ** 2 + anatomy["rib_curve"] * np.abs(x)
-        ribs += np.exp(-(((y - arc) / anatomy["rib_width"]) ** 2))
-    image += anatomy["rib_contrast"] * np.clip(ribs, 0, 1) * lung_any
-
-    # Clavicles and spine.
-    for side in (-1, 1):
-        clav = np.abs(y - (-0.68 + 0.12 * (side * x - 0.1) ** 2)) < 0.025
-        image = np.where(clav & (np.abs(x) < 0.62) & (side * x > 0.03), image + 0.15, image)
-    vertebrae = 0.5 + 0.5 * np.cos(y * np.pi / spacing * 2)
-    spine_x = anatomy["scoliosis"] * np.sin(np.pi * (y + 0.8) / 1.6)
-    spine = np.abs(x - spine_x) < 0.07
-    image = np.where(spine, 0.6 + 0.05 * vertebrae, image)
+    image, spine = film.bones(image, lung_any)
 
     # Heart: a soft-tissue ellipse overlapping the medial left lung (the image's right side).
     heart_half_width = anatomy["heart_half_width"] * (anatomy["enlargement"] if present["Cardiomegaly"] else 1.0)
@@ -180,53 +127,140 @@ def render_phantom(
 
     # Below the diaphragm everything is soft tissue.
     image = np.where(body & (y > diaphragm) & ~heart & ~spine, np.maximum(image, anatomy["tissue"] + 0.04), image)
+    image = film.findings(image, lungs, ptx_mask, diaphragm, present)
+    image = film.acquire(image)
+    label_vector = np.array([labels[c] for c in CLASS_NAMES], dtype=np.uint8)
+    return np.clip(image, 0, 1).astype(np.float32), label_vector, ptx_mask.astype(np.uint8)
 
-    def point_in(lung_mask: np.ndarray, margin: float) -> Tuple[float, float]:
-        eroded = ndimage.binary_erosion(lung_mask & ~ptx_mask, iterations=max(1, int(margin * size / 2)))
+
+class _Film:
+    """One film of :func:`render_phantom`: its pose (the grid is rotated, scaled and shifted instead of the
+    anatomy), its acquisition settings, and the parts drawn on it. ``rng`` (pose, markings, ribs, acquisition) and
+    ``finding_rng`` (findings) are read in the order render_phantom calls the parts."""
+
+    def __init__(self, rng: np.random.Generator, finding_rng: np.random.Generator, anatomy: Dict, size: int):
+        self.rng, self.finding_rng, self.anatomy, self.size = rng, finding_rng, anatomy, size
+        angle = np.deg2rad(rng.uniform(-6, 6))
+        scale = anatomy["thorax"] * rng.uniform(0.92, 1.08)
+        shift = rng.uniform(-0.06, 0.06, size=2)
+        self.contrast, self.offset, self.gamma = rng.uniform(0.75, 1.25), rng.uniform(-0.1, 0.1), rng.uniform(0.7, 1.4)
+        self.gradient, self.blur, self.noise = (
+            rng.uniform(-0.08, 0.08, size=2),
+            rng.uniform(0.4, 0.6) * size / 128,
+            rng.uniform(0.015, 0.025),
+        )
+        lin = np.linspace(-1, 1, size, dtype=np.float32)
+        self.gx, self.gy = np.meshgrid(lin, lin)
+        self.x = (np.cos(angle) * self.gx + np.sin(angle) * self.gy - shift[0]) / scale
+        self.y = (-np.sin(angle) * self.gx + np.cos(angle) * self.gy - shift[1]) / scale
+        self.lung_cy = -0.05
+
+    def lung_fields(self):
+        """(the two lungs' masks, the diaphragm's height per pixel)."""
+        x, y, anatomy = self.x, self.y, self.anatomy
+        lung_w, lung_h = anatomy["lung_w"], anatomy["lung_height"]
+        # Each hemidiaphragm is a dome peaking under the middle of its lung; lateral ends form the costophrenic angles.
+        diaphragm = self.lung_cy + 0.95 * lung_h - anatomy["dome"] * np.clip(1 - ((np.abs(x) - 0.36) / 0.34) ** 2, 0, 1)
+        lungs = []
+        for side in (-1, 1):
+            cx = side * anatomy["lung_gap"]
+            height = lung_h * (1 + side * anatomy["lung_asymmetry"])
+            shape = (_ellipse(x, y, cx, self.lung_cy, lung_w, height) < 1) & (y < diaphragm)
+            lungs.append(shape)
+        return lungs, diaphragm
+
+    def pneumothorax(self, lungs, present: bool, shape):
+        """(mask, pleural line): the lung edge retracts from the apex and lateral wall; the gap holds only air."""
+        x, y, anatomy = self.x, self.y, self.anatomy
+        ptx_mask = np.zeros_like(lungs[0] | lungs[1])
+        pleural_line = np.zeros(shape, dtype=np.float32)
+        if present:
+            side = self.finding_rng.choice([-1, 1])
+            lung = lungs[0] if side < 0 else lungs[1]
+            cx = side * anatomy["lung_gap"]
+            depth = self.finding_rng.uniform(0.3, 0.5)
+            lung_w, lung_h = anatomy["lung_w"], anatomy["lung_height"]
+            inner = _ellipse(
+                x,
+                y,
+                cx - side * 0.08 * depth,
+                self.lung_cy + 0.15 * depth,
+                lung_w * (1 - depth),
+                lung_h * (1 - 0.6 * depth),
+            )
+            ptx_mask = lung & (inner >= 1)
+            pleural_line = 0.2 * np.exp(-(((np.sqrt(inner) - 1) / 0.05) ** 2)) * lung
+        return ptx_mask, pleural_line
+
+    def bones(self, image: np.ndarray, lung_any: np.ndarray):
+        """Posterior ribs (bright arcs that cross both lungs, sloping down laterally), clavicles and spine; returns
+        the image and the spine's mask."""
+        x, y, anatomy = self.x, self.y, self.anatomy
+        ribs = np.zeros_like(image)
+        spacing = self.rng.uniform(0.12, 0.13)
+        for k in range(10):
+            y0 = -0.62 + k * spacing
+            arc = y0 - 0.35 * (np.abs(x) - 0.35) ** 2 + anatomy["rib_curve"] * np.abs(x)
+            ribs += np.exp(-(((y - arc) / anatomy["rib_width"]) ** 2))
+        image += anatomy["rib_contrast"] * np.clip(ribs, 0, 1) * lung_any
+        for side in (-1, 1):
+            clav = np.abs(y - (-0.68 + 0.12 * (side * x - 0.1) ** 2)) < 0.025
+            image = np.where(clav & (np.abs(x) < 0.62) & (side * x > 0.03), image + 0.15, image)
+        vertebrae = 0.5 + 0.5 * np.cos(y * np.pi / spacing * 2)
+        spine_x = anatomy["scoliosis"] * np.sin(np.pi * (y + 0.8) / 1.6)
+        spine = np.abs(x - spine_x) < 0.07
+        return np.where(spine, 0.6 + 0.05 * vertebrae, image), spine
+
+    def point_in(self, lung_mask: np.ndarray, ptx_mask: np.ndarray, margin: float) -> Tuple[float, float]:
+        eroded = ndimage.binary_erosion(lung_mask & ~ptx_mask, iterations=max(1, int(margin * self.size / 2)))
         candidates = np.argwhere(eroded if eroded.any() else lung_mask)
         if len(candidates) == 0:
             return 0.0, 0.0
-        r, c = candidates[finding_rng.integers(len(candidates))]
-        return float(gx[r, c]), float(gy[r, c])
+        r, c = candidates[self.finding_rng.integers(len(candidates))]
+        return float(self.gx[r, c]), float(self.gy[r, c])
 
-    def blob(cx: float, cy: float, radius: float, strength: float) -> np.ndarray:
-        return strength * np.exp(-((((gx - cx) ** 2 + (gy - cy) ** 2) / radius**2) ** 2))
+    def blob(self, cx: float, cy: float, radius: float, strength: float) -> np.ndarray:
+        return strength * np.exp(-((((self.gx - cx) ** 2 + (self.gy - cy) ** 2) / radius**2) ** 2))
 
-    if present["Nodule"]:
-        for _ in range(finding_rng.integers(1, 4)):
-            image += blob(
-                *point_in(lungs[finding_rng.integers(2)], 0.08),
-                finding_rng.uniform(0.05, 0.07),
-                finding_rng.uniform(0.25, 0.32),
+    def findings(self, image, lungs, ptx_mask, diaphragm, present: Dict[str, bool]) -> np.ndarray:
+        """Nodules, mass, consolidation and effusion where ``present`` says so."""
+        frng, gx, gy = self.finding_rng, self.gx, self.gy
+        if present["Nodule"]:
+            for _ in range(frng.integers(1, 4)):
+                image += self.blob(
+                    *self.point_in(lungs[frng.integers(2)], ptx_mask, 0.08),
+                    frng.uniform(0.05, 0.07),
+                    frng.uniform(0.25, 0.32),
+                )
+        if present["Mass"]:
+            image += self.blob(
+                *self.point_in(lungs[frng.integers(2)], ptx_mask, 0.15),
+                frng.uniform(0.11, 0.15),
+                frng.uniform(0.25, 0.32),
             )
-    if present["Mass"]:
-        image += blob(
-            *point_in(lungs[finding_rng.integers(2)], 0.15),
-            finding_rng.uniform(0.11, 0.15),
-            finding_rng.uniform(0.25, 0.32),
-        )
-    if present["Consolidation"]:
-        lung = lungs[finding_rng.integers(2)]
-        cx, cy = point_in(lung, 0.1)
-        region = ((gx - cx) ** 2 + (gy - cy) ** 2) < finding_rng.uniform(0.18, 0.28) ** 2
-        patches = np.clip(_smooth_noise(finding_rng, size, 0.03) + 0.6, 0, None)
-        image += 0.22 * np.clip(patches, 0, 1.5) * region * lung * (~ptx_mask)
-    if present["Effusion"]:
-        side = finding_rng.integers(2)
-        lung = lungs[side]
-        cx = (-1 if side == 0 else 1) * anatomy["lung_gap"]
-        level = finding_rng.uniform(0.18, 0.32) * lung_h
-        meniscus = diaphragm - level - 0.5 * (np.abs(x - cx) / lung_w) ** 2 * level
-        fluid = lung & (y > meniscus)
-        image = np.where(fluid, np.maximum(image, 0.46 + 0.04 * np.clip(y - meniscus, 0, 0.3) / 0.3), image)
+        if present["Consolidation"]:
+            lung = lungs[frng.integers(2)]
+            cx, cy = self.point_in(lung, ptx_mask, 0.1)
+            region = ((gx - cx) ** 2 + (gy - cy) ** 2) < frng.uniform(0.18, 0.28) ** 2
+            patches = np.clip(_smooth_noise(frng, self.size, 0.03) + 0.6, 0, None)
+            image += 0.22 * np.clip(patches, 0, 1.5) * region * lung * (~ptx_mask)
+        if present["Effusion"]:
+            side = frng.integers(2)
+            lung = lungs[side]
+            cx = (-1 if side == 0 else 1) * self.anatomy["lung_gap"]
+            lung_w, lung_h = self.anatomy["lung_w"], self.anatomy["lung_height"]
+            level = frng.uniform(0.18, 0.32) * lung_h
+            meniscus = diaphragm - level - 0.5 * (np.abs(self.x - cx) / lung_w) ** 2 * level
+            fluid = lung & (self.y > meniscus)
+            image = np.where(fluid, np.maximum(image, 0.46 + 0.04 * np.clip(self.y - meniscus, 0, 0.3) / 0.3), image)
+        return image
 
-    # Acquisition: exposure gradient, blur, exposure and contrast (gamma), quantum noise.
-    image = image + gradient[0] * gx + gradient[1] * gy
-    image = ndimage.gaussian_filter(image, blur)
-    image = np.clip((image - 0.4) * contrast + 0.4 + offset, 0, 1) ** gamma
-    image = image + rng.normal(0, noise, image.shape)
-    label_vector = np.array([labels[c] for c in CLASS_NAMES], dtype=np.uint8)
-    return np.clip(image, 0, 1).astype(np.float32), label_vector, ptx_mask.astype(np.uint8)
+    def acquire(self, image: np.ndarray) -> np.ndarray:
+        """Acquisition: exposure gradient, blur, exposure and contrast (gamma), quantum noise."""
+        image = image + self.gradient[0] * self.gx + self.gradient[1] * self.gy
+        image = ndimage.gaussian_filter(image, self.blur)
+        image = np.clip((image - 0.4) * self.contrast + 0.4 + self.offset, 0, 1) ** self.gamma
+        return image + self.rng.normal(0, self.noise, image.shape)
 
 
 def _assign_patients(n_images: int, images_per_patient: float, seed: int) -> np.ndarray:
