@@ -147,6 +147,17 @@ def render_fundus(
     image = image * (1 - disc_mask[None]) + disc_colour * disc_mask[None]
     image = image + cup_mask[None] * np.array([0.08, 0.24, 0.36], dtype=np.float32)[:, None, None]
 
+    image = _lesions(image, present, finding_rng, (x, y), disc, macula, anatomy["disc_radius"])
+    image = _acquire(image, rng, size, fov)
+    label_vector = np.array([labels[c] for c in CLASS_NAMES], dtype=np.uint8)
+    return np.clip(image, 0, 1).astype(np.float32), label_vector
+
+
+def _lesions(image, present, finding_rng, grid, disc, macula, disc_radius: float) -> np.ndarray:
+    """Microaneurysms, haemorrhages, exudates and drusen where ``present`` says so, each kept inside the field of
+    view and off the disc."""
+    x, y = grid
+
     def spots(
         n: int,
         centre: Tuple[float, float],
@@ -160,10 +171,7 @@ def render_fundus(
         for _ in range(n):
             for _attempt in range(20):  # keep lesions inside the field of view and off the disc
                 cx, cy = finding_rng.normal(centre[0], spread), finding_rng.normal(centre[1], spread)
-                if (
-                    cx**2 + cy**2 < 0.8**2
-                    and (cx - disc[0]) ** 2 + (cy - disc[1]) ** 2 > (1.6 * anatomy["disc_radius"]) ** 2
-                ):
+                if cx**2 + cy**2 < 0.8**2 and (cx - disc[0]) ** 2 + (cy - disc[1]) ** 2 > (1.6 * disc_radius) ** 2:
                     break
             r = finding_rng.uniform(*radius_range)
             blob = np.exp(-((((x - cx) ** 2 + (y - cy) ** 2) / r**2) ** softness))
@@ -183,15 +191,18 @@ def render_fundus(
     if present["Drusen"]:
         spots(int(finding_rng.integers(5, 12)), macula, 0.08, (0.018, 0.03), (0.95, 0.85, 0.5), 0.55)
 
-    # Acquisition: illumination, colour balance, blur, sensor noise; black outside the field of view.
+    return image
+
+
+def _acquire(image, rng: np.random.Generator, size: int, fov) -> np.ndarray:
+    """Acquisition: illumination, colour balance, blur, sensor noise; black outside the field of view."""
     gain = rng.uniform(0.8, 1.2) * rng.uniform(0.92, 1.08, size=3).astype(np.float32)
     image = image * gain[:, None, None]
     blur = rng.uniform(0.3, 0.7) * size / 128
     image = np.stack([ndimage.gaussian_filter(channel, blur) for channel in image])
     image = image + rng.normal(0, rng.uniform(0.01, 0.02), image.shape)
     image = np.where(fov[None], image, 0.0)
-    label_vector = np.array([labels[c] for c in CLASS_NAMES], dtype=np.uint8)
-    return np.clip(image, 0, 1).astype(np.float32), label_vector
+    return image
 
 
 def generate(n_images: int, size: int, seed: int, progress: bool = False):
