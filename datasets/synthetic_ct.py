@@ -128,11 +128,49 @@ def render_patient(seed: int, patient: int) -> Tuple[np.ndarray, np.ndarray, np.
     """(int16 HU volume, uint8 BTCV labels, affine) of one scan of one patient."""
     anatomy = _patient(seed, patient)
     shape, affine = _scan(seed, patient, anatomy)
-    x, y, z = _world(shape, affine)
-    a, b, length, top = anatomy["a"], anatomy["b"], anatomy["length"], anatomy["diaphragm"]
-    hu, size, shift = anatomy["hu"], anatomy["size"], anatomy["shift"]
-    image = np.full(shape, -1000.0, dtype=np.float32)
-    labels = np.zeros(shape, dtype=np.uint8)
+    grid = _world(shape, affine)
+    canvas = _Canvas(shape)
+    dome = _body_wall(canvas, grid, anatomy)
+    _bowel(canvas, grid, anatomy, np.random.default_rng([seed, patient, 13]))
+    _upper_abdomen(canvas, grid, anatomy, grid[2] < dome)
+    _kidneys(canvas, grid, anatomy)
+    _retroperitoneum(canvas, grid, anatomy)
+    image = canvas.image
+    noise = np.random.default_rng([seed, patient, 14])
+    image += noise.normal(0, noise.uniform(5, 20), shape).astype(np.float32)
+    return np.clip(np.rint(image), -1024, 3071).astype(np.int16), canvas.labels, affine
+
+
+class _Canvas:
+    """The HU volume and the label volume being painted, air and background to start with."""
+
+    def __init__(self, shape):
+        self.shape = shape
+        self.image = np.full(shape, -1000.0, dtype=np.float32)
+        self.labels = np.zeros(shape, dtype=np.uint8)
+
+    def paint(self, mask, value, organ=None) -> None:
+        """Set ``value`` HU (and the ``organ``'s label, if any) where ``mask`` holds; later parts paint over."""
+        mask = np.broadcast_to(mask, self.shape)
+        self.image[mask] = value
+        if organ is not None:
+            self.labels[mask] = ORGAN_ID[organ]
+
+
+def _body_wall(canvas: _Canvas, grid, anatomy) -> np.ndarray:
+    """Fat, muscle and cavity, the lungs above the diaphragm, the spine and the psoas muscles; returns the
+    diaphragm's height (highest in the middle)."""
+    x, y, z = grid
+    a, b, length, top, hu, shift = (
+        anatomy["a"],
+        anatomy["b"],
+        anatomy["length"],
+        anatomy["diaphragm"],
+        anatomy["hu"],
+        anatomy["shift"],
+    )
+    paint = canvas.paint
+    image, shape = canvas.image, canvas.shape
     trunk = (x / a) ** 2 + (y / b) ** 2
     image[np.broadcast_to(trunk <= 1, shape)] = -100  # subcutaneous fat
     image[np.broadcast_to(trunk <= 0.86, shape)] = 50  # muscular wall
@@ -141,13 +179,6 @@ def render_patient(seed: int, patient: int) -> Tuple[np.ndarray, np.ndarray, np.
     for side in (-1, 1):
         lung = _ellipsoid(x, y, z, (side * 0.45 * a, 0.0, length), (0.38 * a, 0.7 * b, length - top + 30)) & (z > dome)
         image[lung] = -850
-
-    def paint(mask, value, organ=None):
-        mask = np.broadcast_to(mask, shape)
-        image[mask] = value
-        if organ is not None:
-            labels[mask] = ORGAN_ID[organ]
-
     paint(_capsule(x, y, z, (0, -0.72 * b, -10), (0, -0.72 * b, length + 10), 20), 500)  # vertebral column
     kidney_z = top - 120 + shift["kidney"][2]
     for side in (-1, 1):
@@ -155,7 +186,21 @@ def render_patient(seed: int, patient: int) -> Tuple[np.ndarray, np.ndarray, np.
             _capsule(x, y, z, (side * 0.22 * a, -0.62 * b, -10), (side * 0.2 * a, -0.6 * b, kidney_z + 20), 14),
             hu["psoas"],
         )
-    rng = np.random.default_rng([seed, patient, 13])
+    return dome
+
+
+def _bowel(canvas: _Canvas, grid, anatomy, rng: np.random.Generator) -> None:
+    """Bowel loops, some holding air."""
+    x, y, z = grid
+    a, b, top, hu, size, shift = (
+        anatomy["a"],
+        anatomy["b"],
+        anatomy["diaphragm"],
+        anatomy["hu"],
+        anatomy["size"],
+        anatomy["shift"],
+    )
+    paint = canvas.paint
     for bx, by, bz, radius, air in anatomy["bowel"]:
         centre = (bx * a + shift["bowel"][0], by * b + shift["bowel"][1], bz * top)
         loop = _ellipsoid(x, y, z, centre, (radius * size["bowel"], radius * 0.8, radius * 1.4))
@@ -164,7 +209,20 @@ def render_patient(seed: int, patient: int) -> Tuple[np.ndarray, np.ndarray, np.
             paint(
                 _ellipsoid(x, y, z, (centre[0], centre[1] + 0.4 * radius, centre[2]), (radius * 0.35,) * 3) & loop, -900
             )
-    below = z < dome
+
+
+def _upper_abdomen(canvas: _Canvas, grid, anatomy, below: np.ndarray) -> None:
+    """Liver, spleen and stomach (with its air), below the diaphragm."""
+    x, y, z = grid
+    a, b, top, hu, size, shift = (
+        anatomy["a"],
+        anatomy["b"],
+        anatomy["diaphragm"],
+        anatomy["hu"],
+        anatomy["size"],
+        anatomy["shift"],
+    )
+    paint = canvas.paint
     paint(
         _ellipsoid(
             x,
@@ -201,6 +259,21 @@ def render_patient(seed: int, patient: int) -> Tuple[np.ndarray, np.ndarray, np.
         -900,
         "stomach",
     )
+
+
+def _kidneys(canvas: _Canvas, grid, anatomy) -> None:
+    """Both kidneys (cortex and medulla) and the adrenal glands above them."""
+    x, y, z = grid
+    a, b, top, hu, size, shift = (
+        anatomy["a"],
+        anatomy["b"],
+        anatomy["diaphragm"],
+        anatomy["hu"],
+        anatomy["size"],
+        anatomy["shift"],
+    )
+    paint = canvas.paint
+    kidney_z = top - 120 + shift["kidney"][2]
     for side, organ_side, drop in ((-1, "left", 0.0), (1, "right", 15.0)):
         centre = np.array([side * 0.45 * a, -0.45 * b, kidney_z - drop]) + shift["kidney"] * [side, 1, 0]
         radii = np.array([28, 18, 52]) * size["kidney"]
@@ -216,6 +289,21 @@ def render_patient(seed: int, patient: int) -> Tuple[np.ndarray, np.ndarray, np.
             hu["adrenal"],
             f"{organ_side} adrenal gland",
         )
+
+
+def _retroperitoneum(canvas: _Canvas, grid, anatomy) -> None:
+    """Gallbladder, pancreas, the great vessels and the esophagus (with its air)."""
+    x, y, z = grid
+    a, b, length, top, hu, size, shift = (
+        anatomy["a"],
+        anatomy["b"],
+        anatomy["length"],
+        anatomy["diaphragm"],
+        anatomy["hu"],
+        anatomy["size"],
+        anatomy["shift"],
+    )
+    paint = canvas.paint
     if anatomy["gallbladder"]:
         paint(
             _ellipsoid(
@@ -271,9 +359,6 @@ def render_patient(seed: int, patient: int) -> Tuple[np.ndarray, np.ndarray, np.
         -900,
         "esophagus",
     )
-    noise = np.random.default_rng([seed, patient, 14])
-    image += noise.normal(0, noise.uniform(5, 20), shape).astype(np.float32)
-    return np.clip(np.rint(image), -1024, 3071).astype(np.int16), labels, affine
 
 
 def _write(path: Path, array: np.ndarray, affine: np.ndarray) -> None:
