@@ -36,8 +36,8 @@ from medssl.runtime.cluster import check_batch_split, check_multi_node, single_n
 from medssl.runtime.options import RunOptions
 from medssl.runtime.precision import lightning_devices
 from medssl.runtime.progress import check_logger
-from medssl.suite.protocol import ConfigError
 from medssl.suite.checks import function_defaults
+from medssl.suite.protocol import ConfigError
 
 # torchrun starts this script once per device (--devices N)
 SCRIPT = Path(__file__).resolve().parents[2] / "run_benchmark.py"

@@ -9,8 +9,11 @@ import io
 import math
 from typing import Dict, Iterable, List, Sequence
 
-from medssl.plan.jobs import Plan
-from medssl.report import compare
+import numpy as np
+
+from medssl.plan.jobs import FIXED_RUN, Plan
+from medssl.record.store import ResultStore
+from medssl.report import compare, stats
 from medssl.report.captions import TABLES, no_marks_reason, replicates_text, testable
 from medssl.report.cells import table_header
 from medssl.report.compare import Comparison
@@ -163,3 +166,65 @@ def per_class_csv(rows: List[Dict]) -> str:
         return ""
     header = list(rows[0])
     return _csv(header, ([_number(r[k]) if isinstance(r[k], float) else r[k] for k in header] for r in rows))
+
+
+def per_class_delong(plan: Plan, records, store: ResultStore) -> List[Dict]:
+    """DeLong test of every class, for every run the reference shares with another method (long format)."""
+    settings = statistics_settings(plan.suite)
+    by_key = {r["key"]: r for r in records}
+    jobs = {}
+    for job in plan.eval_jobs:
+        if (
+            job.key in by_key
+            and by_key[job.key].get("metric") == "macro_auc"
+            and (store.predictions_dir / f"{job.key}.npz").exists()
+        ):
+            jobs[(job.pretrain.method, job.task["name"], job.protocol, job.fraction, *job.run)] = job.key
+    reference_seeds = sorted({k[4] for k in jobs if k[0] == settings["reference"]})
+    pairs = []
+    for (method, task, protocol, fraction, pretrain_seed, seed), key in sorted(jobs.items()):
+        # an external encoder (no pretraining seed) is compared with each pretraining run of the reference
+        for reference_seed in reference_seeds if pretrain_seed == FIXED_RUN else [pretrain_seed]:
+            reference_key = jobs.get((settings["reference"], task, protocol, fraction, reference_seed, seed))
+            if method != settings["reference"] and reference_key is not None:
+                pairs.append((method, task, protocol, fraction, reference_seed, seed, key, reference_key))
+    rows: List[Dict] = []
+    for method, task, protocol, fraction, pretrain_seed, seed, key, reference_key in pairs:
+        try:
+            mine, theirs = store.load_predictions(key), store.load_predictions(reference_key)
+        except Exception:  # noqa: BLE001 - a damaged predictions file: named by record_problems
+            continue
+        if "labels" not in mine or not np.array_equal(mine["test_indices"], theirs["test_indices"]):
+            continue
+        class_names = (
+            [str(name) for name in mine["class_names"]]
+            if "class_names" in mine
+            else [str(k) for k in range(mine["labels"].shape[1])]
+        )
+        block = []
+        for k in range(mine["labels"].shape[1]):
+            column = mine["labels"][:, k]
+            if column.min() == column.max():
+                continue
+            test = stats.delong_test(column, theirs["scores"][:, k], mine["scores"][:, k])
+            block.append(
+                {
+                    "protocol": protocol,
+                    "task": task,
+                    "fraction": fraction,
+                    "pretrain_seed": pretrain_seed,
+                    "seed": seed,
+                    "method": settings["reference"],
+                    "versus": method,
+                    "class": class_names[k],
+                    "auc_method": test["auc_a"],
+                    "auc_versus": test["auc_b"],
+                    "difference": test["difference"],
+                    "z": test["z"],
+                    "p": test["p"],
+                }
+            )
+        for row, p in zip(block, stats.adjust_p_values([r["p"] for r in block], "bh")):
+            row["p_bh_over_classes"] = float(p)
+        rows += block
+    return rows

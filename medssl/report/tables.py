@@ -39,7 +39,7 @@ from medssl.report.details import (
     render_segmentation_details,
 )
 from medssl.report.folder import replace_folder
-from medssl.report.significance import per_class_csv, render_statistics, statistics_csv
+from medssl.report.significance import per_class_csv, per_class_delong, render_statistics, statistics_csv
 from medssl.suite.config import fraction_label, statistics_settings
 from methods import method_label
 
@@ -275,7 +275,7 @@ def _write_report_files(
     if any(comparisons.values()):
         outputs["statistics.csv"] = statistics_csv(comparisons)
     if store is not None:
-        outputs["statistics_per_class.csv"] = per_class_csv(compare.per_class_delong(plan, records, store))
+        outputs["statistics_per_class.csv"] = per_class_csv(per_class_delong(plan, records, store))
     written = []
     for name, text in outputs.items():
         if text:
