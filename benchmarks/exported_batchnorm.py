@@ -19,6 +19,7 @@ import argparse
 import copy
 import sys
 from pathlib import Path
+from typing import Dict, List
 
 import numpy as np
 import torch
@@ -69,6 +70,66 @@ def training_path_encoder(run_dir: Path):
     return trained_path, meta
 
 
+def training_path_values(plan, out: Path, data_root: Path) -> Dict[str, dict]:
+    """Each linear job's test macro AUC with the training path's running statistics, keyed by the job's key."""
+    datasets = DatasetCache(data_root)
+    values = {}
+    for task in plan.suite["tasks"]:
+        jobs = [job for job in plan.eval_jobs if job.task["name"] == task["name"]]
+        encoder, meta = training_path_encoder(out / "checkpoints" / jobs[0].pretrain.key)
+        dataset = datasets.get(task["dataset"])
+        labels = np.asarray(dataset.labels)
+        split = {s: dataset.indices(s) for s in ("train", "val", "test")}
+        features = extract_features(
+            encoder, dataset.images, int(jobs[0].config["image_size"]), meta["mean"], meta["std"]
+        )
+        for job in jobs:
+            subset = label_fraction_indices(split["train"], labels, dataset.patient_ids, [job.fraction], job.seed)[
+                job.fraction
+            ]
+            result = linear_probe(
+                features,
+                labels,
+                subset,
+                split["val"],
+                split["test"],
+                dataset.class_names,
+                job.config["settings"],
+                job.seed,
+            )
+            auc = multilabel_auc(labels[split["test"]], result["test_scores"], dataset.class_names)["macro_auc"]
+            values[job.key] = {"key": job.key, "value": auc}
+    return values
+
+
+def comparison_table(plan, method: str, stored: List[dict], values: List[dict]) -> str:
+    """The two rows (the tables' exported statistics, the training path's) in the layout of Table 1."""
+    n_seeds = replicates(plan, "linear")
+    cells = lambda records: [
+        cell_text(r, n_seeds) if r["n"] else "–" for r in table_rows(plan, aggregate(plan, records), "linear")
+    ]
+    columns = [(t["name"], float(f)) for t in plan.suite["tasks"] for f in t["fractions"]]
+    header = table_header(columns)
+    label = method_label(method)
+    return (
+        "\n".join(
+            [
+                f"{label}'s exported BatchNorm statistics — suite `{plan.suite['name']}`: linear-probe macro AUC (%), mean ± sd over seeds, same weights in both rows.",
+                "",
+                header[0].replace("| Method |", f"| {label} trunk |", 1),
+                header[1],
+                "| statistics re-estimated on the plain trunk (exported; the tables' row) | "
+                + " | ".join(cells(stored))
+                + " |",
+                "| running statistics of the training path (exported before issue 16) | "
+                + " | ".join(cells(values))
+                + " |",
+            ]
+        )
+        + "\n"
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite", default="quick")
@@ -100,57 +161,8 @@ def main() -> int:
             file=sys.stderr,
         )
         return 2
-    datasets = DatasetCache(Path(args.data_root))
-    values = {}
-    for task in plan.suite["tasks"]:
-        jobs = [job for job in plan.eval_jobs if job.task["name"] == task["name"]]
-        encoder, meta = training_path_encoder(Path(args.out) / "checkpoints" / jobs[0].pretrain.key)
-        dataset = datasets.get(task["dataset"])
-        labels = np.asarray(dataset.labels)
-        split = {s: dataset.indices(s) for s in ("train", "val", "test")}
-        features = extract_features(
-            encoder, dataset.images, int(jobs[0].config["image_size"]), meta["mean"], meta["std"]
-        )
-        for job in jobs:
-            subset = label_fraction_indices(split["train"], labels, dataset.patient_ids, [job.fraction], job.seed)[
-                job.fraction
-            ]
-            result = linear_probe(
-                features,
-                labels,
-                subset,
-                split["val"],
-                split["test"],
-                dataset.class_names,
-                job.config["settings"],
-                job.seed,
-            )
-            auc = multilabel_auc(labels[split["test"]], result["test_scores"], dataset.class_names)["macro_auc"]
-            values[job.key] = {"key": job.key, "value": auc}
-    n_seeds = replicates(plan, "linear")
-    cells = lambda records: [
-        cell_text(r, n_seeds) if r["n"] else "–" for r in table_rows(plan, aggregate(plan, records), "linear")
-    ]
-    columns = [(t["name"], float(f)) for t in plan.suite["tasks"] for f in t["fractions"]]
-    header = table_header(columns)
-    label = method_label(args.method)
-    text = (
-        "\n".join(
-            [
-                f"{label}'s exported BatchNorm statistics — suite `{suite['name']}`: linear-probe macro AUC (%), mean ± sd over seeds, same weights in both rows.",
-                "",
-                header[0].replace("| Method |", f"| {label} trunk |", 1),
-                header[1],
-                "| statistics re-estimated on the plain trunk (exported; the tables' row) | "
-                + " | ".join(cells(stored))
-                + " |",
-                "| running statistics of the training path (exported before issue 16) | "
-                + " | ".join(cells(values.values()))
-                + " |",
-            ]
-        )
-        + "\n"
-    )
+    values = training_path_values(plan, Path(args.out), Path(args.data_root))
+    text = comparison_table(plan, args.method, stored, list(values.values()))
     out = Path(args.reports) / suite["name"] / "exported_batchnorm.md"
     out.write_text(text)
     print(text)

@@ -35,7 +35,10 @@ def present_mean(dice: np.ndarray, labels) -> float:
     )
 
 
-def main(argv=None) -> int:
+PATCH = (32, 32, 16)
+
+
+def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-root", default="data")
     parser.add_argument("--steps", type=int, default=300, help="pretraining steps")
@@ -48,14 +51,13 @@ def main(argv=None) -> int:
     parser.add_argument("--patches", type=int, default=4, help="evaluation patches per step")
     parser.add_argument("--encoder", help="keep the pretrained FPN in this file and reuse it when it exists")
     parser.add_argument("--runs", default="vox2vec,random,scratch", help="which evaluations: vox2vec, random, scratch")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    patch = (32, 32, 16)
-    unlabelled = load_dataset("synthetic_ct", Path(args.data_root), part="unlabelled")
-    labelled = load_dataset("synthetic_ct", Path(args.data_root), part="labelled")
-    torch.manual_seed(args.seed)
+    return parser.parse_args(argv)
+
+
+def pretrained_fpn(args, unlabelled) -> FPN3d:
+    """vox2vec pretrained for ``--steps`` on the unlabelled patients (or read from ``--encoder``)."""
     config = Vox2Vec3dConfig(
-        base_channels=8, num_levels=5, patch_size=patch, pairs_per_step=args.pairs, max_voxels_per_pair=args.voxels
+        base_channels=8, num_levels=5, patch_size=PATCH, pairs_per_step=args.pairs, max_voxels_per_pair=args.voxels
     )
     protocol = PretrainProtocol(
         in_channels=1,
@@ -69,25 +71,35 @@ def main(argv=None) -> int:
     if args.encoder and Path(args.encoder).exists():
         model.backbone.load_state_dict(torch.load(args.encoder, weights_only=True))
         print(f"pretrained FPN read from {args.encoder}")
-    else:
-        steps = VolumeSteps(unlabelled.images, patch, args.pairs, args.voxels, args.steps, args.seed)
-        start, losses = time.time(), []
-        for batch in steps:
-            loss = model.compute_loss(batch)["loss"]
-            optimizer.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.gradient_clip)
-            optimizer.step()
-            losses.append(float(loss.detach()))
-        pretrain_s = time.time() - start
-        print(
-            f"pretraining: {args.steps} steps in {pretrain_s:.0f} s ({pretrain_s / args.steps:.2f} s/step); loss {np.mean(losses[:10]):.3f} -> {np.mean(losses[-10:]):.3f}"
-        )
-        if args.encoder:
-            torch.save(model.backbone.state_dict(), args.encoder)
+        return model.backbone
+    steps = VolumeSteps(unlabelled.images, PATCH, args.pairs, args.voxels, args.steps, args.seed)
+    start, losses = time.time(), []
+    for batch in steps:
+        loss = model.compute_loss(batch)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.gradient_clip)
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    pretrain_s = time.time() - start
+    print(
+        f"pretraining: {args.steps} steps in {pretrain_s:.0f} s ({pretrain_s / args.steps:.2f} s/step); loss {np.mean(losses[:10]):.3f} -> {np.mean(losses[-10:]):.3f}"
+    )
+    if args.encoder:
+        torch.save(model.backbone.state_dict(), args.encoder)
+    return model.backbone
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    unlabelled = load_dataset("synthetic_ct", Path(args.data_root), part="unlabelled")
+    labelled = load_dataset("synthetic_ct", Path(args.data_root), part="labelled")
+    torch.manual_seed(args.seed)
+    backbone = pretrained_fpn(args, unlabelled)
     split = {s: labelled.indices(s) for s in ("train", "val", "test")}
     settings = {
-        "patch_size": list(patch),
+        "patch_size": list(PATCH),
         "epochs": args.eval_epochs,
         "steps_per_epoch": args.eval_steps,
         "patches_per_step": args.patches,
@@ -98,7 +110,7 @@ def main(argv=None) -> int:
     }
     test_labels = [labelled.labels[i] for i in split["test"]]
     runs = {
-        "vox2vec": ("vox2vec probe", model.backbone, "probe"),
+        "vox2vec": ("vox2vec probe", backbone, "probe"),
         "random": ("random-init probe", FPN3d(1, 8, 5), "probe"),
         "scratch": ("from scratch", FPN3d(1, 8, 5), "scratch"),
     }

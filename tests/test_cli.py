@@ -4,7 +4,12 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
+from medssl.cli.parser import COMMANDS
+from medssl.plan.jobs import build_plan
+from medssl.suite.config import load_suite
+from medssl.suite.protocol import ConfigError
 from run_benchmark import main
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
@@ -220,3 +225,44 @@ def test_exported_batchnorm_comparison_needs_a_reestimating_method_and_the_suite
     )
     done = subprocess.run(script + ["--method", "mlvicx"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and "run the suite first: no stored records or last.ckpt for mlvicx-cxr-" in done.stderr
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_each_command_has_its_own_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith(f"usage: run_benchmark.py {command}")
+    own = {
+        "run": "--dry-run",
+        "report": "--reports",
+        "export": "--export-dir",
+        "examples": "--image",
+        "prepare": "--size",
+    }
+    assert own[command] in text
+    assert (
+        ("--dry-run" in text) == (command == "run")
+        and ("--size" in text) == (command == "prepare")
+        and ("--set" in text) == (command in ("run", "report", "export"))
+    )
+
+
+def test_set_hashes_like_the_edited_suite(tmp_path):
+    edits = ["pretrain.epochs=2", "tasks.0.fractions=[100]", "method_params.simclr.temperature=0.2"]
+    overridden = build_plan(load_suite("smoke", settings=edits))
+    written = yaml.safe_load((ROOT / "benchmarks" / "suites" / "smoke.yaml").read_text())
+    written["pretrain"]["epochs"] = 2
+    written["tasks"][0]["fractions"] = [100]
+    written["method_params"]["simclr"]["temperature"] = 0.2
+    (tmp_path / "smoke.yaml").write_text(yaml.safe_dump(written))
+    edited = build_plan(load_suite(str(tmp_path / "smoke.yaml")))
+    keys = lambda plan: ([j.key for j in plan.pretrain_jobs], [j.key for j in plan.eval_jobs])
+    assert keys(overridden) == keys(edited) and keys(overridden) != keys(build_plan(load_suite("smoke")))
+    with pytest.raises(ConfigError, match="pretrain.epochs: expected an integer"):
+        load_suite("smoke", settings=["pretrain.epochs=two"])
+    with pytest.raises(ConfigError, match="unknown key; did you mean 'weight_decay'"):
+        load_suite("smoke", settings=["pretrain.optimizer.weigth_decay=0.1"])
+    with pytest.raises(ConfigError, match="address an item by its position"):
+        load_suite("smoke", settings=["tasks.3.fractions=[1]"])

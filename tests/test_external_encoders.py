@@ -11,16 +11,11 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import torchvision
-import yaml
-from conftest import ROOT
 from scipy import stats as scipy_stats
 from torch import nn
 
-from medssl.cli.parser import COMMANDS
 from medssl.evaluate.external import find_trunk, load_external, read_weights, resolve_spec
 from medssl.nn.backbone import ResNetTrunk
-from medssl.plan.jobs import build_plan
-from medssl.suite.config import load_suite
 from medssl.suite.protocol import ConfigError
 from run_benchmark import main
 
@@ -274,159 +269,6 @@ def test_export_loads_into_torchvision_and_back_as_the_same_encoder(tmp_path, sy
     )
     values = {r["method"]: r["value"] for r in records(out)}
     assert values["exported"] == values["simclr"]
-
-
-def test_knn_scores_are_weighted_neighbour_votes():
-    from medssl.evaluate.classify import knn_classify
-
-    features = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.1], [0.9, 0.0], [0.0, 1.0]], dtype=np.float32)
-    labels = np.array([[1, 0], [0, 1], [1, 1], [1, 0], [0, 1]], dtype=np.uint8)
-    result = knn_classify(
-        features,
-        labels,
-        np.array([0, 1, 2]),
-        np.array([3, 4]),
-        np.array([3, 4]),
-        ["a", "b"],
-        {"k": 2, "temperature": 0.5},
-    )
-    cos = lambda u, v: float(np.dot(u, v) / np.linalg.norm(u) / np.linalg.norm(v))
-    query = features[3]
-    nearest = [0, 2]  # the two most similar training images
-    weights = np.array([np.exp(cos(query, features[j]) / 0.5) for j in nearest])
-    expected = (weights[:, None] * labels[nearest]).sum(0) / weights.sum()
-    assert np.allclose(result["test_scores"][0], expected, atol=1e-6)
-
-
-def test_knn_scores_stay_finite_at_a_small_temperature():
-    """exp(cosine / T) overflows float32 for T below about 0.011 (issue 31): the weights are shift-invariant
-    shares, so the scores equal the float64 computation at T = 0.005."""
-    from medssl.evaluate.classify import knn_classify
-
-    rng = np.random.default_rng(0)
-    features = rng.normal(size=(40, 8)).astype(np.float32)
-    features[:20] += 3.0  # near-identical neighbours: cosines close to 1
-    labels = (rng.random((40, 2)) < 0.5).astype(np.uint8)
-    labels[0], labels[1] = [1, 0], [0, 1]
-    train, test = np.arange(30), np.arange(30, 40)
-    result = knn_classify(features, labels, train, test, test, ["a", "b"], {"k": 5, "temperature": 0.005})
-    assert np.isfinite(result["test_scores"]).all()
-    unit = features.astype(np.float64) / np.linalg.norm(features, axis=1, keepdims=True)
-    similarity = unit[test] @ unit[train].T
-    nearest = np.argsort(-similarity, axis=1)[:, :5]
-    top = np.take_along_axis(similarity, nearest, axis=1)
-    weights = np.exp((top - top[:, :1]) / 0.005)
-    expected = (weights[:, :, None] * labels[train][nearest]).sum(1) / weights.sum(1, keepdims=True)
-    assert np.allclose(result["test_scores"], expected, atol=1e-4)
-
-
-@pytest.mark.parametrize("command", COMMANDS)
-def test_each_command_has_its_own_help(command, capsys):
-    with pytest.raises(SystemExit) as exit_:
-        main([command, "--help"])
-    assert exit_.value.code == 0
-    text = capsys.readouterr().out
-    assert text.startswith(f"usage: run_benchmark.py {command}")
-    own = {
-        "run": "--dry-run",
-        "report": "--reports",
-        "export": "--export-dir",
-        "examples": "--image",
-        "prepare": "--size",
-    }
-    assert own[command] in text
-    assert (
-        ("--dry-run" in text) == (command == "run")
-        and ("--size" in text) == (command == "prepare")
-        and ("--set" in text) == (command in ("run", "report", "export"))
-    )
-
-
-def test_set_hashes_like_the_edited_suite(tmp_path):
-    edits = ["pretrain.epochs=2", "tasks.0.fractions=[100]", "method_params.simclr.temperature=0.2"]
-    overridden = build_plan(load_suite("smoke", settings=edits))
-    written = yaml.safe_load((ROOT / "benchmarks" / "suites" / "smoke.yaml").read_text())
-    written["pretrain"]["epochs"] = 2
-    written["tasks"][0]["fractions"] = [100]
-    written["method_params"]["simclr"]["temperature"] = 0.2
-    (tmp_path / "smoke.yaml").write_text(yaml.safe_dump(written))
-    edited = build_plan(load_suite(str(tmp_path / "smoke.yaml")))
-    keys = lambda plan: ([j.key for j in plan.pretrain_jobs], [j.key for j in plan.eval_jobs])
-    assert keys(overridden) == keys(edited) and keys(overridden) != keys(build_plan(load_suite("smoke")))
-    with pytest.raises(ConfigError, match="pretrain.epochs: expected an integer"):
-        load_suite("smoke", settings=["pretrain.epochs=two"])
-    with pytest.raises(ConfigError, match="unknown key; did you mean 'weight_decay'"):
-        load_suite("smoke", settings=["pretrain.optimizer.weigth_decay=0.1"])
-    with pytest.raises(ConfigError, match="address an item by its position"):
-        load_suite("smoke", settings=["tasks.3.fractions=[1]"])
-
-
-@pytest.mark.parametrize("method", ["pcrlv2", "dira", "mlvicx", "vox2vec2d", "coboom"])
-def test_decoder_methods_build_on_resnet50(method):
-    from methods import build_method
-    from methods.base import PretrainProtocol
-
-    protocol = PretrainProtocol(
-        backbone="resnet50",
-        image_size=32,
-        epochs=1,
-        steps_per_epoch=1,
-        optimizer={"name": "adamw", "lr": 1e-3, "weight_decay": 0.0},
-    )
-    params = {
-        "pcrlv2": {"n_local_views": 1},
-        "mlvicx": {"hidden_dim": 32, "output_dim": 32, "dense_channels": 8},
-        "coboom": {"hidden_dim": 32, "output_dim": 32, "codebook_size": 8},
-        "dira": {"hidden_dim": 32, "output_dim": 16, "queue_size": 16},
-        "vox2vec2d": {"hidden_dim": 32, "output_dim": 16, "points_per_image": 4},
-    }[method]
-    model = build_method(method, protocol, params)
-    images = (torch.rand(4, 1, 40, 40) * 255).to(torch.uint8)
-    loss = model.compute_loss(model.make_views(images), images)["loss"]
-    assert torch.isfinite(loss)
-
-
-def test_resnet50_segmentation_on_a_tiny_suite(tmp_path, synthetic_root):
-    out = tmp_path / "out"
-    suite = yaml.safe_load((ROOT / "benchmarks" / "suites" / "smoke.yaml").read_text())
-    data = {"name": "synthetic_cxr", "params": {"n_images": 48, "size": 32, "seed": 0}}
-    suite.update(
-        name="tiny50",
-        methods=["supervised"],
-        method_params={},
-        tasks=[
-            {
-                "name": "PTX",
-                "type": "segmentation",
-                "dataset": data,
-                "pretrain": "cxr",
-                "protocols": ["linear", "finetune"],
-                "fractions": [100],
-            }
-        ],
-    )
-    suite["pretrain"].update(backbone="resnet50", datasets={"cxr": {**data, "splits": ["train", "val"]}})
-    suite["evaluation"].update(seeds=[0], segmentation={"epochs": 1, "lr": 1e-3, "batch_size": 8})
-    (tmp_path / "tiny50.yaml").write_text(yaml.safe_dump(suite))
-    assert (
-        main(
-            [
-                "--suite",
-                str(tmp_path / "tiny50.yaml"),
-                "--data-root",
-                str(synthetic_root),
-                "--out",
-                str(out),
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
-    found = [json.loads(line) for line in (out / "tiny50" / "records.jsonl").read_text().splitlines()]
-    assert {r["protocol"] for r in found} == {"linear", "finetune"} and all(
-        r["metric"] == "mean_dice" and 0 <= r["value"] <= 1 for r in found
-    )
-    assert all(r["pretrain_config"]["protocol"]["backbone"] == "resnet50" for r in found)
 
 
 def test_a_fixed_encoder_is_tested_over_its_own_evaluation_seeds():

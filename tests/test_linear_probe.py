@@ -93,3 +93,47 @@ def test_probe_monitor_reports_non_finite_features_without_stopping_the_run(synt
         "probe_error": "non-finite features",
     }
     assert trunk.training
+
+
+def test_knn_scores_are_weighted_neighbour_votes():
+    from medssl.evaluate.classify import knn_classify
+
+    features = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.1], [0.9, 0.0], [0.0, 1.0]], dtype=np.float32)
+    labels = np.array([[1, 0], [0, 1], [1, 1], [1, 0], [0, 1]], dtype=np.uint8)
+    result = knn_classify(
+        features,
+        labels,
+        np.array([0, 1, 2]),
+        np.array([3, 4]),
+        np.array([3, 4]),
+        ["a", "b"],
+        {"k": 2, "temperature": 0.5},
+    )
+    cos = lambda u, v: float(np.dot(u, v) / np.linalg.norm(u) / np.linalg.norm(v))
+    query = features[3]
+    nearest = [0, 2]  # the two most similar training images
+    weights = np.array([np.exp(cos(query, features[j]) / 0.5) for j in nearest])
+    expected = (weights[:, None] * labels[nearest]).sum(0) / weights.sum()
+    assert np.allclose(result["test_scores"][0], expected, atol=1e-6)
+
+
+def test_knn_scores_stay_finite_at_a_small_temperature():
+    """exp(cosine / T) overflows float32 for T below about 0.011 (issue 31): the weights are shift-invariant
+    shares, so the scores equal the float64 computation at T = 0.005."""
+    from medssl.evaluate.classify import knn_classify
+
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(40, 8)).astype(np.float32)
+    features[:20] += 3.0  # near-identical neighbours: cosines close to 1
+    labels = (rng.random((40, 2)) < 0.5).astype(np.uint8)
+    labels[0], labels[1] = [1, 0], [0, 1]
+    train, test = np.arange(30), np.arange(30, 40)
+    result = knn_classify(features, labels, train, test, test, ["a", "b"], {"k": 5, "temperature": 0.005})
+    assert np.isfinite(result["test_scores"]).all()
+    unit = features.astype(np.float64) / np.linalg.norm(features, axis=1, keepdims=True)
+    similarity = unit[test] @ unit[train].T
+    nearest = np.argsort(-similarity, axis=1)[:, :5]
+    top = np.take_along_axis(similarity, nearest, axis=1)
+    weights = np.exp((top - top[:, :1]) / 0.005)
+    expected = (weights[:, :, None] * labels[train][nearest]).sum(1) / weights.sum(1, keepdims=True)
+    assert np.allclose(result["test_scores"], expected, atol=1e-4)

@@ -19,7 +19,7 @@ from medssl.record.store import ResultStore, append_line
 from medssl.runtime.options import RunOptions
 from medssl.suite.config import load_suite
 from run_benchmark import main
-from tests.test_faults import cli, tiny_suite
+from tests.fault_suites import cli, tiny_suite
 
 
 class Killed(Exception):
