@@ -43,6 +43,28 @@ def nearest(name: str, known: Sequence[str]) -> str:
 Check = Callable[[Any, str, Problems], None]
 
 
+def documented(doc: str, **parts: Any) -> Callable[[Check], Check]:
+    """Mark a check with what it accepts, in words (``doc``), and its parts (a mapping's ``fields``, a list's
+    ``item``): medssl/suite/reference.py writes docs/suite-format.md from them, so the reference is the schema."""
+
+    def mark(check: Check) -> Check:
+        check.doc = doc
+        for name, value in parts.items():
+            setattr(check, name, value)
+        return check
+
+    return mark
+
+
+def _range(kind: str, low, high, low_open: bool) -> str:
+    shown = lambda bound: str(int(bound)) if float(bound).is_integer() else f"{bound:g}"
+    if low is not None and high is not None:
+        return f"{kind} in {'(' if low_open else '['}{shown(low)}, {shown(high)}]"
+    if low is not None:
+        return f"{kind} {'>' if low_open else '>='} {shown(low)}"
+    return f"{kind} <= {shown(high)}" if high is not None else kind
+
+
 def number(
     low: Optional[float] = None, high: Optional[float] = None, integer: bool = False, low_open: bool = False
 ) -> Check:
@@ -59,7 +81,7 @@ def number(
         if high is not None and value > high:
             problems.add(path, f"expected {kind} <= {high:g}, got {value!r}")
 
-    return check
+    return documented(_range("integer" if integer else "number", low, high, low_open))(check)
 
 
 def text(choices: Optional[Sequence[str]] = None) -> Check:
@@ -72,9 +94,10 @@ def text(choices: Optional[Sequence[str]] = None) -> Check:
         elif choices is not None and value not in choices:
             problems.add(path, f"expected one of {', '.join(choices)}, got {value!r}{nearest(value, choices)}")
 
-    return check
+    return documented(f"one of {', '.join(f'`{c}`' for c in choices)}" if choices else "string")(check)
 
 
+@documented("name of the results and reports folders: letters, digits, `_ . + -`")
 def folder_name(value, path, problems):
     """A name that becomes a folder (results/<suite>/, reports/<suite>/): letters, digits and _ . + - only, so it
     can never point outside the results folder (``../../x``)."""
@@ -87,6 +110,7 @@ def folder_name(value, path, problems):
         )
 
 
+@documented("true or false")
 def flag(value, path, problems):
     if not isinstance(value, bool):
         problems.add(path, f"expected true or false, got {describe(value)}")
@@ -110,7 +134,10 @@ def sequence(item: Check, min_length: int = 0, length: Optional[int] = None, uni
             if repeated:
                 problems.add(path, f"repeats {', '.join(repeated)}; list each once")
 
-    return check
+    size = f"{length} values" if length is not None else f"at least {min_length}" if min_length else ""
+    constraints = ", ".join(filter(None, [size, "each once" if unique else ""]))
+    doc = f"list of {getattr(item, 'doc', 'values')}" + (f" ({constraints})" if constraints else "")
+    return documented(doc, item=item)(check)
 
 
 def mapping(fields: Dict[str, Check], required: Sequence[str] = (), what: str = "") -> Check:
@@ -133,7 +160,7 @@ def mapping(fields: Dict[str, Check], required: Sequence[str] = (), what: str = 
             else:
                 fields[key](element, join_path(path, key), problems)
 
-    return check
+    return documented(f"mapping of {what or 'settings'}", fields=fields, required=tuple(required))(check)
 
 
 def join_path(path: str, key: Any) -> str:
@@ -160,7 +187,9 @@ def from_defaults(defaults: Dict[str, Any], what: str) -> Check:
             return sequence(lambda v, p, pr: None)
         return lambda v, p, pr: None  # no default type to check against (None): the code checks the value
 
-    return mapping({name: check_one(default) for name, default in defaults.items()}, what=what)
+    return documented(f"mapping of {what}", defaults=defaults)(
+        mapping({name: check_one(default) for name, default in defaults.items()}, what=what)
+    )
 
 
 def dataclass_defaults(cls) -> Dict[str, Any]:

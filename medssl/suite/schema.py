@@ -19,6 +19,7 @@ from medssl.suite.checks import (
     Problems,
     dataclass_defaults,
     describe,
+    documented,
     folder_name,
     from_defaults,
     function_defaults,
@@ -32,10 +33,13 @@ from medssl.suite.checks import (
 from medssl.suite.protocol import CT_PROTOCOLS, MONITOR_DEFAULTS, PROTOCOLS, STATISTICS_DEFAULTS, TASK_TYPES
 from methods import REGISTRY, method_class
 
-
 # --- the suite ----------------------------------------------------------------------------------------------------
+# checked against the loader's own parameters by _dataset_spec
+_DATASET_PARAMS = documented("mapping of the loader's parameters (see Dataset parameters)")(lambda v, p, pr: None)
+
+
 def _dataset_spec(value, path, problems, splits: bool) -> None:
-    fields: Dict[str, Check] = {"name": text(dataset_names()), "params": lambda v, p, pr: None}
+    fields: Dict[str, Check] = {"name": text(dataset_names()), "params": _DATASET_PARAMS}
     if splits:
         fields["splits"] = sequence(text(("train", "val", "test")), min_length=1, unique=True)
     mapping(fields, required=("name",), what="dataset settings")(value, path, problems)
@@ -45,6 +49,10 @@ def _dataset_spec(value, path, problems, splits: bool) -> None:
         )
 
 
+_TASK_DATASET = documented("dataset (`name`, `params`)")(lambda v, p, pr: _dataset_spec(v, p, pr, splits=False))
+
+
+@documented("mapping from a corpus name to its dataset (`name`, `params`, `splits`: which of train, val, test)")
 def _corpora(value, path, problems) -> None:
     if not isinstance(value, dict) or not value:
         problems.add(
@@ -56,6 +64,7 @@ def _corpora(value, path, problems) -> None:
         _dataset_spec(spec, join_path(path, name), problems, splits=True)
 
 
+@documented("mapping from a method name to its settings (see Method settings)")
 def _method_params(value, path, problems) -> None:
     if value is None:
         return
@@ -83,9 +92,12 @@ def _methods(encoder_names: Sequence[str]) -> Check:
                 f"unknown method {name!r}{nearest(str(name), list(REGISTRY) + list(encoder_names))} (known: {', '.join(REGISTRY)})",
             )
 
-    return sequence(known, min_length=1, unique=True)
+    return sequence(
+        documented("registered method (image suites: or a row of `encoders`)")(known), min_length=1, unique=True
+    )
 
 
+@documented("number >= 0, or a list of them (one per channel)")
 def _numbers_or_number(value, path, problems) -> None:
     if isinstance(value, (list, tuple)):
         sequence(number(low=0), min_length=1)(value, path, problems)
@@ -104,6 +116,7 @@ ENCODER_FIELDS: Dict[str, Check] = {
 }
 
 
+@documented("mapping from a row name to an encoder file (`path`; optional `mean`, `std`, `prefix`)")
 def _encoders(value, path, problems) -> None:
     if not isinstance(value, dict):
         problems.add(
@@ -226,7 +239,7 @@ def image_task_schema() -> Check:
     return mapping(
         {
             "name": text(),
-            "dataset": lambda v, p, pr: _dataset_spec(v, p, pr, splits=False),
+            "dataset": _TASK_DATASET,
             "pretrain": text(),
             "type": text(TASK_TYPES),
             "protocols": sequence(text(PROTOCOLS), min_length=1, unique=True),
@@ -243,7 +256,9 @@ def statistics_schema() -> Check:
     statistics = mapping(
         {
             "reference": text(),
-            "variants": lambda v, p, pr: v is None or sequence(text())(v, p, pr),
+            "variants": documented("list of strings, or null")(
+                lambda v, p, pr: v is None or sequence(text())(v, p, pr)
+            ),
             "adjust": text(("holm", "bh")),
             "alpha": number(low=0, high=1, low_open=True),
             "resamples": positive_int,
@@ -335,7 +350,7 @@ def ct_suite_schema() -> Check:
     task = mapping(
         {
             "name": text(),
-            "dataset": lambda v, p, pr: _dataset_spec(v, p, pr, splits=False),
+            "dataset": _TASK_DATASET,
             "pretrain": text(),
             "protocols": sequence(text(CT_PROTOCOLS), min_length=1, unique=True),
             "folds": sequence(number(low=0, integer=True), min_length=1, unique=True),
