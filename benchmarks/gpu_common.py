@@ -89,27 +89,10 @@ def method_params(name: str, suite: dict, dry: bool) -> dict:
 
 
 def build(name: str, suite: dict, sizes: dict, device: str, dry: bool, steps: int):
-    import torch
+    """(model, optimizer, lr scheduler) of ``name`` at ``sizes``' image size, narrowed when ``dry``."""
+    from benchmarks.throughput import built_method
 
-    from methods import build_method
-    from methods.base import PretrainProtocol
-
-    torch.manual_seed(0)
-    pretrain = suite["pretrain"]
-    protocol = PretrainProtocol(
-        image_size=sizes["image_size"],
-        epochs=1,
-        steps_per_epoch=steps,
-        optimizer=dict(pretrain["optimizer"]),
-        schedule=dict(pretrain["schedule"]),
-        augment=dict(pretrain["augment"]),
-        channels_last=device.startswith("cuda"),
-    )
-    model = build_method(name, protocol, method_params(name, suite, dry)).to(device)
-    model.train()
-    model.setup("fit")
-    config = model.configure_optimizers()
-    return model, config["optimizer"], config["lr_scheduler"]["scheduler"]
+    return built_method(name, suite, device, steps, sizes["image_size"], method_params(name, suite, dry))
 
 
 def uint8_batch(sizes: dict, device: str):

@@ -82,10 +82,9 @@ def lightning_order_step(model, optimizer, scheduler, images, device: str, preci
     return loss.detach()
 
 
-def training_step(name: str, suite: dict, device: str, precision: str, batch: int, steps_per_epoch: int):
-    """A closure running one full pretraining step of ``name`` as a run makes it (``lightning_order_step``) at the
-    suite's image size, optimiser, augmentations and method settings, on the uint8 batch it is given (by default a
-    fixed random batch at twice the training size, as views are cut from larger cached images)."""
+def built_method(name: str, suite: dict, device: str, steps_per_epoch: int, image_size=None, params=None):
+    """(model, optimizer, lr scheduler) of ``name`` built as a run builds it from the suite's pretraining protocol
+    (``image_size`` and method ``params`` default to the suite's), in training mode, seeded with 0."""
     import torch
 
     from methods import build_method
@@ -94,7 +93,7 @@ def training_step(name: str, suite: dict, device: str, precision: str, batch: in
     torch.manual_seed(0)
     pretrain = suite["pretrain"]
     protocol = PretrainProtocol(
-        image_size=int(pretrain["image_size"]),
+        image_size=int(pretrain["image_size"]) if image_size is None else image_size,
         epochs=1,
         steps_per_epoch=steps_per_epoch,
         optimizer=dict(pretrain["optimizer"]),
@@ -102,11 +101,23 @@ def training_step(name: str, suite: dict, device: str, precision: str, batch: in
         augment=dict(pretrain["augment"]),
         channels_last=device.startswith("cuda"),
     )
-    model = build_method(name, protocol, (suite.get("method_params") or {}).get(name)).to(device)
+    if params is None:
+        params = (suite.get("method_params") or {}).get(name)
+    model = build_method(name, protocol, params).to(device)
     model.train()
     model.setup("fit")
     config = model.configure_optimizers()
-    optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
+    return model, config["optimizer"], config["lr_scheduler"]["scheduler"]
+
+
+def training_step(name: str, suite: dict, device: str, precision: str, batch: int, steps_per_epoch: int):
+    """A closure running one full pretraining step of ``name`` as a run makes it (``lightning_order_step``) at the
+    suite's image size, optimiser, augmentations and method settings, on the uint8 batch it is given (by default a
+    fixed random batch at twice the training size, as views are cut from larger cached images)."""
+    import torch
+
+    model, optimizer, scheduler = built_method(name, suite, device, steps_per_epoch)
+    pretrain = suite["pretrain"]
     size = int(pretrain["image_size"]) * 2  # the views are resized from a larger cached image, as in a run
     images = (
         (torch.rand(batch, 1, size, size, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8).to(device)
