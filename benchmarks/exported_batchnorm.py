@@ -19,7 +19,7 @@ import argparse
 import copy
 import sys
 from pathlib import Path
-from typing import Dict, List
+from typing import List
 
 import numpy as np
 import torch
@@ -70,10 +70,10 @@ def training_path_encoder(run_dir: Path):
     return trained_path, meta
 
 
-def training_path_values(plan, out: Path, data_root: Path) -> Dict[str, dict]:
-    """Each linear job's test macro AUC with the training path's running statistics, keyed by the job's key."""
+def training_path_values(plan, out: Path, data_root: Path) -> List[dict]:
+    """Each linear job's test macro AUC with the training path's running statistics, as ``{key, value}`` records."""
     datasets = DatasetCache(data_root)
-    values = {}
+    values = []
     for task in plan.suite["tasks"]:
         jobs = [job for job in plan.eval_jobs if job.task["name"] == task["name"]]
         encoder, meta = training_path_encoder(out / "checkpoints" / jobs[0].pretrain.key)
@@ -98,7 +98,7 @@ def training_path_values(plan, out: Path, data_root: Path) -> Dict[str, dict]:
                 job.seed,
             )
             auc = multilabel_auc(labels[split["test"]], result["test_scores"], dataset.class_names)["macro_auc"]
-            values[job.key] = {"key": job.key, "value": auc}
+            values.append({"key": job.key, "value": auc})
     return values
 
 
@@ -162,7 +162,7 @@ def main() -> int:
         )
         return 2
     values = training_path_values(plan, Path(args.out), Path(args.data_root))
-    text = comparison_table(plan, args.method, stored, list(values.values()))
+    text = comparison_table(plan, args.method, stored, values)
     out = Path(args.reports) / suite["name"] / "exported_batchnorm.md"
     out.write_text(text)
     print(text)

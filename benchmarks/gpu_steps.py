@@ -135,6 +135,7 @@ def measure(name: str, suite: dict, sizes: dict, device: str, dry: bool, precisi
         step()
     syncs, cuda_syncs = counted_step(step, device)
     busy = busy_share(step, device) if cuda else float("nan")
+    state = state_after(model, before, losses, device)
     row = {
         "method": name,
         "image_size": sizes["image_size"],
@@ -148,11 +149,9 @@ def measure(name: str, suite: dict, sizes: dict, device: str, dry: bool, precisi
         "host_sync_ops": syncs.total,
         "cuda_sync_warnings": cuda_syncs,
         "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan"),
-        "params_without_grad": 0,
+        "params_without_grad": len(state.no_grad),
         "loss": float(losses[-1].float()),
     }
-    state = state_after(model, before, losses, device)
-    row["params_without_grad"] = len(state.no_grad)
     return MethodSteps(row, state, syncs)
 
 
@@ -208,7 +207,6 @@ def stage_methods(summary: Summary, out: Path, device: str, dry: bool, precision
             rows.append(measured.row)
             write_rows(out / "steps.csv", rows)
             report(summary, stage, name, measured, device)
-            measured = None  # the model is freed before the next method's
             if device.startswith("cuda"):
                 torch.cuda.empty_cache()
         except Exception as err:  # noqa: BLE001 - one method's failure is reported, the others still run

@@ -4,6 +4,7 @@ key the schema checks, every method setting and every loader parameter is in it.
 import dataclasses
 
 import pytest
+from conftest import ROOT
 
 from datasets.base import dataset_names, loader_function
 from medssl.suite.checks import Problems, function_defaults, mapping, number
@@ -11,7 +12,6 @@ from medssl.suite.config import load_suite
 from medssl.suite.reference import reference, schema_rows
 from medssl.suite.schema import check_suite, ct_suite_schema, suite_schema
 from methods import REGISTRY, resolve_config
-from tests.fault_suites import ROOT
 
 
 def test_the_committed_page_is_the_generated_one():

@@ -187,9 +187,7 @@ def from_defaults(defaults: Dict[str, Any], what: str) -> Check:
             return sequence(lambda v, p, pr: None)
         return lambda v, p, pr: None  # no default type to check against (None): the code checks the value
 
-    return documented(f"mapping of {what}", defaults=defaults)(
-        mapping({name: check_one(default) for name, default in defaults.items()}, what=what)
-    )
+    return mapping({name: check_one(default) for name, default in defaults.items()}, what=what)
 
 
 def dataclass_defaults(cls) -> Dict[str, Any]:

@@ -33,7 +33,7 @@ def schema_rows(check: Check, path: str = "") -> Iterator[Tuple[str, str, bool]]
         where = f"{path}.{key}" if path else key
         yield where, getattr(field, "doc", "any (checked by the code that reads it)"), key in required
         item = getattr(field, "item", None)
-        if hasattr(field, "fields") and not hasattr(field, "defaults"):
+        if hasattr(field, "fields"):
             yield from schema_rows(field, where)
         elif item is not None and hasattr(item, "fields"):
             yield from schema_rows(item, f"{where}[]")
